@@ -1,0 +1,8 @@
+//! cloudy-agent: turns a booted Cloudy image into a node of a community microcloud.
+//!
+//! The binary is a thin CLI over these modules; each module owns one thing on the node.
+
+pub mod identity;
+pub mod ready;
+pub mod seed;
+pub mod system;

@@ -1,0 +1,69 @@
+//! The one JSON line the agent prints on the console when the node is up. The image builder's
+//! verify stage and the tests wait for it, so its shape is a contract: add keys, never rename.
+
+use serde::Serialize;
+
+pub const READY_KEY: &str = "cloudy";
+
+#[derive(Debug, Serialize)]
+pub struct Ready {
+    pub cloudy: &'static str,
+    pub version: &'static str,
+    pub node: String,
+    pub hostname: String,
+    /// `uname -r`: lets the builder check the board's kernel flavour booted.
+    pub kernel: String,
+    pub arch: &'static str,
+    pub seed: Option<String>,
+    pub seed_errors: Vec<String>,
+    pub uptime_s: f64,
+}
+
+impl Ready {
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).expect("ready line serialises")
+    }
+}
+
+pub fn kernel_release() -> String {
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct we own; the release field is NUL-terminated.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pub fn uptime_s() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_is_one_json_object_starting_with_the_key() {
+        let r = Ready {
+            cloudy: "ready",
+            version: "0.1.0",
+            node: "n\"1".into(),
+            hostname: "n1".into(),
+            kernel: kernel_release(),
+            arch: std::env::consts::ARCH,
+            seed: None,
+            seed_errors: vec!["a\nb".into()],
+            uptime_s: 1.5,
+        };
+        let line = r.line();
+        assert!(line.starts_with("{\"cloudy\":\"ready\""), "{line}");
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["node"], "n\"1");
+        assert!(!v["kernel"].as_str().unwrap().is_empty());
+    }
+}
