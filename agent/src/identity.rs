@@ -1,12 +1,22 @@
-//! The node's identity: its hostname (from the seed, else the image default).
+//! The node's identity: its hostname (from the seed, else the image default), a stable node id,
+//! the dashboard credential and the ssh keys allowed in.
 
 use crate::system::System;
 
 /// Used when neither the seed nor the image defaults name the node.
 pub const FALLBACK_NAME: &str = "cloudy";
 
+/// Node id, dashboard credential and key files live here (`System::state_dir`).
+pub const NODE_ID_FILE: &str = "/var/lib/cloudy/node-id";
+pub const DASHBOARD_HASH_FILE: &str = "/var/lib/cloudy/dashboard.hash";
+pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} holds {content:?}, not a node id; remove it to make a new identity")]
+    BadNodeId { path: String, content: String },
     #[error("writing {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("setting the kernel hostname to {name:?}: {source}")]
@@ -33,6 +43,115 @@ pub fn apply_hostname(sys: &System, name: &str) -> Result<(), IdentityError> {
             .map_err(|source| IdentityError::SetHostname { name: name.into(), source })?;
     }
     Ok(())
+}
+
+/// The node's id: 128 random bits made on first boot and kept for life, so a renamed node is
+/// still the same member. Hex, 32 characters.
+pub fn node_id(sys: &System) -> Result<String, IdentityError> {
+    let path = sys.path(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            if is_node_id(id) {
+                return Ok(id.to_string());
+            }
+            return Err(IdentityError::BadNodeId { path: path.display().to_string(), content: s });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(IdentityError::Read { path: path.display().to_string(), source }),
+    }
+    let id = hex(&random_bytes::<16>());
+    sys.write_atomic(NODE_ID_FILE, format!("{id}\n").as_bytes(), 0o644)
+        .map_err(|source| IdentityError::Write { path: NODE_ID_FILE.into(), source })?;
+    Ok(id)
+}
+
+pub fn is_node_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What the console should show once: a password generated on this boot, or nothing.
+#[derive(Debug, PartialEq)]
+pub enum Credential {
+    FromSeed,
+    Kept,
+    Generated(String),
+}
+
+/// The dashboard never has a default password: the seed's hash is kept, else one is made on
+/// first boot and shown once. Only a salted hash is stored.
+pub fn dashboard_credential(sys: &System, seed_hash: Option<&str>) -> Result<Credential, IdentityError> {
+    let write = |contents: &str| {
+        sys.write_atomic(DASHBOARD_HASH_FILE, contents.as_bytes(), 0o600)
+            .map_err(|source| IdentityError::Write { path: DASHBOARD_HASH_FILE.into(), source })
+    };
+    if let Some(h) = seed_hash {
+        let line = format!("{h}\n");
+        if std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).ok().as_deref() != Some(&line) {
+            write(&line)?;
+        }
+        return Ok(Credential::FromSeed);
+    }
+    if sys.path(DASHBOARD_HASH_FILE).exists() {
+        return Ok(Credential::Kept);
+    }
+    // 15 bytes make 24 base64-like characters without padding: ~120 bits, typeable.
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let password: String = random_bytes::<20>().iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let salt = hex(&random_bytes::<16>());
+    write(&format!("{}\n", hash_password(&salt, &password)))?;
+    Ok(Credential::Generated(password))
+}
+
+/// `$cloudy-sha256$ROUNDS$SALT$HEX`: iterated SHA-256, for a password that is itself random.
+pub fn hash_password(salt: &str, password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const ROUNDS: u32 = 10_000;
+    let mut d = Sha256::digest(format!("{salt}:{password}").as_bytes());
+    for _ in 1..ROUNDS {
+        d = Sha256::digest(d);
+    }
+    format!("$cloudy-sha256${ROUNDS}${salt}${}", hex(&d))
+}
+
+/// Installs the seed's keys for root. The file is the seed's list, whole: a key removed from
+/// the seed is removed from the node.
+pub fn apply_ssh_keys(sys: &System, keys: &[String]) -> Result<(), IdentityError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let body = keys.iter().map(|k| format!("{}\n", k.trim())).collect::<String>();
+    let wanted = format!("# managed by cloudy-agent from the seed's [ssh] section\n{body}");
+    if std::fs::read_to_string(sys.path(AUTHORIZED_KEYS)).ok().as_deref() != Some(&wanted) {
+        sys.write_atomic(AUTHORIZED_KEYS, wanted.as_bytes(), 0o600)
+            .map_err(|source| IdentityError::Write { path: AUTHORIZED_KEYS.into(), source })?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(sys.path("/root/.ssh"), std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: writes at most N - filled bytes into our buffer.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // No entropy source at all: nothing on this node can be kept secret; stop loudly.
+            panic!("getrandom: {e}");
+        }
+        filled += n as usize;
+    }
+    buf
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Debian's convention: the node's own name resolves through a `127.0.1.1` line.
@@ -78,5 +197,47 @@ mod tests {
         apply_hostname(&sys, "pi-test").unwrap();
         let after = std::fs::metadata(sys.path("/etc/hosts")).unwrap().modified().unwrap();
         assert_eq!(before, after, "second run rewrites nothing");
+    }
+
+    #[test]
+    fn node_id_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let a = node_id(&sys).unwrap();
+        assert!(is_node_id(&a), "{a}");
+        assert_eq!(node_id(&sys).unwrap(), a);
+        sys.write_atomic(NODE_ID_FILE, b"garbage\n", 0o644).unwrap();
+        assert!(node_id(&sys).unwrap_err().to_string().contains("remove it"));
+    }
+
+    #[test]
+    fn dashboard_password_generated_once_and_never_default() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let Credential::Generated(p) = dashboard_credential(&sys, None).unwrap() else { panic!() };
+        assert_eq!(p.len(), 20);
+        let stored = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap();
+        assert!(!stored.contains(&p), "only the hash is stored");
+        assert!(stored.starts_with("$cloudy-sha256$"));
+        let mode = std::fs::metadata(sys.path(DASHBOARD_HASH_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(dashboard_credential(&sys, None).unwrap(), Credential::Kept);
+        let other = tempfile::tempdir().unwrap();
+        let Credential::Generated(q) = dashboard_credential(&System::new(other.path()), None).unwrap() else { panic!() };
+        assert_ne!(p, q);
+        assert_eq!(dashboard_credential(&sys, Some("$y$abc")).unwrap(), Credential::FromSeed);
+        assert_eq!(std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap(), "$y$abc\n");
+    }
+
+    #[test]
+    fn ssh_keys_installed_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        apply_ssh_keys(&sys, &["ssh-ed25519 AAAA me".into()]).unwrap();
+        let p = sys.path(AUTHORIZED_KEYS);
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with("ssh-ed25519 AAAA me\n"));
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

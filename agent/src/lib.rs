@@ -4,5 +4,6 @@
 
 pub mod identity;
 pub mod ready;
+pub mod secrets;
 pub mod seed;
 pub mod system;
