@@ -3,6 +3,8 @@
 //! The binary is a thin CLI over these modules; each module owns one thing on the node.
 
 pub mod identity;
+pub mod join;
+pub mod members;
 pub mod ready;
 pub mod secrets;
 pub mod seed;

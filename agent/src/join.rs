@@ -1,0 +1,283 @@
+//! The join protocol: two members swap their member lists over TCP, each side proving it holds
+//! the community key before it learns anything. Nothing received is run; lists are parsed
+//! strictly, bounded in size and merged by `members`.
+//!
+//! ```text
+//! client -> server  {"v":1,"hello":NC}            NC, NS: 16 random bytes, hex
+//! server -> client  {"v":1,"nonce":NS}
+//! client -> server  {"v":1,"body":LIST,"mac":HMAC(K, "C" NC NS LIST)}
+//! server -> client  {"v":1,"body":LIST,"mac":HMAC(K, "S" NC NS LIST)}   (only if the MAC held)
+//! ```
+//! K = HMAC-SHA256(community key, "cloudy join v1" + community name). Fresh nonces on both
+//! sides stop replays; the role byte stops a reflected answer passing as a request.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::identity::{hex, random_bytes};
+use crate::members::{Member, MAX_MEMBERS};
+
+pub const PROTOCOL: u32 = 1;
+/// 1024 members of ~1.2 KiB each, with room to spare.
+pub const MAX_LINE: usize = 2 << 20;
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer closed the connection (it may not share our community key)")]
+    Closed,
+    #[error("message longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("wrong community key (MAC check failed)")]
+    BadMac,
+    #[error("more than {MAX_MEMBERS} members offered")]
+    TooMany,
+}
+
+#[derive(Clone)]
+pub struct JoinKey([u8; 32]);
+
+impl JoinKey {
+    pub fn derive(community: &str, key: &str) -> Self {
+        let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+        m.update(b"cloudy join v1");
+        m.update(community.as_bytes());
+        JoinKey(m.finalize().into_bytes().into())
+    }
+
+    fn mac(&self, role: u8, nc: &str, ns: &str, body: &str) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        for part in [&[role][..], nc.as_bytes(), b"|", ns.as_bytes(), b"|", body.as_bytes()] {
+            m.update(part);
+        }
+        m
+    }
+
+    fn sign(&self, role: u8, nc: &str, ns: &str, body: &str) -> String {
+        hex(&self.mac(role, nc, ns, body).finalize().into_bytes())
+    }
+
+    fn verify(&self, role: u8, nc: &str, ns: &str, body: &str, mac_hex: &str) -> bool {
+        let Some(tag) = unhex(mac_hex) else { return false };
+        // verify_slice compares in constant time.
+        self.mac(role, nc, ns, body).verify_slice(&tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for JoinKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinKey(..)")
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hello {
+    v: u32,
+    hello: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Challenge {
+    v: u32,
+    nonce: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signed {
+    v: u32,
+    body: String,
+    mac: String,
+}
+
+fn nonce_ok(n: &str) -> bool {
+    n.len() == 32 && unhex(n).is_some()
+}
+
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Conn {
+    fn new(s: TcpStream) -> Self {
+        let (r, w) = s.into_split();
+        Conn { r: BufReader::new(r), w }
+    }
+
+    async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), JoinError> {
+        let mut line = serde_json::to_vec(msg).expect("messages serialise");
+        line.push(b'\n');
+        self.w.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// Reads one line without ever holding more than MAX_LINE bytes of it.
+    async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<T, JoinError> {
+        let mut buf = Vec::new();
+        loop {
+            let chunk = self.r.fill_buf().await?;
+            if chunk.is_empty() {
+                return Err(JoinError::Closed);
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if buf.len() + take > MAX_LINE {
+                return Err(JoinError::TooLong);
+            }
+            buf.extend_from_slice(&chunk[..take]);
+            self.r.consume(take);
+            if done {
+                break;
+            }
+        }
+        serde_json::from_slice(&buf).map_err(|e| JoinError::Malformed(e.to_string()))
+    }
+}
+
+fn encode(members: &[Member]) -> String {
+    serde_json::to_string(members).expect("members serialise")
+}
+
+fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
+    let list: Vec<Member> = serde_json::from_str(body).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    if list.len() > MAX_MEMBERS {
+        return Err(JoinError::TooMany);
+    }
+    Ok(list)
+}
+
+/// Client side: sends our list to the join service at `addr`, returns the peer's list.
+pub async fn exchange(addr: SocketAddr, key: &JoinKey, ours: &[Member]) -> Result<Vec<Member>, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let nc = hex(&random_bytes::<16>());
+        c.send(&Hello { v: PROTOCOL, hello: nc.clone() }).await?;
+        let ch: Challenge = c.recv().await?;
+        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
+            return Err(JoinError::Malformed("bad challenge".into()));
+        }
+        let body = encode(ours);
+        let mac = key.sign(b'C', &nc, &ch.nonce, &body);
+        c.send(&Signed { v: PROTOCOL, body, mac }).await?;
+        let reply: Signed = c.recv().await?;
+        if !key.verify(b'S', &nc, &ch.nonce, &reply.body, &reply.mac) {
+            return Err(JoinError::BadMac);
+        }
+        decode(&reply.body)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
+/// Server side for one connection. `merge` takes the authenticated peer's list and returns
+/// ours (after merging) to send back. A peer that fails the MAC gets nothing but our nonce.
+pub async fn serve(
+    stream: TcpStream,
+    key: &JoinKey,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+) -> Result<usize, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(stream);
+        let hello: Hello = c.recv().await?;
+        if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
+            return Err(JoinError::Malformed("bad hello".into()));
+        }
+        let ns = hex(&random_bytes::<16>());
+        c.send(&Challenge { v: PROTOCOL, nonce: ns.clone() }).await?;
+        let req: Signed = c.recv().await?;
+        if !key.verify(b'C', &hello.hello, &ns, &req.body, &req.mac) {
+            return Err(JoinError::BadMac);
+        }
+        let theirs = decode(&req.body)?;
+        let n = theirs.len();
+        let body = encode(&merge(theirs));
+        let mac = key.sign(b'S', &hello.hello, &ns, &body);
+        c.send(&Signed { v: PROTOCOL, body, mac }).await?;
+        Ok(n)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::tests::member;
+
+    async fn pair(server_key: JoinKey, client_key: JoinKey) -> (Result<Vec<Member>, JoinError>, Result<usize, JoinError>, bool) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got_theirs = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let g = got_theirs.clone();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            serve(s, &server_key, |_theirs| {
+                g.store(true, std::sync::atomic::Ordering::SeqCst);
+                vec![member('b', "server")]
+            })
+            .await
+        });
+        let client = exchange(addr, &client_key, &[member('a', "client")]).await;
+        let s = server.await.unwrap();
+        (client, s, got_theirs.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn same_key_swaps_lists() {
+        let k = JoinKey::derive("sants", "0123456789abcdef");
+        let (c, s, merged) = pair(k.clone(), k).await;
+        assert_eq!(c.unwrap()[0].name, "server");
+        assert_eq!(s.unwrap(), 1);
+        assert!(merged);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wrong_key_gets_nothing() {
+        let (c, s, merged) = pair(JoinKey::derive("sants", "0123456789abcdef"), JoinKey::derive("sants", "0123456789abcdeX")).await;
+        assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
+        assert!(matches!(c, Err(JoinError::Closed)), "{c:?}");
+        assert!(!merged, "the server never looked at the list");
+        let (_, s, _) = pair(JoinKey::derive("sants", "0123456789abcdef"), JoinKey::derive("other", "0123456789abcdef")).await;
+        assert!(matches!(s, Err(JoinError::BadMac)), "another community's key is a wrong key");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn oversized_line_is_cut_off() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let junk = vec![b'x'; MAX_LINE + 10];
+            let _ = s.write_all(&junk).await;
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let r = serve(s, &JoinKey::derive("c", "0123456789abcdef"), |_| vec![]).await;
+        assert!(matches!(r, Err(JoinError::TooLong)), "{r:?}");
+        client.await.unwrap();
+    }
+}
