@@ -9,3 +9,4 @@ pub mod ready;
 pub mod secrets;
 pub mod seed;
 pub mod system;
+pub mod tinc;
