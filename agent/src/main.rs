@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use cloudy_agent::{identity, ready, seed, system::System};
+use cloudy_agent::{daemon, network, seed, status, system::System};
 
 /// The Cloudy node agent: applies the seed and brings the node into its microcloud.
 #[derive(Parser)]
@@ -17,13 +17,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply the seed to this node and print the ready line (what the boot unit runs).
-    Run,
+    /// Apply the seed, print the ready line, then keep the node in its community's mesh (what
+    /// the boot unit runs). Without a community in the seed it exits after the ready line.
+    Run {
+        /// Change links and addresses even though --root is not `/` (tests in a network namespace).
+        #[arg(long, env = "CLOUDY_MANAGE_NETWORK")]
+        manage_network: bool,
+        /// The tinc 1.0 daemon to run.
+        #[arg(long, default_value = "/usr/sbin/tincd", env = "CLOUDY_TINCD")]
+        tincd: PathBuf,
+        /// Apply and print the ready line, then stop instead of running the mesh.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what the last run recorded: the node, its seed problems and the member list.
+    Status,
     /// Work with seed files.
     Seed {
         #[command(subcommand)]
         command: SeedCommand,
     },
+    /// Network actions run by tinc-up.
+    Net {
+        #[command(subcommand)]
+        command: NetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetCommand {
+    /// Bring the VPN interface up with its address (ADDRESS/PREFIX).
+    Up { interface: String, address: String },
 }
 
 #[derive(Subcommand)]
@@ -62,34 +86,22 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         },
-        Command::Run => boot(&System::new(cli.root)),
+        Command::Run { manage_network, tincd, once } => {
+            let sys = System::new(cli.root);
+            let opts = daemon::Options {
+                manage_network: manage_network || sys.is_live(),
+                tincd,
+                agent_exe: std::env::current_exe().context("finding our own executable")?,
+                once,
+            };
+            daemon::run(&sys, &opts)
+        }
+        Command::Status => status::print(&System::new(cli.root)),
+        Command::Net { command: NetCommand::Up { interface, address } } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(network::vpn_up(&interface, &address))
+                .with_context(|| format!("bringing {interface} up with {address}"))?;
+            Ok(0)
+        }
     }
-}
-
-fn boot(sys: &System) -> Result<i32> {
-    let cmdline = if sys.is_live() {
-        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let loaded = seed::load(sys, &cmdline);
-    for e in &loaded.errors {
-        tracing::error!("seed: {e}");
-    }
-    let name = loaded.seed.node.name.clone().unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
-    identity::apply_hostname(sys, &name).context("applying the node's hostname")?;
-    let line = ready::Ready {
-        cloudy: "ready",
-        version: env!("CARGO_PKG_VERSION"),
-        hostname: if sys.is_live() { identity::kernel_hostname() } else { name.clone() },
-        node: name,
-        kernel: ready::kernel_release(),
-        arch: std::env::consts::ARCH,
-        seed: loaded.source.map(|p| p.display().to_string()),
-        seed_errors: loaded.errors,
-        uptime_s: ready::uptime_s(),
-    }
-    .line();
-    println!("{line}");
-    Ok(0)
 }

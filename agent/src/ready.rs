@@ -17,6 +17,15 @@ pub struct Ready {
     pub seed: Option<String>,
     pub seed_errors: Vec<String>,
     pub uptime_s: f64,
+    pub node_id: String,
+    /// Primary interface and the address others reach us on, when known.
+    pub interface: Option<String>,
+    pub address: Option<String>,
+    pub community: Option<String>,
+    pub vpn_address: Option<String>,
+    pub tinc_name: Option<String>,
+    /// Problems past the seed (network, mesh): the node is up but not all it should be.
+    pub errors: Vec<String>,
 }
 
 impl Ready {
@@ -58,6 +67,13 @@ mod tests {
             seed: None,
             seed_errors: vec!["a\nb".into()],
             uptime_s: 1.5,
+            node_id: "0".repeat(32),
+            interface: None,
+            address: None,
+            community: None,
+            vpn_address: None,
+            tinc_name: None,
+            errors: vec![],
         };
         let line = r.line();
         assert!(line.starts_with("{\"cloudy\":\"ready\""), "{line}");
