@@ -1,0 +1,279 @@
+//! Test helper over ci/netns-microcloud.sh: nodes in network namespaces, each with its own
+//! root directory and a real `cloudy-agent run` (which runs a real tincd). Everything made is
+//! removed on drop, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "test community key 0123456789";
+
+pub fn harness() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/netns-microcloud.sh")
+}
+
+pub fn agent() -> &'static str {
+    env!("CARGO_BIN_EXE_cloudy-agent")
+}
+
+pub fn tincd() -> Option<PathBuf> {
+    ["/usr/sbin/tincd", "/usr/local/sbin/tincd"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// None (with the reason printed) when this machine cannot run a microcloud at all.
+pub fn available(test: &str) -> bool {
+    if tincd().is_none() {
+        eprintln!("SKIP {test}: tincd not installed (apt-get install tinc; CI gets it from ci/deps.sh)");
+        return false;
+    }
+    if !["/usr/bin/ping", "/bin/ping"].iter().any(|p| Path::new(p).exists()) {
+        eprintln!("SKIP {test}: ping not installed (apt-get install iputils-ping; CI gets it from ci/deps.sh)");
+        return false;
+    }
+    match Command::new(harness()).arg("check").output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("SKIP {test}: {}", String::from_utf8_lossy(&o.stdout).trim());
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIP {test}: running {}: {e}", harness().display());
+            false
+        }
+    }
+}
+
+pub struct Node {
+    pub i: usize,
+    pub ns: String,
+    pub root: PathBuf,
+    pub child: Option<Child>,
+    pub key: String,
+}
+
+impl Node {
+    pub fn lan(&self) -> String {
+        format!("10.213.0.{}", self.i)
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.root.with_extension("out")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.root.with_extension("log")
+    }
+
+    pub fn ready_lines(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.out())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("{\"cloudy\":\"ready\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn members(&self) -> serde_json::Value {
+        let text = fs::read_to_string(self.root.join("var/lib/cloudy/members.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn member_ids(&self) -> Vec<String> {
+        self.members()["members"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn node_id(&self) -> String {
+        fs::read_to_string(self.root.join("var/lib/cloudy/node-id")).unwrap_or_default().trim().to_string()
+    }
+
+    pub fn vpn(&self) -> String {
+        let m = self.members();
+        let id = m["me"].as_str().unwrap_or_default().to_string();
+        m["members"][&id]["vpn"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn tincd_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.root.join("run/tinc.cloudy.pid")).ok()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    pub fn private_key(&self) -> Option<Vec<u8>> {
+        fs::read(self.root.join("var/lib/cloudy/tinc/rsa_key.priv")).ok()
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("etc/tinc/cloudy/hosts"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn ping(&self, addr: &str, tries: u32) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, "ping", "-n", "-q", "-c1", "-W1", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+            || (tries > 1 && {
+                std::thread::sleep(Duration::from_millis(200));
+                self.ping(addr, tries - 1)
+            })
+    }
+
+    /// Starts the agent; does not wait.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.i);
+        let out = fs::OpenOptions::new().create(true).append(true).open(self.out()).unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, agent(), "--root"])
+            .arg(&self.root)
+            .args(["run", "--manage-network", "--tincd"])
+            .arg(tincd().unwrap())
+            .env("CLOUDY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Starts the agent and waits for its (next) ready line.
+    pub fn start(&mut self) -> serde_json::Value {
+        let before = self.ready_lines().len();
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = self.ready_lines();
+            if lines.len() > before {
+                return lines.last().unwrap().clone();
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent {} exited with {st} before ready; log:\n{}", self.i, fs::read_to_string(self.log()).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "agent {} not ready in 20 s", self.i);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, the way a power cut or the OOM killer stops the agent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // `ip netns exec` execs the agent, so the child's pid is the agent's.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Cloud {
+    pub prefix: String,
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    /// `tag` keeps concurrent tests' namespaces apart (2-4 letters).
+    pub fn new(tag: &str, n: usize) -> Cloud {
+        let prefix = format!("c{tag}{}", std::process::id() % 10000);
+        let st = Command::new(harness()).args(["up", &prefix, &n.to_string()]).status().unwrap();
+        assert!(st.success(), "harness up failed");
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (1..=n)
+            .map(|i| Node {
+                i,
+                ns: format!("{prefix}-n{i}"),
+                root: dir.path().join(format!("n{i}")),
+                child: None,
+                key: KEY.into(),
+            })
+            .collect();
+        let mut c = Cloud { prefix, nodes, _dir: dir };
+        for i in 1..=n {
+            c.write_seed(i, KEY);
+        }
+        c
+    }
+
+    /// The node's seed on its "SD card": named n<i>, bootstrapping from node 1.
+    pub fn write_seed(&mut self, i: usize, key: &str) {
+        let node = &mut self.nodes[i - 1];
+        node.key = key.into();
+        let peers = if i == 1 { String::new() } else { "\"10.213.0.1:6655\"".into() };
+        let seed = format!(
+            "version = 1\n[node]\nname = \"n{i}\"\n[community]\nname = \"test\"\nkey = \"{key}\"\npeers = [{peers}]\n\
+             [network]\ninterface = \"eth0\"\naddress = \"10.213.0.{i}/24\"\n"
+        );
+        let p = node.root.join("boot/firmware/cloudy.toml");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, seed).unwrap();
+    }
+
+    /// Waits until each of `among` lists exactly the ids of `among`.
+    pub fn wait_members(&self, among: &[usize], within: Duration) -> Duration {
+        let t0 = Instant::now();
+        let mut want: Vec<String> = among.iter().map(|&i| self.nodes[i - 1].node_id()).collect();
+        want.sort();
+        loop {
+            let ok = among.iter().all(|&i| self.nodes[i - 1].member_ids() == want);
+            if ok {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > within {
+                let seen: Vec<_> = among.iter().map(|&i| (i, self.nodes[i - 1].member_ids().len())).collect();
+                panic!("members did not converge in {within:?}: (node, members known) {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every ordered pair of `among` pings over the VPN; returns the pairs that did not.
+    pub fn ping_all(&self, among: &[usize], tries: u32) -> Vec<(usize, usize)> {
+        let mut failed = Vec::new();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = among
+                .iter()
+                .flat_map(|&a| among.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
+                .map(|(a, b)| {
+                    let (na, nb) = (&self.nodes[a - 1], &self.nodes[b - 1]);
+                    s.spawn(move || ((a, b), na.ping(&nb.vpn(), tries)))
+                })
+                .collect();
+            for h in hs {
+                let (pair, ok) = h.join().unwrap();
+                if !ok {
+                    failed.push(pair);
+                }
+            }
+        });
+        failed
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.nodes[i - 1].log()).unwrap_or_default()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = Command::new(harness()).args(["down", &self.prefix]).status();
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("--- node {} log (tail) ---", n.i);
+                let log = fs::read_to_string(n.log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}

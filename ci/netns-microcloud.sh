@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A microcloud on one machine: a network namespace per node, each joined by a veth pair to a
+# bridge that lives in its own namespace. Nothing touches the host's own network.
+#
+#   netns-microcloud.sh up PREFIX N     bridge namespace PREFIX-br and nodes PREFIX-n1..nN
+#   netns-microcloud.sh add PREFIX I    one more node, PREFIX-nI
+#   netns-microcloud.sh down PREFIX     kill what runs in them, remove the namespaces
+#   netns-microcloud.sh check           exit 0 if namespaces, veth and bridges work here
+#
+# Node I's interface is eth0, left down and without an address: the agent brings it up with
+# the seed's address, as on a real node. PREFIX must be short (interface names are <= 15).
+set -euo pipefail
+
+usage() { sed -n '2,12p' "$0" >&2; exit 2; }
+
+bridge_up() {
+  local br="$1-br"
+  ip netns add "$br"
+  ip -n "$br" link set lo up
+  ip -n "$br" link add br0 type bridge
+  ip -n "$br" link set br0 up
+}
+
+node_add() {
+  local pfx=$1 i=$2 ns="$1-n$2" br="$1-br"
+  ip netns add "$ns"
+  ip link add "${pfx}a$i" type veth peer name "${pfx}b$i"
+  ip link set "${pfx}a$i" netns "$ns"
+  ip -n "$ns" link set "${pfx}a$i" name eth0
+  ip link set "${pfx}b$i" netns "$br"
+  ip -n "$br" link set "${pfx}b$i" master br0 up
+}
+
+down() {
+  local pfx=$1 ns pids
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^${pfx}-(br|n[0-9]+)$" || true); do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+check() {
+  command -v ip >/dev/null || { echo "no ip(8): apt-get install iproute2"; exit 1; }
+  [ "$(id -u)" = 0 ] || { echo "needs root for network namespaces"; exit 1; }
+  local pfx="cmchk$$"
+  trap 'down '"$pfx" EXIT
+  bridge_up "$pfx" && node_add "$pfx" 1 >/dev/null 2>&1 || { echo "cannot make namespaces, veth or bridges here"; exit 1; }
+}
+
+[ $# -ge 1 ] || usage
+case $1 in
+  up)
+    [ $# -eq 3 ] || usage
+    [ ${#2} -le 10 ] || { echo "prefix $2 too long (<= 10)" >&2; exit 2; }
+    down "$2"
+    bridge_up "$2"
+    for i in $(seq 1 "$3"); do node_add "$2" "$i"; done
+    ;;
+  add) [ $# -eq 3 ] || usage; node_add "$2" "$3" ;;
+  down) [ $# -eq 2 ] || usage; down "$2" ;;
+  check) check ;;
+  *) usage ;;
+esac
