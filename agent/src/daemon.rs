@@ -23,7 +23,9 @@ use crate::{ready, secrets, seed, tinc};
 const ROUND_MIN: Duration = Duration::from_millis(250);
 const ROUND_MAX: Duration = Duration::from_secs(30);
 /// At most this many join connections served at once; more are dropped.
-const MAX_SERVING: usize = 16;
+const MAX_SERVING: usize = 64;
+/// While a member or bootstrap peer has never answered, retry at least this often.
+const ROUND_PENDING: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -417,6 +419,7 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
         }))
         .await;
         let mut news = false;
+        let mut pending = false;
         for (id, b, addr, r) in results {
             match r {
                 Ok(theirs) => {
@@ -433,12 +436,17 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
                         boot_done.insert(b);
                     }
                 }
-                Err(e) => tracing::debug!("join with {addr}: {e}"),
+                Err(e) => {
+                    pending |= b.is_some() || id.as_ref().is_some_and(|id| !synced.contains(id));
+                    tracing::debug!("join with {addr}: {e}");
+                }
             }
         }
         if news {
             mesh.changed.notify_one();
             round = ROUND_MIN;
+        } else if pending {
+            round = (round * 2).min(ROUND_PENDING);
         } else {
             round = (round * 2).min(ROUND_MAX);
         }

@@ -136,3 +136,59 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         assert_eq!(ours, 1, "node {}: {ours} tincd processes", i + 1);
     }
 }
+
+/// `bench/mesh.sh` runs this (ignored by `cargo test`): agent start to full mesh for several
+/// sizes, and the agent's memory once the mesh is up. Prints a table; asserts nothing about speed.
+#[test]
+#[ignore]
+fn bench_mesh() {
+    if !available("bench_mesh") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("CLOUDY_BENCH_SIZES")
+        .unwrap_or_else(|_| "3,10,25".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("CLOUDY_BENCH_SIZES: comma-separated numbers"))
+        .collect();
+    let mut rows = Vec::new();
+    for n in sizes {
+        let mut cloud = Cloud::new("b", n);
+        let t0 = Instant::now();
+        for node in &mut cloud.nodes {
+            node.spawn();
+        }
+        let all: Vec<usize> = (1..=n).collect();
+        let ready = loop {
+            if cloud.nodes.iter().all(|nd| !nd.ready_lines().is_empty()) {
+                break t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "not all ready");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        cloud.wait_members(&all, Duration::from_secs(120));
+        let members = t0.elapsed();
+        let failed = cloud.ping_ring_and_star(100);
+        assert!(failed.is_empty(), "{n} nodes: no mesh: {failed:?}");
+        let meshed = t0.elapsed();
+        // Let the agents settle into their steady state before measuring memory.
+        std::thread::sleep(Duration::from_secs(2));
+        let rss: Vec<u64> = cloud.nodes.iter().filter_map(|nd| nd.rss_kib()).collect();
+        let max = *rss.iter().max().unwrap_or(&0) as f64 / 1024.0;
+        let mean = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
+        rows.push((n, ready, members, meshed, max, mean));
+        drop(cloud);
+    }
+    println!();
+    println!("agent: {}", microcloud::agent());
+    println!("| nodes | all ready (s) | member lists complete (s) | ring+star ping over VPN (s) | agent RSS max (MiB) | agent RSS mean (MiB) |");
+    println!("|------:|--------------:|--------------------------:|----------------------------:|--------------------:|---------------------:|");
+    for (n, r, m, p, max, mean) in rows {
+        println!(
+            "| {n:>5} | {:>13.2} | {:>25.2} | {:>27.2} | {max:>19.2} | {mean:>20.2} |",
+            r.as_secs_f64(),
+            m.as_secs_f64(),
+            p.as_secs_f64()
+        );
+    }
+    println!("targets: 10 nodes meshed <= 5 s after start; RSS <= 8 MiB");
+}

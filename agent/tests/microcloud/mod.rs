@@ -15,8 +15,9 @@ pub fn harness() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/netns-microcloud.sh")
 }
 
-pub fn agent() -> &'static str {
-    env!("CARGO_BIN_EXE_cloudy-agent")
+/// The agent under test; the bench points CLOUDY_AGENT_BIN at the release build.
+pub fn agent() -> String {
+    std::env::var("CLOUDY_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudy-agent").to_string())
 }
 
 pub fn tincd() -> Option<PathBuf> {
@@ -130,7 +131,7 @@ impl Node {
         let out = fs::OpenOptions::new().create(true).append(true).open(self.out()).unwrap();
         let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, agent(), "--root"])
+            .args(["netns", "exec", &self.ns, &agent(), "--root"])
             .arg(&self.root)
             .args(["run", "--manage-network", "--tincd"])
             .arg(tincd().unwrap())
@@ -159,6 +160,13 @@ impl Node {
             assert!(Instant::now() < deadline, "agent {} not ready in 20 s", self.i);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Resident memory of the running agent, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
     /// SIGKILL, the way a power cut or the OOM killer stops the agent.
@@ -230,6 +238,36 @@ impl Cloud {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Each node pings the next (a ring) and node 1 pings everyone and back (a star): enough to
+    /// show the mesh whole at sizes where all pairs would take long.
+    pub fn ping_ring_and_star(&self, tries: u32) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut pairs: Vec<(usize, usize)> = (1..=n).map(|a| (a, a % n + 1)).collect();
+        for b in 2..=n {
+            pairs.push((1, b));
+            pairs.push((b, 1));
+        }
+        pairs.sort();
+        pairs.dedup();
+        let mut failed = Vec::new();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = pairs
+                .into_iter()
+                .map(|(a, b)| {
+                    let (na, nb) = (&self.nodes[a - 1], &self.nodes[b - 1]);
+                    s.spawn(move || ((a, b), na.ping(&nb.vpn(), tries)))
+                })
+                .collect();
+            for h in hs {
+                let (pair, ok) = h.join().unwrap();
+                if !ok {
+                    failed.push(pair);
+                }
+            }
+        });
+        failed
     }
 
     /// Every ordered pair of `among` pings over the VPN; returns the pairs that did not.
