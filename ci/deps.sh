@@ -6,18 +6,29 @@ set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (it installs Debian packages)" >&2; exit 1; }
 
+# Host compiler and the agent's target std (image/rust-std.sha256) must be the same version.
+RUSTC_WEB_VERSION=1.96.0+dfsg1-1~deb12u2
+
 pkgs=(
   mmdebstrap arch-test debian-archive-keyring squashfs-tools xorriso isolinux syslinux-common
   grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs
-  xz-utils zstd cpio ovmf live-build
-  rustc-web cargo-web gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
+  xz-utils zstd cpio ovmf live-build curl coreutils
+  rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
+  gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross
 )
 backports=(qemu-system-x86 qemu-system-arm qemu-user-static)
 
 missing=()
 for p in "${pkgs[@]}" "${backports[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  name=${p%%=*}
+  want=${p#*=}
+  [ "$want" = "$p" ] && want=
+  have=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null || true)
+  case "$have" in
+    "install ok installed $want"*) [ -z "$want" ] || [ "$have" = "install ok installed $want" ] || missing+=("$p") ;;
+    *) missing+=("$p") ;;
+  esac
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all host packages present"

@@ -1,1 +1,21 @@
+//! cloudy-image: from a recipe and a board definition to a verified Cloudy image.
+//!
+//! Stages, in order: [`bootstrap`] (cached rootfs), [`squashfs`] (cached base layer),
+//! [`agent`] (cross-built), [`customise`] (the Cloudy layer), [`iso`], [`finish`], [`verify`].
 
+pub mod agent;
+pub mod board;
+pub mod bootstrap;
+pub mod build;
+pub mod cache;
+pub mod cmd;
+pub mod config;
+pub mod customise;
+pub mod finish;
+pub mod iso;
+pub mod progress;
+pub mod qemu;
+pub mod recipe;
+pub mod squashfs;
+pub mod tools;
+pub mod verify;

@@ -1,1 +1,143 @@
-fn main() {}
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use cloudy_image::agent::Builder;
+use cloudy_image::build::{self, Options};
+use cloudy_image::qemu::{Accel, Boot};
+use cloudy_image::{board, progress};
+
+/// Builds Cloudy community-cloud images from a recipe and a board, and boots them in QEMU.
+#[derive(Parser)]
+#[command(version, about, after_help = "Boards are the files in hardware/; `cloudy-image boards` lists them.\nExample: cloudy-image build --board pc-686-pae")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image and (unless --no-verify) boot it in QEMU until the node reports ready.
+    Build {
+        #[command(flatten)]
+        common: Common,
+        /// The recipe: what goes into the image.
+        #[arg(long, default_value = "recipes/cloudy.toml")]
+        recipe: PathBuf,
+        /// Skip the QEMU boot check.
+        #[arg(long)]
+        no_verify: bool,
+        /// Firmware QEMU boots the image with in the verify stage.
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: Boot,
+        /// How the agent is cross-built.
+        #[arg(long, value_enum, default_value = "debian")]
+        agent_builder: Builder,
+        /// Remake the base squashfs instead of reusing it from the cache.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Open a built image in QEMU with its serial console (and a root shell) in this terminal.
+    Boot {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the boards in hardware/.
+    Boards {
+        /// The checkout holding hardware/ (default: found from the current directory).
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Board name (a file in hardware/).
+    #[arg(long, default_value = "pc-686-pae")]
+    board: String,
+    /// Output directory; the image lands in OUT/<board>/.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Cache of bootstrapped root filesystems and toolchain pieces.
+    #[arg(long, env = "CLOUDY_CACHE")]
+    cache: Option<PathBuf>,
+    /// The checkout holding hardware/, overlay/ and agent/ (default: found from the current directory).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// QEMU accelerator. KVM only where a test boot proved it runs Debian kernels.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: Accel,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOUDY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("\ncloudy-image: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build { common, recipe, no_verify, firmware, agent_builder, rebuild } => {
+            let opts = options(common, recipe, !no_verify, firmware, agent_builder, rebuild)?;
+            build::run(&opts)?;
+        }
+        Command::Boot { common } => {
+            let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, Boot::Bios, Builder::Debian, false)?;
+            build::boot(&opts)?;
+        }
+        Command::Boards { source } => {
+            let source = find_source(source)?;
+            let rows: Vec<Vec<String>> = board::list(&source.join("hardware"))
+                .into_iter()
+                .map(|n| match board::Board::find(&source.join("hardware"), &n) {
+                    Ok((b, _, _)) => vec![n, b.arch.debian().to_string(), format!("{:?}", b.format).to_lowercase(), b.description],
+                    Err(e) => vec![n, "?".into(), "?".into(), format!("invalid: {e}")],
+                })
+                .collect();
+            print!("{}", progress::table(&["board", "arch", "format", "description"], &rows));
+        }
+    }
+    Ok(())
+}
+
+fn options(c: Common, recipe: PathBuf, verify: bool, boot: Boot, agent_builder: Builder, rebuild: bool) -> Result<Options> {
+    let source = find_source(c.source)?;
+    let recipe = if recipe.is_relative() && !recipe.exists() { source.join(&recipe) } else { recipe };
+    let cache = c.cache.unwrap_or_else(default_cache);
+    Ok(Options { board: c.board, recipe, out: c.out, cache, source, verify, accel: c.accel, boot, agent_builder, rebuild })
+}
+
+fn default_cache() -> PathBuf {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/cache/cloudy-image")
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
+            .join("cloudy-image")
+    }
+}
+
+/// The checkout is the nearest directory up from here with hardware/ and agent/.
+fn find_source(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(s) = given {
+        return Ok(std::fs::canonicalize(&s)?);
+    }
+    let cwd = std::env::current_dir()?;
+    let mut p: &Path = &cwd;
+    loop {
+        if p.join("hardware").is_dir() && p.join("agent/Cargo.toml").exists() {
+            return Ok(p.to_path_buf());
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => bail!("not inside a Cloudy checkout (no hardware/ and agent/ above {})\n  fix: run from the checkout or pass --source", cwd.display()),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+# Cloudy: the entry points. The README names two of them: `make image` and `make test`.
+SHELL := /bin/bash
+BOARD ?= pc-686-pae
+RECIPE ?= recipes/cloudy.toml
+OUT ?= out
+# rustup's cargo when there is one, else Debian's (cargo-web, installed by `make deps`).
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
+IMAGE_BIN := target/release/cloudy-image
+
+.PHONY: image boot test e2e bench deps tool check-root
+
+## image: install host tools, build the default board's ISO and boot it in QEMU until ready
+image: deps tool
+	$(IMAGE_BIN) build --board $(BOARD) --recipe $(RECIPE) --out $(OUT)
+
+## boot: open the built image in QEMU with its console (and a root shell) in this terminal
+boot: tool
+	$(IMAGE_BIN) boot --board $(BOARD) --out $(OUT)
+
+## test: unit tests, then the end-to-end tests (builds and boots pc-686-pae for real)
+test: deps tool
+	$(CARGO) test --workspace --exclude cloudy-tests
+	CLOUDY_E2E=1 CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release -- --test-threads=1
+
+## e2e: every board, and UEFI boot of pc-amd64 (long)
+e2e: deps tool
+	CLOUDY_E2E=1 CLOUDY_E2E_ALL=1 CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release -- --test-threads=1
+
+## bench: build/boot numbers against Debian's live-build, printed as one table
+bench: deps tool
+	bench/build.sh
+
+## deps: the Debian packages the build and the tests need (root)
+deps:
+	ci/deps.sh
+
+tool:
+	$(CARGO) build --release -p cloudy-image

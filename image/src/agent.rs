@@ -1,0 +1,215 @@
+//! Builds cloudy-agent for the board's architecture with Debian's Rust (`rustc-web`), the same
+//! version's target standard library unpacked into a private sysroot, and Debian's cross gcc as
+//! linker. No foreign dpkg architecture is added to the host: the std .deb is fetched directly
+//! and checked against the pinned hashes in `rust-std.sha256`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::board::Arch;
+use crate::cache;
+use crate::cmd::{self, CmdError, Log};
+use crate::progress::Step;
+
+const PINNED: &str = include_str!("../rust-std.sha256");
+const CARGO: &str = "/usr/bin/cargo";
+const RUSTC: &str = "/usr/bin/rustc";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builder {
+    /// Debian's cargo-web/rustc-web with a private target sysroot (default; no Docker).
+    Debian,
+    /// `cross` (needs Docker or Podman).
+    Cross,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("Debian's Rust toolchain is missing ({0})\n  fix: run `make deps` (installs rustc-web and cargo-web)")]
+    NoToolchain(String),
+    #[error("rustc-web {installed} is installed, but {pinned} is pinned in image/rust-std.sha256\n  fix: apt-get install rustc-web={pinned} cargo-web={pinned} libstd-rust-web-dev={pinned} (what `make deps` does), or update the pin")]
+    VersionMismatch { installed: String, pinned: String },
+    #[error("cannot fetch {file} from {urls}\n  fix: check the mirror; if Debian replaced that rustc-web version, update RUSTC_WEB_VERSION in ci/deps.sh and image/rust-std.sha256")]
+    Fetch { file: String, urls: String },
+    #[error("{file} has sha256 {got}, pinned {want}: refusing to use it\n  fix: delete it from the cache and retry; if it persists the mirror serves a different file")]
+    Checksum { file: String, got: String, want: String },
+    #[error("building the agent failed: {0}")]
+    Build(CmdError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+}
+
+pub struct Built {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub toolchain: String,
+}
+
+pub struct Request<'a> {
+    pub arch: Arch,
+    pub source: &'a Path,
+    pub cache: &'a Path,
+    pub mirror: &'a str,
+    pub security_mirror: &'a str,
+    pub builder: Builder,
+}
+
+pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError> {
+    let triple = req.arch.rust_target();
+    let (path, toolchain) = match req.builder {
+        Builder::Cross => {
+            let mut c = Command::new("cross");
+            c.current_dir(req.source).args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple]);
+            cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
+            (req.source.join("target").join(triple).join("release/cloudy-agent"), "cross".to_string())
+        }
+        Builder::Debian => debian(req, triple, log, step)?,
+    };
+    let sha256 = cache::sha256_file(&path).map_err(|source| io("reading", &path, source))?;
+    Ok(Built { path, sha256, toolchain })
+}
+
+fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBuf, String), AgentError> {
+    for p in [CARGO, RUSTC] {
+        if !Path::new(p).exists() {
+            return Err(AgentError::NoToolchain(format!("{p} not found")));
+        }
+    }
+    let version = installed_version()?;
+    let target_dir = req.source.join("target/cross");
+    let env_triple = triple.to_uppercase().replace('-', "_");
+    let mut rustflags = vec![
+        // Paths of this checkout and of the cargo registry must not leak into the binary:
+        // builds from different directories give the same agent.
+        format!("--remap-path-prefix={}=/build/cloudy", req.source.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home().display()),
+    ];
+    if req.arch != Arch::Amd64 {
+        let sysroot = sysroot(req, &version, log, step)?;
+        rustflags.push(format!("--sysroot={}", sysroot.display()));
+    }
+    let (linker, _) = req.arch.linker();
+    let mut c = Command::new(CARGO);
+    c.current_dir(req.source)
+        .args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple])
+        .env("RUSTC", RUSTC)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env(format!("CARGO_TARGET_{env_triple}_LINKER"), linker)
+        .env(format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"), rustflags.join(" "));
+    cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
+    Ok((target_dir.join(triple).join("release/cloudy-agent"), format!("rustc-web {version}")))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+fn installed_version() -> Result<String, AgentError> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "rustc-web"])
+        .output()
+        .map_err(|e| AgentError::NoToolchain(format!("dpkg-query: {e}")))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || v.is_empty() {
+        return Err(AgentError::NoToolchain("package rustc-web is not installed".into()));
+    }
+    Ok(v)
+}
+
+/// `(file name, sha256)` of the pinned std .deb for `arch`.
+fn pinned(arch: Arch) -> Option<(String, String)> {
+    PINNED
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("  "))
+        .find(|(_, f)| f.ends_with(&format!("_{}.deb", arch.debian())))
+        .map(|(h, f)| (f.to_string(), h.to_string()))
+}
+
+fn pinned_version(file: &str) -> String {
+    file.split('_').nth(1).unwrap_or_default().to_string()
+}
+
+/// `<cache>/rust-sysroot/<version>/` holding `lib/rustlib/<triple>` from the std .deb and the
+/// host's own rustlib beside it (proc macros and build scripts run on the host).
+fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathBuf, AgentError> {
+    let triple = req.arch.rust_target();
+    let (file, want) = pinned(req.arch).ok_or_else(|| AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian())))?;
+    let pinned_v = pinned_version(&file);
+    if pinned_v != version {
+        return Err(AgentError::VersionMismatch { installed: version.into(), pinned: pinned_v });
+    }
+    let root = req.cache.join("rust-sysroot").join(version);
+    let rustlib = root.join("lib/rustlib");
+    if rustlib.join(triple).join("lib").exists() {
+        return Ok(root);
+    }
+    let debs = req.cache.join("rust-sysroot/debs");
+    std::fs::create_dir_all(&debs).map_err(|source| io("creating", &debs, source))?;
+    let deb = debs.join(&file);
+    if !deb.exists() {
+        let urls = [
+            format!("{}/pool/updates/main/r/rustc-web/{file}", req.security_mirror),
+            format!("{}/pool/main/r/rustc-web/{file}", req.mirror),
+        ];
+        let tmp = cache::tmp_path(&deb);
+        let fetched = urls.iter().any(|u| {
+            let mut c = Command::new("curl");
+            c.args(["-fsSL", "--retry", "2", "-o"]).arg(&tmp).arg(u);
+            cmd::run(&mut c, log, step).is_ok()
+        });
+        if !fetched {
+            return Err(AgentError::Fetch { file, urls: urls.join(" or ") });
+        }
+        let got = cache::sha256_file(&tmp).map_err(|source| io("reading", &tmp, source))?;
+        if got != want {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(AgentError::Checksum { file, got, want });
+        }
+        std::fs::rename(&tmp, &deb).map_err(|source| io("renaming", &tmp, source))?;
+    }
+    let unpack = cache::tmp_path(&root);
+    let _ = cache::remove_any(&unpack);
+    std::fs::create_dir_all(&unpack).map_err(|source| io("creating", &unpack, source))?;
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-x").arg(&deb).arg(unpack.join("deb"));
+    cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
+    let lib = unpack.join("lib/rustlib");
+    std::fs::create_dir_all(&lib).map_err(|source| io("creating", &lib, source))?;
+    let from = unpack.join("deb/usr/lib/rustlib").join(triple);
+    std::fs::rename(&from, lib.join(triple)).map_err(|source| io("moving", &from, source))?;
+    let host = "x86_64-unknown-linux-gnu";
+    std::os::unix::fs::symlink(Path::new("/usr/lib/rustlib").join(host), lib.join(host))
+        .map_err(|source| io("linking", &lib, source))?;
+    let _ = std::fs::remove_dir_all(unpack.join("deb"));
+    cache::publish(&unpack, &root).map_err(|source| io("renaming", &unpack, source))?;
+    Ok(root)
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
+    AgentError::Io { what, path: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cross_arch_has_a_pinned_std_of_one_version() {
+        let mut versions = vec![];
+        for a in [Arch::I386, Arch::Armhf, Arch::Arm64] {
+            let (file, sha) = pinned(a).expect("pinned");
+            assert_eq!(sha.len(), 64, "{file}");
+            versions.push(pinned_version(&file));
+        }
+        versions.dedup();
+        assert_eq!(versions.len(), 1, "one toolchain version for all targets: {versions:?}");
+        let deps = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/deps.sh")).unwrap();
+        assert!(deps.contains(&format!("RUSTC_WEB_VERSION={}", versions[0])), "ci/deps.sh installs the pinned version");
+    }
+}

@@ -1,0 +1,192 @@
+//! Board definitions (`hardware/<board>.toml`): what hardware an image is for and how QEMU
+//! stands in for it.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, ConfigError};
+
+pub const BOARD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    I386,
+    Amd64,
+    Armhf,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name, as mmdebstrap and dpkg use it.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::I386 => "i386",
+            Arch::Amd64 => "amd64",
+            Arch::Armhf => "armhf",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::I386 => "i686-unknown-linux-gnu",
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Armhf => "armv7-unknown-linux-gnueabihf",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The cross gcc used as linker, and the Debian package that has it.
+    pub fn linker(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::I386 => ("i686-linux-gnu-gcc", "gcc-i686-linux-gnu"),
+            Arch::Amd64 => ("x86_64-linux-gnu-gcc", "gcc"),
+            Arch::Armhf => ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+            Arch::Arm64 => ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Iso,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    Bios,
+    UefiIa32,
+    UefiX64,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qemu {
+    pub system: String,
+    pub machine: String,
+    pub cpu: String,
+    pub memory_mib: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    pub version: u32,
+    pub name: String,
+    pub description: String,
+    pub arch: Arch,
+    pub kernel_package: String,
+    /// The end of `uname -r` on a node that booted this board's kernel.
+    pub kernel_flavour: String,
+    pub format: Format,
+    pub firmware: Vec<Firmware>,
+    pub console: String,
+    pub qemu: Qemu,
+}
+
+impl Board {
+    /// Loads `hardware/<name>.toml`; an unknown name lists the boards there are.
+    pub fn find(hardware_dir: &Path, name: &str) -> Result<(Board, PathBuf, String), ConfigError> {
+        let path = hardware_dir.join(format!("{name}.toml"));
+        if name.contains('/') || !path.exists() {
+            return Err(ConfigError::UnknownBoard {
+                name: name.to_string(),
+                file: path.display().to_string(),
+                known: list(hardware_dir).join(", "),
+            });
+        }
+        let (board, text) = Board::load(&path)?;
+        Ok((board, path, text))
+    }
+
+    pub fn load(path: &Path) -> Result<(Board, String), ConfigError> {
+        let (board, text): (Board, String) = config::load(path, BOARD_VERSION, "board")?;
+        board.validate(path)?;
+        Ok((board, text))
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if self.name != stem {
+            return Err(ConfigError::invalid(path, "name", format!("`{}` differs from the file name", self.name), format!("name the board `{stem}` or rename the file")));
+        }
+        if self.firmware.is_empty() {
+            return Err(ConfigError::invalid(path, "firmware", "empty", "list at least one of bios, uefi-ia32, uefi-x64"));
+        }
+        if self.firmware.contains(&Firmware::UefiX64) && self.arch != Arch::Amd64 {
+            return Err(ConfigError::invalid(path, "firmware", "uefi-x64 needs arch amd64", "use uefi-ia32 for i386 boards"));
+        }
+        if !self.console.starts_with("tty") {
+            return Err(ConfigError::invalid(path, "console", format!("`{}` is not a console device", self.console), "write it as on the kernel command line, e.g. ttyS0,115200n8"));
+        }
+        if self.qemu.memory_mib < 256 {
+            return Err(ConfigError::invalid(path, "qemu.memory_mib", "below 256 MiB: a live system does not fit", "use 1024"));
+        }
+        Ok(())
+    }
+
+    /// The console device alone (`ttyS0`), for getty and QEMU.
+    pub fn console_device(&self) -> &str {
+        self.console.split(',').next().unwrap_or(&self.console)
+    }
+}
+
+pub fn list(hardware_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(hardware_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension()? != "toml" {
+                return None;
+            }
+            Some(p.file_stem()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    #[test]
+    fn every_shipped_board_loads() {
+        let names = list(&repo().join("hardware"));
+        assert!(names.contains(&"pc-686-pae".to_string()));
+        for n in names {
+            Board::find(&repo().join("hardware"), &n).unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_board_lists_known_ones() {
+        let err = Board::find(&repo().join("hardware"), "pc-z80").unwrap_err().to_string();
+        assert!(err.contains("pc-z80") && err.contains("pc-686-pae"), "{err}");
+    }
+
+    #[test]
+    fn bad_board_fixtures_name_the_key() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/boards");
+        for (file, needle) in [
+            ("bad-unknown-key.toml", "bootloader"),
+            ("bad-arch.toml", "arch"),
+            ("bad-version.toml", "version"),
+            ("bad-uefi.toml", "firmware"),
+        ] {
+            let err = Board::load(&dir.join(file)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{file}: {err}");
+            assert!(err.contains(file), "{file}: error does not name the file: {err}");
+            assert!(err.contains("fix:"), "{file}: error gives no fix: {err}");
+        }
+    }
+}

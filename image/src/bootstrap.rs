@@ -1,0 +1,341 @@
+//! Stage 1, bootstrap: a Debian root filesystem for the board's architecture made by
+//! mmdebstrap, cached under a key of everything that decides its content.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::board::Board;
+use crate::cache;
+use crate::cmd::{self, CmdError, Log};
+use crate::progress::Step;
+use crate::recipe::{Loaded, Security};
+
+/// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
+const BOOTSTRAP_FORMAT: u32 = 1;
+
+/// What every live node needs besides the recipe's packages.
+const BASE_PACKAGES: &[&str] = &["live-boot", "systemd-sysv", "udev", "zstd", "kmod"];
+
+/// Documentation, manual pages and translations: nobody reads them on a node, and they are
+/// ~60 MB of a 500 MB rootfs.
+const DPKG_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("package `{package}` is not in {suite} for {arch}\n  file: {recipe}, key `packages` (or the board's kernel_package)\n  fix: correct the name (search with `apt-cache search`) or remove it")]
+    UnknownPackage { package: String, suite: String, arch: String, recipe: String },
+    #[error("the mirror's {suite}-security index for {arch} is broken ({detail})\n  file: {recipe}, key `security` = \"required\"\n  fix: retry later, use another mirror, or set security = \"optional\" to build without it (the manifest records that)")]
+    SecurityIndexBroken { suite: String, arch: String, detail: String, recipe: String },
+    #[error("mirror {mirror} is unreachable ({detail})\n  file: {recipe}, key `mirror`\n  fix: check the network or point `mirror` at a reachable Debian mirror")]
+    MirrorUnreachable { mirror: String, detail: String, recipe: String },
+    #[error("no space left on the disk holding {dir}\n  fix: free space there or pass --cache/--out on a larger disk, then run the build again (it resumes)")]
+    DiskFull { dir: String },
+    #[error("mmdebstrap failed: {0}")]
+    Other(CmdError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+/// What the cache keeps beside each rootfs; the manifest copies it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub key: String,
+    pub suite: String,
+    pub arch: String,
+    pub mirror: String,
+    /// "used", "off", or "skipped: <why>".
+    pub security: String,
+    pub packages: Vec<Package>,
+    pub seconds: f64,
+}
+
+pub struct Rootfs {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    pub cached: bool,
+}
+
+#[derive(Serialize)]
+struct KeyInput<'a> {
+    format: u32,
+    suite: &'a str,
+    arch: &'a str,
+    mirror: &'a str,
+    security_mirror: Option<String>,
+    components: &'a [String],
+    packages: Vec<String>,
+    epoch: u64,
+}
+
+pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
+    let mut p: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+    p.push(board.kernel_package.clone());
+    p.extend(recipe.recipe.packages.iter().cloned());
+    p.sort();
+    p.dedup();
+    p
+}
+
+fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
+    let r = &recipe.recipe;
+    let input = KeyInput {
+        format: BOOTSTRAP_FORMAT,
+        suite: &r.suite,
+        arch: board.arch.debian(),
+        mirror: &r.mirror,
+        security_mirror: with_security.then(|| r.security_mirror()),
+        components: &r.components,
+        packages: package_set(board, recipe),
+        epoch: r.source_date_epoch,
+    };
+    cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
+}
+
+/// Returns the cached rootfs for this board and recipe, making it if needed.
+pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &Step) -> Result<Rootfs, BootstrapError> {
+    let dir = cache_dir.join("bootstrap");
+    std::fs::create_dir_all(&dir).map_err(|source| io("creating", &dir, source))?;
+    let attempts: &[bool] = match recipe.recipe.security {
+        Security::Off => &[false],
+        Security::Required => &[true],
+        Security::Optional => &[true, false],
+    };
+    let mut skipped = None;
+    for &with_security in attempts {
+        let k = key(board, recipe, with_security);
+        if let Some(rootfs) = cached(&dir, &k) {
+            log.line(&format!("bootstrap: cache hit {k}"));
+            let mut rootfs = rootfs;
+            if let Some(why) = &skipped {
+                rootfs.meta.security = format!("skipped: {why}");
+            }
+            return Ok(rootfs);
+        }
+        match make(board, recipe, &dir, &k, with_security, log, step) {
+            Ok(mut rootfs) => {
+                if let Some(why) = skipped {
+                    rootfs.meta.security = format!("skipped: {why}");
+                    write_meta(&dir, &rootfs.meta)?;
+                }
+                return Ok(rootfs);
+            }
+            Err(BootstrapError::SecurityIndexBroken { detail, .. }) if recipe.recipe.security == Security::Optional => {
+                let why = format!("{}-security index for {} broken on the mirror ({detail})", recipe.recipe.suite, board.arch.debian());
+                tracing::info!("building without the security suite: {why}");
+                eprintln!("WARNING: building WITHOUT {}-security: {why}. The manifest records this.", recipe.recipe.suite);
+                log.line(&format!("WARNING: security suite skipped: {why}"));
+                skipped = Some(why);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt either returns or fails")
+}
+
+fn cached(dir: &Path, key: &str) -> Option<Rootfs> {
+    let root = dir.join(key);
+    let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
+    root.join("etc/os-release").exists().then_some(Rootfs { dir: root, meta, cached: true })
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BootstrapError> {
+    let p = dir.join(format!("{}.json", meta.key));
+    cache::write_atomic(&p, &serde_json::to_vec_pretty(meta).expect("meta serialises"))
+        .map_err(|source| io("writing", &p, source))
+}
+
+fn make(
+    board: &Board,
+    recipe: &Loaded,
+    dir: &Path,
+    key: &str,
+    with_security: bool,
+    log: &Log,
+    step: &Step,
+) -> Result<Rootfs, BootstrapError> {
+    let r = &recipe.recipe;
+    let final_dir = dir.join(key);
+    let tmp = cache::tmp_path(&final_dir);
+    cache::remove_any(&tmp).map_err(|source| io("removing", &tmp, source))?;
+    let pkg_list = dir.join(format!("{key}.packages.tmp"));
+    let started = std::time::Instant::now();
+
+    let components = r.components.join(" ");
+    let mut sources = vec![
+        format!("deb {} {} {components}", r.mirror, r.suite),
+        format!("deb {} {}-updates {components}", r.mirror, r.suite),
+    ];
+    if with_security {
+        sources.push(format!("deb {} {}-security {components}", r.security_mirror(), r.suite));
+    }
+    let mut c = Command::new("mmdebstrap");
+    c.env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
+        .arg("--variant=minbase")
+        .arg(format!("--arch={}", board.arch.debian()))
+        .arg("--mode=root")
+        .arg("--format=directory")
+        .arg(format!("--include={}", package_set(board, recipe).join(",")))
+        .arg(format!("--components={}", r.components.join(",")));
+    for ex in DPKG_EXCLUDES {
+        c.arg(format!("--dpkgopt={ex}"));
+    }
+    // The initramfs is built once, by the kernel's postinst, with these settings in place.
+    c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
+    // Per-node secrets and identities must be made on the node, never shipped in the image.
+    c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
+    c.arg(format!(
+        "--customize-hook=dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f '${{Package}}\\t${{Version}}\\t${{Architecture}}\\n' > '{}'",
+        pkg_list.display()
+    ));
+    c.arg(&r.suite).arg(&tmp).args(&sources);
+
+    if let Err(e) = cmd::run(&mut c, log, step) {
+        let _ = cache::remove_any(&tmp);
+        return Err(classify(e, board, recipe, dir));
+    }
+    let packages = parse_packages(&std::fs::read_to_string(&pkg_list).map_err(|source| io("reading", &pkg_list, source))?);
+    let _ = std::fs::remove_file(&pkg_list);
+    let meta = Meta {
+        key: key.to_string(),
+        suite: r.suite.clone(),
+        arch: board.arch.debian().to_string(),
+        mirror: r.mirror.clone(),
+        security: if with_security { "used".into() } else { "off".into() },
+        packages,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_meta(dir, &meta)?;
+    cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
+    Ok(Rootfs { dir: final_dir, meta, cached: false })
+}
+
+fn parse_packages(text: &str) -> Vec<Package> {
+    let mut v: Vec<Package> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some(Package { name: f.next()?.into(), version: f.next()?.into(), arch: f.next()?.into() })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Turns mmdebstrap's output into the error a user can act on.
+fn classify(e: CmdError, board: &Board, recipe: &Loaded, dir: &Path) -> BootstrapError {
+    let tail = e.tail().to_string();
+    let recipe_file = recipe.path.display().to_string();
+    let r = &recipe.recipe;
+    if tail.contains("No space left on device") {
+        return BootstrapError::DiskFull { dir: dir.display().to_string() };
+    }
+    for marker in ["Unable to locate package ", "Package '"] {
+        if let Some(rest) = tail.split(marker).nth(1) {
+            let package: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\'').collect();
+            if !package.is_empty() && (marker.starts_with("Unable") || rest.contains("has no installation candidate")) {
+                return BootstrapError::UnknownPackage {
+                    package,
+                    suite: r.suite.clone(),
+                    arch: board.arch.debian().into(),
+                    recipe: recipe_file,
+                };
+            }
+        }
+    }
+    let security_line = tail.lines().find(|l| {
+        l.contains("-security")
+            && (l.contains("unexpected size") || l.contains("Hash Sum mismatch") || l.contains("Failed to fetch"))
+    });
+    let index_broken = tail.contains("unexpected size") || tail.contains("Hash Sum mismatch");
+    if let Some(line) = security_line.filter(|_| index_broken) {
+        let detail = if line.contains("unexpected size") { "file has unexpected size" } else { "hash sum mismatch" };
+        return BootstrapError::SecurityIndexBroken {
+            suite: r.suite.clone(),
+            arch: board.arch.debian().into(),
+            detail: detail.into(),
+            recipe: recipe_file,
+        };
+    }
+    for marker in ["Could not resolve", "Temporary failure resolving", "Unable to connect", "Connection refused", "Could not connect", "Connection timed out", "Network is unreachable"] {
+        if let Some(line) = tail.lines().find(|l| l.contains(marker)) {
+            return BootstrapError::MirrorUnreachable { mirror: r.mirror.clone(), detail: line.trim().to_string(), recipe: recipe_file };
+        }
+    }
+    BootstrapError::Other(e)
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> BootstrapError {
+    BootstrapError::Io { what, path: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    fn fixture() -> (Board, Loaded) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (board, _) = Board::load(&root.join("tests/fixtures/boards/good.toml")).unwrap();
+        (board, Recipe::load(&root.join("tests/fixtures/recipes/good.toml")).unwrap())
+    }
+
+    fn failed(tail: &str) -> CmdError {
+        CmdError::Failed { command: "mmdebstrap".into(), status: "exit status: 1".into(), tail: tail.into() }
+    }
+
+    #[test]
+    fn key_depends_on_packages_and_security() {
+        let (board, mut recipe) = fixture();
+        let k1 = key(&board, &recipe, true);
+        assert_eq!(k1, key(&board, &recipe, true));
+        assert_ne!(k1, key(&board, &recipe, false));
+        recipe.recipe.packages.push("avahi-daemon".into());
+        assert_ne!(k1, key(&board, &recipe, true));
+        // Order and duplicates in the recipe do not matter.
+        let mut r2 = recipe.clone();
+        r2.recipe.packages.reverse();
+        r2.recipe.packages.push("tinc".into());
+        assert_eq!(key(&board, &recipe, true), key(&board, &r2, true));
+    }
+
+    #[test]
+    fn mmdebstrap_failures_become_actionable_errors() {
+        let (board, recipe) = fixture();
+        let d = Path::new("/cache");
+        let e = classify(failed("E: Unable to locate package tincc\nE: apt-get failed"), &board, &recipe, d);
+        assert!(matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "tincc"), "{e}");
+        assert!(e.to_string().contains("good.toml"));
+        let e = classify(failed("E: Package 'foo' has no installation candidate"), &board, &recipe, d);
+        assert!(matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "foo"), "{e}");
+        let e = classify(failed("E: Failed to fetch http://deb.debian.org/debian-security/dists/bookworm-security/main/binary-i386/Packages.xz  File has unexpected size (346968 != 366648). Mirror sync in progress?"), &board, &recipe, d);
+        assert!(matches!(e, BootstrapError::SecurityIndexBroken { .. }), "{e}");
+        assert!(e.to_string().contains("security = \"optional\""));
+        let e = classify(failed("Err:1 http://nowhere.invalid/debian bookworm InRelease\n  Could not resolve 'nowhere.invalid'"), &board, &recipe, d);
+        assert!(matches!(e, BootstrapError::MirrorUnreachable { .. }), "{e}");
+        let e = classify(failed("tar: write error: No space left on device"), &board, &recipe, d);
+        assert!(matches!(e, BootstrapError::DiskFull { .. }), "{e}");
+    }
+
+    #[test]
+    fn package_list_parses_and_sorts() {
+        let p = parse_packages("tinc\t1.0.36-2\ti386\nbash\t5.2-2\ti386\n");
+        assert_eq!(p[0].name, "bash");
+        assert_eq!(p[1].version, "1.0.36-2");
+    }
+}

@@ -1,0 +1,271 @@
+//! The build: recipe + board -> bootstrap -> customise -> iso -> finish -> verify, each stage
+//! timed and shown, ending in a summary table.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use crate::agent::{self, Builder};
+use crate::board::{Board, Firmware};
+use crate::cmd::Log;
+use crate::progress::{fmt_secs, fmt_size, table, Reporter};
+use crate::qemu::{Accel, Boot, Vm};
+use crate::recipe::Recipe;
+use crate::{bootstrap, cache, customise, finish, iso, squashfs, tools, verify};
+
+/// A build needs room for the rootfs, its squashfs and the ISO.
+const MIN_FREE: u64 = 3 << 30;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub board: String,
+    pub recipe: PathBuf,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    /// The checkout: `hardware/`, `overlay/` and the agent's source.
+    pub source: PathBuf,
+    pub verify: bool,
+    pub accel: Accel,
+    pub boot: Boot,
+    pub agent_builder: Builder,
+    /// Rebuild the base squashfs instead of taking it from the cache (the rootfs is still
+    /// taken from the cache); used to show the output is reproducible.
+    pub rebuild: bool,
+}
+
+pub struct Built {
+    pub iso: PathBuf,
+    pub manifest: finish::Manifest,
+    pub verified: Option<verify::Outcome>,
+}
+
+pub fn board_dir(out: &Path, board: &str) -> PathBuf {
+    out.join(board)
+}
+
+pub fn iso_path(out: &Path, board: &str) -> PathBuf {
+    board_dir(out, board).join(format!("cloudy-{board}.iso"))
+}
+
+pub fn run(opts: &Options) -> Result<Built> {
+    let started = std::time::Instant::now();
+    let (board, board_path, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    let recipe = Recipe::load(&opts.recipe)?;
+    tools::check(&tools::for_build(&board, opts.verify))?;
+    for dir in [&opts.cache, &opts.out] {
+        let free = cache::free_bytes(dir).with_context(|| format!("checking free space on {}", dir.display()))?;
+        if free < MIN_FREE {
+            bail!(
+                "only {} free on the disk holding {}; a build needs {}\n  fix: free space there or pass --cache/--out on a larger disk",
+                fmt_size(free),
+                dir.display(),
+                fmt_size(MIN_FREE)
+            );
+        }
+    }
+    let dir = board_dir(&opts.out, &board.name);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let _lock = lock(&dir.join(".lock"))?;
+    let log = Log::to_file(&dir.join("build.log")).context("opening build.log")?;
+    log.line(&format!("=== cloudy-image build --board {} --recipe {} ===", board.name, opts.recipe.display()));
+    eprintln!("cloudy-image: building {} ({}) from {}", board.name, board.description, opts.recipe.display());
+    let r = &recipe.recipe;
+    let epoch = r.source_date_epoch;
+    let mut rep = Reporter::new();
+
+    let rootfs = rep.stage("bootstrap", |step| {
+        let rootfs = bootstrap::run(&board, &recipe, &opts.cache, &log, step)?;
+        let note = if rootfs.cached { format!("cached {}", rootfs.meta.key) } else { format!("made {}", rootfs.meta.key) };
+        let note = if rootfs.meta.security.starts_with("skipped") { format!("{note}; WITHOUT security suite") } else { note };
+        Ok::<_, bootstrap::BootstrapError>((rootfs, note))
+    })?;
+
+    let base_sq = opts.cache.join("squashfs").join(format!(
+        "{}-{}{}.squashfs",
+        rootfs.meta.key,
+        r.squashfs.compression.name(),
+        r.squashfs.level.map(|l| l.to_string()).unwrap_or_default()
+    ));
+    rep.stage("squashfs", |step| {
+        if base_sq.exists() && !opts.rebuild {
+            return Ok(((), "cached".to_string()));
+        }
+        std::fs::create_dir_all(base_sq.parent().expect("has parent"))?;
+        // The initrd is on the ISO beside the kernel; a second copy inside is dead weight.
+        squashfs::make(&rootfs.dir, &base_sq, &r.squashfs, epoch, &["boot/initrd.img*"], &log, step)?;
+        Ok::<_, anyhow::Error>(((), fmt_size(std::fs::metadata(&base_sq)?.len())))
+    })?;
+
+    let agent = rep.stage("agent", |step| {
+        let req = agent::Request {
+            arch: board.arch,
+            source: &opts.source,
+            cache: &opts.cache,
+            mirror: &r.mirror,
+            security_mirror: &r.security_mirror(),
+            builder: opts.agent_builder,
+        };
+        let built = agent::build(&req, &log, step)?;
+        let note = format!("{} {}", board.arch.rust_target(), built.toolchain);
+        Ok::<_, agent::AgentError>((built, note))
+    })?;
+
+    let layer_sq = work.join("cloudy.squashfs");
+    let units = rep.stage("customise", |step| {
+        let layer = work.join("layer");
+        let units = customise::make_layer(
+            &customise::Inputs {
+                base: &rootfs.dir,
+                overlay: &opts.source.join("overlay"),
+                agent: &agent.path,
+                seed: &recipe.seed_text,
+                enable: &r.enable,
+            },
+            &layer,
+        )?;
+        squashfs::make(&layer, &layer_sq, &r.squashfs, epoch, &[], &log, step)?;
+        Ok::<_, anyhow::Error>((units.clone(), format!("{} units enabled", units.len())))
+    })?;
+
+    let iso_out = iso_path(&opts.out, &board.name);
+    rep.stage("iso", |step| {
+        iso::make(
+            &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
+            &work,
+            &iso_out,
+            &log,
+            step,
+        )?;
+        Ok::<_, iso::IsoError>(((), fmt_size(std::fs::metadata(&iso_out).map(|m| m.len()).unwrap_or(0))))
+    })?;
+
+    let outputs = rep.stage("finish", |_| {
+        let outputs = vec![finish::describe(&iso_out)?];
+        finish::write_sums(&dir, &outputs)?;
+        Ok::<_, std::io::Error>((outputs, "SHA256SUMS, manifest.json".to_string()))
+    })?;
+    let mut manifest = finish::Manifest {
+        cloudy_image: env!("CARGO_PKG_VERSION"),
+        board: board.name.clone(),
+        board_sha256: cache::sha256_bytes(board_text.as_bytes()),
+        recipe: opts.recipe.display().to_string(),
+        recipe_sha256: cache::sha256_bytes(recipe.text.as_bytes()),
+        seed_sha256: cache::sha256_bytes(recipe.seed_text.as_bytes()),
+        suite: r.suite.clone(),
+        arch: board.arch.debian().into(),
+        mirror: r.mirror.clone(),
+        security: rootfs.meta.security.clone(),
+        source_date_epoch: epoch,
+        kernel_package: board.kernel_package.clone(),
+        bootstrap_key: rootfs.meta.key.clone(),
+        agent: finish::AgentInfo {
+            target: board.arch.rust_target().into(),
+            toolchain: agent.toolchain.clone(),
+            sha256: agent.sha256.clone(),
+        },
+        units_enabled: units,
+        packages: rootfs.meta.packages.clone(),
+        outputs: outputs.clone(),
+        stages: rep.times.clone(),
+        built_at_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    finish::write_manifest(&dir, &manifest).context("writing manifest.json")?;
+    let _ = board_path;
+
+    let verified = if opts.verify {
+        let boot = if opts.boot == Boot::Uefi && !board.firmware.contains(&Firmware::UefiX64) {
+            bail!("--firmware uefi: board {} has no x64 UEFI boot (QEMU's OVMF is x64 only)\n  fix: verify with --firmware bios", board.name);
+        } else {
+            opts.boot
+        };
+        let vm = Vm { board: &board, iso: &iso_out, accel: opts.accel, boot, direct: None };
+        let outcome = rep.stage("verify", |step| {
+            let o = verify::run(&vm, r.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;
+            let note = format!("ready in {} ({:?}, {:?}), kernel {}", fmt_secs(o.seconds), opts.accel, boot, o.ready["kernel"].as_str().unwrap_or("?"));
+            Ok::<_, verify::VerifyError>((o, note))
+        })?;
+        cache::write_atomic(&dir.join("verify.json"), &serde_json::to_vec_pretty(&outcome)?)?;
+        Some(outcome)
+    } else {
+        None
+    };
+    manifest.stages = rep.times.clone();
+    finish::write_manifest(&dir, &manifest).context("writing manifest.json")?;
+
+    print_summary(&manifest, &dir, started.elapsed().as_secs_f64());
+    Ok(Built { iso: iso_out, manifest, verified })
+}
+
+fn print_summary(m: &finish::Manifest, dir: &Path, total: f64) {
+    let mut out = String::new();
+    out.push_str(&format!("\nBuilt {} ({}, {}, {} packages) in {}\n", m.board, m.suite, m.arch, m.packages.len(), fmt_secs(total)));
+    if m.security.starts_with("skipped") {
+        out.push_str(&format!("WARNING: no {}-security updates in this image: {}\n", m.suite, m.security));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = m.stages.iter().map(|s| vec![s.stage.clone(), fmt_secs(s.seconds), s.note.clone()]).collect();
+    out.push_str(&table(&["stage", "time", "note"], &rows));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = m
+        .outputs
+        .iter()
+        .map(|o| vec![dir.join(&o.file).display().to_string(), fmt_size(o.size), o.sha256.clone()])
+        .chain(["SHA256SUMS", "manifest.json", "build.log"].iter().map(|f| vec![dir.join(f).display().to_string(), String::new(), String::new()]))
+        .collect();
+    out.push_str(&table(&["output", "size", "sha256"], &rows));
+    println!("{out}");
+}
+
+/// One build per output directory at a time.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another build is running in {}\n  fix: wait for it, or use another --out", path.parent().unwrap_or(path).display());
+    }
+    Ok(f)
+}
+
+/// `cloudy-image boot`: the built image in QEMU with its serial console on this terminal and a
+/// root shell on that console (the kernel option below; whoever sets kernel options already
+/// owns the machine, so this opens nothing a node's users could reach).
+pub fn boot(opts: &Options) -> Result<()> {
+    let (board, _, _) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    tools::check(&tools::for_boot(&board))?;
+    tools::check(&[tools::Tool { program: "xorriso", package: "xorriso" }])?;
+    let iso = iso_path(&opts.out, &board.name);
+    if !iso.exists() {
+        bail!("{} does not exist\n  fix: build it first: cloudy-image build --board {}", iso.display(), board.name);
+    }
+    let tmp = tempdir_in(&board_dir(&opts.out, &board.name).join("work"))?;
+    let (kernel, initrd) = (tmp.join("vmlinuz"), tmp.join("initrd.img"));
+    let st = std::process::Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"]).arg(&iso)
+        .args(["-extract", "/live/vmlinuz"]).arg(&kernel)
+        .args(["-extract", "/live/initrd.img"]).arg(&initrd)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("cannot read the kernel from {}", iso.display());
+    }
+    let append = format!("{} cloudy.console-login", iso::cmdline(&board));
+    let vm = Vm { board: &board, iso: &iso, accel: opts.accel, boot: Boot::Bios, direct: Some((kernel, initrd, append)) };
+    let mut c = vm.command();
+    c.args(["-serial", "mon:stdio"]);
+    eprintln!("cloudy-image: booting {} in QEMU ({:?}); Ctrl-A X quits, root shell on this console", iso.display(), opts.accel);
+    let status = c.status().with_context(|| format!("starting {}", board.qemu.system))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    let d = parent.join(format!("boot-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

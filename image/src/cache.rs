@@ -1,0 +1,169 @@
+//! Content hashes, cache keys and the "write under a temporary name, rename on success" rule
+//! that lets every stage be interrupted and resumed.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Hash of a directory tree: relative paths, modes, symlink targets and file contents, in
+/// sorted order, so the same tree gives the same key on any machine.
+pub fn sha256_tree(root: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir)? {
+            let p = e?.path();
+            let m = fs::symlink_metadata(&p)?;
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            entries.push((p, m));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, m) in entries {
+        let rel = p.strip_prefix(root).unwrap_or(&p);
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(m.permissions().mode().to_le_bytes());
+        if m.file_type().is_symlink() {
+            h.update(fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+        } else if m.is_file() {
+            h.update(sha256_file(&p)?.as_bytes());
+        }
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `name.tmp` beside `name`: where a stage writes before it renames into place.
+pub fn tmp_path(final_path: &Path) -> PathBuf {
+    let mut s = final_path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Removes whatever an interrupted run left at `path` (file or directory).
+pub fn remove_any(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves a finished temporary output to its final name, replacing an older one.
+pub fn publish(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
+    if fs::symlink_metadata(final_path).map(|m| m.is_dir()).unwrap_or(false) {
+        fs::remove_dir_all(final_path)?;
+    }
+    fs::rename(tmp, final_path)
+}
+
+/// Writes a small file atomically (temp + fsync + rename).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d)?;
+    }
+    let tmp = tmp_path(path);
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Sets every entry's mtime under `root` (and root itself) to `epoch`, without following
+/// symlinks: ISO and FAT writers copy mtimes, and reproducible output needs them fixed.
+pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = vec![];
+    while let Some(p) = stack.pop() {
+        if fs::symlink_metadata(&p)?.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        all.push(p);
+    }
+    let t = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
+    for p in all {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: c is NUL-terminated; times points at two valid timespecs.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let mut p = if path.is_relative() { std::env::current_dir()?.join(path) } else { path.to_path_buf() };
+    while !p.exists() {
+        if !p.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and st is ours to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_hash_sees_content_mode_and_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc/x")).unwrap();
+        fs::write(d.path().join("etc/x/a"), "1").unwrap();
+        let h1 = sha256_tree(d.path()).unwrap();
+        assert_eq!(h1, sha256_tree(d.path()).unwrap());
+        fs::write(d.path().join("etc/x/a"), "2").unwrap();
+        let h2 = sha256_tree(d.path()).unwrap();
+        assert_ne!(h1, h2);
+        fs::set_permissions(d.path().join("etc/x/a"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(h2, sha256_tree(d.path()).unwrap());
+    }
+
+    #[test]
+    fn publish_replaces_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let fin = d.path().join("out");
+        fs::create_dir_all(fin.join("old")).unwrap();
+        let tmp = tmp_path(&fin);
+        fs::create_dir_all(tmp.join("new")).unwrap();
+        publish(&tmp, &fin).unwrap();
+        assert!(fin.join("new").exists() && !fin.join("old").exists() && !tmp.exists());
+        assert!(free_bytes(&d.path().join("not/yet")).unwrap() > 0);
+    }
+}

@@ -1,0 +1,188 @@
+//! Stage 3, iso: a hybrid ISO (CD, USB stick, VM) with live-boot: ISOLINUX for BIOS, GRUB for
+//! UEFI, the kernel console on the board's serial port as well as the screen.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::board::{Board, Firmware};
+use crate::cache;
+use crate::cmd::{self, CmdError, Log};
+use crate::progress::Step;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IsoError {
+    #[error("no kernel or initrd under {0}/boot\n  fix: the board's kernel_package must install a kernel; delete the cache entry and rebuild")]
+    NoKernel(String),
+    #[error("{0}")]
+    Cmd(#[from] CmdError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+}
+
+pub const VOLUME_ID: &str = "CLOUDY";
+
+pub struct Inputs<'a> {
+    pub board: &'a Board,
+    pub rootfs: &'a Path,
+    pub base_squashfs: &'a Path,
+    pub layer_squashfs: &'a Path,
+    pub epoch: u64,
+}
+
+/// Kernel command line of the live system. The serial console is named last so that it is
+/// /dev/console: the agent's ready line goes there, where the verify stage reads it.
+pub fn cmdline(board: &Board) -> String {
+    format!("boot=live console=tty0 console={} quiet", board.console)
+}
+
+pub fn kernel_and_initrd(rootfs: &Path) -> Result<(PathBuf, PathBuf), IsoError> {
+    let boot = rootfs.join("boot");
+    let find = |prefix: &str| -> Option<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&boot).ok()?.flatten().map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+            .collect();
+        v.sort();
+        v.pop()
+    };
+    match (find("vmlinuz-"), find("initrd.img-")) {
+        (Some(k), Some(i)) => Ok((k, i)),
+        _ => Err(IsoError::NoKernel(rootfs.display().to_string())),
+    }
+}
+
+pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Result<(), IsoError> {
+    let board = inp.board;
+    let stage = work.join("iso-tree");
+    cache::remove_any(&stage).map_err(|e| io("removing", &stage, e))?;
+    let live = stage.join("live");
+    mkdir(&live)?;
+    let (kernel, initrd) = kernel_and_initrd(inp.rootfs)?;
+    link_or_copy(&kernel, &live.join("vmlinuz"))?;
+    link_or_copy(&initrd, &live.join("initrd.img"))?;
+    link_or_copy(inp.base_squashfs, &live.join("filesystem.squashfs"))?;
+    link_or_copy(inp.layer_squashfs, &live.join("cloudy.squashfs"))?;
+    // live-boot stacks the images in this order, the last on top.
+    write(&live.join("filesystem.module"), "filesystem.squashfs\ncloudy.squashfs\n")?;
+    write(
+        &stage.join("cloudy/README.txt"),
+        "Put your seed here as cloudy.toml (see the Cloudy README); the node reads it at boot.\n",
+    )?;
+    let cmdline = cmdline(board);
+    let serial_unit = board.console_device().trim_start_matches("ttyS").parse::<u32>().unwrap_or(0);
+    let speed = board.console.split(',').nth(1).map(|s| s.trim_end_matches(|c: char| c.is_alphabetic())).unwrap_or("115200").to_string();
+
+    let mut args: Vec<String> = vec![
+        "-as".into(), "mkisofs".into(), "-o".into(), cache::tmp_path(out).display().to_string(),
+        "-iso-level".into(), "3".into(), "-full-iso9660-filenames".into(), "-joliet".into(), "-rational-rock".into(),
+        "-volid".into(), VOLUME_ID.into(), "-appid".into(), "Cloudy community-cloud node".into(),
+    ];
+    if board.firmware.contains(&Firmware::Bios) {
+        let d = stage.join("isolinux");
+        mkdir(&d)?;
+        link_or_copy(Path::new("/usr/lib/ISOLINUX/isolinux.bin"), &d.join("isolinux.bin"))?;
+        link_or_copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &d.join("ldlinux.c32"))?;
+        write(
+            &d.join("isolinux.cfg"),
+            &format!(
+                "serial {serial_unit} {speed}\ndefault cloudy\nprompt 0\ntimeout 0\n\
+                 label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n"
+            ),
+        )?;
+        args.extend(
+            [
+                "-isohybrid-mbr", "/usr/lib/ISOLINUX/isohdpfx.bin",
+                "-eltorito-boot", "isolinux/isolinux.bin", "-eltorito-catalog", "isolinux/boot.cat",
+                "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+            ]
+            .map(String::from),
+        );
+    }
+    let efi: Vec<(&str, &str)> = board
+        .firmware
+        .iter()
+        .filter_map(|f| match f {
+            Firmware::UefiX64 => Some(("x86_64-efi", "BOOTX64.EFI")),
+            Firmware::UefiIa32 => Some(("i386-efi", "BOOTIA32.EFI")),
+            Firmware::Bios => None,
+        })
+        .collect();
+    if !efi.is_empty() {
+        let grub = stage.join("boot/grub");
+        mkdir(&grub)?;
+        write(
+            &grub.join("grub.cfg"),
+            &format!(
+                "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
+                 set timeout=0\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n"
+            ),
+        )?;
+        let early = work.join("grub-early.cfg");
+        write(&early, "search --no-floppy --set=root --file /live/cloudy.squashfs\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n")?;
+        let mut efi_files = Vec::new();
+        for (format, name) in &efi {
+            let f = work.join(name);
+            let mut c = Command::new("grub-mkimage");
+            c.args(["-O", format, "-o"]).arg(&f).args(["-p", "/boot/grub", "-c"]).arg(&early).args([
+                "part_gpt", "part_msdos", "fat", "iso9660", "linux", "normal", "configfile", "search",
+                "search_fs_file", "serial", "terminal", "echo", "test", "all_video", "boot",
+            ]);
+            cmd::run(&mut c, log, step)?;
+            efi_files.push((f, *name));
+        }
+        let img = grub.join("efi.img");
+        let size_kib: u64 = efi_files.iter().map(|(f, _)| fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum::<u64>() / 1024 + 512;
+        // Fixed volume serial and times: the same inputs give the same ISO bytes.
+        let serial = format!("{:08x}", inp.epoch as u32);
+        let mut c = Command::new("mkfs.vfat");
+        c.args(["-C", "--invariant", "-i", &serial, "-n", "EFIBOOT"]).arg(&img).arg(size_kib.to_string());
+        c.env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+        cmd::run(&mut c, log, step)?;
+        let mtools = |args: &[&str], extra: &[&Path]| -> Result<(), CmdError> {
+            let mut c = Command::new(args[0]);
+            c.args(&args[1..]).args(extra).env("SOURCE_DATE_EPOCH", inp.epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1");
+            cmd::run(&mut c, log, step).map(|_| ())
+        };
+        let img_s = img.display().to_string();
+        mtools(&["mmd", "-i", &img_s, "::/EFI", "::/EFI/BOOT"], &[])?;
+        for (f, name) in &efi_files {
+            cache::set_tree_mtime(f, inp.epoch).map_err(|e| io("touching", f, e))?;
+            mtools(&["mcopy", "-m", "-i", &img_s], &[f, Path::new(&format!("::/EFI/BOOT/{name}"))])?;
+        }
+        args.extend(
+            ["-eltorito-alt-boot", "-e", "boot/grub/efi.img", "-no-emul-boot", "-isohybrid-gpt-basdat"].map(String::from),
+        );
+    }
+    args.push(stage.display().to_string());
+    cache::set_tree_mtime(&stage, inp.epoch).map_err(|e| io("setting times under", &stage, e))?;
+    let mut c = Command::new("xorriso");
+    c.args(&args).env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+    let _ = cache::remove_any(&cache::tmp_path(out));
+    cmd::run(&mut c, log, step)?;
+    cache::publish(&cache::tmp_path(out), out).map_err(|e| io("renaming", out, e))?;
+    Ok(())
+}
+
+fn mkdir(p: &Path) -> Result<(), IsoError> {
+    fs::create_dir_all(p).map_err(|e| io("creating", p, e))
+}
+
+fn write(p: &Path, s: &str) -> Result<(), IsoError> {
+    if let Some(d) = p.parent() {
+        mkdir(d)?;
+    }
+    fs::write(p, s).map_err(|e| io("writing", p, e))
+}
+
+/// Big inputs are hard-linked from the cache when it is on the same filesystem.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), IsoError> {
+    let _ = fs::remove_file(to);
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> IsoError {
+    IsoError::Io { what, path: path.display().to_string(), source }
+}

@@ -1,0 +1,56 @@
+//! The QEMU command that stands in for a board: used by the verify stage and by `boot`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::board::Board;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Software emulation: works everywhere, and the only choice where /dev/kvm cannot run
+    /// Debian kernels (see README).
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Boot {
+    Bios,
+    /// OVMF (amd64 boards).
+    Uefi,
+}
+
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+pub struct Vm<'a> {
+    pub board: &'a Board,
+    pub iso: &'a Path,
+    pub accel: Accel,
+    pub boot: Boot,
+    /// Kernel, initrd and command line passed directly (used by `boot` to add options).
+    pub direct: Option<(PathBuf, PathBuf, String)>,
+}
+
+impl Vm<'_> {
+    /// QEMU with the serial console on stdio and no display; the guest's network is QEMU's
+    /// user mode with `restrict=on`, so it reaches nothing outside.
+    pub fn command(&self) -> Command {
+        let q = &self.board.qemu;
+        let mut c = Command::new(&q.system);
+        c.args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
+            .args(["-machine", &q.machine, "-cpu", &q.cpu, "-m", &q.memory_mib.to_string(), "-smp", "2"])
+            .args(["-display", "none", "-no-reboot"])
+            .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
+            .arg("-cdrom")
+            .arg(self.iso);
+        if self.boot == Boot::Uefi {
+            c.arg("-bios").arg(OVMF);
+        }
+        if let Some((kernel, initrd, append)) = &self.direct {
+            c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", append]);
+        }
+        c
+    }
+}

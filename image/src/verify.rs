@@ -1,0 +1,176 @@
+//! Stage 5, verify: boot the image in QEMU and wait for the agent's ready line on the serial
+//! console. The build fails, with the console's tail, if it does not come in time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::board::Board;
+use crate::cmd::Log;
+use crate::progress::Step;
+use crate::qemu::Vm;
+
+const TAIL: usize = 40;
+pub const READY_MARK: &str = "{\"cloudy\":\"ready\"";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot start {program}: {source}\n  fix: run `make deps` (QEMU comes from bookworm-backports)")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("no ready line from the node within {seconds} s (recipe key verify.timeout_s); console tail:\n{tail}\n  full console: {log}")]
+    Timeout { seconds: u64, tail: String, log: String },
+    #[error("QEMU exited ({status}) before the node was ready; console tail:\n{tail}\n  full console: {log}")]
+    Exited { status: String, tail: String, log: String },
+    #[error("the node booted kernel {got}, but board {board} needs its kernel to end in `{want}`\n  fix: check kernel_package in hardware/{board}.toml")]
+    WrongKernel { board: String, want: String, got: String },
+    #[error("the node came up but reported seed errors: {0}\n  fix: correct the recipe's default seed")]
+    SeedErrors(String),
+    #[error("writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub ready: serde_json::Value,
+    /// From QEMU's start to the ready line, wall clock.
+    pub seconds: f64,
+}
+
+/// Finds the ready JSON object in a console line (the console may prefix it with noise).
+pub fn parse_ready(line: &str) -> Option<serde_json::Value> {
+    let start = line.find(READY_MARK)?;
+    let json = &line[start..];
+    let mut de = serde_json::Deserializer::from_str(json).into_iter::<serde_json::Value>();
+    de.next()?.ok().filter(|v| v.is_object())
+}
+
+/// Strips terminal escapes and carriage returns from a console line.
+pub fn clean(line: &[u8]) -> String {
+    let s = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) -> Result<Outcome, VerifyError> {
+    let board = vm.board;
+    let mut console = std::fs::File::create(console_log)
+        .map_err(|source| VerifyError::Io { path: console_log.display().to_string(), source })?;
+    let mut qemu = vm.command();
+    qemu.args(["-serial", "stdio", "-monitor", "none"]);
+    // The outer timeout is the guarantee: a wedged guest (or a stuck QEMU) is killed even if
+    // this process dies.
+    let mut c = std::process::Command::new("timeout");
+    c.args(["--kill-after=10", &format!("{}", timeout_s + 15)]).arg(qemu.get_program()).args(qemu.get_args());
+    log.line(&format!("$ {}", crate::cmd::describe(&c)));
+    let started = Instant::now();
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| VerifyError::Spawn { program: board.qemu.system.clone(), source })?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for pipe in [Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("piped"))] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                if tx.send(clean(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let deadline = started + Duration::from_secs(timeout_s);
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let _ = writeln!(console, "{line}");
+                step.message(&line);
+                if tail.len() == TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                if let Some(ready) = parse_ready(&line) {
+                    break Ok(Outcome { ready, seconds: started.elapsed().as_secs_f64() });
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Err(VerifyError::Timeout { seconds: timeout_s, tail: join(&tail), log: console_log.display().to_string() })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                break Err(VerifyError::Exited { status, tail: join(&tail), log: console_log.display().to_string() });
+            }
+        }
+    };
+    // `timeout` passes the TERM on to QEMU.
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let outcome = outcome?;
+    log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
+    check(board, &outcome.ready)?;
+    Ok(outcome)
+}
+
+/// What the ready line must say for this board.
+pub fn check(board: &Board, ready: &serde_json::Value) -> Result<(), VerifyError> {
+    let kernel = ready["kernel"].as_str().unwrap_or_default();
+    if !kernel.ends_with(&format!("-{}", board.kernel_flavour)) {
+        return Err(VerifyError::WrongKernel { board: board.name.clone(), want: board.kernel_flavour.clone(), got: kernel.to_string() });
+    }
+    if let Some(errors) = ready["seed_errors"].as_array().filter(|e| !e.is_empty()) {
+        return Err(VerifyError::SeedErrors(serde_json::to_string(errors).unwrap_or_default()));
+    }
+    Ok(())
+}
+
+fn join(tail: &std::collections::VecDeque<String>) -> String {
+    tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_found_among_console_noise() {
+        let line = clean(b"\x1b[0m[   34.1] cloud-agent[211]: {\"cloudy\":\"ready\",\"node\":\"a\",\"kernel\":\"6.1.0-50-686-pae\"}\r");
+        let v = parse_ready(&line).unwrap();
+        assert_eq!(v["node"], "a");
+        assert!(parse_ready("{\"cloudy\":\"starting\"}").is_none());
+        assert!(parse_ready("{\"cloudy\":\"ready\",\"node\":").is_none(), "a cut line is not ready");
+    }
+
+    #[test]
+    fn kernel_flavour_checked() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hardware");
+        let (board, _) = Board::load(&root.join("pc-686-pae.toml")).unwrap();
+        let ok = serde_json::json!({"kernel": "6.1.0-50-686-pae", "seed_errors": []});
+        check(&board, &ok).unwrap();
+        let (i386, _) = Board::load(&root.join("pc-i386.toml")).unwrap();
+        assert!(matches!(check(&i386, &ok), Err(VerifyError::WrongKernel { .. })), "686-pae is not 686");
+        let bad = serde_json::json!({"kernel": "6.1.0-50-686-pae", "seed_errors": ["x"]});
+        assert!(matches!(check(&board, &bad), Err(VerifyError::SeedErrors(_))));
+    }
+}
