@@ -47,7 +47,12 @@ enum Command {
 #[derive(Subcommand)]
 enum NetCommand {
     /// Bring the VPN interface up with its address (ADDRESS/PREFIX).
-    Up { interface: String, address: String },
+    Up {
+        interface: String,
+        address: String,
+        #[arg(long)]
+        mac: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,9 +102,9 @@ fn run(cli: Cli) -> Result<i32> {
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&System::new(cli.root)),
-        Command::Net { command: NetCommand::Up { interface, address } } => {
+        Command::Net { command: NetCommand::Up { interface, address, mac } } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(network::vpn_up(&interface, &address))
+            rt.block_on(network::vpn_up(&interface, &address, mac.as_deref()))
                 .with_context(|| format!("bringing {interface} up with {address}"))?;
             Ok(0)
         }

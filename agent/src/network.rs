@@ -168,14 +168,32 @@ pub fn pick_address(addrs: &[(IpAddr, u8)]) -> Option<IpAddr> {
     })
 }
 
-/// `cloudy-agent net up IFACE ADDR/PREFIX`, run by tinc-up: the VPN interface up, with its address.
-pub async fn vpn_up(interface: &str, cidr: &str) -> Result<(), NetError> {
+/// `cloudy-agent net up IFACE ADDR/PREFIX [--mac MAC]`, run by tinc-up: the VPN interface up,
+/// with its address and a MAC that survives tincd restarts (so peers' ARP caches stay right).
+pub async fn vpn_up(interface: &str, cidr: &str, mac: Option<&str>) -> Result<(), NetError> {
     let (ip, prefix) = seed::parse_cidr(cidr).map_err(NetError::Seed)?;
     let net = Net::connect()?;
     let index = net.link_index(interface).await?.ok_or_else(|| NetError::NoLink(interface.into()))?;
+    if let Some(mac) = mac {
+        let bytes = parse_mac(mac).ok_or_else(|| NetError::Seed(format!("{mac:?} is not a MAC address")))?;
+        net.handle.link().set(index).address(bytes).execute().await?;
+    }
     net.ensure_address(index, ip, prefix).await?;
     net.set_up(index).await?;
     Ok(())
+}
+
+/// A locally administered unicast MAC from the node id: stable for the node's life.
+pub fn mac_for(node_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(node_id.as_bytes());
+    let b = [(d[0] & 0xfc) | 0x02, d[1], d[2], d[3], d[4], d[5]];
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
+    (v.len() == 6).then_some(v)
 }
 
 #[cfg(test)]
@@ -188,6 +206,15 @@ mod tests {
         assert_eq!(pick_address(&[a("fe80::1"), a("169.254.1.1"), a("192.168.1.5")]), Some(a("192.168.1.5").0));
         assert_eq!(pick_address(&[a("fe80::1"), a("2001:db8::5")]), Some(a("2001:db8::5").0));
         assert_eq!(pick_address(&[a("fe80::1")]), None);
+    }
+
+    #[test]
+    fn mac_is_stable_local_unicast() {
+        let m = mac_for("0123456789abcdef0123456789abcdef");
+        assert_eq!(m, mac_for("0123456789abcdef0123456789abcdef"));
+        let b = parse_mac(&m).unwrap();
+        assert_eq!(b[0] & 0x03, 0x02, "locally administered, unicast: {m}");
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
     }
 
     #[tokio::test(flavor = "current_thread")]

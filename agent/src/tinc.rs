@@ -230,11 +230,12 @@ fn sh_quote(s: &str) -> String {
 fn tinc_up(settings: &Settings, me: &Member) -> String {
     format!(
         "#!/bin/sh\n# Written by cloudy-agent: tincd runs this when the VPN interface appears.\n\
-         exec {} --root {} net up \"$INTERFACE\" {}/{}\n",
+         exec {} --root {} net up \"$INTERFACE\" {}/{} --mac {}\n",
         sh_quote(&settings.agent_exe.display().to_string()),
         sh_quote(&settings.root.display().to_string()),
         me.vpn,
         settings.vpn_prefix,
+        crate::network::mac_for(&me.id),
     )
 }
 

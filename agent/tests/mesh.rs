@@ -84,6 +84,7 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
     if !available("sigkill_at_random_points_of_first_boot_converges_with_the_same_keys") {
         return;
     }
+    let t_all = Instant::now();
     let mut cloud = Cloud::new("k", 3);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("random seed {seed}");
@@ -92,15 +93,19 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         (seed >> 33) % n
     };
     let mut first_key: Vec<Option<Vec<u8>>> = vec![None; 3];
+    let mut kills_with_key = 0;
     let mut first_id: Vec<Option<String>> = vec![None; 3];
     for round in 0..20 {
         let i = round % 3;
         let node = &mut cloud.nodes[i];
         node.spawn();
-        // First boot takes ~0.3-1 s here (keys, config, tincd, first gossip): kill inside it.
-        std::thread::sleep(Duration::from_millis(rand(900)));
+        // First boot takes ~0.3-1 s here (keys, config, tincd, first gossip). Early rounds kill
+        // within the first tens of milliseconds (seed, identity, key generation), later ones
+        // anywhere up to the first gossip.
+        std::thread::sleep(Duration::from_millis(rand(40 + 45 * round as u64)));
         node.kill();
         if let Some(k) = node.private_key() {
+            kills_with_key += 1;
             let first = first_key[i].get_or_insert(k.clone());
             assert_eq!(*first, k, "node {} key replaced after kill {round}", i + 1);
         }
@@ -109,12 +114,15 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
             assert_eq!(first_id[i].get_or_insert(id.clone()), &id, "node id changed");
         }
     }
+    eprintln!("20 kills, {kills_with_key} after the key pair existed, {:?}", t_all.elapsed());
+    let t0 = Instant::now();
     for i in 1..=3 {
         cloud.nodes[i - 1].start();
     }
     cloud.wait_members(&[1, 2, 3], Duration::from_secs(30));
     let failed = cloud.ping_all(&[1, 2, 3], 50);
     assert!(failed.is_empty(), "no full mesh after the kills: {failed:?}");
+    eprintln!("after the kills: full mesh {:?} after restarting the agents", t0.elapsed());
     for i in 0..3 {
         let n = &cloud.nodes[i];
         if let Some(k) = &first_key[i] {
