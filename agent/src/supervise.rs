@@ -43,14 +43,20 @@ impl Tincd {
             .arg(format!("--pidfile={}", self.paths.pidfile.display()))
             // Stay in the foreground as our child; log to our stderr (the journal).
             .arg("-D")
-            .arg("-d1")
+            // More detail for chasing a VPN problem: CLOUDY_TINCD_DEBUG=3.
+            .arg(format!("-d{}", std::env::var("CLOUDY_TINCD_DEBUG").ok().and_then(|v| v.parse::<u8>().ok()).unwrap_or(1)))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
         unsafe {
-            c.pre_exec(|| {
+            c.pre_exec(move || {
                 // If the agent is killed, tincd goes too, and the restarted agent starts clean.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The agent may have died between fork and prctl: then nobody would stop us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }
@@ -92,6 +98,8 @@ impl Tincd {
                         Some(Control::Reload) => {
                             tracing::info!("tincd: reloading its configuration");
                             signal(pid, libc::SIGHUP);
+                            // New members: connect now, not after tincd's retry backoff.
+                            signal(pid, libc::SIGALRM);
                         }
                         Some(Control::Restart) => {
                             stop_child(&mut child, pid).await;
@@ -151,31 +159,38 @@ async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
     }
 }
 
-/// A tincd from an earlier agent (killed before it could stop it) holds our port and device:
-/// stop it, but only if the pidfile's process really is tincd for this config.
-pub async fn stop_stale(pidfile: &Path, confdir: &Path) {
-    let Ok(text) = std::fs::read_to_string(pidfile) else { return };
-    let Ok(pid) = text.trim().parse::<u32>() else { return };
+/// A tincd from an earlier agent (killed before it could stop it) holds our port and device.
+/// Found by its command line naming our config directory, so another network's tincd (or
+/// another test node's) is never touched.
+pub async fn stop_stale(_pidfile: &Path, confdir: &Path) {
+    let conf = confdir.to_string_lossy().into_owned();
     let ours = |pid: u32| {
         std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| {
-                let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                c.contains("tincd") && c.contains(&*confdir.to_string_lossy())
+                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                let is_tincd = args.first().is_some_and(|a| a.ends_with(b"tincd"));
+                is_tincd && args.windows(2).any(|w| w[0] == b"-c" && w[1] == conf.as_bytes())
             })
             .unwrap_or(false)
     };
-    if !ours(pid) {
-        return;
-    }
-    tracing::warn!("stopping a leftover tincd (pid {pid})");
-    signal(pid, libc::SIGTERM);
-    for i in 0..40 {
-        if !ours(pid) {
-            return;
+    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    let me = std::process::id();
+    let stale: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && ours(pid))
+        .collect();
+    for pid in stale {
+        tracing::warn!("stopping a leftover tincd (pid {pid})");
+        signal(pid, libc::SIGTERM);
+        for i in 0..40 {
+            if !ours(pid) {
+                break;
+            }
+            if i == 30 {
+                signal(pid, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if i == 30 {
-            signal(pid, libc::SIGKILL);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -197,7 +197,10 @@ fn tinc_conf(paths: &Paths, settings: &Settings, members: &Members) -> String {
     let mut s = format!(
         "# Written by cloudy-agent from the member list; edits are replaced.\n\
          Name = {}\nMode = {mode}\nInterface = {}\nPort = {}\nPrivateKeyFile = {}\n\
-         # Notice a dead peer within seconds instead of a minute.\nPingInterval = 10\nPingTimeout = 3\n",
+         # Notice a dead peer within seconds instead of a minute.\nPingInterval = 10\nPingTimeout = 3\n\
+         # Retry a lost member every 10 s at most, not tinc's default of up to 15 minutes.\nMaxTimeout = 10\n\
+         # A peer restarted quickly can be left with a stale session key for us; fresh keys\n\
+         # every 10 s bound how long that lasts.\nKeyExpire = 10\n",
         me.tinc_name(),
         paths.netname,
         settings.port,

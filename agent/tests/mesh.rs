@@ -120,6 +120,14 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         cloud.nodes[i - 1].start();
     }
     cloud.wait_members(&[1, 2, 3], Duration::from_secs(30));
+    if !cloud.ping_all(&[1, 2, 3], 10).is_empty() {
+        eprintln!("slow to mesh after the kills:\n{}", cloud.diagnose());
+        for i in 1..=3 {
+            let log = cloud.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- node {i} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
     let failed = cloud.ping_all(&[1, 2, 3], 50);
     assert!(failed.is_empty(), "no full mesh after the kills: {failed:?}");
     eprintln!("after the kills: full mesh {:?} after restarting the agents", t0.elapsed());

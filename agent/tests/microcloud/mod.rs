@@ -292,6 +292,40 @@ impl Cloud {
         failed
     }
 
+    /// What a human would look at when the VPN does not carry a ping.
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let tincds: Vec<String> = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    fs::read(e.path().join("cmdline"))
+                        .map(|c| {
+                            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                            c.contains("tincd") && c.contains(&*n.root.join("etc/tinc/cloudy").to_string_lossy())
+                        })
+                        .unwrap_or(false)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let ip = |args: &[&str]| {
+                let o = Command::new("ip").args(["-n", &n.ns]).args(args).output().unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            out += &format!(
+                "== node {} vpn {} tincd pids {:?} hosts {:?}\n{}{}",
+                n.i,
+                n.vpn(),
+                tincds,
+                n.hosts(),
+                ip(&["-br", "addr"]),
+                ip(&["neigh"])
+            );
+        }
+        out
+    }
+
     pub fn log(&self, i: usize) -> String {
         fs::read_to_string(self.nodes[i - 1].log()).unwrap_or_default()
     }
