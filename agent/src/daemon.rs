@@ -33,7 +33,8 @@ pub struct Options {
     pub manage_network: bool,
     pub tincd: PathBuf,
     pub agent_exe: PathBuf,
-    /// Apply and print ready, but do not stay to run the mesh.
+    /// Apply (keys and tinc config included) and print ready, but start no tincd and do not
+    /// stay to run the mesh.
     pub once: bool,
 }
 
@@ -167,8 +168,6 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     ready.uptime_s = ready::uptime_s();
     println!("{}", ready.line());
     if opts.once {
-        let _ = mesh.tincd.send(Control::Stop);
-        tokio::time::sleep(Duration::from_millis(200)).await;
         return Ok(0);
     }
     run_mesh(mesh, seed, &community, opts).await
@@ -232,8 +231,10 @@ async fn start_mesh(
     };
     tinc::render(&paths, &settings, &members)?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let sup = Tincd { tincd: opts.tincd.clone(), paths: paths.clone(), stats: Arc::new(Stats::default()) };
-    tokio::spawn(sup.supervise(rx));
+    if !opts.once {
+        let sup = Tincd { tincd: opts.tincd.clone(), paths: paths.clone(), stats: Arc::new(Stats::default()) };
+        tokio::spawn(sup.supervise(rx));
+    }
     Ok(Arc::new(Mesh {
         sys: sys.clone(),
         key: JoinKey::derive(&community.name, key),

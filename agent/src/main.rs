@@ -26,7 +26,8 @@ enum Command {
         /// The tinc 1.0 daemon to run.
         #[arg(long, default_value = "/usr/sbin/tincd", env = "CLOUDY_TINCD")]
         tincd: PathBuf,
-        /// Apply and print the ready line, then stop instead of running the mesh.
+        /// Apply the seed (keys and tinc config too) and print the ready line, then exit
+        /// without starting tincd or the mesh.
         #[arg(long)]
         once: bool,
     },
