@@ -52,6 +52,8 @@ struct Mesh {
     /// Gossip should run a round now instead of sleeping.
     wake: Notify,
     tincd: mpsc::UnboundedSender<Control>,
+    /// Join services seen on the LAN by mDNS, not yet answered.
+    lan: Mutex<HashSet<SocketAddr>>,
     paths: tinc::Paths,
     settings: tinc::Settings,
     subnet: (std::net::Ipv4Addr, u8),
@@ -175,7 +177,7 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
 
 async fn primary_network(seed: &seed::Seed, opts: &Options) -> Result<Option<Primary>> {
     let net = Net::connect()?;
-    Ok(net.apply(seed.network.as_ref(), opts.manage_network).await?)
+    Ok(net.apply(seed.network.as_ref(), opts.manage_network, seed.netname()).await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -242,6 +244,7 @@ async fn start_mesh(
         changed: Notify::new(),
         wake: Notify::new(),
         tincd: tx,
+        lan: Mutex::new(HashSet::new()),
         paths,
         settings,
         subnet,
@@ -283,6 +286,14 @@ async fn run_mesh(mesh: Arc<Mesh>, seed: &seed::Seed, community: &seed::Communit
         .with_context(|| format!("listening on join port {}", seed.join_port()))?;
     tokio::spawn(serve(mesh.clone(), listener));
     tokio::spawn(reconcile(mesh.clone()));
+    // Keep the mDNS daemon alive for as long as we run.
+    let _lan = match start_lan(&mesh, seed.join_port()) {
+        Ok(lan) => Some(lan),
+        Err(e) => {
+            tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried");
+            None
+        }
+    };
     tokio::spawn(gossip(mesh.clone(), community.peers.clone(), seed.network.clone(), opts.manage_network));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -294,6 +305,26 @@ async fn run_mesh(mesh: Arc<Mesh>, seed: &seed::Seed, community: &seed::Communit
     let _ = mesh.tincd.send(Control::Stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(0)
+}
+
+fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
+    let (name, id, address) = {
+        let ms = mesh.members.lock().unwrap();
+        (ms.me().tinc_name(), ms.me().id.clone(), ms.me().address)
+    };
+    let address = (!address.is_unspecified()).then_some(address);
+    let (lan, mut found) = crate::discovery::Lan::start(&name, &id, address, port, &mesh.key.tag())?;
+    let m = mesh.clone();
+    tokio::spawn(async move {
+        while let Some(addr) = found.recv().await {
+            let known = m.members.lock().unwrap().others().any(|o| o.address == addr.ip() && o.join_port == addr.port());
+            if !known && m.lan.lock().unwrap().insert(addr) {
+                tracing::info!("found a join service on the LAN at {addr}");
+                m.wake.notify_one();
+            }
+        }
+    });
+    Ok(lan)
 }
 
 async fn serve(mesh: Arc<Mesh>, listener: tokio::net::TcpListener) {
@@ -371,7 +402,7 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
     loop {
         // DHCP may give or change our address after boot: follow it.
         if let Some(net) = &net {
-            if let Ok(Some(p)) = net.apply(network.as_ref(), false).await {
+            if let Ok(Some(p)) = net.apply(network.as_ref(), false, &mesh.paths.netname).await {
                 if let Some(a) = p.address {
                     let mut ms = mesh.members.lock().unwrap();
                     if ms.update_me(|m| m.address = a) {
@@ -413,6 +444,9 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
                 }
             }
         }
+        for a in mesh.lan.lock().unwrap().iter() {
+            all.push((None, Some(format!("lan:{a}")), *a));
+        }
         let results = futures_util::future::join_all(all.into_iter().map(|(id, b, addr)| {
             let key = mesh.key.clone();
             let ours = ours.clone();
@@ -434,7 +468,11 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
                         synced.insert(id);
                     }
                     if let Some(b) = b {
-                        boot_done.insert(b);
+                        if b.starts_with("lan:") {
+                            mesh.lan.lock().unwrap().remove(&addr);
+                        } else {
+                            boot_done.insert(b);
+                        }
                     }
                 }
                 Err(e) => {

@@ -58,6 +58,13 @@ impl JoinKey {
         JoinKey(m.finalize().into_bytes().into())
     }
 
+    /// Marks our community's mDNS records; a one-way value, so it tells nothing of the key.
+    pub fn tag(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"mdns tag");
+        hex(&m.finalize().into_bytes()[..8])
+    }
+
     fn mac(&self, role: u8, nc: &str, ns: &str, body: &str) -> HmacSha256 {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         for part in [&[role][..], nc.as_bytes(), b"|", ns.as_bytes(), b"|", body.as_bytes()] {

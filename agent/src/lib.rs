@@ -3,6 +3,7 @@
 //! The binary is a thin CLI over these modules; each module owns one thing on the node.
 
 pub mod daemon;
+pub mod discovery;
 pub mod identity;
 pub mod join;
 pub mod members;

@@ -119,8 +119,25 @@ impl Net {
         }
     }
 
+    /// Links other than loopback and `except`, in kernel order.
+    pub async fn links(&self, except: &str) -> Result<Vec<(u32, String)>, NetError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.link().get().execute();
+        while let Some(l) = s.try_next().await? {
+            let name = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(n) = name.filter(|n| n != "lo" && n != except) {
+                out.push((l.header.index, n));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reconciles links with the seed and returns the primary interface, if one is known yet.
-    pub async fn apply(&self, want: Option<&seed::Network>, manage: bool) -> Result<Option<Primary>, NetError> {
+    /// `vpn` is the VPN interface's name, never a candidate.
+    pub async fn apply(&self, want: Option<&seed::Network>, manage: bool, vpn: &str) -> Result<Option<Primary>, NetError> {
         if manage {
             if let Some(lo) = self.link_index("lo").await? {
                 self.set_up(lo).await?;
@@ -129,7 +146,13 @@ impl Net {
         let forced = want.and_then(|n| n.interface.as_deref());
         let index = match forced {
             Some(name) => Some(self.link_index(name).await?.ok_or_else(|| NetError::NoLink(name.into()))?),
-            None => self.default_route_link().await?,
+            None => match self.default_route_link().await? {
+                Some(i) => Some(i),
+                // A static address with no route yet (no DHCP on this LAN) goes on the
+                // first real link, as on a one-port board.
+                None if want.is_some_and(|n| n.address.is_some()) => self.links(vpn).await?.first().map(|l| l.0),
+                None => None,
+            },
         };
         let Some(index) = index else { return Ok(None) };
         if manage {

@@ -52,6 +52,26 @@ fn five_nodes_mesh_and_a_wrong_key_is_refused() {
 }
 
 #[test]
+fn lan_members_find_each_other_by_mdns_without_bootstrap_peers() {
+    if !available("lan_members_find_each_other_by_mdns_without_bootstrap_peers") {
+        return;
+    }
+    let mut cloud = Cloud::new("d", 3);
+    for i in 1..=3 {
+        cloud.write_lan_seed(i);
+    }
+    let t0 = Instant::now();
+    for i in 1..=3 {
+        let r = cloud.nodes[i - 1].start();
+        assert_eq!(r["interface"], "eth0", "static address on the first link: {r}");
+    }
+    cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));
+    let failed = cloud.ping_all(&[1, 2, 3], 25);
+    assert!(failed.is_empty(), "no mesh from mDNS alone: {failed:?}");
+    eprintln!("3 nodes found by mDNS and meshed in {:?}", t0.elapsed());
+}
+
+#[test]
 fn killed_tincd_is_restarted_and_the_mesh_heals() {
     if !available("killed_tincd_is_restarted_and_the_mesh_heals") {
         return;

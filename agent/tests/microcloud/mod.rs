@@ -210,12 +210,23 @@ impl Cloud {
 
     /// The node's seed on its "SD card": named n<i>, bootstrapping from node 1.
     pub fn write_seed(&mut self, i: usize, key: &str) {
+        let peers = if i == 1 { String::new() } else { "\"10.213.0.1:6655\"".into() };
+        self.write_seed_text(i, key, &format!("peers = [{peers}]\n[network]\ninterface = \"eth0\"\n"));
+    }
+
+    /// A seed as on a LAN with a router: no bootstrap peers, a default route (so mDNS
+    /// multicast has a way out and the primary interface is the default route's).
+    pub fn write_lan_seed(&mut self, i: usize) {
+        self.write_seed_text(i, KEY, "[network]\ngateway = \"10.213.0.254\"\n");
+    }
+
+    fn write_seed_text(&mut self, i: usize, key: &str, rest: &str) {
         let node = &mut self.nodes[i - 1];
         node.key = key.into();
-        let peers = if i == 1 { String::new() } else { "\"10.213.0.1:6655\"".into() };
+        // `rest` opens [network] last, so the address below lands in it.
         let seed = format!(
-            "version = 1\n[node]\nname = \"n{i}\"\n[community]\nname = \"test\"\nkey = \"{key}\"\npeers = [{peers}]\n\
-             [network]\ninterface = \"eth0\"\naddress = \"10.213.0.{i}/24\"\n"
+            "version = 1\n[node]\nname = \"n{i}\"\n[community]\nname = \"test\"\nkey = \"{key}\"\n{rest}\
+             address = \"10.213.0.{i}/24\"\n"
         );
         let p = node.root.join("boot/firmware/cloudy.toml");
         fs::create_dir_all(p.parent().unwrap()).unwrap();

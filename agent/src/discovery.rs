@@ -1,0 +1,72 @@
+//! Finding members on the LAN by mDNS (`_cloudy-join._tcp`), so nodes on one network need no
+//! bootstrap peers in their seed. A record only says "a join service may be here": whoever
+//! answers still has to pass the join protocol's key check, so a forged record costs one failed
+//! handshake and nothing else.
+
+use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use std::net::{IpAddr, SocketAddr};
+use tokio::sync::mpsc;
+
+pub const SERVICE_TYPE: &str = "_cloudy-join._tcp.local.";
+
+#[derive(Debug, thiserror::Error)]
+#[error("mDNS: {0}")]
+pub struct DiscoveryError(#[from] mdns_sd::Error);
+
+/// Publishes our join service and browses for others of the same community (by `tag`, which
+/// is derived from the community key but reveals nothing of it).
+pub struct Lan {
+    daemon: ServiceDaemon,
+}
+
+impl Lan {
+    pub fn start(
+        instance: &str,
+        node_id: &str,
+        address: Option<IpAddr>,
+        port: u16,
+        tag: &str,
+    ) -> Result<(Lan, mpsc::UnboundedReceiver<SocketAddr>), DiscoveryError> {
+        let daemon = ServiceDaemon::new()?;
+        if let Some(address) = address {
+            let props = [("c", tag), ("id", node_id)];
+            let info = ServiceInfo::new(SERVICE_TYPE, instance, &format!("{instance}.local."), address, port, &props[..])?;
+            daemon.register(info)?;
+        }
+        let events = daemon.browse(SERVICE_TYPE)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (tag, me) = (tag.to_string(), node_id.to_string());
+        // mdns-sd runs its own thread and hands events over a blocking channel.
+        std::thread::Builder::new()
+            .name("mdns-browse".into())
+            .spawn(move || {
+                while let Ok(ev) = events.recv() {
+                    let ServiceEvent::ServiceResolved(s) = ev else { continue };
+                    if s.txt_properties.get_property_val_str("c") != Some(tag.as_str())
+                        || s.txt_properties.get_property_val_str("id") == Some(me.as_str())
+                    {
+                        continue;
+                    }
+                    for a in &s.addresses {
+                        let ip = a.to_ip_addr();
+                        if usable(ip) && tx.send(SocketAddr::new(ip, s.port)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| DiscoveryError(mdns_sd::Error::Msg(e.to_string())))?;
+        Ok((Lan { daemon }, rx))
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = self.daemon.shutdown();
+    }
+}
+
+/// Link-local IPv6 needs a scope id a socket address from a record cannot be trusted with.
+fn usable(ip: IpAddr) -> bool {
+    crate::network::pick_address(&[(ip, 0)]).is_some()
+}
