@@ -54,6 +54,8 @@ struct Mesh {
     tincd: mpsc::UnboundedSender<Control>,
     /// Join services seen on the LAN by mDNS, not yet answered.
     lan: Mutex<HashSet<SocketAddr>>,
+    /// Our mDNS publication, redone when our address changes.
+    mdns: Mutex<Option<crate::discovery::Lan>>,
     paths: tinc::Paths,
     settings: tinc::Settings,
     subnet: (std::net::Ipv4Addr, u8),
@@ -151,13 +153,26 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let mesh = match start_mesh(sys, opts, seed, &community, &key, &node_id, &name, primary.as_ref()).await {
         Ok(m) => m,
         Err(e) => {
-            // The node must still come up and say what is wrong.
+            // The node must still come up and say what is wrong, once; then keep trying here
+            // rather than exiting into a restart loop that would repeat the ready line.
             errors.push(format!("mesh: {e:#}"));
             ready.errors = errors;
             ready.community = Some(community.name.clone());
             ready.uptime_s = ready::uptime_s();
             println!("{}", ready.line());
-            return Ok(if opts.once { 0 } else { 1 });
+            if opts.once {
+                return Ok(0);
+            }
+            let mut wait = Duration::from_secs(2);
+            let mesh = loop {
+                tokio::time::sleep(wait).await;
+                match start_mesh(sys, opts, seed, &community, &key, &node_id, &name, primary.as_ref()).await {
+                    Ok(m) => break m,
+                    Err(e) => tracing::error!("mesh still cannot start: {e:#}"),
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            };
+            return run_mesh(mesh, seed, &community, opts).await;
         }
     };
     {
@@ -245,6 +260,7 @@ async fn start_mesh(
         wake: Notify::new(),
         tincd: tx,
         lan: Mutex::new(HashSet::new()),
+        mdns: Mutex::new(None),
         paths,
         settings,
         subnet,
@@ -286,14 +302,10 @@ async fn run_mesh(mesh: Arc<Mesh>, seed: &seed::Seed, community: &seed::Communit
         .with_context(|| format!("listening on join port {}", seed.join_port()))?;
     tokio::spawn(serve(mesh.clone(), listener));
     tokio::spawn(reconcile(mesh.clone()));
-    // Keep the mDNS daemon alive for as long as we run.
-    let _lan = match start_lan(&mesh, seed.join_port()) {
-        Ok(lan) => Some(lan),
-        Err(e) => {
-            tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried");
-            None
-        }
-    };
+    match start_lan(&mesh, seed.join_port()) {
+        Ok(lan) => *mesh.mdns.lock().unwrap() = Some(lan),
+        Err(e) => tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried"),
+    }
     tokio::spawn(gossip(mesh.clone(), community.peers.clone(), seed.network.clone(), opts.manage_network));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -398,6 +410,9 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
     let mut boot_done: HashSet<String> = HashSet::new();
     let mut round = ROUND_MIN;
     let mut my_rev = 0;
+    // Rounds in a row with a peer that never answered: quick retries only for a while, so a
+    // dead bootstrap address (or a community we cannot join) is not hammered forever.
+    let mut pending_rounds = 0u32;
     let net = Net::connect().ok();
     loop {
         // DHCP may give or change our address after boot: follow it.
@@ -408,6 +423,11 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
                     if ms.update_me(|m| m.address = a) {
                         tracing::info!("our address is now {a}");
                         mesh.changed.notify_one();
+                        if let Some(lan) = mesh.mdns.lock().unwrap().as_mut() {
+                            if let Err(e) = lan.publish(a) {
+                                tracing::warn!("{e}");
+                            }
+                        }
                     }
                 }
             }
@@ -481,10 +501,14 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
                 }
             }
         }
+        if !pending {
+            pending_rounds = 0;
+        }
         if news {
             mesh.changed.notify_one();
             round = ROUND_MIN;
-        } else if pending {
+        } else if pending && pending_rounds < 30 {
+            pending_rounds += 1;
             round = (round * 2).min(ROUND_PENDING);
         } else {
             round = (round * 2).min(ROUND_MAX);

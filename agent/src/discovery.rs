@@ -17,6 +17,10 @@ pub struct DiscoveryError(#[from] mdns_sd::Error);
 /// is derived from the community key but reveals nothing of it).
 pub struct Lan {
     daemon: ServiceDaemon,
+    instance: String,
+    port: u16,
+    props: Vec<(String, String)>,
+    published: Option<String>,
 }
 
 impl Lan {
@@ -28,11 +32,12 @@ impl Lan {
         tag: &str,
     ) -> Result<(Lan, mpsc::UnboundedReceiver<SocketAddr>), DiscoveryError> {
         let daemon = ServiceDaemon::new()?;
+        let props = vec![("c".to_string(), tag.to_string()), ("id".to_string(), node_id.to_string())];
+        let mut lan = Lan { daemon, instance: instance.into(), port, props, published: None };
         if let Some(address) = address {
-            let props = [("c", tag), ("id", node_id)];
-            let info = ServiceInfo::new(SERVICE_TYPE, instance, &format!("{instance}.local."), address, port, &props[..])?;
-            daemon.register(info)?;
+            lan.publish(address)?;
         }
+        let daemon = &lan.daemon;
         let events = daemon.browse(SERVICE_TYPE)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (tag, me) = (tag.to_string(), node_id.to_string());
@@ -56,7 +61,20 @@ impl Lan {
                 }
             })
             .map_err(|e| DiscoveryError(mdns_sd::Error::Msg(e.to_string())))?;
-        Ok((Lan { daemon }, rx))
+        Ok((lan, rx))
+    }
+
+    /// (Re)publishes our join service at `address`, withdrawing an earlier record.
+    pub fn publish(&mut self, address: IpAddr) -> Result<(), DiscoveryError> {
+        if let Some(old) = self.published.take() {
+            let _ = self.daemon.unregister(&old);
+        }
+        let host = format!("{}.local.", self.instance);
+        let props: Vec<(&str, &str)> = self.props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let info = ServiceInfo::new(SERVICE_TYPE, &self.instance, &host, address, self.port, &props[..])?;
+        self.published = Some(info.get_fullname().to_string());
+        self.daemon.register(info)?;
+        Ok(())
     }
 }
 
