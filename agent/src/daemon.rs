@@ -39,7 +39,10 @@ pub struct Options {
 }
 
 pub fn run(sys: &System, opts: &Options) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     rt.block_on(boot(sys, opts))
 }
 
@@ -62,7 +65,11 @@ struct Mesh {
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
-    let cmdline = if sys.is_live() { std::fs::read_to_string("/proc/cmdline").unwrap_or_default() } else { String::new() };
+    let cmdline = if sys.is_live() {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
     let loaded = seed::load(sys, &cmdline);
     for e in &loaded.errors {
         tracing::error!("seed: {e}");
@@ -70,10 +77,19 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let seed = &loaded.seed;
     let mut errors: Vec<String> = Vec::new();
 
-    let name = seed.node.name.clone().unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
+    let name = seed
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
     identity::apply_hostname(sys, &name).context("applying the node's hostname")?;
     let node_id = identity::node_id(sys).context("the node id")?;
-    match identity::dashboard_credential(sys, seed.dashboard.as_ref().and_then(|d| d.password_hash.as_deref())) {
+    match identity::dashboard_credential(
+        sys,
+        seed.dashboard
+            .as_ref()
+            .and_then(|d| d.password_hash.as_deref()),
+    ) {
         Ok(Credential::Generated(p)) => {
             // Shown once, on the console of the first boot; only its hash is kept.
             println!("cloudy: dashboard login: admin / {p}  (shown once; set [dashboard] password_hash in the seed to choose one)");
@@ -81,26 +97,40 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         Ok(_) => {}
         Err(e) => errors.push(format!("dashboard credential: {e}")),
     }
-    if let Err(e) = identity::apply_ssh_keys(sys, seed.ssh.as_ref().map(|s| s.authorized_keys.as_slice()).unwrap_or(&[])) {
+    if let Err(e) = identity::apply_ssh_keys(
+        sys,
+        seed.ssh
+            .as_ref()
+            .map(|s| s.authorized_keys.as_slice())
+            .unwrap_or(&[]),
+    ) {
         errors.push(format!("ssh keys: {e}"));
     }
-    let community_key = match secrets::community_key(sys, seed.community.as_ref().and_then(|c| c.key.as_deref())) {
-        Ok(k) => k,
-        Err(e) => {
-            errors.push(e.to_string());
-            None
-        }
-    };
+    let community_key =
+        match secrets::community_key(sys, seed.community.as_ref().and_then(|c| c.key.as_deref())) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
     // The boot medium is readable by anyone holding the card: scrub secrets once stored.
     if let Some(src) = &loaded.source {
         let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
         let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
-            || seed.dashboard.as_ref().is_some_and(|d| d.password_hash.is_some());
+            || seed
+                .dashboard
+                .as_ref()
+                .is_some_and(|d| d.password_hash.is_some());
         if on_boot_medium && has_secret {
             match secrets::scrub_seed(src) {
-                Ok(true) => tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display()),
+                Ok(true) => {
+                    tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
+                }
                 Ok(false) => {}
-                Err(e) => tracing::warn!("could not scrub {} (read-only medium?): {e}", src.display()),
+                Err(e) => {
+                    tracing::warn!("could not scrub {} (read-only medium?): {e}", src.display())
+                }
             }
         }
     }
@@ -116,7 +146,11 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let mut ready = ready::Ready {
         cloudy: "ready",
         version: env!("CARGO_PKG_VERSION"),
-        hostname: if sys.is_live() { identity::kernel_hostname() } else { name.clone() },
+        hostname: if sys.is_live() {
+            identity::kernel_hostname()
+        } else {
+            name.clone()
+        },
         node: name.clone(),
         kernel: ready::kernel_release(),
         arch: std::env::consts::ARCH,
@@ -125,7 +159,10 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         uptime_s: 0.0,
         node_id: node_id.clone(),
         interface: primary.as_ref().map(|p| p.interface.clone()),
-        address: primary.as_ref().and_then(|p| p.address).map(|a| a.to_string()),
+        address: primary
+            .as_ref()
+            .and_then(|p| p.address)
+            .map(|a| a.to_string()),
         community: None,
         vpn_address: None,
         tinc_name: None,
@@ -150,7 +187,18 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         return Ok(0);
     };
 
-    let mesh = match start_mesh(sys, opts, seed, &community, &key, &node_id, &name, primary.as_ref()).await {
+    let mesh = match start_mesh(
+        sys,
+        opts,
+        seed,
+        &community,
+        &key,
+        &node_id,
+        &name,
+        primary.as_ref(),
+    )
+    .await
+    {
         Ok(m) => m,
         Err(e) => {
             // The node must still come up and say what is wrong, once; then keep trying here
@@ -166,7 +214,18 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             let mut wait = Duration::from_secs(2);
             let mesh = loop {
                 tokio::time::sleep(wait).await;
-                match start_mesh(sys, opts, seed, &community, &key, &node_id, &name, primary.as_ref()).await {
+                match start_mesh(
+                    sys,
+                    opts,
+                    seed,
+                    &community,
+                    &key,
+                    &node_id,
+                    &name,
+                    primary.as_ref(),
+                )
+                .await
+                {
                     Ok(m) => break m,
                     Err(e) => tracing::error!("mesh still cannot start: {e:#}"),
                 }
@@ -192,7 +251,9 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
 
 async fn primary_network(seed: &seed::Seed, opts: &Options) -> Result<Option<Primary>> {
     let net = Net::connect()?;
-    Ok(net.apply(seed.network.as_ref(), opts.manage_network, seed.netname()).await?)
+    Ok(net
+        .apply(seed.network.as_ref(), opts.manage_network, seed.netname())
+        .await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,9 +270,12 @@ async fn start_mesh(
     let paths = tinc::Paths::new(sys, seed.netname());
     let tincd = opts.tincd.clone();
     let pk_paths = paths.clone();
-    let pubkey = tokio::task::spawn_blocking(move || tinc::ensure_keys(&pk_paths, &tincd)).await??;
+    let pubkey =
+        tokio::task::spawn_blocking(move || tinc::ensure_keys(&pk_paths, &tincd)).await??;
     let subnet = seed.vpn_subnet();
-    let address = primary.and_then(|p| p.address).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let address = primary
+        .and_then(|p| p.address)
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let fresh = Member {
         id: node_id.into(),
         name: name.into(),
@@ -249,7 +313,11 @@ async fn start_mesh(
     tinc::render(&paths, &settings, &members)?;
     let (tx, rx) = mpsc::unbounded_channel();
     if !opts.once {
-        let sup = Tincd { tincd: opts.tincd.clone(), paths: paths.clone(), stats: Arc::new(Stats::default()) };
+        let sup = Tincd {
+            tincd: opts.tincd.clone(),
+            paths: paths.clone(),
+            stats: Arc::new(Stats::default()),
+        };
         tokio::spawn(sup.supervise(rx));
     }
     Ok(Arc::new(Mesh {
@@ -268,7 +336,11 @@ async fn start_mesh(
 }
 
 fn in_subnet(ip: std::net::Ipv4Addr, (net, prefix): (std::net::Ipv4Addr, u8)) -> bool {
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
@@ -291,22 +363,39 @@ fn load_members(sys: &System, node_id: &str) -> Option<Members> {
 
 fn save_members(sys: &System, ms: &Members) -> Result<()> {
     let text = serde_json::to_vec_pretty(ms)?;
-    sys.write_atomic(MEMBERS_FILE, &text, 0o644).context("saving the member list")?;
+    sys.write_atomic(MEMBERS_FILE, &text, 0o644)
+        .context("saving the member list")?;
     Ok(())
 }
 
-async fn run_mesh(mesh: Arc<Mesh>, seed: &seed::Seed, community: &seed::Community, opts: &Options) -> Result<i32> {
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, seed.join_port()))
-        .await
-        .or(tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, seed.join_port())).await)
-        .with_context(|| format!("listening on join port {}", seed.join_port()))?;
+async fn run_mesh(
+    mesh: Arc<Mesh>,
+    seed: &seed::Seed,
+    community: &seed::Community,
+    opts: &Options,
+) -> Result<i32> {
+    let listener =
+        tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, seed.join_port()))
+            .await
+            .or(
+                tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, seed.join_port()))
+                    .await,
+            )
+            .with_context(|| format!("listening on join port {}", seed.join_port()))?;
     tokio::spawn(serve(mesh.clone(), listener));
     tokio::spawn(reconcile(mesh.clone()));
     match start_lan(&mesh, seed.join_port()) {
         Ok(lan) => *mesh.mdns.lock().unwrap() = Some(lan),
-        Err(e) => tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried"),
+        Err(e) => {
+            tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried")
+        }
     }
-    tokio::spawn(gossip(mesh.clone(), community.peers.clone(), seed.network.clone(), opts.manage_network));
+    tokio::spawn(gossip(
+        mesh.clone(),
+        community.peers.clone(),
+        seed.network.clone(),
+        opts.manage_network,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -325,11 +414,17 @@ fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
         (ms.me().tinc_name(), ms.me().id.clone(), ms.me().address)
     };
     let address = (!address.is_unspecified()).then_some(address);
-    let (lan, mut found) = crate::discovery::Lan::start(&name, &id, address, port, &mesh.key.tag())?;
+    let (lan, mut found) =
+        crate::discovery::Lan::start(&name, &id, address, port, &mesh.key.tag())?;
     let m = mesh.clone();
     tokio::spawn(async move {
         while let Some(addr) = found.recv().await {
-            let known = m.members.lock().unwrap().others().any(|o| o.address == addr.ip() && o.join_port == addr.port());
+            let known = m
+                .members
+                .lock()
+                .unwrap()
+                .others()
+                .any(|o| o.address == addr.ip() && o.join_port == addr.port());
             if !known && m.lan.lock().unwrap().insert(addr) {
                 tracing::info!("found a join service on the LAN at {addr}");
                 m.wake.notify_one();
@@ -382,7 +477,10 @@ async fn reconcile(mesh: Arc<Mesh>) {
         let snapshot = {
             let mut ms = mesh.members.lock().unwrap();
             if ms.resolve_vpn_collision(mesh.subnet) {
-                tracing::warn!("VPN address taken by a member with a lower id; moved to {}", ms.me().vpn);
+                tracing::warn!(
+                    "VPN address taken by a member with a lower id; moved to {}",
+                    ms.me().vpn
+                );
                 mesh.wake.notify_one();
             }
             ms.clone()
@@ -405,7 +503,12 @@ async fn reconcile(mesh: Arc<Mesh>) {
 
 /// Swaps member lists with bootstrap peers and every member not yet talked to since our own
 /// record last changed, plus one random member per round so news keeps spreading.
-async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::Network>, manage: bool) {
+async fn gossip(
+    mesh: Arc<Mesh>,
+    bootstrap: Vec<String>,
+    network: Option<seed::Network>,
+    manage: bool,
+) {
     let mut synced: HashSet<String> = HashSet::new();
     let mut boot_done: HashSet<String> = HashSet::new();
     let mut round = ROUND_MIN;
@@ -417,7 +520,10 @@ async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<seed::N
     loop {
         // DHCP may give or change our address after boot: follow it.
         if let Some(net) = &net {
-            if let Ok(Some(p)) = net.apply(network.as_ref(), false, &mesh.paths.netname).await {
+            if let Ok(Some(p)) = net
+                .apply(network.as_ref(), false, &mesh.paths.netname)
+                .await
+            {
                 if let Some(a) = p.address {
                     let mut ms = mesh.members.lock().unwrap();
                     if ms.update_me(|m| m.address = a) {

@@ -32,8 +32,17 @@ impl Lan {
         tag: &str,
     ) -> Result<(Lan, mpsc::UnboundedReceiver<SocketAddr>), DiscoveryError> {
         let daemon = ServiceDaemon::new()?;
-        let props = vec![("c".to_string(), tag.to_string()), ("id".to_string(), node_id.to_string())];
-        let mut lan = Lan { daemon, instance: instance.into(), port, props, published: None };
+        let props = vec![
+            ("c".to_string(), tag.to_string()),
+            ("id".to_string(), node_id.to_string()),
+        ];
+        let mut lan = Lan {
+            daemon,
+            instance: instance.into(),
+            port,
+            props,
+            published: None,
+        };
         if let Some(address) = address {
             lan.publish(address)?;
         }
@@ -46,7 +55,9 @@ impl Lan {
             .name("mdns-browse".into())
             .spawn(move || {
                 while let Ok(ev) = events.recv() {
-                    let ServiceEvent::ServiceResolved(s) = ev else { continue };
+                    let ServiceEvent::ServiceResolved(s) = ev else {
+                        continue;
+                    };
                     if s.txt_properties.get_property_val_str("c") != Some(tag.as_str())
                         || s.txt_properties.get_property_val_str("id") == Some(me.as_str())
                     {
@@ -70,8 +81,19 @@ impl Lan {
             let _ = self.daemon.unregister(&old);
         }
         let host = format!("{}.local.", self.instance);
-        let props: Vec<(&str, &str)> = self.props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let info = ServiceInfo::new(SERVICE_TYPE, &self.instance, &host, address, self.port, &props[..])?;
+        let props: Vec<(&str, &str)> = self
+            .props
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let info = ServiceInfo::new(
+            SERVICE_TYPE,
+            &self.instance,
+            &host,
+            address,
+            self.port,
+            &props[..],
+        )?;
         self.published = Some(info.get_fullname().to_string());
         self.daemon.register(info)?;
         Ok(())

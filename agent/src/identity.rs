@@ -14,33 +14,55 @@ pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} holds {content:?}, not a node id; remove it to make a new identity")]
     BadNodeId { path: String, content: String },
     #[error("writing {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("setting the kernel hostname to {name:?}: {source}")]
-    SetHostname { name: String, source: std::io::Error },
+    SetHostname {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Makes the node carry `name`: /etc/hostname, the /etc/hosts self entry, and (on the live
 /// system) the kernel hostname. Rewrites only what differs, so reboots change nothing.
 pub fn apply_hostname(sys: &System, name: &str) -> Result<(), IdentityError> {
     let wanted = format!("{name}\n");
-    if std::fs::read_to_string(sys.path("/etc/hostname")).ok().as_deref() != Some(&wanted) {
+    if std::fs::read_to_string(sys.path("/etc/hostname"))
+        .ok()
+        .as_deref()
+        != Some(&wanted)
+    {
         sys.write_atomic("/etc/hostname", wanted.as_bytes(), 0o644)
-            .map_err(|source| IdentityError::Write { path: "/etc/hostname".into(), source })?;
+            .map_err(|source| IdentityError::Write {
+                path: "/etc/hostname".into(),
+                source,
+            })?;
     }
     let hosts_path = sys.path("/etc/hosts");
-    let hosts = std::fs::read_to_string(&hosts_path).unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
+    let hosts =
+        std::fs::read_to_string(&hosts_path).unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
     let updated = hosts_with_self(&hosts, name);
     if updated != hosts {
         sys.write_atomic("/etc/hosts", updated.as_bytes(), 0o644)
-            .map_err(|source| IdentityError::Write { path: "/etc/hosts".into(), source })?;
+            .map_err(|source| IdentityError::Write {
+                path: "/etc/hosts".into(),
+                source,
+            })?;
     }
     if sys.is_live() {
-        set_kernel_hostname(name)
-            .map_err(|source| IdentityError::SetHostname { name: name.into(), source })?;
+        set_kernel_hostname(name).map_err(|source| IdentityError::SetHostname {
+            name: name.into(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -55,19 +77,32 @@ pub fn node_id(sys: &System) -> Result<String, IdentityError> {
             if is_node_id(id) {
                 return Ok(id.to_string());
             }
-            return Err(IdentityError::BadNodeId { path: path.display().to_string(), content: s });
+            return Err(IdentityError::BadNodeId {
+                path: path.display().to_string(),
+                content: s,
+            });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(IdentityError::Read { path: path.display().to_string(), source }),
+        Err(source) => {
+            return Err(IdentityError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        }
     }
     let id = hex(&random_bytes::<16>());
     sys.write_atomic(NODE_ID_FILE, format!("{id}\n").as_bytes(), 0o644)
-        .map_err(|source| IdentityError::Write { path: NODE_ID_FILE.into(), source })?;
+        .map_err(|source| IdentityError::Write {
+            path: NODE_ID_FILE.into(),
+            source,
+        })?;
     Ok(id)
 }
 
 pub fn is_node_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What the console should show once: a password generated on this boot, or nothing.
@@ -80,14 +115,24 @@ pub enum Credential {
 
 /// The dashboard never has a default password: the seed's hash is kept, else one is made on
 /// first boot and shown once. Only a salted hash is stored.
-pub fn dashboard_credential(sys: &System, seed_hash: Option<&str>) -> Result<Credential, IdentityError> {
+pub fn dashboard_credential(
+    sys: &System,
+    seed_hash: Option<&str>,
+) -> Result<Credential, IdentityError> {
     let write = |contents: &str| {
         sys.write_atomic(DASHBOARD_HASH_FILE, contents.as_bytes(), 0o600)
-            .map_err(|source| IdentityError::Write { path: DASHBOARD_HASH_FILE.into(), source })
+            .map_err(|source| IdentityError::Write {
+                path: DASHBOARD_HASH_FILE.into(),
+                source,
+            })
     };
     if let Some(h) = seed_hash {
         let line = format!("{h}\n");
-        if std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).ok().as_deref() != Some(&line) {
+        if std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE))
+            .ok()
+            .as_deref()
+            != Some(&line)
+        {
             write(&line)?;
         }
         return Ok(Credential::FromSeed);
@@ -97,7 +142,10 @@ pub fn dashboard_credential(sys: &System, seed_hash: Option<&str>) -> Result<Cre
     }
     // 15 bytes make 24 base64-like characters without padding: ~120 bits, typeable.
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let password: String = random_bytes::<20>().iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let password: String = random_bytes::<20>()
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
     let salt = hex(&random_bytes::<16>());
     write(&format!("{}\n", hash_password(&salt, &password)))?;
     Ok(Credential::Generated(password))
@@ -120,13 +168,26 @@ pub fn apply_ssh_keys(sys: &System, keys: &[String]) -> Result<(), IdentityError
     if keys.is_empty() {
         return Ok(());
     }
-    let body = keys.iter().map(|k| format!("{}\n", k.trim())).collect::<String>();
+    let body = keys
+        .iter()
+        .map(|k| format!("{}\n", k.trim()))
+        .collect::<String>();
     let wanted = format!("# managed by cloudy-agent from the seed's [ssh] section\n{body}");
-    if std::fs::read_to_string(sys.path(AUTHORIZED_KEYS)).ok().as_deref() != Some(&wanted) {
+    if std::fs::read_to_string(sys.path(AUTHORIZED_KEYS))
+        .ok()
+        .as_deref()
+        != Some(&wanted)
+    {
         sys.write_atomic(AUTHORIZED_KEYS, wanted.as_bytes(), 0o600)
-            .map_err(|source| IdentityError::Write { path: AUTHORIZED_KEYS.into(), source })?;
+            .map_err(|source| IdentityError::Write {
+                path: AUTHORIZED_KEYS.into(),
+                source,
+            })?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(sys.path("/root/.ssh"), std::fs::Permissions::from_mode(0o700));
+        let _ = std::fs::set_permissions(
+            sys.path("/root/.ssh"),
+            std::fs::Permissions::from_mode(0o700),
+        );
     }
     Ok(())
 }
@@ -161,7 +222,10 @@ fn hosts_with_self(hosts: &str, name: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("127.0.1.1"))
         .map(str::to_string)
         .collect();
-    let at = out.iter().position(|l| l.trim_start().starts_with("127.0.0.1")).map_or(0, |i| i + 1);
+    let at = out
+        .iter()
+        .position(|l| l.trim_start().starts_with("127.0.0.1"))
+        .map_or(0, |i| i + 1);
     out.insert(at, format!("127.0.1.1\t{name}"));
     out.join("\n") + "\n"
 }
@@ -177,7 +241,9 @@ fn set_kernel_hostname(name: &str) -> std::io::Result<()> {
 }
 
 pub fn kernel_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -188,14 +254,31 @@ mod tests {
     fn hostname_files_written_once() {
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        sys.write_atomic("/etc/hosts", b"127.0.0.1\tlocalhost\n127.0.1.1\told\n::1\tlocalhost\n", 0o644).unwrap();
+        sys.write_atomic(
+            "/etc/hosts",
+            b"127.0.0.1\tlocalhost\n127.0.1.1\told\n::1\tlocalhost\n",
+            0o644,
+        )
+        .unwrap();
         apply_hostname(&sys, "pi-test").unwrap();
-        assert_eq!(std::fs::read_to_string(sys.path("/etc/hostname")).unwrap(), "pi-test\n");
+        assert_eq!(
+            std::fs::read_to_string(sys.path("/etc/hostname")).unwrap(),
+            "pi-test\n"
+        );
         let hosts = std::fs::read_to_string(sys.path("/etc/hosts")).unwrap();
-        assert_eq!(hosts, "127.0.0.1\tlocalhost\n127.0.1.1\tpi-test\n::1\tlocalhost\n");
-        let before = std::fs::metadata(sys.path("/etc/hosts")).unwrap().modified().unwrap();
+        assert_eq!(
+            hosts,
+            "127.0.0.1\tlocalhost\n127.0.1.1\tpi-test\n::1\tlocalhost\n"
+        );
+        let before = std::fs::metadata(sys.path("/etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap();
         apply_hostname(&sys, "pi-test").unwrap();
-        let after = std::fs::metadata(sys.path("/etc/hosts")).unwrap().modified().unwrap();
+        let after = std::fs::metadata(sys.path("/etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(before, after, "second run rewrites nothing");
     }
 
@@ -215,19 +298,34 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        let Credential::Generated(p) = dashboard_credential(&sys, None).unwrap() else { panic!() };
+        let Credential::Generated(p) = dashboard_credential(&sys, None).unwrap() else {
+            panic!()
+        };
         assert_eq!(p.len(), 20);
         let stored = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap();
         assert!(!stored.contains(&p), "only the hash is stored");
         assert!(stored.starts_with("$cloudy-sha256$"));
-        let mode = std::fs::metadata(sys.path(DASHBOARD_HASH_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(sys.path(DASHBOARD_HASH_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(dashboard_credential(&sys, None).unwrap(), Credential::Kept);
         let other = tempfile::tempdir().unwrap();
-        let Credential::Generated(q) = dashboard_credential(&System::new(other.path()), None).unwrap() else { panic!() };
+        let Credential::Generated(q) =
+            dashboard_credential(&System::new(other.path()), None).unwrap()
+        else {
+            panic!()
+        };
         assert_ne!(p, q);
-        assert_eq!(dashboard_credential(&sys, Some("$y$abc")).unwrap(), Credential::FromSeed);
-        assert_eq!(std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap(), "$y$abc\n");
+        assert_eq!(
+            dashboard_credential(&sys, Some("$y$abc")).unwrap(),
+            Credential::FromSeed
+        );
+        assert_eq!(
+            std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap(),
+            "$y$abc\n"
+        );
     }
 
     #[test]
@@ -237,7 +335,12 @@ mod tests {
         let sys = System::new(dir.path());
         apply_ssh_keys(&sys, &["ssh-ed25519 AAAA me".into()]).unwrap();
         let p = sys.path(AUTHORIZED_KEYS);
-        assert!(std::fs::read_to_string(&p).unwrap().ends_with("ssh-ed25519 AAAA me\n"));
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .ends_with("ssh-ed25519 AAAA me\n"));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -67,7 +67,14 @@ impl JoinKey {
 
     fn mac(&self, role: u8, nc: &str, ns: &str, body: &str) -> HmacSha256 {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
-        for part in [&[role][..], nc.as_bytes(), b"|", ns.as_bytes(), b"|", body.as_bytes()] {
+        for part in [
+            &[role][..],
+            nc.as_bytes(),
+            b"|",
+            ns.as_bytes(),
+            b"|",
+            body.as_bytes(),
+        ] {
             m.update(part);
         }
         m
@@ -78,7 +85,9 @@ impl JoinKey {
     }
 
     fn verify(&self, role: u8, nc: &str, ns: &str, body: &str, mac_hex: &str) -> bool {
-        let Some(tag) = unhex(mac_hex) else { return false };
+        let Some(tag) = unhex(mac_hex) else {
+            return false;
+        };
         // verify_slice compares in constant time.
         self.mac(role, nc, ns, body).verify_slice(&tag).is_ok()
     }
@@ -94,7 +103,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 || s.len() > 128 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,7 +143,10 @@ struct Conn {
 impl Conn {
     fn new(s: TcpStream) -> Self {
         let (r, w) = s.into_split();
-        Conn { r: BufReader::new(r), w }
+        Conn {
+            r: BufReader::new(r),
+            w,
+        }
     }
 
     async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), JoinError> {
@@ -171,7 +186,8 @@ fn encode(members: &[Member]) -> String {
 }
 
 fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
-    let list: Vec<Member> = serde_json::from_str(body).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    let list: Vec<Member> =
+        serde_json::from_str(body).map_err(|e| JoinError::Malformed(e.to_string()))?;
     if list.len() > MAX_MEMBERS {
         return Err(JoinError::TooMany);
     }
@@ -179,18 +195,31 @@ fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
 }
 
 /// Client side: sends our list to the join service at `addr`, returns the peer's list.
-pub async fn exchange(addr: SocketAddr, key: &JoinKey, ours: &[Member]) -> Result<Vec<Member>, JoinError> {
+pub async fn exchange(
+    addr: SocketAddr,
+    key: &JoinKey,
+    ours: &[Member],
+) -> Result<Vec<Member>, JoinError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(TcpStream::connect(addr).await?);
         let nc = hex(&random_bytes::<16>());
-        c.send(&Hello { v: PROTOCOL, hello: nc.clone() }).await?;
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+        })
+        .await?;
         let ch: Challenge = c.recv().await?;
         if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
             return Err(JoinError::Malformed("bad challenge".into()));
         }
         let body = encode(ours);
         let mac = key.sign(b'C', &nc, &ch.nonce, &body);
-        c.send(&Signed { v: PROTOCOL, body, mac }).await?;
+        c.send(&Signed {
+            v: PROTOCOL,
+            body,
+            mac,
+        })
+        .await?;
         let reply: Signed = c.recv().await?;
         if !key.verify(b'S', &nc, &ch.nonce, &reply.body, &reply.mac) {
             return Err(JoinError::BadMac);
@@ -215,7 +244,11 @@ pub async fn serve(
             return Err(JoinError::Malformed("bad hello".into()));
         }
         let ns = hex(&random_bytes::<16>());
-        c.send(&Challenge { v: PROTOCOL, nonce: ns.clone() }).await?;
+        c.send(&Challenge {
+            v: PROTOCOL,
+            nonce: ns.clone(),
+        })
+        .await?;
         let req: Signed = c.recv().await?;
         if !key.verify(b'C', &hello.hello, &ns, &req.body, &req.mac) {
             return Err(JoinError::BadMac);
@@ -224,7 +257,12 @@ pub async fn serve(
         let n = theirs.len();
         let body = encode(&merge(theirs));
         let mac = key.sign(b'S', &hello.hello, &ns, &body);
-        c.send(&Signed { v: PROTOCOL, body, mac }).await?;
+        c.send(&Signed {
+            v: PROTOCOL,
+            body,
+            mac,
+        })
+        .await?;
         Ok(n)
     })
     .await
@@ -236,7 +274,14 @@ mod tests {
     use super::*;
     use crate::members::tests::member;
 
-    async fn pair(server_key: JoinKey, client_key: JoinKey) -> (Result<Vec<Member>, JoinError>, Result<usize, JoinError>, bool) {
+    async fn pair(
+        server_key: JoinKey,
+        client_key: JoinKey,
+    ) -> (
+        Result<Vec<Member>, JoinError>,
+        Result<usize, JoinError>,
+        bool,
+    ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let got_theirs = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -251,7 +296,11 @@ mod tests {
         });
         let client = exchange(addr, &client_key, &[member('a', "client")]).await;
         let s = server.await.unwrap();
-        (client, s, got_theirs.load(std::sync::atomic::Ordering::SeqCst))
+        (
+            client,
+            s,
+            got_theirs.load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -265,12 +314,23 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn wrong_key_gets_nothing() {
-        let (c, s, merged) = pair(JoinKey::derive("sants", "0123456789abcdef"), JoinKey::derive("sants", "0123456789abcdeX")).await;
+        let (c, s, merged) = pair(
+            JoinKey::derive("sants", "0123456789abcdef"),
+            JoinKey::derive("sants", "0123456789abcdeX"),
+        )
+        .await;
         assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
         assert!(matches!(c, Err(JoinError::Closed)), "{c:?}");
         assert!(!merged, "the server never looked at the list");
-        let (_, s, _) = pair(JoinKey::derive("sants", "0123456789abcdef"), JoinKey::derive("other", "0123456789abcdef")).await;
-        assert!(matches!(s, Err(JoinError::BadMac)), "another community's key is a wrong key");
+        let (_, s, _) = pair(
+            JoinKey::derive("sants", "0123456789abcdef"),
+            JoinKey::derive("other", "0123456789abcdef"),
+        )
+        .await;
+        assert!(
+            matches!(s, Err(JoinError::BadMac)),
+            "another community's key is a wrong key"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -65,7 +65,8 @@ enum SeedCommand {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOUDY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -82,7 +83,9 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Seed { command: SeedCommand::Check { file } } => match seed::read_file(&file) {
+        Command::Seed {
+            command: SeedCommand::Check { file },
+        } => match seed::read_file(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 Ok(0)
@@ -92,7 +95,11 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         },
-        Command::Run { manage_network, tincd, once } => {
+        Command::Run {
+            manage_network,
+            tincd,
+            once,
+        } => {
             let sys = System::new(cli.root);
             let opts = daemon::Options {
                 manage_network: manage_network || sys.is_live(),
@@ -103,8 +110,17 @@ fn run(cli: Cli) -> Result<i32> {
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&System::new(cli.root)),
-        Command::Net { command: NetCommand::Up { interface, address, mac } } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Command::Net {
+            command:
+                NetCommand::Up {
+                    interface,
+                    address,
+                    mac,
+                },
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(network::vpn_up(&interface, &address, mac.as_deref()))
                 .with_context(|| format!("bringing {interface} up with {address}"))?;
             Ok(0)

@@ -34,7 +34,10 @@ pub struct Member {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MemberError {
     #[error("member record field `{field}` refused: {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
     #[error("member {id} offered a different tinc key than the one already known; keys are never replaced")]
     KeyChanged { id: String },
     #[error("member list full ({MAX_MEMBERS})")]
@@ -58,7 +61,10 @@ impl Member {
         }
         let a = self.address;
         if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
-            return Err(bad("address", format!("{a} is not reachable from another node")));
+            return Err(bad(
+                "address",
+                format!("{a} is not reachable from another node"),
+            ));
         }
         check_pubkey(&self.pubkey).map_err(|p| bad("pubkey", p))?;
         Ok(())
@@ -83,9 +89,12 @@ fn check_pubkey(k: &str) -> Result<(), String> {
     {
         return Err("not a PEM RSA public key".into());
     }
-    let body_ok = lines[1..lines.len() - 1]
-        .iter()
-        .all(|l| !l.is_empty() && l.len() <= 76 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+    let body_ok = lines[1..lines.len() - 1].iter().all(|l| {
+        !l.is_empty()
+            && l.len() <= 76
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+    });
     if !body_ok {
         return Err("PEM body is not base64".into());
     }
@@ -101,7 +110,11 @@ pub fn vpn_candidate(id: &str, subnet: (Ipv4Addr, u8), attempt: u32) -> Ipv4Addr
     let d = Sha256::digest(format!("{id}/{attempt}").as_bytes());
     let h = u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
     let host = 1 + h % (size - 2);
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
     Ipv4Addr::from((u32::from(net) & mask) | host as u32)
 }
 
@@ -121,7 +134,10 @@ pub struct Members {
 impl Members {
     pub fn new(me: Member) -> Self {
         let id = me.id.clone();
-        Members { me: id.clone(), members: BTreeMap::from([(id, me)]) }
+        Members {
+            me: id.clone(),
+            members: BTreeMap::from([(id, me)]),
+        }
     }
 
     pub fn me(&self) -> &Member {
@@ -141,7 +157,10 @@ impl Members {
         let mut m = self.me().clone();
         f(&mut m);
         let cur = self.me();
-        let same = Member { rev: cur.rev, ..m.clone() } == *cur;
+        let same = Member {
+            rev: cur.rev,
+            ..m.clone()
+        } == *cur;
         if same {
             return false;
         }
@@ -164,14 +183,17 @@ impl Members {
             }
             match self.members.get(&m.id) {
                 Some(cur) if cur.pubkey != m.pubkey => {
-                    out.refused.push(MemberError::KeyChanged { id: m.id.clone() }.to_string());
+                    out.refused
+                        .push(MemberError::KeyChanged { id: m.id.clone() }.to_string());
                 }
                 Some(cur) if cur.rev >= m.rev => {}
                 Some(_) => {
                     self.members.insert(m.id.clone(), m);
                     out.changed = true;
                 }
-                None if self.members.len() >= MAX_MEMBERS => out.refused.push(MemberError::Full.to_string()),
+                None if self.members.len() >= MAX_MEMBERS => {
+                    out.refused.push(MemberError::Full.to_string())
+                }
                 None => {
                     self.members.insert(m.id.clone(), m);
                     out.changed = true;
@@ -207,7 +229,7 @@ pub(crate) mod tests {
     pub const PEM: &str = "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAx2v0dQ+abc/def=\n-----END RSA PUBLIC KEY-----\n";
 
     pub fn member(id_byte: char, name: &str) -> Member {
-        let id: String = std::iter::repeat(id_byte).take(32).collect();
+        let id: String = std::iter::repeat_n(id_byte, 32).collect();
         Member {
             vpn: vpn_candidate(&id, (Ipv4Addr::new(10, 99, 0, 0), 16), 0),
             id,
@@ -228,7 +250,10 @@ pub(crate) mod tests {
             assert_eq!(&o[..3], &[10, 99, 7]);
             assert!(o[3] != 0 && o[3] != 255, "{ip}");
         }
-        assert_ne!(vpn_candidate("a", (Ipv4Addr::new(10, 0, 0, 0), 8), 0), vpn_candidate("b", (Ipv4Addr::new(10, 0, 0, 0), 8), 0));
+        assert_ne!(
+            vpn_candidate("a", (Ipv4Addr::new(10, 0, 0, 0), 8), 0),
+            vpn_candidate("b", (Ipv4Addr::new(10, 0, 0, 0), 8), 0)
+        );
     }
 
     #[test]
@@ -236,22 +261,39 @@ pub(crate) mod tests {
         let mut ms = Members::new(member('a', "one"));
         let b = member('b', "two");
         assert!(ms.merge(vec![b.clone()]).changed);
-        assert!(!ms.merge(vec![b.clone()]).changed, "same revision changes nothing");
+        assert!(
+            !ms.merge(vec![b.clone()]).changed,
+            "same revision changes nothing"
+        );
         let mut evil = b.clone();
         evil.pubkey = PEM.replace("abc", "xyz");
         evil.rev = 9;
         let m = ms.merge(vec![evil]);
         assert!(!m.changed && m.refused[0].contains("never replaced"));
         for (field, f) in [
-            ("pubkey", Box::new(|m: &mut Member| m.pubkey = format!("{PEM}Address = 6.6.6.6\n")) as Box<dyn Fn(&mut Member)>),
-            ("name", Box::new(|m: &mut Member| m.name = "Bad Name".into())),
+            (
+                "pubkey",
+                Box::new(|m: &mut Member| m.pubkey = format!("{PEM}Address = 6.6.6.6\n"))
+                    as Box<dyn Fn(&mut Member)>,
+            ),
+            (
+                "name",
+                Box::new(|m: &mut Member| m.name = "Bad Name".into()),
+            ),
             ("id", Box::new(|m: &mut Member| m.id = "../../etc".into())),
-            ("address", Box::new(|m: &mut Member| m.address = "127.0.0.1".parse().unwrap())),
+            (
+                "address",
+                Box::new(|m: &mut Member| m.address = "127.0.0.1".parse().unwrap()),
+            ),
         ] {
             let mut c = member('c', "three");
             f(&mut c);
             let m = ms.merge(vec![c]);
-            assert!(!m.changed && m.refused[0].contains(field), "{field}: {:?}", m.refused);
+            assert!(
+                !m.changed && m.refused[0].contains(field),
+                "{field}: {:?}",
+                m.refused
+            );
         }
         let mut me = member('a', "one");
         me.rev = 100;
@@ -262,7 +304,10 @@ pub(crate) mod tests {
         b2.rev = 2;
         b2.address = "192.0.2.9".parse().unwrap();
         assert!(ms.merge(vec![b2]).changed);
-        assert_eq!(ms.members[&member('b', "x").id].address.to_string(), "192.0.2.9");
+        assert_eq!(
+            ms.members[&member('b', "x").id].address.to_string(),
+            "192.0.2.9"
+        );
     }
 
     #[test]
@@ -282,6 +327,9 @@ pub(crate) mod tests {
         assert!(!at_low.resolve_vpn_collision(subnet));
         assert_eq!(at_low.me().vpn, low.vpn);
         at_low.merge(vec![at_high.me().clone()]);
-        assert_ne!(at_low.members[&at_high.me].vpn, low.vpn, "the moved address spreads");
+        assert_ne!(
+            at_low.members[&at_high.me].vpn, low.vpn,
+            "the moved address spreads"
+        );
     }
 }

@@ -43,7 +43,12 @@ impl Net {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(l)) => Ok(Some(l.header.index)),
             Ok(None) => Ok(None),
@@ -55,7 +60,9 @@ impl Net {
 
     pub async fn link_name(&self, index: u32) -> Result<Option<String>, NetError> {
         let mut links = self.handle.link().get().match_index(index).execute();
-        let Some(l) = links.try_next().await? else { return Ok(None) };
+        let Some(l) = links.try_next().await? else {
+            return Ok(None);
+        };
         Ok(l.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
@@ -69,7 +76,12 @@ impl Net {
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
         let mut out = Vec::new();
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(m) = s.try_next().await? {
             for a in &m.attributes {
                 if let AddressAttribute::Address(ip) = a {
@@ -81,11 +93,20 @@ impl Net {
     }
 
     /// Adds the address unless the link has it already (reboots and restarts change nothing).
-    pub async fn ensure_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, NetError> {
+    pub async fn ensure_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+    ) -> Result<bool, NetError> {
         if self.addresses(index).await?.contains(&(ip, prefix)) {
             return Ok(false);
         }
-        self.handle.address().add(index, ip, prefix).execute().await?;
+        self.handle
+            .address()
+            .add(index, ip, prefix)
+            .execute()
+            .await?;
         Ok(true)
     }
 
@@ -137,7 +158,12 @@ impl Net {
 
     /// Reconciles links with the seed and returns the primary interface, if one is known yet.
     /// `vpn` is the VPN interface's name, never a candidate.
-    pub async fn apply(&self, want: Option<&seed::Network>, manage: bool, vpn: &str) -> Result<Option<Primary>, NetError> {
+    pub async fn apply(
+        &self,
+        want: Option<&seed::Network>,
+        manage: bool,
+        vpn: &str,
+    ) -> Result<Option<Primary>, NetError> {
         if manage {
             if let Some(lo) = self.link_index("lo").await? {
                 self.set_up(lo).await?;
@@ -145,12 +171,18 @@ impl Net {
         }
         let forced = want.and_then(|n| n.interface.as_deref());
         let index = match forced {
-            Some(name) => Some(self.link_index(name).await?.ok_or_else(|| NetError::NoLink(name.into()))?),
+            Some(name) => Some(
+                self.link_index(name)
+                    .await?
+                    .ok_or_else(|| NetError::NoLink(name.into()))?,
+            ),
             None => match self.default_route_link().await? {
                 Some(i) => Some(i),
                 // A static address with no route yet (no DHCP on this LAN) goes on the
                 // first real link, as on a one-port board.
-                None if want.is_some_and(|n| n.address.is_some()) => self.links(vpn).await?.first().map(|l| l.0),
+                None if want.is_some_and(|n| n.address.is_some()) => {
+                    self.links(vpn).await?.first().map(|l| l.0)
+                }
                 None => None,
             },
         };
@@ -165,7 +197,9 @@ impl Net {
                     }
                 }
                 if let Some(g) = &n.gateway {
-                    let g: IpAddr = g.parse().map_err(|e| NetError::Seed(format!("network.gateway: {e}")))?;
+                    let g: IpAddr = g
+                        .parse()
+                        .map_err(|e| NetError::Seed(format!("network.gateway: {e}")))?;
                     self.add_default_route(g).await?;
                 }
             }
@@ -196,10 +230,19 @@ pub fn pick_address(addrs: &[(IpAddr, u8)]) -> Option<IpAddr> {
 pub async fn vpn_up(interface: &str, cidr: &str, mac: Option<&str>) -> Result<(), NetError> {
     let (ip, prefix) = seed::parse_cidr(cidr).map_err(NetError::Seed)?;
     let net = Net::connect()?;
-    let index = net.link_index(interface).await?.ok_or_else(|| NetError::NoLink(interface.into()))?;
+    let index = net
+        .link_index(interface)
+        .await?
+        .ok_or_else(|| NetError::NoLink(interface.into()))?;
     if let Some(mac) = mac {
-        let bytes = parse_mac(mac).ok_or_else(|| NetError::Seed(format!("{mac:?} is not a MAC address")))?;
-        net.handle.link().set(index).address(bytes).execute().await?;
+        let bytes = parse_mac(mac)
+            .ok_or_else(|| NetError::Seed(format!("{mac:?} is not a MAC address")))?;
+        net.handle
+            .link()
+            .set(index)
+            .address(bytes)
+            .execute()
+            .await?;
     }
     net.ensure_address(index, ip, prefix).await?;
     net.set_up(index).await?;
@@ -211,11 +254,17 @@ pub fn mac_for(node_id: &str) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(node_id.as_bytes());
     let b = [(d[0] & 0xfc) | 0x02, d[1], d[2], d[3], d[4], d[5]];
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse_mac(s: &str) -> Option<Vec<u8>> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+        .collect::<Option<_>>()?;
     (v.len() == 6).then_some(v)
 }
 
@@ -226,8 +275,14 @@ mod tests {
     #[test]
     fn picks_routable_ipv4_then_global_ipv6() {
         let a = |s: &str| (s.parse::<IpAddr>().unwrap(), 24u8);
-        assert_eq!(pick_address(&[a("fe80::1"), a("169.254.1.1"), a("192.168.1.5")]), Some(a("192.168.1.5").0));
-        assert_eq!(pick_address(&[a("fe80::1"), a("2001:db8::5")]), Some(a("2001:db8::5").0));
+        assert_eq!(
+            pick_address(&[a("fe80::1"), a("169.254.1.1"), a("192.168.1.5")]),
+            Some(a("192.168.1.5").0)
+        );
+        assert_eq!(
+            pick_address(&[a("fe80::1"), a("2001:db8::5")]),
+            Some(a("2001:db8::5").0)
+        );
         assert_eq!(pick_address(&[a("fe80::1")]), None);
     }
 
@@ -243,7 +298,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn reads_loopback_through_netlink() {
         let net = Net::connect().unwrap();
-        let lo = net.link_index("lo").await.unwrap().expect("every namespace has lo");
+        let lo = net
+            .link_index("lo")
+            .await
+            .unwrap()
+            .expect("every namespace has lo");
         assert_eq!(net.link_name(lo).await.unwrap().as_deref(), Some("lo"));
         assert_eq!(net.link_index("nosuchlink0").await.unwrap(), None);
         let _ = net.default_route_link().await.unwrap();

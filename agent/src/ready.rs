@@ -40,7 +40,12 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut uts) } != 0 {
         return String::new();
     }
-    let bytes: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

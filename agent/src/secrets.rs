@@ -10,7 +10,10 @@ pub const COMMUNITY_KEY_FILE: &str = "/var/lib/cloudy/community.key";
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is empty; put the community key back in the seed's [community] key")]
     EmptyKey { path: String },
 }
@@ -18,16 +21,22 @@ pub enum SecretError {
 /// The community key: the seed's if it has one (stored for later boots), else the stored one.
 pub fn community_key(sys: &System, from_seed: Option<&str>) -> Result<Option<String>, SecretError> {
     let path = sys.path(COMMUNITY_KEY_FILE);
-    let io = |source| SecretError::Io { path: path.display().to_string(), source };
+    let io = |source| SecretError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(key) = from_seed {
         let line = format!("{key}\n");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(&line) {
-            sys.write_atomic(COMMUNITY_KEY_FILE, line.as_bytes(), 0o600).map_err(io)?;
+            sys.write_atomic(COMMUNITY_KEY_FILE, line.as_bytes(), 0o600)
+                .map_err(io)?;
         }
         return Ok(Some(key.to_string()));
     }
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim_end_matches('\n').is_empty() => Err(SecretError::EmptyKey { path: path.display().to_string() }),
+        Ok(s) if s.trim_end_matches('\n').is_empty() => Err(SecretError::EmptyKey {
+            path: path.display().to_string(),
+        }),
         Ok(s) => Ok(Some(s.trim_end_matches('\n').to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
@@ -38,14 +47,19 @@ pub fn community_key(sys: &System, from_seed: Option<&str>) -> Result<Option<Str
 /// their values are stored. Line-based so the user's comments survive; the result must still
 /// parse or the file is left alone. Returns whether the file changed.
 pub fn scrub_seed(path: &Path) -> Result<bool, SecretError> {
-    let io = |source| SecretError::Io { path: path.display().to_string(), source };
+    let io = |source| SecretError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let text = std::fs::read_to_string(path).map_err(io)?;
     let scrubbed = scrub_text(&text);
     if scrubbed == text || crate::seed::Seed::parse("scrubbed", &scrubbed).is_err() {
         return Ok(false);
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o644);
     crate::system::write_atomic(path, scrubbed.as_bytes(), mode).map_err(io)?;
     Ok(true)
 }
@@ -59,9 +73,12 @@ fn scrub_text(text: &str) -> String {
             section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
         }
         let key = t.split('=').next().unwrap_or("").trim();
-        let secret = (section == "community" && key == "key") || (section == "dashboard" && key == "password_hash");
+        let secret = (section == "community" && key == "key")
+            || (section == "dashboard" && key == "password_hash");
         if secret && t.contains('=') {
-            out.push_str(&format!("# {key} moved into /var/lib/cloudy by cloudy-agent\n"));
+            out.push_str(&format!(
+                "# {key} moved into /var/lib/cloudy by cloudy-agent\n"
+            ));
         } else {
             out.push_str(line);
         }
@@ -79,10 +96,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
         assert_eq!(community_key(&sys, None).unwrap(), None);
-        assert_eq!(community_key(&sys, Some("0123456789abcdef")).unwrap().as_deref(), Some("0123456789abcdef"));
-        let mode = std::fs::metadata(sys.path(COMMUNITY_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(
+            community_key(&sys, Some("0123456789abcdef"))
+                .unwrap()
+                .as_deref(),
+            Some("0123456789abcdef")
+        );
+        let mode = std::fs::metadata(sys.path(COMMUNITY_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(community_key(&sys, None).unwrap().as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            community_key(&sys, None).unwrap().as_deref(),
+            Some("0123456789abcdef")
+        );
     }
 
     #[test]
@@ -93,7 +121,10 @@ mod tests {
         std::fs::write(&p, text).unwrap();
         assert!(scrub_seed(&p).unwrap());
         let after = std::fs::read_to_string(&p).unwrap();
-        assert!(!after.contains("0123456789abcdef0") && !after.contains("$y$"), "{after}");
+        assert!(
+            !after.contains("0123456789abcdef0") && !after.contains("$y$"),
+            "{after}"
+        );
         assert!(after.contains("# my cloud") && after.contains("name = \"key\""));
         let seed = crate::seed::Seed::parse("x", &after).unwrap();
         assert_eq!(seed.community.unwrap().key, None);

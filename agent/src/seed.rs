@@ -24,11 +24,19 @@ pub const SEED_PATHS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: key `{key}`: {problem}; fix: {fix}")]
-    Invalid { file: String, key: String, problem: String, fix: String },
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
 }
 
 /// Port of the join service (member lists exchanged under the community key).
@@ -128,7 +136,12 @@ pub struct Ssh {
 }
 
 /// Services the agent knows how to run; anything else in a seed is a typo.
-pub const KNOWN_SERVICES: &[&str] = &["tahoe-introducer", "tahoe-storage", "streaming", "syncthing"];
+pub const KNOWN_SERVICES: &[&str] = &[
+    "tahoe-introducer",
+    "tahoe-storage",
+    "streaming",
+    "syncthing",
+];
 
 impl Seed {
     pub fn parse(file: &str, text: &str) -> Result<Seed, SeedError> {
@@ -171,7 +184,8 @@ impl Seed {
             problem,
             fix: fix.into(),
         };
-        const NAME_FIX: &str = "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
+        const NAME_FIX: &str =
+            "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
         if let Some(name) = &self.node.name {
             check_hostname(name).map_err(|p| bad("node.name", p, NAME_FIX))?;
         }
@@ -188,47 +202,90 @@ impl Seed {
             }
             for p in &c.peers {
                 check_endpoint(p).map_err(|e| {
-                    bad("community.peers", format!("{p:?}: {e}"), "write each peer as \"host:port\", e.g. \"10.1.2.3:6655\"")
+                    bad(
+                        "community.peers",
+                        format!("{p:?}: {e}"),
+                        "write each peer as \"host:port\", e.g. \"10.1.2.3:6655\"",
+                    )
                 })?;
             }
             if c.port == Some(0) {
-                return Err(bad("community.port", "0 is not a port".into(), "leave it out for 6655"));
+                return Err(bad(
+                    "community.port",
+                    "0 is not a port".into(),
+                    "leave it out for 6655",
+                ));
             }
         }
         if let Some(n) = &self.network {
             if let Some(i) = &n.interface {
-                check_ifname(i).map_err(|p| bad("network.interface", p, "name an interface like eth0 or wlan0"))?;
+                check_ifname(i).map_err(|p| {
+                    bad(
+                        "network.interface",
+                        p,
+                        "name an interface like eth0 or wlan0",
+                    )
+                })?;
             }
             if let Some(a) = &n.address {
-                parse_cidr(a).map_err(|p| bad("network.address", p, "write address/prefix, e.g. \"192.168.1.20/24\""))?;
+                parse_cidr(a).map_err(|p| {
+                    bad(
+                        "network.address",
+                        p,
+                        "write address/prefix, e.g. \"192.168.1.20/24\"",
+                    )
+                })?;
             }
             if let Some(g) = &n.gateway {
-                g.parse::<std::net::IpAddr>()
-                    .map_err(|e| bad("network.gateway", format!("{g:?}: {e}"), "write an IP address"))?;
+                g.parse::<std::net::IpAddr>().map_err(|e| {
+                    bad(
+                        "network.gateway",
+                        format!("{g:?}: {e}"),
+                        "write an IP address",
+                    )
+                })?;
                 if n.address.is_none() {
-                    return Err(bad("network.gateway", "set without network.address".into(), "add network.address or remove the gateway"));
+                    return Err(bad(
+                        "network.gateway",
+                        "set without network.address".into(),
+                        "add network.address or remove the gateway",
+                    ));
                 }
             }
         }
         if let Some(t) = &self.tinc {
             if let Some(n) = &t.netname {
-                check_netname(n).map_err(|p| bad("tinc.netname", p, "use 1-15 lowercase letters, digits, '_'"))?;
+                check_netname(n).map_err(|p| {
+                    bad("tinc.netname", p, "use 1-15 lowercase letters, digits, '_'")
+                })?;
             }
             if t.port == Some(0) {
-                return Err(bad("tinc.port", "0 is not a port".into(), "leave it out for 655"));
+                return Err(bad(
+                    "tinc.port",
+                    "0 is not a port".into(),
+                    "leave it out for 655",
+                ));
             }
             if let Some(s) = &t.subnet {
                 match parse_cidr(s) {
                     Ok((std::net::IpAddr::V4(_), p)) if (8..=30).contains(&p) => {}
                     Ok(_) => {
-                        return Err(bad("tinc.subnet", format!("{s:?} is not an IPv4 range of /8 to /30"), "e.g. \"10.99.0.0/16\""))
+                        return Err(bad(
+                            "tinc.subnet",
+                            format!("{s:?} is not an IPv4 range of /8 to /30"),
+                            "e.g. \"10.99.0.0/16\"",
+                        ))
                     }
                     Err(p) => return Err(bad("tinc.subnet", p, "e.g. \"10.99.0.0/16\"")),
                 }
             }
         }
         if let Some(s) = &self.services {
-            if let Some(x) = s.enable.iter().find(|x| !KNOWN_SERVICES.contains(&x.as_str())) {
+            if let Some(x) = s
+                .enable
+                .iter()
+                .find(|x| !KNOWN_SERVICES.contains(&x.as_str()))
+            {
                 return Err(bad(
                     "services.enable",
                     format!("unknown service {x:?}"),
@@ -250,13 +307,18 @@ impl Seed {
         if let Some(s) = &self.ssh {
             for k in &s.authorized_keys {
                 let kind = k.split_whitespace().next().unwrap_or("");
-                let ok = (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+                let ok = (kind.starts_with("ssh-")
+                    || kind.starts_with("ecdsa-")
+                    || kind.starts_with("sk-"))
                     && k.split_whitespace().count() >= 2
                     && !k.contains('\n');
                 if !ok {
                     return Err(bad(
                         "ssh.authorized_keys",
-                        format!("{:?} is not a public key line", k.chars().take(24).collect::<String>()),
+                        format!(
+                            "{:?} is not a public key line",
+                            k.chars().take(24).collect::<String>()
+                        ),
                         "paste one line of ~/.ssh/id_ed25519.pub per key",
                     ));
                 }
@@ -279,11 +341,17 @@ impl Seed {
     }
 
     pub fn netname(&self) -> &str {
-        self.tinc.as_ref().and_then(|t| t.netname.as_deref()).unwrap_or(DEFAULT_NETNAME)
+        self.tinc
+            .as_ref()
+            .and_then(|t| t.netname.as_deref())
+            .unwrap_or(DEFAULT_NETNAME)
     }
 
     pub fn tinc_port(&self) -> u16 {
-        self.tinc.as_ref().and_then(|t| t.port).unwrap_or(DEFAULT_TINC_PORT)
+        self.tinc
+            .as_ref()
+            .and_then(|t| t.port)
+            .unwrap_or(DEFAULT_TINC_PORT)
     }
 
     pub fn tinc_mode(&self) -> TincMode {
@@ -291,7 +359,11 @@ impl Seed {
     }
 
     pub fn vpn_subnet(&self) -> (std::net::Ipv4Addr, u8) {
-        let s = self.tinc.as_ref().and_then(|t| t.subnet.as_deref()).unwrap_or(DEFAULT_VPN_SUBNET);
+        let s = self
+            .tinc
+            .as_ref()
+            .and_then(|t| t.subnet.as_deref())
+            .unwrap_or(DEFAULT_VPN_SUBNET);
         match parse_cidr(s) {
             Ok((std::net::IpAddr::V4(a), p)) => (a, p),
             _ => (std::net::Ipv4Addr::new(10, 99, 0, 0), 16),
@@ -299,15 +371,22 @@ impl Seed {
     }
 
     pub fn join_port(&self) -> u16 {
-        self.community.as_ref().and_then(|c| c.port).unwrap_or(DEFAULT_JOIN_PORT)
+        self.community
+            .as_ref()
+            .and_then(|c| c.port)
+            .unwrap_or(DEFAULT_JOIN_PORT)
     }
 }
 
 /// `ip/prefix`, prefix within the family's width.
 pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
-    let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} has no /prefix"))?;
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} has no /prefix"))?;
     let ip: std::net::IpAddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
-    let p: u8 = p.parse().map_err(|_| format!("prefix {p:?} is not a number"))?;
+    let p: u8 = p
+        .parse()
+        .map_err(|_| format!("prefix {p:?} is not a number"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     if p > max {
         return Err(format!("prefix /{p} is longer than {max}"));
@@ -321,24 +400,46 @@ pub fn check_endpoint(s: &str) -> Result<(), String> {
         return Ok(());
     }
     let (host, port) = s.rsplit_once(':').ok_or("no :port")?;
-    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or("port is not 1-65535")?;
-    if host.is_empty() || host.len() > 253 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or("port is not 1-65535")?;
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         return Err("host is not a name or address".into());
     }
     Ok(())
 }
 
 pub fn check_ifname(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("{s:?} is not an interface name (1-15 letters, digits, '-', '_', '.')"));
+    if s.is_empty()
+        || s.len() > 15
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{s:?} is not an interface name (1-15 letters, digits, '-', '_', '.')"
+        ));
     }
     Ok(())
 }
 
 /// The netname is also the VPN interface's name, so it carries the interface limits.
 pub fn check_netname(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        return Err(format!("{s:?} is not 1-15 lowercase letters, digits or '_'"));
+    if s.is_empty()
+        || s.len() > 15
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "{s:?} is not 1-15 lowercase letters, digits or '_'"
+        ));
     }
     Ok(())
 }
@@ -347,7 +448,10 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("{} characters (1-63 allowed)", name.len()));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         return Err(format!("character {c:?} is not allowed in a hostname"));
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -366,18 +470,30 @@ pub struct Loaded {
 
 pub fn read_file(path: &Path) -> Result<Seed, SeedError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { file: file.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+        file: file.clone(),
+        source,
+    })?;
     Seed::parse(&file, &text)
 }
 
 /// `cloudy.seed=PATH` on the kernel command line names a seed file on the node.
 pub fn cmdline_seed(cmdline: &str) -> Option<String> {
-    cmdline.split_whitespace().find_map(|w| w.strip_prefix("cloudy.seed=")).map(str::to_string)
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cloudy.seed="))
+        .map(str::to_string)
 }
 
 /// Loads defaults and the first seed found. Never fails: errors are collected for the console.
 pub fn load(sys: &System, cmdline: &str) -> Loaded {
-    let mut loaded = Loaded { seed: Seed { version: SEED_VERSION, ..Seed::default() }, ..Loaded::default() };
+    let mut loaded = Loaded {
+        seed: Seed {
+            version: SEED_VERSION,
+            ..Seed::default()
+        },
+        ..Loaded::default()
+    };
     let defaults = sys.path(DEFAULTS_PATH);
     if defaults.exists() {
         match read_file(&defaults) {
@@ -395,7 +511,9 @@ pub fn load(sys: &System, cmdline: &str) -> Loaded {
                 loaded.seed = std::mem::take(&mut loaded.seed).layer(s);
                 loaded.source = Some(path);
             }
-            Err(e) => loaded.errors.push(format!("{e} (booting on the image defaults)")),
+            Err(e) => loaded
+                .errors
+                .push(format!("{e} (booting on the image defaults)")),
         }
     }
     loaded
@@ -406,7 +524,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/seeds").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/seeds")
+            .join(name)
     }
 
     #[test]
@@ -444,9 +564,16 @@ mod tests {
     fn every_bad_fixture_is_listed() {
         // A fixture added without a line above would silently prove nothing.
         let listed = 14;
-        let n = std::fs::read_dir(fixture("")).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().starts_with("bad-")
-        }).count();
+        let n = std::fs::read_dir(fixture(""))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("bad-")
+            })
+            .count();
         assert_eq!(n, listed);
     }
 
@@ -455,7 +582,10 @@ mod tests {
         let full = read_file(&fixture("good-full.toml")).unwrap();
         let over = Seed::parse("x", "version = 1\n[network]\ninterface = \"eth1\"\n").unwrap();
         let s = full.clone().layer(over);
-        assert_eq!(s.network.as_ref().unwrap().interface.as_deref(), Some("eth1"));
+        assert_eq!(
+            s.network.as_ref().unwrap().interface.as_deref(),
+            Some("eth1")
+        );
         assert_eq!(s.network.as_ref().unwrap().address, None);
         assert_eq!(s.community, full.community);
         assert_eq!(s.vpn_subnet(), (std::net::Ipv4Addr::new(10, 99, 0, 0), 16));
@@ -466,8 +596,18 @@ mod tests {
     fn broken_seed_falls_back_to_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        sys.write_atomic(DEFAULTS_PATH, b"version = 1\n[node]\nname = \"cloudy\"\n", 0o644).unwrap();
-        sys.write_atomic(SEED_PATHS[1], b"version = 1\n[node]\nname = \"Bad Name\"\n", 0o644).unwrap();
+        sys.write_atomic(
+            DEFAULTS_PATH,
+            b"version = 1\n[node]\nname = \"cloudy\"\n",
+            0o644,
+        )
+        .unwrap();
+        sys.write_atomic(
+            SEED_PATHS[1],
+            b"version = 1\n[node]\nname = \"Bad Name\"\n",
+            0o644,
+        )
+        .unwrap();
         let loaded = load(&sys, "");
         assert_eq!(loaded.seed.node.name.as_deref(), Some("cloudy"));
         assert_eq!(loaded.errors.len(), 1);
@@ -478,8 +618,18 @@ mod tests {
     fn seed_layers_over_defaults_and_cmdline_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        sys.write_atomic(DEFAULTS_PATH, b"version = 1\n[node]\nname = \"cloudy\"\n", 0o644).unwrap();
-        sys.write_atomic("/seed/mine.toml", b"version = 1\n[node]\nname = \"pi-test\"\n", 0o644).unwrap();
+        sys.write_atomic(
+            DEFAULTS_PATH,
+            b"version = 1\n[node]\nname = \"cloudy\"\n",
+            0o644,
+        )
+        .unwrap();
+        sys.write_atomic(
+            "/seed/mine.toml",
+            b"version = 1\n[node]\nname = \"pi-test\"\n",
+            0o644,
+        )
+        .unwrap();
         let loaded = load(&sys, "quiet cloudy.seed=/seed/mine.toml console=ttyS0");
         assert_eq!(loaded.seed.node.name.as_deref(), Some("pi-test"));
         assert!(loaded.errors.is_empty());

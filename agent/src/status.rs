@@ -8,11 +8,30 @@ use crate::system::System;
 use crate::{identity, seed};
 
 pub fn print(sys: &System) -> Result<i32> {
-    let cmdline = if sys.is_live() { std::fs::read_to_string("/proc/cmdline").unwrap_or_default() } else { String::new() };
+    let cmdline = if sys.is_live() {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
     let loaded = seed::load(sys, &cmdline);
     let id = std::fs::read_to_string(sys.path(identity::NODE_ID_FILE)).unwrap_or_default();
-    println!("node:       {}", loaded.seed.node.name.as_deref().unwrap_or(identity::FALLBACK_NAME));
-    println!("node id:    {}", if id.trim().is_empty() { "(not made yet)" } else { id.trim() });
+    println!(
+        "node:       {}",
+        loaded
+            .seed
+            .node
+            .name
+            .as_deref()
+            .unwrap_or(identity::FALLBACK_NAME)
+    );
+    println!(
+        "node id:    {}",
+        if id.trim().is_empty() {
+            "(not made yet)"
+        } else {
+            id.trim()
+        }
+    );
     match &loaded.source {
         Some(p) => println!("seed:       {}", p.display()),
         None => println!("seed:       (none; image defaults)"),
@@ -29,7 +48,13 @@ pub fn print(sys: &System) -> Result<i32> {
             println!("members:    {}", ms.members.len());
             for m in ms.members.values() {
                 let me = if m.id == ms.me { " (this node)" } else { "" };
-                println!("  {:<24} {:<16} vpn {:<15} {}{me}", m.tinc_name(), m.address, m.vpn, &m.id[..8]);
+                println!(
+                    "  {:<24} {:<16} vpn {:<15} {}{me}",
+                    m.tinc_name(),
+                    m.address,
+                    m.vpn,
+                    &m.id[..8]
+                );
             }
         }
     }

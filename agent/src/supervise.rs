@@ -44,7 +44,13 @@ impl Tincd {
             // Stay in the foreground as our child; log to our stderr (the journal).
             .arg("-D")
             // More detail for chasing a VPN problem: CLOUDY_TINCD_DEBUG=3.
-            .arg(format!("-d{}", std::env::var("CLOUDY_TINCD_DEBUG").ok().and_then(|v| v.parse::<u8>().ok()).unwrap_or(1)))
+            .arg(format!(
+                "-d{}",
+                std::env::var("CLOUDY_TINCD_DEBUG")
+                    .ok()
+                    .and_then(|v| v.parse::<u8>().ok())
+                    .unwrap_or(1)
+            ))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
@@ -75,7 +81,10 @@ impl Tincd {
             let mut child = match self.command().spawn() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!("starting {}: {e}; retrying in {backoff:?}", self.tincd.display());
+                    tracing::error!(
+                        "starting {}: {e}; retrying in {backoff:?}",
+                        self.tincd.display()
+                    );
                     if wait_or_stop(&mut ctl, backoff).await {
                         return;
                     }
@@ -154,7 +163,10 @@ fn signal(pid: u32, sig: libc::c_int) {
 async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
     // SIGTERM lets tincd run tinc-down and say goodbye to its peers.
     signal(pid, libc::SIGTERM);
-    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -169,11 +181,16 @@ pub async fn stop_stale(_pidfile: &Path, confdir: &Path) {
             .map(|c| {
                 let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
                 let is_tincd = args.first().is_some_and(|a| a.ends_with(b"tincd"));
-                is_tincd && args.windows(2).any(|w| w[0] == b"-c" && w[1] == conf.as_bytes())
+                is_tincd
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == b"-c" && w[1] == conf.as_bytes())
             })
             .unwrap_or(false)
     };
-    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
     let me = std::process::id();
     let stale: Vec<u32> = rd
         .flatten()

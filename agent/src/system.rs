@@ -46,7 +46,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -74,11 +77,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        sys.write_atomic("/var/lib/cloudy/x", b"one", 0o600).unwrap();
-        sys.write_atomic("/var/lib/cloudy/x", b"two", 0o600).unwrap();
+        sys.write_atomic("/var/lib/cloudy/x", b"one", 0o600)
+            .unwrap();
+        sys.write_atomic("/var/lib/cloudy/x", b"two", 0o600)
+            .unwrap();
         let p = sys.path("/var/lib/cloudy/x");
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
         assert!(!sys.is_live());

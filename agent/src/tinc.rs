@@ -19,7 +19,10 @@ pub const MAX_CONNECT_TO: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum TincError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("running {tincd} to make keys: {problem}; install Debian's `tinc` package")]
     Keygen { tincd: String, problem: String },
     #[error("{priv_key} exists without {pub_key}; keys are never replaced, so restore the public key from a backup or delete both to make a new identity")]
@@ -27,7 +30,10 @@ pub enum TincError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TincError + '_ {
-    move |source| TincError::Io { path: path.display().to_string(), source }
+    move |source| TincError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Where one tinc network lives under a node's root.
@@ -81,10 +87,15 @@ pub fn ensure_keys(paths: &Paths, tincd: &Path) -> Result<String, TincError> {
             }
         }
     }
-    let scratch = paths.key_dir.join(format!(".keygen-{}", std::process::id()));
+    let scratch = paths
+        .key_dir
+        .join(format!(".keygen-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
     std::fs::write(scratch.join("tinc.conf"), "").map_err(io_err(&scratch))?;
-    let keygen_err = |problem: String| TincError::Keygen { tincd: tincd.display().to_string(), problem };
+    let keygen_err = |problem: String| TincError::Keygen {
+        tincd: tincd.display().to_string(),
+        problem,
+    };
     let out = std::process::Command::new(tincd)
         .arg("-c")
         .arg(&scratch)
@@ -93,13 +104,21 @@ pub fn ensure_keys(paths: &Paths, tincd: &Path) -> Result<String, TincError> {
         .output()
         .map_err(|e| keygen_err(e.to_string()))?;
     if !out.status.success() {
-        return Err(keygen_err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(keygen_err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    let pub_text = std::fs::read_to_string(scratch.join("rsa_key.pub")).map_err(|e| keygen_err(e.to_string()))?;
-    let pem = pem_block(&pub_text).ok_or_else(|| keygen_err("no public key in its output".into()))?;
+    let pub_text = std::fs::read_to_string(scratch.join("rsa_key.pub"))
+        .map_err(|e| keygen_err(e.to_string()))?;
+    let pem =
+        pem_block(&pub_text).ok_or_else(|| keygen_err("no public key in its output".into()))?;
     write_atomic(&pub_key, pem.as_bytes(), 0o644).map_err(io_err(&pub_key))?;
     let scratch_priv = scratch.join("rsa_key.priv");
-    std::fs::File::open(&scratch_priv).and_then(|f| f.sync_all()).map_err(io_err(&scratch_priv))?;
+    std::fs::File::open(&scratch_priv)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&scratch_priv))?;
     std::fs::rename(&scratch_priv, &priv_key).map_err(io_err(&priv_key))?;
     if let Ok(d) = std::fs::File::open(&paths.key_dir) {
         let _ = d.sync_all();
@@ -137,12 +156,20 @@ pub struct Rendered {
 
 /// Writes the tinc configuration for this member list; touches only files whose content
 /// changes, because tinc 1.0 drops a connection whose host file is newer than its last reload.
-pub fn render(paths: &Paths, settings: &Settings, members: &Members) -> Result<Rendered, TincError> {
+pub fn render(
+    paths: &Paths,
+    settings: &Settings,
+    members: &Members,
+) -> Result<Rendered, TincError> {
     let me = members.me();
     let mut out = Rendered::default();
     let hosts = paths.confdir.join("hosts");
     std::fs::create_dir_all(&hosts).map_err(io_err(&hosts))?;
-    out.reload |= write_if_changed(&paths.confdir.join("tinc.conf"), &tinc_conf(paths, settings, members), 0o644)?;
+    out.reload |= write_if_changed(
+        &paths.confdir.join("tinc.conf"),
+        &tinc_conf(paths, settings, members),
+        0o644,
+    )?;
     let mut wanted = Vec::new();
     for m in members.members.values() {
         let name = m.tinc_name();
@@ -182,10 +209,19 @@ pub fn connect_to(members: &Members) -> Vec<&Member> {
     let mut others: Vec<(Vec<u8>, &Member)> = members
         .others()
         .filter(|m| !m.address.is_unspecified())
-        .map(|m| (Sha256::digest(format!("{}{}", members.me, m.id).as_bytes()).to_vec(), m))
+        .map(|m| {
+            (
+                Sha256::digest(format!("{}{}", members.me, m.id).as_bytes()).to_vec(),
+                m,
+            )
+        })
         .collect();
     others.sort_by(|a, b| a.0.cmp(&b.0));
-    others.into_iter().take(MAX_CONNECT_TO).map(|(_, m)| m).collect()
+    others
+        .into_iter()
+        .take(MAX_CONNECT_TO)
+        .map(|(_, m)| m)
+        .collect()
 }
 
 fn tinc_conf(paths: &Paths, settings: &Settings, members: &Members) -> String {
@@ -216,7 +252,10 @@ fn tinc_conf(paths: &Paths, settings: &Settings, members: &Members) -> String {
 
 fn host_file(m: &Member, mode: TincMode) -> String {
     // Every field was validated in `members`: the address parsed as an IP, the key is PEM only.
-    let mut s = format!("Address = {} {}\nPort = {}\n", m.address, m.tinc_port, m.tinc_port);
+    let mut s = format!(
+        "Address = {} {}\nPort = {}\n",
+        m.address, m.tinc_port, m.tinc_port
+    );
     if mode == TincMode::Router {
         // Router mode routes by each member's subnet; switch mode learns MACs instead.
         s.push_str(&format!("Subnet = {}/32\n", m.vpn));
@@ -267,15 +306,34 @@ mod tests {
         let mut ms = Members::new(member('a', "one"));
         ms.merge(vec![member('b', "two")]);
         let r = render(&paths, &settings, &ms).unwrap();
-        assert_eq!(r, Rendered { reload: true, restart: true });
+        assert_eq!(
+            r,
+            Rendered {
+                reload: true,
+                restart: true
+            }
+        );
         let conf = std::fs::read_to_string(paths.confdir.join("tinc.conf")).unwrap();
-        assert!(conf.contains("Name = one_aaaaaaaa\n") && conf.contains("ConnectTo = two_bbbbbbbb\n"), "{conf}");
+        assert!(
+            conf.contains("Name = one_aaaaaaaa\n") && conf.contains("ConnectTo = two_bbbbbbbb\n"),
+            "{conf}"
+        );
         assert!(conf.contains("Mode = switch\n"));
         let host = std::fs::read_to_string(paths.confdir.join("hosts/two_bbbbbbbb")).unwrap();
-        assert!(host.starts_with("Address = 192.0.2.1 655\n") && host.ends_with("-----END RSA PUBLIC KEY-----\n"));
+        assert!(
+            host.starts_with("Address = 192.0.2.1 655\n")
+                && host.ends_with("-----END RSA PUBLIC KEY-----\n")
+        );
         let up = std::fs::read_to_string(paths.confdir.join("tinc-up")).unwrap();
-        assert!(up.contains(&format!("net up \"$INTERFACE\" {}/16", ms.me().vpn)), "{up}");
-        assert_eq!(render(&paths, &settings, &ms).unwrap(), Rendered::default(), "idempotent");
+        assert!(
+            up.contains(&format!("net up \"$INTERFACE\" {}/16", ms.me().vpn)),
+            "{up}"
+        );
+        assert_eq!(
+            render(&paths, &settings, &ms).unwrap(),
+            Rendered::default(),
+            "idempotent"
+        );
         std::fs::write(paths.confdir.join("hosts/intruder"), "Address = 6.6.6.6\n").unwrap();
         assert!(render(&paths, &settings, &ms).unwrap().reload);
         assert!(!paths.confdir.join("hosts/intruder").exists());
@@ -304,16 +362,37 @@ mod tests {
         assert!(k1.starts_with("-----BEGIN RSA PUBLIC KEY-----\n"));
         let priv1 = std::fs::read(paths.private_key()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(paths.private_key()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(paths.private_key())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         assert_eq!(ensure_keys(&paths, &tincd).unwrap(), k1);
-        assert_eq!(std::fs::read(paths.private_key()).unwrap(), priv1, "never regenerated");
-        let left: Vec<_> = std::fs::read_dir(&paths.key_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(
+            std::fs::read(paths.private_key()).unwrap(),
+            priv1,
+            "never regenerated"
+        );
+        let left: Vec<_> = std::fs::read_dir(&paths.key_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(left.len(), 2, "scratch removed: {left:?}");
         std::fs::remove_file(paths.public_key()).unwrap();
-        assert!(matches!(ensure_keys(&paths, &tincd), Err(TincError::PubMissing { .. })));
+        assert!(matches!(
+            ensure_keys(&paths, &tincd),
+            Err(TincError::PubMissing { .. })
+        ));
     }
 
     pub fn find_tincd() -> Option<PathBuf> {
-        ["/usr/sbin/tincd", "/usr/local/sbin/tincd"].iter().map(PathBuf::from).find(|p| p.exists())
+        ["/usr/sbin/tincd", "/usr/local/sbin/tincd"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
     }
 }

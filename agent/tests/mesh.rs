@@ -24,31 +24,67 @@ fn five_nodes_mesh_and_a_wrong_key_is_refused() {
     let good = [1, 2, 3, 4, 5];
     let took = cloud.wait_members(&good, Duration::from_secs(20));
     let failed = cloud.ping_all(&good, 25);
-    assert!(failed.is_empty(), "pairs that could not ping over the VPN: {failed:?}");
-    eprintln!("5 nodes: members converged {took:?} after the last start, all 20 pairs ping; {:?} in all", t0.elapsed());
+    assert!(
+        failed.is_empty(),
+        "pairs that could not ping over the VPN: {failed:?}"
+    );
+    eprintln!(
+        "5 nodes: members converged {took:?} after the last start, all 20 pairs ping; {:?} in all",
+        t0.elapsed()
+    );
 
     // The seed's key left the boot medium and sits 0600 in the state directory.
     let n1 = &cloud.nodes[0];
     let seed = std::fs::read_to_string(n1.root.join("boot/firmware/cloudy.toml")).unwrap();
-    assert!(!seed.contains(microcloud::KEY), "key still on the boot medium:\n{seed}");
+    assert!(
+        !seed.contains(microcloud::KEY),
+        "key still on the boot medium:\n{seed}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(n1.root.join("var/lib/cloudy/community.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(n1.root.join("var/lib/cloudy/community.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     // The wrong-key node has been knocking on node 1 all along: give it a little longer.
     std::thread::sleep(Duration::from_secs(2));
     let bad = &cloud.nodes[5];
     let bad_id = bad.node_id();
-    let bad_tinc = bad.ready_lines()[0]["tinc_name"].as_str().unwrap().to_string();
+    let bad_tinc = bad.ready_lines()[0]["tinc_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for &i in &good {
         let n = &cloud.nodes[i - 1];
-        assert!(!n.member_ids().contains(&bad_id), "node {i} accepted the wrong-key node");
-        assert!(!n.hosts().contains(&bad_tinc), "node {i} has a host file for the wrong-key node");
+        assert!(
+            !n.member_ids().contains(&bad_id),
+            "node {i} accepted the wrong-key node"
+        );
+        assert!(
+            !n.hosts().contains(&bad_tinc),
+            "node {i} has a host file for the wrong-key node"
+        );
     }
-    assert_eq!(bad.member_ids(), vec![bad_id], "the wrong-key node learned members");
-    assert_eq!(bad.hosts().len(), 1, "the wrong-key node got host files: {:?}", bad.hosts());
-    assert!(!bad.ping(&cloud.nodes[0].vpn(), 2), "the wrong-key node reaches the VPN");
-    assert!(cloud.log(1).contains("wrong community key"), "node 1 did not log the refusal");
+    assert_eq!(
+        bad.member_ids(),
+        vec![bad_id],
+        "the wrong-key node learned members"
+    );
+    assert_eq!(
+        bad.hosts().len(),
+        1,
+        "the wrong-key node got host files: {:?}",
+        bad.hosts()
+    );
+    assert!(
+        !bad.ping(&cloud.nodes[0].vpn(), 2),
+        "the wrong-key node reaches the VPN"
+    );
+    assert!(
+        cloud.log(1).contains("wrong community key"),
+        "node 1 did not log the refusal"
+    );
 }
 
 #[test]
@@ -63,7 +99,10 @@ fn lan_members_find_each_other_by_mdns_without_bootstrap_peers() {
     let t0 = Instant::now();
     for i in 1..=3 {
         let r = cloud.nodes[i - 1].start();
-        assert_eq!(r["interface"], "eth0", "static address on the first link: {r}");
+        assert_eq!(
+            r["interface"], "eth0",
+            "static address on the first link: {r}"
+        );
     }
     cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));
     let failed = cloud.ping_all(&[1, 2, 3], 25);
@@ -81,7 +120,10 @@ fn killed_tincd_is_restarted_and_the_mesh_heals() {
         cloud.nodes[i - 1].start();
     }
     cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));
-    assert!(cloud.ping_all(&[1, 2, 3], 25).is_empty(), "mesh not up before the kill");
+    assert!(
+        cloud.ping_all(&[1, 2, 3], 25).is_empty(),
+        "mesh not up before the kill"
+    );
     let n2 = &cloud.nodes[1];
     let old = n2.tincd_pid().expect("tincd running on node 2");
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
@@ -90,7 +132,10 @@ fn killed_tincd_is_restarted_and_the_mesh_heals() {
         if let Some(p) = n2.tincd_pid().filter(|&p| p != old) {
             break p;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "tincd not restarted in 10 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tincd not restarted in 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let failed = cloud.ping_all(&[1, 2, 3], 50);
@@ -106,10 +151,15 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
     }
     let t_all = Instant::now();
     let mut cloud = Cloud::new("k", 3);
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("random seed {seed}");
     let mut rand = move |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     let mut first_key: Vec<Option<Vec<u8>>> = vec![None; 3];
@@ -131,10 +181,17 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         }
         let id = node.node_id();
         if !id.is_empty() {
-            assert_eq!(first_id[i].get_or_insert(id.clone()), &id, "node id changed");
+            assert_eq!(
+                first_id[i].get_or_insert(id.clone()),
+                &id,
+                "node id changed"
+            );
         }
     }
-    eprintln!("20 kills, {kills_with_key} after the key pair existed, {:?}", t_all.elapsed());
+    eprintln!(
+        "20 kills, {kills_with_key} after the key pair existed, {:?}",
+        t_all.elapsed()
+    );
     let t0 = Instant::now();
     for i in 1..=3 {
         cloud.nodes[i - 1].start();
@@ -145,16 +202,30 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         for i in 1..=3 {
             let log = cloud.log(i);
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- node {i} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- node {i} ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
     let failed = cloud.ping_all(&[1, 2, 3], 50);
-    assert!(failed.is_empty(), "no full mesh after the kills: {failed:?}");
-    eprintln!("after the kills: full mesh {:?} after restarting the agents", t0.elapsed());
+    assert!(
+        failed.is_empty(),
+        "no full mesh after the kills: {failed:?}"
+    );
+    eprintln!(
+        "after the kills: full mesh {:?} after restarting the agents",
+        t0.elapsed()
+    );
     for i in 0..3 {
         let n = &cloud.nodes[i];
         if let Some(k) = &first_key[i] {
-            assert_eq!(n.private_key().as_ref(), Some(k), "node {} key differs from the first run", i + 1);
+            assert_eq!(
+                n.private_key().as_ref(),
+                Some(k),
+                "node {} key differs from the first run",
+                i + 1
+            );
         }
         if let Some(id) = &first_id[i] {
             assert_eq!(&n.node_id(), id);
@@ -165,7 +236,10 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
             .flatten()
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&*n.root.join("etc/tinc/cloudy").to_string_lossy()))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .contains(&*n.root.join("etc/tinc/cloudy").to_string_lossy())
+                    })
                     .unwrap_or(false)
             })
             .count();
@@ -184,7 +258,11 @@ fn bench_mesh() {
     let sizes: Vec<usize> = std::env::var("CLOUDY_BENCH_SIZES")
         .unwrap_or_else(|_| "3,10,25".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("CLOUDY_BENCH_SIZES: comma-separated numbers"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("CLOUDY_BENCH_SIZES: comma-separated numbers")
+        })
         .collect();
     let mut rows = Vec::new();
     for n in sizes {

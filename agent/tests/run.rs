@@ -16,14 +16,22 @@ fn agent(root: &Path, args: &[&str]) -> Output {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/seeds").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/seeds")
+        .join(name)
 }
 
 fn ready(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("{\"cloudy\":\"ready\"")).unwrap_or_else(|| {
-        panic!("no ready line; stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
-    });
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("{\"cloudy\":\"ready\""))
+        .unwrap_or_else(|| {
+            panic!(
+                "no ready line; stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).unwrap()
 }
 
@@ -39,7 +47,10 @@ fn seed_check_accepts_good_and_names_the_key_in_bad() {
             assert!(out.status.success(), "{name}: {stderr}");
         } else {
             assert_eq!(out.status.code(), Some(1), "{name} accepted");
-            assert!(stderr.contains(&name), "{name}: message does not name the file: {stderr}");
+            assert!(
+                stderr.contains(&name),
+                "{name}: message does not name the file: {stderr}"
+            );
         }
     }
 }
@@ -52,17 +63,35 @@ fn bad_seed_still_reaches_ready_and_says_why() {
     std::fs::copy(fixture("bad-community-key.toml"), &medium).unwrap();
     let t0 = Instant::now();
     let out = agent(root.path(), &["run"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(t0.elapsed() < Duration::from_secs(5), "ready took {:?}", t0.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "ready took {:?}",
+        t0.elapsed()
+    );
     let r = ready(&out);
     assert_eq!(r["node"], "cloudy", "booted on defaults");
     let errs = r["seed_errors"].as_array().unwrap();
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].as_str().unwrap().contains("community.key"), "{errs:?}");
-    assert_eq!(r["community"], serde_json::Value::Null, "no mesh from a refused seed");
+    assert!(
+        errs[0].as_str().unwrap().contains("community.key"),
+        "{errs:?}"
+    );
+    assert_eq!(
+        r["community"],
+        serde_json::Value::Null,
+        "no mesh from a refused seed"
+    );
     let status = agent(root.path(), &["status"]);
     let s = String::from_utf8_lossy(&status.stdout);
-    assert!(s.contains("seed error:") && s.contains("community.key"), "{s}");
+    assert!(
+        s.contains("seed error:") && s.contains("community.key"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -74,15 +103,25 @@ fn no_seed_reaches_ready_alone_with_a_fresh_identity() {
     assert!(r["seed_errors"].as_array().unwrap().is_empty());
     assert_eq!(r["node_id"].as_str().unwrap().len(), 32);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("dashboard login: admin / "), "first boot shows the generated password");
+    assert!(
+        stdout.contains("dashboard login: admin / "),
+        "first boot shows the generated password"
+    );
     let again = agent(root.path(), &["run"]);
     assert_eq!(ready(&again)["node_id"], r["node_id"]);
-    assert!(!String::from_utf8_lossy(&again.stdout).contains("dashboard login"), "shown only once");
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("dashboard login"),
+        "shown only once"
+    );
 }
 
 #[test]
 fn community_seed_applies_once_and_restarts_change_nothing() {
-    let Some(tincd) = ["/usr/sbin/tincd"].iter().map(PathBuf::from).find(|p| p.exists()) else {
+    let Some(tincd) = ["/usr/sbin/tincd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
         eprintln!("SKIP community_seed_applies_once_and_restarts_change_nothing: tincd not installed (apt-get install tinc)");
         return;
     };
@@ -90,15 +129,26 @@ fn community_seed_applies_once_and_restarts_change_nothing() {
     let medium = root.path().join("boot/firmware/cloudy.toml");
     std::fs::create_dir_all(medium.parent().unwrap()).unwrap();
     std::fs::copy(fixture("good-full.toml"), &medium).unwrap();
-    let run = || agent(root.path(), &["run", "--once", "--tincd", tincd.to_str().unwrap()]);
+    let run = || {
+        agent(
+            root.path(),
+            &["run", "--once", "--tincd", tincd.to_str().unwrap()],
+        )
+    };
     let first = ready(&run());
     assert_eq!(first["community"], "sants");
     assert!(first["vpn_address"].as_str().unwrap().starts_with("10.99."));
     let priv_key = root.path().join("var/lib/cloudy/tinc/rsa_key.priv");
     let key1 = std::fs::read(&priv_key).unwrap();
     let seed_after = std::fs::read_to_string(&medium).unwrap();
-    assert!(!seed_after.contains("correct horse"), "community key left on the boot medium");
-    assert!(!seed_after.contains("$y$"), "password hash left on the boot medium");
+    assert!(
+        !seed_after.contains("correct horse"),
+        "community key left on the boot medium"
+    );
+    assert!(
+        !seed_after.contains("$y$"),
+        "password hash left on the boot medium"
+    );
     let conf = root.path().join("etc/tinc/cloudy/tinc.conf");
     let conf1 = std::fs::read_to_string(&conf).unwrap();
     assert!(conf1.contains("Mode = switch"));
@@ -107,9 +157,16 @@ fn community_seed_applies_once_and_restarts_change_nothing() {
     let second = ready(&run());
     assert_eq!(second["node_id"], first["node_id"]);
     assert_eq!(second["vpn_address"], first["vpn_address"]);
-    assert_eq!(second["community"], "sants", "the stored key carries on without the seed's");
+    assert_eq!(
+        second["community"], "sants",
+        "the stored key carries on without the seed's"
+    );
     assert_eq!(std::fs::read(&priv_key).unwrap(), key1, "tinc key replaced");
-    assert_eq!(std::fs::metadata(&conf).unwrap().modified().unwrap(), mtime, "tinc.conf rewritten");
+    assert_eq!(
+        std::fs::metadata(&conf).unwrap().modified().unwrap(),
+        mtime,
+        "tinc.conf rewritten"
+    );
     let keys = std::fs::read_to_string(root.path().join("root/.ssh/authorized_keys")).unwrap();
     assert!(keys.contains("me@laptop"));
 }

@@ -17,20 +17,29 @@ pub fn harness() -> PathBuf {
 
 /// The agent under test; the bench points CLOUDY_AGENT_BIN at the release build.
 pub fn agent() -> String {
-    std::env::var("CLOUDY_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudy-agent").to_string())
+    std::env::var("CLOUDY_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudy-agent").to_string())
 }
 
 pub fn tincd() -> Option<PathBuf> {
-    ["/usr/sbin/tincd", "/usr/local/sbin/tincd"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/sbin/tincd", "/usr/local/sbin/tincd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// None (with the reason printed) when this machine cannot run a microcloud at all.
 pub fn available(test: &str) -> bool {
     if tincd().is_none() {
-        eprintln!("SKIP {test}: tincd not installed (apt-get install tinc; CI gets it from ci/deps.sh)");
+        eprintln!(
+            "SKIP {test}: tincd not installed (apt-get install tinc; CI gets it from ci/deps.sh)"
+        );
         return false;
     }
-    if !["/usr/bin/ping", "/bin/ping"].iter().any(|p| Path::new(p).exists()) {
+    if !["/usr/bin/ping", "/bin/ping"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
         eprintln!("SKIP {test}: ping not installed (apt-get install iputils-ping; CI gets it from ci/deps.sh)");
         return false;
     }
@@ -78,26 +87,40 @@ impl Node {
     }
 
     pub fn members(&self) -> serde_json::Value {
-        let text = fs::read_to_string(self.root.join("var/lib/cloudy/members.json")).unwrap_or_default();
+        let text =
+            fs::read_to_string(self.root.join("var/lib/cloudy/members.json")).unwrap_or_default();
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn member_ids(&self) -> Vec<String> {
-        self.members()["members"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.members()["members"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn node_id(&self) -> String {
-        fs::read_to_string(self.root.join("var/lib/cloudy/node-id")).unwrap_or_default().trim().to_string()
+        fs::read_to_string(self.root.join("var/lib/cloudy/node-id"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     pub fn vpn(&self) -> String {
         let m = self.members();
         let id = m["me"].as_str().unwrap_or_default().to_string();
-        m["members"][&id]["vpn"].as_str().unwrap_or_default().to_string()
+        m["members"][&id]["vpn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn tincd_pid(&self) -> Option<u32> {
-        let pid: u32 = fs::read_to_string(self.root.join("run/tinc.cloudy.pid")).ok()?.trim().parse().ok()?;
+        let pid: u32 = fs::read_to_string(self.root.join("run/tinc.cloudy.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
@@ -107,13 +130,19 @@ impl Node {
 
     pub fn hosts(&self) -> Vec<String> {
         fs::read_dir(self.root.join("etc/tinc/cloudy/hosts"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn ping(&self, addr: &str, tries: u32) -> bool {
         Command::new("ip")
-            .args(["netns", "exec", &self.ns, "ping", "-n", "-q", "-c1", "-W1", addr])
+            .args([
+                "netns", "exec", &self.ns, "ping", "-n", "-q", "-c1", "-W1", addr,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -128,8 +157,16 @@ impl Node {
     /// Starts the agent; does not wait.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.i);
-        let out = fs::OpenOptions::new().create(true).append(true).open(self.out()).unwrap();
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out())
+            .unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, &agent(), "--root"])
             .arg(&self.root)
@@ -155,9 +192,17 @@ impl Node {
                 return lines.last().unwrap().clone();
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent {} exited with {st} before ready; log:\n{}", self.i, fs::read_to_string(self.log()).unwrap_or_default());
+                panic!(
+                    "agent {} exited with {st} before ready; log:\n{}",
+                    self.i,
+                    fs::read_to_string(self.log()).unwrap_or_default()
+                );
             }
-            assert!(Instant::now() < deadline, "agent {} not ready in 20 s", self.i);
+            assert!(
+                Instant::now() < deadline,
+                "agent {} not ready in 20 s",
+                self.i
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -166,7 +211,10 @@ impl Node {
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
     /// SIGKILL, the way a power cut or the OOM killer stops the agent.
@@ -189,7 +237,10 @@ impl Cloud {
     /// `tag` keeps concurrent tests' namespaces apart (2-4 letters).
     pub fn new(tag: &str, n: usize) -> Cloud {
         let prefix = format!("c{tag}{}", std::process::id() % 10000);
-        let st = Command::new(harness()).args(["up", &prefix, &n.to_string()]).status().unwrap();
+        let st = Command::new(harness())
+            .args(["up", &prefix, &n.to_string()])
+            .status()
+            .unwrap();
         assert!(st.success(), "harness up failed");
         let dir = tempfile::tempdir().unwrap();
         let nodes = (1..=n)
@@ -201,7 +252,11 @@ impl Cloud {
                 key: KEY.into(),
             })
             .collect();
-        let mut c = Cloud { prefix, nodes, _dir: dir };
+        let mut c = Cloud {
+            prefix,
+            nodes,
+            _dir: dir,
+        };
         for i in 1..=n {
             c.write_seed(i, KEY);
         }
@@ -210,8 +265,16 @@ impl Cloud {
 
     /// The node's seed on its "SD card": named n<i>, bootstrapping from node 1.
     pub fn write_seed(&mut self, i: usize, key: &str) {
-        let peers = if i == 1 { String::new() } else { "\"10.213.0.1:6655\"".into() };
-        self.write_seed_text(i, key, &format!("peers = [{peers}]\n[network]\ninterface = \"eth0\"\n"));
+        let peers = if i == 1 {
+            String::new()
+        } else {
+            "\"10.213.0.1:6655\"".into()
+        };
+        self.write_seed_text(
+            i,
+            key,
+            &format!("peers = [{peers}]\n[network]\ninterface = \"eth0\"\n"),
+        );
     }
 
     /// A seed as on a LAN with a router: no bootstrap peers, a default route (so mDNS
@@ -239,12 +302,17 @@ impl Cloud {
         let mut want: Vec<String> = among.iter().map(|&i| self.nodes[i - 1].node_id()).collect();
         want.sort();
         loop {
-            let ok = among.iter().all(|&i| self.nodes[i - 1].member_ids() == want);
+            let ok = among
+                .iter()
+                .all(|&i| self.nodes[i - 1].member_ids() == want);
             if ok {
                 return t0.elapsed();
             }
             if t0.elapsed() > within {
-                let seen: Vec<_> = among.iter().map(|&i| (i, self.nodes[i - 1].member_ids().len())).collect();
+                let seen: Vec<_> = among
+                    .iter()
+                    .map(|&i| (i, self.nodes[i - 1].member_ids().len()))
+                    .collect();
                 panic!("members did not converge in {within:?}: (node, members known) {seen:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -314,14 +382,19 @@ impl Cloud {
                     fs::read(e.path().join("cmdline"))
                         .map(|c| {
                             let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                            c.contains("tincd") && c.contains(&*n.root.join("etc/tinc/cloudy").to_string_lossy())
+                            c.contains("tincd")
+                                && c.contains(&*n.root.join("etc/tinc/cloudy").to_string_lossy())
                         })
                         .unwrap_or(false)
                 })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             let ip = |args: &[&str]| {
-                let o = Command::new("ip").args(["-n", &n.ns]).args(args).output().unwrap();
+                let o = Command::new("ip")
+                    .args(["-n", &n.ns])
+                    .args(args)
+                    .output()
+                    .unwrap();
                 String::from_utf8_lossy(&o.stdout).into_owned()
             };
             out += &format!(
@@ -347,7 +420,9 @@ impl Drop for Cloud {
         for n in &mut self.nodes {
             n.kill();
         }
-        let _ = Command::new(harness()).args(["down", &self.prefix]).status();
+        let _ = Command::new(harness())
+            .args(["down", &self.prefix])
+            .status();
         if std::thread::panicking() {
             for n in &self.nodes {
                 eprintln!("--- node {} log (tail) ---", n.i);
