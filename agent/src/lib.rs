@@ -1,6 +1,14 @@
 //! cloudy-agent: turns a booted Cloudy image into a node of a community microcloud.
 //!
-//! The binary is a thin CLI over these modules; each module owns one thing on the node.
+//! The binary is a thin CLI over these modules; each module owns one thing on the node:
+//!
+//! - `seed`, `secrets`: what the node should be, and the secrets moved off the boot medium
+//! - `identity`: hostname, node id, dashboard credential, ssh keys
+//! - `network`: links, primary interface and static addresses through rtnetlink
+//! - `members`, `join`, `discovery`: the community's member list, swapped under the
+//!   community key, with members found on the LAN by mDNS or through bootstrap peers
+//! - `tinc`, `supervise`: tinc 1.0 keys and config, tincd kept running
+//! - `daemon`: `cloudy-agent run`, tying them together; `ready`, `status`: what it reports
 
 pub mod daemon;
 pub mod discovery;

@@ -43,6 +43,16 @@ pub fn print(sys: &System) -> Result<i32> {
         None => println!("community:  (none: this node stays alone)"),
         Some(c) => println!("community:  {}", c.name),
     }
+    if loaded.seed.community.is_some() {
+        let pidfile = sys.path(&format!("/run/tinc.{}.pid", loaded.seed.netname()));
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        match pid.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            Some(p) => println!("tincd:      running (pid {p})"),
+            None => println!("tincd:      not running"),
+        }
+    }
     if let Ok(text) = std::fs::read_to_string(sys.path(MEMBERS_FILE)) {
         if let Ok(ms) = serde_json::from_str::<Members>(&text) {
             println!("members:    {}", ms.members.len());

@@ -14,7 +14,16 @@ fn five_nodes_mesh_and_a_wrong_key_is_refused() {
     }
     let t0 = Instant::now();
     let mut cloud = Cloud::new("m", 6);
-    cloud.write_seed(6, "not the community key at all");
+    // The outsider knows every member's address: each one must turn it away.
+    let all_peers = (1..=5)
+        .map(|i| format!("\"10.213.0.{i}:6655\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    cloud.write_seed_text(
+        6,
+        "not the community key at all",
+        &format!("peers = [{all_peers}]\n[network]\ninterface = \"eth0\"\n"),
+    );
     for i in 1..=6 {
         let ready = cloud.nodes[i - 1].start();
         assert_eq!(ready["node"], format!("n{i}"));
@@ -81,10 +90,12 @@ fn five_nodes_mesh_and_a_wrong_key_is_refused() {
         !bad.ping(&cloud.nodes[0].vpn(), 2),
         "the wrong-key node reaches the VPN"
     );
-    assert!(
-        cloud.log(1).contains("wrong community key"),
-        "node 1 did not log the refusal"
-    );
+    for &i in &good {
+        assert!(
+            cloud.log(i).contains("wrong community key"),
+            "node {i} did not log refusing the outsider"
+        );
+    }
 }
 
 #[test]

@@ -283,7 +283,7 @@ impl Cloud {
         self.write_seed_text(i, KEY, "[network]\ngateway = \"10.213.0.254\"\n");
     }
 
-    fn write_seed_text(&mut self, i: usize, key: &str, rest: &str) {
+    pub fn write_seed_text(&mut self, i: usize, key: &str, rest: &str) {
         let node = &mut self.nodes[i - 1];
         node.key = key.into();
         // `rest` opens [network] last, so the address below lands in it.
