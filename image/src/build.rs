@@ -50,7 +50,7 @@ pub fn run(opts: &Options) -> Result<Built> {
     let started = std::time::Instant::now();
     let (board, board_path, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
     let recipe = Recipe::load(&opts.recipe)?;
-    tools::check(&tools::for_build(&board, opts.verify))?;
+    tools::check(&tools::for_build(&board, opts.verify, opts.agent_builder == Builder::Debian))?;
     for dir in [&opts.cache, &opts.out] {
         let free = cache::free_bytes(dir).with_context(|| format!("checking free space on {}", dir.display()))?;
         if free < MIN_FREE {

@@ -16,12 +16,14 @@ pub enum CmdError {
     Spawn { program: String, source: std::io::Error },
     #[error("`{command}` failed ({status}); last lines:\n{tail}")]
     Failed { command: String, status: String, tail: String },
+    #[error("no space left on device while running `{program}`; last lines:\n{tail}\n  fix: free space on the disk holding --out and --cache (or move them), then run the build again: it resumes")]
+    DiskFull { program: String, tail: String },
 }
 
 impl CmdError {
     pub fn tail(&self) -> &str {
         match self {
-            CmdError::Failed { tail, .. } => tail,
+            CmdError::Failed { tail, .. } | CmdError::DiskFull { tail, .. } => tail,
             CmdError::Spawn { .. } => "",
         }
     }
@@ -71,11 +73,14 @@ pub fn run(cmd: &mut Command, log: &Log, step: &Step) -> Result<String, CmdError
     let mut out = String::new();
     drain(stdout, log, &tail, step, Some(&mut out));
     let _ = err_thread.join();
-    let status = child.wait().map_err(|source| CmdError::Spawn { program, source })?;
+    let status = child.wait().map_err(|source| CmdError::Spawn { program: program.clone(), source })?;
     if status.success() {
         Ok(out)
     } else {
         let tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
+        if tail.contains("No space left on device") {
+            return Err(CmdError::DiskFull { program, tail });
+        }
         Err(CmdError::Failed { command, status: status.to_string(), tail })
     }
 }
@@ -126,6 +131,9 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("one") && msg.contains("two") && msg.contains("3"), "{msg}");
+        let err = run(Command::new("sh").args(["-c", "echo 'cp: write error: No space left on device' >&2; exit 1"]), &Log::sink(), &step)
+            .unwrap_err();
+        assert!(matches!(err, CmdError::DiskFull { .. }) && err.to_string().contains("fix:"), "{err}");
         let out = run(Command::new("sh").args(["-c", "echo hi"]), &Log::sink(), &step).unwrap();
         assert_eq!(out, "hi\n");
     }

@@ -29,7 +29,7 @@ fn packages(tools: &[Tool]) -> String {
 }
 
 /// Everything `build` needs for this board.
-pub fn for_build(board: &Board, verify: bool) -> Vec<Tool> {
+pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
     let mut tools = vec![
         t("mmdebstrap", "mmdebstrap"),
         t("arch-test", "arch-test"),
@@ -41,11 +41,16 @@ pub fn for_build(board: &Board, verify: bool) -> Vec<Tool> {
         t("dpkg-deb", "dpkg"),
         t("dpkg-query", "dpkg"),
         t("curl", "curl"),
-        t("cargo", "cargo-web"),
-        t("rustc", "rustc-web"),
     ];
-    let (linker, linker_pkg) = board.arch.linker();
-    tools.push(Tool { program: linker, package: linker_pkg });
+    if debian_rust {
+        // Debian's own cargo and rustc, not rustup's: the target std is Debian's.
+        tools.push(t("debian-cargo:/usr/share/cargo/bin/cargo", "cargo-web"));
+        tools.push(t("debian-rustc:/usr/bin/rustc", "rustc-web"));
+        let (linker, linker_pkg) = board.arch.linker();
+        tools.push(Tool { program: linker, package: linker_pkg });
+    } else {
+        tools.push(t("cross", "cross (cargo install cross; needs Docker)"));
+    }
     if board.firmware.contains(&Firmware::Bios) {
         tools.push(t("isohybrid-mbr:/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux"));
         tools.push(t("isolinux:/usr/lib/ISOLINUX/isolinux.bin", "isolinux"));
