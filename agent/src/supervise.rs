@@ -174,7 +174,7 @@ async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
 /// A tincd from an earlier agent (killed before it could stop it) holds our port and device.
 /// Found by its command line naming our config directory, so another network's tincd (or
 /// another test node's) is never touched.
-pub async fn stop_stale(_pidfile: &Path, confdir: &Path) {
+pub async fn stop_stale(pidfile: &Path, confdir: &Path) {
     let conf = confdir.to_string_lossy().into_owned();
     let ours = |pid: u32| {
         std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -208,6 +208,16 @@ pub async fn stop_stale(_pidfile: &Path, confdir: &Path) {
                 signal(pid, libc::SIGKILL);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A stopped tincd can linger as a zombie until init reaps it, and tincd refuses to start
+    // while its pidfile names any existing pid: drop a pidfile that names no live tincd of ours.
+    if let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        if !ours(pid) {
+            let _ = std::fs::remove_file(pidfile);
         }
     }
 }
