@@ -149,6 +149,17 @@ fn killed_tincd_is_restarted_and_the_mesh_heals() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    if !cloud.ping_all(&[1, 2, 3], 10).is_empty() {
+        eprintln!("slow to heal:\n{}", cloud.diagnose());
+        for i in 1..=3 {
+            let log = cloud.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- node {i} ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
     let failed = cloud.ping_all(&[1, 2, 3], 50);
     assert!(failed.is_empty(), "mesh did not heal: {failed:?}");
     eprintln!("tincd {old} killed; {new} running after the agent restarted it; mesh healed {:?} after the kill", t0.elapsed());
