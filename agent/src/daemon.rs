@@ -610,6 +610,8 @@ async fn gossip(
         if !pending {
             pending_rounds = 0;
         }
+        // Until DHCP (or the seed) gives us an address nobody can reach us: look again soon.
+        let addressless = mesh.members.lock().unwrap().me().address.is_unspecified();
         if news {
             mesh.changed.notify_one();
             round = ROUND_MIN;
@@ -618,6 +620,9 @@ async fn gossip(
             round = (round * 2).min(ROUND_PENDING);
         } else {
             round = (round * 2).min(ROUND_MAX);
+        }
+        if addressless {
+            round = round.min(ROUND_PENDING);
         }
         tokio::select! {
             _ = tokio::time::sleep(round) => {}

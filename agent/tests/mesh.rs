@@ -122,6 +122,47 @@ fn lan_members_find_each_other_by_mdns_without_bootstrap_peers() {
 }
 
 #[test]
+fn an_address_that_comes_later_like_dhcp_is_followed() {
+    if !available("an_address_that_comes_later_like_dhcp_is_followed") {
+        return;
+    }
+    let mut cloud = Cloud::new("h", 2);
+    // Node 2 has no [network]: its address comes from "DHCP" (the test) after the agent starts.
+    let seed = format!(
+        "version = 1\n[node]\nname = \"n2\"\n[community]\nname = \"test\"\nkey = \"{}\"\npeers = [\"10.213.0.1:6655\"]\n",
+        microcloud::KEY
+    );
+    let path = cloud.nodes[1].root.join("boot/firmware/cloudy.toml");
+    std::fs::write(path, seed).unwrap();
+    cloud.nodes[0].start();
+    let r = cloud.nodes[1].start();
+    assert_eq!(r["address"], serde_json::Value::Null, "no address yet: {r}");
+    let ns = cloud.nodes[1].ns.clone();
+    for args in [
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", "10.213.0.2/24", "dev", "eth0"],
+        vec!["route", "add", "default", "via", "10.213.0.254"],
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+    let t0 = Instant::now();
+    cloud.wait_members(&[1, 2], Duration::from_secs(20));
+    let failed = cloud.ping_all(&[1, 2], 25);
+    assert!(
+        failed.is_empty(),
+        "no mesh after the address came: {failed:?}"
+    );
+    let addr = cloud.nodes[0].members()["members"][cloud.nodes[1].node_id()]["address"].clone();
+    assert_eq!(addr, "10.213.0.2", "node 1 knows node 2 by its new address");
+    eprintln!("address given after start: meshed {:?} later", t0.elapsed());
+}
+
+#[test]
 fn killed_tincd_is_restarted_and_the_mesh_heals() {
     if !available("killed_tincd_is_restarted_and_the_mesh_heals") {
         return;
