@@ -163,6 +163,62 @@ fn an_address_that_comes_later_like_dhcp_is_followed() {
 }
 
 #[test]
+fn vpn_address_collision_is_resolved_in_a_live_mesh() {
+    if !available("vpn_address_collision_is_resolved_in_a_live_mesh") {
+        return;
+    }
+    use cloudy_agent::members::vpn_candidate;
+    // Two node ids whose first-choice VPN addresses collide in a small range.
+    let subnet = (std::net::Ipv4Addr::new(10, 98, 0, 0), 28);
+    let id = |n: u32| format!("{n:032x}");
+    let (a, b) = (1..)
+        .flat_map(|x| (x + 1..x + 40).map(move |y| (x, y)))
+        .find(|&(x, y)| vpn_candidate(&id(x), subnet, 0) == vpn_candidate(&id(y), subnet, 0))
+        .unwrap();
+    let clash = vpn_candidate(&id(a), subnet, 0).to_string();
+    let mut cloud = Cloud::new("v", 2);
+    for (i, n) in [(1, a), (2, b)] {
+        let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+        cloud.write_seed_text(
+            i,
+            microcloud::KEY,
+            &format!("peers = [{peers}]\n[tinc]\nsubnet = \"10.98.0.0/28\"\n[network]\ninterface = \"eth0\"\n"),
+        );
+        let state = cloud.nodes[i - 1].root.join("var/lib/cloudy");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("node-id"), format!("{}\n", id(n))).unwrap();
+    }
+    let t0 = Instant::now();
+    assert_eq!(cloud.nodes[0].start()["vpn_address"], clash);
+    assert_eq!(
+        cloud.nodes[1].start()["vpn_address"],
+        clash,
+        "both start on the same address"
+    );
+    cloud.wait_members(&[1, 2], Duration::from_secs(20));
+    // The higher id moves; wait until both see the move, then the VPN must carry it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cloud.nodes[1].vpn() == clash
+        || cloud.nodes[0].members()["members"][id(b)]["vpn"] == clash
+    {
+        assert!(Instant::now() < deadline, "collision not resolved");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cloud.nodes[0].vpn(),
+        clash,
+        "the lower id keeps its address"
+    );
+    let failed = cloud.ping_all(&[1, 2], 25);
+    assert!(failed.is_empty(), "no mesh after the move: {failed:?}");
+    eprintln!(
+        "collision on {clash}: node 2 moved to {}, meshed {:?} after start",
+        cloud.nodes[1].vpn(),
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn killed_tincd_is_restarted_and_the_mesh_heals() {
     if !available("killed_tincd_is_restarted_and_the_mesh_heals") {
         return;
