@@ -34,7 +34,8 @@ secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 # Boots an ISO's kernel and initrd (passed to QEMU, same settings for both builders) and prints
 # the seconds until a console line matches $3.
 boot_until() {
-  local iso=$1 name=$2 pattern=$3 append=$4 d=$BENCH_DIR/boot-$name
+  local iso=$1 name=$2 pattern=$3 append=$4
+  local d=$BENCH_DIR/boot-$name
   mkdir -p "$d"
   local k i
   k=$(xorriso -indev "$iso" -find /live -name 'vmlinuz*' 2>/dev/null | tr -d "'" | sort | tail -1)

@@ -51,7 +51,12 @@ impl Arch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// Live hybrid ISO (CD, USB stick, VM).
     Iso,
+    /// SD card image: FAT firmware partition + ext4 root (Raspberry Pi).
+    Sdcard,
+    /// PXE bundle: kernel, initrd, the live ISO, an iPXE script and a pxelinux config.
+    Pxe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -69,6 +74,22 @@ pub struct Qemu {
     pub machine: String,
     pub cpu: String,
     pub memory_mib: u32,
+    /// The serial console under emulation when it differs from the board's (e.g. `virt`'s
+    /// ttyAMA0 standing in for a Pi's mini UART).
+    pub console: Option<String>,
+}
+
+/// SD card layout (format = "sdcard").
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sdcard {
+    /// Size of the FAT firmware partition.
+    pub boot_mib: u32,
+    /// Device trees the firmware partition must carry for this board.
+    pub dtbs: Vec<String>,
+    /// Extra kernel command line options in cmdline.txt.
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -82,8 +103,20 @@ pub struct Board {
     /// The end of `uname -r` on a node that booted this board's kernel.
     pub kernel_flavour: String,
     pub format: Format,
+    /// Boot firmware of ISO images.
+    #[serde(default)]
     pub firmware: Vec<Firmware>,
     pub console: String,
+    /// Debian packages this board needs besides its kernel (e.g. raspi-firmware).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Archive components besides the recipe's (e.g. non-free-firmware).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// When set, the initramfs holds only these modules (and what they need): a full one takes
+    /// minutes to build under qemu-user emulation.
+    pub initramfs_modules: Option<Vec<String>>,
+    pub sdcard: Option<Sdcard>,
     pub qemu: Qemu,
 }
 
@@ -113,8 +146,16 @@ impl Board {
         if self.name != stem {
             return Err(ConfigError::invalid(path, "name", format!("`{}` differs from the file name", self.name), format!("name the board `{stem}` or rename the file")));
         }
-        if self.firmware.is_empty() {
+        if matches!(self.format, Format::Iso | Format::Pxe) && self.firmware.is_empty() {
             return Err(ConfigError::invalid(path, "firmware", "empty", "list at least one of bios, uefi-ia32, uefi-x64"));
+        }
+        if self.format == Format::Sdcard && self.sdcard.is_none() {
+            return Err(ConfigError::invalid(path, "sdcard", "missing for format = \"sdcard\"", "add an [sdcard] section with boot_mib and dtbs"));
+        }
+        if let Some(sd) = &self.sdcard {
+            if sd.boot_mib < 64 {
+                return Err(ConfigError::invalid(path, "sdcard.boot_mib", "below 64 MiB: kernel, initrd and firmware do not fit", "use 256"));
+            }
         }
         if self.firmware.contains(&Firmware::UefiX64) && self.arch != Arch::Amd64 {
             return Err(ConfigError::invalid(path, "firmware", "uefi-x64 needs arch amd64", "use uefi-ia32 for i386 boards"));
@@ -131,6 +172,16 @@ impl Board {
     /// The console device alone (`ttyS0`), for getty and QEMU.
     pub fn console_device(&self) -> &str {
         self.console.split(',').next().unwrap_or(&self.console)
+    }
+
+    /// The serial console under QEMU, in kernel syntax.
+    pub fn emulated_console(&self) -> &str {
+        self.qemu.console.as_deref().unwrap_or(&self.console)
+    }
+
+    /// Whether the host runs this board's binaries natively (else through qemu-user).
+    pub fn is_foreign(&self) -> bool {
+        !matches!(self.arch, Arch::I386 | Arch::Amd64)
     }
 }
 

@@ -81,11 +81,17 @@ struct KeyInput<'a> {
     components: &'a [String],
     packages: Vec<String>,
     epoch: u64,
+    // Only in keys of boards that set them, so adding them kept existing caches valid.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    board_components: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initramfs_modules: Option<&'a [String]>,
 }
 
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     let mut p: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
     p.push(board.kernel_package.clone());
+    p.extend(board.packages.iter().cloned());
     p.extend(recipe.recipe.packages.iter().cloned());
     p.sort();
     p.dedup();
@@ -103,6 +109,8 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         components: &r.components,
         packages: package_set(board, recipe),
         epoch: r.source_date_epoch,
+        board_components: &board.components,
+        initramfs_modules: board.initramfs_modules.as_deref(),
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
 }
@@ -176,7 +184,9 @@ fn make(
     let pkg_list = dir.join(format!("{key}.packages.tmp"));
     let started = std::time::Instant::now();
 
-    let components = r.components.join(" ");
+    let mut all_components = r.components.clone();
+    all_components.extend(board.components.iter().filter(|c| !r.components.contains(c)).cloned());
+    let components = all_components.join(" ");
     let mut sources = vec![
         format!("deb {} {} {components}", r.mirror, r.suite),
         format!("deb {} {}-updates {components}", r.mirror, r.suite),
@@ -191,12 +201,20 @@ fn make(
         .arg("--mode=root")
         .arg("--format=directory")
         .arg(format!("--include={}", package_set(board, recipe).join(",")))
-        .arg(format!("--components={}", r.components.join(",")));
+        .arg(format!("--components={}", all_components.join(",")));
     for ex in DPKG_EXCLUDES {
         c.arg(format!("--dpkgopt={ex}"));
     }
-    // The initramfs is built once, by the kernel's postinst, with these settings in place.
+    // The initramfs is built by the kernel's postinst with these settings already in place.
     c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
+    if let Some(modules) = &board.initramfs_modules {
+        // A listed set instead of MODULES=most: minutes less under qemu-user, and what an
+        // SD card boot (and QEMU's virt machine) needs. modules.d is not a conffile.
+        c.arg(format!(
+            "--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\" \"$1/boot/firmware\" && printf 'MODULES=list\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy-modules.conf\" && printf '{}\\n' > \"$1/usr/share/initramfs-tools/modules.d/cloudy\"",
+            modules.join("\\n")
+        ));
+    }
     // Per-node secrets and identities must be made on the node, never shipped in the image.
     c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
     c.arg(format!(

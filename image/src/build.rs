@@ -5,12 +5,12 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 use crate::agent::{self, Builder};
-use crate::board::{Board, Firmware};
+use crate::board::{Board, Firmware, Format};
 use crate::cmd::Log;
 use crate::progress::{fmt_secs, fmt_size, table, Reporter};
-use crate::qemu::{Accel, Boot, Vm};
+use crate::qemu::{Accel, Boot, Media, Vm};
 use crate::recipe::Recipe;
-use crate::{bootstrap, cache, customise, finish, iso, squashfs, tools, verify};
+use crate::{binfmt, bmap, bootstrap, cache, compress, customise, finish, iso, pxe, sdcard, seed_image, squashfs, tools, verify};
 
 /// A build needs room for the rootfs, its squashfs and the ISO.
 const MIN_FREE: u64 = 3 << 30;
@@ -33,7 +33,7 @@ pub struct Options {
 }
 
 pub struct Built {
-    pub iso: PathBuf,
+    pub image: PathBuf,
     pub manifest: finish::Manifest,
     pub verified: Option<verify::Outcome>,
 }
@@ -73,6 +73,9 @@ pub fn run(opts: &Options) -> Result<Built> {
     let epoch = r.source_date_epoch;
     let mut rep = Reporter::new();
 
+    if board.is_foreign() {
+        binfmt::ensure(board.arch)?;
+    }
     let rootfs = rep.stage("bootstrap", |step| {
         let rootfs = bootstrap::run(&board, &recipe, &opts.cache, &log, step)?;
         let note = if rootfs.cached { format!("cached {}", rootfs.meta.key) } else { format!("made {}", rootfs.meta.key) };
@@ -86,15 +89,18 @@ pub fn run(opts: &Options) -> Result<Built> {
         r.squashfs.compression.name(),
         r.squashfs.level.map(|l| l.to_string()).unwrap_or_default()
     ));
-    rep.stage("squashfs", |step| {
-        if base_sq.exists() && !opts.rebuild {
-            return Ok(((), "cached".to_string()));
-        }
-        std::fs::create_dir_all(base_sq.parent().expect("has parent"))?;
-        // The initrd is on the ISO beside the kernel; a second copy inside is dead weight.
-        squashfs::make(&rootfs.dir, &base_sq, &r.squashfs, epoch, &["boot/initrd.img*"], &log, step)?;
-        Ok::<_, anyhow::Error>(((), fmt_size(std::fs::metadata(&base_sq)?.len())))
-    })?;
+    let live = matches!(board.format, Format::Iso | Format::Pxe);
+    if live {
+        rep.stage("squashfs", |step| {
+            if base_sq.exists() && !opts.rebuild {
+                return Ok(((), "cached".to_string()));
+            }
+            std::fs::create_dir_all(base_sq.parent().expect("has parent"))?;
+            // The initrd is on the ISO beside the kernel; a second copy inside is dead weight.
+            squashfs::make(&rootfs.dir, &base_sq, &r.squashfs, epoch, &["boot/initrd.img*"], &log, step)?;
+            Ok::<_, anyhow::Error>(((), fmt_size(std::fs::metadata(&base_sq)?.len())))
+        })?;
+    }
 
     let agent = rep.stage("agent", |step| {
         let req = agent::Request {
@@ -110,9 +116,9 @@ pub fn run(opts: &Options) -> Result<Built> {
         Ok::<_, agent::AgentError>((built, note))
     })?;
 
+    let layer = work.join("layer");
     let layer_sq = work.join("cloudy.squashfs");
     let units = rep.stage("customise", |step| {
-        let layer = work.join("layer");
         let units = customise::make_layer(
             &customise::Inputs {
                 base: &rootfs.dir,
@@ -123,24 +129,88 @@ pub fn run(opts: &Options) -> Result<Built> {
             },
             &layer,
         )?;
-        squashfs::make(&layer, &layer_sq, &r.squashfs, epoch, &[], &log, step)?;
+        if live {
+            squashfs::make(&layer, &layer_sq, &r.squashfs, epoch, &[], &log, step)?;
+        }
         Ok::<_, anyhow::Error>((units.clone(), format!("{} units enabled", units.len())))
     })?;
 
-    let iso_out = iso_path(&opts.out, &board.name);
-    rep.stage("iso", |step| {
-        iso::make(
-            &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
-            &work,
-            &iso_out,
-            &log,
-            step,
-        )?;
-        Ok::<_, iso::IsoError>(((), fmt_size(std::fs::metadata(&iso_out).map(|m| m.len()).unwrap_or(0))))
-    })?;
+    // Fixed per recipe and board, so rebuilds keep the same PARTUUIDs.
+    let disk_id = u32::from_str_radix(&cache::sha256_bytes(format!("{}{}", recipe.text, board_text).as_bytes())[..8], 16).expect("hex");
+    let raw_img = work.join(format!("cloudy-{}.img", board.name));
+    let final_out = match board.format {
+        Format::Iso => {
+            let iso_out = iso_path(&opts.out, &board.name);
+            rep.stage("iso", |step| {
+                iso::make(
+                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
+                    &work,
+                    &iso_out,
+                    &log,
+                    step,
+                )?;
+                Ok::<_, iso::IsoError>(((), fmt_size(std::fs::metadata(&iso_out).map(|m| m.len()).unwrap_or(0))))
+            })?;
+            iso_out
+        }
+        Format::Pxe => {
+            let live_iso = work.join(pxe::LIVE_ISO);
+            let bundle = dir.join("pxe");
+            rep.stage("iso", |step| {
+                iso::make(
+                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
+                    &work,
+                    &live_iso,
+                    &log,
+                    step,
+                )?;
+                Ok::<_, iso::IsoError>(((), fmt_size(std::fs::metadata(&live_iso).map(|m| m.len()).unwrap_or(0))))
+            })?;
+            rep.stage("pxe", |_| {
+                pxe::make(&board, &rootfs.dir, &live_iso, &bundle, epoch)?;
+                Ok::<_, pxe::PxeError>(((), "vmlinuz, initrd.img, cloudy.iso, boot.ipxe, pxelinux".to_string()))
+            })?;
+            bundle
+        }
+        Format::Sdcard => {
+            rep.stage("sdcard", |step| {
+                sdcard::make(
+                    &sdcard::Inputs { board: &board, rootfs: &rootfs.dir, layer: &layer, seed: &recipe.seed_text, epoch, disk_id },
+                    &work,
+                    &raw_img,
+                    &log,
+                    step,
+                )?;
+                Ok::<_, sdcard::SdError>(((), fmt_size(std::fs::metadata(&raw_img).map(|m| m.len()).unwrap_or(0))))
+            })?;
+            let xz_out = dir.join(format!("cloudy-{}.img.xz", board.name));
+            rep.stage("compress", |_| {
+                let started = std::time::Instant::now();
+                let size = compress::xz(&raw_img, &xz_out, 6)?;
+                let raw = std::fs::metadata(&raw_img)?.len();
+                let mbps = raw as f64 / 1e6 / started.elapsed().as_secs_f64();
+                let bmap = bmap::make(&raw_img)?;
+                cache::write_atomic(&dir.join(format!("cloudy-{}.img.bmap", board.name)), bmap.as_bytes())?;
+                Ok::<_, std::io::Error>(((), format!("{} xz ({mbps:.0} MB/s), .bmap", fmt_size(size))))
+            })?;
+            xz_out
+        }
+    };
 
     let outputs = rep.stage("finish", |_| {
-        let outputs = vec![finish::describe(&iso_out)?];
+        let mut outputs = vec![];
+        match board.format {
+            Format::Iso => outputs.push(finish::describe(&final_out, &dir)?),
+            Format::Sdcard => {
+                outputs.push(finish::describe(&final_out, &dir)?);
+                outputs.push(finish::describe(&dir.join(format!("cloudy-{}.img.bmap", board.name)), &dir)?);
+            }
+            Format::Pxe => {
+                for f in ["vmlinuz", "initrd.img", pxe::LIVE_ISO, "boot.ipxe", "pxelinux.0", "ldlinux.c32", "pxelinux.cfg/default"] {
+                    outputs.push(finish::describe(&final_out.join(f), &dir)?);
+                }
+            }
+        }
         finish::write_sums(&dir, &outputs)?;
         Ok::<_, std::io::Error>((outputs, "SHA256SUMS, manifest.json".to_string()))
     })?;
@@ -178,7 +248,8 @@ pub fn run(opts: &Options) -> Result<Built> {
         } else {
             opts.boot
         };
-        let vm = Vm { board: &board, iso: &iso_out, accel: opts.accel, boot, direct: None };
+        let bootable = if board.format == Format::Iso { &final_out } else { &raw_img };
+        let vm = vm_for(&board, bootable, &work.join("boot-files"), opts.accel, boot, &log)?;
         let outcome = rep.stage("verify", |step| {
             let o = verify::run(&vm, r.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;
             let note = format!("ready in {} ({:?}, {:?}), kernel {}", fmt_secs(o.seconds), opts.accel, boot, o.ready["kernel"].as_str().unwrap_or("?"));
@@ -193,7 +264,7 @@ pub fn run(opts: &Options) -> Result<Built> {
     finish::write_manifest(&dir, &manifest).context("writing manifest.json")?;
 
     print_summary(&manifest, &dir, started.elapsed().as_secs_f64());
-    Ok(Built { iso: iso_out, manifest, verified })
+    Ok(Built { image: final_out, manifest, verified })
 }
 
 fn print_summary(m: &finish::Manifest, dir: &Path, total: f64) {
@@ -214,6 +285,53 @@ fn print_summary(m: &finish::Manifest, dir: &Path, total: f64) {
         .collect();
     out.push_str(&table(&["output", "size", "sha256"], &rows));
     println!("{out}");
+}
+
+/// How QEMU boots `image` for `board`: an ISO through its own boot loader; an SD image with the
+/// kernel and initrd taken from its FAT partition (the `virt` machine has no Pi firmware) and
+/// its root partition found by the PARTUUID in its MBR.
+pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Accel, boot: Boot, log: &Log) -> Result<Vm<'a>> {
+    Ok(match board.format {
+        Format::Iso => Vm { board, media: Media::Cdrom(image), accel, boot, direct: None },
+        Format::Pxe => Vm { board, media: Media::Pxe(image), accel, boot, direct: None },
+        Format::Sdcard => {
+            let _ = std::fs::remove_dir_all(scratch);
+            std::fs::create_dir_all(scratch)?;
+            seed_image::sd_extract(image, &["vmlinuz-*", "initrd.img-*"], scratch, log)?;
+            let (kernel, initrd) = sdcard::kernel_and_initrd(scratch)?;
+            let (disk_id, _) = seed_image::sd_layout(image)?;
+            let append = sdcard::cmdline(board, disk_id, board.emulated_console());
+            Vm { board, media: Media::Disk(image), accel, boot, direct: Some((kernel, initrd, append)) }
+        }
+    })
+}
+
+/// `cloudy-image verify`: boots a built (or customised) image and prints its ready line.
+pub fn verify_only(opts: &Options, image: Option<PathBuf>) -> Result<verify::Outcome> {
+    let (board, _, _) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    tools::check(&tools::for_boot(&board))?;
+    let recipe = Recipe::load(&opts.recipe)?;
+    let dir = board_dir(&opts.out, &board.name);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    let image = image.unwrap_or_else(|| match board.format {
+        Format::Iso => iso_path(&opts.out, &board.name),
+        Format::Sdcard => work.join(format!("cloudy-{}.img", board.name)),
+        Format::Pxe => dir.join("pxe"),
+    });
+    if !image.exists() {
+        bail!("{} does not exist\n  fix: build it first: cloudy-image build --board {}", image.display(), board.name);
+    }
+    let log = Log::to_file(&dir.join("build.log"))?;
+    let vm = vm_for(&board, &image, &work.join("boot-files"), opts.accel, opts.boot, &log)?;
+    let mut rep = Reporter::new();
+    let o = rep.stage("verify", |step| {
+        let o = verify::run(&vm, recipe.recipe.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;
+        let note = format!("ready in {}", fmt_secs(o.seconds));
+        Ok::<_, verify::VerifyError>((o, note))
+    })?;
+    println!("{}", o.ready);
+    Ok(o)
 }
 
 /// One build per output directory at a time.
@@ -251,7 +369,7 @@ pub fn boot(opts: &Options) -> Result<()> {
         bail!("cannot read the kernel from {}", iso.display());
     }
     let append = format!("{} cloudy.console-login", iso::cmdline(&board));
-    let vm = Vm { board: &board, iso: &iso, accel: opts.accel, boot: Boot::Bios, direct: Some((kernel, initrd, append)) };
+    let vm = Vm { board: &board, media: Media::Cdrom(&iso), accel: opts.accel, boot: Boot::Bios, direct: Some((kernel, initrd, append)) };
     let mut c = vm.command();
     c.args(["-serial", "mon:stdio"]);
     eprintln!("cloudy-image: booting {} in QEMU ({:?}); Ctrl-A X quits, root shell on this console", iso.display(), opts.accel);

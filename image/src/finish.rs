@@ -46,9 +46,10 @@ pub struct Manifest {
     pub built_at_unix: u64,
 }
 
-pub fn describe(path: &Path) -> std::io::Result<Output> {
+/// Size and sha256 of `path`, named relative to the output directory `dir`.
+pub fn describe(path: &Path, dir: &Path) -> std::io::Result<Output> {
     Ok(Output {
-        file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file: path.strip_prefix(dir).unwrap_or(path).display().to_string(),
         size: std::fs::metadata(path)?.len(),
         sha256: cache::sha256_file(path)?,
     })
@@ -74,7 +75,7 @@ mod tests {
     fn sums_are_sha256sum_compatible() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a.iso"), b"abc").unwrap();
-        let o = describe(&d.path().join("a.iso")).unwrap();
+        let o = describe(&d.path().join("a.iso"), d.path()).unwrap();
         assert_eq!(o.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         write_sums(d.path(), &[o]).unwrap();
         let st = std::process::Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(d.path()).output().unwrap();

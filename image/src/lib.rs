@@ -4,18 +4,24 @@
 //! [`agent`] (cross-built), [`customise`] (the Cloudy layer), [`iso`], [`finish`], [`verify`].
 
 pub mod agent;
+pub mod binfmt;
+pub mod bmap;
 pub mod board;
 pub mod bootstrap;
 pub mod build;
 pub mod cache;
 pub mod cmd;
+pub mod compress;
 pub mod config;
 pub mod customise;
 pub mod finish;
 pub mod iso;
 pub mod progress;
+pub mod pxe;
 pub mod qemu;
 pub mod recipe;
+pub mod sdcard;
+pub mod seed_image;
 pub mod squashfs;
 pub mod tools;
 pub mod verify;

@@ -42,6 +42,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Boot a built image in QEMU until the node reports ready, and print its ready line.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// The image to boot (default: the board's last build under --out).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: Boot,
+    },
+    /// Write a seed into a built image (ISO, .img or .img.xz) without rebuilding it.
+    Customise {
+        /// The image to change (replaced atomically; SHA256SUMS beside it is updated).
+        image: PathBuf,
+        /// The seed (cloudy.toml) to write; checked first, a bad one changes nothing.
+        #[arg(long)]
+        seed: PathBuf,
+    },
     /// List the boards in hardware/.
     Boards {
         /// The checkout holding hardware/ (default: found from the current directory).
@@ -89,6 +107,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Boot { common } => {
             let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, Boot::Bios, Builder::Debian, false)?;
             build::boot(&opts)?;
+        }
+        Command::Verify { common, image, firmware } => {
+            let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, firmware, Builder::Debian, false)?;
+            build::verify_only(&opts, image)?;
+        }
+        Command::Customise { image, seed } => {
+            let log = cloudy_image::cmd::Log::sink();
+            let changed = cloudy_image::seed_image::write(&image, &seed, &log)?;
+            cloudy_image::seed_image::update_sums(&changed)?;
+            for f in &changed {
+                eprintln!("cloudy-image: wrote the seed {} into {}", seed.display(), f.display());
+            }
         }
         Command::Boards { source } => {
             let source = find_source(source)?;

@@ -1,6 +1,7 @@
 //! The QEMU command that stands in for a board: used by the verify stage and by `boot`.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use crate::board::Board;
@@ -24,9 +25,18 @@ pub enum Boot {
 
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
+/// What the VM boots from.
+pub enum Media<'a> {
+    Cdrom(&'a Path),
+    /// A disk image, opened with `-snapshot`: booting must not change a built image.
+    Disk(&'a Path),
+    /// Network boot from a PXE bundle served by QEMU's own TFTP server.
+    Pxe(&'a Path),
+}
+
 pub struct Vm<'a> {
     pub board: &'a Board,
-    pub iso: &'a Path,
+    pub media: Media<'a>,
     pub accel: Accel,
     pub boot: Boot,
     /// Kernel, initrd and command line passed directly (used by `boot` to add options).
@@ -41,10 +51,25 @@ impl Vm<'_> {
         let mut c = Command::new(&q.system);
         c.args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
             .args(["-machine", &q.machine, "-cpu", &q.cpu, "-m", &q.memory_mib.to_string(), "-smp", "2"])
-            .args(["-display", "none", "-no-reboot"])
-            .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
-            .arg("-cdrom")
-            .arg(self.iso);
+            .args(["-display", "none", "-no-reboot"]);
+        match self.media {
+            Media::Pxe(bundle) => {
+                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile=boot.ipxe", bundle.display())]);
+                c.args(["-boot", "n"]);
+            }
+            _ => {
+                c.args(["-nic", "user,model=virtio-net-pci,restrict=on"]);
+            }
+        }
+        match self.media {
+            Media::Pxe(_) => {}
+            Media::Cdrom(iso) => {
+                c.arg("-cdrom").arg(iso);
+            }
+            Media::Disk(img) => {
+                c.arg("-drive").arg(format!("file={},format=raw,if=virtio", img.display())).arg("-snapshot");
+            }
+        }
         if self.boot == Boot::Uefi {
             c.arg("-bios").arg(OVMF);
         }

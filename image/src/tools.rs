@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::board::{Arch, Board, Firmware};
+use crate::board::{Board, Firmware, Format};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tool {
@@ -33,8 +33,6 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
     let mut tools = vec![
         t("mmdebstrap", "mmdebstrap"),
         t("arch-test", "arch-test"),
-        t("mksquashfs", "squashfs-tools"),
-        t("xorriso", "xorriso"),
         t("mkfs.vfat", "dosfstools"),
         t("mcopy", "mtools"),
         t("mmd", "mtools"),
@@ -50,6 +48,15 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
         tools.push(Tool { program: linker, package: linker_pkg });
     } else {
         tools.push(t("cross", "cross (cargo install cross; needs Docker)"));
+    }
+    match board.format {
+        Format::Iso => tools.extend([t("mksquashfs", "squashfs-tools"), t("xorriso", "xorriso")]),
+        Format::Pxe => tools.extend([
+            t("mksquashfs", "squashfs-tools"),
+            t("xorriso", "xorriso"),
+            t("pxelinux:/usr/lib/PXELINUX/pxelinux.0", "pxelinux"),
+        ]),
+        Format::Sdcard => tools.extend([t("sfdisk", "fdisk"), t("mke2fs", "e2fsprogs")]),
     }
     if board.firmware.contains(&Firmware::Bios) {
         tools.push(t("isohybrid-mbr:/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux"));
@@ -67,7 +74,7 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
     if verify {
         tools.extend(for_boot(board));
     }
-    if !matches!(board.arch, Arch::I386 | Arch::Amd64) {
+    if board.is_foreign() {
         tools.push(t("qemu-user:/usr/libexec/qemu-binfmt", "qemu-user-static"));
     }
     tools

@@ -1,0 +1,162 @@
+//! `cloudy-image customise IMAGE --seed FILE`: a user's seed written into a built image without
+//! rebuilding it, where the node looks for it at boot: `/cloudy/cloudy.toml` on an ISO,
+//! `cloudy.toml` on an SD card's FAT partition.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cache;
+use crate::cmd::{self, CmdError, Log};
+use crate::progress::Step;
+use crate::{bmap, compress};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedImageError {
+    #[error("{0}\n  fix: correct the seed (`cloudy-agent seed check FILE` says the same), then run customise again; the image was not touched")]
+    BadSeed(String),
+    #[error("{0}: not a Cloudy image (expected .iso, .img or .img.xz)")]
+    UnknownKind(String),
+    #[error("{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image")]
+    NoFat(String),
+    #[error("{0}")]
+    Cmd(#[from] CmdError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+}
+
+/// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
+pub fn sd_layout(img: &Path) -> Result<(u32, u64), SeedImageError> {
+    let mut mbr = [0u8; 512];
+    let mut f = fs::File::open(img).map_err(|e| io("opening", img, e))?;
+    f.read_exact(&mut mbr).map_err(|e| io("reading", img, e))?;
+    let disk_id = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
+    let p1 = &mbr[446..462];
+    let start = u32::from_le_bytes(p1[8..12].try_into().expect("4 bytes")) as u64;
+    if mbr[510..] != [0x55, 0xaa] || !matches!(p1[4], 0x0b | 0x0c) || start == 0 {
+        return Err(SeedImageError::NoFat(img.display().to_string()));
+    }
+    Ok((disk_id, start * 512))
+}
+
+/// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
+pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(), SeedImageError> {
+    let (_, off) = sd_layout(img)?;
+    let spec = format!("{}@@{off}", img.display());
+    for n in names {
+        let mut c = Command::new("mcopy");
+        c.args(["-n", "-i", &spec, &format!("::/{n}")]).arg(dir).env("MTOOLS_SKIP_CHECK", "1");
+        cmd::run(&mut c, log, &Step::hidden())?;
+    }
+    Ok(())
+}
+
+/// Validates `seed` and writes it into `image` (replaced atomically). Returns the files
+/// changed, for SHA256SUMS.
+pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedImageError> {
+    let text = fs::read_to_string(seed).map_err(|e| io("reading", seed, e))?;
+    cloudy_agent::seed::Seed::parse(&seed.display().to_string(), &text).map_err(|e| SeedImageError::BadSeed(e.to_string()))?;
+    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let step = Step::hidden();
+    if name.ends_with(".iso") {
+        let tmp = cache::tmp_path(image);
+        let _ = fs::remove_file(&tmp);
+        let mut c = Command::new("xorriso");
+        c.arg("-indev").arg(image).arg("-outdev").arg(&tmp)
+            .args(["-boot_image", "any", "replay", "-map"]).arg(seed).arg("/cloudy/cloudy.toml")
+            .args(["-chmod", "0644", "/cloudy/cloudy.toml", "--", "-commit"]);
+        cmd::run(&mut c, log, &step)?;
+        fs::rename(&tmp, image).map_err(|e| io("renaming", &tmp, e))?;
+        Ok(vec![image.to_path_buf()])
+    } else if name.ends_with(".img") {
+        sd_write(image, seed, log)?;
+        refresh_bmap(image)?;
+        Ok(vec![image.to_path_buf()])
+    } else if let Some(stem) = name.strip_suffix(".xz").filter(|s| s.ends_with(".img")) {
+        // Work on a decompressed copy; the .img.xz is replaced only when all went well.
+        let raw = image.with_file_name(format!(".{stem}.customise"));
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("xz -dc -T0 '{}' > '{}'", image.display(), raw.display()));
+        cmd::run(&mut c, log, &step)?;
+        sd_write(&raw, seed, log)?;
+        compress::xz(&raw, image, 6).map_err(|e| io("compressing", image, e))?;
+        let bmap_path = image.with_file_name(format!("{}.bmap", stem));
+        cache::write_atomic(&bmap_path, bmap::make(&raw).map_err(|e| io("mapping", &raw, e))?.as_bytes())
+            .map_err(|e| io("writing", &bmap_path, e))?;
+        let _ = fs::remove_file(&raw);
+        Ok(vec![image.to_path_buf(), bmap_path])
+    } else {
+        Err(SeedImageError::UnknownKind(image.display().to_string()))
+    }
+}
+
+fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
+    let (_, off) = sd_layout(img)?;
+    let mut c = Command::new("mcopy");
+    c.args(["-o", "-i", &format!("{}@@{off}", img.display())]).arg(seed).arg("::/cloudy.toml").env("MTOOLS_SKIP_CHECK", "1");
+    cmd::run(&mut c, log, &Step::hidden())?;
+    Ok(())
+}
+
+/// A raw .img next to its .bmap gets a fresh map (its checksums changed).
+fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
+    let p = img.with_extension("img.bmap");
+    if p.exists() {
+        cache::write_atomic(&p, bmap::make(img).map_err(|e| io("mapping", img, e))?.as_bytes()).map_err(|e| io("writing", &p, e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites the lines of `SHA256SUMS` beside `files` that name them.
+pub fn update_sums(files: &[PathBuf]) -> std::io::Result<()> {
+    let Some(dir) = files.first().and_then(|f| f.parent()) else { return Ok(()) };
+    let sums = dir.join("SHA256SUMS");
+    let Ok(text) = fs::read_to_string(&sums) else { return Ok(()) };
+    let mut out = String::new();
+    for line in text.lines() {
+        let name = line.split_once("  ").map(|(_, n)| n).unwrap_or("");
+        match files.iter().find(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == name)) {
+            Some(f) => out.push_str(&format!("{}  {name}\n", cache::sha256_file(f)?)),
+            None => out.push_str(&format!("{line}\n")),
+        }
+    }
+    cache::write_atomic(&sums, out.as_bytes())
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> SeedImageError {
+    SeedImageError::Io { what, path: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_seed_refused_before_touching_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("x.iso");
+        fs::write(&img, b"not touched").unwrap();
+        let seed = d.path().join("s.toml");
+        fs::write(&seed, "version = 1\n[node]\nname = \"Bad Name!\"\n").unwrap();
+        let err = write(&img, &seed, &Log::sink()).unwrap_err().to_string();
+        assert!(err.contains("node.name") && err.contains("fix:"), "{err}");
+        assert_eq!(fs::read(&img).unwrap(), b"not touched");
+    }
+
+    #[test]
+    fn mbr_layout_read() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.img");
+        let mut mbr = vec![0u8; 1024];
+        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
+        mbr[446 + 4] = 0x0c;
+        mbr[446 + 8..446 + 12].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        fs::write(&img, &mbr).unwrap();
+        assert_eq!(sd_layout(&img).unwrap(), (0x1234abcd, 8192 * 512));
+        fs::write(&img, vec![0u8; 1024]).unwrap();
+        assert!(sd_layout(&img).is_err());
+    }
+}
