@@ -292,8 +292,8 @@ fn print_summary(m: &finish::Manifest, dir: &Path, total: f64) {
 /// its root partition found by the PARTUUID in its MBR.
 pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Accel, boot: Boot, log: &Log) -> Result<Vm<'a>> {
     Ok(match board.format {
-        Format::Iso => Vm { board, media: Media::Cdrom(image), accel, boot, direct: None },
-        Format::Pxe => Vm { board, media: Media::Pxe(image), accel, boot, direct: None },
+        Format::Iso => Vm { board, media: Media::Cdrom(image), accel, boot, direct: None, disk: None },
+        Format::Pxe => Vm { board, media: Media::Pxe(image, "boot.ipxe"), accel, boot, direct: None, disk: None },
         Format::Sdcard => {
             let _ = std::fs::remove_dir_all(scratch);
             std::fs::create_dir_all(scratch)?;
@@ -301,7 +301,7 @@ pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Acce
             let (kernel, initrd) = sdcard::kernel_and_initrd(scratch)?;
             let (disk_id, _) = seed_image::sd_layout(image)?;
             let append = sdcard::cmdline(board, disk_id, board.emulated_console());
-            Vm { board, media: Media::Disk(image), accel, boot, direct: Some((kernel, initrd, append)) }
+            Vm { board, media: Media::Disk(image), accel, boot, direct: Some((kernel, initrd, append)), disk: None }
         }
     })
 }
@@ -332,6 +332,65 @@ pub fn verify_only(opts: &Options, image: Option<PathBuf>) -> Result<verify::Out
     })?;
     println!("{}", o.ready);
     Ok(o)
+}
+
+/// `cloudy-image verify --install`: network-boots the PXE bundle in install mode with a blank
+/// disk, waits for the installer to finish, then boots that disk alone until the node is ready.
+pub fn verify_install(opts: &Options, bundle: Option<PathBuf>) -> Result<(verify::Outcome, f64)> {
+    let (board, _, _) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    if board.format != Format::Pxe {
+        bail!("--install needs a PXE board (pxe-686-pae, pxe-amd64), not {}", board.name);
+    }
+    tools::check(&tools::for_boot(&board))?;
+    let recipe = Recipe::load(&opts.recipe)?;
+    let dir = board_dir(&opts.out, &board.name);
+    let work = dir.join("work");
+    let bundle = bundle.unwrap_or_else(|| dir.join("pxe"));
+    if !bundle.join("boot.ipxe").exists() {
+        bail!("{} is not a PXE bundle\n  fix: cloudy-image build --board {}", bundle.display(), board.name);
+    }
+    let log = Log::to_file(&dir.join("build.log"))?;
+    // A TFTP root that is the bundle plus one script choosing install mode onto QEMU's disk.
+    let tftp = work.join("install-tftp");
+    let _ = std::fs::remove_dir_all(&tftp);
+    std::fs::create_dir_all(&tftp)?;
+    for e in std::fs::read_dir(&bundle)? {
+        let e = e?;
+        let to = tftp.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            continue;
+        }
+        std::fs::hard_link(e.path(), &to).or_else(|_| std::fs::copy(e.path(), &to).map(|_| ()))?;
+    }
+    std::fs::write(tftp.join("install.ipxe"), "#!ipxe\nset cloudy_install /dev/vda\nchain boot.ipxe\n")?;
+    let disk = work.join("install-disk.raw");
+    let _ = std::fs::remove_file(&disk);
+    std::fs::File::create(&disk)?.set_len(4 << 30)?;
+
+    let mut rep = Reporter::new();
+    let timeout = recipe.recipe.verify.timeout_s;
+    let install_vm = Vm { board: &board, media: Media::Pxe(&tftp, "install.ipxe"), accel: opts.accel, boot: Boot::Bios, direct: None, disk: Some(&disk) };
+    let installed = rep.stage("install", |step| {
+        let o = verify::watch(&install_vm, timeout * 2, &dir.join("install-console.log"), &log, step, &|line| {
+            if line.contains("cloudy-install: installed to") {
+                Some(Ok(serde_json::json!({ "installed": line })))
+            } else if let Some(i) = line.find("cloudy-install: FAILED") {
+                Some(Err(line[i..].to_string()))
+            } else {
+                None
+            }
+        })?;
+        let note = format!("installed in {}", fmt_secs(o.seconds));
+        Ok::<_, verify::VerifyError>((o, note))
+    })?;
+    let disk_vm = Vm { board: &board, media: Media::Disk(&disk), accel: opts.accel, boot: Boot::Bios, direct: None, disk: None };
+    let o = rep.stage("disk boot", |step| {
+        let o = verify::run(&disk_vm, timeout, &dir.join("installed-console.log"), &log, step)?;
+        let note = format!("ready in {} from the installed disk", fmt_secs(o.seconds));
+        Ok::<_, verify::VerifyError>((o, note))
+    })?;
+    println!("{}", o.ready);
+    Ok((o, installed.seconds))
 }
 
 /// One build per output directory at a time.
@@ -369,7 +428,7 @@ pub fn boot(opts: &Options) -> Result<()> {
         bail!("cannot read the kernel from {}", iso.display());
     }
     let append = format!("{} cloudy.console-login", iso::cmdline(&board));
-    let vm = Vm { board: &board, media: Media::Cdrom(&iso), accel: opts.accel, boot: Boot::Bios, direct: Some((kernel, initrd, append)) };
+    let vm = Vm { board: &board, media: Media::Cdrom(&iso), accel: opts.accel, boot: Boot::Bios, direct: Some((kernel, initrd, append)), disk: None };
     let mut c = vm.command();
     c.args(["-serial", "mon:stdio"]);
     eprintln!("cloudy-image: booting {} in QEMU ({:?}); Ctrl-A X quits, root shell on this console", iso.display(), opts.accel);

@@ -51,6 +51,9 @@ enum Command {
         image: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "bios")]
         firmware: Boot,
+        /// PXE boards: install to a blank disk over the network, then boot that disk alone.
+        #[arg(long)]
+        install: bool,
     },
     /// Write a seed into a built image (ISO, .img or .img.xz) without rebuilding it.
     Customise {
@@ -108,9 +111,13 @@ fn run(cli: Cli) -> Result<()> {
             let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, Boot::Bios, Builder::Debian, false)?;
             build::boot(&opts)?;
         }
-        Command::Verify { common, image, firmware } => {
+        Command::Verify { common, image, firmware, install } => {
             let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, firmware, Builder::Debian, false)?;
-            build::verify_only(&opts, image)?;
+            if install {
+                build::verify_install(&opts, image)?;
+            } else {
+                build::verify_only(&opts, image)?;
+            }
         }
         Command::Customise { image, seed } => {
             let log = cloudy_image::cmd::Log::sink();

@@ -30,8 +30,9 @@ pub enum Media<'a> {
     Cdrom(&'a Path),
     /// A disk image, opened with `-snapshot`: booting must not change a built image.
     Disk(&'a Path),
-    /// Network boot from a PXE bundle served by QEMU's own TFTP server.
-    Pxe(&'a Path),
+    /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with the
+    /// given boot file (an iPXE script).
+    Pxe(&'a Path, &'a str),
 }
 
 pub struct Vm<'a> {
@@ -41,6 +42,8 @@ pub struct Vm<'a> {
     pub boot: Boot,
     /// Kernel, initrd and command line passed directly (used by `boot` to add options).
     pub direct: Option<(PathBuf, PathBuf, String)>,
+    /// A writable disk besides the boot media (the target of a PXE install).
+    pub disk: Option<&'a Path>,
 }
 
 impl Vm<'_> {
@@ -53,8 +56,8 @@ impl Vm<'_> {
             .args(["-machine", &q.machine, "-cpu", &q.cpu, "-m", &q.memory_mib.to_string(), "-smp", "2"])
             .args(["-display", "none", "-no-reboot"]);
         match self.media {
-            Media::Pxe(bundle) => {
-                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile=boot.ipxe", bundle.display())]);
+            Media::Pxe(bundle, bootfile) => {
+                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile}", bundle.display())]);
                 c.args(["-boot", "n"]);
             }
             _ => {
@@ -62,7 +65,7 @@ impl Vm<'_> {
             }
         }
         match self.media {
-            Media::Pxe(_) => {}
+            Media::Pxe(..) => {}
             Media::Cdrom(iso) => {
                 c.arg("-cdrom").arg(iso);
             }
@@ -72,6 +75,9 @@ impl Vm<'_> {
         }
         if self.boot == Boot::Uefi {
             c.arg("-bios").arg(OVMF);
+        }
+        if let Some(disk) = self.disk {
+            c.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
         }
         if let Some((kernel, initrd, append)) = &self.direct {
             c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", append]);

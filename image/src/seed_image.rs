@@ -108,20 +108,31 @@ fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
     Ok(())
 }
 
-/// Rewrites the lines of `SHA256SUMS` beside `files` that name them.
+/// Rewrites the lines naming `files` in the `SHA256SUMS` beside them or one level up (a PXE
+/// bundle's files are listed as `pxe/<name>`).
 pub fn update_sums(files: &[PathBuf]) -> std::io::Result<()> {
-    let Some(dir) = files.first().and_then(|f| f.parent()) else { return Ok(()) };
-    let sums = dir.join("SHA256SUMS");
-    let Ok(text) = fs::read_to_string(&sums) else { return Ok(()) };
-    let mut out = String::new();
-    for line in text.lines() {
-        let name = line.split_once("  ").map(|(_, n)| n).unwrap_or("");
-        match files.iter().find(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == name)) {
-            Some(f) => out.push_str(&format!("{}  {name}\n", cache::sha256_file(f)?)),
-            None => out.push_str(&format!("{line}\n")),
+    let Some(parent) = files.first().and_then(|f| f.parent()) else { return Ok(()) };
+    for dir in [Some(parent), parent.parent()].into_iter().flatten() {
+        let sums = dir.join("SHA256SUMS");
+        let Ok(text) = fs::read_to_string(&sums) else { continue };
+        let mut out = String::new();
+        for line in text.lines() {
+            let name = line.split_once("  ").map(|(_, n)| n).unwrap_or("");
+            match files.iter().find(|f| same_file(f, &dir.join(name))) {
+                Some(f) => out.push_str(&format!("{}  {name}\n", cache::sha256_file(f)?)),
+                None => out.push_str(&format!("{line}\n")),
+            }
         }
+        return cache::write_atomic(&sums, out.as_bytes());
     }
-    cache::write_atomic(&sums, out.as_bytes())
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> SeedImageError {

@@ -23,6 +23,8 @@ pub enum VerifyError {
     Timeout { seconds: u64, tail: String, log: String },
     #[error("QEMU exited ({status}) before the node was ready; console tail:\n{tail}\n  full console: {log}")]
     Exited { status: String, tail: String, log: String },
+    #[error("the guest reported: {message}; console tail:\n{tail}\n  full console: {log}")]
+    Guest { message: String, tail: String, log: String },
     #[error("the node booted kernel {got}, but board {board} needs its kernel to end in `{want}`\n  fix: check kernel_package in hardware/{board}.toml")]
     WrongKernel { board: String, want: String, got: String },
     #[error("the node came up but reported seed errors: {0}\n  fix: correct the recipe's default seed")]
@@ -69,6 +71,18 @@ pub fn clean(line: &[u8]) -> String {
 }
 
 pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) -> Result<Outcome, VerifyError> {
+    let outcome = watch(vm, timeout_s, console_log, log, step, &|line| parse_ready(line).map(Ok))?;
+    log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
+    check(vm.board, &outcome.ready)?;
+    Ok(outcome)
+}
+
+/// What a console line means to a watcher: nothing (None), done (Some(Ok(value))), or a
+/// failure the guest reported itself (Some(Err(message))).
+pub type Watcher<'a> = &'a dyn Fn(&str) -> Option<Result<serde_json::Value, String>>;
+
+/// Boots `vm` and reads its serial console until `until` decides, QEMU exits, or time is up.
+pub fn watch(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step, until: Watcher) -> Result<Outcome, VerifyError> {
     let board = vm.board;
     let mut console = std::fs::File::create(console_log)
         .map_err(|source| VerifyError::Io { path: console_log.display().to_string(), source })?;
@@ -110,8 +124,12 @@ pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) 
                     tail.pop_front();
                 }
                 tail.push_back(line.clone());
-                if let Some(ready) = parse_ready(&line) {
-                    break Ok(Outcome { ready, seconds: started.elapsed().as_secs_f64() });
+                match until(&line) {
+                    Some(Ok(ready)) => break Ok(Outcome { ready, seconds: started.elapsed().as_secs_f64() }),
+                    Some(Err(message)) => {
+                        break Err(VerifyError::Guest { message, tail: join(&tail), log: console_log.display().to_string() })
+                    }
+                    None => {}
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -127,10 +145,7 @@ pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) 
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let outcome = outcome?;
-    log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
-    check(board, &outcome.ready)?;
-    Ok(outcome)
+    outcome
 }
 
 /// What the ready line must say for this board.

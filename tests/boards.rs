@@ -1,0 +1,172 @@
+//! End-to-end for SD card and PXE boards, and `customise --seed` on built images.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cloudy_tests::*;
+
+fn sha256(p: &Path) -> String {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn seed_named(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, format!("version = 1\n\n[node]\nname = \"{name}\"\n")).unwrap();
+    p
+}
+
+/// Reads partition `n` (1-based) of an MBR disk image: (start, size) in bytes.
+fn partition(img: &Path, n: usize) -> (u64, u64) {
+    let mut mbr = [0u8; 512];
+    std::io::Read::read_exact(&mut std::fs::File::open(img).unwrap(), &mut mbr).unwrap();
+    let e = &mbr[446 + 16 * (n - 1)..446 + 16 * n];
+    let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64 * 512;
+    let size = u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64 * 512;
+    (start, size)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let t = text(&o);
+    assert!(o.status.success(), "{cmd:?} failed:\n{t}");
+    t
+}
+
+/// An SD board end to end: build + verify in QEMU, clean filesystems, bmaptool round trip,
+/// and a seed written into the .img.xz renames the node at its next boot.
+fn sd_board(board: &str) {
+    let out = out_dir(board);
+    let o = cloudy_image(&["build", "--board", board, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{board} build failed:\n{}", text(&o));
+    let dir = out.join(board);
+    let v = read_json(&dir.join("verify.json"));
+    assert_eq!(v["ready"]["cloudy"], "ready");
+    assert_eq!(v["ready"]["hostname"], "cloudy");
+
+    let xz = dir.join(format!("cloudy-{board}.img.xz"));
+    let bmap = dir.join(format!("cloudy-{board}.img.bmap"));
+    let tmp = tempfile::tempdir_in(&out).unwrap();
+    let raw = tmp.path().join("raw.img");
+    run(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", xz.display(), raw.display())));
+
+    // Both partitions check clean.
+    let (fat_start, fat_size) = partition(&raw, 1);
+    let fat = tmp.path().join("fat.img");
+    run(Command::new("dd").arg(format!("if={}", raw.display())).arg(format!("of={}", fat.display()))
+        .args(["bs=1M", "status=none"]).arg(format!("skip={}", fat_start >> 20)).arg(format!("count={}", fat_size >> 20)));
+    run(Command::new("fsck.vfat").arg("-n").arg(&fat));
+    let (root_start, _) = partition(&raw, 2);
+    run(Command::new("e2fsck").arg("-fn").arg(format!("{}?offset={root_start}", raw.display())));
+    let files = run(Command::new("mdir").args(["-b", "-i"]).arg(&fat).arg("::/").env("MTOOLS_SKIP_CHECK", "1"));
+    for want in ["cmdline.txt", "config.txt", "cloudy.toml", "vmlinuz-", "initrd.img-", "bootcode.bin"] {
+        assert!(files.contains(want), "FAT partition lacks {want}: {files}");
+    }
+
+    // bmaptool writes exactly the image back.
+    let copy = tmp.path().join("copy.img");
+    run(Command::new("bmaptool").arg("copy").arg("--bmap").arg(&bmap).arg(&xz).arg(&copy));
+    assert_eq!(sha256(&copy), sha256(&raw), "bmaptool copy gives the uncompressed image");
+
+    // customise writes a seed into the .img.xz; the node takes its name at the next boot.
+    let seed = seed_named(tmp.path(), "pi-test");
+    let o = cloudy_image(&["customise", xz.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    assert!(o.status.success(), "customise failed:\n{}", text(&o));
+    run(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", xz.display(), raw.display())));
+    let o = cloudy_image(&["verify", "--board", board, "--out", out.to_str().unwrap(), "--image", raw.to_str().unwrap()]);
+    assert!(o.status.success(), "verify of the customised image failed:\n{}", text(&o));
+    let ready = text(&o).lines().find(|l| l.starts_with("{\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).expect("ready json");
+    assert_eq!(ready["hostname"], "pi-test", "{ready}");
+    let sums = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&dir).output().unwrap();
+    assert!(sums.status.success(), "SHA256SUMS updated by customise: {}", text(&sums));
+}
+
+#[test]
+fn rpi3_sd_image_boots_checks_clean_and_takes_a_seed() {
+    if e2e_enabled("rpi3_sd_image_boots_checks_clean_and_takes_a_seed") {
+        sd_board("rpi3");
+    }
+}
+
+#[test]
+fn rpi2_and_rpi4_sd_images() {
+    if !e2e_enabled("rpi2_and_rpi4_sd_images") {
+        return;
+    }
+    if !all_boards() {
+        eprintln!("SKIP rpi2_and_rpi4_sd_images: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
+        return;
+    }
+    sd_board("rpi4");
+    sd_board("rpi2");
+}
+
+/// A customised ISO boots with the seed's node name.
+#[test]
+fn iso_takes_a_seed_without_rebuilding() {
+    if !e2e_enabled("iso_takes_a_seed_without_rebuilding") {
+        return;
+    }
+    let out = out_dir("iso-seed");
+    let o = cloudy_image(&["build", "--board", "pc-686-pae", "--out", out.to_str().unwrap(), "--no-verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let iso = out.join("pc-686-pae/cloudy-pc-686-pae.iso");
+    let before = sha256(&iso);
+    let seed = seed_named(&out, "iso-test");
+    let o = cloudy_image(&["customise", iso.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(before, sha256(&iso));
+    // A bad seed changes nothing.
+    let bad = out.join("bad.toml");
+    std::fs::write(&bad, "version = 1\n[node]\nname = \"No Spaces Allowed\"\n").unwrap();
+    let after = sha256(&iso);
+    let o = cloudy_image(&["customise", iso.to_str().unwrap(), "--seed", bad.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("node.name"), "{}", text(&o));
+    assert_eq!(after, sha256(&iso), "a refused seed leaves the image as it was");
+
+    let o = cloudy_image(&["verify", "--board", "pc-686-pae", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("\"hostname\":\"iso-test\""), "{}", text(&o));
+}
+
+/// PXE live: QEMU network-boots the bundle from its own TFTP server to the ready line.
+#[test]
+fn pxe_bundle_boots_live() {
+    if !e2e_enabled("pxe_bundle_boots_live") {
+        return;
+    }
+    let out = out_dir("pxe");
+    let o = cloudy_image(&["build", "--board", "pxe-686-pae", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = out.join("pxe-686-pae");
+    let v = read_json(&dir.join("verify.json"));
+    assert!(v["ready"]["kernel"].as_str().unwrap().ends_with("-686-pae"));
+    for f in ["pxe/boot.ipxe", "pxe/pxelinux.0", "pxe/pxelinux.cfg/default", "pxe/vmlinuz", "pxe/initrd.img", "pxe/cloudy.iso"] {
+        assert!(dir.join(f).exists(), "{f} in the bundle");
+    }
+    let cfg = std::fs::read_to_string(dir.join("pxe/pxelinux.cfg/default")).unwrap();
+    assert!(cfg.contains("LABEL install") && cfg.contains("cloudy.install="), "{cfg}");
+}
+
+/// PXE install (`make e2e`): network boot with a blank disk, install, then the disk boots to
+/// ready on its own with the seed's node name.
+#[test]
+fn pxe_installs_to_a_blank_disk() {
+    if !e2e_enabled("pxe_installs_to_a_blank_disk") {
+        return;
+    }
+    if !all_boards() {
+        eprintln!("SKIP pxe_installs_to_a_blank_disk: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
+        return;
+    }
+    let out = out_dir("pxe-install");
+    let o = cloudy_image(&["build", "--board", "pxe-686-pae", "--out", out.to_str().unwrap(), "--no-verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let live_iso = out.join("pxe-686-pae/pxe/cloudy.iso");
+    let seed = seed_named(&out, "installed-node");
+    let o = cloudy_image(&["customise", live_iso.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cloudy_image(&["verify", "--board", "pxe-686-pae", "--out", out.to_str().unwrap(), "--install"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("\"hostname\":\"installed-node\""), "{}", text(&o));
+}
