@@ -29,6 +29,7 @@ e2e: deps tool
 ## bench: build/boot numbers against Debian's live-build, printed as one table
 bench: deps tool
 	bench/build.sh
+	bench/mesh.sh
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:

@@ -13,7 +13,7 @@ pkgs=(
   mmdebstrap arch-test debian-archive-keyring squashfs-tools xorriso isolinux syslinux-common
   grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs
   xz-utils zstd cpio ovmf live-build curl coreutils fdisk bmap-tools pxelinux ipxe-qemu
-  tinc iproute2 procps
+  tinc iproute2 iputils-ping procps
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
   gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross
