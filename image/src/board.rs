@@ -67,6 +67,13 @@ pub enum Firmware {
     UefiX64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitramfsPolicy {
+    Most,
+    Netboot,
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Qemu {
@@ -116,6 +123,9 @@ pub struct Board {
     /// When set, the initramfs holds only these modules (and what they need): a full one takes
     /// minutes to build under qemu-user emulation.
     pub initramfs_modules: Option<Vec<String>>,
+    /// initramfs-tools' MODULES policy when no list is given: `most` (default) or `netboot`
+    /// (network drivers only: a small initrd that loads fast over TFTP).
+    pub initramfs: Option<InitramfsPolicy>,
     pub sdcard: Option<Sdcard>,
     pub qemu: Qemu,
 }

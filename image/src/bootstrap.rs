@@ -14,8 +14,10 @@ use crate::recipe::{Loaded, Security};
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 const BOOTSTRAP_FORMAT: u32 = 1;
 
-/// What every live node needs besides the recipe's packages.
-const BASE_PACKAGES: &[&str] = &["live-boot", "systemd-sysv", "udev", "zstd", "kmod"];
+/// What every node needs besides the recipe's packages.
+const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
+/// What a live system (ISO, PXE) adds: it boots from a squashfs, not a partition.
+const LIVE_PACKAGES: &[&str] = &["live-boot"];
 
 /// Documentation, manual pages and translations: nobody reads them on a node, and they are
 /// ~60 MB of a 500 MB rootfs.
@@ -86,10 +88,15 @@ struct KeyInput<'a> {
     board_components: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     initramfs_modules: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initramfs: Option<crate::board::InitramfsPolicy>,
 }
 
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     let mut p: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+    if board.format != crate::board::Format::Sdcard {
+        p.extend(LIVE_PACKAGES.iter().map(|s| s.to_string()));
+    }
     p.push(board.kernel_package.clone());
     p.extend(board.packages.iter().cloned());
     p.extend(recipe.recipe.packages.iter().cloned());
@@ -111,6 +118,7 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         epoch: r.source_date_epoch,
         board_components: &board.components,
         initramfs_modules: board.initramfs_modules.as_deref(),
+        initramfs: board.initramfs,
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
 }
@@ -207,6 +215,9 @@ fn make(
     }
     // The initramfs is built by the kernel's postinst with these settings already in place.
     c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
+    if board.initramfs == Some(crate::board::InitramfsPolicy::Netboot) && board.initramfs_modules.is_none() {
+        c.arg("--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'MODULES=netboot\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy-modules.conf\"");
+    }
     if let Some(modules) = &board.initramfs_modules {
         // A listed set instead of MODULES=most: minutes less under qemu-user, and what an
         // SD card boot (and QEMU's virt machine) needs. modules.d is not a conffile.

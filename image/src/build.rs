@@ -143,7 +143,7 @@ pub fn run(opts: &Options) -> Result<Built> {
             let iso_out = iso_path(&opts.out, &board.name);
             rep.stage("iso", |step| {
                 iso::make(
-                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
+                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch, with_kernel: true },
                     &work,
                     &iso_out,
                     &log,
@@ -158,7 +158,7 @@ pub fn run(opts: &Options) -> Result<Built> {
             let bundle = dir.join("pxe");
             rep.stage("iso", |step| {
                 iso::make(
-                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch },
+                    &iso::Inputs { board: &board, rootfs: &rootfs.dir, base_squashfs: &base_sq, layer_squashfs: &layer_sq, epoch, with_kernel: false },
                     &work,
                     &live_iso,
                     &log,

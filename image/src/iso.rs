@@ -28,6 +28,9 @@ pub struct Inputs<'a> {
     pub base_squashfs: &'a Path,
     pub layer_squashfs: &'a Path,
     pub epoch: u64,
+    /// False for a PXE bundle's medium: the kernel and initrd come over PXE, and every byte
+    /// of the medium is fetched into RAM.
+    pub with_kernel: bool,
 }
 
 /// Kernel command line of the live system. The serial console is named last so that it is
@@ -57,9 +60,11 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     cache::remove_any(&stage).map_err(|e| io("removing", &stage, e))?;
     let live = stage.join("live");
     mkdir(&live)?;
-    let (kernel, initrd) = kernel_and_initrd(inp.rootfs)?;
-    link_or_copy(&kernel, &live.join("vmlinuz"))?;
-    link_or_copy(&initrd, &live.join("initrd.img"))?;
+    if inp.with_kernel {
+        let (kernel, initrd) = kernel_and_initrd(inp.rootfs)?;
+        link_or_copy(&kernel, &live.join("vmlinuz"))?;
+        link_or_copy(&initrd, &live.join("initrd.img"))?;
+    }
     link_or_copy(inp.base_squashfs, &live.join("filesystem.squashfs"))?;
     link_or_copy(inp.layer_squashfs, &live.join("cloudy.squashfs"))?;
     // live-boot stacks the images in this order, the last on top.
@@ -77,7 +82,7 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
         "-iso-level".into(), "3".into(), "-full-iso9660-filenames".into(), "-joliet".into(), "-rational-rock".into(),
         "-volid".into(), VOLUME_ID.into(), "-appid".into(), "Cloudy community-cloud node".into(),
     ];
-    if board.firmware.contains(&Firmware::Bios) {
+    if inp.with_kernel && board.firmware.contains(&Firmware::Bios) {
         let d = stage.join("isolinux");
         mkdir(&d)?;
         link_or_copy(Path::new("/usr/lib/ISOLINUX/isolinux.bin"), &d.join("isolinux.bin"))?;
@@ -101,6 +106,7 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     let efi: Vec<(&str, &str)> = board
         .firmware
         .iter()
+        .filter(|_| inp.with_kernel)
         .filter_map(|f| match f {
             Firmware::UefiX64 => Some(("x86_64-efi", "BOOTX64.EFI")),
             Firmware::UefiIa32 => Some(("i386-efi", "BOOTIA32.EFI")),
