@@ -6,12 +6,17 @@
 #   netns-microcloud.sh add PREFIX I    one more node, PREFIX-nI
 #   netns-microcloud.sh down PREFIX     kill what runs in them, remove the namespaces
 #   netns-microcloud.sh check           exit 0 if namespaces, veth and bridges work here
+#   netns-microcloud.sh avahi PREFIX I ROOT [IFACES]
+#                                       avahi-daemon in node I (no D-Bus), announcing the
+#                                       service files in ROOT/etc/avahi/services, on IFACES
+#                                       (comma list; default all)
+#   netns-microcloud.sh nomcast PREFIX  the bridge stops flooding multicast (no mDNS path)
 #
 # Node I's interface is eth0, left down and without an address: the agent brings it up with
 # the seed's address, as on a real node. PREFIX must be short (interface names are <= 15).
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" >&2; exit 2; }
+usage() { sed -n '2,17p' "$0" >&2; exit 2; }
 
 bridge_up() {
   local br="$1-br"
@@ -49,6 +54,42 @@ check() {
   bridge_up "$pfx" && node_add "$pfx" 1 >/dev/null 2>&1 || { echo "cannot make namespaces, veth or bridges here"; exit 1; }
 }
 
+# avahi-daemon wants /run/avahi-daemon and /etc/avahi/services to itself: give this one a
+# private mount namespace with a tmpfs there and the node's own services dir bound in.
+avahi() {
+  local ns="$1-n$2" root=$3 ifaces=${4:-}
+  command -v avahi-daemon >/dev/null || { echo "no avahi-daemon: apt-get install avahi-daemon" >&2; exit 1; }
+  mkdir -p "$root/etc/avahi/services" /run/avahi-daemon /etc/avahi/services
+  cat >"$root/etc/avahi/avahi-daemon.conf" <<EOF
+[server]
+host-name=n$2
+use-ipv4=yes
+use-ipv6=no
+enable-dbus=no
+ratelimit-interval-usec=1000000
+ratelimit-burst=1000
+${ifaces:+allow-interfaces=$ifaces}
+[wide-area]
+enable-wide-area=no
+[publish]
+publish-hinfo=no
+publish-workstation=no
+EOF
+  ip netns exec "$ns" unshare -m sh -c '
+    mount --make-rprivate / &&
+    mount -t tmpfs tmpfs /run/avahi-daemon &&
+    mount --bind "$1/etc/avahi/services" /etc/avahi/services &&
+    exec avahi-daemon -D -f "$1/etc/avahi/avahi-daemon.conf" --no-drop-root --no-chroot --no-rlimits
+  ' sh "$root" >"$root.avahi.log" 2>&1
+}
+
+nomcast() {
+  local br="$1-br" p
+  for p in $(ip -n "$br" -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip -n "$br" link set dev "$p" type bridge_slave mcast_flood off
+  done
+}
+
 [ $# -ge 1 ] || usage
 case $1 in
   up)
@@ -61,5 +102,7 @@ case $1 in
   add) [ $# -eq 3 ] || usage; node_add "$2" "$3" ;;
   down) [ $# -eq 2 ] || usage; down "$2" ;;
   check) check ;;
+  avahi) [ $# -ge 4 ] || usage; avahi "$2" "$3" "$4" "${5:-}" ;;
+  nomcast) [ $# -eq 2 ] || usage; nomcast "$2" ;;
   *) usage ;;
 esac

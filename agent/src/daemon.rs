@@ -36,6 +36,8 @@ pub struct Options {
     /// Apply (keys and tinc config included) and print ready, but start no tincd and do not
     /// stay to run the mesh.
     pub once: bool,
+    /// Debian's serf agent, for community-wide discovery; none: mDNS only.
+    pub serf: Option<PathBuf>,
 }
 
 pub fn run(sys: &System, opts: &Options) -> Result<i32> {
@@ -49,7 +51,7 @@ pub fn run(sys: &System, opts: &Options) -> Result<i32> {
 struct Mesh {
     sys: System,
     key: JoinKey,
-    members: Mutex<Members>,
+    members: Arc<Mutex<Members>>,
     /// Something changed: rerender tinc config and save the list.
     changed: Notify,
     /// Gossip should run a round now instead of sleeping.
@@ -323,7 +325,7 @@ async fn start_mesh(
     Ok(Arc::new(Mesh {
         sys: sys.clone(),
         key: JoinKey::derive(&community.name, key),
-        members: Mutex::new(members),
+        members: Arc::new(Mutex::new(members)),
         changed: Notify::new(),
         wake: Notify::new(),
         tincd: tx,
@@ -382,13 +384,42 @@ async fn run_mesh(
                     .await,
             )
             .with_context(|| format!("listening on join port {}", seed.join_port()))?;
-    tokio::spawn(serve(mesh.clone(), listener));
+    let share = sharing(&mesh, seed, community);
+    tokio::spawn(serve(mesh.clone(), share.clone(), listener));
     tokio::spawn(reconcile(mesh.clone()));
     match start_lan(&mesh, seed.join_port()) {
-        Ok(lan) => *mesh.mdns.lock().unwrap() = Some(lan),
+        Ok(lan) => {
+            if let Err(e) = crate::publish::browse_lan(share.clone(), &lan).await {
+                tracing::warn!("no mDNS service browsing: {e}");
+            }
+            *mesh.mdns.lock().unwrap() = Some(lan)
+        }
         Err(e) => {
             tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried")
         }
+    }
+    tokio::spawn(crate::publish::publish(share.clone(), seed.join_port()));
+    tokio::spawn(crate::publish::keep_catalog(share.clone()));
+    match opts.serf.as_ref().filter(|p| p.exists()) {
+        Some(exe) => {
+            let serf = crate::serf::Serf {
+                exe: exe.clone(),
+                sys: mesh.sys.clone(),
+                key: mesh.key.serf_key(),
+                rpc_auth: mesh.key.serf_rpc_auth(),
+                desired: share.serf.clone(),
+            };
+            match serf.start() {
+                Ok(rx) => {
+                    tokio::spawn(crate::publish::follow_serf(share.clone(), rx));
+                }
+                Err(e) => tracing::warn!("no serf: {e}"),
+            }
+        }
+        None => tracing::warn!(
+            "serf not found ({:?}): services are found on the LAN and VPN by mDNS only",
+            opts.serf
+        ),
     }
     tokio::spawn(gossip(
         mesh.clone(),
@@ -403,9 +434,38 @@ async fn run_mesh(
         _ = int.recv() => {}
     }
     tracing::info!("stopping");
+    // Nobody checks our services' health once we are gone: withdraw them.
+    if let Err(e) = crate::avahi::sync(&mesh.sys, &[]) {
+        tracing::warn!("withdrawing avahi service files: {e}");
+    }
     let _ = mesh.tincd.send(Control::Stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(0)
+}
+
+/// Our services (built-in and declared in the seed) and the catalog they feed.
+fn sharing(
+    mesh: &Arc<Mesh>,
+    seed: &seed::Seed,
+    community: &seed::Community,
+) -> Arc<crate::publish::Sharing> {
+    use crate::services::{Declared, Service, TincVpn};
+    let mut services: Vec<Box<dyn Service>> = vec![Box::new(TincVpn {
+        port: mesh.settings.port,
+        members: mesh.members.clone(),
+        pidfile: mesh.paths.pidfile.clone(),
+    })];
+    for p in seed.services.iter().flat_map(|s| s.publish.iter()) {
+        services.push(Box::new(Declared(p.clone())));
+    }
+    crate::publish::Sharing::new(
+        mesh.sys.clone(),
+        mesh.key.clone(),
+        community.name.clone(),
+        mesh.members.clone(),
+        services,
+        community.peers.clone(),
+    )
 }
 
 fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
@@ -434,7 +494,11 @@ fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
     Ok(lan)
 }
 
-async fn serve(mesh: Arc<Mesh>, listener: tokio::net::TcpListener) {
+async fn serve(
+    mesh: Arc<Mesh>,
+    share: Arc<crate::publish::Sharing>,
+    listener: tokio::net::TcpListener,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -446,20 +510,27 @@ async fn serve(mesh: Arc<Mesh>, listener: tokio::net::TcpListener) {
             continue;
         };
         let mesh = mesh.clone();
+        let share = share.clone();
         tokio::spawn(async move {
             let m = mesh.clone();
-            let r = join::serve(stream, &mesh.key, move |theirs| {
-                let mut ms = m.members.lock().unwrap();
-                let merged = ms.merge(theirs);
-                for r in &merged.refused {
-                    tracing::warn!("join from {peer}: refused {r}");
-                }
-                if merged.changed {
-                    m.changed.notify_one();
-                    m.wake.notify_one();
-                }
-                ms.list()
-            })
+            let ours = move || share.ours.lock().unwrap().clone();
+            let r = join::serve(
+                stream,
+                &mesh.key,
+                move |theirs| {
+                    let mut ms = m.members.lock().unwrap();
+                    let merged = ms.merge(theirs);
+                    for r in &merged.refused {
+                        tracing::warn!("join from {peer}: refused {r}");
+                    }
+                    if merged.changed {
+                        m.changed.notify_one();
+                        m.wake.notify_one();
+                    }
+                    ms.list()
+                },
+                ours,
+            )
             .await;
             match r {
                 Ok(n) => tracing::debug!("join: swapped lists with {peer} ({n} members)"),

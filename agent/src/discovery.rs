@@ -100,6 +100,53 @@ impl Lan {
     }
 }
 
+/// What the LAN says about one `_cloudy._tcp` instance: raw TXT pairs, parsed by `catalog`.
+#[derive(Debug)]
+pub enum Seen {
+    Resolved {
+        fullname: String,
+        port: u16,
+        txt: Vec<(String, Option<Vec<u8>>)>,
+    },
+    Removed(String),
+}
+
+/// TXT pairs beyond this are not even copied: a record is far smaller.
+const MAX_TXT_PAIRS: usize = 32;
+
+impl Lan {
+    /// Browses `ty` (e.g. `_cloudy._tcp.local.`) on the same mDNS socket as the join service.
+    pub fn browse(&self, ty: &str) -> Result<mpsc::UnboundedReceiver<Seen>, DiscoveryError> {
+        let events = self.daemon.browse(ty)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("mdns-services".into())
+            .spawn(move || {
+                while let Ok(ev) = events.recv() {
+                    let seen = match ev {
+                        ServiceEvent::ServiceResolved(s) => Seen::Resolved {
+                            fullname: s.fullname.clone(),
+                            port: s.port,
+                            txt: s
+                                .txt_properties
+                                .iter()
+                                .take(MAX_TXT_PAIRS + 1)
+                                .map(|p| (p.key().to_string(), p.val().map(<[u8]>::to_vec)))
+                                .collect(),
+                        },
+                        ServiceEvent::ServiceRemoved(_, fullname) => Seen::Removed(fullname),
+                        _ => continue,
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| DiscoveryError(mdns_sd::Error::Msg(e.to_string())))?;
+        Ok(rx)
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         let _ = self.daemon.shutdown();

@@ -10,6 +10,11 @@
 //! ```
 //! K = HMAC-SHA256(community key, "cloudy join v1" + community name). Fresh nonces on both
 //! sides stop replays; the role byte stops a reflected answer passing as a request.
+//!
+//! The same handshake fetches a member's service records (no size limit of Serf tags):
+//! the hello carries `"want":"services"`, the request body is empty, the reply body is the
+//! member's records as JSON, and the role bytes are `Q`/`R` so neither kind of message can
+//! stand in for the other.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -19,6 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::catalog::{self, Record};
 use crate::identity::{hex, random_bytes};
 use crate::members::{Member, MAX_MEMBERS};
 
@@ -45,6 +51,8 @@ pub enum JoinError {
     BadMac,
     #[error("more than {MAX_MEMBERS} members offered")]
     TooMany,
+    #[error("{0}")]
+    Record(#[from] catalog::RecordError),
 }
 
 #[derive(Clone)]
@@ -63,6 +71,40 @@ impl JoinKey {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         m.update(b"mdns tag");
         hex(&m.finalize().into_bytes()[..8])
+    }
+
+    /// Signs a service record for mDNS, where anyone on the LAN can send one: only key holders
+    /// can make a record we accept. 128 bits are plenty for a tag checked online.
+    pub fn record_mac(&self, r: &Record) -> String {
+        hex(&self.record_hmac(r).finalize().into_bytes()[..16])
+    }
+
+    pub fn record_mac_ok(&self, r: &Record, mac_hex: &str) -> bool {
+        match unhex(mac_hex) {
+            Some(tag) if tag.len() == 16 => self.record_hmac(r).verify_truncated_left(&tag).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn record_hmac(&self, r: &Record) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"service record v1|");
+        m.update(r.canonical().as_bytes());
+        m
+    }
+
+    /// Serf's gossip key (32 bytes, base64): only community members can take part.
+    pub fn serf_key(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"serf gossip");
+        base64(&m.finalize().into_bytes())
+    }
+
+    /// Token for Serf's local RPC, so other local users cannot steer it.
+    pub fn serf_rpc_auth(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"serf rpc");
+        hex(&m.finalize().into_bytes()[..16])
     }
 
     fn mac(&self, role: u8, nc: &str, ns: &str, body: &str) -> HmacSha256 {
@@ -109,12 +151,34 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Hello {
     v: u32,
     hello: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    want: Option<String>,
 }
+
+const WANT_SERVICES: &str = "services";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +270,7 @@ pub async fn exchange(
         c.send(&Hello {
             v: PROTOCOL,
             hello: nc.clone(),
+            want: None,
         })
         .await?;
         let ch: Challenge = c.recv().await?;
@@ -230,12 +295,51 @@ pub async fn exchange(
     .map_err(|_| JoinError::Timeout)?
 }
 
+/// Client side of a services fetch: the records the member at `addr` publishes, each
+/// checked and all of them that member's (`node_id`).
+pub async fn fetch_services(
+    addr: SocketAddr,
+    key: &JoinKey,
+    node_id: &str,
+) -> Result<Vec<Record>, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let nc = hex(&random_bytes::<16>());
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+            want: Some(WANT_SERVICES.into()),
+        })
+        .await?;
+        let ch: Challenge = c.recv().await?;
+        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
+            return Err(JoinError::Malformed("bad challenge".into()));
+        }
+        let mac = key.sign(b'Q', &nc, &ch.nonce, "");
+        c.send(&Signed {
+            v: PROTOCOL,
+            body: String::new(),
+            mac,
+        })
+        .await?;
+        let reply: Signed = c.recv().await?;
+        if !key.verify(b'R', &nc, &ch.nonce, &reply.body, &reply.mac) {
+            return Err(JoinError::BadMac);
+        }
+        Ok(catalog::parse_list(reply.body.as_bytes(), node_id)?)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
 /// Server side for one connection. `merge` takes the authenticated peer's list and returns
-/// ours (after merging) to send back. A peer that fails the MAC gets nothing but our nonce.
+/// ours (after merging) to send back; `services` gives our records for a services fetch. A
+/// peer that fails the MAC gets nothing but our nonce.
 pub async fn serve(
     stream: TcpStream,
     key: &JoinKey,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
 ) -> Result<usize, JoinError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(stream);
@@ -249,6 +353,25 @@ pub async fn serve(
             nonce: ns.clone(),
         })
         .await?;
+        match hello.want.as_deref() {
+            None => {}
+            Some(WANT_SERVICES) => {
+                let req: Signed = c.recv().await?;
+                if !req.body.is_empty() || !key.verify(b'Q', &hello.hello, &ns, "", &req.mac) {
+                    return Err(JoinError::BadMac);
+                }
+                let body = serde_json::to_string(&services()).expect("records serialise");
+                let mac = key.sign(b'R', &hello.hello, &ns, &body);
+                c.send(&Signed {
+                    v: PROTOCOL,
+                    body,
+                    mac,
+                })
+                .await?;
+                return Ok(0);
+            }
+            Some(_) => return Err(JoinError::Malformed("unknown request".into())),
+        }
         let req: Signed = c.recv().await?;
         if !key.verify(b'C', &hello.hello, &ns, &req.body, &req.mac) {
             return Err(JoinError::BadMac);
@@ -288,10 +411,15 @@ mod tests {
         let g = got_theirs.clone();
         let server = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            serve(s, &server_key, |_theirs| {
-                g.store(true, std::sync::atomic::Ordering::SeqCst);
-                vec![member('b', "server")]
-            })
+            serve(
+                s,
+                &server_key,
+                |_theirs| {
+                    g.store(true, std::sync::atomic::Ordering::SeqCst);
+                    vec![member('b', "server")]
+                },
+                Vec::new,
+            )
             .await
         });
         let client = exchange(addr, &client_key, &[member('a', "client")]).await;
@@ -334,6 +462,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn services_are_fetched_only_with_the_key() {
+        use crate::catalog::tests::record;
+        for (server, client, ok) in [
+            ("k0123456789abcdef", "k0123456789abcdef", true),
+            ("k0123456789abcdef", "wrong0123456789ab", false),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = JoinKey::derive("c", server);
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                serve(
+                    s,
+                    &sk,
+                    |_| panic!("not a join"),
+                    || vec![record('a', "serf", 7946)],
+                )
+                .await
+            });
+            let got = fetch_services(addr, &JoinKey::derive("c", client), &"a".repeat(32)).await;
+            let s = srv.await.unwrap();
+            if ok {
+                assert_eq!(got.unwrap()[0].port, 7946);
+                s.unwrap();
+            } else {
+                assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
+                assert!(got.is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn record_macs_and_derived_keys() {
+        use crate::catalog::tests::record;
+        let k = JoinKey::derive("c", "0123456789abcdef");
+        let r = record('a', "serf", 1);
+        let mac = k.record_mac(&r);
+        assert!(k.record_mac_ok(&r, &mac));
+        let mut r2 = r.clone();
+        r2.port = 2;
+        assert!(!k.record_mac_ok(&r2, &mac), "covers the port");
+        assert!(!JoinKey::derive("c", "0123456789abcdeX").record_mac_ok(&r, &mac));
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(k.serf_key().len(), 44, "32 bytes in base64");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn oversized_line_is_cut_off() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -343,7 +519,13 @@ mod tests {
             let _ = s.write_all(&junk).await;
         });
         let (s, _) = l.accept().await.unwrap();
-        let r = serve(s, &JoinKey::derive("c", "0123456789abcdef"), |_| vec![]).await;
+        let r = serve(
+            s,
+            &JoinKey::derive("c", "0123456789abcdef"),
+            |_| vec![],
+            Vec::new,
+        )
+        .await;
         assert!(matches!(r, Err(JoinError::TooLong)), "{r:?}");
         client.await.unwrap();
     }

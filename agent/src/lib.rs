@@ -8,17 +8,26 @@
 //! - `members`, `join`, `discovery`: the community's member list, swapped under the
 //!   community key, with members found on the LAN by mDNS or through bootstrap peers
 //! - `tinc`, `supervise`: tinc 1.0 keys and config, tincd kept running
+//! - `services`: this node's services (built-in and declared), each with a health check
+//! - `catalog`: service records, strictly parsed, and the catalog merging every source
+//! - `avahi`, `serf`, `publish`: our records as Avahi files and Serf tags; others' records
+//!   from mDNS and from Serf members (fetched over the join port), into the catalog
 //! - `daemon`: `cloudy-agent run`, tying them together; `ready`, `status`: what it reports
 
+pub mod avahi;
+pub mod catalog;
 pub mod daemon;
 pub mod discovery;
 pub mod identity;
 pub mod join;
 pub mod members;
 pub mod network;
+pub mod publish;
 pub mod ready;
 pub mod secrets;
 pub mod seed;
+pub mod serf;
+pub mod services;
 pub mod status;
 pub mod supervise;
 pub mod system;

@@ -30,6 +30,18 @@ enum Command {
         /// without starting tincd or the mesh.
         #[arg(long)]
         once: bool,
+        /// Debian's serf agent, for finding services community-wide (skipped if missing).
+        #[arg(long, default_value = "/usr/bin/serf", env = "CLOUDY_SERF")]
+        serf: PathBuf,
+    },
+    /// The service catalog: every provider this node knows of, by type.
+    Services {
+        /// Only this service type (e.g. syncthing).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what the last run recorded: the node, its seed problems and the member list.
     Status,
@@ -99,6 +111,7 @@ fn run(cli: Cli) -> Result<i32> {
             manage_network,
             tincd,
             once,
+            serf,
         } => {
             let sys = System::new(cli.root);
             let opts = daemon::Options {
@@ -106,10 +119,14 @@ fn run(cli: Cli) -> Result<i32> {
                 tincd,
                 agent_exe: std::env::current_exe().context("finding our own executable")?,
                 once,
+                serf: Some(serf),
             };
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&System::new(cli.root)),
+        Command::Services { kind, json } => {
+            status::services(&System::new(cli.root), kind.as_deref(), json)
+        }
         Command::Net {
             command:
                 NetCommand::Up {

@@ -119,6 +119,23 @@ pub struct Tinc {
 pub struct Services {
     #[serde(default)]
     pub enable: Vec<String>,
+    /// Services run by something else on this node that the agent only announces (until the
+    /// agent runs them itself): published while something listens on the port.
+    #[serde(default)]
+    pub publish: Vec<Publish>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub port: u16,
+    #[serde(default)]
+    pub description: String,
+    /// Typed fields of the service type (e.g. `device_id` for syncthing).
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -291,6 +308,24 @@ impl Seed {
                     format!("unknown service {x:?}"),
                     &format!("choose from {}", KNOWN_SERVICES.join(", ")),
                 ));
+            }
+            if s.publish.len() > crate::catalog::MAX_PER_NODE {
+                return Err(bad(
+                    "services.publish",
+                    format!("{} services", s.publish.len()),
+                    "publish at most 64",
+                ));
+            }
+            for p in &s.publish {
+                // The same checks a record from the network gets, on a stand-in record.
+                let probe = crate::services::declared_record(p, &crate::services::Context::probe());
+                if let Err(e) = probe.validate() {
+                    return Err(bad(
+                        "services.publish",
+                        format!("{} port {}: {e}", p.kind, p.port),
+                        "use a type of [a-z0-9-], a port 1-65535, a description of at most 160 characters, and only the fields of that type",
+                    ));
+                }
             }
         }
         if let Some(d) = &self.dashboard {
@@ -531,7 +566,12 @@ mod tests {
 
     #[test]
     fn good_fixtures_parse() {
-        for f in ["good-minimal.toml", "good-named.toml", "good-full.toml"] {
+        for f in [
+            "good-minimal.toml",
+            "good-named.toml",
+            "good-full.toml",
+            "good-services.toml",
+        ] {
             read_file(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
@@ -553,6 +593,7 @@ mod tests {
             ("bad-password.toml", "dashboard.password_hash"),
             ("bad-ssh-key.toml", "ssh.authorized_keys"),
             ("bad-service.toml", "services.enable"),
+            ("bad-service-publish.toml", "services.publish"),
         ] {
             let err = read_file(&fixture(f)).expect_err(f).to_string();
             assert!(err.contains(key), "{f}: error {err:?} does not name {key}");
@@ -563,7 +604,7 @@ mod tests {
     #[test]
     fn every_bad_fixture_is_listed() {
         // A fixture added without a line above would silently prove nothing.
-        let listed = 14;
+        let listed = 15;
         let n = std::fs::read_dir(fixture(""))
             .unwrap()
             .filter(|e| {

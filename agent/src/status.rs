@@ -70,3 +70,83 @@ pub fn print(sys: &System) -> Result<i32> {
     }
     Ok(if loaded.errors.is_empty() { 0 } else { 1 })
 }
+
+/// `cloudy-agent services`: the catalog the running agent keeps, one row per provider.
+pub fn services(sys: &System, kind: Option<&str>, json: bool) -> Result<i32> {
+    use crate::catalog::{now_ms, Catalog, CATALOG_FILE};
+    let path = sys.path(CATALOG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "{}: {e}: the catalog exists while `cloudy-agent run` runs with a community",
+                path.display()
+            );
+            return Ok(1);
+        }
+    };
+    let cat: Catalog =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let now = now_ms();
+    if now.saturating_sub(cat.written) > 30_000 {
+        eprintln!(
+            "warning: the catalog was last written {} s ago; is the agent running?",
+            now.saturating_sub(cat.written) / 1000
+        );
+    }
+    let rows: Vec<serde_json::Value> = cat
+        .entries
+        .iter()
+        .filter(|e| kind.is_none_or(|k| e.record.kind == k))
+        .map(|e| {
+            let r = &e.record;
+            let latest = e.seen.values().copied().max().unwrap_or(0);
+            serde_json::json!({
+                "type": r.kind,
+                "description": r.description,
+                "node": r.node,
+                "node_id": r.node_id,
+                "host": r.host,
+                "ip": r.ip,
+                "port": r.port,
+                "microcloud": r.microcloud,
+                "fields": r.fields,
+                "source": e.seen.keys().collect::<Vec<_>>(),
+                "age_s": now.saturating_sub(latest) as f64 / 1000.0,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<18} {:<32} {:<20} {:<15} {:>5} {:<12} {:<15} {:>5}",
+        "TYPE", "DESCRIPTION", "HOST", "IP", "PORT", "MICROCLOUD", "SOURCE", "AGE"
+    );
+    for (row, e) in rows.iter().zip(
+        cat.entries
+            .iter()
+            .filter(|e| kind.is_none_or(|k| e.record.kind == k)),
+    ) {
+        let r = &e.record;
+        let desc: String = r.description.chars().take(32).collect();
+        let src: Vec<String> = e
+            .seen
+            .keys()
+            .map(|s| format!("{s:?}").to_lowercase())
+            .collect();
+        println!(
+            "{:<18} {:<32} {:<20} {:<15} {:>5} {:<12} {:<15} {:>4.0}s",
+            r.kind,
+            desc,
+            r.host,
+            r.ip.to_string(),
+            r.port,
+            r.microcloud,
+            src.join(","),
+            row["age_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(0)
+}

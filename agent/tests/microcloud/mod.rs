@@ -56,6 +56,46 @@ pub fn available(test: &str) -> bool {
     }
 }
 
+pub fn serf() -> Option<PathBuf> {
+    ["/usr/bin/serf", "/usr/local/bin/serf"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Like `available`, and also avahi-daemon and serf, for the discovery tests.
+pub fn discovery_available(test: &str) -> bool {
+    if !available(test) {
+        return false;
+    }
+    if !Path::new("/usr/sbin/avahi-daemon").exists() {
+        eprintln!("SKIP {test}: avahi-daemon not installed (apt-get install avahi-daemon; CI gets it from ci/deps.sh)");
+        return false;
+    }
+    if serf().is_none() {
+        eprintln!(
+            "SKIP {test}: serf not installed (apt-get install serf; CI gets it from ci/deps.sh)"
+        );
+        return false;
+    }
+    true
+}
+
+/// A TCP listener inside namespace `ns` (a service for the agent's health check to find);
+/// closing it stops the "service".
+pub fn listen_in(ns: &str, port: u16) -> std::net::TcpListener {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(&path).unwrap();
+        // Only this short-lived thread changes namespace; the socket stays in it.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        std::net::TcpListener::bind(("0.0.0.0", port)).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
 pub struct Node {
     pub i: usize,
     pub ns: String,
@@ -207,6 +247,20 @@ impl Node {
         }
     }
 
+    /// `cloudy-agent services --json` as the CLI prints it on this node.
+    pub fn services(&self) -> Vec<serde_json::Value> {
+        let o = Command::new(agent())
+            .arg("--root")
+            .arg(&self.root)
+            .args(["services", "--json"])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&o.stdout).unwrap_or_default()
+    }
+
     /// Resident memory of the running agent, KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
@@ -294,6 +348,43 @@ impl Cloud {
         let p = node.root.join("boot/firmware/cloudy.toml");
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, seed).unwrap();
+    }
+
+    /// avahi-daemon in node `i`'s namespace, announcing that node's service files.
+    pub fn avahi(&self, i: usize, ifaces: Option<&str>) {
+        let root = &self.nodes[i - 1].root;
+        let mut c = Command::new(harness());
+        c.args(["avahi", &self.prefix, &i.to_string()]).arg(root);
+        if let Some(f) = ifaces {
+            c.arg(f);
+        }
+        assert!(c.status().unwrap().success(), "avahi-daemon in node {i}");
+    }
+
+    /// The bridge stops flooding multicast: no mDNS between the nodes.
+    pub fn no_multicast(&self) {
+        let st = Command::new(harness())
+            .args(["nomcast", &self.prefix])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Starts every agent at once, then waits for each one's ready line.
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.spawn();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &mut self.nodes {
+            while n.ready_lines().is_empty() {
+                assert!(Instant::now() < deadline, "node {} not ready in 30 s", n.i);
+                if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("agent {} exited with {st}", n.i);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Waits until each of `among` lists exactly the ids of `among`.

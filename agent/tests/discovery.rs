@@ -1,0 +1,247 @@
+//! Service discovery for real: in each namespace the agent, tincd, serf and avahi-daemon
+//! (no D-Bus). Services are TCP listeners the test opens inside the namespaces, declared in
+//! each node's seed. Needs root, tinc, avahi-daemon and serf; skips, saying why, without them.
+
+mod microcloud;
+
+use microcloud::{discovery_available, listen_in, Cloud};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// `publish::WITHDRAW_WITHIN`, the time the README promises.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
+
+fn seed_with_web(cloud: &mut Cloud, i: usize, peers: &str, extra: &str) {
+    cloud.write_seed_text(
+        i,
+        microcloud::KEY,
+        &format!(
+            "peers = [{peers}]\n\
+             [[services.publish]]\ntype = \"web\"\nport = {}\ndescription = \"<b>web</b> of n{i} & 'friends'\"\n\
+             {extra}\
+             [network]\ninterface = \"eth0\"\n",
+            8000 + i
+        ),
+    );
+}
+
+/// (type, ip, port) of every record a node's CLI lists.
+fn seen(services: &[Value]) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = services
+        .iter()
+        .map(|s| {
+            (
+                s["type"].as_str().unwrap_or("").to_string(),
+                s["ip"].as_str().unwrap_or("").to_string(),
+                s["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn five_nodes_find_every_service_and_lose_a_stopped_one() {
+    let test = "five_nodes_find_every_service_and_lose_a_stopped_one";
+    if !discovery_available(test) {
+        return;
+    }
+    let t0 = Instant::now();
+    let n = 5;
+    let mut cloud = Cloud::new("s", n);
+    let device = "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD";
+    for i in 1..=n {
+        let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+        let extra = if i == 1 {
+            format!("[[services.publish]]\ntype = \"syncthing\"\nport = 22000\ndescription = \"folders\"\nfields = {{ device_id = \"{device}\" }}\n")
+        } else {
+            String::new()
+        };
+        seed_with_web(&mut cloud, i, peers, &extra);
+    }
+    let mut listeners: Vec<Option<std::net::TcpListener>> = (1..=n)
+        .map(|i| Some(listen_in(&cloud.nodes[i - 1].ns, 8000 + i as u16)))
+        .collect();
+    let _st = listen_in(&cloud.nodes[0].ns, 22000);
+    for i in 1..=n {
+        cloud.avahi(i, None);
+    }
+    cloud.start_all();
+
+    // 1. Every node lists every node's VPN and web service, at that node's address.
+    let mut want: Vec<(String, String, u64)> = (1..=n)
+        .flat_map(|i| {
+            [
+                ("tincvpn".to_string(), format!("10.213.0.{i}"), 655),
+                ("web".to_string(), format!("10.213.0.{i}"), 8000 + i as u64),
+            ]
+        })
+        .collect();
+    want.push(("syncthing".into(), "10.213.0.1".into(), 22000));
+    want.sort();
+    let took = wait_for(
+        "every node lists every service",
+        Duration::from_secs(40),
+        || {
+            cloud
+                .nodes
+                .iter()
+                .all(|node| seen(&node.services()) == want)
+        },
+    );
+    eprintln!(
+        "all {n} catalogs complete {took:?} after start ({:?} since the test began)",
+        t0.elapsed()
+    );
+    let on2 = cloud.nodes[1].services();
+    let st = on2.iter().find(|s| s["type"] == "syncthing").unwrap();
+    assert_eq!(st["fields"]["device_id"], device);
+    assert_eq!(st["host"], "n1.local");
+    assert_eq!(st["microcloud"], "test");
+    let web1 = on2.iter().find(|s| s["port"] == 8001).unwrap();
+    assert_eq!(
+        web1["description"], "<b>web</b> of n1 & 'friends'",
+        "kept as data"
+    );
+    let sources: Vec<&str> = web1["source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(sources.contains(&"mdns"), "seen on the LAN: {sources:?}");
+
+    // 2. An independent mDNS client sees what the agent published through avahi-daemon.
+    let script = r#"
+import json, sys, time
+from zeroconf import Zeroconf, ServiceBrowser
+zc = Zeroconf(interfaces=["10.213.0.2"])
+found = {}
+class L:
+    def add_service(self, zc, t, name): found[name] = None
+    def update_service(self, zc, t, name): pass
+    def remove_service(self, zc, t, name): pass
+ServiceBrowser(zc, "_cloudy._tcp.local.", L())
+time.sleep(2)
+out = []
+for name in found:
+    info = zc.get_service_info("_cloudy._tcp.local.", name, 3000)
+    if info:
+        out.append({"name": name, "port": info.port,
+                    "txt": {k.decode(): (v or b"").decode() for k, v in info.properties.items()}})
+zc.close()
+print(json.dumps(out))
+"#;
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cloud.nodes[1].ns,
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    if o.status.success() {
+        let got: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let sync = got
+            .iter()
+            .find(|s| s["txt"]["t"] == "syncthing")
+            .unwrap_or_else(|| panic!("python-zeroconf did not see n1's syncthing: {got:?}"));
+        assert_eq!(sync["port"], 22000);
+        assert_eq!(sync["txt"]["f.device_id"], device);
+        assert_eq!(sync["txt"]["n"], "n1");
+        assert_eq!(sync["txt"]["ip"], "10.213.0.1");
+        assert_eq!(sync["txt"]["mac"].as_str().unwrap().len(), 32);
+        assert!(got.iter().filter(|s| s["txt"]["t"] == "web").count() >= n);
+    } else {
+        eprintln!(
+            "SKIP (part 2): python3-zeroconf missing or failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    // 4. Node 3's web service stops: it leaves every catalog (its own included) in time.
+    listeners[2] = None;
+    let gone = wait_for(
+        "a stopped service disappears everywhere",
+        WITHDRAW_WITHIN,
+        || {
+            cloud
+                .nodes
+                .iter()
+                .all(|node| !node.services().iter().any(|s| s["port"] == 8003))
+        },
+    );
+    eprintln!("stopped service gone from all {n} catalogs in {gone:?}");
+    // And comes back when it listens again.
+    listeners[2] = Some(listen_in(&cloud.nodes[2].ns, 8003));
+    wait_for(
+        "a restarted service comes back",
+        Duration::from_secs(10),
+        || {
+            cloud
+                .nodes
+                .iter()
+                .all(|node| node.services().iter().any(|s| s["port"] == 8003))
+        },
+    );
+    eprintln!("{test}: {:?} in all", t0.elapsed());
+}
+
+#[test]
+fn without_multicast_services_travel_through_serf() {
+    let test = "without_multicast_services_travel_through_serf";
+    if !discovery_available(test) {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut cloud = Cloud::new("f", 2);
+    cloud.no_multicast();
+    seed_with_web(&mut cloud, 1, "", "");
+    seed_with_web(&mut cloud, 2, "\"10.213.0.1:6655\"", "");
+    let _l: Vec<_> = (1..=2)
+        .map(|i| listen_in(&cloud.nodes[i - 1].ns, 8000 + i as u16))
+        .collect();
+    // avahi-daemon runs but only on eth0, where the bridge drops multicast.
+    for i in 1..=2 {
+        cloud.avahi(i, Some("eth0"));
+    }
+    cloud.start_all();
+    let took = wait_for(
+        "each node lists the other's service",
+        Duration::from_secs(30),
+        || {
+            [(1, 2), (2, 1)].iter().all(|&(a, b)| {
+                cloud.nodes[a - 1]
+                    .services()
+                    .iter()
+                    .any(|s| s["port"] == 8000 + b && s["ip"] == format!("10.213.0.{b}"))
+            })
+        },
+    );
+    for (a, b) in [(1, 2), (2, 1)] {
+        let list = cloud.nodes[a - 1].services();
+        let s = list.iter().find(|s| s["port"] == 8000 + b).unwrap();
+        assert_eq!(
+            s["source"],
+            serde_json::json!(["serf"]),
+            "node {a} got node {b}'s record another way: {s}"
+        );
+    }
+    eprintln!(
+        "{test}: seen through serf {took:?} after start, {:?} in all",
+        t0.elapsed()
+    );
+}
