@@ -16,7 +16,7 @@ pkgs=(
   tinc iproute2 iputils-ping procps
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
   gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
-  libc6-dev-i386-cross
+  libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross
 )
 backports=(qemu-system-x86 qemu-system-arm qemu-user-static)
 

@@ -135,8 +135,9 @@ fn pinned_version(file: &str) -> String {
     file.split('_').nth(1).unwrap_or_default().to_string()
 }
 
-/// `<cache>/rust-sysroot/<version>/` holding `lib/rustlib/<triple>` from the std .deb and the
-/// host's own rustlib beside it (proc macros and build scripts run on the host).
+/// `<cache>/rust-sysroot/<version>/<triple>/` holding `lib/rustlib/<triple>` from the std .deb
+/// and the host's own rustlib beside it (proc macros and build scripts run on the host). One
+/// sysroot per target, so builds for different boards never touch each other's.
 fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathBuf, AgentError> {
     let triple = req.arch.rust_target();
     let (file, want) = pinned(req.arch).ok_or_else(|| AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian())))?;
@@ -144,7 +145,7 @@ fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathB
     if pinned_v != version {
         return Err(AgentError::VersionMismatch { installed: version.into(), pinned: pinned_v });
     }
-    let root = req.cache.join("rust-sysroot").join(version);
+    let root = req.cache.join("rust-sysroot").join(version).join(triple);
     let rustlib = root.join("lib/rustlib");
     if rustlib.join(triple).join("lib").exists() {
         return Ok(root);

@@ -37,6 +37,16 @@ impl Arch {
         }
     }
 
+    /// The target C library the linker needs (crt files), and its Debian package.
+    pub fn cross_libc(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::I386 => ("cross-libc:/usr/i686-linux-gnu/lib/crti.o", "libc6-dev-i386-cross"),
+            Arch::Amd64 => ("libc:/usr/lib/x86_64-linux-gnu/crti.o", "libc6-dev"),
+            Arch::Armhf => ("cross-libc:/usr/arm-linux-gnueabihf/lib/crti.o", "libc6-dev-armhf-cross"),
+            Arch::Arm64 => ("cross-libc:/usr/aarch64-linux-gnu/lib/crti.o", "libc6-dev-arm64-cross"),
+        }
+    }
+
     /// The cross gcc used as linker, and the Debian package that has it.
     pub fn linker(self) -> (&'static str, &'static str) {
         match self {

@@ -46,6 +46,8 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
         tools.push(t("debian-rustc:/usr/bin/rustc", "rustc-web"));
         let (linker, linker_pkg) = board.arch.linker();
         tools.push(Tool { program: linker, package: linker_pkg });
+        let (libc, libc_pkg) = board.arch.cross_libc();
+        tools.push(Tool { program: libc, package: libc_pkg });
     } else {
         tools.push(t("cross", "cross (cargo install cross; needs Docker)"));
     }
