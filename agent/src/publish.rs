@@ -33,6 +33,9 @@ pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
 const WRITE_EVERY: Duration = Duration::from_secs(2);
 /// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
 const MAX_PENDING: usize = 256;
+/// How often waiting mDNS records are checked against the member list (a new node's records
+/// often arrive before its membership has).
+const RECHECK: Duration = Duration::from_millis(250);
 
 pub struct Sharing {
     pub sys: System,
@@ -197,7 +200,7 @@ pub async fn browse_lan(
         // Instances present on the LAN now, and records waiting for their node to be known.
         let mut present: HashMap<String, Key> = HashMap::new();
         let mut pending: HashMap<String, (Record, String)> = HashMap::new();
-        let mut tick = tokio::time::interval(HEALTH);
+        let mut tick = tokio::time::interval(RECHECK);
         loop {
             tokio::select! {
                 ev = seen.recv() => {

@@ -245,3 +245,91 @@ fn without_multicast_services_travel_through_serf() {
         t0.elapsed()
     );
 }
+
+/// `bench/discovery.sh` runs this (ignored by `cargo test`): N-1 nodes up with their services,
+/// then one new node starts; time until its service is in every peer's catalog, over the LAN
+/// (avahi + mDNS, no serf) and over Serf (no multicast path, no avahi). Prints a table.
+#[test]
+#[ignore]
+fn bench_discovery() {
+    if !discovery_available("bench_discovery") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("CLOUDY_BENCH_SIZES")
+        .unwrap_or_else(|_| "10,50".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("CLOUDY_BENCH_SIZES: numbers"))
+        .collect();
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        for lan in [true, false] {
+            let mut cloud = Cloud::new("q", n);
+            for i in 1..=n {
+                let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+                seed_with_web(&mut cloud, i, peers, "");
+                if lan {
+                    cloud.nodes[i - 1].env = vec![("CLOUDY_SERF".into(), "/nonexistent".into())];
+                }
+            }
+            let _l: Vec<_> = (1..=n)
+                .map(|i| listen_in(&cloud.nodes[i - 1].ns, 8000 + i as u16))
+                .collect();
+            if lan {
+                for i in 1..=n {
+                    cloud.avahi(i, None);
+                }
+            } else {
+                cloud.no_multicast();
+            }
+            let old: Vec<usize> = (1..n).collect();
+            for &i in &old {
+                cloud.nodes[i - 1].spawn();
+            }
+            let has = |node: &microcloud::Node, port: u64| {
+                node.services().iter().any(|s| s["port"] == port)
+            };
+            wait_for(
+                "the first nodes see each other",
+                Duration::from_secs(300),
+                || {
+                    old.iter().all(|&a| {
+                        let list = cloud.nodes[a - 1].services();
+                        old.iter()
+                            .all(|&b| list.iter().any(|s| s["port"] == 8000 + b as u64))
+                    })
+                },
+            );
+            let t0 = Instant::now();
+            cloud.nodes[n - 1].spawn();
+            while cloud.nodes[n - 1].ready_lines().is_empty() {
+                assert!(t0.elapsed() < Duration::from_secs(60), "new node not ready");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let ready = t0.elapsed();
+            let port = 8000 + n as u64;
+            wait_for(
+                "the new node's service on every peer",
+                Duration::from_secs(120),
+                || old.iter().all(|&a| has(&cloud.nodes[a - 1], port)),
+            );
+            let seen = t0.elapsed();
+            let rss: Vec<u64> = cloud.nodes.iter().filter_map(|nd| nd.rss_kib()).collect();
+            let max = *rss.iter().max().unwrap_or(&0) as f64 / 1024.0;
+            rows.push((n, if lan { "LAN (mDNS)" } else { "Serf" }, ready, seen, max));
+            drop(cloud);
+        }
+    }
+    println!();
+    println!("agent: {}", microcloud::agent());
+    println!("| nodes | path       | new node ready (s) | its service on all peers, from start (s) | from ready (s) | agent RSS max (MiB) |");
+    println!("|------:|:-----------|-------------------:|-----------------------------------------:|---------------:|--------------------:|");
+    for (n, path, ready, seen, max) in rows {
+        println!(
+            "| {n:>5} | {path:<10} | {:>18.2} | {:>40.2} | {:>14.2} | {max:>19.2} |",
+            ready.as_secs_f64(),
+            seen.as_secs_f64(),
+            (seen - ready).as_secs_f64()
+        );
+    }
+    println!("targets: <= 2 s for 10 nodes on the LAN, <= 30 s for 50 nodes over Serf");
+}

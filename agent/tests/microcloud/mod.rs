@@ -102,6 +102,8 @@ pub struct Node {
     pub root: PathBuf,
     pub child: Option<Child>,
     pub key: String,
+    /// Extra environment for the agent (e.g. CLOUDY_SERF to run without serf).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -213,6 +215,7 @@ impl Node {
             .args(["run", "--manage-network", "--tincd"])
             .arg(tincd().unwrap())
             .env("CLOUDY_LOG", "info")
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log)
@@ -304,6 +307,7 @@ impl Cloud {
                 root: dir.path().join(format!("n{i}")),
                 child: None,
                 key: KEY.into(),
+                env: Vec::new(),
             })
             .collect();
         let mut c = Cloud {
