@@ -264,6 +264,22 @@ impl Node {
         serde_json::from_slice(&o.stdout).unwrap_or_default()
     }
 
+    /// Ports in the catalog file the CLI reads, without starting a process (the bench polls
+    /// dozens of nodes on a loaded machine).
+    pub fn catalog_ports(&self) -> Vec<u64> {
+        let text =
+            fs::read_to_string(self.root.join("run/cloudy/catalog.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|e| e["record"]["port"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Resident memory of the running agent, KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
