@@ -30,6 +30,7 @@ e2e: deps tool
 bench: deps tool
 	bench/build.sh
 	bench/mesh.sh
+	bench/boards.sh
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:

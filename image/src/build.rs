@@ -248,7 +248,8 @@ pub fn run(opts: &Options) -> Result<Built> {
         } else {
             opts.boot
         };
-        let bootable = if board.format == Format::Iso { &final_out } else { &raw_img };
+        // SD images boot from the raw image (the .img.xz is for flashing); ISO and PXE as built.
+        let bootable = if board.format == Format::Sdcard { &raw_img } else { &final_out };
         let vm = vm_for(&board, bootable, &work.join("boot-files"), opts.accel, boot, &log)?;
         let outcome = rep.stage("verify", |step| {
             let o = verify::run(&vm, r.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;

@@ -85,8 +85,9 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     if inp.with_kernel && board.firmware.contains(&Firmware::Bios) {
         let d = stage.join("isolinux");
         mkdir(&d)?;
-        link_or_copy(Path::new("/usr/lib/ISOLINUX/isolinux.bin"), &d.join("isolinux.bin"))?;
-        link_or_copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &d.join("ldlinux.c32"))?;
+        // Copies, not links: the staged tree's file times are set below, and these are the host's.
+        copy(Path::new("/usr/lib/ISOLINUX/isolinux.bin"), &d.join("isolinux.bin"))?;
+        copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &d.join("ldlinux.c32"))?;
         write(
             &d.join("isolinux.cfg"),
             &format!(
@@ -178,6 +179,10 @@ fn write(p: &Path, s: &str) -> Result<(), IsoError> {
         mkdir(d)?;
     }
     fs::write(p, s).map_err(|e| io("writing", p, e))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), IsoError> {
+    fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
 }
 
 /// Big inputs are hard-linked from the cache when it is on the same filesystem.

@@ -44,8 +44,9 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
     link(&kernel, &tmp.join("vmlinuz"))?;
     link(&initrd, &tmp.join("initrd.img"))?;
     link(live_iso, &tmp.join(LIVE_ISO))?;
-    link(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &tmp.join("pxelinux.0"))?;
-    link(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &tmp.join("ldlinux.c32"))?;
+    // Copies, not links: the bundle's file times are set below, and these are the host's.
+    copy(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &tmp.join("pxelinux.0"))?;
+    copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &tmp.join("ldlinux.c32"))?;
 
     let live = cmdline(board, None);
     let install = |disk: &str| cmdline(board, Some(disk));
@@ -95,6 +96,10 @@ fn link(from: &Path, to: &Path) -> Result<(), PxeError> {
     if fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
+    copy(from, to)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), PxeError> {
     fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
 }
 
