@@ -186,7 +186,7 @@ pub fn run(opts: &Options) -> Result<Built> {
             let xz_out = dir.join(format!("cloudy-{}.img.xz", board.name));
             rep.stage("compress", |_| {
                 let started = std::time::Instant::now();
-                let size = compress::xz(&raw_img, &xz_out, 6)?;
+                let size = compress::xz(&raw_img, &xz_out, compress::SD_PRESET)?;
                 let raw = std::fs::metadata(&raw_img)?.len();
                 let mbps = raw as f64 / 1e6 / started.elapsed().as_secs_f64();
                 let bmap = bmap::make(&raw_img)?;

@@ -5,6 +5,10 @@ use std::path::Path;
 
 use crate::cache;
 
+/// xz preset for SD images. Measured on the rpi3 image here: preset 1 is ~2x faster than 3
+/// and ~4x faster than 6 for 7-10% more bytes, and the image stays far under 200 MB.
+pub const SD_PRESET: u32 = 1;
+
 /// Compresses `src` to `dst` (under a temporary name until done); returns the bytes written.
 pub fn xz(src: &Path, dst: &Path, preset: u32) -> std::io::Result<u64> {
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);

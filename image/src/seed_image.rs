@@ -80,7 +80,7 @@ pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedI
         c.arg("-c").arg(format!("xz -dc -T0 '{}' > '{}'", image.display(), raw.display()));
         cmd::run(&mut c, log, &step)?;
         sd_write(&raw, seed, log)?;
-        compress::xz(&raw, image, 6).map_err(|e| io("compressing", image, e))?;
+        compress::xz(&raw, image, compress::SD_PRESET).map_err(|e| io("compressing", image, e))?;
         let bmap_path = image.with_file_name(format!("{}.bmap", stem));
         cache::write_atomic(&bmap_path, bmap::make(&raw).map_err(|e| io("mapping", &raw, e))?.as_bytes())
             .map_err(|e| io("writing", &bmap_path, e))?;
