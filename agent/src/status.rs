@@ -68,6 +68,15 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    let catalog = std::fs::read_to_string(sys.path(crate::catalog::CATALOG_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<crate::catalog::Catalog>(&t).ok());
+    if let Some(c) = catalog {
+        println!(
+            "services:   {} known (`cloudy-agent services` lists them)",
+            c.entries.len()
+        );
+    }
     Ok(if loaded.errors.is_empty() { 0 } else { 1 })
 }
 
