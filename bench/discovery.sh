@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p cloudy-agent
 CLOUDY_AGENT_BIN="$PWD/target/release/cloudy-agent" \
   cargo test -q -p cloudy-agent --test discovery -- --ignored --exact bench_discovery --nocapture 2>&1 \
-  | grep -E '^(\||agent:|targets:|SKIP|thread|test result)' || true
+  | grep -A1 -E '^(\||agent:|targets:|bench:|SKIP|thread|test result)' | grep -v '^--$' || true

@@ -384,27 +384,6 @@ impl Live {
         changed
     }
 
-    /// Marks every record `source` holds for `node_id` as seen now.
-    pub fn touch_node(&mut self, node_id: &str, source: Source, now: u64) {
-        for (k, e) in self.entries.iter_mut() {
-            if k.0 == node_id {
-                if let Some(t) = e.seen.get_mut(&source) {
-                    *t = now;
-                }
-            }
-        }
-    }
-
-    pub fn touch(&mut self, key: &Key, source: Source, now: u64) {
-        if let Some(t) = self
-            .entries
-            .get_mut(key)
-            .and_then(|e| e.seen.get_mut(&source))
-        {
-            *t = now;
-        }
-    }
-
     /// Forgets claims older than `max_age_ms`: a source that stopped refreshing a record.
     pub fn expire(&mut self, now: u64, max_age_ms: u64) -> bool {
         let stale: Vec<(Key, Source)> = self
@@ -579,7 +558,12 @@ pub(crate) mod tests {
         assert_eq!(c.len(), 1);
         assert!(c.expire(12_000, 10_500), "mdns went stale");
         assert_eq!(c.snapshot(0).entries[0].seen.len(), 1);
+        assert!(
+            c.upsert(r.clone(), Source::Mdns, 12_000),
+            "a source still holding it brings it back"
+        );
         assert!(c.replace_node(&r.node_id, Source::Serf, vec![], 12_000));
+        assert!(c.withdraw(&r.key(), Source::Mdns));
         assert!(c.is_empty());
         for p in 1..=100 {
             c.upsert(record('b', "serf", p), Source::Serf, 1);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::avahi;
-use crate::catalog::{self, now_ms, Key, Live, Record, Source};
+use crate::catalog::{self, now_ms, Live, Record, Source};
 use crate::discovery::{Lan, Seen};
 use crate::join::{self, JoinKey};
 use crate::members::Members;
@@ -150,12 +150,14 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
                 *share.ours.lock().unwrap() = ours.clone();
                 last = Some(ours);
                 share.changed.notify_one();
-            } else {
-                share
-                    .catalog
-                    .lock()
-                    .unwrap()
-                    .touch_node(&ctx.node_id, Source::Local, now_ms());
+            } else if share.catalog.lock().unwrap().replace_node(
+                &ctx.node_id,
+                Source::Local,
+                ours,
+                now_ms(),
+            ) {
+                // Back after expiring (a loop that ran late on a loaded node).
+                share.changed.notify_one();
             }
             // Serf follows our address and the members it can join through.
             let join = {
@@ -198,7 +200,7 @@ pub async fn browse_lan(
     let mut seen = lan.browse(&format!("{}.local.", avahi::DNSSD_TYPE))?;
     tokio::spawn(async move {
         // Instances present on the LAN now, and records waiting for their node to be known.
-        let mut present: HashMap<String, Key> = HashMap::new();
+        let mut present: HashMap<String, Record> = HashMap::new();
         let mut pending: HashMap<String, (Record, String)> = HashMap::new();
         let mut tick = tokio::time::interval(RECHECK);
         loop {
@@ -224,8 +226,8 @@ pub async fn browse_lan(
                         }
                         Seen::Removed(fullname) => {
                             pending.remove(&fullname);
-                            if let Some(k) = present.remove(&fullname) {
-                                if share.catalog.lock().unwrap().withdraw(&k, Source::Mdns) {
+                            if let Some(r) = present.remove(&fullname) {
+                                if share.catalog.lock().unwrap().withdraw(&r.key(), Source::Mdns) {
                                     share.changed.notify_one();
                                 }
                             }
@@ -233,10 +235,15 @@ pub async fn browse_lan(
                     }
                 }
                 _ = tick.tick() => {
+                    // Refresh what mDNS still holds; re-adds a claim that expired meanwhile.
                     let now = now_ms();
                     let mut c = share.catalog.lock().unwrap();
-                    for k in present.values() {
-                        c.touch(k, Source::Mdns, now);
+                    let mut changed = false;
+                    for r in present.values() {
+                        changed |= c.upsert(r.clone(), Source::Mdns, now);
+                    }
+                    if changed {
+                        share.changed.notify_one();
                     }
                 }
             }
@@ -249,9 +256,13 @@ pub async fn browse_lan(
             for f in ready {
                 let (r, _) = pending.remove(&f).expect("listed");
                 let key = r.key();
-                if let Some(old) = present.insert(f, key.clone()) {
-                    if old != key {
-                        share.catalog.lock().unwrap().withdraw(&old, Source::Mdns);
+                if let Some(old) = present.insert(f, r.clone()) {
+                    if old.key() != key {
+                        share
+                            .catalog
+                            .lock()
+                            .unwrap()
+                            .withdraw(&old.key(), Source::Mdns);
                     }
                 }
                 if share
@@ -273,14 +284,15 @@ pub async fn follow_serf(
     share: Arc<Sharing>,
     mut members: tokio::sync::mpsc::UnboundedReceiver<Vec<SerfMember>>,
 ) {
-    // node id -> revision whose records we hold
-    let mut have: HashMap<String, String> = HashMap::new();
+    // node id -> the revision we hold and its records
+    let mut have: HashMap<String, (String, Vec<Record>)> = HashMap::new();
     let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-    let fetched: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    type Fetched = HashMap<String, (String, Vec<Record>)>;
+    let fetched: Arc<Mutex<Fetched>> = Arc::new(Mutex::new(HashMap::new()));
     while let Some(list) = members.recv().await {
         let now = now_ms();
-        for (id, rev) in fetched.lock().unwrap().drain() {
-            have.insert(id, rev);
+        for (id, got) in fetched.lock().unwrap().drain() {
+            have.insert(id, got);
         }
         let mut alive = HashSet::new();
         for m in list.iter().filter(|m| m.status == "alive") {
@@ -300,12 +312,16 @@ pub async fn follow_serf(
                 }
             };
             alive.insert(id.clone());
-            if have.get(id) == Some(rev) {
-                share
-                    .catalog
-                    .lock()
-                    .unwrap()
-                    .touch_node(id, Source::Serf, now);
+            if let Some((_, records)) = have.get(id).filter(|(r, _)| r == rev) {
+                // Refreshes, and re-adds records that expired while polls ran late.
+                if share.catalog.lock().unwrap().replace_node(
+                    id,
+                    Source::Serf,
+                    records.clone(),
+                    now,
+                ) {
+                    share.changed.notify_one();
+                }
                 continue;
             }
             if !inflight.lock().unwrap().insert(id.clone()) {
@@ -323,12 +339,12 @@ pub async fn follow_serf(
                         if share.catalog.lock().unwrap().replace_node(
                             &id,
                             Source::Serf,
-                            records,
+                            records.clone(),
                             now_ms(),
                         ) {
                             share.changed.notify_one();
                         }
-                        fetched.lock().unwrap().insert(id.clone(), rev);
+                        fetched.lock().unwrap().insert(id.clone(), (rev, records));
                     }
                     Err(e) => tracing::debug!("services of {addr}: {e}"),
                 }
