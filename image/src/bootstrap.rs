@@ -158,6 +158,18 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
                 log.line(&format!("WARNING: security suite skipped: {why}"));
                 skipped = Some(why);
             }
+            // Offline with a rootfs cached from an earlier build without the security suite:
+            // that one is what "optional" would give anyway, so build on from it.
+            Err(BootstrapError::MirrorUnreachable { detail, .. })
+                if with_security
+                    && recipe.recipe.security == Security::Optional
+                    && cached(&dir, &key(board, recipe, false)).is_some() =>
+            {
+                let why = format!("mirror unreachable ({detail}); using the cached rootfs built without it");
+                eprintln!("WARNING: {why}");
+                log.line(&format!("WARNING: {why}"));
+                skipped = Some(why);
+            }
             Err(e) => return Err(e),
         }
     }
