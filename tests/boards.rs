@@ -139,6 +139,24 @@ fn iso_takes_a_seed_without_rebuilding() {
     let o = cloudy_image(&["verify", "--board", "pc-686-pae", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("\"hostname\":\"iso-test\""), "{}", text(&o));
+
+    // A broken seed put on the medium by other means (customise would refuse it): the node
+    // still comes up, on the image defaults, and its ready line names the bad key.
+    let broken = out.join("broken.iso");
+    let st = Command::new("xorriso")
+        .arg("-indev").arg(&iso).arg("-outdev").arg(&broken)
+        .args(["-boot_image", "any", "replay", "-map"]).arg(&bad).arg("/cloudy/cloudy.toml")
+        .args(["--", "-commit"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st));
+    let o = cloudy_image(&["verify", "--board", "pc-686-pae", "--out", out.to_str().unwrap(), "--image", broken.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(!o.status.success(), "verify flags seed errors: {t}");
+    assert!(t.contains("the node came up but reported seed errors") && t.contains("node.name"), "{t}");
+    let console = std::fs::read_to_string(out.join("pc-686-pae/verify-console.log")).unwrap();
+    let ready = console.lines().find(|l| l.contains("{\"cloudy\":\"ready\"")).expect("ready line despite the bad seed");
+    assert!(ready.contains("\"hostname\":\"cloudy\""), "booted on the defaults: {ready}");
 }
 
 /// PXE live: QEMU network-boots the bundle from its own TFTP server to the ready line.
