@@ -69,7 +69,7 @@ fn five_nodes_find_every_service_and_lose_a_stopped_one() {
         };
         seed_with_web(&mut cloud, i, peers, &extra);
     }
-    let mut listeners: Vec<Option<std::net::TcpListener>> = (1..=n)
+    let mut listeners: Vec<Option<microcloud::Listener>> = (1..=n)
         .map(|i| Some(listen_in(&cloud.nodes[i - 1].ns, 8000 + i as u16)))
         .collect();
     let _st = listen_in(&cloud.nodes[0].ns, 22000);

@@ -81,11 +81,26 @@ pub fn discovery_available(test: &str) -> bool {
     true
 }
 
-/// A TCP listener inside namespace `ns` (a service for the agent's health check to find);
-/// closing it stops the "service".
-pub fn listen_in(ns: &str, port: u16) -> std::net::TcpListener {
+/// A TCP service inside namespace `ns` for the agent's health check to find: accepts and
+/// closes connections (an unaccepted backlog would fill up and fail the check after ~2
+/// minutes). Dropping it stops the "service".
+pub struct Listener {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn listen_in(ns: &str, port: u16) -> Listener {
     let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
+    let l = std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
         let f = fs::File::open(&path).unwrap();
         // Only this short-lived thread changes namespace; the socket stays in it.
@@ -93,7 +108,20 @@ pub fn listen_in(ns: &str, port: u16) -> std::net::TcpListener {
         std::net::TcpListener::bind(("0.0.0.0", port)).unwrap()
     })
     .join()
-    .unwrap()
+    .unwrap();
+    l.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            while l.accept().is_ok() {}
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    Listener {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 pub struct Node {
