@@ -119,6 +119,19 @@ pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The last (by name, so the newest kernel version) file in `dir` whose name starts with
+/// `prefix`: how a kernel and its initrd are found in /boot or on a firmware partition.
+pub fn newest_with_prefix(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .collect();
+    v.sort();
+    v.pop()
+}
+
 /// Free bytes on the filesystem holding `path` (or its nearest existing parent).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     let mut p = if path.is_relative() { std::env::current_dir()?.join(path) } else { path.to_path_buf() };

@@ -41,14 +41,7 @@ pub fn cmdline(board: &Board) -> String {
 
 pub fn kernel_and_initrd(rootfs: &Path) -> Result<(PathBuf, PathBuf), IsoError> {
     let boot = rootfs.join("boot");
-    let find = |prefix: &str| -> Option<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&boot).ok()?.flatten().map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-            .collect();
-        v.sort();
-        v.pop()
-    };
-    match (find("vmlinuz-"), find("initrd.img-")) {
+    match (cache::newest_with_prefix(&boot, "vmlinuz-"), cache::newest_with_prefix(&boot, "initrd.img-")) {
         (Some(k), Some(i)) => Ok((k, i)),
         _ => Err(IsoError::NoKernel(rootfs.display().to_string())),
     }

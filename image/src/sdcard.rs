@@ -49,14 +49,7 @@ pub fn cmdline(board: &Board, disk_id: u32, console: &str) -> String {
 
 /// The kernel and initrd raspi-firmware placed on the firmware partition.
 pub fn kernel_and_initrd(firmware: &Path) -> Result<(PathBuf, PathBuf), SdError> {
-    let pick = |prefix: &str| -> Option<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(firmware).ok()?.flatten().map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-            .collect();
-        v.sort();
-        v.pop()
-    };
-    match (pick("vmlinuz-"), pick("initrd.img-")) {
+    match (cache::newest_with_prefix(firmware, "vmlinuz-"), cache::newest_with_prefix(firmware, "initrd.img-")) {
         (Some(k), Some(i)) => Ok((k, i)),
         _ => Err(SdError::NoKernel(firmware.display().to_string())),
     }
