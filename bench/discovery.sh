@@ -4,7 +4,7 @@
 # starts, and the time until its service shows in every peer's `cloudy-agent services` is
 # measured, for the LAN (avahi + mDNS, serf off) and for Serf (multicast blocked at the bridge).
 # Needs root, tinc, avahi-daemon and serf.
-#   CLOUDY_BENCH_SIZES=10,50 bench/discovery.sh
+#   CLOUDY_BENCH_SIZES=10,50 CLOUDY_BENCH_PATHS=lan,serf bench/discovery.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p cloudy-agent

@@ -165,7 +165,6 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
                 let mut j: Vec<SocketAddr> = ms
                     .others()
                     .map(|m| SocketAddr::new(m.address, serf::SERF_PORT))
-                    .take(16)
                     .collect();
                 for b in &share.bootstrap {
                     if let Ok(a) = b.parse::<SocketAddr>() {

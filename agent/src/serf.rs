@@ -27,7 +27,11 @@ pub const RPC_ADDR: &str = "127.0.0.1:7373";
 pub const CONFIG_FILE: &str = "/var/lib/cloudy/serf/serf.json";
 /// How often members are read from serf: bounds how late a change is noticed.
 pub const POLL: Duration = Duration::from_millis(500);
-const JOIN_EVERY: Duration = Duration::from_secs(2);
+/// While alone, try to join this often; once in a cluster, look for missing members less often.
+const JOIN_ALONE: Duration = Duration::from_secs(2);
+const JOIN_MISSING: Duration = Duration::from_secs(10);
+/// Addresses per join attempt: Serf's gossip brings the rest once one answers.
+const JOIN_AT_ONCE: usize = 4;
 const MAX_MEMBERS: usize = crate::members::MAX_MEMBERS;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +55,8 @@ pub struct Desired {
     /// Our primary address; serf waits until there is one.
     pub address: Option<IpAddr>,
     pub tags: BTreeMap<String, String>,
-    /// Serf addresses to join while we know no other serf member.
+    /// Serf addresses of every community member we know (and literal bootstrap peers): the
+    /// ones Serf does not list as alive are joined, which also heals a split cluster.
     pub join: Vec<SocketAddr>,
 }
 
@@ -129,7 +134,9 @@ impl Serf {
         let mut rpc: Option<Rpc> = None;
         let mut sent_tags = BTreeMap::new();
         let mut backoff = Duration::from_millis(200);
-        let mut last_join = Instant::now() - JOIN_EVERY;
+        let mut last_join = Instant::now() - JOIN_MISSING;
+        let joining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut rotate = 0usize;
         loop {
             if tx.is_closed() {
                 break;
@@ -189,16 +196,41 @@ impl Serf {
                     sent_tags = d.tags.clone();
                 }
                 let ms = r.members()?;
-                let alive = ms.iter().filter(|m| m.status == "alive").count();
-                if alive <= 1 && !d.join.is_empty() && last_join.elapsed() >= JOIN_EVERY {
+                let alive: Vec<IpAddr> = ms
+                    .iter()
+                    .filter(|m| m.status == "alive")
+                    .map(|m| m.addr)
+                    .collect();
+                // Joining only while alone could leave two nodes that found each other first
+                // in a cluster of their own: any known member Serf does not show is joined.
+                let missing: Vec<SocketAddr> = d
+                    .join
+                    .iter()
+                    .filter(|a| !alive.contains(&a.ip()))
+                    .copied()
+                    .collect();
+                let every = if alive.len() <= 1 {
+                    JOIN_ALONE
+                } else {
+                    JOIN_MISSING
+                };
+                if !missing.is_empty()
+                    && last_join.elapsed() >= every
+                    && !joining.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
                     last_join = Instant::now();
+                    rotate = rotate.wrapping_add(JOIN_AT_ONCE);
+                    let targets: Vec<SocketAddr> = (0..JOIN_AT_ONCE.min(missing.len()))
+                        .map(|i| missing[(rotate + i) % missing.len()])
+                        .collect();
                     // Joining waits on unreachable peers: its own connection and thread.
-                    let (auth, targets) = (self.rpc_auth.clone(), d.join.clone());
+                    let (auth, done) = (self.rpc_auth.clone(), joining.clone());
                     std::thread::spawn(move || {
                         match Rpc::connect(&auth).and_then(|mut r| r.join(&targets)) {
                             Ok(n) => tracing::info!("serf joined {n} of {} peers", targets.len()),
                             Err(e) => tracing::debug!("serf join: {e}"),
                         }
+                        done.store(false, std::sync::atomic::Ordering::SeqCst);
                     });
                 }
                 let _ = tx.send(ms);

@@ -362,9 +362,14 @@ fn bench_discovery() {
         .split(',')
         .map(|s| s.trim().parse().expect("CLOUDY_BENCH_SIZES: numbers"))
         .collect();
+    let paths: Vec<String> = std::env::var("CLOUDY_BENCH_PATHS")
+        .unwrap_or_else(|_| "lan,serf".into())
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .collect();
     let mut rows = Vec::new();
     for &n in &sizes {
-        for lan in [true, false] {
+        for lan in paths.iter().map(|p| p == "lan") {
             let mut cloud = Cloud::new("q", n);
             for i in 1..=n {
                 let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
@@ -388,16 +393,37 @@ fn bench_discovery() {
                 cloud.nodes[i - 1].spawn();
             }
             let has = |node: &microcloud::Node, port: u64| node.catalog_ports().contains(&port);
+            let t_old = Instant::now();
+            let mut last = Instant::now();
             wait_for(
                 "the first nodes see each other",
-                Duration::from_secs(300),
+                Duration::from_secs(600),
                 || {
-                    old.iter().all(|&a| {
-                        let list = cloud.nodes[a - 1].services();
-                        old.iter()
-                            .all(|&b| list.iter().any(|s| s["port"] == 8000 + b as u64))
-                    })
+                    let counts: Vec<usize> = old
+                        .iter()
+                        .map(|&a| {
+                            let ports = cloud.nodes[a - 1].catalog_ports();
+                            old.iter()
+                                .filter(|&&b| ports.contains(&(8000 + b as u64)))
+                                .count()
+                        })
+                        .collect();
+                    if last.elapsed() > Duration::from_secs(30) {
+                        last = Instant::now();
+                        eprintln!(
+                            "bench: {:.0?}: services seen per node (of {}): {counts:?}",
+                            t_old.elapsed(),
+                            n - 1
+                        );
+                    }
+                    counts.iter().all(|&c| c == n - 1)
                 },
+            );
+            eprintln!(
+                "bench: {} nodes, {}: all services everywhere {:.1?} after start",
+                n - 1,
+                if lan { "LAN" } else { "Serf" },
+                t_old.elapsed()
             );
             let t0 = Instant::now();
             cloud.nodes[n - 1].spawn();
