@@ -372,7 +372,8 @@ pub fn verify_install(opts: &Options, bundle: Option<PathBuf>) -> Result<(verify
     let timeout = recipe.recipe.verify.timeout_s;
     let install_vm = Vm { board: &board, media: Media::Pxe(&tftp, "install.ipxe"), accel: opts.accel, boot: Boot::Bios, direct: None, disk: Some(&disk) };
     let installed = rep.stage("install", |step| {
-        let o = verify::watch(&install_vm, timeout * 2, &dir.join("install-console.log"), &log, step, &|line| {
+        // Copying the system and building an initramfs under emulation takes many minutes.
+        let o = verify::watch(&install_vm, timeout * 4, &dir.join("install-console.log"), &log, step, &|line| {
             if line.contains("cloudy-install: installed to") {
                 Some(Ok(serde_json::json!({ "installed": line })))
             } else if let Some(i) = line.find("cloudy-install: FAILED") {
