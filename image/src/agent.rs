@@ -146,6 +146,7 @@ fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathB
         return Err(AgentError::VersionMismatch { installed: version.into(), pinned: pinned_v });
     }
     let root = req.cache.join("rust-sysroot").join(version).join(triple);
+    let _held = cache::lock(&root).map_err(|source| io("locking", &root, source))?;
     let rustlib = root.join("lib/rustlib");
     if rustlib.join(triple).join("lib").exists() {
         return Ok(root);

@@ -135,6 +135,7 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
     let mut skipped = None;
     for &with_security in attempts {
         let k = key(board, recipe, with_security);
+        let _held = cache::lock(&dir.join(&k)).map_err(|source| io("locking", &dir.join(&k), source))?;
         if let Some(rootfs) = cached(&dir, &k) {
             log.line(&format!("bootstrap: cache hit {k}"));
             let mut rootfs = rootfs;

@@ -92,6 +92,7 @@ pub fn run(opts: &Options) -> Result<Built> {
     let live = matches!(board.format, Format::Iso | Format::Pxe);
     if live {
         rep.stage("squashfs", |step| {
+            let _held = cache::lock(&base_sq)?;
             if base_sq.exists() && !opts.rebuild {
                 return Ok(((), "cached".to_string()));
             }

@@ -119,6 +119,23 @@ pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on `<path>.lock`, held until dropped: two builds sharing a cache wait for
+/// each other instead of writing the same entry (mmdebstrap refuses a non-empty target).
+pub fn lock(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d)?;
+    }
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(PathBuf::from(p))?;
+    // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// The last (by name, so the newest kernel version) file in `dir` whose name starts with
 /// `prefix`: how a kernel and its initrd are found in /boot or on a firmware partition.
 pub fn newest_with_prefix(dir: &Path, prefix: &str) -> Option<PathBuf> {
