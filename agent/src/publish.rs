@@ -126,6 +126,9 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
                     Ok(_) => {}
                     Err(e) => tracing::warn!("avahi service files: {e}"),
                 }
+                // Serve the new records before the tag announces them, or a quick peer could
+                // fetch the old ones under the new revision.
+                *share.ours.lock().unwrap() = ours.clone();
                 let rev = revision(&ours);
                 {
                     let mut d = share.serf.lock().unwrap();
@@ -147,7 +150,6 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                *share.ours.lock().unwrap() = ours.clone();
                 last = Some(ours);
                 share.changed.notify_one();
             } else if share.catalog.lock().unwrap().replace_node(
@@ -327,10 +329,13 @@ pub async fn follow_serf(
                 continue;
             }
             let (share, inflight, fetched) = (share.clone(), inflight.clone(), fetched.clone());
-            let (id, rev, addr) = (id.clone(), rev.clone(), SocketAddr::new(m.addr, port));
+            let (id, addr) = (id.clone(), SocketAddr::new(m.addr, port));
             tokio::spawn(async move {
                 match join::fetch_services(addr, &share.key, &id).await {
                     Ok(records) => {
+                        // The revision of what we got, not of the tag we saw: if the two
+                        // differ (the member changed meanwhile), the next poll fetches again.
+                        let rev = revision(&records);
                         let records: Vec<Record> = records
                             .into_iter()
                             .filter(|r| r.microcloud == share.community && share.by_member(r))

@@ -441,7 +441,14 @@ fn bench_discovery() {
             let seen = t0.elapsed();
             let rss: Vec<u64> = cloud.nodes.iter().filter_map(|nd| nd.rss_kib()).collect();
             let max = *rss.iter().max().unwrap_or(&0) as f64 / 1024.0;
-            rows.push((n, if lan { "LAN (mDNS)" } else { "Serf" }, ready, seen, max));
+            let path = if lan { "LAN (mDNS)" } else { "Serf" };
+            // Each row as soon as it is measured, in case a later size fails.
+            eprintln!(
+                "bench: {n} nodes, {path}: new node ready {:.2} s, on all peers {:.2} s after start, RSS max {max:.2} MiB",
+                ready.as_secs_f64(),
+                seen.as_secs_f64()
+            );
+            rows.push((n, path, ready, seen, max));
             drop(cloud);
         }
     }
