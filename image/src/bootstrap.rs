@@ -12,7 +12,7 @@ use crate::progress::Step;
 use crate::recipe::{Loaded, Security};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
-const BOOTSTRAP_FORMAT: u32 = 1;
+const BOOTSTRAP_FORMAT: u32 = 2;
 
 /// What every node needs besides the recipe's packages.
 const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
@@ -223,6 +223,8 @@ fn make(
         .arg("--format=directory")
         .arg(format!("--include={}", package_set(board, recipe).join(",")))
         .arg(format!("--components={}", all_components.join(",")));
+    // A mirror hiccup (seen here: a DNS lookup failing once) should cost a retry, not a build.
+    c.arg("--aptopt=Acquire::Retries \"3\"");
     for ex in DPKG_EXCLUDES {
         c.arg(format!("--dpkgopt={ex}"));
     }
