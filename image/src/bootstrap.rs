@@ -144,7 +144,18 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
             }
             return Ok(rootfs);
         }
-        match make(board, recipe, &dir, &k, with_security, log, step) {
+        // A name lookup that fails once (seen here) should not fail a build: try twice more.
+        let mut result = make(board, recipe, &dir, &k, with_security, log, step);
+        for wait in [5, 15] {
+            if !matches!(result, Err(BootstrapError::MirrorUnreachable { .. })) {
+                break;
+            }
+            log.line(&format!("bootstrap: mirror unreachable, retrying in {wait} s"));
+            step.message(&format!("mirror unreachable, retrying in {wait} s"));
+            std::thread::sleep(std::time::Duration::from_secs(wait));
+            result = make(board, recipe, &dir, &k, with_security, log, step);
+        }
+        match result {
             Ok(mut rootfs) => {
                 if let Some(why) = skipped {
                     rootfs.meta.security = format!("skipped: {why}");
