@@ -27,7 +27,7 @@ pub enum VerifyError {
     Guest { message: String, tail: String, log: String },
     #[error("the node booted kernel {got}, but board {board} needs its kernel to end in `{want}`\n  fix: check kernel_package in hardware/{board}.toml")]
     WrongKernel { board: String, want: String, got: String },
-    #[error("the node came up but reported seed errors: {0}\n  fix: correct the recipe's default seed")]
+    #[error("the node came up but reported seed errors: {0}\n  fix: correct the seed file named there (the recipe's default seed, or one written into the image)")]
     SeedErrors(String),
     #[error("writing {path}: {source}")]
     Io { path: String, source: std::io::Error },
