@@ -14,6 +14,7 @@ pkgs=(
   grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs
   xz-utils zstd cpio ovmf live-build curl coreutils fdisk bmap-tools pxelinux ipxe-qemu
   tinc iproute2 iputils-ping procps
+  avahi-daemon avahi-utils dbus serf python3-zeroconf
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
   gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross
