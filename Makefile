@@ -7,7 +7,7 @@ OUT ?= out
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
 IMAGE_BIN := target/release/cloudy-image
 
-.PHONY: image boot test e2e bench deps tool check-root
+.PHONY: image boot test e2e bench deps tool fuzz
 
 ## image: install host tools, build the default board's ISO and boot it in QEMU until ready
 image: deps tool
@@ -30,6 +30,7 @@ e2e: deps tool
 bench: deps tool
 	bench/build.sh
 	bench/mesh.sh
+	bench/discovery.sh
 	bench/boards.sh
 
 ## deps: the Debian packages the build and the tests need (root)
@@ -38,3 +39,7 @@ deps:
 
 tool:
 	$(CARGO) build --release -p cloudy-image
+
+## fuzz: 10 minutes of cargo-fuzz on the agent's record parsers (needs nightly + cargo-fuzz)
+fuzz:
+	cd agent/fuzz && cargo +nightly fuzz run record corpus/record seeds/record -- -max_total_time=600 -max_len=4096
