@@ -48,7 +48,7 @@ pub fn iso_path(out: &Path, board: &str) -> PathBuf {
 
 pub fn run(opts: &Options) -> Result<Built> {
     let started = std::time::Instant::now();
-    let (board, board_path, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    let (board, _, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
     let recipe = Recipe::load(&opts.recipe)?;
     tools::check(&tools::for_build(&board, opts.verify, opts.agent_builder == Builder::Debian))?;
     for dir in [&opts.cache, &opts.out] {
@@ -241,7 +241,6 @@ pub fn run(opts: &Options) -> Result<Built> {
         built_at_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
     finish::write_manifest(&dir, &manifest).context("writing manifest.json")?;
-    let _ = board_path;
 
     let verified = if opts.verify {
         let boot = if opts.boot == Boot::Uefi && !board.firmware.contains(&Firmware::UefiX64) {

@@ -76,9 +76,7 @@ pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedI
     } else if let Some(stem) = name.strip_suffix(".xz").filter(|s| s.ends_with(".img")) {
         // Work on a decompressed copy; the .img.xz is replaced only when all went well.
         let raw = image.with_file_name(format!(".{stem}.customise"));
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(format!("xz -dc -T0 '{}' > '{}'", image.display(), raw.display()));
-        cmd::run(&mut c, log, &step)?;
+        decompress(image, &raw, log)?;
         sd_write(&raw, seed, log)?;
         compress::xz(&raw, image, compress::SD_PRESET).map_err(|e| io("compressing", image, e))?;
         let bmap_path = image.with_file_name(format!("{}.bmap", stem));
@@ -89,6 +87,23 @@ pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedI
     } else {
         Err(SeedImageError::UnknownKind(image.display().to_string()))
     }
+}
+
+/// `xz -dc` straight into a file: no shell, so any path is safe.
+fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
+    let out = fs::File::create(to).map_err(|e| io("creating", to, e))?;
+    log.line(&format!("$ xz -dc -T0 {} > {}", xz.display(), to.display()));
+    let st = Command::new("xz")
+        .args(["-dc", "-T0"])
+        .arg(xz)
+        .stdout(out)
+        .status()
+        .map_err(|source| CmdError::Spawn { program: "xz".into(), source })?;
+    if !st.success() {
+        let _ = fs::remove_file(to);
+        return Err(CmdError::Failed { command: format!("xz -dc {}", xz.display()), status: st.to_string(), tail: String::new() }.into());
+    }
+    Ok(())
 }
 
 fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
