@@ -171,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn xz_decompresses_to_a_path_with_a_quote() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("it's.img");
+        fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let xz = d.path().join("it's.img.xz");
+        compress::xz(&src, &xz, 1).unwrap();
+        let back = d.path().join("o'back.img");
+        decompress(&xz, &back, &Log::sink()).unwrap();
+        assert_eq!(fs::read(&back).unwrap(), vec![7u8; 100_000]);
+    }
+
+    #[test]
     fn mbr_layout_read() {
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("a.img");
