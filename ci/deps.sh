@@ -15,6 +15,7 @@ pkgs=(
   xz-utils zstd cpio ovmf live-build curl coreutils fdisk bmap-tools pxelinux ipxe-qemu
   tinc iproute2 iputils-ping procps
   avahi-daemon avahi-utils dbus serf python3-zeroconf
+  syncthing ffmpeg python3-venv python3-pip chromium chromium-driver
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
   gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross
@@ -32,7 +33,23 @@ for p in "${pkgs[@]}" "${backports[@]}"; do
     *) missing+=("$p") ;;
   esac
 done
+# Tahoe-LAFS is not in Debian: the tests run the same PyPI release the images carry.
+TAHOE_VERSION=1.20.0
+TAHOE_VENV=/opt/cloudy/tahoe-lafs
+tahoe_ok() { "$TAHOE_VENV/bin/tahoe" --version 2>/dev/null | grep -qx "tahoe-lafs/$TAHOE_VERSION"; }
+install_tahoe() {
+  tahoe_ok && return 0
+  echo "deps: installing tahoe-lafs $TAHOE_VERSION into $TAHOE_VENV (PyPI)"
+  # a venv records its own path, so it is built in place; an interrupted one fails tahoe_ok
+  # and is made again from scratch
+  rm -rf "$TAHOE_VENV"
+  python3 -m venv "$TAHOE_VENV"
+  "$TAHOE_VENV/bin/pip" install -q --disable-pip-version-check "tahoe-lafs==$TAHOE_VERSION"
+  tahoe_ok || { echo "deps: tahoe-lafs did not install" >&2; exit 1; }
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  install_tahoe
   echo "deps: all host packages present"
   exit 0
 fi
@@ -52,4 +69,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q -o Acquire::Retries=3 || echo "deps: apt-get update reported errors (continuing; see above)" >&2
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 apt-get install -y -q --no-install-recommends -t bookworm-backports "${backports[@]}"
+install_tahoe
 echo "deps: done"
