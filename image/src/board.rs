@@ -17,6 +17,9 @@ pub enum Arch {
     Arm64,
 }
 
+/// Every `Arch::debian()` name, for recipe keys that list architectures.
+pub const DEBIAN_ARCHES: &[&str] = &["i386", "amd64", "armhf", "arm64"];
+
 impl Arch {
     /// Debian's name, as mmdebstrap and dpkg use it.
     pub fn debian(self) -> &'static str {

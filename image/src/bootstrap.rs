@@ -64,6 +64,9 @@ pub struct Meta {
     /// "used", "off", or "skipped: <why>".
     pub security: String,
     pub packages: Vec<Package>,
+    /// Python distributions installed from PyPI by the recipe's `[[pip]]` entries.
+    #[serde(default)]
+    pub pip: Vec<Package>,
     pub seconds: f64,
 }
 
@@ -90,6 +93,26 @@ struct KeyInput<'a> {
     initramfs_modules: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     initramfs: Option<crate::board::InitramfsPolicy>,
+    /// (venv, requirements text) of the recipe's `[[pip]]` entries for this arch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pip: Vec<(&'a str, &'a str)>,
+}
+
+/// The recipe's `[[pip]]` entries that apply to this board, with their requirements text
+/// (their Debian packages are in the package set, so in the key too).
+fn pip_for<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a str, &'a str)> {
+    recipe
+        .recipe
+        .pip
+        .iter()
+        .zip(&recipe.pip_requirements)
+        .filter(|(p, _)| p.applies_to(board.arch.debian()))
+        .map(|(p, text)| (p.venv.as_str(), text.as_str()))
+        .collect()
+}
+
+fn pip_entries<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a crate::recipe::Pip, &'a str)> {
+    recipe.recipe.pip.iter().zip(&recipe.pip_requirements).filter(|(p, _)| p.applies_to(board.arch.debian())).map(|(p, t)| (p, t.as_str())).collect()
 }
 
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
@@ -100,6 +123,13 @@ pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     p.push(board.kernel_package.clone());
     p.extend(board.packages.iter().cloned());
     p.extend(recipe.recipe.packages.iter().cloned());
+    let pip: Vec<_> = recipe.recipe.pip.iter().filter(|e| e.applies_to(board.arch.debian())).collect();
+    if !pip.is_empty() {
+        p.push("python3-venv".into());
+    }
+    for e in pip {
+        p.extend(e.debian.iter().cloned());
+    }
     p.sort();
     p.dedup();
     p
@@ -119,6 +149,7 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         board_components: &board.components,
         initramfs_modules: board.initramfs_modules.as_deref(),
         initramfs: board.initramfs,
+        pip: pip_for(board, recipe),
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
 }
@@ -252,6 +283,23 @@ fn make(
             modules.join("\\n")
         ));
     }
+    // PyPI applications: every pin a wheel (nothing compiled here), no dependency resolution
+    // (the list is the closure), byte-compiled under SOURCE_DATE_EPOCH so .pyc files are
+    // reproducible. The requirements go in through a file, never through the shell line.
+    let pip_list = dir.join(format!("{key}.pip.tmp"));
+    let mut req_files = Vec::new();
+    for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
+        let venv = &entry.venv;
+        let site = if entry.debian.is_empty() { "" } else { " --system-site-packages" };
+        let req = dir.join(format!("{key}.req{i}.tmp"));
+        std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
+        c.arg(format!(
+            "--customize-hook=cp '{req}' \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" python3 -m venv{site} '{venv}' && chroot \"$1\" '{venv}/bin/pip' install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --no-deps --require-virtualenv -r /tmp/cloudy-requirements.txt && rm -f \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" '{venv}/bin/pip' list --format=freeze --disable-pip-version-check | sed 's/$/\t{i}/' >> '{list}'",
+            req = req.display(),
+            list = pip_list.display(),
+        ));
+        req_files.push(req);
+    }
     // Per-node secrets and identities must be made on the node, never shipped in the image.
     c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
     c.arg(format!(
@@ -260,10 +308,21 @@ fn make(
     ));
     c.arg(&r.suite).arg(&tmp).args(&sources);
 
-    if let Err(e) = cmd::run(&mut c, log, step) {
+    let _ = std::fs::remove_file(&pip_list);
+    let ran = cmd::run(&mut c, log, step);
+    for f in &req_files {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Err(e) = ran {
         let _ = cache::remove_any(&tmp);
+        let _ = std::fs::remove_file(&pip_list);
         return Err(classify(e, board, recipe, dir));
     }
+    let pip_packages = match std::fs::read_to_string(&pip_list) {
+        Ok(text) => parse_pip(&text, board.arch.debian()),
+        Err(_) => Vec::new(),
+    };
+    let _ = std::fs::remove_file(&pip_list);
     let packages = parse_packages(&std::fs::read_to_string(&pkg_list).map_err(|source| io("reading", &pkg_list, source))?);
     let _ = std::fs::remove_file(&pkg_list);
     let meta = Meta {
@@ -273,11 +332,27 @@ fn make(
         mirror: r.mirror.clone(),
         security: if with_security { "used".into() } else { "off".into() },
         packages,
+        pip: pip_packages,
         seconds: started.elapsed().as_secs_f64(),
     };
     write_meta(dir, &meta)?;
     cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
     Ok(Rootfs { dir: final_dir, meta, cached: false })
+}
+
+/// `pip list --format=freeze` lines (tagged with the entry's index) as manifest packages.
+fn parse_pip(text: &str, arch: &str) -> Vec<Package> {
+    let mut v: Vec<Package> = text
+        .lines()
+        .filter_map(|l| {
+            let (pin, _) = l.split_once('\t')?;
+            let (name, version) = pin.split_once("==")?;
+            Some(Package { name: name.into(), version: version.into(), arch: format!("pypi/{arch}") })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v.dedup_by(|a, b| a.name == b.name && a.version == b.version);
+    v
 }
 
 fn parse_packages(text: &str) -> Vec<Package> {

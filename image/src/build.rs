@@ -236,6 +236,7 @@ pub fn run(opts: &Options) -> Result<Built> {
         },
         units_enabled: units,
         packages: rootfs.meta.packages.clone(),
+        pypi: rootfs.meta.pip.clone(),
         outputs: outputs.clone(),
         stages: rep.times.clone(),
         built_at_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),

@@ -41,6 +41,8 @@ pub struct Manifest {
     pub agent: AgentInfo,
     pub units_enabled: Vec<String>,
     pub packages: Vec<Package>,
+    /// What the recipe's `[[pip]]` entries installed from PyPI (arch "pypi/<arch>").
+    pub pypi: Vec<Package>,
     pub outputs: Vec<Output>,
     pub stages: Vec<StageTime>,
     pub built_at_unix: u64,

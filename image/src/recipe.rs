@@ -61,6 +61,30 @@ impl Default for Verify {
     }
 }
 
+/// A Python application from PyPI in a venv of its own (Tahoe-LAFS is not in Debian).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pip {
+    /// Absolute path of the venv on the node, e.g. "/opt/cloudy/tahoe-lafs".
+    pub venv: String,
+    /// Every distribution pinned (`name==version` per line, as `pip freeze` writes it),
+    /// relative to the recipe's directory. Installed with `--no-deps --only-binary=:all:`, so
+    /// the list is the whole closure and nothing is compiled in the image.
+    pub requirements: PathBuf,
+    /// Debian architectures to install it on: those where PyPI has a wheel for every pin.
+    pub arches: Vec<String>,
+    /// Debian `python3-*` packages for dependencies PyPI has no wheel of (left out of the
+    /// requirements); the venv then sees the system's site-packages.
+    #[serde(default)]
+    pub debian: Vec<String>,
+}
+
+impl Pip {
+    pub fn applies_to(&self, debian_arch: &str) -> bool {
+        self.arches.iter().any(|a| a == debian_arch)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -84,6 +108,8 @@ pub struct Recipe {
     pub squashfs: Squashfs,
     #[serde(default)]
     pub verify: Verify,
+    #[serde(default)]
+    pub pip: Vec<Pip>,
 }
 
 fn default_components() -> Vec<String> {
@@ -97,6 +123,8 @@ pub struct Loaded {
     pub path: PathBuf,
     pub text: String,
     pub seed_text: String,
+    /// The text of each `[[pip]] requirements` file, in `recipe.pip` order.
+    pub pip_requirements: Vec<String>,
 }
 
 impl Recipe {
@@ -107,7 +135,24 @@ impl Recipe {
         let seed_text = std::fs::read_to_string(&seed_path).map_err(|e| {
             ConfigError::invalid(path, "seed", format!("cannot read {}: {e}", seed_path.display()), "point `seed` at a seed file next to the recipe")
         })?;
-        Ok(Loaded { recipe, path: path.to_path_buf(), text, seed_text })
+        let mut pip_requirements = Vec::new();
+        for (i, p) in recipe.pip.iter().enumerate() {
+            let file = path.parent().unwrap_or(Path::new(".")).join(&p.requirements);
+            let key = format!("pip[{i}].requirements");
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError::invalid(path, &key, format!("cannot read {}: {e}", file.display()), "point it at a `pip freeze` list next to the recipe")
+            })?;
+            if let Err((line, why)) = check_requirements(&text) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &key,
+                    format!("{} line {line}: {why}", file.display()),
+                    "write one `name==version` per line (as `pip freeze` does); no options, URLs or ranges",
+                ));
+            }
+            pip_requirements.push(text);
+        }
+        Ok(Loaded { recipe, path: path.to_path_buf(), text, seed_text, pip_requirements })
     }
 
     pub fn security_mirror(&self) -> String {
@@ -150,11 +195,51 @@ impl Recipe {
                 return Err(ConfigError::invalid(path, "squashfs.level", format!("{level} is out of range for {}", self.squashfs.compression.name()), format!("use 1-{max}")));
             }
         }
+        for (i, p) in self.pip.iter().enumerate() {
+            let ok = p.venv.starts_with("/opt/")
+                && !p.venv.contains("..")
+                && p.venv.chars().all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
+            if !ok {
+                return Err(ConfigError::invalid(path, &format!("pip[{i}].venv"), format!("`{}` is not a plain path under /opt", p.venv), "e.g. venv = \"/opt/cloudy/tahoe-lafs\""));
+            }
+            for (j, d) in p.debian.iter().enumerate() {
+                if !valid_package_name(d) {
+                    return Err(ConfigError::invalid(path, &format!("pip[{i}].debian[{j}]"), format!("`{d}` is not a Debian package name"), "e.g. \"python3-netifaces\""));
+                }
+            }
+            for (j, a) in p.arches.iter().enumerate() {
+                if !crate::board::DEBIAN_ARCHES.contains(&a.as_str()) {
+                    return Err(ConfigError::invalid(path, &format!("pip[{i}].arches[{j}]"), format!("`{a}` is not an architecture Cloudy builds"), format!("use some of {:?}", crate::board::DEBIAN_ARCHES)));
+                }
+            }
+        }
         if self.verify.timeout_s < 30 {
             return Err(ConfigError::invalid(path, "verify.timeout_s", "below 30 s: no emulated boot is that fast", "use 300"));
         }
         Ok(())
     }
+}
+
+/// Each line a strict pin: pip then installs exactly the listed files, and nothing in the list
+/// can point pip at another index, a URL or a local path.
+pub fn check_requirements(text: &str) -> Result<(), (usize, String)> {
+    let mut any = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, version)) = line.split_once("==") else {
+            return Err((n + 1, format!("`{line}` is not pinned with ==")));
+        };
+        let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let version_ok = !version.is_empty() && version.chars().all(|c| c.is_ascii_alphanumeric() || ".+!".contains(c));
+        if !name_ok || !version_ok {
+            return Err((n + 1, format!("`{line}` is not `name==version`")));
+        }
+        any = true;
+    }
+    if any { Ok(()) } else { Err((1, "no requirement in the file".into())) }
 }
 
 /// Debian policy 5.6.1: lowercase alphanumerics and + - ., at least two characters, starting
@@ -197,6 +282,14 @@ mod tests {
             assert!(err.contains(needle), "{file}: {err}");
             assert!(err.contains(file), "{file}: error does not name the file: {err}");
             assert!(err.contains("fix:"), "{file}: error gives no fix: {err}");
+        }
+    }
+
+    #[test]
+    fn requirements_must_be_strict_pins() {
+        assert!(check_requirements("# pinned\ntahoe-lafs==1.20.0\nzope.interface==8.7\n").is_ok());
+        for bad in ["tahoe-lafs>=1.20", "--index-url http://evil/ \n", "x==1 ; sh", "git+https://x/y==1", "", "a==1\nhttps://x/a.whl"] {
+            assert!(check_requirements(bad).is_err(), "{bad:?} accepted");
         }
     }
 

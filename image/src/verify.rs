@@ -14,6 +14,8 @@ use crate::qemu::Vm;
 
 const TAIL: usize = 40;
 pub const READY_MARK: &str = "{\"cloudy\":\"ready\"";
+/// The agent's second line, once every service the seed enables is running or has failed.
+pub const SERVICES_MARK: &str = "{\"cloudy\":\"services\"";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -21,6 +23,8 @@ pub enum VerifyError {
     Spawn { program: String, source: std::io::Error },
     #[error("no ready line from the node within {seconds} s (recipe key verify.timeout_s); console tail:\n{tail}\n  full console: {log}")]
     Timeout { seconds: u64, tail: String, log: String },
+    #[error("the node was ready but printed no services line within {seconds} s (recipe key verify.timeout_s); the seed enables {enabled}; console tail:\n{tail}\n  full console: {log}")]
+    ServicesTimeout { seconds: u64, enabled: String, tail: String, log: String },
     #[error("QEMU exited ({status}) before the node was ready; console tail:\n{tail}\n  full console: {log}")]
     Exited { status: String, tail: String, log: String },
     #[error("the guest reported: {message}; console tail:\n{tail}\n  full console: {log}")]
@@ -42,7 +46,15 @@ pub struct Outcome {
 
 /// Finds the ready JSON object in a console line (the console may prefix it with noise).
 pub fn parse_ready(line: &str) -> Option<serde_json::Value> {
-    let start = line.find(READY_MARK)?;
+    parse_marked(line, READY_MARK)
+}
+
+pub fn parse_services(line: &str) -> Option<serde_json::Value> {
+    parse_marked(line, SERVICES_MARK)
+}
+
+fn parse_marked(line: &str, mark: &str) -> Option<serde_json::Value> {
+    let start = line.find(mark)?;
     let json = &line[start..];
     let mut de = serde_json::Deserializer::from_str(json).into_iter::<serde_json::Value>();
     de.next()?.ok().filter(|v| v.is_object())
@@ -71,10 +83,50 @@ pub fn clean(line: &[u8]) -> String {
 }
 
 pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) -> Result<Outcome, VerifyError> {
-    let outcome = watch(vm, timeout_s, console_log, log, step, &|line| parse_ready(line).map(Ok))?;
+    let waiting = std::cell::RefCell::new(None::<serde_json::Value>);
+    let outcome = watch(vm, timeout_s, console_log, log, step, &|line| services_watch(&waiting, line)).map_err(|e| match (e, waiting.borrow().as_ref()) {
+        (VerifyError::Timeout { seconds, tail, log }, Some(ready)) => {
+            VerifyError::ServicesTimeout { seconds, enabled: enabled_services(ready).join(", "), tail, log }
+        }
+        (e, _) => e,
+    })?;
     log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
     check(vm.board, &outcome.ready)?;
     Ok(outcome)
+}
+
+/// Done at the ready line, unless it says the seed enables services: then done at the
+/// services line, which must report every one of them running. The ready value comes back
+/// with the services report under `"services_report"`.
+fn services_watch(waiting: &std::cell::RefCell<Option<serde_json::Value>>, line: &str) -> Option<Result<serde_json::Value, String>> {
+    if let Some(ready) = parse_ready(line) {
+        let enabled = enabled_services(&ready);
+        if enabled.is_empty() {
+            return Some(Ok(ready));
+        }
+        *waiting.borrow_mut() = Some(ready);
+        return None;
+    }
+    let report = parse_services(line)?;
+    let mut ready = waiting.borrow_mut().take()?;
+    let running: Vec<&str> = report["running"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let missing: Vec<String> = enabled_services(&ready)
+        .into_iter()
+        .filter(|s| !running.contains(&s.as_str()))
+        .map(|s| {
+            let why = report["failed"][s.as_str()].as_str().unwrap_or("not running");
+            format!("{s} ({why})")
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Some(Err(format!("services the seed enables did not start: {}", missing.join(", "))));
+    }
+    ready["services_report"] = report;
+    Some(Ok(ready))
+}
+
+fn enabled_services(ready: &serde_json::Value) -> Vec<String> {
+    ready["services"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// What a console line means to a watcher: nothing (None), done (Some(Ok(value))), or a
@@ -175,6 +227,23 @@ mod tests {
         assert_eq!(v["node"], "a");
         assert!(parse_ready("{\"cloudy\":\"starting\"}").is_none());
         assert!(parse_ready("{\"cloudy\":\"ready\",\"node\":").is_none(), "a cut line is not ready");
+    }
+
+    #[test]
+    fn services_line_awaited_when_the_seed_enables_services() {
+        let w = std::cell::RefCell::new(None);
+        let plain = r#"{"cloudy":"ready","kernel":"k"}"#;
+        assert!(matches!(services_watch(&w, plain), Some(Ok(_))), "no services: done at ready");
+        let ready = r#"x {"cloudy":"ready","kernel":"k","services":["syncthing","tahoe-introducer"]}"#;
+        assert!(services_watch(&w, ready).is_none(), "keeps watching");
+        assert!(services_watch(&w, "noise").is_none());
+        let good = r#"{"cloudy":"services","running":["tahoe-introducer","syncthing"],"failed":{}}"#;
+        let v = services_watch(&w, good).unwrap().unwrap();
+        assert_eq!(v["services_report"]["running"][1], "syncthing");
+        services_watch(&w, ready);
+        let bad = r#"{"cloudy":"services","running":["syncthing"],"failed":{"tahoe-introducer":"tahoe not installed"}}"#;
+        let e = services_watch(&w, bad).unwrap().unwrap_err();
+        assert!(e.contains("tahoe-introducer (tahoe not installed)"), "{e}");
     }
 
     #[test]
