@@ -87,10 +87,19 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
     if !boot_seeded {
         return;
     }
+    // A bigger card than the image: the root partition grows to its end on first boot.
+    let (_, root_size) = partition(&raw, 2);
+    run(Command::new("truncate").args(["-s", "+512M"]).arg(&raw));
     let o = cloudy_image(&["verify", "--board", board, "--out", out.to_str().unwrap(), "--image", raw.to_str().unwrap()]);
     assert!(o.status.success(), "verify of the customised image failed:\n{}", text(&o));
     let ready = text(&o).lines().find(|l| l.starts_with("{\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).expect("ready json");
     assert_eq!(ready["hostname"], "pi-test", "{ready}");
+    let console = std::fs::read_to_string(dir.join("verify-console.log")).unwrap();
+    let grown: u64 = console
+        .lines()
+        .find_map(|l| l.split("cloudy: root ").nth(1)?.split(" now ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no grow-root line on the console:\n{console}"));
+    assert!(grown >= root_size + (500 << 20), "root grew from {root_size} to only {grown} bytes");
 }
 
 #[test]
