@@ -71,7 +71,10 @@ pub const KNOWN_TYPES: &[(&str, &[&str])] = &[
     ("serf", &[]),
     ("tahoe-introducer", &["furl"]),
     ("tahoe-storage", &["nodeid"]),
-    ("streaming", &["stream_id"]),
+    (
+        "streaming",
+        &["stream_id", "playlist", "origin", "hops", "upstream"],
+    ),
     ("syncthing", &["device_id"]),
 ];
 
@@ -94,6 +97,25 @@ fn field_check(key: &str, v: &str) -> Result<(), &'static str> {
         "furl" => v.starts_with("pb://") && v.contains('@') && charset(b":/@.,-_"),
         "nodeid" => !v.is_empty() && v.len() <= 64 && charset(b"-"),
         "stream_id" => !v.is_empty() && v.len() <= 64 && charset(b"-_"),
+        // /stream/<stream_id>/index.m3u8
+        "playlist" => v
+            .strip_prefix("/stream/")
+            .and_then(|r| r.strip_suffix("/index.m3u8"))
+            .is_some_and(|id| crate::streaming::check_stream_id(id).is_ok()),
+        "origin" => is_node_id(v),
+        "hops" => v.parse::<u32>().is_ok_and(|h| {
+            h < crate::streaming::MAX_HOPS && v == h.to_string()
+        }),
+        // short ids (8 hex digits) of the relays and the source, nearest first
+        "upstream" => {
+            let ids: Vec<&str> = v.split(',').collect();
+            ids.len() <= crate::streaming::MAX_HOPS as usize
+                && ids.iter().all(|i| {
+                    i.len() == 8
+                        && i.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
+        }
         // 8 groups of 7 base32 characters
         "device_id" => {
             let g: Vec<&str> = v.split('-').collect();

@@ -12,6 +12,7 @@
 //! - `catalog`: service records, strictly parsed, and the catalog merging every source
 //! - `avahi`, `serf`, `publish`: our records as Avahi files and Serf tags; others' records
 //!   from mDNS and from Serf members (fetched over the join port), into the catalog
+//! - `streaming`: live streams over HTTP (HLS), from an ffmpeg source relayed peer to peer
 //! - `daemon`: `cloudy-agent run`, tying them together; `ready`, `status`: what it reports
 
 pub mod avahi;
@@ -29,6 +30,7 @@ pub mod seed;
 pub mod serf;
 pub mod services;
 pub mod status;
+pub mod streaming;
 pub mod supervise;
 pub mod system;
 pub mod tinc;

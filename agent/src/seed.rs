@@ -60,6 +60,8 @@ pub struct Seed {
     pub services: Option<Services>,
     pub dashboard: Option<Dashboard>,
     pub ssh: Option<Ssh>,
+    /// Live streaming: a source (`source = ...`) or a peer relaying a stream.
+    pub streaming: Option<crate::streaming::Config>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -328,6 +330,10 @@ impl Seed {
                 }
             }
         }
+        if let Some(s) = &self.streaming {
+            s.validate()
+                .map_err(|(key, problem, fix)| bad(key, problem, fix))?;
+        }
         if let Some(d) = &self.dashboard {
             if let Some(h) = &d.password_hash {
                 if !h.starts_with('$') || h.len() < 20 || h.contains(char::is_whitespace) {
@@ -371,7 +377,7 @@ impl Seed {
         macro_rules! section {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        section!(community, network, tinc, services, dashboard, ssh);
+        section!(community, network, tinc, services, dashboard, ssh, streaming);
         self
     }
 
@@ -571,6 +577,7 @@ mod tests {
             "good-named.toml",
             "good-full.toml",
             "good-services.toml",
+            "good-streaming.toml",
         ] {
             read_file(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
@@ -594,6 +601,7 @@ mod tests {
             ("bad-ssh-key.toml", "ssh.authorized_keys"),
             ("bad-service.toml", "services.enable"),
             ("bad-service-publish.toml", "services.publish"),
+            ("bad-streaming-source.toml", "streaming.source"),
         ] {
             let err = read_file(&fixture(f)).expect_err(f).to_string();
             assert!(err.contains(key), "{f}: error {err:?} does not name {key}");
@@ -604,7 +612,7 @@ mod tests {
     #[test]
     fn every_bad_fixture_is_listed() {
         // A fixture added without a line above would silently prove nothing.
-        let listed = 15;
+        let listed = 16;
         let n = std::fs::read_dir(fixture(""))
             .unwrap()
             .filter(|e| {

@@ -1,0 +1,194 @@
+//! The stream over HTTP: the server every node runs (axum) and the client a peer fetches its
+//! provider with (hyper, one plain HTTP/1.1 request a connection, every body bounded).
+//!
+//! The server answers only `/stream/<id>/index.m3u8`, `/stream/<id>/seg<N>.ts` for a segment
+//! in the window it lists, and `/stream/status`; it reads nothing but its segment directory.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::playlist::segment_seq;
+use super::Stream;
+
+/// A segment larger than this is refused (1 s of even a 50 Mbit/s stream is ~6 MiB).
+pub const MAX_SEGMENT: usize = 16 * 1024 * 1024;
+
+pub fn router(stream: Arc<Stream>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/stream/status", get(status))
+        .route("/stream/{id}/{name}", get(file))
+        .with_state(stream)
+}
+
+/// Serves until the listener fails; the caller binds it (so a port in use is its error).
+pub async fn serve(listener: tokio::net::TcpListener, stream: Arc<Stream>) {
+    if let Err(e) = axum::serve(listener, router(stream)).await {
+        tracing::error!("streaming HTTP server stopped: {e}");
+    }
+}
+
+fn plain(code: StatusCode, text: &'static str) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
+}
+
+async fn index(State(s): State<Arc<Stream>>) -> Response {
+    let id = s.state.lock().unwrap().id.clone();
+    let body = match id {
+        // Escaped by construction: stream ids are [A-Za-z0-9_-].
+        Some(id) => format!(
+            "<!doctype html><title>{id}</title><p>Live stream <b>{id}</b>: open \
+             <a href=\"/stream/{id}/index.m3u8\">/stream/{id}/index.m3u8</a> in a player \
+             (VLC, mpv, ffplay).</p><video controls autoplay muted src=\"/stream/{id}/index.m3u8\"></video>"
+        ),
+        None => "<!doctype html><p>No stream yet.</p>".to_string(),
+    };
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+async fn status(State(s): State<Arc<Stream>>) -> Response {
+    let body = serde_json::to_vec(&s.status()).expect("status serialises");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn file(State(s): State<Arc<Stream>>, Path((id, name)): Path<(String, String)>) -> Response {
+    let (listed, text) = {
+        let st = s.state.lock().unwrap();
+        if st.id.as_deref() != Some(id.as_str()) {
+            return plain(StatusCode::NOT_FOUND, "no such stream\n");
+        }
+        if name == "index.m3u8" {
+            if st.playlist.segments.is_empty() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "no segments yet\n");
+            }
+            (false, Some(st.playlist.render()))
+        } else {
+            let listed = segment_seq(&name)
+                .is_some_and(|seq| st.playlist.segments.iter().any(|g| g.seq == seq));
+            (listed, None)
+        }
+    };
+    if let Some(text) = text {
+        let mut r = ([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl")], text).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return r;
+    }
+    if !listed {
+        return plain(StatusCode::NOT_FOUND, "no such segment\n");
+    }
+    // The name matched seg<N>.ts, so it is a plain file name in our directory. Segments are
+    // small and on tmpfs: a plain read does not hold the thread for long.
+    match std::fs::read(s.seg_dir.join(&name)) {
+        Ok(bytes) => {
+            s.counters
+                .served_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            s.counters.served_segments.fetch_add(1, Ordering::Relaxed);
+            ([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response()
+        }
+        // Rotated out between listing and reading.
+        Err(_) => plain(StatusCode::NOT_FOUND, "segment gone\n"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("{0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("{0}: HTTP: {1}")]
+    Http(SocketAddr, String),
+    #[error("{0}{1}: answered {2}")]
+    Status(SocketAddr, String, u16),
+    #[error("{0}{1}: body larger than {2} bytes")]
+    TooLarge(SocketAddr, String, usize),
+}
+
+/// GET `path` from `addr`, at most `max` bytes of body, all within `timeout`.
+pub async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, FetchError> {
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| FetchError::Connect(addr, e))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| FetchError::Http(addr, e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Http(addr, e.to_string()))?;
+        let res = tx
+            .send_request(req)
+            .await
+            .map_err(|e| FetchError::Http(addr, e.to_string()))?;
+        if res.status() != hyper::StatusCode::OK {
+            conn.abort();
+            return Err(FetchError::Status(addr, path.into(), res.status().as_u16()));
+        }
+        let body = Limited::new(res.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    FetchError::TooLarge(addr, path.into(), max)
+                } else {
+                    FetchError::Http(addr, e.to_string())
+                }
+            })?
+            .to_bytes();
+        conn.abort();
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| FetchError::Timeout(addr))?
+}
+
+/// The health check's GET, from a blocking thread without a runtime: HTTP/1.0, so the server
+/// closes when done and the body is what follows the header.
+pub fn get_blocking(
+    addr: SocketAddr,
+    path: &str,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.take((max + 4096) as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header")?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let code = head.split_whitespace().nth(1).unwrap_or("");
+    if code != "200" {
+        return Err(format!("{path} answered {code}"));
+    }
+    Ok(buf[split + 4..].to_vec())
+}

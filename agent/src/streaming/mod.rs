@@ -1,0 +1,656 @@
+//! Live streaming, the PeerStreamer role over plain HTTP (HLS), so that any player can watch
+//! and every viewer's node becomes a provider.
+//!
+//! - A source node runs ffmpeg (`ingest`) on a file (looped), a URL or a camera, cutting the
+//!   stream into 1 s segments of a sliding HLS playlist in a tmpfs state dir.
+//! - Every node serves its window of segments over HTTP (`http`):
+//!   `http://<node>:<port>/stream/<id>/index.m3u8`, plus `/stream/status` as JSON.
+//! - A peer (`relay`) picks a provider of the stream from the catalog, fetches its playlist and
+//!   new segments, caches and re-serves them, and is itself published as a provider one hop
+//!   further. Its record carries the chain of nodes it fetches through, so nobody fetches from
+//!   a node downstream of itself. When its provider fails or stalls, it switches to another
+//!   one and continues the segment sequence.
+//!
+//! Segments keep their name (`seg<N>.ts`, N the media sequence) from the source to every
+//! peer, so a segment is the same bytes wherever it is fetched. N starts at the Unix time
+//! ffmpeg started, so it keeps growing across ffmpeg restarts.
+
+pub mod http;
+pub mod ingest;
+pub mod playlist;
+pub mod relay;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::catalog::Record;
+use crate::system::System;
+use playlist::Playlist;
+
+pub const DEFAULT_PORT: u16 = 8090;
+/// Segments are rewritten every second: tmpfs, never the SD card.
+pub const STATE_DIR: &str = "/run/cloudy/streaming";
+/// What `cloudy-agent join streaming [provider]` asked for; read by the running agent.
+pub const JOIN_FILE: &str = "/var/lib/cloudy/streaming/join.json";
+/// A chain longer than this is refused (and a loop that slipped through dies out at it).
+pub const MAX_HOPS: u32 = 16;
+/// Segments a node keeps and lists: ~10 s of stream for a player to start from.
+pub const WINDOW: usize = 10;
+/// A playlist whose newest segment is older than this is not live: unhealthy, unpublished.
+pub const HEALTH_STALL: Duration = Duration::from_secs(8);
+
+/// The seed's `[streaming]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What this node streams: a file path (played in a loop), an http(s)://, rtsp:// or
+    /// rtmp:// URL, or a V4L2 camera (/dev/videoN). Without it the node relays (a peer).
+    pub source: Option<String>,
+    /// The stream's id on a source (default: the node's name); on a peer, the stream to
+    /// relay (default: whichever is found first).
+    pub id: Option<String>,
+    /// HTTP port the stream is served on (default 8090).
+    pub port: Option<u16>,
+    /// Peer: the provider to fetch from (node name or id) while it works.
+    pub provider: Option<String>,
+}
+
+/// Where a source's stream comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    File(PathBuf),
+    Url(String),
+    Device(PathBuf),
+}
+
+/// A seed key that is wrong: (key, problem, fix).
+pub type ConfigError = (&'static str, String, &'static str);
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(s) = &self.source {
+            parse_input(s).map_err(|p| {
+                (
+                    "streaming.source",
+                    p,
+                    "give an absolute file path, an http(s)://, rtsp:// or rtmp:// URL, or /dev/videoN",
+                )
+            })?;
+        }
+        if let Some(id) = &self.id {
+            check_stream_id(id).map_err(|p| {
+                (
+                    "streaming.id",
+                    p,
+                    "use 1-64 letters, digits, '-' and '_'",
+                )
+            })?;
+        }
+        if self.port == Some(0) {
+            return Err((
+                "streaming.port",
+                "0 is not a port".into(),
+                "leave it out for 8090",
+            ));
+        }
+        if let Some(p) = &self.provider {
+            if self.source.is_some() {
+                return Err((
+                    "streaming.provider",
+                    "a source node fetches from nobody".into(),
+                    "remove streaming.provider, or streaming.source to make this node a peer",
+                ));
+            }
+            check_provider(p).map_err(|e| {
+                (
+                    "streaming.provider",
+                    e,
+                    "name the provider's node (its name or 32-digit id)",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn input(&self) -> Option<Input> {
+        self.source.as_deref().and_then(|s| parse_input(s).ok())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_PORT)
+    }
+}
+
+/// A source as the seed gives it. It becomes one argument of ffmpeg (never a shell's), and
+/// still only these forms pass: nothing that ffmpeg would read as an option or a protocol of
+/// its own (`concat:`, `pipe:`, `subfile,`...).
+pub fn parse_input(s: &str) -> Result<Input, String> {
+    if s.is_empty() || s.len() > 1024 {
+        return Err(format!("{} characters (1-1024)", s.len()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("control characters".into());
+    }
+    if let Some(dev) = s.strip_prefix("/dev/video") {
+        if !dev.is_empty() && dev.len() <= 3 && dev.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(Input::Device(PathBuf::from(s)));
+        }
+        return Err(format!("{s:?} is not a camera device /dev/videoN"));
+    }
+    if s.starts_with('/') {
+        let p = Path::new(s);
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!("{s:?} has a '..' component"));
+        }
+        if s.starts_with("/dev/") || s.starts_with("/proc/") || s.starts_with("/sys/") {
+            return Err(format!("{s:?} is not a media file"));
+        }
+        return Ok(Input::File(p.to_path_buf()));
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!("{s:?} is neither an absolute path nor a URL"));
+    };
+    if !matches!(scheme, "http" | "https" | "rtsp" | "rtmp") {
+        return Err(format!("URL scheme {scheme:?} (http, https, rtsp or rtmp)"));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]@_".contains(&b));
+    let all_ok = rest
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"\"'`\\<>{}|^".contains(&b));
+    if !host_ok || !all_ok {
+        return Err(format!("{s:?} is not a plain URL"));
+    }
+    Ok(Input::Url(s.to_string()))
+}
+
+pub fn check_stream_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("{id:?} is not 1-64 of [A-Za-z0-9_-]"));
+    }
+    Ok(())
+}
+
+/// A provider named by a user: a node name or a node id.
+pub fn check_provider(p: &str) -> Result<(), String> {
+    if crate::identity::is_node_id(p) || crate::seed::check_hostname(p).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{p:?} is neither a node name nor a node id"))
+    }
+}
+
+/// How a node appears in `upstream` chains: the first 8 hex digits of its id (a collision only
+/// makes a peer skip a provider it could have used).
+pub fn short_id(node_id: &str) -> &str {
+    &node_id[..node_id.len().min(8)]
+}
+
+/// The playlist path for a stream id, as records carry it.
+pub fn playlist_path(id: &str) -> String {
+    format!("/stream/{id}/index.m3u8")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Source,
+    Peer,
+}
+
+/// The provider a peer fetches from now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    pub node: String,
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub hops: u32,
+}
+
+/// What this node serves, shared by the HTTP server, the ingest or relay task and the health
+/// check.
+#[derive(Debug)]
+pub struct State {
+    /// None until a peer has found a stream to relay.
+    pub id: Option<String>,
+    pub role: Role,
+    /// The window of segments served, oldest first.
+    pub playlist: Playlist,
+    /// Node id of the source.
+    pub origin: Option<String>,
+    /// 0 on the source; the provider's + 1 on a peer.
+    pub hops: u32,
+    /// Short ids of the nodes our segments come through, nearest first, the source last.
+    pub upstream: Vec<String>,
+    pub provider: Option<Upstream>,
+    pub last_error: Option<String>,
+    /// When the newest segment was added.
+    pub advanced: Option<Instant>,
+    pub first_segment_after: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub served_bytes: AtomicU64,
+    pub served_segments: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub fetched_segments: AtomicU64,
+    pub switches: AtomicU32,
+    pub ffmpeg_starts: AtomicU32,
+    pub ffmpeg_pid: AtomicU32,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    pub state: Mutex<State>,
+    pub counters: Counters,
+    /// Where the served segments are (ffmpeg's output on a source, the cache on a peer).
+    pub seg_dir: PathBuf,
+    pub port: u16,
+    pub node_id: String,
+    pub started: Instant,
+}
+
+/// `/stream/status`: what a person or a test wants to know about this node's stream.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub role: Role,
+    pub stream_id: Option<String>,
+    pub node_id: String,
+    pub origin: Option<String>,
+    pub hops: u32,
+    pub upstream: Vec<String>,
+    pub provider: Option<Upstream>,
+    pub segments: Vec<u64>,
+    pub served_bytes: u64,
+    pub served_segments: u64,
+    pub fetched_bytes: u64,
+    pub fetched_segments: u64,
+    pub switches: u32,
+    pub ffmpeg_starts: u32,
+    pub ffmpeg_pid: Option<u32>,
+    pub last_error: Option<String>,
+    pub first_segment_ms: Option<u64>,
+}
+
+impl Stream {
+    pub fn new(role: Role, id: Option<String>, seg_dir: PathBuf, port: u16, node_id: &str) -> Arc<Stream> {
+        Arc::new(Stream {
+            state: Mutex::new(State {
+                id,
+                role,
+                playlist: Playlist::default(),
+                origin: (role == Role::Source).then(|| node_id.to_string()),
+                hops: 0,
+                upstream: Vec::new(),
+                provider: None,
+                last_error: None,
+                advanced: None,
+                first_segment_after: None,
+            }),
+            counters: Counters::default(),
+            seg_dir,
+            port,
+            node_id: node_id.into(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let s = self.state.lock().unwrap();
+        let c = &self.counters;
+        let pid = c.ffmpeg_pid.load(Ordering::Relaxed);
+        Status {
+            role: s.role,
+            stream_id: s.id.clone(),
+            node_id: self.node_id.clone(),
+            origin: s.origin.clone(),
+            hops: s.hops,
+            upstream: s.upstream.clone(),
+            provider: s.provider.clone(),
+            segments: s.playlist.segments.iter().map(|g| g.seq).collect(),
+            served_bytes: c.served_bytes.load(Ordering::Relaxed),
+            served_segments: c.served_segments.load(Ordering::Relaxed),
+            fetched_bytes: c.fetched_bytes.load(Ordering::Relaxed),
+            fetched_segments: c.fetched_segments.load(Ordering::Relaxed),
+            switches: c.switches.load(Ordering::Relaxed),
+            ffmpeg_starts: c.ffmpeg_starts.load(Ordering::Relaxed),
+            ffmpeg_pid: (pid != 0).then_some(pid),
+            last_error: s.last_error.clone(),
+            first_segment_ms: s.first_segment_after.map(|d| d.as_millis() as u64),
+        }
+    }
+
+    /// The service record for this node's stream, once it has one; `base` carries who we are.
+    pub fn record(&self, mut base: Record) -> Option<Record> {
+        let s = self.state.lock().unwrap();
+        let id = s.id.clone()?;
+        base.kind = "streaming".into();
+        base.port = self.port;
+        base.description = match s.role {
+            Role::Source => format!("Live stream {id}"),
+            Role::Peer => format!("Live stream {id} (relayed, {} hops)", s.hops),
+        };
+        let mut f = BTreeMap::new();
+        f.insert("stream_id".to_string(), id.clone());
+        f.insert("playlist".into(), playlist_path(&id));
+        f.insert("origin".into(), s.origin.clone().unwrap_or_else(|| self.node_id.clone()));
+        f.insert("hops".into(), s.hops.to_string());
+        if !s.upstream.is_empty() {
+            f.insert("upstream".into(), s.upstream.join(","));
+        }
+        base.fields = f;
+        Some(base)
+    }
+}
+
+/// The health check, from outside the stream's own tasks: the HTTP server answers our playlist
+/// and that playlist keeps getting new segments. Blocking (run it off the async thread).
+#[derive(Debug)]
+pub struct Health {
+    port: u16,
+    last: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Health {
+    pub fn new(port: u16) -> Health {
+        Health {
+            port,
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn check(&self, id: &str) -> Result<(), String> {
+        let body = http::get_blocking(
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), self.port),
+            &playlist_path(id),
+            playlist::MAX_PLAYLIST,
+            Duration::from_secs(2),
+        )?;
+        let pl = Playlist::parse(&body).map_err(|e| e.to_string())?;
+        let top = pl.last_seq().ok_or("no segments yet")?;
+        let mut last = self.last.lock().unwrap();
+        let now = Instant::now();
+        match *last {
+            Some((seq, at)) if seq == top => {
+                if now.duration_since(at) > HEALTH_STALL {
+                    return Err(format!(
+                        "playlist stuck at segment {top} for {:?}",
+                        now.duration_since(at)
+                    ));
+                }
+            }
+            _ => *last = Some((top, now)),
+        }
+        Ok(())
+    }
+}
+
+/// The ffmpeg to run: `CLOUDY_FFMPEG` or Debian's.
+pub fn ffmpeg() -> PathBuf {
+    std::env::var_os("CLOUDY_FFMPEG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/ffmpeg"))
+}
+
+/// What starting a node's stream needs.
+pub struct Options {
+    pub sys: System,
+    pub ffmpeg: PathBuf,
+    pub node: String,
+    pub node_id: String,
+    pub config: Config,
+    /// Where a peer finds providers.
+    pub catalog: relay::Catalog,
+    /// Run ffmpeg as this (uid, gid).
+    pub user: Option<(u32, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("streaming: listening on port {0}: {1}")]
+    Listen(u16, std::io::Error),
+}
+
+/// A node's stream while it runs: the HTTP server and the ingest or relay task, stopped on drop
+/// (and ffmpeg with them).
+pub struct Running {
+    pub stream: Arc<Stream>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds the port, then serves and ingests (a source) or relays (a peer). Call inside a tokio
+/// runtime.
+pub async fn start(o: Options) -> Result<Running, StartError> {
+    let port = o.config.port();
+    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await
+    {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .map_err(|e| StartError::Listen(port, e))?,
+    };
+    let dir = o.sys.path(STATE_DIR);
+    let (stream, worker) = match o.config.input() {
+        Some(input) => {
+            let id = o.config.id.clone().unwrap_or_else(|| o.node.clone());
+            let stream = Stream::new(Role::Source, Some(id), dir.join("source"), port, &o.node_id);
+            let ingest = ingest::Ingest {
+                ffmpeg: o.ffmpeg,
+                input,
+                stream: stream.clone(),
+                user: o.user,
+            };
+            (stream, tokio::spawn(ingest.run()))
+        }
+        None => {
+            let stream = Stream::new(Role::Peer, None, dir.join("relay"), port, &o.node_id);
+            let relay = relay::Relay {
+                stream: stream.clone(),
+                sys: o.sys,
+                want: o.config.id.clone(),
+                prefer: o.config.provider.clone(),
+                catalog: o.catalog,
+            };
+            (stream, tokio::spawn(relay.run()))
+        }
+    };
+    let server = tokio::spawn(http::serve(listener, stream.clone()));
+    Ok(Running {
+        stream,
+        tasks: vec![server, worker],
+    })
+}
+
+/// `cloudy-agent join streaming [provider]`: what the running agent's relay should do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub provider: Option<String>,
+    /// When it was asked (unix ms): the bench times a join from it.
+    pub at_ms: u64,
+}
+
+pub fn write_join(sys: &System, provider: Option<&str>) -> Result<(), String> {
+    if let Some(p) = provider {
+        check_provider(p)?;
+    }
+    let req = JoinRequest {
+        provider: provider.map(str::to_string),
+        at_ms: crate::catalog::now_ms(),
+    };
+    sys.write_atomic(
+        JOIN_FILE,
+        &serde_json::to_vec(&req).expect("serialises"),
+        0o644,
+    )
+    .map_err(|e| format!("{JOIN_FILE}: {e}"))
+}
+
+pub fn read_join(sys: &System) -> Option<JoinRequest> {
+    let bytes = std::fs::read(sys.path(JOIN_FILE)).ok()?;
+    if bytes.len() > 4096 {
+        return None;
+    }
+    serde_json::from_slice::<JoinRequest>(&bytes)
+        .ok()
+        .filter(|j| j.provider.as_deref().is_none_or(|p| check_provider(p).is_ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_strict() {
+        assert_eq!(
+            parse_input("/srv/video/film one.mp4"),
+            Ok(Input::File("/srv/video/film one.mp4".into()))
+        );
+        assert_eq!(
+            parse_input("/dev/video0"),
+            Ok(Input::Device("/dev/video0".into()))
+        );
+        assert!(matches!(
+            parse_input("rtsp://cam.local:554/stream1"),
+            Ok(Input::Url(_))
+        ));
+        assert!(matches!(
+            parse_input("https://example.org/live/index.m3u8?token=abc"),
+            Ok(Input::Url(_))
+        ));
+        for bad in [
+            "",
+            "film.mp4",
+            "-i /etc/passwd",
+            "concat:/a.mp4|/b.mp4",
+            "pipe:0",
+            "file:/etc/shadow",
+            "subfile,,start,0,end,0,,:/x",
+            "/srv/../etc/shadow",
+            "/dev/sda",
+            "/dev/video0; rm -rf /",
+            "/proc/self/environ",
+            "ftp://host/x.mp4",
+            "http://",
+            "http://host/$(reboot)`x`",
+            "http://host/a b",
+            "/srv/a\nb.mp4",
+        ] {
+            assert!(parse_input(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn seed_keys_are_checked() {
+        let ok = Config {
+            source: Some("/srv/film.mp4".into()),
+            id: Some("film_1".into()),
+            port: Some(8091),
+            provider: None,
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.port(), 8091);
+        assert_eq!(Config::default().port(), DEFAULT_PORT);
+        let peer = Config {
+            provider: Some("n1".into()),
+            ..Config::default()
+        };
+        peer.validate().unwrap();
+        for (c, key) in [
+            (
+                Config {
+                    source: Some("concat:/a|/b".into()),
+                    ..Config::default()
+                },
+                "streaming.source",
+            ),
+            (
+                Config {
+                    id: Some("../x".into()),
+                    ..Config::default()
+                },
+                "streaming.id",
+            ),
+            (
+                Config {
+                    port: Some(0),
+                    ..Config::default()
+                },
+                "streaming.port",
+            ),
+            (
+                Config {
+                    provider: Some("Not A Node".into()),
+                    ..Config::default()
+                },
+                "streaming.provider",
+            ),
+            (
+                Config {
+                    source: Some("/srv/film.mp4".into()),
+                    provider: Some("n1".into()),
+                    ..Config::default()
+                },
+                "streaming.provider",
+            ),
+        ] {
+            assert_eq!(c.validate().unwrap_err().0, key, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn records_carry_the_chain() {
+        let s = Stream::new(Role::Peer, Some("film".into()), "/x".into(), 8090, &"b".repeat(32));
+        {
+            let mut st = s.state.lock().unwrap();
+            st.origin = Some("a".repeat(32));
+            st.hops = 2;
+            st.upstream = vec!["cccccccc".into(), "aaaaaaaa".into()];
+        }
+        let base = crate::catalog::tests::record('b', "x", 1);
+        let r = s.record(base).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.port, 8090);
+        assert_eq!(r.fields["upstream"], "cccccccc,aaaaaaaa");
+        assert_eq!(r.fields["playlist"], "/stream/film/index.m3u8");
+        assert_eq!(r.fields["hops"], "2");
+        let none = Stream::new(Role::Peer, None, "/x".into(), 8090, &"b".repeat(32));
+        assert!(none.record(crate::catalog::tests::record('b', "x", 1)).is_none());
+    }
+
+    #[test]
+    fn join_requests_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        assert_eq!(read_join(&sys), None);
+        write_join(&sys, Some("n1")).unwrap();
+        assert_eq!(read_join(&sys).unwrap().provider.as_deref(), Some("n1"));
+        assert!(write_join(&sys, Some("../n1")).is_err());
+        write_join(&sys, None).unwrap();
+        assert_eq!(read_join(&sys).unwrap().provider, None);
+    }
+}
