@@ -186,7 +186,7 @@ impl Relay {
                 continue;
             };
             waiting_since = Instant::now();
-            match self.follow(&p).await {
+            match self.follow(&p, &avoid).await {
                 Left::Failed => {
                     avoid.insert(p.node_id.clone(), Instant::now() + AVOID);
                 }
@@ -200,10 +200,10 @@ impl Relay {
         self.stream.state.lock().unwrap().last_error = Some(e);
     }
 
-    async fn follow(&self, p: &Provider) -> Left {
+    async fn follow(&self, p: &Provider, avoid: &HashMap<String, Instant>) -> Left {
         {
             let mut st = self.stream.state.lock().unwrap();
-            if st.provider.is_some() {
+            if st.provider.as_ref().is_some_and(|u| u.node_id != p.node_id) {
                 self.stream.counters.switches.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(
@@ -264,7 +264,11 @@ impl Relay {
                     let listed = (self.catalog)()
                         .iter()
                         .filter_map(Provider::from_record)
-                        .any(|q| q.named(&name) && q.eligible(&self.stream.node_id, Some(&p.stream_id)));
+                        .any(|q| {
+                            q.named(&name)
+                                && !avoid.contains_key(&q.node_id)
+                                && q.eligible(&self.stream.node_id, Some(&p.stream_id))
+                        });
                     if listed {
                         return Left::Replaced;
                     }
