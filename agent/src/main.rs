@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use cloudy_agent::{daemon, network, seed, status, system::System};
+use cloudy_agent::{daemon, network, seed, status, streaming, system::System};
 
 /// The Cloudy node agent: applies the seed and brings the node into its microcloud.
 #[derive(Parser)]
@@ -49,6 +49,23 @@ enum Command {
     Seed {
         #[command(subcommand)]
         command: SeedCommand,
+    },
+    /// The live stream of this node, as the agent runs it (see `[streaming]` in the seed):
+    /// serves it over HTTP, ingesting it with ffmpeg (--source) or relaying it from a provider.
+    #[command(hide = true)]
+    Stream {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        node_id: String,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// Network actions run by tinc-up.
     Net {
@@ -124,6 +141,36 @@ fn run(cli: Cli) -> Result<i32> {
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&System::new(cli.root)),
+        Command::Stream {
+            node,
+            node_id,
+            port,
+            source,
+            id,
+            provider,
+        } => {
+            let config = streaming::Config {
+                source,
+                id,
+                port,
+                provider,
+            };
+            if let Err((key, problem, fix)) = config.validate() {
+                anyhow::bail!("{key}: {problem}; fix: {fix}");
+            }
+            let sys = System::new(cli.root);
+            streaming::run_process(streaming::Options {
+                catalog: streaming::catalog_file(&sys),
+                sys,
+                ffmpeg: streaming::ffmpeg(),
+                node,
+                node_id,
+                config,
+                user: None,
+            })
+            .map_err(anyhow::Error::msg)?;
+            Ok(0)
+        }
         Command::Services { kind, json } => {
             status::services(&System::new(cli.root), kind.as_deref(), json)
         }

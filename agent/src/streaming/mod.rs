@@ -206,7 +206,7 @@ pub fn playlist_path(id: &str) -> String {
     format!("/stream/{id}/index.m3u8")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Source,
@@ -214,7 +214,7 @@ pub enum Role {
 }
 
 /// The provider a peer fetches from now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     pub node: String,
     pub node_id: String,
@@ -267,7 +267,7 @@ pub struct Stream {
 }
 
 /// `/stream/status`: what a person or a test wants to know about this node's stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub role: Role,
     pub stream_id: Option<String>,
@@ -483,6 +483,106 @@ pub async fn start(o: Options) -> Result<Running, StartError> {
         stream,
         tasks: vec![server, worker],
     })
+}
+
+/// The providers a separate stream process sees: the catalog file the agent rewrites every
+/// few seconds (its records were checked when they entered the catalog).
+pub fn catalog_file(sys: &System) -> relay::Catalog {
+    let path = sys.path(crate::catalog::CATALOG_FILE);
+    Arc::new(move || {
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Vec::new();
+        };
+        if bytes.len() > 16 << 20 {
+            return Vec::new();
+        }
+        serde_json::from_slice::<crate::catalog::Catalog>(&bytes)
+            .map(|c| {
+                c.entries
+                    .into_iter()
+                    .map(|e| e.record)
+                    .filter(|r| r.kind == "streaming" && r.validate().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// `cloudy-agent stream`: the stream as a process of its own (what the agent supervises, as an
+/// unprivileged user), until SIGTERM.
+pub fn run_process(o: Options) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting tokio: {e}"))?;
+    rt.block_on(async {
+        let running = start(o).await.map_err(|e| e.to_string())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        drop(running);
+        Ok(())
+    })
+}
+
+/// The agent's view of a stream process it supervises: health from outside (HTTP answers, the
+/// playlist advances) and the record from the process's own status.
+#[derive(Debug)]
+pub struct Watch {
+    pub port: u16,
+    health: Health,
+    last: Mutex<Option<Status>>,
+}
+
+impl Watch {
+    pub fn new(port: u16) -> Watch {
+        Watch {
+            port,
+            health: Health::new(port),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Blocking: two local HTTP requests.
+    pub fn healthy(&self) -> Result<(), String> {
+        let body = http::get_blocking(
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), self.port),
+            "/stream/status",
+            64 * 1024,
+            Duration::from_secs(2),
+        );
+        let status: Option<Status> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+        *self.last.lock().unwrap() = status.clone();
+        let status = status.ok_or("the stream process does not answer")?;
+        let id = status.stream_id.ok_or_else(|| {
+            status
+                .last_error
+                .unwrap_or_else(|| "no stream yet".to_string())
+        })?;
+        self.health.check(&id)
+    }
+
+    /// The record for what the last health check saw.
+    pub fn record(&self, base: Record) -> Option<Record> {
+        let st = self.last.lock().unwrap().clone()?;
+        let s = Stream::new(st.role, st.stream_id.clone(), PathBuf::new(), self.port, &st.node_id);
+        {
+            let mut x = s.state.lock().unwrap();
+            x.origin = st.origin;
+            x.hops = st.hops;
+            x.upstream = st.upstream;
+        }
+        s.record(base)
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        self.last.lock().unwrap().clone()
+    }
 }
 
 /// `cloudy-agent join streaming [provider]`: what the running agent's relay should do.
