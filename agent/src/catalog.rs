@@ -103,9 +103,9 @@ fn field_check(key: &str, v: &str) -> Result<(), &'static str> {
             .and_then(|r| r.strip_suffix("/index.m3u8"))
             .is_some_and(|id| crate::streaming::check_stream_id(id).is_ok()),
         "origin" => is_node_id(v),
-        "hops" => v.parse::<u32>().is_ok_and(|h| {
-            h < crate::streaming::MAX_HOPS && v == h.to_string()
-        }),
+        "hops" => v
+            .parse::<u32>()
+            .is_ok_and(|h| h < crate::streaming::MAX_HOPS && v == h.to_string()),
         // short ids (8 hex digits) of the relays and the source, nearest first
         "upstream" => {
             let ids: Vec<&str> = v.split(',').collect();

@@ -119,7 +119,8 @@ fn relay_chain_in_process() {
     let rt = runtime.handle().clone();
     std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
     // Who publishes what: filled in as the nodes start, read by the peers' catalogs.
-    let streams: Arc<Mutex<Vec<(String, Arc<Stream>)>>> = Arc::default();
+    type Published = Arc<Mutex<Vec<(String, Arc<Stream>)>>>;
+    let streams: Published = Arc::default();
     let catalog: streaming::relay::Catalog = {
         let s = streams.clone();
         Arc::new(move || {
@@ -179,7 +180,9 @@ fn relay_chain_in_process() {
         },
     );
     let took = wait_for("B serves segments", Duration::from_secs(30), || {
-        status(pb)["segments"].as_array().is_some_and(|s| s.len() >= 3)
+        status(pb)["segments"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 3)
     });
     eprintln!("B has 3 segments {took:?} after start");
     let sb = status(pb);
@@ -193,7 +196,10 @@ fn relay_chain_in_process() {
     let mut same = 0;
     for seq in sb["segments"].as_array().unwrap() {
         let name = format!("seg{}.ts", seq.as_u64().unwrap());
-        if let (Ok(x), Ok(y)) = (std::fs::read(src_dir.join(&name)), std::fs::read(b_dir.join(&name))) {
+        if let (Ok(x), Ok(y)) = (
+            std::fs::read(src_dir.join(&name)),
+            std::fs::read(b_dir.join(&name)),
+        ) {
             assert_eq!(x, y, "{name} differs");
             same += 1;
         }
@@ -201,17 +207,42 @@ fn relay_chain_in_process() {
     assert!(same >= 2, "compared {same} segments");
 
     // A goes: B carries on from the source.
-    let before = status(pb)["segments"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+    let before = status(pb)["segments"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_u64()
+        .unwrap();
     drop(a);
-    let took = wait_for("B fetches from another provider", Duration::from_secs(10), || {
-        let s = status(pb);
-        s["provider"]["node"] == "src"
-            && s["segments"].as_array().unwrap().last().unwrap().as_u64().unwrap() > before + 1
-    });
+    let took = wait_for(
+        "B fetches from another provider",
+        Duration::from_secs(10),
+        || {
+            let s = status(pb);
+            s["provider"]["node"] == "src"
+                && s["segments"]
+                    .as_array()
+                    .unwrap()
+                    .last()
+                    .unwrap()
+                    .as_u64()
+                    .unwrap()
+                    > before + 1
+        },
+    );
     eprintln!("B switched to the source and got new segments {took:?} after A stopped");
     let sb = status(pb);
     assert_eq!(sb["hops"], 1);
     assert_eq!(sb["switches"], 1);
-    let segs: Vec<u64> = sb["segments"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(segs.windows(2).all(|w| w[1] == w[0] + 1), "no gap: {segs:?}");
+    let segs: Vec<u64> = sb["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        segs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap: {segs:?}"
+    );
 }

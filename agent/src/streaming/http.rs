@@ -79,7 +79,11 @@ async fn file(State(s): State<Arc<Stream>>, Path((id, name)): Path<(String, Stri
         }
     };
     if let Some(text) = text {
-        let mut r = ([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl")], text).into_response();
+        let mut r = (
+            [(header::CONTENT_TYPE, "application/vnd.apple.mpegurl")],
+            text,
+        )
+            .into_response();
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return r;
@@ -149,7 +153,9 @@ pub async fn fetch(
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     FetchError::TooLarge(addr, path.into(), max)
                 } else {
                     FetchError::Http(addr, e.to_string())
@@ -174,8 +180,10 @@ pub fn get_blocking(
 ) -> Result<Vec<u8>, String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.take((max + 4096) as u64)

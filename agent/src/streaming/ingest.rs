@@ -41,13 +41,22 @@ pub enum Mode {
 
 /// The argument list for ffmpeg; the input is one argument, never seen by a shell.
 pub fn args(input: &Input, mode: Mode, dir: &Path) -> Vec<String> {
-    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y"]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "error",
+        "-y",
+    ]
+    .map(String::from)
+    .to_vec();
     match input {
         Input::File(p) => {
             // Loop the file forever at its own pace, as a live source would play.
-            a.extend(["-stream_loop", "-1", "-re", "-protocol_whitelist", "file"].map(String::from));
+            a.extend(
+                ["-stream_loop", "-1", "-re", "-protocol_whitelist", "file"].map(String::from),
+            );
             a.push("-i".into());
             // `file:` so nothing in the path is taken for another protocol.
             a.push(format!("file:{}", p.display()));
@@ -128,7 +137,14 @@ pub async fn probe(ffmpeg: &Path, input: &Input) -> Mode {
     let out = tokio::time::timeout(
         Duration::from_secs(15),
         tokio::process::Command::new(&ffprobe)
-            .args(["-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json"])
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name",
+                "-of",
+                "json",
+            ])
             .arg(&target)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -211,9 +227,15 @@ impl Ingest {
                 }
             };
             let c = &self.stream.counters;
-            c.ffmpeg_pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+            c.ffmpeg_pid
+                .store(child.id().unwrap_or(0), Ordering::SeqCst);
             let n = c.ffmpeg_starts.fetch_add(1, Ordering::SeqCst) + 1;
-            tracing::info!(pid = child.id(), starts = n, ?mode, "streaming: ffmpeg started");
+            tracing::info!(
+                pid = child.id(),
+                starts = n,
+                ?mode,
+                "streaming: ffmpeg started"
+            );
             let mut produced = false;
             let mut tick = tokio::time::interval(WATCH);
             let status = loop {
@@ -332,9 +354,16 @@ mod tests {
         assert!(a.contains(&format!("file:{nasty}")));
         assert!(a.windows(2).any(|w| w == ["-c", "copy"]));
         assert_eq!(a.last().unwrap(), "/run/s/ffmpeg.m3u8");
-        let cam = args(&Input::Device("/dev/video0".into()), Mode::Encode, Path::new("/d"));
+        let cam = args(
+            &Input::Device("/dev/video0".into()),
+            Mode::Encode,
+            Path::new("/d"),
+        );
         assert!(cam.windows(3).any(|w| w == ["-f", "v4l2", "-i"]));
         assert!(cam.contains(&"libx264".to_string()));
-        assert!(!cam.contains(&"-re".to_string()), "a camera is live already");
+        assert!(
+            !cam.contains(&"-re".to_string()),
+            "a camera is live already"
+        );
     }
 }

@@ -83,13 +83,8 @@ impl Config {
             })?;
         }
         if let Some(id) = &self.id {
-            check_stream_id(id).map_err(|p| {
-                (
-                    "streaming.id",
-                    p,
-                    "use 1-64 letters, digits, '-' and '_'",
-                )
-            })?;
+            check_stream_id(id)
+                .map_err(|p| ("streaming.id", p, "use 1-64 letters, digits, '-' and '_'"))?;
         }
         if self.port == Some(0) {
             return Err((
@@ -289,7 +284,13 @@ pub struct Status {
 }
 
 impl Stream {
-    pub fn new(role: Role, id: Option<String>, seg_dir: PathBuf, port: u16, node_id: &str) -> Arc<Stream> {
+    pub fn new(
+        role: Role,
+        id: Option<String>,
+        seg_dir: PathBuf,
+        port: u16,
+        node_id: &str,
+    ) -> Arc<Stream> {
         Arc::new(Stream {
             state: Mutex::new(State {
                 id,
@@ -349,7 +350,10 @@ impl Stream {
         let mut f = BTreeMap::new();
         f.insert("stream_id".to_string(), id.clone());
         f.insert("playlist".into(), playlist_path(&id));
-        f.insert("origin".into(), s.origin.clone().unwrap_or_else(|| self.node_id.clone()));
+        f.insert(
+            "origin".into(),
+            s.origin.clone().unwrap_or_else(|| self.node_id.clone()),
+        );
         f.insert("hops".into(), s.hops.to_string());
         if !s.upstream.is_empty() {
             f.insert("upstream".into(), s.upstream.join(","));
@@ -446,13 +450,13 @@ impl Drop for Running {
 /// runtime.
 pub async fn start(o: Options) -> Result<Running, StartError> {
     let port = o.config.port();
-    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await
-    {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
-            .await
-            .map_err(|e| StartError::Listen(port, e))?,
-    };
+    let listener =
+        match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                .await
+                .map_err(|e| StartError::Listen(port, e))?,
+        };
     let dir = o.sys.path(STATE_DIR);
     let (stream, worker) = match o.config.input() {
         Some(input) => {
@@ -570,7 +574,13 @@ impl Watch {
     /// The record for what the last health check saw.
     pub fn record(&self, base: Record) -> Option<Record> {
         let st = self.last.lock().unwrap().clone()?;
-        let s = Stream::new(st.role, st.stream_id.clone(), PathBuf::new(), self.port, &st.node_id);
+        let s = Stream::new(
+            st.role,
+            st.stream_id.clone(),
+            PathBuf::new(),
+            self.port,
+            &st.node_id,
+        );
         {
             let mut x = s.state.lock().unwrap();
             x.origin = st.origin;
@@ -617,7 +627,11 @@ pub fn read_join(sys: &System) -> Option<JoinRequest> {
     }
     serde_json::from_slice::<JoinRequest>(&bytes)
         .ok()
-        .filter(|j| j.provider.as_deref().is_none_or(|p| check_provider(p).is_ok()))
+        .filter(|j| {
+            j.provider
+                .as_deref()
+                .is_none_or(|p| check_provider(p).is_ok())
+        })
 }
 
 #[cfg(test)]
@@ -724,7 +738,13 @@ mod tests {
 
     #[test]
     fn records_carry_the_chain() {
-        let s = Stream::new(Role::Peer, Some("film".into()), "/x".into(), 8090, &"b".repeat(32));
+        let s = Stream::new(
+            Role::Peer,
+            Some("film".into()),
+            "/x".into(),
+            8090,
+            &"b".repeat(32),
+        );
         {
             let mut st = s.state.lock().unwrap();
             st.origin = Some("a".repeat(32));
@@ -739,7 +759,9 @@ mod tests {
         assert_eq!(r.fields["playlist"], "/stream/film/index.m3u8");
         assert_eq!(r.fields["hops"], "2");
         let none = Stream::new(Role::Peer, None, "/x".into(), 8090, &"b".repeat(32));
-        assert!(none.record(crate::catalog::tests::record('b', "x", 1)).is_none());
+        assert!(none
+            .record(crate::catalog::tests::record('b', "x", 1))
+            .is_none());
     }
 
     #[test]

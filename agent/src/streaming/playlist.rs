@@ -256,7 +256,10 @@ mod tests {
         let ended = format!("{FFMPEG}#EXT-X-ENDLIST\n").replace('\n', "\r\n");
         assert!(Playlist::parse(ended.as_bytes()).unwrap().ended);
         let empty = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n";
-        assert!(Playlist::parse(empty.as_bytes()).unwrap().segments.is_empty());
+        assert!(Playlist::parse(empty.as_bytes())
+            .unwrap()
+            .segments
+            .is_empty());
     }
 
     #[test]
@@ -299,7 +302,7 @@ mod tests {
             ("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\nseg5.ts\n".into(), "no target"),
             ("#EXT-X-MEDIA-SEQUENCE:5\n#EXTM3U\n".into(), "no header"),
             ("".into(), "empty"),
-            (format!("{head}"), "a dangling #EXTINF"),
+            (head.to_string(), "a dangling #EXTINF"),
             ("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:99.0,\nseg5.ts\n".into(), "a 99 s segment"),
             ("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:-1,\nseg5.ts\n".into(), "a negative duration"),
             ("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,title\nseg5.ts\n".into(), "a title"),
@@ -313,7 +316,7 @@ mod tests {
                 "accepted a playlist with {why}: {text:?}"
             );
         }
-        let mut big = format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n");
+        let mut big = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n".to_string();
         for i in 0..=MAX_SEGMENTS {
             big += &format!("#EXTINF:1.0,\nseg{i}.ts\n");
         }
@@ -326,6 +329,9 @@ mod tests {
             Playlist::parse(&huge),
             Err(PlaylistError::TooLong(_))
         ));
-        assert_eq!(Playlist::parse(b"#EXTM3U\n\xff\n"), Err(PlaylistError::NotUtf8));
+        assert_eq!(
+            Playlist::parse(b"#EXTM3U\n\xff\n"),
+            Err(PlaylistError::NotUtf8)
+        );
     }
 }

@@ -173,8 +173,13 @@ impl Relay {
                 .clone()
                 .or_else(|| self.want.clone());
             let me = self.stream.node_id.clone();
-            let Some(p) = choose(&providers, &me, stream.as_deref(), self.prefer().as_deref(), &avoid)
-            else {
+            let Some(p) = choose(
+                &providers,
+                &me,
+                stream.as_deref(),
+                self.prefer().as_deref(),
+                &avoid,
+            ) else {
                 if waiting_since.elapsed() > Duration::from_secs(10) {
                     self.error(format!(
                         "no provider of {} in the catalog",
@@ -204,7 +209,10 @@ impl Relay {
         {
             let mut st = self.stream.state.lock().unwrap();
             if st.provider.as_ref().is_some_and(|u| u.node_id != p.node_id) {
-                self.stream.counters.switches.fetch_add(1, Ordering::Relaxed);
+                self.stream
+                    .counters
+                    .switches
+                    .fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(
                 provider = %p.node,
@@ -308,7 +316,8 @@ impl Relay {
                 .and_then(|_| std::fs::rename(&tmp, dir.join(g.name())))
                 .map_err(|e| Poll::Failed(format!("caching {}: {e}", g.name())))?;
             let c = &self.stream.counters;
-            c.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            c.fetched_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             c.fetched_segments.fetch_add(1, Ordering::Relaxed);
             let mut st = self.stream.state.lock().unwrap();
             if let Some(l) = st.playlist.last_seq() {
@@ -370,10 +379,17 @@ mod tests {
             provider('c', 2, &['b', 'a']),
         ];
         assert_eq!(choose(&ps, &me, None, None, &HashMap::new()), None);
-        assert_eq!(choose(&ps, &me, None, Some("nc"), &HashMap::new()), None, "not even when asked");
+        assert_eq!(
+            choose(&ps, &me, None, Some("nc"), &HashMap::new()),
+            None,
+            "not even when asked"
+        );
         let mut ps = ps;
         ps.push(provider('a', 0, &[]));
-        assert_eq!(choose(&ps, &me, None, None, &HashMap::new()).unwrap().node, "na");
+        assert_eq!(
+            choose(&ps, &me, None, None, &HashMap::new()).unwrap().node,
+            "na"
+        );
     }
 
     #[test]
@@ -385,13 +401,24 @@ mod tests {
             provider('d', 5, &['x', 'y', 'z', 'w', 'a']),
         ];
         let none = HashMap::new();
-        assert_eq!(choose(&ps, &me, None, Some("nc"), &none).unwrap().node, "nc");
-        assert_eq!(choose(&ps, &me, None, Some(&"d".repeat(32)), &none).unwrap().node, "nd");
+        assert_eq!(
+            choose(&ps, &me, None, Some("nc"), &none).unwrap().node,
+            "nc"
+        );
+        assert_eq!(
+            choose(&ps, &me, None, Some(&"d".repeat(32)), &none)
+                .unwrap()
+                .node,
+            "nd"
+        );
         let any = choose(&ps, &me, None, None, &none).unwrap();
         assert!(any.hops <= 2, "one of the nearest: {any:?}");
         // The joined one failed: another one, not nothing.
         let avoid = HashMap::from([("c".repeat(32), Instant::now() + AVOID)]);
-        assert_eq!(choose(&ps, &me, None, Some("nc"), &avoid).unwrap().node, "na");
+        assert_eq!(
+            choose(&ps, &me, None, Some("nc"), &avoid).unwrap().node,
+            "na"
+        );
         assert_eq!(choose(&ps, &me, Some("other"), None, &none), None);
         let mut far = provider('f', MAX_HOPS - 1, &[]);
         far.hops = MAX_HOPS - 1;
@@ -415,7 +442,12 @@ mod tests {
         let p = Provider::from_record(&r).unwrap();
         assert_eq!(p.addr, "10.213.0.1:8090".parse().unwrap());
         assert_eq!(p.upstream, vec!["cccccccc"]);
-        r.fields.insert("playlist".into(), "/stream/other/index.m3u8".into());
-        assert_eq!(Provider::from_record(&r), None, "a playlist of another stream");
+        r.fields
+            .insert("playlist".into(), "/stream/other/index.m3u8".into());
+        assert_eq!(
+            Provider::from_record(&r),
+            None,
+            "a playlist of another stream"
+        );
     }
 }
