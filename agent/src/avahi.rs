@@ -15,7 +15,7 @@ use crate::system::{write_atomic, System};
 pub const SERVICES_DIR: &str = "/etc/avahi/services";
 pub const DNSSD_TYPE: &str = "_cloudy._tcp";
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

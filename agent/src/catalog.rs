@@ -86,7 +86,7 @@ fn type_ok(t: &str) -> bool {
 }
 
 /// Syntax of each typed field; a value that does not fit is refused, not repaired.
-fn field_check(key: &str, v: &str) -> Result<(), &'static str> {
+pub(crate) fn field_check(key: &str, v: &str) -> Result<(), &'static str> {
     let charset = |extra: &[u8]| {
         v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))

@@ -14,7 +14,7 @@ use crate::identity::{self, Credential};
 use crate::join::{self, JoinKey};
 use crate::members::{vpn_candidate, Member, Members, MEMBERS_FILE};
 use crate::network::{Net, Primary};
-use crate::supervise::{Control, Stats, Tincd};
+use crate::supervise::{self, Control};
 use crate::system::System;
 use crate::{ready, secrets, seed, tinc};
 
@@ -57,6 +57,7 @@ struct Mesh {
     /// Gossip should run a round now instead of sleeping.
     wake: Notify,
     tincd: mpsc::UnboundedSender<Control>,
+    tincd_status: supervise::Shared,
     /// Join services seen on the LAN by mDNS, not yet answered.
     lan: Mutex<HashSet<SocketAddr>>,
     /// Our mDNS publication, redone when our address changes.
@@ -186,6 +187,30 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         ready.errors = errors;
         ready.uptime_s = ready::uptime_s();
         println!("{}", ready.line());
+        // Services listen on the community VPN: without a community none can start. Say so
+        // in the line a verify stage waits for, rather than leaving it waiting.
+        let enabled = seed
+            .services
+            .as_ref()
+            .map(|s| s.enable.clone())
+            .unwrap_or_default();
+        if !enabled.is_empty() && !opts.once {
+            let line = crate::services::manager::ServicesLine {
+                cloudy: "services",
+                running: Vec::new(),
+                failed: enabled
+                    .into_iter()
+                    .map(|n| {
+                        (
+                            n,
+                            "no [community] in the seed: services need the community VPN".into(),
+                        )
+                    })
+                    .collect(),
+                elapsed_s: 0.0,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        }
         return Ok(0);
     };
 
@@ -314,13 +339,13 @@ async fn start_mesh(
     };
     tinc::render(&paths, &settings, &members)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let tincd_status = supervise::Shared::default();
     if !opts.once {
-        let sup = Tincd {
-            tincd: opts.tincd.clone(),
-            paths: paths.clone(),
-            stats: Arc::new(Stats::default()),
-        };
-        tokio::spawn(sup.supervise(rx));
+        tokio::spawn(supervise::supervise(
+            supervise::tincd(&opts.tincd, &paths),
+            tincd_status.clone(),
+            rx,
+        ));
     }
     Ok(Arc::new(Mesh {
         sys: sys.clone(),
@@ -329,6 +354,7 @@ async fn start_mesh(
         changed: Notify::new(),
         wake: Notify::new(),
         tincd: tx,
+        tincd_status,
         lan: Mutex::new(HashSet::new()),
         mdns: Mutex::new(None),
         paths,
@@ -385,7 +411,24 @@ async fn run_mesh(
             )
             .with_context(|| format!("listening on join port {}", seed.join_port()))?;
     let share = sharing(&mesh, seed, community);
-    tokio::spawn(serve(mesh.clone(), share.clone(), listener));
+    let manager = crate::services::manager::Manager::new(
+        mesh.sys.clone(),
+        opts.agent_exe.clone(),
+        seed.services
+            .as_ref()
+            .map(|s| s.enable.clone())
+            .unwrap_or_default(),
+        community.name.clone(),
+        mesh.members.clone(),
+        share.clone(),
+        vec![("tincd".into(), mesh.tincd_status.clone())],
+    );
+    tokio::spawn(serve(
+        mesh.clone(),
+        share.clone(),
+        manager.clone(),
+        listener,
+    ));
     tokio::spawn(reconcile(mesh.clone()));
     match start_lan(&mesh, seed.join_port()) {
         Ok(lan) => {
@@ -427,6 +470,8 @@ async fn run_mesh(
         seed.network.clone(),
         opts.manage_network,
     ));
+    // After the mesh: services listen on the VPN address and find providers in the catalog.
+    tokio::spawn(manager.clone().run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -438,6 +483,7 @@ async fn run_mesh(
     if let Err(e) = crate::avahi::sync(&mesh.sys, &[]) {
         tracing::warn!("withdrawing avahi service files: {e}");
     }
+    manager.stop().await;
     let _ = mesh.tincd.send(Control::Stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(0)
@@ -450,13 +496,13 @@ fn sharing(
     community: &seed::Community,
 ) -> Arc<crate::publish::Sharing> {
     use crate::services::{Declared, Service, TincVpn};
-    let mut services: Vec<Box<dyn Service>> = vec![Box::new(TincVpn {
+    let mut services: Vec<Arc<dyn Service>> = vec![Arc::new(TincVpn {
         port: mesh.settings.port,
         members: mesh.members.clone(),
         pidfile: mesh.paths.pidfile.clone(),
     })];
     for p in seed.services.iter().flat_map(|s| s.publish.iter()) {
-        services.push(Box::new(Declared(p.clone())));
+        services.push(Arc::new(Declared(p.clone())));
     }
     crate::publish::Sharing::new(
         mesh.sys.clone(),
@@ -497,6 +543,7 @@ fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
 async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<crate::publish::Sharing>,
+    manager: Arc<crate::services::manager::Manager>,
     listener: tokio::net::TcpListener,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
@@ -511,9 +558,33 @@ async fn serve(
         };
         let mesh = mesh.clone();
         let share = share.clone();
+        let manager = manager.clone();
         tokio::spawn(async move {
             let m = mesh.clone();
+            let m2 = mesh.clone();
             let ours = move || share.ours.lock().unwrap().clone();
+            // A member asks to use one of our services: known members only, as they are in
+            // our list (their VPN address is ours to know, not theirs to claim).
+            let ask = move |a: join::ServiceAsk| {
+                let from = {
+                    let ms = m2.members.lock().unwrap();
+                    if a.node_id == ms.me {
+                        return Err("that is this node".to_string());
+                    }
+                    ms.members.get(&a.node_id).cloned()
+                };
+                let from = from.ok_or_else(|| format!("{} is not a member we know", a.node_id))?;
+                tracing::info!("{} ({peer}) asks to use our {}", from.name, a.service);
+                manager
+                    .accept(
+                        &a.service,
+                        &crate::services::JoinRequest {
+                            from,
+                            fields: a.fields,
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+            };
             let r = join::serve(
                 stream,
                 &mesh.key,
@@ -530,6 +601,7 @@ async fn serve(
                     ms.list()
                 },
                 ours,
+                ask,
             )
             .await;
             match r {

@@ -15,6 +15,11 @@
 //! the hello carries `"want":"services"`, the request body is empty, the reply body is the
 //! member's records as JSON, and the role bytes are `Q`/`R` so neither kind of message can
 //! stand in for the other.
+//!
+//! And it carries a service request (`"want":"ask"`): a member asks another member's agent to
+//! let it use a service (e.g. Syncthing: add my device, share the folder with it). The request
+//! body is a `ServiceAsk`, the reply a `ServiceAnswer`, role bytes `A`/`B`; the server checks
+//! the asker's node id against its member list before the service sees the request.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -53,6 +58,8 @@ pub enum JoinError {
     TooMany,
     #[error("{0}")]
     Record(#[from] catalog::RecordError),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 #[derive(Clone)]
@@ -179,6 +186,30 @@ struct Hello {
 }
 
 const WANT_SERVICES: &str = "services";
+const WANT_ASK: &str = "ask";
+/// A service request or answer is a few typed fields.
+const MAX_ASK: usize = 4096;
+
+/// A member asks to use one of our services (see `services::Service::accept`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAsk {
+    /// The service's record type, e.g. `syncthing`.
+    pub service: String,
+    /// The asker's node id; must be a member.
+    pub node_id: String,
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default)]
+    fields: std::collections::BTreeMap<String, String>,
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -332,6 +363,51 @@ pub async fn fetch_services(
     .map_err(|_| JoinError::Timeout)?
 }
 
+/// Client side of a service request: the provider's answer fields, or its refusal.
+pub async fn ask_service(
+    addr: SocketAddr,
+    key: &JoinKey,
+    req: &ServiceAsk,
+) -> Result<std::collections::BTreeMap<String, String>, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let nc = hex(&random_bytes::<16>());
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+            want: Some(WANT_ASK.into()),
+        })
+        .await?;
+        let ch: Challenge = c.recv().await?;
+        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
+            return Err(JoinError::Malformed("bad challenge".into()));
+        }
+        let body = serde_json::to_string(req).expect("requests serialise");
+        let mac = key.sign(b'A', &nc, &ch.nonce, &body);
+        c.send(&Signed {
+            v: PROTOCOL,
+            body,
+            mac,
+        })
+        .await?;
+        let reply: Signed = c.recv().await?;
+        if !key.verify(b'B', &nc, &ch.nonce, &reply.body, &reply.mac) {
+            return Err(JoinError::BadMac);
+        }
+        if reply.body.len() > MAX_ASK {
+            return Err(JoinError::TooLong);
+        }
+        let a: ServiceAnswer =
+            serde_json::from_str(&reply.body).map_err(|e| JoinError::Malformed(e.to_string()))?;
+        match a.error {
+            Some(e) => Err(JoinError::Refused(e)),
+            None => Ok(a.fields),
+        }
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
 /// Server side for one connection. `merge` takes the authenticated peer's list and returns
 /// ours (after merging) to send back; `services` gives our records for a services fetch. A
 /// peer that fails the MAC gets nothing but our nonce.
@@ -340,6 +416,7 @@ pub async fn serve(
     key: &JoinKey,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
 ) -> Result<usize, JoinError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(stream);
@@ -362,6 +439,36 @@ pub async fn serve(
                 }
                 let body = serde_json::to_string(&services()).expect("records serialise");
                 let mac = key.sign(b'R', &hello.hello, &ns, &body);
+                c.send(&Signed {
+                    v: PROTOCOL,
+                    body,
+                    mac,
+                })
+                .await?;
+                return Ok(0);
+            }
+            Some(WANT_ASK) => {
+                let req: Signed = c.recv().await?;
+                if !key.verify(b'A', &hello.hello, &ns, &req.body, &req.mac) {
+                    return Err(JoinError::BadMac);
+                }
+                if req.body.len() > MAX_ASK {
+                    return Err(JoinError::TooLong);
+                }
+                let asked: ServiceAsk = serde_json::from_str(&req.body)
+                    .map_err(|e| JoinError::Malformed(e.to_string()))?;
+                let answer = match ask(asked) {
+                    Ok(fields) => ServiceAnswer {
+                        error: None,
+                        fields,
+                    },
+                    Err(e) => ServiceAnswer {
+                        error: Some(e),
+                        fields: Default::default(),
+                    },
+                };
+                let body = serde_json::to_string(&answer).expect("answers serialise");
+                let mac = key.sign(b'B', &hello.hello, &ns, &body);
                 c.send(&Signed {
                     v: PROTOCOL,
                     body,
@@ -419,6 +526,7 @@ mod tests {
                     vec![member('b', "server")]
                 },
                 Vec::new,
+                |_| Err("no".into()),
             )
             .await
         });
@@ -478,6 +586,7 @@ mod tests {
                     &sk,
                     |_| panic!("not a join"),
                     || vec![record('a', "serf", 7946)],
+                    |_| panic!("not an ask"),
                 )
                 .await
             });
@@ -489,6 +598,47 @@ mod tests {
             } else {
                 assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
                 assert!(got.is_err());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn service_requests_need_the_key_and_carry_refusals() {
+        for (client, answer, expect) in [
+            ("k0123456789abcdef", Ok("yes"), "ok"),
+            ("k0123456789abcdef", Err("full"), "refused: full"),
+            ("wrong0123456789ab", Ok("yes"), "bad"),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = JoinKey::derive("c", "k0123456789abcdef");
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                serve(
+                    s,
+                    &sk,
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    move |a| {
+                        assert_eq!(a.fields["device_id"], "D");
+                        answer
+                            .map(|v| [("folder".to_string(), v.to_string())].into())
+                            .map_err(str::to_string)
+                    },
+                )
+                .await
+            });
+            let req = ServiceAsk {
+                service: "syncthing".into(),
+                node_id: "a".repeat(32),
+                fields: [("device_id".to_string(), "D".to_string())].into(),
+            };
+            let got = ask_service(addr, &JoinKey::derive("c", client), &req).await;
+            let _ = srv.await.unwrap();
+            match expect {
+                "ok" => assert_eq!(got.unwrap()["folder"], "yes"),
+                "bad" => assert!(got.is_err()),
+                e => assert_eq!(got.unwrap_err().to_string(), e),
             }
         }
     }
@@ -524,6 +674,7 @@ mod tests {
             &JoinKey::derive("c", "0123456789abcdef"),
             |_| vec![],
             Vec::new,
+            |_| Err("no".into()),
         )
         .await;
         assert!(matches!(r, Err(JoinError::TooLong)), "{r:?}");

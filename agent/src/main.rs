@@ -43,8 +43,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show what the last run recorded: the node, its seed problems and the member list.
+    /// Show what the last run recorded: the node, its seed problems, the member list and the
+    /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
     Status,
+    /// Use a service another node provides: `tahoe-lafs` makes this node a client of that
+    /// grid, `syncthing` shares a folder with the provider. Needs `cloudy-agent run` running.
+    Join {
+        /// tahoe-lafs or syncthing.
+        kind: String,
+        /// The provider's node name, node id (8+ digits) or IP; default: chosen from the catalog.
+        provider: Option<String>,
+        /// Syncthing: the folder to share (default /var/lib/cloudy/syncthing/shared).
+        #[arg(long)]
+        folder: Option<PathBuf>,
+        /// Seconds to wait for the running agent to start the local side.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Work with seed files.
     Seed {
         #[command(subcommand)]
@@ -171,6 +186,18 @@ fn run(cli: Cli) -> Result<i32> {
             .map_err(anyhow::Error::msg)?;
             Ok(0)
         }
+        Command::Join {
+            kind,
+            provider,
+            folder,
+            wait,
+        } => cloudy_agent::services::join::run(
+            &System::new(cli.root),
+            &kind,
+            provider.as_deref(),
+            folder,
+            std::time::Duration::from_secs(wait),
+        ),
         Command::Services { kind, json } => {
             status::services(&System::new(cli.root), kind.as_deref(), json)
         }

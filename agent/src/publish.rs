@@ -42,7 +42,8 @@ pub struct Sharing {
     pub key: JoinKey,
     pub community: String,
     pub members: Arc<Mutex<Members>>,
-    pub services: Vec<Box<dyn Service>>,
+    /// Built-in and declared services, then the managed ones as the manager adopts them.
+    pub services: Mutex<Vec<Arc<dyn Service>>>,
     /// What we publish now; served to Serf peers over the join port.
     pub ours: Mutex<Vec<Record>>,
     pub catalog: Mutex<Live>,
@@ -57,7 +58,7 @@ impl Sharing {
         key: JoinKey,
         community: String,
         members: Arc<Mutex<Members>>,
-        services: Vec<Box<dyn Service>>,
+        services: Vec<Arc<dyn Service>>,
         bootstrap: Vec<String>,
     ) -> Arc<Sharing> {
         let (name, id) = {
@@ -69,7 +70,7 @@ impl Sharing {
             key,
             community,
             members,
-            services,
+            services: Mutex::new(services),
             ours: Mutex::new(Vec::new()),
             catalog: Mutex::new(Live::default()),
             serf: Arc::new(Mutex::new(Desired {
@@ -83,15 +84,13 @@ impl Sharing {
         })
     }
 
+    pub fn add_service(&self, s: Arc<dyn Service>) {
+        self.services.lock().unwrap().push(s);
+    }
+
     fn context(&self) -> Option<Context> {
         let ms = self.members.lock().unwrap();
-        let me = ms.me();
-        (!me.address.is_unspecified()).then(|| Context {
-            node: me.name.clone(),
-            node_id: me.id.clone(),
-            ip: me.address,
-            microcloud: self.community.clone(),
-        })
+        (!ms.me().address.is_unspecified()).then(|| Context::from_members(&ms, &self.community))
     }
 
     /// A record claiming to be from `node_id` at `ip`: true if that is a member other than us
@@ -111,12 +110,11 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
     let mut last: Option<Vec<Record>> = None;
     loop {
         if let Some(ctx) = share.context() {
-            let s = share.clone();
+            let list = share.services.lock().unwrap().clone();
             let c = ctx.clone();
-            let ours =
-                tokio::task::spawn_blocking(move || services::healthy_records(&s.services, &c))
-                    .await
-                    .unwrap_or_default();
+            let ours = tokio::task::spawn_blocking(move || services::healthy_records(&list, &c))
+                .await
+                .unwrap_or_default();
             if last.as_ref() != Some(&ours) {
                 let signed: Vec<(Record, String)> = ours
                     .iter()

@@ -68,6 +68,7 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    print_services(sys);
     let catalog = std::fs::read_to_string(sys.path(crate::catalog::CATALOG_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<crate::catalog::Catalog>(&t).ok());
@@ -78,6 +79,49 @@ pub fn print(sys: &System) -> Result<i32> {
         );
     }
     Ok(if loaded.errors.is_empty() { 0 } else { 1 })
+}
+
+/// Each service the agent runs (and tincd): state, pid, restarts, last error.
+fn print_services(sys: &System) {
+    use crate::services::{manager::StateFile, STATE_FILE};
+    let Some(f) = std::fs::read(sys.path(STATE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<StateFile>(&t).ok())
+    else {
+        return;
+    };
+    let age = crate::catalog::now_ms().saturating_sub(f.written) / 1000;
+    println!(
+        "processes:  (as the agent saw them {age} s ago{})",
+        if age > 30 {
+            "; is it still running?"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  {:<18} {:<9} {:>7} {:>8}  LAST ERROR",
+        "NAME", "STATE", "PID", "RESTARTS"
+    );
+    for (name, s) in &f.services {
+        let state = serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let pid = if s.pid == 0 {
+            "-".to_string()
+        } else {
+            s.pid.to_string()
+        };
+        println!(
+            "  {:<18} {:<9} {:>7} {:>8}  {}",
+            name,
+            state,
+            pid,
+            s.restarts,
+            s.last_error.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 /// `cloudy-agent services`: the catalog the running agent keeps, one row per provider.
