@@ -41,6 +41,8 @@ pub enum BootstrapError {
     MirrorUnreachable { mirror: String, detail: String, recipe: String },
     #[error("no space left on the disk holding {dir}\n  fix: free space there or pass --cache/--out on a larger disk, then run the build again (it resumes)")]
     DiskFull { dir: String },
+    #[error("cannot fetch a wheel of every pin for {venv} on {arch}:\n{detail}\n  file: {recipe}, key `pip` (requirements, arches)\n  fix: drop {arch} from that entry's `arches`, or move the pin without a wheel to a Debian python3-* package in `debian`")]
+    Wheels { venv: String, arch: String, recipe: String, detail: String },
     #[error("mmdebstrap failed: {0}")]
     Other(CmdError),
     #[error("{what} {path}: {source}")]
@@ -283,18 +285,22 @@ fn make(
             modules.join("\\n")
         ));
     }
-    // PyPI applications: every pin a wheel (nothing compiled here), no dependency resolution
-    // (the list is the closure), byte-compiled under SOURCE_DATE_EPOCH so .pyc files are
-    // reproducible. The requirements go in through a file, never through the shell line.
+    // PyPI applications: the wheels are fetched on the host (its proxy and CA settings apply;
+    // the chroot has neither) and installed offline: every pin a wheel (nothing compiled
+    // here), no dependency resolution (the list is the closure), byte-compiled under
+    // SOURCE_DATE_EPOCH so .pyc files are reproducible.
     let pip_list = dir.join(format!("{key}.pip.tmp"));
     let mut req_files = Vec::new();
     for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
+        step.message(&format!("fetching wheels for {}", entry.venv));
+        let wheels = fetch_wheels(entry, text, board, recipe, dir, log, step)?;
         let venv = &entry.venv;
         let site = if entry.debian.is_empty() { "" } else { " --system-site-packages" };
         let req = dir.join(format!("{key}.req{i}.tmp"));
         std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
         c.arg(format!(
-            "--customize-hook=cp '{req}' \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" python3 -m venv{site} '{venv}' && chroot \"$1\" '{venv}/bin/pip' install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --no-deps --require-virtualenv -r /tmp/cloudy-requirements.txt && rm -f \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" '{venv}/bin/pip' list --format=freeze --disable-pip-version-check | sed 's/$/\t{i}/' >> '{list}'",
+            "--customize-hook=rm -rf \"$1/tmp/cloudy-wheels\" && cp -r '{wheels}' \"$1/tmp/cloudy-wheels\" && cp '{req}' \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" python3 -m venv{site} '{venv}' && chroot \"$1\" env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null '{venv}/bin/pip' install --no-index --find-links /tmp/cloudy-wheels --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --no-deps --require-virtualenv -r /tmp/cloudy-requirements.txt && rm -rf \"$1/tmp/cloudy-requirements.txt\" \"$1/tmp/cloudy-wheels\" && chroot \"$1\" env PIP_CONFIG_FILE=/dev/null '{venv}/bin/pip' list --format=freeze --disable-pip-version-check | sed 's/$/\t{i}/' >> '{list}'",
+            wheels = wheels.display(),
             req = req.display(),
             list = pip_list.display(),
         ));
@@ -338,6 +344,55 @@ fn make(
     write_meta(dir, &meta)?;
     cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
     Ok(Rootfs { dir: final_dir, meta, cached: false })
+}
+
+/// The wheels of one `[[pip]]` entry for this board's arch, cached under the bootstrap dir by
+/// a hash of the pins, arch and Python version (a second build fetches nothing).
+fn fetch_wheels(entry: &crate::recipe::Pip, text: &str, board: &Board, recipe: &Loaded, dir: &Path, log: &Log, step: &Step) -> Result<PathBuf, BootstrapError> {
+    let machine = match board.arch {
+        crate::board::Arch::Amd64 => "x86_64",
+        crate::board::Arch::I386 => "i686",
+        crate::board::Arch::Armhf => "armv7l",
+        crate::board::Arch::Arm64 => "aarch64",
+    };
+    let key = cache::sha256_bytes(format!("{machine}\n{}\n{text}", entry.python).as_bytes())[..24].to_string();
+    let wheels = dir.join("wheels").join(&key);
+    if wheels.is_dir() {
+        log.line(&format!("bootstrap: wheels cached {}", wheels.display()));
+        return Ok(wheels);
+    }
+    let tmp = cache::tmp_path(&wheels);
+    cache::remove_any(&tmp).map_err(|source| io("removing", &tmp, source))?;
+    std::fs::create_dir_all(&tmp).map_err(|source| io("creating", &tmp, source))?;
+    let req = tmp.join("requirements.txt");
+    std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
+    // pip matches --platform tags literally: name every manylinux level a wheel may carry.
+    let mut platforms = vec![format!("linux_{machine}")];
+    if matches!(machine, "x86_64" | "i686") {
+        platforms.extend(["manylinux1", "manylinux2010"].iter().map(|m| format!("{m}_{machine}")));
+    }
+    platforms.push(format!("manylinux2014_{machine}"));
+    platforms.extend((5..=36).map(|n| format!("manylinux_2_{n}_{machine}")));
+    let py = entry.python.replace('.', "");
+    let mut c = Command::new("python3");
+    c.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "--implementation", "cp"])
+        .args(["--python-version", &entry.python, "--abi", &format!("cp{py}"), "--abi", "abi3", "--abi", "none"])
+        .arg("--dest")
+        .arg(&tmp)
+        .arg("-r")
+        .arg(&req)
+        .env("PIP_FIND_LINKS", "");
+    for p in &platforms {
+        c.args(["--platform", p]);
+    }
+    if let Err(e) = cmd::run(&mut c, log, step) {
+        let _ = cache::remove_any(&tmp);
+        let file = recipe.path.display().to_string();
+        return Err(BootstrapError::Wheels { venv: entry.venv.clone(), arch: board.arch.debian().into(), recipe: file, detail: e.tail().to_string() });
+    }
+    let _ = std::fs::remove_file(&req);
+    cache::publish(&tmp, &wheels).map_err(|source| io("renaming", &tmp, source))?;
+    Ok(wheels)
 }
 
 /// `pip list --format=freeze` lines (tagged with the entry's index) as manifest packages.

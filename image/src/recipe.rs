@@ -77,6 +77,13 @@ pub struct Pip {
     /// requirements); the venv then sees the system's site-packages.
     #[serde(default)]
     pub debian: Vec<String>,
+    /// The suite's Python (`3.11` in bookworm): wheels are fetched for it.
+    #[serde(default = "default_python")]
+    pub python: String,
+}
+
+fn default_python() -> String {
+    "3.11".into()
 }
 
 impl Pip {
@@ -201,6 +208,9 @@ impl Recipe {
                 && p.venv.chars().all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
             if !ok {
                 return Err(ConfigError::invalid(path, &format!("pip[{i}].venv"), format!("`{}` is not a plain path under /opt", p.venv), "e.g. venv = \"/opt/cloudy/tahoe-lafs\""));
+            }
+            if !(p.python.starts_with("3.") && p.python[2..].parse::<u32>().is_ok()) {
+                return Err(ConfigError::invalid(path, &format!("pip[{i}].python"), format!("`{}` is not a Python 3 version", p.python), "the suite's Python, e.g. python = \"3.11\" for bookworm"));
             }
             for (j, d) in p.debian.iter().enumerate() {
                 if !valid_package_name(d) {
