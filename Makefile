@@ -32,6 +32,7 @@ bench: deps tool
 	bench/mesh.sh
 	bench/discovery.sh
 	bench/boards.sh
+	bench/streaming.sh
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:

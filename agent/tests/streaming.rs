@@ -246,3 +246,313 @@ fn relay_chain_in_process() {
         "no gap: {segs:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The microcloud: real `cloudy-agent run` nodes in network namespaces (tincd, serf), the stream
+// run by each agent's service manager as its own process, ffmpeg on the source.
+
+mod microcloud;
+
+use microcloud::{available, Cloud, Node};
+use serde_json::Value;
+
+const PORT: u16 = streaming::DEFAULT_PORT;
+
+/// GET from inside namespace `ns`: a short-lived thread joins it, so the socket lives there.
+fn get_in(ns: &str, addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
+    let (ns, path) = (ns.to_string(), path.to_string());
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        // SAFETY: plain syscall on this thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns {ns}: {}", std::io::Error::last_os_error()));
+        }
+        streaming::http::get_blocking(addr, &path, 32 << 20, Duration::from_secs(3))
+    })
+    .join()
+    .unwrap()
+}
+
+/// A node's `/stream/status`, asked on the node itself; Null while it does not answer.
+fn status_of(n: &Node) -> Value {
+    get_in(&n.ns, SocketAddr::from(([127, 0, 0, 1], PORT)), "/stream/status")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn segments(s: &Value) -> Vec<u64> {
+    s["segments"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// The seed of a node: bootstrapping from node 1, with `extra` sections.
+fn seed(cloud: &mut Cloud, i: usize, extra: &str) {
+    let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+    cloud.write_seed_text(
+        i,
+        microcloud::KEY,
+        &format!("peers = [{peers}]\n{extra}[network]\ninterface = \"eth0\"\n"),
+    );
+}
+
+/// The test input where the unprivileged stream user can read it.
+fn shared_input(ff: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let input = make_input(ff, dir.path());
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, input)
+}
+
+/// `cloudy-agent join streaming <provider>` on node `n`; returns when the agent runs it.
+fn join(n: &Node, provider: &str) {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &n.ns, &microcloud::agent(), "--root"])
+        .arg(&n.root)
+        .args(["join", "streaming", provider, "--wait", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "join streaming {provider} on n{}: {}{}",
+        n.i,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Whether node `n`'s catalog lists a streaming provider on node `of`.
+fn lists_stream_of(n: &Node, of: &Node) -> bool {
+    n.services()
+        .iter()
+        .any(|s| s["type"] == "streaming" && s["ip"] == of.lan().as_str())
+}
+
+/// Source n1, peer A = n2 (enabled: relays the only provider there is), peer B = n3 (joins A).
+fn chain(tag: &str, input: &Path) -> Cloud {
+    let mut cloud = Cloud::new(tag, 3);
+    seed(
+        &mut cloud,
+        1,
+        &format!(
+            "[services]\nenable = [\"streaming\"]\n[streaming]\nsource = \"{}\"\nid = \"film\"\n",
+            input.display()
+        ),
+    );
+    seed(&mut cloud, 2, "[services]\nenable = [\"streaming\"]\n");
+    seed(&mut cloud, 3, "");
+    cloud.start_all();
+    cloud
+}
+
+#[test]
+fn source_peer_peer_and_failover_between_namespaces() {
+    let test = "source_peer_peer_and_failover_between_namespaces";
+    let Some(ff) = ffmpeg() else { return };
+    if !available(test) {
+        return;
+    }
+    if microcloud::serf().is_none() {
+        eprintln!("SKIP {test}: serf not installed (apt-get install serf)");
+        return;
+    }
+    let t0 = Instant::now();
+    let (_input_dir, input) = shared_input(&ff);
+    let cloud = chain("hl", &input);
+    let (s, a, b) = (&cloud.nodes[0], &cloud.nodes[1], &cloud.nodes[2]);
+
+    // A relays the source; B sees A's stream in its catalog and joins A.
+    let took = wait_for("A relays the source", Duration::from_secs(60), || {
+        let st = status_of(a);
+        st["provider"]["node"] == "n1" && !segments(&st).is_empty()
+    });
+    eprintln!("A relaying {took:?} after the agents were ready");
+    wait_for("B lists A's stream", Duration::from_secs(30), || {
+        lists_stream_of(b, a)
+    });
+    let j0 = Instant::now();
+    join(b, "n2");
+    let took = wait_for("B serves segments", Duration::from_secs(30), || {
+        segments(&status_of(b)).len() >= 3
+    });
+    eprintln!("B has 3 segments {:?} after `join streaming n2`", j0.elapsed().max(took));
+
+    // B's segments came through A, and are the source's bytes.
+    let sb = status_of(b);
+    assert_eq!(sb["provider"]["node"], "n2", "{sb}");
+    assert_eq!(sb["hops"], 2, "{sb}");
+    assert_eq!(sb["origin"], s.node_id().as_str());
+    assert_eq!(
+        sb["upstream"],
+        serde_json::json!([&a.node_id()[..8], &s.node_id()[..8]])
+    );
+    let sa = status_of(a);
+    assert!(sa["served_bytes"].as_u64().unwrap_or(0) > 0, "A served nothing: {sa}");
+    let src_dir = s.root.join("run/cloudy/streaming/source");
+    let b_dir = b.root.join("run/cloudy/streaming/relay");
+    let mut same = 0;
+    for seq in segments(&sb) {
+        let name = format!("seg{seq}.ts");
+        if let (Ok(x), Ok(y)) = (std::fs::read(src_dir.join(&name)), std::fs::read(b_dir.join(&name))) {
+            assert!(x == y, "{name}: B's copy differs from the source's");
+            same += 1;
+        }
+    }
+    assert!(same >= 2, "only {same} segments of B still on the source to compare");
+    // And a player's view: B's playlist over the network, from n1's namespace.
+    let pl = get_in(
+        &s.ns,
+        SocketAddr::new(b.lan().parse().unwrap(), PORT),
+        "/stream/film/index.m3u8",
+    )
+    .unwrap();
+    let pl = streaming::playlist::Playlist::parse(&pl).unwrap();
+    assert!(pl.segments.len() >= 3);
+
+    // A's agent dies (and its stream with it): B carries on from the source within 10 s.
+    let before = *segments(&status_of(b)).last().unwrap();
+    let mut cloud = cloud;
+    cloud.nodes[1].kill();
+    let k0 = Instant::now();
+    let (s, b) = (&cloud.nodes[0], &cloud.nodes[2]);
+    let took = wait_for(
+        "B continues from another provider",
+        Duration::from_secs(10),
+        || {
+            let st = status_of(b);
+            st["provider"]["node"] == "n1" && segments(&st).last().is_some_and(|&l| l > before + 1)
+        },
+    );
+    eprintln!("B took new segments from n1 {took:?} after A was killed");
+    let sb = status_of(b);
+    assert_eq!(sb["hops"], 1);
+    let segs = segments(&sb);
+    assert!(
+        segs.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in B's sequence: {segs:?}"
+    );
+    assert!(k0.elapsed() < Duration::from_secs(15));
+    assert!(status_of(s)["served_bytes"].as_u64().unwrap() > 0);
+    eprintln!("{test}: {:?} in all", t0.elapsed());
+}
+
+/// Resident memory (KiB) and name of `pid` and every process below it.
+fn tree_rss(pid: u32) -> Vec<(u32, String, u64)> {
+    let mut parent: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Some(pp) = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+            {
+                parent.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.into_iter()
+        .filter_map(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let field = |k: &str| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+            };
+            let rss = field("VmRSS:")?.split_whitespace().next()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let name = match field("Name:")?.as_str() {
+                "cloudy-agent" if args.iter().any(|a| a == "stream") => "cloudy-agent stream".into(),
+                "cloudy-agent" => "cloudy-agent run".into(),
+                n => n.to_string(),
+            };
+            Some((p, name, rss))
+        })
+        .collect()
+}
+
+/// Until a segment of node `n`'s own playlist is served by `n`.
+fn first_segment_served(n: &Node) -> bool {
+    let local = SocketAddr::from(([127, 0, 0, 1], PORT));
+    let Ok(pl) = get_in(&n.ns, local, "/stream/film/index.m3u8") else {
+        return false;
+    };
+    let Ok(pl) = streaming::playlist::Playlist::parse(&pl) else {
+        return false;
+    };
+    pl.segments.first().is_some_and(|g| {
+        get_in(&n.ns, local, &format!("/stream/film/{}", g.name())).is_ok_and(|b| !b.is_empty())
+    })
+}
+
+/// `make bench` (bench/streaming.sh): stream start-up at the first and second hop, and the
+/// memory of the source's agent, its stream process and ffmpeg.
+#[test]
+#[ignore]
+fn bench_streaming() {
+    let test = "bench_streaming";
+    let Some(ff) = ffmpeg() else { return };
+    if !available(test) || microcloud::serf().is_none() {
+        eprintln!("SKIP {test}: needs tinc and serf");
+        return;
+    }
+    let (_input_dir, input) = shared_input(&ff);
+    let mut cloud = Cloud::new("hb", 3);
+    seed(
+        &mut cloud,
+        1,
+        &format!(
+            "[services]\nenable = [\"streaming\"]\n[streaming]\nsource = \"{}\"\nid = \"film\"\n",
+            input.display()
+        ),
+    );
+    seed(&mut cloud, 2, "");
+    seed(&mut cloud, 3, "");
+    cloud.start_all();
+    let (s, a, b) = (&cloud.nodes[0], &cloud.nodes[1], &cloud.nodes[2]);
+    wait_for("the source streams", Duration::from_secs(60), || first_segment_served(s));
+    wait_for("A lists the source", Duration::from_secs(30), || lists_stream_of(a, s));
+    let t = Instant::now();
+    join(a, "n1");
+    wait_for("A serves a segment", Duration::from_secs(60), || first_segment_served(a));
+    let hop1 = t.elapsed();
+    wait_for("B lists A", Duration::from_secs(30), || lists_stream_of(b, a));
+    let t = Instant::now();
+    join(b, "n2");
+    wait_for("B serves a segment", Duration::from_secs(60), || first_segment_served(b));
+    let hop2 = t.elapsed();
+    assert_eq!(status_of(b)["provider"]["node"], "n2");
+    // Let the source settle into its steady state before measuring memory.
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = s.child.as_ref().unwrap().id();
+    let procs = tree_rss(pid);
+    println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | value |");
+    println!("|---|---|");
+    println!("| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s |", hop1.as_secs_f64());
+    println!("| start-up, 2nd hop (`join streaming n2` -> first segment served on B) | {:.2} s |", hop2.as_secs_f64());
+    let mut total = 0;
+    for (p, name, rss) in procs.iter().filter(|(_, n, _)| n != "tincd" && n != "serf") {
+        println!("| RSS on the source: {name} (pid {p}) | {:.1} MiB |", *rss as f64 / 1024.0);
+        total += rss;
+    }
+    println!("| RSS on the source: agent + stream + ffmpeg | {:.1} MiB |", total as f64 / 1024.0);
+}
