@@ -276,10 +276,14 @@ fn get_in(ns: &str, addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
 
 /// A node's `/stream/status`, asked on the node itself; Null while it does not answer.
 fn status_of(n: &Node) -> Value {
-    get_in(&n.ns, SocketAddr::from(([127, 0, 0, 1], PORT)), "/stream/status")
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
+    get_in(
+        &n.ns,
+        SocketAddr::from(([127, 0, 0, 1], PORT)),
+        "/stream/status",
+    )
+    .ok()
+    .and_then(|b| serde_json::from_slice(&b).ok())
+    .unwrap_or(Value::Null)
 }
 
 fn segments(s: &Value) -> Vec<u64> {
@@ -287,6 +291,13 @@ fn segments(s: &Value) -> Vec<u64> {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default()
+}
+
+/// The stream runs as an unprivileged user: it must reach into the nodes' roots.
+fn open_roots(cloud: &Cloud) {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = cloud.nodes[0].root.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// The seed of a node: bootstrapping from node 1, with `extra` sections.
@@ -346,6 +357,7 @@ fn chain(tag: &str, input: &Path) -> Cloud {
     );
     seed(&mut cloud, 2, "[services]\nenable = [\"streaming\"]\n");
     seed(&mut cloud, 3, "");
+    open_roots(&cloud);
     cloud.start_all();
     cloud
 }
@@ -380,7 +392,10 @@ fn source_peer_peer_and_failover_between_namespaces() {
     let took = wait_for("B serves segments", Duration::from_secs(30), || {
         segments(&status_of(b)).len() >= 3
     });
-    eprintln!("B has 3 segments {:?} after `join streaming n2`", j0.elapsed().max(took));
+    eprintln!(
+        "B has 3 segments {:?} after `join streaming n2`",
+        j0.elapsed().max(took)
+    );
 
     // B's segments came through A, and are the source's bytes.
     let sb = status_of(b);
@@ -392,18 +407,27 @@ fn source_peer_peer_and_failover_between_namespaces() {
         serde_json::json!([&a.node_id()[..8], &s.node_id()[..8]])
     );
     let sa = status_of(a);
-    assert!(sa["served_bytes"].as_u64().unwrap_or(0) > 0, "A served nothing: {sa}");
+    assert!(
+        sa["served_bytes"].as_u64().unwrap_or(0) > 0,
+        "A served nothing: {sa}"
+    );
     let src_dir = s.root.join("run/cloudy/streaming/source");
     let b_dir = b.root.join("run/cloudy/streaming/relay");
     let mut same = 0;
     for seq in segments(&sb) {
         let name = format!("seg{seq}.ts");
-        if let (Ok(x), Ok(y)) = (std::fs::read(src_dir.join(&name)), std::fs::read(b_dir.join(&name))) {
+        if let (Ok(x), Ok(y)) = (
+            std::fs::read(src_dir.join(&name)),
+            std::fs::read(b_dir.join(&name)),
+        ) {
             assert!(x == y, "{name}: B's copy differs from the source's");
             same += 1;
         }
     }
-    assert!(same >= 2, "only {same} segments of B still on the source to compare");
+    assert!(
+        same >= 2,
+        "only {same} segments of B still on the source to compare"
+    );
     // And a player's view: B's playlist over the network, from n1's namespace.
     let pl = get_in(
         &s.ns,
@@ -481,7 +505,9 @@ fn tree_rss(pid: u32) -> Vec<(u32, String, u64)> {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             let name = match field("Name:")?.as_str() {
-                "cloudy-agent" if args.iter().any(|a| a == "stream") => "cloudy-agent stream".into(),
+                "cloudy-agent" if args.iter().any(|a| a == "stream") => {
+                    "cloudy-agent stream".into()
+                }
                 "cloudy-agent" => "cloudy-agent run".into(),
                 n => n.to_string(),
             };
@@ -527,18 +553,29 @@ fn bench_streaming() {
     );
     seed(&mut cloud, 2, "");
     seed(&mut cloud, 3, "");
+    open_roots(&cloud);
     cloud.start_all();
     let (s, a, b) = (&cloud.nodes[0], &cloud.nodes[1], &cloud.nodes[2]);
-    wait_for("the source streams", Duration::from_secs(60), || first_segment_served(s));
-    wait_for("A lists the source", Duration::from_secs(30), || lists_stream_of(a, s));
+    wait_for("the source streams", Duration::from_secs(60), || {
+        first_segment_served(s)
+    });
+    wait_for("A lists the source", Duration::from_secs(30), || {
+        lists_stream_of(a, s)
+    });
     let t = Instant::now();
     join(a, "n1");
-    wait_for("A serves a segment", Duration::from_secs(60), || first_segment_served(a));
+    wait_for("A serves a segment", Duration::from_secs(60), || {
+        first_segment_served(a)
+    });
     let hop1 = t.elapsed();
-    wait_for("B lists A", Duration::from_secs(30), || lists_stream_of(b, a));
+    wait_for("B lists A", Duration::from_secs(30), || {
+        lists_stream_of(b, a)
+    });
     let t = Instant::now();
     join(b, "n2");
-    wait_for("B serves a segment", Duration::from_secs(60), || first_segment_served(b));
+    wait_for("B serves a segment", Duration::from_secs(60), || {
+        first_segment_served(b)
+    });
     let hop2 = t.elapsed();
     assert_eq!(status_of(b)["provider"]["node"], "n2");
     // Let the source settle into its steady state before measuring memory.
@@ -547,12 +584,24 @@ fn bench_streaming() {
     let procs = tree_rss(pid);
     println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | value |");
     println!("|---|---|");
-    println!("| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s |", hop1.as_secs_f64());
-    println!("| start-up, 2nd hop (`join streaming n2` -> first segment served on B) | {:.2} s |", hop2.as_secs_f64());
+    println!(
+        "| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s |",
+        hop1.as_secs_f64()
+    );
+    println!(
+        "| start-up, 2nd hop (`join streaming n2` -> first segment served on B) | {:.2} s |",
+        hop2.as_secs_f64()
+    );
     let mut total = 0;
     for (p, name, rss) in procs.iter().filter(|(_, n, _)| n != "tincd" && n != "serf") {
-        println!("| RSS on the source: {name} (pid {p}) | {:.1} MiB |", *rss as f64 / 1024.0);
+        println!(
+            "| RSS on the source: {name} (pid {p}) | {:.1} MiB |",
+            *rss as f64 / 1024.0
+        );
         total += rss;
     }
-    println!("| RSS on the source: agent + stream + ffmpeg | {:.1} MiB |", total as f64 / 1024.0);
+    println!(
+        "| RSS on the source: agent + stream + ffmpeg | {:.1} MiB |",
+        total as f64 / 1024.0
+    );
 }

@@ -209,6 +209,7 @@ pub trait Service: Send + Sync {
 pub const JOINABLE: &[(&str, &str, &str)] = &[
     ("tahoe-lafs", "tahoe-introducer", "tahoe-client"),
     ("syncthing", "syncthing", "syncthing"),
+    ("streaming", "streaming", "streaming"),
 ];
 
 /// The service named `name` (from the seed's `enable` or a file in `JOINED_DIR`); None for a
@@ -219,6 +220,7 @@ pub fn build(name: &str, sys: &System) -> Option<Arc<dyn Service>> {
         "tahoe-storage" => Arc::new(tahoe::Tahoe::new(sys, tahoe::Role::Storage)),
         "tahoe-client" => Arc::new(tahoe::Tahoe::new(sys, tahoe::Role::Client)),
         "syncthing" => Arc::new(syncthing::Syncthing::new(sys)),
+        "streaming" => Arc::new(crate::streaming::service::Streaming::new(sys)),
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingest;
 pub mod playlist;
 pub mod relay;
+pub mod service;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,8 +36,9 @@ use playlist::Playlist;
 pub const DEFAULT_PORT: u16 = 8090;
 /// Segments are rewritten every second: tmpfs, never the SD card.
 pub const STATE_DIR: &str = "/run/cloudy/streaming";
-/// What `cloudy-agent join streaming [provider]` asked for; read by the running agent.
-pub const JOIN_FILE: &str = "/var/lib/cloudy/streaming/join.json";
+/// The provider a peer should prefer (node name or id), written by the agent from the seed or
+/// `cloudy-agent join streaming <provider>`, read by the stream process on every choice.
+pub const PROVIDER_FILE: &str = "/run/cloudy/streaming/provider";
 /// A chain longer than this is refused (and a loop that slipped through dies out at it).
 pub const MAX_HOPS: u32 = 16;
 /// Segments a node keeps and lists: ~10 s of stream for a player to start from.
@@ -595,43 +597,11 @@ impl Watch {
     }
 }
 
-/// `cloudy-agent join streaming [provider]`: what the running agent's relay should do.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinRequest {
-    pub provider: Option<String>,
-    /// When it was asked (unix ms): the bench times a join from it.
-    pub at_ms: u64,
-}
-
-pub fn write_join(sys: &System, provider: Option<&str>) -> Result<(), String> {
-    if let Some(p) = provider {
-        check_provider(p)?;
-    }
-    let req = JoinRequest {
-        provider: provider.map(str::to_string),
-        at_ms: crate::catalog::now_ms(),
-    };
-    sys.write_atomic(
-        JOIN_FILE,
-        &serde_json::to_vec(&req).expect("serialises"),
-        0o644,
-    )
-    .map_err(|e| format!("{JOIN_FILE}: {e}"))
-}
-
-pub fn read_join(sys: &System) -> Option<JoinRequest> {
-    let bytes = std::fs::read(sys.path(JOIN_FILE)).ok()?;
-    if bytes.len() > 4096 {
-        return None;
-    }
-    serde_json::from_slice::<JoinRequest>(&bytes)
-        .ok()
-        .filter(|j| {
-            j.provider
-                .as_deref()
-                .is_none_or(|p| check_provider(p).is_ok())
-        })
+/// The provider named in `PROVIDER_FILE`, if any (and well-formed).
+pub fn read_provider(sys: &System) -> Option<String> {
+    let text = std::fs::read_to_string(sys.path(PROVIDER_FILE)).ok()?;
+    let p = text.trim();
+    check_provider(p).is_ok().then(|| p.to_string())
 }
 
 #[cfg(test)]
@@ -765,14 +735,13 @@ mod tests {
     }
 
     #[test]
-    fn join_requests_round_trip() {
+    fn provider_file_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let sys = System::new(dir.path());
-        assert_eq!(read_join(&sys), None);
-        write_join(&sys, Some("n1")).unwrap();
-        assert_eq!(read_join(&sys).unwrap().provider.as_deref(), Some("n1"));
-        assert!(write_join(&sys, Some("../n1")).is_err());
-        write_join(&sys, None).unwrap();
-        assert_eq!(read_join(&sys).unwrap().provider, None);
+        assert_eq!(read_provider(&sys), None);
+        sys.write_atomic(PROVIDER_FILE, b"n2\n", 0o644).unwrap();
+        assert_eq!(read_provider(&sys).as_deref(), Some("n2"));
+        sys.write_atomic(PROVIDER_FILE, b"../n2", 0o644).unwrap();
+        assert_eq!(read_provider(&sys), None);
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::http::{fetch, MAX_SEGMENT};
 use super::playlist::{Playlist, MAX_PLAYLIST};
-use super::{ingest, read_join, short_id, Stream, Upstream, MAX_HOPS, WINDOW};
+use super::{ingest, read_provider, short_id, Stream, Upstream, MAX_HOPS, WINDOW};
 use crate::catalog::Record;
 use crate::system::System;
 
@@ -131,7 +131,7 @@ pub struct Relay {
     pub sys: System,
     /// The stream to relay (seed `streaming.id`), or any.
     pub want: Option<String>,
-    /// The seed's `streaming.provider`; a `join` overrides it.
+    /// Preferred provider given on the command line; `PROVIDER_FILE` overrides it.
     pub prefer: Option<String>,
     pub catalog: Catalog,
 }
@@ -145,9 +145,7 @@ enum Left {
 
 impl Relay {
     fn prefer(&self) -> Option<String> {
-        read_join(&self.sys)
-            .and_then(|j| j.provider)
-            .or_else(|| self.prefer.clone())
+        read_provider(&self.sys).or_else(|| self.prefer.clone())
     }
 
     /// Follows providers forever; aborted to stop.

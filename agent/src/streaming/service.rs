@@ -1,0 +1,184 @@
+//! The `streaming` service for the agent's service manager: `cloudy-agent stream` run as the
+//! unprivileged `cloudy-stream` user (ffmpeg below it), checked from outside over HTTP, its
+//! record made from the stream process's own status.
+//!
+//! Enabled in the seed (`[services] enable = ["streaming"]`: a source with `[streaming]
+//! source`, else a peer) or by `cloudy-agent join streaming [provider]` (a peer).
+
+use serde_json::json;
+use std::sync::Mutex;
+
+use super::{Config, Input, Watch, PROVIDER_FILE, STATE_DIR};
+use crate::catalog::Record;
+use crate::services::{
+    ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Joining,
+    Service, ServiceError,
+};
+use crate::supervise::Program;
+use crate::system::System;
+
+pub const NAME: &str = "streaming";
+pub const USER: &str = "cloudy-stream";
+
+pub struct Streaming {
+    sys: System,
+    config: Config,
+    watch: Watch,
+    /// The provider last written to `PROVIDER_FILE`.
+    provider: Mutex<Option<Option<String>>>,
+}
+
+impl Streaming {
+    pub fn new(sys: &System) -> Streaming {
+        let cmdline = if sys.is_live() {
+            std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // A broken seed was reported by the daemon already; its defaults have no streaming.
+        let config = crate::seed::load(sys, &cmdline)
+            .seed
+            .streaming
+            .unwrap_or_default();
+        Streaming {
+            sys: sys.clone(),
+            watch: Watch::new(config.port()),
+            config,
+            provider: Mutex::new(None),
+        }
+    }
+
+    /// A provider joined with `cloudy-agent join` wins over the seed's.
+    fn wanted_provider(&self) -> Option<String> {
+        read_joined(&self.sys, NAME)
+            .and_then(|j| j["provider"].as_str().map(str::to_string))
+            .filter(|p| super::check_provider(p).is_ok())
+            .or_else(|| self.config.provider.clone())
+    }
+
+    fn ids(&self) -> Result<(u32, u32), ServiceError> {
+        ensure_user(USER, &state_dir(&self.sys, NAME))
+    }
+}
+
+impl Service for Streaming {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn configure(&self, _env: &Env) -> Result<Configured, ServiceError> {
+        if let Some(Input::File(p)) = self.config.input() {
+            if !p.is_file() {
+                return Ok(Configured::Waiting(format!(
+                    "streaming.source {}: no such file",
+                    p.display()
+                )));
+            }
+        }
+        let ids = self.ids()?;
+        // Segments on tmpfs; the log (opened by the agent) under /var/lib/cloudy/streaming.
+        own_dir(&self.sys.path(STATE_DIR), ids, 0o755)?;
+        own_dir(&state_dir(&self.sys, NAME), ids, 0o750)?;
+        // The stream process reads it on every choice of provider: no restart needed.
+        let want = self.wanted_provider();
+        let mut applied = self.provider.lock().unwrap();
+        if applied.as_ref() != Some(&want) {
+            let path = self.sys.path(PROVIDER_FILE);
+            match &want {
+                Some(p) => self
+                    .sys
+                    .write_atomic(PROVIDER_FILE, format!("{p}\n").as_bytes(), 0o644)
+                    .map_err(crate::services::io_err(format!(
+                        "writing {}",
+                        path.display()
+                    )))?,
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            *applied = Some(want);
+        }
+        Ok(Configured::Unchanged)
+    }
+
+    fn program(&self, env: &Env) -> Option<Program> {
+        let ids = self.ids().ok()?;
+        let c = &self.config;
+        let marker = format!("--node-id={}", env.ctx.node_id);
+        let mut p = Program::new(NAME, &env.agent_exe)
+            .arg("--root")
+            .arg(self.sys.root())
+            .arg("stream")
+            .arg(format!("--node={}", env.ctx.node))
+            .arg(&marker)
+            .arg(format!("--port={}", c.port()));
+        if let Some(s) = &c.source {
+            // One argument, `--source=<it>`: a source starting with '-' stays a value.
+            p = p.arg(format!("--source={s}"));
+        }
+        if let Some(id) = &c.id {
+            p = p.arg(format!("--id={id}"));
+        }
+        p.user = Some(ids);
+        p.cwd = Some(self.sys.path(STATE_DIR));
+        for var in ["CLOUDY_FFMPEG", "CLOUDY_LOG"] {
+            if let Ok(v) = std::env::var(var) {
+                p.env.push((var.into(), v));
+            }
+        }
+        p.marker = Some(marker);
+        p.log = Some(state_dir(&self.sys, NAME).join("stream.log"));
+        Some(p)
+    }
+
+    fn healthy(&self) -> bool {
+        match self.watch.healthy() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("streaming: not healthy: {e}");
+                false
+            }
+        }
+    }
+
+    fn record(&self, ctx: &Context) -> Option<Record> {
+        self.watch.record(ctx.record(NAME, self.config.port(), ""))
+    }
+
+    fn join(&self, j: &Joining, provider: &Record) -> Result<Joined, ServiceError> {
+        if self.config.source.is_some() {
+            return Err(ServiceError::Failed(
+                "this node is a streaming source (streaming.source in its seed); it relays nothing"
+                    .into(),
+            ));
+        }
+        let id = provider
+            .fields
+            .get("stream_id")
+            .ok_or_else(|| {
+                ServiceError::Failed(format!(
+                    "{}'s streaming record has no stream_id",
+                    provider.node
+                ))
+            })?
+            .clone();
+        j.mark_joined(
+            NAME,
+            &json!({ "provider": provider.node_id, "node": provider.node, "stream_id": id }),
+        )?;
+        Ok(Joined {
+            usage: vec![
+                format!(
+                    "relaying stream {id} from {} ({}:{}); if it fails, another provider is taken",
+                    provider.node, provider.ip, provider.port
+                ),
+                format!(
+                    "watch it here: http://{}:{}/stream/{id}/index.m3u8",
+                    j.ctx.ip,
+                    self.config.port()
+                ),
+            ],
+            local_service: Some(NAME.into()),
+        })
+    }
+}
