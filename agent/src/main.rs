@@ -47,9 +47,10 @@ enum Command {
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
     Status,
     /// Use a service another node provides: `tahoe-lafs` makes this node a client of that
-    /// grid, `syncthing` shares a folder with the provider. Needs `cloudy-agent run` running.
+    /// grid, `syncthing` shares a folder with the provider, `streaming` relays the provider's
+    /// live stream (and serves it on here). Needs `cloudy-agent run` running.
     Join {
-        /// tahoe-lafs or syncthing.
+        /// tahoe-lafs, syncthing or streaming.
         kind: String,
         /// The provider's node name, node id (8+ digits) or IP; default: chosen from the catalog.
         provider: Option<String>,
