@@ -464,6 +464,7 @@ async fn run_mesh(
             opts.serf
         ),
     }
+    start_dashboard(&mesh, &share, seed, opts);
     tokio::spawn(gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -487,6 +488,40 @@ async fn run_mesh(
     let _ = mesh.tincd.send(Control::Stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(0)
+}
+
+/// The probe (first scan soon, then periodic), the control socket and the dashboard.
+fn start_dashboard(
+    mesh: &Arc<Mesh>,
+    share: &Arc<crate::publish::Sharing>,
+    seed: &seed::Seed,
+    opts: &Options,
+) {
+    let me = mesh.members.lock().unwrap().me().id.clone();
+    let prober = Arc::new(crate::probe::Prober::new(
+        mesh.sys.clone(),
+        me,
+        crate::probe::Options::default(),
+    ));
+    let cmdline = if mesh.sys.is_live() {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let agent = Arc::new(crate::control::Agent {
+        sys: mesh.sys.clone(),
+        share: share.clone(),
+        prober,
+        seed_errors: seed::load(&mesh.sys, &cmdline).errors,
+        pidfile: mesh.paths.pidfile.clone(),
+        views: Mutex::new(Vec::new()),
+    });
+    crate::control::start(agent);
+    crate::dashboard::supervise(
+        mesh.sys.clone(),
+        opts.agent_exe.clone(),
+        seed.dashboard_port(),
+    );
 }
 
 /// Our services (built-in and declared in the seed) and the catalog they feed.
@@ -561,6 +596,7 @@ async fn serve(
         let manager = manager.clone();
         tokio::spawn(async move {
             let m = mesh.clone();
+            let summary = share.summary.lock().unwrap().clone();
             let m2 = mesh.clone();
             let ours = move || share.ours.lock().unwrap().clone();
             // A member asks to use one of our services: known members only, as they are in
@@ -585,7 +621,7 @@ async fn serve(
                     )
                     .map_err(|e| e.to_string())
             };
-            let r = join::serve(
+            let r = join::serve_all(
                 stream,
                 &mesh.key,
                 move |theirs| {
@@ -602,6 +638,7 @@ async fn serve(
                 },
                 ours,
                 ask,
+                move || summary,
             )
             .await;
             match r {

@@ -137,7 +137,9 @@ pub fn dashboard_credential(
         }
         return Ok(Credential::FromSeed);
     }
-    if sys.path(DASHBOARD_HASH_FILE).exists() {
+    // A hash in an older format cannot be checked: make a new password rather than none.
+    let kept = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap_or_default();
+    if is_password_hash(kept.trim()) {
         return Ok(Credential::Kept);
     }
     // 15 bytes make 24 base64-like characters without padding: ~120 bits, typeable.
@@ -146,20 +148,36 @@ pub fn dashboard_credential(
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect();
-    let salt = hex(&random_bytes::<16>());
-    write(&format!("{}\n", hash_password(&salt, &password)))?;
+    write(&format!("{}\n", hash_password(&password)))?;
     Ok(Credential::Generated(password))
 }
 
-/// `$cloudy-sha256$ROUNDS$SALT$HEX`: iterated SHA-256, for a password that is itself random.
-pub fn hash_password(salt: &str, password: &str) -> String {
-    use sha2::{Digest, Sha256};
-    const ROUNDS: u32 = 10_000;
-    let mut d = Sha256::digest(format!("{salt}:{password}").as_bytes());
-    for _ in 1..ROUNDS {
-        d = Sha256::digest(d);
-    }
-    format!("$cloudy-sha256${ROUNDS}${salt}${}", hex(&d))
+/// An Argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH`), what the seed's
+/// `[dashboard] password_hash` holds too (`cloudy-agent seed hash-password` makes one).
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).expect("16 bytes make a salt");
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("default parameters hash")
+        .to_string()
+}
+
+/// True for an Argon2 PHC string the dashboard can check a password against.
+pub fn is_password_hash(h: &str) -> bool {
+    argon2::password_hash::PasswordHash::new(h)
+        .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2"))
+}
+
+/// Checks `password` against a stored PHC hash, in constant time.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &h)
+        .is_ok()
 }
 
 /// Installs the seed's keys for root. The file is the seed's list, whole: a key removed from
@@ -304,7 +322,9 @@ mod tests {
         assert_eq!(p.len(), 20);
         let stored = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap();
         assert!(!stored.contains(&p), "only the hash is stored");
-        assert!(stored.starts_with("$cloudy-sha256$"));
+        assert!(stored.starts_with("$argon2id$"));
+        assert!(verify_password(stored.trim(), &p));
+        assert!(!verify_password(stored.trim(), "wrong"));
         let mode = std::fs::metadata(sys.path(DASHBOARD_HASH_FILE))
             .unwrap()
             .permissions()

@@ -16,6 +16,9 @@
 //! member's records as JSON, and the role bytes are `Q`/`R` so neither kind of message can
 //! stand in for the other.
 //!
+//! A member's probe summary (its own view of every provider's score) travels the same way with
+//! `"want":"scores"`, an empty request body and role bytes `P`/`V`.
+//!
 //! And it carries a service request (`"want":"ask"`): a member asks another member's agent to
 //! let it use a service (e.g. Syncthing: add my device, share the folder with it). The request
 //! body is a `ServiceAsk`, the reply a `ServiceAnswer`, role bytes `A`/`B`; the server checks
@@ -187,6 +190,7 @@ struct Hello {
 
 const WANT_SERVICES: &str = "services";
 const WANT_ASK: &str = "ask";
+const WANT_SCORES: &str = "scores";
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -363,6 +367,41 @@ pub async fn fetch_services(
     .map_err(|_| JoinError::Timeout)?
 }
 
+/// Client side of a scores fetch: the member's probe summary, checked by `probe`.
+pub async fn fetch_scores(
+    addr: SocketAddr,
+    key: &JoinKey,
+) -> Result<Vec<crate::probe::Summary>, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let nc = hex(&random_bytes::<16>());
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+            want: Some(WANT_SCORES.into()),
+        })
+        .await?;
+        let ch: Challenge = c.recv().await?;
+        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
+            return Err(JoinError::Malformed("bad challenge".into()));
+        }
+        let mac = key.sign(b'P', &nc, &ch.nonce, "");
+        c.send(&Signed {
+            v: PROTOCOL,
+            body: String::new(),
+            mac,
+        })
+        .await?;
+        let reply: Signed = c.recv().await?;
+        if !key.verify(b'V', &nc, &ch.nonce, &reply.body, &reply.mac) {
+            return Err(JoinError::BadMac);
+        }
+        crate::probe::parse_summary(reply.body.as_bytes()).map_err(JoinError::Malformed)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
 /// Client side of a service request: the provider's answer fields, or its refusal.
 pub async fn ask_service(
     addr: SocketAddr,
@@ -418,6 +457,18 @@ pub async fn serve(
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
 ) -> Result<usize, JoinError> {
+    serve_all(stream, key, merge, services, ask, || "[]".to_string()).await
+}
+
+/// `serve`, also answering a scores fetch with `scores` (our probe summary, JSON).
+pub async fn serve_all(
+    stream: TcpStream,
+    key: &JoinKey,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
+    scores: impl FnOnce() -> String,
+) -> Result<usize, JoinError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(stream);
         let hello: Hello = c.recv().await?;
@@ -469,6 +520,21 @@ pub async fn serve(
                 };
                 let body = serde_json::to_string(&answer).expect("answers serialise");
                 let mac = key.sign(b'B', &hello.hello, &ns, &body);
+                c.send(&Signed {
+                    v: PROTOCOL,
+                    body,
+                    mac,
+                })
+                .await?;
+                return Ok(0);
+            }
+            Some(WANT_SCORES) => {
+                let req: Signed = c.recv().await?;
+                if !req.body.is_empty() || !key.verify(b'P', &hello.hello, &ns, "", &req.mac) {
+                    return Err(JoinError::BadMac);
+                }
+                let body = scores();
+                let mac = key.sign(b'V', &hello.hello, &ns, &body);
                 c.send(&Signed {
                     v: PROTOCOL,
                     body,

@@ -13,19 +13,25 @@
 //! - `avahi`, `serf`, `publish`: our records as Avahi files and Serf tags; others' records
 //!   from mDNS and from Serf members (fetched over the join port), into the catalog
 //! - `streaming`: live streams over HTTP (HLS), from an ffmpeg source relayed peer to peer
+//! - `probe`, `select`: each provider's quality from this node (score 0-100) and the best one
+//! - `control`: the agent's typed request socket; `dashboard`: the unprivileged web UI on it
 //! - `daemon`: `cloudy-agent run`, tying them together; `ready`, `status`: what it reports
 
 pub mod avahi;
 pub mod catalog;
+pub mod control;
+pub mod dashboard;
 pub mod daemon;
 pub mod discovery;
 pub mod identity;
 pub mod join;
 pub mod members;
 pub mod network;
+pub mod probe;
 pub mod publish;
 pub mod ready;
 pub mod secrets;
+pub mod select;
 pub mod seed;
 pub mod serf;
 pub mod services;

@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use cloudy_agent::{daemon, network, seed, status, streaming, system::System};
+use cloudy_agent::{control, daemon, dashboard, network, seed, status, streaming, system::System};
 
 /// The Cloudy node agent: applies the seed and brings the node into its microcloud.
 #[derive(Parser)]
@@ -42,6 +42,25 @@ enum Command {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Probe the quality of every provider (or one type's) from this node now.
+    Scan {
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The best provider of a service type for this node, and why.
+    Select {
+        kind: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash on
+    /// stdin and talks to the agent's control socket).
+    Dashboard {
+        #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_PORT)]
+        port: u16,
     },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
@@ -105,6 +124,8 @@ enum NetCommand {
 enum SeedCommand {
     /// Validate a seed file; names the key, the problem and the fix.
     Check { file: PathBuf },
+    /// Read a password on stdin, print its Argon2 hash for `[dashboard] password_hash`.
+    HashPassword,
 }
 
 fn main() {
@@ -140,6 +161,35 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         },
+        Command::Seed {
+            command: SeedCommand::HashPassword,
+        } => {
+            let mut pw = String::new();
+            std::io::stdin().read_line(&mut pw)?;
+            let pw = pw.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!pw.is_empty(), "no password on stdin");
+            println!("{}", cloudy_agent::identity::hash_password(pw));
+            Ok(0)
+        }
+        Command::Scan { kind, json } => {
+            control::cli_scan(&System::new(cli.root), kind.as_deref(), json)
+        }
+        Command::Select { kind, json } => control::cli_select(&System::new(cli.root), &kind, json),
+        Command::Dashboard { port } => {
+            let sys = System::new(cli.root);
+            let mut hash = String::new();
+            std::io::stdin().read_line(&mut hash)?;
+            anyhow::ensure!(
+                cloudy_agent::identity::is_password_hash(hash.trim()),
+                "the dashboard needs an Argon2 password hash on stdin"
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(dashboard::serve(port, sys.path(control::SOCKET), hash))
+                .context("serving the dashboard")?;
+            Ok(0)
+        }
         Command::Run {
             manage_network,
             tincd,

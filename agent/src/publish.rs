@@ -49,6 +49,8 @@ pub struct Sharing {
     pub catalog: Mutex<Live>,
     pub serf: Arc<Mutex<Desired>>,
     pub bootstrap: Vec<String>,
+    /// Our probe summary (JSON), served to members over the join port.
+    pub summary: Mutex<String>,
     changed: Notify,
 }
 
@@ -80,6 +82,7 @@ impl Sharing {
                 join: Vec::new(),
             })),
             bootstrap,
+            summary: Mutex::new("[]".into()),
             changed: Notify::new(),
         })
     }

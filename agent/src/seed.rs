@@ -143,9 +143,16 @@ pub struct Publish {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Dashboard {
-    /// crypt(3) hash (`mkpasswd -m yescrypt`); moved into /var/lib/cloudy like the key.
+    /// Argon2 PHC string (`cloudy-agent seed hash-password`, or Debian's `argon2` tool with
+    /// `-id -e`); moved into /var/lib/cloudy like the key. Without it a password is generated
+    /// on first boot and shown once on the console.
     pub password_hash: Option<String>,
+    /// TCP port of the dashboard on the node's addresses (default 8080).
+    pub port: Option<u16>,
 }
+
+/// The dashboard's port when the seed names none.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 8080;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -336,13 +343,20 @@ impl Seed {
         }
         if let Some(d) = &self.dashboard {
             if let Some(h) = &d.password_hash {
-                if !h.starts_with('$') || h.len() < 20 || h.contains(char::is_whitespace) {
+                if !crate::identity::is_password_hash(h) {
                     return Err(bad(
                         "dashboard.password_hash",
-                        "not a crypt(3) hash (a plain password is never accepted)".into(),
-                        "paste the output of `mkpasswd -m yescrypt`",
+                        "not an Argon2 PHC hash (a plain password is never accepted)".into(),
+                        "paste the output of `cloudy-agent seed hash-password` (or `argon2 SALT -id -e`)",
                     ));
                 }
+            }
+            if d.port == Some(0) {
+                return Err(bad(
+                    "dashboard.port",
+                    "0 is not a port".into(),
+                    "leave it out for 8080",
+                ));
             }
         }
         if let Some(s) = &self.ssh {
@@ -409,6 +423,13 @@ impl Seed {
             Ok((std::net::IpAddr::V4(a), p)) => (a, p),
             _ => (std::net::Ipv4Addr::new(10, 99, 0, 0), 16),
         }
+    }
+
+    pub fn dashboard_port(&self) -> u16 {
+        self.dashboard
+            .as_ref()
+            .and_then(|d| d.port)
+            .unwrap_or(DEFAULT_DASHBOARD_PORT)
     }
 
     pub fn join_port(&self) -> u16 {

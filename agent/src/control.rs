@@ -1,0 +1,612 @@
+//! The agent's typed control API: the root agent answers a few typed requests on a Unix socket
+//! (0660, group `cloudy-web`), so the unprivileged dashboard and the CLI can ask for a scan, a
+//! selection, a join or the node's state. A request is one JSON line, the reply one JSON line;
+//! nothing in a request is ever run as a command.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::catalog::Record;
+use crate::probe::{Prober, Scores, Summary};
+use crate::publish::Sharing;
+use crate::select::{self, Ranked};
+use crate::system::System;
+
+pub const SOCKET: &str = "/run/cloudy/control.sock";
+/// The dashboard's user; the socket's group.
+pub const WEB_USER: &str = "cloudy-web";
+const MAX_REQUEST: usize = 16 * 1024;
+const MAX_REPLY: usize = 32 << 20;
+/// A scan of a large catalog under the bandwidth cap takes a while; everything else is quick.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// At most this many requests handled at once.
+const MAX_CLIENTS: usize = 64;
+/// Members whose probe summaries are fetched after a scan.
+const MAX_VIEWS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Probe the providers of `kind` (all when None) now.
+    Scan { kind: Option<String> },
+    /// The best provider of `kind` for this node, and the ranking behind it.
+    Select { kind: String },
+    /// Join `provider` (`node:port`) of `kind`, or the best one when None.
+    Join {
+        kind: String,
+        provider: Option<String>,
+    },
+    /// Everything the dashboard shows.
+    State {},
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Scanned {
+        scores: Scores,
+    },
+    Selected {
+        best: Option<Ranked>,
+        ranked: Vec<Ranked>,
+    },
+    Joined {
+        ok: bool,
+        provider: Option<String>,
+        message: String,
+    },
+    State(State),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub node: String,
+    pub node_id: String,
+    pub community: String,
+    pub address: String,
+    pub vpn: String,
+    pub tincd: Option<u32>,
+    pub seed_errors: Vec<String>,
+    pub peers: Vec<Peer>,
+    /// When the last scan finished, unix ms (0: never).
+    pub scanned: u64,
+    /// Service types in the catalog.
+    pub types: Vec<String>,
+    /// Every provider, ranked per type (types in order).
+    pub providers: Vec<Ranked>,
+    /// Other members' own probe summaries.
+    pub views: Vec<View>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub id: String,
+    pub tinc_name: String,
+    pub address: String,
+    pub vpn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub node: String,
+    /// When it was fetched, unix ms.
+    pub at: u64,
+    pub scores: Vec<Summary>,
+}
+
+/// What answers requests inside the agent.
+pub struct Agent {
+    pub sys: System,
+    pub share: Arc<Sharing>,
+    pub prober: Arc<Prober>,
+    pub seed_errors: Vec<String>,
+    pub pidfile: PathBuf,
+    pub views: Mutex<Vec<View>>,
+}
+
+impl Agent {
+    pub fn records(&self) -> Vec<Record> {
+        self.share
+            .catalog
+            .lock()
+            .unwrap()
+            .snapshot(0)
+            .entries
+            .into_iter()
+            .map(|e| e.record)
+            .collect()
+    }
+
+    /// A scan, then our published summary and others' views brought up to date.
+    pub async fn scan(&self, kind: Option<&str>) -> Scores {
+        let scores = self.prober.scan(&self.records(), kind).await;
+        *self.share.summary.lock().unwrap() =
+            serde_json::to_string(&crate::probe::summary(&scores)).expect("summaries serialise");
+        self.refresh_views().await;
+        scores
+    }
+
+    pub async fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Scan { kind } => {
+                if let Some(k) = &kind {
+                    if !kind_ok(k) {
+                        return error(format!("{k:?} is not a service type"));
+                    }
+                }
+                Reply::Scanned {
+                    scores: self.scan(kind.as_deref()).await,
+                }
+            }
+            Request::Select { kind } => {
+                if !kind_ok(&kind) {
+                    return error(format!("{kind:?} is not a service type"));
+                }
+                let records = self.records();
+                let mut scores = self.prober.scores.lock().unwrap().clone();
+                let unprobed = records.iter().any(|r| {
+                    r.kind == kind && r.node_id != self.prober.me && scores.of(r).is_none()
+                });
+                if unprobed {
+                    scores = self.scan(Some(&kind)).await;
+                }
+                Reply::Selected {
+                    best: select::choose(&kind, &records, &scores, &self.prober.me),
+                    ranked: select::rank(Some(&kind), &records, &scores, &self.prober.me),
+                }
+            }
+            Request::Join { kind, provider } => {
+                if !kind_ok(&kind) {
+                    return error(format!("{kind:?} is not a service type"));
+                }
+                let records = self.records();
+                let scores = self.prober.scores.lock().unwrap().clone();
+                join(&kind, provider.as_deref(), &records, &scores, &self.prober.me)
+            }
+            Request::State {} => Reply::State(self.state()),
+        }
+    }
+
+    fn state(&self) -> State {
+        let records = self.records();
+        let scores = self.prober.scores.lock().unwrap().clone();
+        let ranked = select::rank(None, &records, &scores, &self.prober.me);
+        let mut types: Vec<String> = records.iter().map(|r| r.kind.clone()).collect();
+        types.sort();
+        types.dedup();
+        let ms = self.share.members.lock().unwrap().clone();
+        let me = ms.me().clone();
+        let peers = ms
+            .others()
+            .map(|m| Peer {
+                name: m.name.clone(),
+                id: m.id.clone(),
+                tinc_name: m.tinc_name(),
+                address: m.address.to_string(),
+                vpn: m.vpn.to_string(),
+            })
+            .collect();
+        let tincd = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists());
+        State {
+            node: me.name.clone(),
+            node_id: me.id.clone(),
+            community: self.share.community.clone(),
+            address: me.address.to_string(),
+            vpn: me.vpn.to_string(),
+            tincd,
+            seed_errors: self.seed_errors.clone(),
+            peers,
+            scanned: scores.scanned,
+            types,
+            providers: ranked,
+            views: self.views.lock().unwrap().clone(),
+        }
+    }
+
+    /// Asks up to `MAX_VIEWS` members for their own probe summary (join port, community key).
+    pub async fn refresh_views(&self) {
+        let targets: Vec<(String, std::net::SocketAddr)> = {
+            let ms = self.share.members.lock().unwrap();
+            ms.others()
+                .filter(|m| !m.address.is_unspecified())
+                .take(MAX_VIEWS)
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        std::net::SocketAddr::new(m.address, m.join_port),
+                    )
+                })
+                .collect()
+        };
+        let key = self.share.key.clone();
+        let got = futures_util::future::join_all(targets.into_iter().map(|(name, addr)| {
+            let key = key.clone();
+            async move { (name, crate::join::fetch_scores(addr, &key).await) }
+        }))
+        .await;
+        let now = crate::catalog::now_ms();
+        let mut views: Vec<View> = got
+            .into_iter()
+            .filter_map(|(node, r)| match r {
+                Ok(scores) => Some(View {
+                    node,
+                    at: now,
+                    scores,
+                }),
+                Err(e) => {
+                    tracing::debug!("scores of {node}: {e}");
+                    None
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.node.cmp(&b.node));
+        *self.views.lock().unwrap() = views;
+    }
+}
+
+fn error(message: String) -> Reply {
+    Reply::Error { message }
+}
+
+fn kind_ok(k: &str) -> bool {
+    (1..=24).contains(&k.len())
+        && k.as_bytes()[0].is_ascii_lowercase()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Joining a provider: the named one (`node:port`), else the best for this node. The service
+/// wrappers do the joining; a type without one says so.
+pub fn join(
+    kind: &str,
+    provider: Option<&str>,
+    records: &[Record],
+    scores: &Scores,
+    me: &str,
+) -> Reply {
+    let chosen = match provider {
+        Some(p) => select::rank(Some(kind), records, scores, me)
+            .into_iter()
+            .find(|r| r.provider == p),
+        None => select::choose(kind, records, scores, me),
+    };
+    let Some(chosen) = chosen else {
+        return Reply::Joined {
+            ok: false,
+            provider: provider.map(str::to_string),
+            message: match provider {
+                Some(p) => format!("no {kind} provider {p} in the catalog"),
+                None => format!("no reachable {kind} provider has been probed yet; scan first"),
+            },
+        };
+    };
+    if chosen.local {
+        return Reply::Joined {
+            ok: false,
+            provider: Some(chosen.provider),
+            message: "that provider is this node itself".into(),
+        };
+    }
+    Reply::Joined {
+        ok: false,
+        provider: Some(chosen.provider.clone()),
+        message: format!(
+            "joining {} ({kind}) is not available for this type on this node yet",
+            chosen.provider
+        ),
+    }
+}
+
+/// Serves the control socket until the agent stops.
+pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
+    let path = agent.sys.path(SOCKET);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    restrict(&path);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = Vec::new();
+            let mut r = BufReader::new(r.take(MAX_REQUEST as u64));
+            let reply = match r.read_until(b'\n', &mut line).await {
+                Ok(_) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => agent.handle(req).await,
+                    Err(e) => error(format!("malformed request: {e}")),
+                },
+                Err(e) => error(e.to_string()),
+            };
+            let mut out = serde_json::to_vec(&reply).expect("replies serialise");
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+            drop(permit);
+        });
+    }
+}
+
+/// 0660 root:cloudy-web when that group exists; else 0600 (only root may ask).
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match web_ids() {
+        Some((_, gid)) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+            // SAFETY: a valid C string; chown only changes ownership.
+            unsafe { libc::chown(c.as_ptr(), 0, gid) };
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+        }
+        None => {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// uid and gid of `cloudy-web`, if the image made that user.
+pub fn web_ids() -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(WEB_USER).expect("no NUL");
+    // SAFETY: getpwnam returns a pointer into static storage or NULL; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, as checked.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the agent's control socket {0}: {1} (is `cloudy-agent run` running?)")]
+    Connect(String, std::io::Error),
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket: no answer within {} s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("control socket: malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// Client side: one request, one reply.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply, CallError> {
+    let s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| CallError::Connect(socket.display().to_string(), e))?;
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let (r, mut w) = s.into_split();
+        let mut line = serde_json::to_vec(req).expect("requests serialise");
+        line.push(b'\n');
+        w.write_all(&line).await?;
+        let mut buf = Vec::new();
+        BufReader::new(r.take(MAX_REPLY as u64))
+            .read_until(b'\n', &mut buf)
+            .await?;
+        serde_json::from_slice(&buf).map_err(|e| CallError::Malformed(e.to_string()))
+    })
+    .await
+    .map_err(|_| CallError::Timeout)?
+}
+
+/// Starts the probe's periodic scans (the first soon after boot) and the control socket.
+pub fn start(agent: Arc<Agent>) {
+    let a = agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(a.clone()).await {
+            tracing::error!("control socket {}: {e}", a.sys.path(SOCKET).display());
+        }
+    });
+    tokio::spawn(async move {
+        let first = std::env::var("CLOUDY_PROBE_FIRST_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(crate::probe::FIRST_SCAN);
+        tokio::time::sleep(first).await;
+        loop {
+            agent.scan(None).await;
+            tokio::time::sleep(crate::probe::jittered(crate::probe::PERIOD)).await;
+        }
+    });
+}
+
+/// `cloudy-agent scan`: asks the running agent (so its scores and history stay one), or probes
+/// from the catalog file itself when no agent answers.
+pub fn cli_scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let scores = rt.block_on(async {
+        let req = Request::Scan {
+            kind: kind.map(str::to_string),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Scanned { scores }) => Ok(scores),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => local_scan(sys, kind).await,
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    let shown: Vec<&crate::probe::Probe> = scores
+        .probes
+        .iter()
+        .filter(|p| kind.is_none_or(|k| p.record.kind == k))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>6}  DETAIL",
+        "TYPE", "SCORE", "NODE", "IP", "PORT", "RTT", "CHECK", "AVAIL"
+    );
+    for p in shown {
+        println!(
+            "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>5.0}%  {}",
+            p.record.kind,
+            p.score,
+            p.record.node,
+            p.record.ip.to_string(),
+            p.record.port,
+            p.rtt_ms
+                .map(|m| format!("{m:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            match p.check.ok {
+                Some(true) => "ok",
+                Some(false) => "fail",
+                None => "n/a",
+            },
+            p.availability * 100.0,
+            p.check.detail
+        );
+    }
+    Ok(0)
+}
+
+/// The catalog file's records and this node's id, for a scan without the agent.
+fn catalog_records(sys: &System) -> anyhow::Result<(Vec<Record>, String)> {
+    let path = sys.path(crate::catalog::CATALOG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: the catalog exists while `cloudy-agent run` runs with a community",
+            path.display()
+        )
+    })?;
+    let cat: crate::catalog::Catalog =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let me = std::fs::read_to_string(sys.path(crate::identity::NODE_ID_FILE))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok((cat.entries.into_iter().map(|e| e.record).collect(), me))
+}
+
+async fn local_scan(sys: &System, kind: Option<&str>) -> anyhow::Result<Scores> {
+    let (records, me) = catalog_records(sys)?;
+    let prober = Prober::new(sys.clone(), me, crate::probe::Options::default());
+    *prober.scores.lock().unwrap() = crate::probe::load_scores(sys);
+    Ok(prober.scan(&records, kind).await)
+}
+
+/// `cloudy-agent select <type>`: the best provider for this node and why.
+pub fn cli_select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (best, ranked) = rt.block_on(async {
+        let req = Request::Select {
+            kind: kind.to_string(),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Selected { best, ranked }) => Ok((best, ranked)),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => {
+                let (records, me) = catalog_records(sys)?;
+                let mut scores = crate::probe::load_scores(sys);
+                let unprobed = records
+                    .iter()
+                    .any(|r| r.kind == kind && r.node_id != me && scores.of(r).is_none());
+                if unprobed {
+                    scores = local_scan(sys, Some(kind)).await?;
+                }
+                Ok((
+                    select::choose(kind, &records, &scores, &me),
+                    select::rank(Some(kind), &records, &scores, &me),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"best": best, "ranked": ranked}))?
+        );
+        return Ok(if best.is_some() { 0 } else { 1 });
+    }
+    match &best {
+        Some(b) => {
+            println!(
+                "{kind}: {} ({} {}:{}) \"{}\"",
+                b.provider, b.record.host, b.record.ip, b.record.port, b.record.description
+            );
+            println!("  why: {}", select::why(b));
+            for r in ranked.iter().filter(|r| r.provider != b.provider) {
+                println!("  other: {} — {}", r.provider, select::why(r));
+            }
+            Ok(0)
+        }
+        None => {
+            eprintln!("no reachable {kind} provider known to this node");
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_typed_and_strict() {
+        let r: Request = serde_json::from_str(r#"{"op":"scan","kind":"syncthing"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Scan {
+                kind: Some("syncthing".into())
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"join","kind":"syncthing","provider":"n2:22000"}"#)
+                .unwrap();
+        assert!(matches!(r, Request::Join { .. }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"shell","cmd":"id"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"state","cmd":"id"}"#).is_err(),
+            "unknown fields refused"
+        );
+        assert!(!kind_ok("../x") && !kind_ok("a b") && kind_ok("tahoe-storage"));
+    }
+
+    #[test]
+    fn join_names_the_provider_and_says_what_is_missing() {
+        use crate::catalog::tests::record;
+        let r = record('b', "syncthing", 22000);
+        let rs = vec![r.clone()];
+        match join("syncthing", Some("n1:22000"), &rs, &Scores::default(), "x") {
+            Reply::Joined {
+                ok,
+                provider,
+                message,
+            } => {
+                assert!(!ok);
+                assert_eq!(provider.as_deref(), Some("n1:22000"));
+                assert!(message.contains("not available for this type"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match join("syncthing", None, &rs, &Scores::default(), "x") {
+            Reply::Joined { message, .. } => assert!(message.contains("scan first")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! The node's dashboard: HTTP on the node's addresses (axum, one thread), run by the root agent
+//! as the unprivileged `cloudy-agent dashboard` (user `cloudy-web` where the image made it).
+//! It holds no state of the node: every page and `/api` answer comes from the agent's typed
+//! control socket (`control`). Nothing but the login page answers without a session.
+//!
+//! Pages: `/login`, `/services?type=T` (a tab per type: score | description | host | IP | port
+//! | microcloud | action, best first; "Scan quality" and "Join"), `/node` (tinc peers,
+//! services, seed errors, other nodes' views). API: `GET /api/state`, `GET /api/services[?type=T]`,
+//! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
+//! `POST /api/join {"type":T,"provider":P?}`. No JavaScript: forms and links.
+
+pub mod auth;
+pub mod html;
+
+use axum::extract::{ConnectInfo, Form, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::control::{self, Reply, Request as Ask, State};
+use crate::select::{self, Ranked};
+use auth::Auth;
+use html::{render, Html};
+
+pub struct Web {
+    pub auth: Auth,
+    pub control: PathBuf,
+}
+
+type Shared = Arc<Web>;
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router(web: Shared) -> Router {
+    let open = Router::new()
+        .route("/login", get(login_page).post(login))
+        .with_state(web.clone());
+    let closed = Router::new()
+        .route("/", get(|| async { Redirect::to("/services") }))
+        .route("/services", get(services_page))
+        .route("/node", get(node_page))
+        .route("/scan", post(scan_form))
+        .route("/join", post(join_form))
+        .route("/logout", post(logout))
+        .route("/api/state", get(api_state))
+        .route("/api/services", get(api_services))
+        .route("/api/node", get(api_node))
+        .route("/api/select", get(api_select))
+        .route("/api/scan", post(api_scan))
+        .route("/api/join", post(api_join))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .route_layer(middleware::from_fn_with_state(web.clone(), require_session))
+        .with_state(web);
+    open.merge(closed).layer(middleware::from_fn(headers))
+}
+
+/// Every answer: no caching, no framing, no scripts.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+fn session(web: &Web, h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(auth::token)
+        .filter(|t| web.auth.valid(t))
+        .map(str::to_string)
+}
+
+/// Pages send a browser to the login page; the API answers 401.
+async fn require_session(AxState(web): AxState<Shared>, req: Request, next: Next) -> Response {
+    if session(&web, req.headers()).is_some() {
+        return next.run(req).await;
+    }
+    if req.uri().path().starts_with("/api") {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "log in first (POST /login)"})),
+        )
+            .into_response()
+    } else {
+        Redirect::to("/login").into_response()
+    }
+}
+
+async fn ask(web: &Web, req: Ask) -> Result<Reply, Response> {
+    match control::call(&web.control, &req).await {
+        Ok(Reply::Error { message }) => Err(unavailable(&message)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(unavailable(&e.to_string())),
+    }
+}
+
+fn unavailable(message: &str) -> Response {
+    tracing::warn!("dashboard: {message}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": message})),
+    )
+        .into_response()
+}
+
+async fn state(web: &Web) -> Result<State, Response> {
+    match ask(web, Ask::State {}).await? {
+        Reply::State(s) => Ok(s),
+        other => Err(unavailable(&format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn page(title: &str, s: &State, active: &str, body: Html) -> Response {
+    let mut tabs = Html::default();
+    for t in &s.types {
+        tabs.push("<a href=\"/services?type=")
+            .text_in(t)
+            .push("\" class=\"");
+        if t == active {
+            tabs.push("on");
+        }
+        tabs.push("\">").text_in(t).push("</a>");
+    }
+    tabs.push("<a href=\"/node\" class=\"");
+    if active == "/node" {
+        tabs.push("on");
+    }
+    tabs.push("\">Node</a>");
+    let doc = render(
+        html::LAYOUT,
+        &[
+            ("title", Html::text(title)),
+            ("node", Html::text(&s.node)),
+            ("community", Html::text(&s.community)),
+            ("tabs", tabs),
+            ("body", body),
+        ],
+    );
+    axum::response::Html(doc.into_string()).into_response()
+}
+
+fn login_form(error: Option<&str>) -> String {
+    let e = match error {
+        Some(m) => {
+            let mut h = Html::raw("<p class=\"err\" id=\"error\">");
+            h.text_in(m).push("</p>");
+            h
+        }
+        None => Html::default(),
+    };
+    render(html::LOGIN, &[("error", e)]).into_string()
+}
+
+async fn login_page(AxState(web): AxState<Shared>, h: HeaderMap) -> Response {
+    if session(&web, &h).is_some() {
+        return Redirect::to("/services").into_response();
+    }
+    axum::response::Html(login_form(None)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    user: String,
+    password: String,
+}
+
+async fn login(
+    AxState(web): AxState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let user = if f.user.is_empty() { auth::USER } else { &f.user };
+    match web.auth.login(peer.ip(), user, &f.password).await {
+        Some(token) => {
+            let mut r = Redirect::to("/services").into_response();
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&auth::set_cookie(&token)).expect("hex token"),
+            );
+            r
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            axum::response::Html(login_form(Some("Wrong user or password."))),
+        )
+            .into_response(),
+    }
+}
+
+async fn logout(AxState(web): AxState<Shared>, h: HeaderMap) -> Response {
+    if let Some(t) = session(&web, &h) {
+        web.auth.logout(&t);
+    }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&auth::clear_cookie()).expect("ascii"),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct TypeQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+fn score_cell(r: &Ranked) -> Html {
+    let mut h = Html::default();
+    match (&r.probe, r.local) {
+        (_, true) => {
+            h.push("<td class=\"score none\">this node</td>");
+        }
+        (None, false) => {
+            h.push("<td class=\"score none\" title=\"not probed yet\">–</td>");
+        }
+        (Some(p), false) => {
+            h.push("<td class=\"score ")
+                .push(match p.score {
+                    70.. => "good",
+                    40..=69 => "fair",
+                    _ => "bad",
+                })
+                .push("\" title=\"")
+                .text_in(&select::why(r))
+                .push("\">")
+                .text_in(&p.score.to_string())
+                .push("</td>");
+        }
+    }
+    h
+}
+
+fn provider_row(r: &Ranked) -> Html {
+    let rec = &r.record;
+    let mut h = Html::raw("<tr data-provider=\"");
+    h.text_in(&r.provider).push("\">");
+    h.html(&score_cell(r));
+    h.push("<td class=\"description\">")
+        .text_in(&rec.description)
+        .push("</td><td>")
+        .text_in(&rec.host)
+        .push("</td><td>")
+        .text_in(&rec.ip.to_string())
+        .push("</td><td>")
+        .text_in(&rec.port.to_string())
+        .push("</td><td>")
+        .text_in(&rec.microcloud)
+        .push("</td><td>");
+    if r.local {
+        h.push("–");
+    } else {
+        h.push("<form method=\"post\" action=\"/join\"><input type=\"hidden\" name=\"type\" value=\"")
+            .text_in(&rec.kind)
+            .push("\"><input type=\"hidden\" name=\"provider\" value=\"")
+            .text_in(&r.provider)
+            .push("\"><button type=\"submit\" class=\"join\">Join</button></form>");
+    }
+    h.push("</td></tr>\n");
+    h
+}
+
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "not scanned yet".into();
+    }
+    let s = crate::catalog::now_ms().saturating_sub(ms) / 1000;
+    format!("last scan {s} s ago")
+}
+
+async fn services_page(
+    AxState(web): AxState<Shared>,
+    Query(q): Query<TypeQuery>,
+) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(kind) = q
+        .kind
+        .filter(|k| s.types.contains(k))
+        .or_else(|| s.types.first().cloned())
+    else {
+        let body = render(
+            html::MESSAGE,
+            &[
+                ("message", Html::text("No services known yet.")),
+                ("back", Html::raw("/node")),
+            ],
+        );
+        return page("Services", &s, "", body);
+    };
+    let mut rows = Html::default();
+    for r in s.providers.iter().filter(|r| r.record.kind == kind) {
+        rows.html(&provider_row(r));
+    }
+    let body = render(
+        html::SERVICES,
+        &[
+            ("kind", Html::text(&kind)),
+            ("scanned", Html::text(&ago(s.scanned))),
+            ("rows", rows),
+        ],
+    );
+    page(&kind, &s, &kind, body)
+}
+
+async fn node_page(AxState(web): AxState<Shared>) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut errors = Html::default();
+    if s.seed_errors.is_empty() {
+        errors.push("<p id=\"seed-errors\">None.</p>");
+    } else {
+        errors.push("<ul id=\"seed-errors\">");
+        for e in &s.seed_errors {
+            errors.push("<li class=\"err\">").text_in(e).push("</li>");
+        }
+        errors.push("</ul>");
+    }
+    let mut peers = Html::default();
+    for p in &s.peers {
+        peers
+            .push("<tr><td>")
+            .text_in(&p.name)
+            .push("</td><td>")
+            .text_in(&p.tinc_name)
+            .push("</td><td>")
+            .text_in(&p.address)
+            .push("</td><td>")
+            .text_in(&p.vpn)
+            .push("</td></tr>");
+    }
+    let mut services = Html::default();
+    for r in s.providers.iter().filter(|r| r.local) {
+        services
+            .push("<tr><td>")
+            .text_in(&r.record.kind)
+            .push("</td><td>")
+            .text_in(&r.record.description)
+            .push("</td><td>")
+            .text_in(&r.record.host)
+            .push("</td><td>")
+            .text_in(&r.record.port.to_string())
+            .push("</td><td>this node</td></tr>");
+    }
+    let mut views = Html::default();
+    if s.views.is_empty() {
+        views.push("<p>No summaries fetched yet (after the next scan).</p>");
+    }
+    for v in &s.views {
+        views
+            .push("<h3>")
+            .text_in(&v.node)
+            .push("</h3><table class=\"view\"><thead><tr><th>type</th><th>provider</th><th>port</th><th>score</th></tr></thead><tbody>");
+        for e in &v.scores {
+            views
+                .push("<tr><td>")
+                .text_in(&e.kind)
+                .push("</td><td>")
+                .text_in(&e.node)
+                .push("</td><td>")
+                .text_in(&e.port.to_string())
+                .push("</td><td>")
+                .text_in(&e.score.to_string())
+                .push("</td></tr>");
+        }
+        views.push("</tbody></table>");
+    }
+    let tincd = match s.tincd {
+        Some(p) => format!("running (pid {p})"),
+        None => "not running".into(),
+    };
+    let body = render(
+        html::NODE,
+        &[
+            ("node", Html::text(&s.node)),
+            ("node_id", Html::text(&s.node_id)),
+            ("community", Html::text(&s.community)),
+            ("address", Html::text(&s.address)),
+            ("vpn", Html::text(&s.vpn)),
+            ("tincd", Html::text(&tincd)),
+            ("seed_errors", errors),
+            ("peers", peers),
+            ("services", services),
+            ("views", views),
+        ],
+    );
+    page("Node", &s, "/node", body)
+}
+
+#[derive(Deserialize)]
+struct ScanForm {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+async fn scan_form(AxState(web): AxState<Shared>, Form(f): Form<ScanForm>) -> Response {
+    let kind = f.kind.filter(|k| !k.is_empty());
+    if let Err(r) = ask(&web, Ask::Scan { kind: kind.clone() }).await {
+        return r;
+    }
+    let to = match kind {
+        Some(k) => format!("/services?type={}", url_component(&k)),
+        None => "/services".into(),
+    };
+    Redirect::to(&to).into_response()
+}
+
+/// Service types are `[a-z0-9-]`, but a query value is escaped all the same.
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct JoinForm {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+async fn join_form(AxState(web): AxState<Shared>, Form(f): Form<JoinForm>) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let reply = ask(
+        &web,
+        Ask::Join {
+            kind: f.kind.clone(),
+            provider: f.provider.filter(|p| !p.is_empty()),
+        },
+    )
+    .await;
+    let (ok, message) = match reply {
+        Ok(Reply::Joined { ok, message, .. }) => (ok, message),
+        Ok(other) => (false, format!("unexpected reply {other:?}")),
+        Err(r) => return r,
+    };
+    let back = format!("/services?type={}", url_component(&f.kind));
+    let body = render(
+        html::MESSAGE,
+        &[
+            ("class", Html::raw(if ok { "" } else { " err" })),
+            ("message", Html::text(&message)),
+            ("back", Html::text(&back)),
+        ],
+    );
+    page("Join", &s, &f.kind, body)
+}
+
+async fn api_state(AxState(web): AxState<Shared>) -> Response {
+    match state(&web).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_services(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>) -> Response {
+    match state(&web).await {
+        Ok(s) => {
+            let v: Vec<&Ranked> = s
+                .providers
+                .iter()
+                .filter(|r| q.kind.as_ref().is_none_or(|k| &r.record.kind == k))
+                .collect();
+            Json(v).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn api_node(AxState(web): AxState<Shared>) -> Response {
+    match state(&web).await {
+        Ok(s) => {
+            let local: Vec<&Ranked> = s.providers.iter().filter(|r| r.local).collect();
+            Json(serde_json::json!({
+                "node": s.node, "node_id": s.node_id, "community": s.community,
+                "address": s.address, "vpn": s.vpn, "tincd": s.tincd,
+                "seed_errors": s.seed_errors, "peers": s.peers, "services": local,
+                "views": s.views,
+            }))
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn api_select(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>) -> Response {
+    let Some(kind) = q.kind else {
+        return (StatusCode::BAD_REQUEST, "?type= is required").into_response();
+    };
+    match ask(&web, Ask::Select { kind }).await {
+        Ok(r) => Json(r).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiScan {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+async fn api_scan(AxState(web): AxState<Shared>, body: Option<Json<ApiScan>>) -> Response {
+    let kind = body.and_then(|Json(b)| b.kind);
+    match ask(&web, Ask::Scan { kind }).await {
+        Ok(r) => Json(r).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiJoin {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+async fn api_join(AxState(web): AxState<Shared>, Json(b): Json<ApiJoin>) -> Response {
+    match ask(
+        &web,
+        Ask::Join {
+            kind: b.kind,
+            provider: b.provider,
+        },
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `cloudy-agent dashboard`: serves until killed. The password hash comes on stdin.
+pub async fn serve(port: u16, control: PathBuf, hash: String) -> std::io::Result<()> {
+    let web = Arc::new(Web {
+        auth: Auth::new(hash),
+        control,
+    });
+    // Both families on one socket where the kernel allows it, else IPv4 only.
+    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await
+    {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await?,
+    };
+    tracing::info!("dashboard on port {port}");
+    axum::serve(
+        listener,
+        router(web).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+/// Runs `cloudy-agent dashboard` as `cloudy-web` (when that user exists), handing it the
+/// password hash on stdin, and restarts it if it dies. It dies with the agent.
+pub fn supervise(sys: crate::system::System, exe: PathBuf, port: u16) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match run_child(&sys, &exe, port).await {
+                Ok(st) => tracing::warn!("dashboard exited ({st}); restarting"),
+                Err(e) => tracing::error!("dashboard: {e}"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    });
+}
+
+async fn run_child(
+    sys: &crate::system::System,
+    exe: &std::path::Path,
+    port: u16,
+) -> std::io::Result<std::process::ExitStatus> {
+    use tokio::io::AsyncWriteExt;
+    let hash = std::fs::read_to_string(sys.path(crate::identity::DASHBOARD_HASH_FILE))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--root")
+        .arg(sys.root())
+        .args(["dashboard", "--port", &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    match control::web_ids() {
+        Some((uid, gid)) => {
+            cmd.uid(uid).gid(gid);
+        }
+        None => tracing::warn!(
+            "no user {}: the dashboard runs as the agent's user",
+            control::WEB_USER
+        ),
+    }
+    // SAFETY: prctl only sets this process's parent-death signal, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(hash.trim().as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+    }
+    child.wait().await
+}
