@@ -168,7 +168,13 @@ impl Agent {
                 }
                 let records = self.records();
                 let scores = self.prober.scores.lock().unwrap().clone();
-                join(&kind, provider.as_deref(), &records, &scores, &self.prober.me)
+                join(
+                    &kind,
+                    provider.as_deref(),
+                    &records,
+                    &scores,
+                    &self.prober.me,
+                )
             }
             Request::State {} => Reply::State(self.state()),
         }

@@ -105,11 +105,20 @@ pub struct Scores {
 impl Scores {
     /// Takes a scan's results; a scan of one type replaces only that type's.
     pub fn merge(&mut self, kind: Option<&str>, fresh: Vec<Probe>, at: u64) {
-        self.probes.retain(|p| kind.is_some_and(|k| p.record.kind != k));
+        self.probes
+            .retain(|p| kind.is_some_and(|k| p.record.kind != k));
         self.probes.extend(fresh);
         self.probes.sort_by(|a, b| {
-            (a.record.kind.as_str(), std::cmp::Reverse(a.score), &a.record.node)
-                .cmp(&(b.record.kind.as_str(), std::cmp::Reverse(b.score), &b.record.node))
+            (
+                a.record.kind.as_str(),
+                std::cmp::Reverse(a.score),
+                &a.record.node,
+            )
+                .cmp(&(
+                    b.record.kind.as_str(),
+                    std::cmp::Reverse(b.score),
+                    &b.record.node,
+                ))
         });
         self.scanned = at;
     }
@@ -403,6 +412,8 @@ async fn tahoe_check(r: &Record, rate: &Rate) -> Check {
 /// A reply from `http_get`.
 pub struct Got {
     pub status: u16,
+    /// Content-Length, when the answer gave one.
+    pub len: Option<u64>,
     pub first_ms: f64,
     pub body_ms: f64,
     pub body: Vec<u8>,
@@ -455,6 +466,10 @@ pub async fn http_get(
         .map_err(|e| HttpError::NotHttp(e.to_string()))?;
     let first_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let status = resp.status().as_u16();
+    let len = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let mut body = resp.into_body();
     let mut out = Vec::new();
     let t1 = Instant::now();
@@ -478,6 +493,7 @@ pub async fn http_get(
     driver.abort();
     Ok(Got {
         status,
+        len,
         first_ms,
         body_ms,
         body: out,
@@ -686,10 +702,15 @@ async fn hls_check(r: &Record, rate: &Rate) -> Check {
                         .get_or_insert(t0.elapsed().as_secs_f64() * 1000.0 - g.body_ms);
                 }
                 let took = t.elapsed().as_secs_f64();
+                // A segment cut short by the read budget plays for its share of the time.
+                let share = match g.len {
+                    Some(len) if len > 0 => (g.body.len() as f64 / len as f64).min(1.0),
+                    _ => 1.0,
+                };
                 bytes += g.body.len();
                 fetch_s += took;
-                play_s += dur;
-                if took > *dur {
+                play_s += dur * share;
+                if took > dur * share {
                     stalls += 1;
                 }
             }
@@ -923,7 +944,11 @@ mod tests {
         h.save(&sys).unwrap();
         assert_eq!(History::load(&sys), h);
         std::fs::write(sys.path(HISTORY_FILE), b"{broken").unwrap();
-        assert_eq!(History::load(&sys), History::default(), "a broken file starts over");
+        assert_eq!(
+            History::load(&sys),
+            History::default(),
+            "a broken file starts over"
+        );
     }
 
     #[test]
@@ -931,7 +956,10 @@ mod tests {
         let (segs, v) = parse_m3u8(
             "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.000,\nseg0.ts\n#EXTINF:1.5,\n/abs/seg1.ts\n",
         );
-        assert_eq!(segs, vec![(2.0, "seg0.ts".into()), (1.5, "/abs/seg1.ts".into())]);
+        assert_eq!(
+            segs,
+            vec![(2.0, "seg0.ts".into()), (1.5, "/abs/seg1.ts".into())]
+        );
         assert!(v.is_empty());
         let (_, v) = parse_m3u8("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow/index.m3u8\n");
         assert_eq!(v, vec!["low/index.m3u8".to_string()]);

@@ -55,11 +55,10 @@ impl Auth {
         let ok = {
             let _one = self.gate.acquire().await.expect("never closed");
             let (hash, pw) = (self.hash.clone(), password.to_string());
-            let good = tokio::task::spawn_blocking(move || {
-                crate::identity::verify_password(&hash, &pw)
-            })
-            .await
-            .unwrap_or(false);
+            let good =
+                tokio::task::spawn_blocking(move || crate::identity::verify_password(&hash, &pw))
+                    .await
+                    .unwrap_or(false);
             good && user == USER
         };
         if !ok {
@@ -113,7 +112,10 @@ pub fn token(cookie_header: &str) -> Option<&str> {
 }
 
 pub fn set_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL.as_secs())
+    format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )
 }
 
 pub fn clear_cookie() -> String {
@@ -135,7 +137,10 @@ mod tests {
         let tok = a.login(ip, USER, "right").await.unwrap();
         assert!(t0.elapsed() >= Auth::delay(2), "the third try waited");
         assert!(a.valid(&tok));
-        assert!(!a.failures.lock().unwrap().contains_key(&ip), "reset on success");
+        assert!(
+            !a.failures.lock().unwrap().contains_key(&ip),
+            "reset on success"
+        );
         let hdr = format!("x=1; {COOKIE}={tok}");
         assert_eq!(token(&hdr), Some(tok.as_str()));
         assert_eq!(token("cloudy_session=../../etc"), None);

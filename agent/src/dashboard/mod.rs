@@ -66,9 +66,18 @@ pub fn router(web: Shared) -> Router {
 async fn headers(req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
@@ -183,7 +192,11 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let user = if f.user.is_empty() { auth::USER } else { &f.user };
+    let user = if f.user.is_empty() {
+        auth::USER
+    } else {
+        &f.user
+    };
     match web.auth.login(peer.ip(), user, &f.password).await {
         Some(token) => {
             let mut r = Redirect::to("/services").into_response();
@@ -264,11 +277,13 @@ fn provider_row(r: &Ranked) -> Html {
     if r.local {
         h.push("–");
     } else {
-        h.push("<form method=\"post\" action=\"/join\"><input type=\"hidden\" name=\"type\" value=\"")
-            .text_in(&rec.kind)
-            .push("\"><input type=\"hidden\" name=\"provider\" value=\"")
-            .text_in(&r.provider)
-            .push("\"><button type=\"submit\" class=\"join\">Join</button></form>");
+        h.push(
+            "<form method=\"post\" action=\"/join\"><input type=\"hidden\" name=\"type\" value=\"",
+        )
+        .text_in(&rec.kind)
+        .push("\"><input type=\"hidden\" name=\"provider\" value=\"")
+        .text_in(&r.provider)
+        .push("\"><button type=\"submit\" class=\"join\">Join</button></form>");
     }
     h.push("</td></tr>\n");
     h
@@ -282,10 +297,7 @@ fn ago(ms: u64) -> String {
     format!("last scan {s} s ago")
 }
 
-async fn services_page(
-    AxState(web): AxState<Shared>,
-    Query(q): Query<TypeQuery>,
-) -> Response {
+async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>) -> Response {
     let s = match state(&web).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -564,7 +576,8 @@ pub async fn serve(port: u16, control: PathBuf, hash: String) -> std::io::Result
         control,
     });
     // Both families on one socket where the kernel allows it, else IPv4 only.
-    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await
+    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        .await
     {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await?,
