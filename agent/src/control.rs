@@ -169,12 +169,14 @@ impl Agent {
                 let records = self.records();
                 let scores = self.prober.scores.lock().unwrap().clone();
                 join(
+                    &self.sys,
                     &kind,
                     provider.as_deref(),
                     &records,
                     &scores,
                     &self.prober.me,
                 )
+                .await
             }
             Request::State {} => Reply::State(self.state()),
         }
@@ -271,15 +273,14 @@ fn kind_ok(k: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// Joining a provider: the named one (`node:port`), else the best for this node. The service
-/// wrappers do the joining; a type without one says so.
-pub fn join(
+/// Which provider a Join means: the named one (`node:port`), else the best for this node.
+pub fn join_target(
     kind: &str,
     provider: Option<&str>,
     records: &[Record],
     scores: &Scores,
     me: &str,
-) -> Reply {
+) -> Result<Ranked, Reply> {
     let chosen = match provider {
         Some(p) => select::rank(Some(kind), records, scores, me)
             .into_iter()
@@ -287,29 +288,80 @@ pub fn join(
         None => select::choose(kind, records, scores, me),
     };
     let Some(chosen) = chosen else {
-        return Reply::Joined {
+        return Err(Reply::Joined {
             ok: false,
             provider: provider.map(str::to_string),
             message: match provider {
                 Some(p) => format!("no {kind} provider {p} in the catalog"),
                 None => format!("no reachable {kind} provider has been probed yet; scan first"),
             },
-        };
+        });
     };
     if chosen.local {
-        return Reply::Joined {
+        return Err(Reply::Joined {
             ok: false,
             provider: Some(chosen.provider),
             message: "that provider is this node itself".into(),
-        };
+        });
     }
-    Reply::Joined {
-        ok: false,
-        provider: Some(chosen.provider.clone()),
-        message: format!(
-            "joining {} ({kind}) is not available for this type on this node yet",
-            chosen.provider
+    Ok(chosen)
+}
+
+/// The `cloudy-agent join` kind for a record type (`tahoe-introducer` -> `tahoe-lafs`).
+pub fn joinable(kind: &str) -> Option<&'static str> {
+    crate::services::JOINABLE
+        .iter()
+        .find(|(_, provider_type, _)| *provider_type == kind)
+        .map(|(k, _, _)| *k)
+}
+
+/// Joins a provider through the service wrappers (`services::join`, what `cloudy-agent join`
+/// runs); a type without a wrapper says so.
+pub async fn join(
+    sys: &System,
+    kind: &str,
+    provider: Option<&str>,
+    records: &[Record],
+    scores: &Scores,
+    me: &str,
+) -> Reply {
+    let chosen = match join_target(kind, provider, records, scores, me) {
+        Ok(c) => c,
+        Err(reply) => return reply,
+    };
+    let Some(join_kind) = joinable(kind) else {
+        return Reply::Joined {
+            ok: false,
+            provider: Some(chosen.provider.clone()),
+            message: format!(
+                "joining {} ({kind}) is not available for this type",
+                chosen.provider
+            ),
+        };
+    };
+    let (sys, node_id) = (sys.clone(), chosen.record.node_id.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        crate::services::join::run(
+            &sys,
+            join_kind,
+            Some(&node_id),
+            None,
+            Duration::from_secs(60),
+        )
+    })
+    .await;
+    let (ok, message) = match r {
+        Ok(Ok(_)) => (
+            true,
+            format!("joined {join_kind} of {} ({kind})", chosen.provider),
         ),
+        Ok(Err(e)) => (false, format!("joining {}: {e:#}", chosen.provider)),
+        Err(e) => (false, format!("joining {}: {e}", chosen.provider)),
+    };
+    Reply::Joined {
+        ok,
+        provider: Some(chosen.provider),
+        message,
     }
 }
 
@@ -593,24 +645,27 @@ mod tests {
         assert!(!kind_ok("../x") && !kind_ok("a b") && kind_ok("tahoe-storage"));
     }
 
-    #[test]
-    fn join_names_the_provider_and_says_what_is_missing() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn join_names_the_provider_and_says_what_is_missing() {
         use crate::catalog::tests::record;
-        let r = record('b', "syncthing", 22000);
+        let sys = System::new("/nonexistent");
+        let r = record('b', "web", 8080);
         let rs = vec![r.clone()];
-        match join("syncthing", Some("n1:22000"), &rs, &Scores::default(), "x") {
+        match join(&sys, "web", Some("n1:8080"), &rs, &Scores::default(), "x").await {
             Reply::Joined {
                 ok,
                 provider,
                 message,
             } => {
                 assert!(!ok);
-                assert_eq!(provider.as_deref(), Some("n1:22000"));
+                assert_eq!(provider.as_deref(), Some("n1:8080"));
                 assert!(message.contains("not available for this type"), "{message}");
             }
             other => panic!("{other:?}"),
         }
-        match join("syncthing", None, &rs, &Scores::default(), "x") {
+        assert_eq!(joinable("tahoe-introducer"), Some("tahoe-lafs"));
+        assert_eq!(joinable("syncthing"), Some("syncthing"));
+        match join(&sys, "web", None, &rs, &Scores::default(), "x").await {
             Reply::Joined { message, .. } => assert!(message.contains("scan first")),
             other => panic!("{other:?}"),
         }

@@ -591,6 +591,8 @@ fn client_hello() -> Vec<u8> {
 fn playlist_paths(r: &Record) -> Vec<String> {
     let mut v = Vec::new();
     if let Some(id) = r.fields.get("stream_id") {
+        // Where the agent's own streaming relay serves it (`streaming::http`).
+        v.push(format!("/stream/{id}/index.m3u8"));
         v.push(format!("/{id}/index.m3u8"));
         v.push(format!("/{id}.m3u8"));
         v.push(format!("/hls/{id}.m3u8"));

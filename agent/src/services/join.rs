@@ -58,7 +58,13 @@ pub fn run(
         Some(p) => super::find_provider(provider_type, &records, p).ok_or_else(|| {
             anyhow!("no {provider_type} provider {p:?} in the catalog (`cloudy-agent services --type {provider_type}`)")
         })?,
-        None => super::choose_provider(provider_type, &records, &ctx.node_id).ok_or(
+        None => super::choose_provider(
+            provider_type,
+            &records,
+            &ctx.node_id,
+            &crate::probe::load_scores(sys),
+        )
+        .ok_or(
             super::ServiceError::NoProvider {
                 kind: provider_type.into(),
             },

@@ -225,10 +225,19 @@ pub fn build(name: &str, sys: &System) -> Option<Arc<dyn Service>> {
     })
 }
 
-/// The provider of `kind` this node uses when the user names none: the one place a smarter
-/// choice (issue 7's probe scores) plugs in. Today: a provider on another node before one on
-/// this node, then the lowest node id, so every node picks the same one.
-pub fn choose_provider(kind: &str, catalog: &[Record], me: &str) -> Option<Record> {
+/// The provider of `kind` this node uses when the user names none: the best one for this node
+/// by the probe's scores (`select::choose`: highest score, reached, not this node). Before any
+/// scan of that type: a provider on another node before one on this node, then the lowest node
+/// id, so every node picks the same one.
+pub fn choose_provider(
+    kind: &str,
+    catalog: &[Record],
+    me: &str,
+    scores: &crate::probe::Scores,
+) -> Option<Record> {
+    if let Some(best) = crate::select::choose(kind, catalog, scores, me) {
+        return Some(best.record);
+    }
     catalog
         .iter()
         .filter(|r| r.kind == kind)
@@ -593,13 +602,40 @@ mod tests {
         };
         let cat = vec![mk('c', &mut ctx), mk('a', &mut ctx), mk('b', &mut ctx)];
         let me = "a".repeat(32);
-        assert_eq!(choose_provider("syncthing", &cat, &me).unwrap().node, "nb");
+        let none = crate::probe::Scores::default();
         assert_eq!(
-            choose_provider("syncthing", &cat[1..2], &me).unwrap().node,
+            choose_provider("syncthing", &cat, &me, &none).unwrap().node,
+            "nb"
+        );
+        assert_eq!(
+            choose_provider("syncthing", &cat[1..2], &me, &none)
+                .unwrap()
+                .node,
             "na",
             "ourselves if nobody else"
         );
-        assert!(choose_provider("tahoe-introducer", &cat, &me).is_none());
+        assert!(choose_provider("tahoe-introducer", &cat, &me, &none).is_none());
+        // Once probed, the best score wins over the lowest id.
+        let mut scored = crate::probe::Scores::default();
+        let probe = |r: &Record, score: u8| crate::probe::Probe {
+            record: r.clone(),
+            at: 1,
+            reachable: true,
+            rtt_ms: Some(1.0),
+            connected: 5,
+            samples: 5,
+            check: crate::probe::Check::default(),
+            availability: 1.0,
+            history: 1,
+            score,
+        };
+        scored.merge(None, vec![probe(&cat[0], 90), probe(&cat[2], 40)], 1);
+        assert_eq!(
+            choose_provider("syncthing", &cat, &me, &scored)
+                .unwrap()
+                .node,
+            "nc"
+        );
         assert_eq!(find_provider("syncthing", &cat, "nc").unwrap().node, "nc");
         assert_eq!(
             find_provider("syncthing", &cat, "bbbbbbbb").unwrap().node,

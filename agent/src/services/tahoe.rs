@@ -113,7 +113,9 @@ impl Tahoe {
             }
         }
         let all: Vec<Record> = intro.into_iter().cloned().collect();
-        super::choose_provider(Role::Introducer.name(), &all, &env.ctx.node_id).map(|r| pick(&r))
+        let scores = crate::probe::load_scores(&env.sys);
+        super::choose_provider(Role::Introducer.name(), &all, &env.ctx.node_id, &scores)
+            .map(|r| pick(&r))
     }
 
     fn stored_furl(&self) -> Option<String> {
