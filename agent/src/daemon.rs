@@ -169,6 +169,11 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         community: None,
         vpn_address: None,
         tinc_name: None,
+        services: seed
+            .services
+            .as_ref()
+            .map(|s| s.enable.clone())
+            .unwrap_or_default(),
         errors: Vec::new(),
     };
 

@@ -26,6 +26,9 @@ pub struct Ready {
     pub tinc_name: Option<String>,
     /// Problems past the seed (network, mesh): the node is up but not all it should be.
     pub errors: Vec<String>,
+    /// Services the seed enables: when there are any, a `{"cloudy":"services",...}` line
+    /// follows once each is running or has failed (the image's verify stage waits for it).
+    pub services: Vec<String>,
 }
 
 impl Ready {
@@ -78,6 +81,7 @@ mod tests {
             community: None,
             vpn_address: None,
             tinc_name: None,
+            services: vec!["syncthing".into()],
             errors: vec![],
         };
         let line = r.line();
