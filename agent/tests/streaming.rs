@@ -462,11 +462,59 @@ fn source_peer_peer_and_failover_between_namespaces() {
     );
     assert!(k0.elapsed() < Duration::from_secs(15));
     assert!(status_of(s)["served_bytes"].as_u64().unwrap() > 0);
+
+    // ffmpeg on the source dies: the stream process restarts it, B keeps receiving.
+    let ss = status_of(s);
+    let ffmpeg_pid = ss["ffmpeg_pid"].as_u64().expect("ffmpeg runs") as i32;
+    let last = *segments(&status_of(b)).last().unwrap();
+    unsafe { libc::kill(ffmpeg_pid, libc::SIGKILL) };
+    let took = wait_for(
+        "ffmpeg restarted and B fed again",
+        Duration::from_secs(30),
+        || {
+            let (ss, sb) = (status_of(s), status_of(b));
+            ss["ffmpeg_starts"].as_u64() == Some(2)
+                && ss["ffmpeg_pid"]
+                    .as_u64()
+                    .is_some_and(|p| p as i32 != ffmpeg_pid)
+                && segments(&sb).last().is_some_and(|&l| l > last + 1)
+        },
+    );
+    eprintln!("ffmpeg killed: B fed again {took:?} later");
+
+    // The stream process itself dies: the agent restarts it and publishes it again.
+    let services = |n: &Node| -> Value {
+        std::fs::read(n.root.join("run/cloudy/services.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    let pid = services(s)["services"]["streaming"]["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    assert!(pid > 0);
+    let last = *segments(&status_of(b)).last().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let took = wait_for(
+        "the stream process restarted and B fed again",
+        Duration::from_secs(40),
+        || {
+            let st = &services(s)["services"]["streaming"];
+            st["state"] == "running"
+                && st["pid"].as_u64().is_some_and(|p| p as i32 != pid)
+                && segments(&status_of(b))
+                    .last()
+                    .is_some_and(|&l| l > last + 1)
+                && lists_stream_of(b, s)
+        },
+    );
+    eprintln!("stream process killed: restarted, republished and B fed again {took:?} later");
     eprintln!("{test}: {:?} in all", t0.elapsed());
 }
 
-/// Resident memory (KiB) and name of `pid` and every process below it.
-fn tree_rss(pid: u32) -> Vec<(u32, String, u64)> {
+/// Pid, name, resident and private (not shared with other processes) memory in KiB of `pid`
+/// and every process below it.
+fn tree_rss(pid: u32) -> Vec<(u32, String, u64, u64)> {
     let mut parent: Vec<(u32, u32)> = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -499,6 +547,13 @@ fn tree_rss(pid: u32) -> Vec<(u32, String, u64)> {
                     .map(|v| v.trim().to_string())
             };
             let rss = field("VmRSS:")?.split_whitespace().next()?.parse().ok()?;
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            let private: u64 = rollup
+                .lines()
+                .filter(|l| l.starts_with("Private_"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
             let args: Vec<String> = cmd
                 .split(|&b| b == 0)
@@ -511,7 +566,7 @@ fn tree_rss(pid: u32) -> Vec<(u32, String, u64)> {
                 "cloudy-agent" => "cloudy-agent run".into(),
                 n => n.to_string(),
             };
-            Some((p, name, rss))
+            Some((p, name, rss, private))
         })
         .collect()
 }
@@ -582,26 +637,33 @@ fn bench_streaming() {
     std::thread::sleep(Duration::from_secs(5));
     let pid = s.child.as_ref().unwrap().id();
     let procs = tree_rss(pid);
-    println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | value |");
-    println!("|---|---|");
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | value | private |");
+    println!("|---|---|---|");
     println!(
-        "| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s |",
+        "| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s | |",
         hop1.as_secs_f64()
     );
     println!(
-        "| start-up, 2nd hop (`join streaming n2` -> first segment served on B) | {:.2} s |",
+        "| start-up, 2nd hop (`join streaming n2` -> first segment served on B) | {:.2} s | |",
         hop2.as_secs_f64()
     );
-    let mut total = 0;
-    for (p, name, rss) in procs.iter().filter(|(_, n, _)| n != "tincd" && n != "serf") {
+    let (mut total, mut total_private) = (0, 0);
+    for (p, name, rss, private) in procs
+        .iter()
+        .filter(|(_, n, _, _)| n != "tincd" && n != "serf")
+    {
         println!(
-            "| RSS on the source: {name} (pid {p}) | {:.1} MiB |",
-            *rss as f64 / 1024.0
+            "| RSS on the source: {name} (pid {p}) | {} | {} |",
+            mib(*rss),
+            mib(*private)
         );
         total += rss;
+        total_private += private;
     }
     println!(
-        "| RSS on the source: agent + stream + ffmpeg | {:.1} MiB |",
-        total as f64 / 1024.0
+        "| RSS on the source: agent + stream + ffmpeg | {} | {} |",
+        mib(total),
+        mib(total_private)
     );
 }

@@ -3,8 +3,10 @@
 //!
 //! H.264 input (with AAC/MP3 audio or none) is copied as it is; anything else, a camera, or a
 //! copy that failed before its first segment is encoded with libx264 `ultrafast`, a key frame
-//! every second so segments are 1 s. Segment numbers start at the Unix time ffmpeg started
-//! (`-hls_start_number_source epoch`), so a restarted ffmpeg continues the sequence upwards.
+//! every second so segments are 1 s. The first ffmpeg numbers its segments from the Unix time
+//! (so a restarted stream process never reuses a number a peer still holds); a restarted ffmpeg
+//! continues right after our newest segment, so a file a peer may still fetch is never
+//! overwritten with other bytes under the same name.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -40,7 +42,7 @@ pub enum Mode {
 }
 
 /// The argument list for ffmpeg; the input is one argument, never seen by a shell.
-pub fn args(input: &Input, mode: Mode, dir: &Path) -> Vec<String> {
+pub fn args(input: &Input, mode: Mode, dir: &Path, start: u64) -> Vec<String> {
     let mut a: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -115,7 +117,9 @@ pub fn args(input: &Input, mode: Mode, dir: &Path) -> Vec<String> {
             "-hls_flags",
             "delete_segments+temp_file",
             "-hls_start_number_source",
-            "epoch",
+            "generic",
+            "-start_number",
+            &start.to_string(),
             "-hls_segment_filename",
         ]
         .map(String::from),
@@ -172,9 +176,9 @@ pub async fn probe(ffmpeg: &Path, input: &Input) -> Mode {
 }
 
 impl Ingest {
-    fn command(&self, mode: Mode) -> tokio::process::Command {
+    fn command(&self, mode: Mode, start: u64) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.ffmpeg);
-        c.args(args(&self.input, mode, &self.stream.seg_dir))
+        c.args(args(&self.input, mode, &self.stream.seg_dir, start))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -217,7 +221,14 @@ impl Ingest {
             // A playlist of the previous ffmpeg must not be read as the new one's.
             let _ = std::fs::remove_file(dir.join(FFMPEG_PLAYLIST));
             let started = Instant::now();
-            let mut child = match self.command(mode).spawn() {
+            let epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let start = match self.stream.state.lock().unwrap().playlist.last_seq() {
+                Some(last) => last + 1,
+                None => epoch,
+            };
+            let mut child = match self.command(mode, start).spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     self.error(format!("starting {}: {e}", self.ffmpeg.display()));
@@ -350,14 +361,21 @@ mod tests {
     #[test]
     fn the_input_is_one_argument() {
         let nasty = "/srv/a b;$(reboot)'.mp4";
-        let a = args(&Input::File(nasty.into()), Mode::Copy, Path::new("/run/s"));
+        let a = args(
+            &Input::File(nasty.into()),
+            Mode::Copy,
+            Path::new("/run/s"),
+            7,
+        );
         assert!(a.contains(&format!("file:{nasty}")));
         assert!(a.windows(2).any(|w| w == ["-c", "copy"]));
+        assert!(a.windows(2).any(|w| w == ["-start_number", "7"]));
         assert_eq!(a.last().unwrap(), "/run/s/ffmpeg.m3u8");
         let cam = args(
             &Input::Device("/dev/video0".into()),
             Mode::Encode,
             Path::new("/d"),
+            7,
         );
         assert!(cam.windows(3).any(|w| w == ["-f", "v4l2", "-i"]));
         assert!(cam.contains(&"libx264".to_string()));

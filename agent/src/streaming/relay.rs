@@ -171,13 +171,18 @@ impl Relay {
                 .clone()
                 .or_else(|| self.want.clone());
             let me = self.stream.node_id.clone();
-            let Some(p) = choose(
-                &providers,
-                &me,
-                stream.as_deref(),
-                self.prefer().as_deref(),
-                &avoid,
-            ) else {
+            let prefer = self.prefer();
+            let pick = |avoid: &HashMap<String, Instant>| {
+                choose(&providers, &me, stream.as_deref(), prefer.as_deref(), avoid)
+            };
+            // Every provider failed lately (the only one restarted, say): try them again,
+            // a second apart, rather than wait out the avoidance.
+            let again = pick(&avoid).is_none() && !avoid.is_empty();
+            let chosen = pick(&avoid).or_else(|| pick(&HashMap::new()));
+            if again && chosen.is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let Some(p) = chosen else {
                 if waiting_since.elapsed() > Duration::from_secs(10) {
                     self.error(format!(
                         "no provider of {} in the catalog",
