@@ -512,8 +512,9 @@ fn source_peer_peer_and_failover_between_namespaces() {
     eprintln!("{test}: {:?} in all", t0.elapsed());
 }
 
-/// Pid, name, resident and private (not shared with other processes) memory in KiB of `pid`
-/// and every process below it.
+/// Pid, name, resident and private dirty memory (heap, stacks, relocated data: what the process
+/// costs beyond library code that can be dropped and reread) in KiB of `pid` and every process
+/// below it.
 fn tree_rss(pid: u32) -> Vec<(u32, String, u64, u64)> {
     let mut parent: Vec<(u32, u32)> = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -551,7 +552,7 @@ fn tree_rss(pid: u32) -> Vec<(u32, String, u64, u64)> {
                 std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
             let private: u64 = rollup
                 .lines()
-                .filter(|l| l.starts_with("Private_"))
+                .filter(|l| l.starts_with("Private_Dirty:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum();
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
@@ -638,7 +639,7 @@ fn bench_streaming() {
     let pid = s.child.as_ref().unwrap().id();
     let procs = tree_rss(pid);
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
-    println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | value | private |");
+    println!("| streaming (3 nodes, 320x240 H.264 test input, copied) | RSS | private dirty |");
     println!("|---|---|---|");
     println!(
         "| start-up, 1st hop (`join streaming n1` -> first segment served on A) | {:.2} s | |",
