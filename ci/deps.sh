@@ -36,14 +36,20 @@ done
 # Tahoe-LAFS is not in Debian: the tests run the same PyPI release the images carry.
 TAHOE_VERSION=1.20.0
 TAHOE_VENV=/opt/cloudy/tahoe-lafs
-tahoe_ok() { "$TAHOE_VENV/bin/tahoe" --version 2>/dev/null | grep -qx "tahoe-lafs/$TAHOE_VERSION"; }
+# Debian's python, not whatever `python3` is first on root's PATH (a pyenv under /root): the
+# agent runs tahoe as the unprivileged cloudy-tahoe user, who must be able to run the venv's
+# interpreter.
+tahoe_ok() {
+  [ "$(readlink -f "$TAHOE_VENV/bin/python3")" = "$(readlink -f /usr/bin/python3)" ] &&
+    "$TAHOE_VENV/bin/tahoe" --version 2>/dev/null | grep -qx "tahoe-lafs/$TAHOE_VERSION"
+}
 install_tahoe() {
   tahoe_ok && return 0
   echo "deps: installing tahoe-lafs $TAHOE_VERSION into $TAHOE_VENV (PyPI)"
   # a venv records its own path, so it is built in place; an interrupted one fails tahoe_ok
   # and is made again from scratch
   rm -rf "$TAHOE_VENV"
-  python3 -m venv "$TAHOE_VENV"
+  /usr/bin/python3 -m venv "$TAHOE_VENV"
   "$TAHOE_VENV/bin/pip" install -q --disable-pip-version-check "tahoe-lafs==$TAHOE_VERSION"
   tahoe_ok || { echo "deps: tahoe-lafs did not install" >&2; exit 1; }
 }
