@@ -23,6 +23,7 @@ use crate::join::{self, JoinKey};
 use crate::members::Members;
 use crate::serf::{self, Desired, SerfMember};
 use crate::services::{self, Context, Service};
+use crate::supervise::{Shared, State};
 use crate::system::System;
 
 pub const HEALTH: Duration = Duration::from_secs(1);
@@ -42,8 +43,11 @@ pub struct Sharing {
     pub key: JoinKey,
     pub community: String,
     pub members: Arc<Mutex<Members>>,
-    /// Built-in and declared services, then the managed ones as the manager adopts them.
-    pub services: Mutex<Vec<Arc<dyn Service>>>,
+    /// Built-in and declared services, then the managed ones as the manager adopts them, each
+    /// with its supervisor's status: a managed service is published only while `Running`.
+    pub services: Mutex<Vec<(Arc<dyn Service>, Option<Shared>)>>,
+    /// Check health and publish now (a supervised process exited or turned healthy).
+    pub recheck: Arc<Notify>,
     /// What we publish now; served to Serf peers over the join port.
     pub ours: Mutex<Vec<Record>>,
     pub catalog: Mutex<Live>,
@@ -72,7 +76,8 @@ impl Sharing {
             key,
             community,
             members,
-            services: Mutex::new(services),
+            services: Mutex::new(services.into_iter().map(|s| (s, None)).collect()),
+            recheck: Arc::new(Notify::new()),
             ours: Mutex::new(Vec::new()),
             catalog: Mutex::new(Live::default()),
             serf: Arc::new(Mutex::new(Desired {
@@ -87,8 +92,8 @@ impl Sharing {
         })
     }
 
-    pub fn add_service(&self, s: Arc<dyn Service>) {
-        self.services.lock().unwrap().push(s);
+    pub fn add_service(&self, s: Arc<dyn Service>, status: Option<Shared>) {
+        self.services.lock().unwrap().push((s, status));
     }
 
     fn context(&self) -> Option<Context> {
@@ -113,7 +118,17 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
     let mut last: Option<Vec<Record>> = None;
     loop {
         if let Some(ctx) = share.context() {
-            let list = share.services.lock().unwrap().clone();
+            let list: Vec<Arc<dyn Service>> = share
+                .services
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, st)| {
+                    st.as_ref()
+                        .is_none_or(|st| st.lock().unwrap().state == State::Running)
+                })
+                .map(|(s, _)| s.clone())
+                .collect();
             let c = ctx.clone();
             let ours = tokio::task::spawn_blocking(move || services::healthy_records(&list, &c))
                 .await
@@ -183,7 +198,10 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16) {
             d.address = Some(ctx.ip);
             d.join = join;
         }
-        tokio::time::sleep(HEALTH).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH) => {}
+            _ = share.recheck.notified() => {}
+        }
     }
 }
 

@@ -80,6 +80,9 @@ pub struct Program {
     pub pidfile: Option<PathBuf>,
     /// Where the child's stdout and stderr go (appended); None: the agent's stderr.
     pub log: Option<PathBuf>,
+    /// Told when the child exits (after `Status` says so), e.g. to withdraw its records now
+    /// rather than at the next health check.
+    pub on_exit: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Program {
@@ -95,6 +98,7 @@ impl Program {
             marker: None,
             pidfile: None,
             log: None,
+            on_exit: None,
         }
     }
 
@@ -236,9 +240,14 @@ pub async fn supervise(p: Program, status: Shared, mut ctl: mpsc::UnboundedRecei
                         Err(e) => format!("wait failed: {e}"),
                     };
                     tracing::warn!("{} (pid {pid}) {what}", p.name);
-                    let mut s = status.lock().unwrap();
-                    s.state = State::Failed;
-                    s.last_error = Some(format!("pid {pid} {what}"));
+                    {
+                        let mut s = status.lock().unwrap();
+                        s.state = State::Failed;
+                        s.last_error = Some(format!("pid {pid} {what}"));
+                    }
+                    if let Some(n) = &p.on_exit {
+                        n.notify_one();
+                    }
                     break;
                 }
                 c = ctl.recv() => match c {

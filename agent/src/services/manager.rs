@@ -120,7 +120,7 @@ impl Manager {
             let status: Shared = Arc::default();
             match super::build(&name, &self.sys) {
                 Some(svc) => {
-                    self.share.add_service(svc.clone());
+                    self.share.add_service(svc.clone(), Some(status.clone()));
                     es.insert(
                         name,
                         Entry {
@@ -225,9 +225,17 @@ impl Manager {
             .unwrap_or_default();
             {
                 let mut es = self.entries.lock().unwrap();
-                for (name, configured, program, healthy) in results {
+                for (name, configured, mut program, healthy) in results {
                     let Some(e) = es.get_mut(&name) else { continue };
+                    if let Some(p) = program.as_mut() {
+                        p.on_exit = Some(self.share.recheck.clone());
+                    }
+                    let was = e.status.lock().unwrap().state;
                     apply(&name, e, configured, program, healthy);
+                    if was != e.status.lock().unwrap().state {
+                        // Publish (or withdraw) now, not at the next health check.
+                        self.share.recheck.notify_one();
+                    }
                 }
             }
             self.write_state();
