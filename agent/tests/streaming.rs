@@ -247,6 +247,180 @@ fn relay_chain_in_process() {
     );
 }
 
+/// A provider that answers every playlist request with `playlist` and every other request
+/// with `segment`; returns its port and the paths it was asked for.
+fn hostile(playlist: &'static str, segment: &'static [u8]) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a = asked.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(c);
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            a.lock().unwrap().push(path.clone());
+            let body: &[u8] = if path.ends_with("index.m3u8") {
+                playlist.as_bytes()
+            } else {
+                segment
+            };
+            let mut c = r.into_inner();
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c.write_all(body);
+        }
+    });
+    (port, asked)
+}
+
+fn provider_record(name: &str, id: char, port: u16) -> Record {
+    Record {
+        kind: "streaming".into(),
+        description: String::new(),
+        node: name.into(),
+        node_id: node_id(id),
+        host: format!("{name}.local"),
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+        microcloud: "test".into(),
+        fields: [
+            ("stream_id", "film".to_string()),
+            ("playlist", "/stream/film/index.m3u8".into()),
+            ("origin", node_id(id)),
+            ("hops", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    }
+}
+
+/// Providers that serve a playlist pointing out of the cache, or a segment that is not
+/// MPEG-TS: the peer asks them for nothing further, writes nothing of theirs, and ends up
+/// relaying the real source.
+#[test]
+fn hostile_providers_are_left_for_a_real_one() {
+    let Some(ff) = ffmpeg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_input(&ff, dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = runtime.handle().clone();
+    std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+    let (evil1, asked1) = hostile(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\n../../../../../tmp/pwned.ts\n",
+        b"pwned",
+    );
+    let (evil2, asked2) = hostile(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\nseg5.ts\n",
+        b"<html>not a video</html>",
+    );
+    let ps = free_port();
+    let source = rt
+        .block_on(streaming::start(streaming::Options {
+            sys: System::new(dir.path().join("src")),
+            ffmpeg: ff.clone(),
+            node: "src".into(),
+            node_id: node_id('a'),
+            config: Config {
+                source: Some(input.display().to_string()),
+                id: Some("film".into()),
+                port: Some(ps),
+                provider: None,
+            },
+            catalog: Arc::new(Vec::new),
+            user: None,
+        }))
+        .unwrap();
+    let src = source.stream.clone();
+    let catalog: streaming::relay::Catalog = Arc::new(move || {
+        let mut v = vec![
+            provider_record("evil1", 'e', evil1),
+            provider_record("evil2", 'f', evil2),
+        ];
+        v.extend(record_of(&src, "src"));
+        v
+    });
+    let pp = free_port();
+    let peer_root = dir.path().join("peer");
+    let _peer = rt
+        .block_on(streaming::start(streaming::Options {
+            sys: System::new(&peer_root),
+            ffmpeg: ff.clone(),
+            node: "peer".into(),
+            node_id: node_id('b'),
+            config: Config {
+                port: Some(pp),
+                // Named first: it is tried first.
+                provider: Some("evil1".into()),
+                ..Config::default()
+            },
+            catalog,
+            user: None,
+        }))
+        .unwrap();
+    wait_for(
+        "the peer relays the source",
+        Duration::from_secs(40),
+        || {
+            let s = status(pp);
+            s["provider"]["node"] == "src" && !s["segments"].as_array().unwrap().is_empty()
+        },
+    );
+    assert!(!asked1.lock().unwrap().is_empty(), "evil1 was tried first");
+    assert!(
+        asked1
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| p == "/stream/film/index.m3u8"),
+        "evil1 was asked for more than its playlist: {:?}",
+        asked1.lock().unwrap()
+    );
+    assert!(!Path::new("/tmp/pwned.ts").exists());
+    let cache = peer_root.join("run/cloudy/streaming/relay");
+    let src_dir = dir.path().join("src/run/cloudy/streaming/source");
+    for e in std::fs::read_dir(&cache).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        assert!(
+            streaming::playlist::segment_seq(&name).is_some() || name.starts_with('.'),
+            "{name} in the cache"
+        );
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert!(
+            !bytes.starts_with(b"<html>"),
+            "evil2's segment was kept as {name}"
+        );
+        if let Ok(orig) = std::fs::read(src_dir.join(&name)) {
+            assert!(orig == bytes, "{name} differs from the source's");
+        }
+    }
+    // evil2, if tried, was asked only for what its playlist named.
+    let asked2 = asked2.lock().unwrap();
+    assert!(
+        asked2
+            .iter()
+            .all(|p| p == "/stream/film/index.m3u8" || p == "/stream/film/seg5.ts"),
+        "{asked2:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The microcloud: real `cloudy-agent run` nodes in network namespaces (tincd, serf), the stream
 // run by each agent's service manager as its own process, ffmpeg on the source.
