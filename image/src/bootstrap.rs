@@ -125,6 +125,9 @@ pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     p.push(board.kernel_package.clone());
     p.extend(board.packages.iter().cloned());
     p.extend(recipe.recipe.packages.iter().cloned());
+    if let Some(extra) = recipe.recipe.packages_by_format.get(&board.format) {
+        p.extend(extra.iter().cloned());
+    }
     let pip: Vec<_> = recipe.recipe.pip.iter().filter(|e| e.applies_to(board.arch.debian())).collect();
     if !pip.is_empty() {
         p.push("python3-venv".into());

@@ -107,6 +107,10 @@ pub struct Recipe {
     pub source_date_epoch: u64,
     #[serde(default)]
     pub packages: Vec<String>,
+    /// More packages for one image format only, e.g. `{ iso = ["ffmpeg"] }`: what makes a
+    /// desktop's live stick a stream source would cost an SD card 80 MB.
+    #[serde(default)]
+    pub packages_by_format: std::collections::BTreeMap<crate::board::Format, Vec<String>>,
     #[serde(default)]
     pub enable: Vec<String>,
     /// Relative to the recipe's directory.
@@ -183,6 +187,14 @@ impl Recipe {
         for (i, p) in self.packages.iter().enumerate() {
             if !valid_package_name(p) {
                 return Err(ConfigError::invalid(path, &format!("packages[{i}]"), format!("`{p}` is not a Debian package name"), "use lowercase letters, digits and + - . (e.g. \"tinc\")"));
+            }
+        }
+        for (format, list) in &self.packages_by_format {
+            for (i, p) in list.iter().enumerate() {
+                if !valid_package_name(p) {
+                    let f = serde_json::to_value(format).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                    return Err(ConfigError::invalid(path, &format!("packages_by_format.{f}[{i}]"), format!("`{p}` is not a Debian package name"), "use lowercase letters, digits and + - . (e.g. \"ffmpeg\")"));
+                }
             }
         }
         for (i, u) in self.enable.iter().enumerate() {
