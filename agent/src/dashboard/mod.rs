@@ -57,7 +57,7 @@ pub fn router(web: Shared) -> Router {
         .route("/api/scan", post(api_scan))
         .route("/api/join", post(api_join))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
-        .route_layer(middleware::from_fn_with_state(web.clone(), require_session))
+        .layer(middleware::from_fn_with_state(web.clone(), require_session))
         .with_state(web);
     open.merge(closed).layer(middleware::from_fn(headers))
 }

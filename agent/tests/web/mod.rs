@@ -78,8 +78,33 @@ pub fn request(
     req += "\r\n";
     s.write_all(req.as_bytes())?;
     s.write_all(body)?;
+    // Some servers (chromedriver) keep the connection open despite `Connection: close`: read
+    // what the headers announce rather than to the end.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = raw.len() - end - 4;
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match len {
+                Some(l) => body >= l,
+                None if head.contains("transfer-encoding: chunked") => raw.ends_with(b"0\r\n\r\n"),
+                None => head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304"),
+            };
+            if done {
+                break;
+            }
+        }
+    }
     parse(&raw)
 }
 
@@ -328,4 +353,45 @@ pub fn serve_dir(ns: &str, dir: &std::path::Path, port: u16) -> Served {
         .spawn()
         .expect("python3 http.server");
     Served(child)
+}
+
+/// A TCP listener on `addr` inside `ns` that accepts and closes connections, until dropped.
+pub struct Listening {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn listen_at(ns: &str, addr: &str) -> Listening {
+    let path = format!("/var/run/netns/{ns}");
+    let addr = addr.to_string();
+    let l = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        std::net::TcpListener::bind(&addr).unwrap()
+    })
+    .join()
+    .unwrap();
+    l.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            while l.accept().is_ok() {}
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    Listening {
+        stop,
+        thread: Some(thread),
+    }
 }
