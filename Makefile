@@ -31,6 +31,7 @@ bench: deps tool
 	bench/build.sh
 	bench/mesh.sh
 	bench/discovery.sh
+	bench/probe.sh
 	bench/boards.sh
 	bench/streaming.sh
 

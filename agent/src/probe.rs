@@ -8,7 +8,8 @@
 //! README.
 //!
 //! Probes are bounded: at most `CONCURRENCY` providers at once, all reads of one scan sharing
-//! `BANDWIDTH` bytes per second, at most `MAX_BODY` bytes read from one provider.
+//! `BANDWIDTH` bytes per second, at most `MAX_BODY` (a stream: `MAX_STREAM`) bytes read from
+//! one provider.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,8 +32,10 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
 pub const CONCURRENCY: usize = 16;
 /// Bytes per second all reads of one scan share: a scan must not eat a rural uplink.
 pub const BANDWIDTH: u64 = 2_000_000;
-/// At most this much is read from one provider in one scan.
-pub const MAX_BODY: usize = 1 << 20;
+/// At most this much is read from one provider in one scan: a web answer, or a stream's
+/// segments (enough for a rate and a stall count, not a download).
+pub const MAX_BODY: usize = 256 << 10;
+pub const MAX_STREAM: usize = 512 << 10;
 /// History is kept this long, at most `MAX_HISTORY` samples per provider and
 /// `MAX_HISTORY_KEYS` providers.
 pub const HISTORY_WINDOW_S: u64 = 24 * 3600;
@@ -692,7 +695,7 @@ async fn hls_check(r: &Record, rate: &Rate) -> Check {
         let Some(u) = join_uri(&path, uri) else {
             continue;
         };
-        let budget = MAX_BODY.saturating_sub(bytes);
+        let budget = MAX_STREAM.saturating_sub(bytes);
         if budget == 0 {
             break;
         }

@@ -221,3 +221,210 @@ fn select_picks_the_fast_provider_and_the_dashboard_lists_it_first() {
     );
     eprintln!("test done in {:?}", t0.elapsed());
 }
+
+/// Serves every connection on `l`: `/` a 64 KiB page, a playlist of three 1 s segments of
+/// 100 KB each under `/stream/cam1/`, anything else 404. Plain TCP providers just close.
+fn fake_provider(l: std::net::TcpListener, http: bool) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            if !http {
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let body: Vec<u8> = if path == "/" {
+                    vec![b'x'; 65536]
+                } else if path == "/stream/cam1/index.m3u8" {
+                    b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n#EXTINF:1.0,\ns2.ts\n".to_vec()
+                } else if path.starts_with("/stream/cam1/s") {
+                    vec![0x47; 100_000]
+                } else {
+                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                };
+                let _ = s.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `bench/probe.sh`: a scan of 100 providers on loopback (CLI, no agent), the dashboard's
+/// latency under 50 concurrent clients, and the agent's RSS with the dashboard up.
+#[test]
+#[ignore]
+fn bench_probe() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // 1. 100 providers: 40 plain TCP, 30 "syncthing" (TCP, not TLS: the check fails fast),
+    //    20 Tahoe web APIs (64 KiB page), 10 HLS streams (3 x 100 KB).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mix = [("web", 40, false), ("syncthing", 30, false), ("tahoe-storage", 20, true), ("streaming", 10, true)];
+    let mut entries = Vec::new();
+    let mut i = 0u32;
+    for (kind, n, http) in mix {
+        for _ in 0..n {
+            i += 1;
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            fake_provider(l, http);
+            let mut fields = serde_json::Map::new();
+            if kind == "streaming" {
+                fields.insert("stream_id".into(), "cam1".into());
+            }
+            entries.push(serde_json::json!({
+                "record": {"type": kind, "description": format!("bench {i}"), "node": format!("b{i}"),
+                           "node_id": format!("{i:032x}"), "host": format!("b{i}.local"), "ip": "127.0.0.1",
+                           "port": port, "microcloud": "bench", "fields": fields},
+                "seen": {"local": 1}
+            }));
+        }
+    }
+    let cat = serde_json::json!({"written": 1, "entries": entries});
+    std::fs::create_dir_all(root.join("run/cloudy")).unwrap();
+    std::fs::write(root.join("run/cloudy/catalog.json"), cat.to_string()).unwrap();
+    let mut scans = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let o = Command::new(microcloud::agent())
+            .arg("--root")
+            .arg(&root)
+            .args(["scan", "--json"])
+            .output()
+            .unwrap();
+        scans.push(t.elapsed().as_secs_f64());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        last = serde_json::from_slice(&o.stdout).unwrap();
+    }
+    let probes = last.as_array().unwrap();
+    assert_eq!(probes.len(), 100);
+    let read: f64 = probes
+        .iter()
+        .filter_map(|p| p["check"]["rate"].as_f64().map(|_| p))
+        .count() as f64;
+    scans.sort_by(|a, b| a.total_cmp(b));
+
+    // 2. The dashboard of a node in a namespace, 50 clients with keep-alive connections.
+    if !microcloud::discovery_available("bench_probe (dashboard part)") {
+        return;
+    }
+    let mut cloud = Cloud::new("pb", 2);
+    let h = hash(PASSWORD);
+    for i in 1..=2 {
+        let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+        cloud.write_seed_text(
+            i,
+            microcloud::KEY,
+            &format!("peers = [{peers}]\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"),
+        );
+    }
+    cloud.start_all();
+    let ns = cloud.nodes[0].ns.clone();
+    let addr = "10.213.0.1:8080";
+    web::wait_up(&ns, addr, Duration::from_secs(30));
+    wait_for("node 1 sees node 2", Duration::from_secs(60), || {
+        cloud.nodes[0].services().len() >= 2
+    });
+    let cookie = web::login(&ns, addr, PASSWORD);
+    let clients = 50;
+    let per_client = 40;
+    let t_all = Instant::now();
+    let lat: Vec<f64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let (ns, cookie) = (ns.clone(), cookie.clone());
+                s.spawn(move || {
+                    use std::os::fd::AsRawFd;
+                    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                    // This thread lives in the node's namespace for the whole run.
+                    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                    let stream = std::net::TcpStream::connect(addr).unwrap();
+                    let mut w = stream.try_clone().unwrap();
+                    let mut r = BufReader::new(stream);
+                    let mut out = Vec::new();
+                    for k in 0..per_client {
+                        let path = if (c + k) % 2 == 0 { "/api/state" } else { "/services" };
+                        let t = Instant::now();
+                        write!(w, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n").unwrap();
+                        let mut len = 0usize;
+                        let mut status = String::new();
+                        loop {
+                            let mut line = String::new();
+                            r.read_line(&mut line).unwrap();
+                            if status.is_empty() {
+                                status = line.clone();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        r.read_exact(&mut body).unwrap();
+                        assert!(status.contains(" 200 "), "{path}: {status}");
+                        out.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t_all.elapsed().as_secs_f64();
+    let mut lat = lat;
+    lat.sort_by(|a, b| a.total_cmp(b));
+
+    // 3. Memory: the agent and its dashboard child.
+    let agent_pid = cloud.nodes[0].child.as_ref().unwrap().id();
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let children = std::fs::read_to_string(format!("/proc/{agent_pid}/task/{agent_pid}/children"))
+        .unwrap_or_default();
+    let dash_pid = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("dashboard"))
+                .unwrap_or(false)
+        })
+        .expect("the dashboard child");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| scan of 100 providers (CLI, loopback; 40 tcp, 30 tls, 20 http, 10 hls; median of 3) | {:.2} s (min {:.2}, max {:.2}) | <= 5 s |",
+        scans[1], scans[0], scans[2]
+    );
+    println!("| providers with a measured read rate | {read:.0} | |");
+    println!(
+        "| dashboard, {clients} clients x {per_client} requests (/api/state, /services) | p50 {:.1} ms, p99 {:.1} ms, {:.0} req/s | |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len() as f64 / wall
+    );
+    println!(
+        "| RSS with the dashboard up | agent {} KiB + dashboard {} KiB | |",
+        rss(agent_pid),
+        rss(dash_pid)
+    );
+}
