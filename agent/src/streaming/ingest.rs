@@ -80,6 +80,9 @@ pub fn args(input: &Input, mode: Mode, dir: &Path, start: u64) -> Vec<String> {
             a.extend(["-f", "v4l2", "-i"].map(String::from));
             a.push(d.display().to_string());
         }
+        Input::TestPattern => {
+            a.extend(["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"].map(String::from))
+        }
     }
     a.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
     match mode {
@@ -133,7 +136,7 @@ pub fn args(input: &Input, mode: Mode, dir: &Path, start: u64) -> Vec<String> {
 /// audio (or none). Asks ffprobe (beside ffmpeg); anything unclear means encode.
 pub async fn probe(ffmpeg: &Path, input: &Input) -> Mode {
     let target = match input {
-        Input::Device(_) => return Mode::Encode,
+        Input::Device(_) | Input::TestPattern => return Mode::Encode,
         Input::File(p) => format!("file:{}", p.display()),
         Input::Url(u) => u.clone(),
     };

@@ -51,7 +51,8 @@ pub const HEALTH_STALL: Duration = Duration::from_secs(8);
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// What this node streams: a file path (played in a loop), an http(s)://, rtsp:// or
-    /// rtmp:// URL, or a V4L2 camera (/dev/videoN). Without it the node relays (a peer).
+    /// rtmp:// URL, a V4L2 camera (/dev/videoN) or `testsrc` (a test pattern). Without it the
+    /// node relays (a peer).
     pub source: Option<String>,
     /// The stream's id on a source (default: the node's name); on a peer, the stream to
     /// relay (default: whichever is found first).
@@ -68,6 +69,8 @@ pub enum Input {
     File(PathBuf),
     Url(String),
     Device(PathBuf),
+    /// `testsrc`: ffmpeg's own test pattern, for trying a node (or an image) without media.
+    TestPattern,
 }
 
 /// A seed key that is wrong: (key, problem, fix).
@@ -80,7 +83,7 @@ impl Config {
                 (
                     "streaming.source",
                     p,
-                    "give an absolute file path, an http(s)://, rtsp:// or rtmp:// URL, or /dev/videoN",
+                    "give an absolute file path, an http(s)://, rtsp:// or rtmp:// URL, /dev/videoN or \"testsrc\"",
                 )
             })?;
         }
@@ -132,6 +135,9 @@ pub fn parse_input(s: &str) -> Result<Input, String> {
     }
     if s.chars().any(char::is_control) {
         return Err("control characters".into());
+    }
+    if s == "testsrc" {
+        return Ok(Input::TestPattern);
     }
     if let Some(dev) = s.strip_prefix("/dev/video") {
         if !dev.is_empty() && dev.len() <= 3 && dev.bytes().all(|b| b.is_ascii_digit()) {
@@ -618,6 +624,7 @@ mod tests {
             parse_input("/dev/video0"),
             Ok(Input::Device("/dev/video0".into()))
         );
+        assert_eq!(parse_input("testsrc"), Ok(Input::TestPattern));
         assert!(matches!(
             parse_input("rtsp://cam.local:554/stream1"),
             Ok(Input::Url(_))
@@ -639,6 +646,8 @@ mod tests {
             "/dev/video0; rm -rf /",
             "/proc/self/environ",
             "ftp://host/x.mp4",
+            "testsrc=size=9999x9999",
+            "lavfi:testsrc",
             "http://",
             "http://host/$(reboot)`x`",
             "http://host/a b",

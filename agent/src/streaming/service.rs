@@ -8,6 +8,7 @@
 use serde_json::json;
 use std::sync::Mutex;
 
+use super::relay::Provider;
 use super::{Config, Input, Watch, PROVIDER_FILE, STATE_DIR};
 use crate::catalog::Record;
 use crate::services::{
@@ -56,6 +57,13 @@ impl Streaming {
             .or_else(|| self.config.provider.clone())
     }
 
+    fn any_provider(&self, env: &Env) -> bool {
+        env.catalog
+            .iter()
+            .filter_map(Provider::from_record)
+            .any(|p| p.eligible(&env.ctx.node_id, self.config.id.as_deref()))
+    }
+
     fn ids(&self) -> Result<(u32, u32), ServiceError> {
         ensure_user(USER, &state_dir(&self.sys, NAME))
     }
@@ -66,14 +74,25 @@ impl Service for Streaming {
         NAME
     }
 
-    fn configure(&self, _env: &Env) -> Result<Configured, ServiceError> {
-        if let Some(Input::File(p)) = self.config.input() {
-            if !p.is_file() {
+    fn configure(&self, env: &Env) -> Result<Configured, ServiceError> {
+        match self.config.input() {
+            Some(Input::File(p)) if !p.is_file() => {
                 return Ok(Configured::Waiting(format!(
                     "streaming.source {}: no such file",
                     p.display()
                 )));
             }
+            // A peer with nothing to relay yet waits (once started, it looks by itself).
+            None if !self.any_provider(env) => {
+                return Ok(Configured::Waiting(format!(
+                    "no provider of {} in the catalog yet",
+                    self.config
+                        .id
+                        .as_deref()
+                        .map_or("any stream".to_string(), |i| format!("stream {i}"))
+                )));
+            }
+            _ => {}
         }
         let ids = self.ids()?;
         // Segments on tmpfs; the log (opened by the agent) under /var/lib/cloudy/streaming.
@@ -180,5 +199,58 @@ impl Service for Streaming {
             ],
             local_service: Some(NAME.into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(sys: &System, catalog: Vec<Record>) -> Env {
+        Env {
+            sys: sys.clone(),
+            ctx: Context::probe(),
+            catalog,
+            agent_exe: "/usr/bin/cloudy-agent".into(),
+        }
+    }
+
+    #[test]
+    fn waits_for_a_source_file_or_a_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        // A peer (no seed at all) with an empty catalog.
+        let peer = Streaming::new(&sys);
+        match peer.configure(&env(&sys, Vec::new())).unwrap() {
+            Configured::Waiting(why) => assert!(why.contains("no provider"), "{why}"),
+            c => panic!("{c:?}"),
+        }
+        // Its own record does not count as a provider.
+        let mut own = crate::catalog::tests::record('0', "streaming", 8090);
+        own.fields = [
+            ("stream_id", "film"),
+            ("playlist", "/stream/film/index.m3u8"),
+            ("origin", &"0".repeat(32)),
+            ("hops", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(!peer.any_provider(&env(&sys, vec![own.clone()])));
+        let mut other = own;
+        other.node_id = "a".repeat(32);
+        assert!(peer.any_provider(&env(&sys, vec![other])));
+
+        sys.write_atomic(
+            crate::seed::DEFAULTS_PATH,
+            b"version = 1\n[streaming]\nsource = \"/nonexistent/film.mp4\"\n",
+            0o644,
+        )
+        .unwrap();
+        let source = Streaming::new(&sys);
+        match source.configure(&env(&sys, Vec::new())).unwrap() {
+            Configured::Waiting(why) => assert!(why.contains("no such file"), "{why}"),
+            c => panic!("{c:?}"),
+        }
     }
 }
