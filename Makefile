@@ -34,6 +34,7 @@ bench: deps tool
 	bench/probe.sh
 	bench/boards.sh
 	bench/streaming.sh
+	bench/services.sh
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:

@@ -355,3 +355,201 @@ fn syncthing_join_shares_a_folder_both_ways() {
     });
     eprintln!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+fn rss_kib(pid: u64) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `make bench` (bench/services.sh): seed to published for each service, Tahoe put/get
+/// throughput in a 3-node grid, memory of each service process.
+#[test]
+#[ignore]
+fn bench_services() {
+    let test = "bench_services";
+    if !ready(
+        test,
+        &[("Tahoe-LAFS", &tahoe()), ("syncthing", &syncthing())],
+    ) {
+        return;
+    }
+    let mb: usize = std::env::var("CLOUDY_BENCH_TAHOE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    // n1 introducer + syncthing, n2 and n3 storage, n4 runs no service and watches.
+    let mut cloud = cloud("sb", 4);
+    seed(&mut cloud, 1, &["tahoe-introducer", "syncthing"]);
+    seed(&mut cloud, 2, &["tahoe-storage"]);
+    seed(&mut cloud, 3, &["tahoe-storage"]);
+    seed(&mut cloud, 4, &[]);
+    let mut started = Vec::new();
+    for n in &mut cloud.nodes {
+        n.spawn();
+        started.push(Instant::now());
+    }
+    let want = [
+        (1, "tahoe-introducer"),
+        (1, "syncthing"),
+        (2, "tahoe-storage"),
+        (3, "tahoe-storage"),
+    ];
+    let mut seen: Vec<Option<Duration>> = vec![None; want.len()];
+    let catalog = |n: &Node| -> Vec<(String, String)> {
+        let t = std::fs::read_to_string(n.root.join("run/cloudy/catalog.json")).unwrap_or_default();
+        let v: Value = serde_json::from_str(&t).unwrap_or_default();
+        v["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .map(|e| {
+                        (
+                            e["record"]["node"].as_str().unwrap_or("").to_string(),
+                            e["record"]["type"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(
+        "every service published on n4",
+        Duration::from_secs(180),
+        || {
+            let c = catalog(&cloud.nodes[3]);
+            for (k, (i, kind)) in want.iter().enumerate() {
+                if seen[k].is_none() && c.contains(&(format!("n{i}"), kind.to_string())) {
+                    seen[k] = Some(started[i - 1].elapsed());
+                }
+            }
+            seen.iter().all(Option::is_some).then_some(())
+        },
+    );
+    let lines: Vec<Value> = (1..=3)
+        .map(|i| {
+            wait_for("services line", Duration::from_secs(150), || {
+                services_line(&cloud.nodes[i - 1])
+            })
+        })
+        .collect();
+
+    // Throughput: put on n2 (two shares go to n2 and n3), get on n3.
+    let data: Vec<u8> = (0..(mb * 1024 * 1024) as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let file = cloud.nodes[1].root.with_extension("data");
+    std::fs::write(&file, &data).unwrap();
+    let tahoe_s = tahoe().to_string_lossy().into_owned();
+    let dir = |n: &Node| {
+        n.root
+            .join("var/lib/cloudy/tahoe-storage/node")
+            .to_string_lossy()
+            .into_owned()
+    };
+    // Both storage servers connected first, so the put places two shares.
+    let (n2, n3) = (&cloud.nodes[1], &cloud.nodes[2]);
+    wait_for(
+        "n2 sees two storage servers",
+        Duration::from_secs(60),
+        || {
+            let o = run_in(n2, &["curl", "-s", "http://127.0.0.1:3459/?t=json"]);
+            let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+            let up = v["servers"]
+                .as_array()?
+                .iter()
+                .filter(|s| {
+                    s["connection_status"]
+                        .as_str()
+                        .unwrap_or("")
+                        .eq_ignore_ascii_case("connected")
+                })
+                .count();
+            (up >= 2).then_some(())
+        },
+    );
+    let t = Instant::now();
+    let o = run_in(
+        n2,
+        &[&tahoe_s, "-d", &dir(n2), "put", &file.to_string_lossy()],
+    );
+    let put = t.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cap = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let out = n3.root.with_extension("got");
+    let t = Instant::now();
+    let o = run_in(
+        n3,
+        &[
+            &tahoe_s,
+            "-d",
+            &dir(n3),
+            "get",
+            &cap,
+            &out.to_string_lossy(),
+        ],
+    );
+    let get = t.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "read back what was put"
+    );
+
+    println!("| measure (4-node microcloud, release agent) | value |");
+    println!("|:--|--:|");
+    for (k, (i, kind)) in want.iter().enumerate() {
+        println!(
+            "| seed to {kind} of n{i} published (on n4) | {:.1} s |",
+            seen[k].unwrap().as_secs_f64()
+        );
+    }
+    for (i, l) in lines.iter().enumerate() {
+        println!(
+            "| services line on n{} (agent start to all healthy) | {} s |",
+            i + 1,
+            l["elapsed_s"]
+        );
+    }
+    let mibs = |d: Duration| mb as f64 / d.as_secs_f64();
+    println!(
+        "| tahoe put {mb} MiB on n2 (needed 1, total 2: n2 + n3) | {:.2} s, {:.1} MiB/s |",
+        put.as_secs_f64(),
+        mibs(put)
+    );
+    println!(
+        "| tahoe get {mb} MiB on n3 | {:.2} s, {:.1} MiB/s |",
+        get.as_secs_f64(),
+        mibs(get)
+    );
+    for (i, service) in [
+        (1, "tahoe-introducer"),
+        (1, "syncthing"),
+        (2, "tahoe-storage"),
+        (3, "tahoe-storage"),
+    ] {
+        let pid = states(&cloud.nodes[i - 1])[service]["pid"]
+            .as_u64()
+            .unwrap_or(0);
+        match rss_kib(pid) {
+            Some(k) => println!(
+                "| RSS of {service} on n{i} (pid {pid}) | {:.1} MiB |",
+                k as f64 / 1024.0
+            ),
+            None => println!("| RSS of {service} on n{i} | not running |"),
+        }
+    }
+    for i in 1..=4 {
+        if let Some(k) = cloud.nodes[i - 1].rss_kib() {
+            println!(
+                "| RSS of the agent on n{i} | {:.1} MiB |",
+                k as f64 / 1024.0
+            );
+        }
+    }
+}
