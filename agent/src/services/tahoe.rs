@@ -361,6 +361,7 @@ impl Service for Tahoe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::{Configured, Context, Env};
 
     #[test]
     fn introducer_config_listens_on_the_vpn_only() {
@@ -379,6 +380,74 @@ mod tests {
         assert!(cfg.contains("tub.location = tcp:10.99.0.7:3458\n"));
         assert!(!cfg.contains("{{"));
         assert!(files.iter().any(|f| f.0 == "tahoe-introducer.tac"));
+    }
+
+    /// A storage node keeps its introducer while it is published, follows the same node to a
+    /// new FURL (a Changed config: the manager restarts tahoe), and waits while there is none.
+    #[test]
+    fn storage_node_follows_its_introducer() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP storage_node_follows_its_introducer: needs root (service user, chown)");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let t = Tahoe::new(&sys, Role::Storage);
+        let mut ctx = Context::probe();
+        ctx.vpn = Ipv4Addr::new(10, 99, 0, 2);
+        let intro = |node: char, furl: &str| {
+            let mut c = Context::probe();
+            c.node_id = node.to_string().repeat(32);
+            c.node = format!("n{node}");
+            let mut r = c.vpn_record("tahoe-introducer", INTRODUCER_PORT, "");
+            r.fields.insert("furl".into(), furl.into());
+            r
+        };
+        let env = |catalog: Vec<Record>| Env {
+            sys: sys.clone(),
+            ctx: ctx.clone(),
+            catalog,
+            agent_exe: "/bin/true".into(),
+        };
+        let yaml =
+            || std::fs::read_to_string(t.node_dir().join("private/introducers.yaml")).unwrap();
+        assert!(matches!(
+            t.configure(&env(vec![])).unwrap(),
+            Configured::Waiting(_)
+        ));
+        let a1 = "pb://aaaa@tcp:10.99.0.1:3458/one";
+        let b1 = "pb://bbbb@tcp:10.99.0.3:3458/two";
+        assert_eq!(
+            t.configure(&env(vec![intro('b', b1), intro('a', a1)]))
+                .unwrap(),
+            Configured::Changed
+        );
+        assert!(yaml().contains(a1), "the lowest node id first");
+        assert_eq!(
+            t.configure(&env(vec![intro('a', a1), intro('b', b1)]))
+                .unwrap(),
+            Configured::Unchanged
+        );
+        // Node a's introducer comes back with a new FURL: follow it, not switch to b.
+        let a2 = "pb://aaaa@tcp:10.99.0.9:3458/new";
+        assert_eq!(
+            t.configure(&env(vec![intro('b', b1), intro('a', a2)]))
+                .unwrap(),
+            Configured::Changed
+        );
+        assert!(yaml().contains(a2));
+        // None published for a moment: keep the grid we are in.
+        assert_eq!(t.configure(&env(vec![])).unwrap(), Configured::Unchanged);
+        // a is gone for good: b it is.
+        assert_eq!(
+            t.configure(&env(vec![intro('b', b1)])).unwrap(),
+            Configured::Changed
+        );
+        assert!(yaml().contains(b1));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(t.node_dir().join("private/introducers.yaml")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_ne!(m.uid(), 0, "owned by the service user");
     }
 
     #[test]
