@@ -7,8 +7,10 @@
 //! - `network`: links, primary interface and static addresses through rtnetlink
 //! - `members`, `join`, `discovery`: the community's member list, swapped under the
 //!   community key, with members found on the LAN by mDNS or through bootstrap peers
-//! - `tinc`, `supervise`: tinc 1.0 keys and config, tincd kept running
-//! - `services`: this node's services (built-in and declared), each with a health check
+//! - `tinc`: tinc 1.0 keys and config; `supervise`: any child (tincd, each service) kept
+//!   running with backoff
+//! - `services`: one trait for every service (configure, run, health, record, accept, join);
+//!   the manager running them, Tahoe-LAFS and Syncthing, `cloudy-agent join`
 //! - `catalog`: service records, strictly parsed, and the catalog merging every source
 //! - `avahi`, `serf`, `publish`: our records as Avahi files and Serf tags; others' records
 //!   from mDNS and from Serf members (fetched over the join port), into the catalog
