@@ -50,7 +50,7 @@ pub enum Reply {
         scores: Scores,
     },
     Selected {
-        best: Option<Ranked>,
+        best: Option<Box<Ranked>>,
         ranked: Vec<Ranked>,
     },
     Joined {
@@ -58,7 +58,7 @@ pub enum Reply {
         provider: Option<String>,
         message: String,
     },
-    State(State),
+    State(Box<State>),
     Error {
         message: String,
     },
@@ -158,7 +158,7 @@ impl Agent {
                     scores = self.scan(Some(&kind)).await;
                 }
                 Reply::Selected {
-                    best: select::choose(&kind, &records, &scores, &self.prober.me),
+                    best: select::choose(&kind, &records, &scores, &self.prober.me).map(Box::new),
                     ranked: select::rank(Some(&kind), &records, &scores, &self.prober.me),
                 }
             }
@@ -178,7 +178,7 @@ impl Agent {
                 )
                 .await
             }
-            Request::State {} => Reply::State(self.state()),
+            Request::State {} => Reply::State(Box::new(self.state())),
         }
     }
 
@@ -280,7 +280,7 @@ pub fn join_target(
     records: &[Record],
     scores: &Scores,
     me: &str,
-) -> Result<Ranked, Reply> {
+) -> Result<Ranked, (Option<String>, String)> {
     let chosen = match provider {
         Some(p) => select::rank(Some(kind), records, scores, me)
             .into_iter()
@@ -288,21 +288,19 @@ pub fn join_target(
         None => select::choose(kind, records, scores, me),
     };
     let Some(chosen) = chosen else {
-        return Err(Reply::Joined {
-            ok: false,
-            provider: provider.map(str::to_string),
-            message: match provider {
+        return Err((
+            provider.map(str::to_string),
+            match provider {
                 Some(p) => format!("no {kind} provider {p} in the catalog"),
                 None => format!("no reachable {kind} provider has been probed yet; scan first"),
             },
-        });
+        ));
     };
     if chosen.local {
-        return Err(Reply::Joined {
-            ok: false,
-            provider: Some(chosen.provider),
-            message: "that provider is this node itself".into(),
-        });
+        return Err((
+            Some(chosen.provider),
+            "that provider is this node itself".into(),
+        ));
     }
     Ok(chosen)
 }
@@ -327,7 +325,13 @@ pub async fn join(
 ) -> Reply {
     let chosen = match join_target(kind, provider, records, scores, me) {
         Ok(c) => c,
-        Err(reply) => return reply,
+        Err((provider, message)) => {
+            return Reply::Joined {
+                ok: false,
+                provider,
+                message,
+            }
+        }
     };
     let Some(join_kind) = joinable(kind) else {
         return Reply::Joined {
@@ -419,7 +423,19 @@ fn restrict(path: &Path) {
     }
 }
 
-/// uid and gid of `cloudy-web`, if the image made that user.
+/// Makes the dashboard's user (no home, no shell) as the service wrappers make theirs; None
+/// (the dashboard then runs as the agent's user, with a warning) where that fails.
+pub fn ensure_web_user() -> Option<(u32, u32)> {
+    match crate::services::ensure_user(WEB_USER, Path::new("/nonexistent")) {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            tracing::warn!("user {WEB_USER}: {e}");
+            None
+        }
+    }
+}
+
+/// uid and gid of `cloudy-web`, if that user exists.
 pub fn web_ids() -> Option<(u32, u32)> {
     let name = std::ffi::CString::new(WEB_USER).expect("no NUL");
     // SAFETY: getpwnam returns a pointer into static storage or NULL; read at once.
@@ -465,6 +481,8 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Reply, CallError> {
 
 /// Starts the probe's periodic scans (the first soon after boot) and the control socket.
 pub fn start(agent: Arc<Agent>) {
+    // Before the socket is made: it is given to the user's group.
+    ensure_web_user();
     let a = agent.clone();
     tokio::spawn(async move {
         if let Err(e) = serve(a.clone()).await {
@@ -574,7 +592,7 @@ pub fn cli_select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
             kind: kind.to_string(),
         };
         match call(&sys.path(SOCKET), &req).await {
-            Ok(Reply::Selected { best, ranked }) => Ok((best, ranked)),
+            Ok(Reply::Selected { best, ranked }) => Ok((best.map(|b| *b), ranked)),
             Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
             Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
             Err(CallError::Connect(..)) => {

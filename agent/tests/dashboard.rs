@@ -1,8 +1,10 @@
-//! The dashboard for real: two nodes in network namespaces (agents, tincd, serf); node 2 runs a
-//! real Syncthing and a web listener whose description is a `<script>`. Headless Chromium
+//! The dashboard for real: two nodes in network namespaces (agents, tincd, serf); node 2's agent
+//! runs Syncthing (the service wrapper) and node 2 has a web listener whose description is a
+//! `<script>`. Headless Chromium
 //! (Debian's, driven over WebDriver by raw JSON calls to chromedriver inside node 1's
 //! namespace) logs in to node 1's dashboard, sees every type's providers, presses "Scan
-//! quality" and sees the scores change, presses "Join". Screenshots go to
+//! quality" and sees the scores change, presses "Join" (node 1 then shares a folder with node
+//! 2's Syncthing). Screenshots go to
 //! target/tmp/dashboard-screenshots (printed). Also: a wrong password is refused, no route
 //! answers without a session, and the hostile description is shown as text, its script not run.
 //! Needs root, tinc, serf, syncthing, chromium and chromium-driver.
@@ -27,6 +29,16 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Durat
         std::thread::sleep(Duration::from_millis(250));
     }
     t0.elapsed()
+}
+
+/// A cloud whose node roots the dashboard's unprivileged user can reach (tempdirs are 0700):
+/// it must get to the agent's control socket.
+fn open_cloud(tag: &str, n: usize) -> Cloud {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cloud::new(tag, n);
+    let top = c.nodes[0].root.parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c
 }
 
 fn hash(password: &str) -> String {
@@ -260,9 +272,8 @@ fn chromium_logs_in_scans_and_joins() {
         }
     }
     let t0 = Instant::now();
-    let mut cloud = Cloud::new("pd", 2);
+    let mut cloud = open_cloud("pd", 2);
     let dir = tempfile::tempdir().unwrap();
-    let st = web::syncthing(&cloud.nodes[1].ns, &dir.path().join("st2"), 22000);
     // The web service answers on the LAN and, for node 2's own health check, on ::1; the LAN
     // side is stopped later so the record stays published but unreachable from node 1.
     let mut hostile = Some(web::listen_at(&cloud.nodes[1].ns, "0.0.0.0:8002"));
@@ -271,10 +282,8 @@ fn chromium_logs_in_scans_and_joins() {
         let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
         let publish = if i == 2 {
             format!(
-                "[[services.publish]]\ntype = \"syncthing\"\nport = 22000\ndescription = \"Folders of n2\"\n\
-                 fields = {{ device_id = \"{}\" }}\n\
+                "[services]\nenable = [\"syncthing\"]\n\
                  [[services.publish]]\ntype = \"web\"\nport = 8002\ndescription = {}\n",
-                st.device_id,
                 toml_string(HOSTILE)
             )
         } else {
@@ -305,7 +314,7 @@ fn chromium_logs_in_scans_and_joins() {
     web::wait_up(&ns, addr, Duration::from_secs(30));
     wait_for(
         "node 1 knows node 2's services",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let s = n1.services();
             ["syncthing", "web"]
@@ -360,13 +369,14 @@ fn chromium_logs_in_scans_and_joins() {
     driver.shot("01-login");
     driver.type_in("#password", "not the password");
     driver.click("#submit");
+    driver.wait_until("the refusal", |d| !d.text("#error").is_empty());
     assert_eq!(driver.text("#error"), "Wrong user or password.");
     assert!(driver.url().ends_with("/login"));
     driver.shot("02-wrong-password");
     let t = Instant::now();
     driver.type_in("#password", PASSWORD);
     driver.click("#submit");
-    assert!(driver.url().ends_with("/services"), "{}", driver.url());
+    driver.wait_until("the services page", |d| d.url().ends_with("/services"));
     eprintln!("login after a failure took {:?} (slowed down)", t.elapsed());
     let cookie_flags = driver.eval("return document.cookie;");
     assert_eq!(cookie_flags, "", "the session cookie is HttpOnly");
@@ -425,7 +435,7 @@ fn chromium_logs_in_scans_and_joins() {
     let before: u8 = driver.rows()[0].1.parse().unwrap();
     assert!(before > 0);
     // The web service stops answering on the LAN: the next scan scores it 0.
-    hostile = None;
+    drop(hostile.take());
     let scanned = driver.text("#scanned");
     driver.click("#scan");
     driver.wait_until("the page after the second scan", |d| {
@@ -435,7 +445,6 @@ fn chromium_logs_in_scans_and_joins() {
     assert_eq!(after[0].1, "0", "{after:?}");
     eprintln!("web on n2: score {before} -> 0 after it stopped");
     driver.shot("05-web-after-scan");
-    drop(hostile);
 
     // 6. "Join": the VPN type has no join wrapper, which the page says.
     driver.go(&format!("{base}/services?type=tincvpn"));
@@ -444,6 +453,27 @@ fn chromium_logs_in_scans_and_joins() {
     let msg = driver.text("#message");
     assert!(msg.contains("not available for this type"), "{msg}");
     driver.shot("06-join");
+
+    // ... and Syncthing has one: node 1 shares a folder with node 2's.
+    driver.go(&format!("{base}/services?type=syncthing"));
+    let t = Instant::now();
+    driver.click("tr[data-provider='n2:22000'] button.join");
+    driver.wait_until("the join answer", |d| !d.text("#message").is_empty());
+    let msg = driver.text("#message");
+    assert!(msg.starts_with("joined syncthing of n2:22000"), "{msg}");
+    eprintln!(
+        "Join of n2's Syncthing from the dashboard took {:?}",
+        t.elapsed()
+    );
+    driver.shot("06-join-syncthing");
+    let states: Value = serde_json::from_str(
+        &std::fs::read_to_string(n1.root.join("run/cloudy/services.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        states["services"]["syncthing"]["state"], "running",
+        "node 1 runs its side: {states}"
+    );
 
     // 7. The node page: peers, own services, seed errors, node 2's own view.
     driver.go(&format!("{base}/node"));
@@ -467,16 +497,54 @@ fn chromium_logs_in_scans_and_joins() {
         web_row["record"]["description"], HOSTILE,
         "JSON keeps the text"
     );
-    let sel = web::get(&ns, addr, "/api/select?type=syncthing", Some(&cookie)).json();
-    assert_eq!(sel["best"]["provider"], "n2:22000");
+    // Node 2's Syncthing restarts with its new peer (and is withdrawn meanwhile): once back,
+    // it is the API's choice.
+    let mut sel = Value::Null;
+    wait_for(
+        "n2's Syncthing selected again",
+        Duration::from_secs(60),
+        || {
+            sel = web::get(&ns, addr, "/api/select?type=syncthing", Some(&cookie)).json();
+            sel["best"]["provider"] == "n2:22000"
+        },
+    );
+    assert_eq!(sel["ranked"][0]["provider"], "n2:22000", "{sel:#}");
     // Node 2 scanned on its own after boot.
     assert!(
         std::fs::read(cloud.nodes[1].root.join("run/cloudy/scores.json")).is_ok(),
         "node 2's first-boot scan"
     );
+    // The dashboard runs as the unprivileged user, not root.
+    let agent_pid = n1.child.as_ref().unwrap().id();
+    let dash = std::fs::read_to_string(format!("/proc/{agent_pid}/task/{agent_pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("dashboard"))
+                .unwrap_or(false)
+        })
+        .expect("the dashboard is the agent's child");
+    let uid_line = std::fs::read_to_string(format!("/proc/{dash}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let web_uid = Command::new("id")
+        .args(["-u", "cloudy-web"])
+        .output()
+        .unwrap();
+    let web_uid = String::from_utf8_lossy(&web_uid.stdout).trim().to_string();
+    assert!(!web_uid.is_empty() && web_uid != "0");
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(web_uid.as_str()),
+        "dashboard runs as cloudy-web: {uid_line}"
+    );
     eprintln!("test done in {:?}", t0.elapsed());
     drop(driver);
-    drop(st);
 }
 
 fn check_refused(path: &str, r: &web::Reply) {

@@ -23,6 +23,16 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Durat
     t0.elapsed()
 }
 
+/// A cloud whose node roots the dashboard's unprivileged user can reach (tempdirs are 0700):
+/// it must get to the agent's control socket.
+fn open_cloud(tag: &str, n: usize) -> Cloud {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cloud::new(tag, n);
+    let top = c.nodes[0].root.parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c
+}
+
 fn hash(password: &str) -> String {
     let mut c = Command::new(microcloud::agent())
         .args(["seed", "hash-password"])
@@ -55,7 +65,7 @@ fn select_picks_the_fast_provider_and_the_dashboard_lists_it_first() {
         }
     }
     let t0 = Instant::now();
-    let mut cloud = Cloud::new("pq", 3);
+    let mut cloud = open_cloud("pq", 3);
     let dir = tempfile::tempdir().unwrap();
     // Node 2 (good) and node 3 (throttled) serve the same stream and declare it in their seed.
     web::hls_segments(dir.path(), "cam1");
@@ -270,7 +280,12 @@ fn bench_probe() {
     //    20 Tahoe web APIs (64 KiB page), 10 HLS streams (3 x 100 KB).
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let mix = [("web", 40, false), ("syncthing", 30, false), ("tahoe-storage", 20, true), ("streaming", 10, true)];
+    let mix = [
+        ("web", 40, false),
+        ("syncthing", 30, false),
+        ("tahoe-storage", 20, true),
+        ("streaming", 10, true),
+    ];
     let mut entries = Vec::new();
     let mut i = 0u32;
     for (kind, n, http) in mix {
@@ -320,7 +335,7 @@ fn bench_probe() {
     if !microcloud::discovery_available("bench_probe (dashboard part)") {
         return;
     }
-    let mut cloud = Cloud::new("pb", 2);
+    let mut cloud = open_cloud("pb", 2);
     let h = hash(PASSWORD);
     for i in 1..=2 {
         let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
@@ -355,9 +370,17 @@ fn bench_probe() {
                     let mut r = BufReader::new(stream);
                     let mut out = Vec::new();
                     for k in 0..per_client {
-                        let path = if (c + k) % 2 == 0 { "/api/state" } else { "/services" };
+                        let path = if (c + k) % 2 == 0 {
+                            "/api/state"
+                        } else {
+                            "/services"
+                        };
                         let t = Instant::now();
-                        write!(w, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n").unwrap();
+                        write!(
+                            w,
+                            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
+                        )
+                        .unwrap();
                         let mut len = 0usize;
                         let mut status = String::new();
                         loop {
@@ -369,7 +392,9 @@ fn bench_probe() {
                             if line == "\r\n" {
                                 break;
                             }
-                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
                                 len = v.trim().parse().unwrap();
                             }
                         }

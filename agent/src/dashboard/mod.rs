@@ -127,7 +127,7 @@ fn unavailable(message: &str) -> Response {
 
 async fn state(web: &Web) -> Result<State, Response> {
     match ask(web, Ask::State {}).await? {
-        Reply::State(s) => Ok(s),
+        Reply::State(s) => Ok(*s),
         other => Err(unavailable(&format!("unexpected reply {other:?}"))),
     }
 }
@@ -621,6 +621,7 @@ async fn run_child(
         .kill_on_drop(true);
     match control::web_ids() {
         Some((uid, gid)) => {
+            // std drops root's supplementary groups when it changes the uid.
             cmd.uid(uid).gid(gid);
         }
         None => tracing::warn!(
