@@ -189,7 +189,7 @@ fn relay_chain_in_process() {
     assert_eq!(sb["provider"]["node"], "peer-a", "{sb}");
     assert_eq!(sb["hops"], 2);
     assert_eq!(sb["origin"], node_id('a'));
-    assert!(status(pa)["served_bytes"].as_u64().unwrap() > 0);
+    assert!(status(pa)["served_to"]["127.0.0.1"].as_u64().unwrap() > 0);
     // Byte for byte what the source's ffmpeg wrote, under the same names.
     let src_dir = dir.path().join("src/run/cloudy/streaming/source");
     let b_dir = dir.path().join("peer-b/run/cloudy/streaming/relay");
@@ -581,8 +581,8 @@ fn source_peer_peer_and_failover_between_namespaces() {
     );
     let sa = status_of(a);
     assert!(
-        sa["served_bytes"].as_u64().unwrap_or(0) > 0,
-        "A served nothing: {sa}"
+        sa["served_to"][b.lan()].as_u64().unwrap_or(0) > 0,
+        "A served nothing to B: {sa}"
     );
     let src_dir = s.root.join("run/cloudy/streaming/source");
     let b_dir = b.root.join("run/cloudy/streaming/relay");
@@ -634,7 +634,10 @@ fn source_peer_peer_and_failover_between_namespaces() {
         "a gap in B's sequence: {segs:?}"
     );
     assert!(k0.elapsed() < Duration::from_secs(15));
-    assert!(status_of(s)["served_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        status_of(s)["served_to"][b.lan()].as_u64().unwrap() > 0,
+        "the source served nothing to B"
+    );
 
     // ffmpeg on the source dies: the stream process restarts it, B keeps receiving.
     let ss = status_of(s);

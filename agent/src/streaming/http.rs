@@ -4,7 +4,7 @@
 //! The server answers only `/stream/<id>/index.m3u8`, `/stream/<id>/seg<N>.ts` for a segment
 //! in the window it lists, and `/stream/status`; it reads nothing but its segment directory.
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,7 +33,8 @@ pub fn router(stream: Arc<Stream>) -> Router {
 
 /// Serves until the listener fails; the caller binds it (so a port in use is its error).
 pub async fn serve(listener: tokio::net::TcpListener, stream: Arc<Stream>) {
-    if let Err(e) = axum::serve(listener, router(stream)).await {
+    let app = router(stream).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("streaming HTTP server stopped: {e}");
     }
 }
@@ -61,7 +62,11 @@ async fn status(State(s): State<Arc<Stream>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn file(State(s): State<Arc<Stream>>, Path((id, name)): Path<(String, String)>) -> Response {
+async fn file(
+    State(s): State<Arc<Stream>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, name)): Path<(String, String)>,
+) -> Response {
     let (listed, text) = {
         let st = s.state.lock().unwrap();
         if st.id.as_deref() != Some(id.as_str()) {
@@ -99,6 +104,7 @@ async fn file(State(s): State<Arc<Stream>>, Path((id, name)): Path<(String, Stri
                 .served_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             s.counters.served_segments.fetch_add(1, Ordering::Relaxed);
+            s.served_to(peer.ip().to_canonical(), bytes.len() as u64);
             ([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response()
         }
         // Rotated out between listing and reading.

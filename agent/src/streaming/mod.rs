@@ -256,7 +256,12 @@ pub struct Counters {
     pub switches: AtomicU32,
     pub ffmpeg_starts: AtomicU32,
     pub ffmpeg_pid: AtomicU32,
+    /// Segment bytes served to each client address (the first `MAX_CLIENTS` seen).
+    pub served_to: Mutex<BTreeMap<IpAddr, u64>>,
 }
+
+/// Clients counted apart in `served_to`; later ones count only in the totals.
+pub const MAX_CLIENTS: usize = 64;
 
 #[derive(Debug)]
 pub struct Stream {
@@ -282,6 +287,8 @@ pub struct Status {
     pub segments: Vec<u64>,
     pub served_bytes: u64,
     pub served_segments: u64,
+    /// Segment bytes served to each client address.
+    pub served_to: BTreeMap<IpAddr, u64>,
     pub fetched_bytes: u64,
     pub fetched_segments: u64,
     pub switches: u32,
@@ -335,6 +342,7 @@ impl Stream {
             segments: s.playlist.segments.iter().map(|g| g.seq).collect(),
             served_bytes: c.served_bytes.load(Ordering::Relaxed),
             served_segments: c.served_segments.load(Ordering::Relaxed),
+            served_to: c.served_to.lock().unwrap().clone(),
             fetched_bytes: c.fetched_bytes.load(Ordering::Relaxed),
             fetched_segments: c.fetched_segments.load(Ordering::Relaxed),
             switches: c.switches.load(Ordering::Relaxed),
@@ -342,6 +350,16 @@ impl Stream {
             ffmpeg_pid: (pid != 0).then_some(pid),
             last_error: s.last_error.clone(),
             first_segment_ms: s.first_segment_after.map(|d| d.as_millis() as u64),
+        }
+    }
+
+    pub fn served_to(&self, client: IpAddr, bytes: u64) {
+        let mut m = self.counters.served_to.lock().unwrap();
+        let n = m.len();
+        if let Some(b) = m.get_mut(&client) {
+            *b += bytes;
+        } else if n < MAX_CLIENTS {
+            m.insert(client, bytes);
         }
     }
 
