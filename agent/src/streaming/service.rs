@@ -21,6 +21,17 @@ use crate::system::System;
 pub const NAME: &str = "streaming";
 pub const USER: &str = "cloudy-stream";
 
+/// The gid of a group in the running system's /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
+        })
+}
+
 pub struct Streaming {
     sys: System,
     config: Config,
@@ -138,7 +149,11 @@ impl Service for Streaming {
         if let Some(id) = &c.id {
             p = p.arg(format!("--id={id}"));
         }
-        p.user = Some(ids);
+        p.user = Some(match c.input() {
+            // Cameras belong to group video; its gid lets the stream open one.
+            Some(Input::Device(_)) => (ids.0, group_id("video").unwrap_or(ids.1)),
+            _ => ids,
+        });
         p.cwd = Some(self.sys.path(STATE_DIR));
         for var in ["CLOUDY_FFMPEG", "CLOUDY_LOG"] {
             if let Ok(v) = std::env::var(var) {
