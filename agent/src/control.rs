@@ -345,7 +345,7 @@ pub async fn join(
     };
     let (sys, node_id) = (sys.clone(), chosen.record.node_id.clone());
     let r = tokio::task::spawn_blocking(move || {
-        crate::services::join::run(
+        crate::services::join::join(
             &sys,
             join_kind,
             Some(&node_id),

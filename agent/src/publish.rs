@@ -38,6 +38,9 @@ const MAX_PENDING: usize = 256;
 /// often arrive before its membership has).
 const RECHECK: Duration = Duration::from_millis(250);
 
+/// A service and, for a managed one, its supervisor's status.
+pub type Published = (Arc<dyn Service>, Option<Shared>);
+
 pub struct Sharing {
     pub sys: System,
     pub key: JoinKey,
@@ -45,7 +48,7 @@ pub struct Sharing {
     pub members: Arc<Mutex<Members>>,
     /// Built-in and declared services, then the managed ones as the manager adopts them, each
     /// with its supervisor's status: a managed service is published only while `Running`.
-    pub services: Mutex<Vec<(Arc<dyn Service>, Option<Shared>)>>,
+    pub services: Mutex<Vec<Published>>,
     /// Check health and publish now (a supervised process exited or turned healthy).
     pub recheck: Arc<Notify>,
     /// What we publish now; served to Serf peers over the join port.

@@ -13,6 +13,7 @@ use crate::members::{Members, MEMBERS_FILE};
 use crate::supervise::State;
 use crate::system::System;
 
+/// The CLI: joins and prints what was done and how to use it.
 pub fn run(
     sys: &System,
     kind: &str,
@@ -20,6 +21,22 @@ pub fn run(
     folder: Option<PathBuf>,
     wait: Duration,
 ) -> Result<i32> {
+    for l in join(sys, kind, provider, folder, wait)? {
+        println!("{l}");
+    }
+    Ok(0)
+}
+
+/// Joins `provider` (or the chosen one) of `kind`; returns lines for the user: what was joined,
+/// the local service running, how to use it. Blocking (it may wait `wait` for the running
+/// agent); the dashboard calls it off its async thread.
+pub fn join(
+    sys: &System,
+    kind: &str,
+    provider: Option<&str>,
+    folder: Option<PathBuf>,
+    wait: Duration,
+) -> Result<Vec<String>> {
     let &(_, provider_type, local) =
         JOINABLE
             .iter()
@@ -73,10 +90,10 @@ pub fn run(
     if chosen.node_id == ctx.node_id {
         bail!("the {provider_type} provider chosen is this node itself: name another one");
     }
-    println!(
+    let mut lines = vec![format!(
         "joining {kind} of {} ({}:{})",
         chosen.node, chosen.ip, chosen.port
-    );
+    )];
     let svc = super::build(local, sys).expect("JOINABLE names buildable services");
     let joining = Joining {
         sys: sys.clone(),
@@ -87,16 +104,14 @@ pub fn run(
     };
     let joined = svc.join(&joining, &chosen)?;
     if let Some(name) = &joined.local_service {
-        wait_running(sys, name, wait)?;
+        lines.push(wait_running(sys, name, wait)?);
     }
-    for l in &joined.usage {
-        println!("{l}");
-    }
-    Ok(0)
+    lines.extend(joined.usage);
+    Ok(lines)
 }
 
 /// Waits until the running agent reports `name` running (after this call started).
-fn wait_running(sys: &System, name: &str, within: Duration) -> Result<()> {
+fn wait_running(sys: &System, name: &str, within: Duration) -> Result<String> {
     let t0 = Instant::now();
     let mut last = String::from("not started yet");
     while t0.elapsed() < within {
@@ -105,8 +120,7 @@ fn wait_running(sys: &System, name: &str, within: Duration) -> Result<()> {
             .and_then(|t| serde_json::from_slice(&t).ok());
         if let Some(s) = st.as_ref().and_then(|f| f.services.get(name)) {
             if s.state == State::Running {
-                println!("{name}: running (pid {})", s.pid);
-                return Ok(());
+                return Ok(format!("{name}: running (pid {})", s.pid));
             }
             last = format!(
                 "{:?}{}",
