@@ -295,7 +295,22 @@ impl Relay {
             .await
             .map_err(|e| Poll::Failed(e.to_string()))?;
         let pl = Playlist::parse(&body).map_err(|e| Poll::Refused(e.to_string()))?;
-        let last = self.stream.state.lock().unwrap().playlist.last_seq();
+        let mut last = self.stream.state.lock().unwrap().playlist.last_seq();
+        if renumbered(last, pl.last_seq()) {
+            // The source restarted with its clock behind (a Pi without RTC before NTP): its
+            // numbers start lower. Start over from its stream, or we would wait forever.
+            tracing::warn!(
+                "streaming: {} renumbered the stream ({:?} after our {:?}); starting over",
+                p.node,
+                pl.last_seq(),
+                last
+            );
+            let mut st = self.stream.state.lock().unwrap();
+            st.playlist.segments.clear();
+            drop(st);
+            ingest::drop_older(&self.stream.seg_dir, u64::MAX);
+            last = None;
+        }
         let new: Vec<_> = match last {
             Some(l) => pl.segments.into_iter().filter(|g| g.seq > l).collect(),
             None => {
@@ -344,6 +359,12 @@ impl Relay {
         }
         Ok(added)
     }
+}
+
+/// The provider's newest segment is far behind ours: not lag (a provider is at most a window
+/// behind), a new numbering.
+pub fn renumbered(ours: Option<u64>, theirs: Option<u64>) -> bool {
+    matches!((ours, theirs), (Some(o), Some(t)) if t.saturating_add(3 * WINDOW as u64) < o)
 }
 
 enum Poll {
@@ -426,6 +447,21 @@ mod tests {
         let mut far = provider('f', MAX_HOPS - 1, &[]);
         far.hops = MAX_HOPS - 1;
         assert!(!far.eligible(&me, None), "the chain would get too long");
+    }
+
+    #[test]
+    fn a_lower_numbering_is_a_restart_not_lag() {
+        assert!(!renumbered(None, Some(5)));
+        assert!(!renumbered(Some(100), None));
+        assert!(
+            !renumbered(Some(100), Some(95)),
+            "a provider a few segments behind"
+        );
+        assert!(!renumbered(Some(100), Some(120)));
+        assert!(
+            renumbered(Some(1_795_621_727), Some(86_400)),
+            "a clock back in 1970"
+        );
     }
 
     #[test]
