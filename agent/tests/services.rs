@@ -127,10 +127,16 @@ fn kill_and_see_it_back(cloud: &Cloud, i: usize, service: &str, kind: &str, obse
     let n = &cloud.nodes[i - 1];
     let o = &cloud.nodes[observer - 1];
     let key = (format!("n{i}"), kind.to_string());
-    let before = states(n)[service].clone();
+    // Settled first: running and listed (a join may just have restarted it with a new config).
+    let before = wait_for(
+        &format!("{service} running and listed on n{observer}"),
+        Duration::from_secs(60),
+        || {
+            let s = states(n)[service].clone();
+            (s["state"] == "running" && published(o).contains(&key)).then_some(s)
+        },
+    );
     let pid = before["pid"].as_u64().unwrap() as i32;
-    assert!(pid > 0, "{service} runs: {before}");
-    assert!(published(o).contains(&key), "published before the kill");
     let log_at = std::fs::read_to_string(n.log()).unwrap_or_default().len();
     let t0 = Instant::now();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -326,14 +332,31 @@ fn syncthing_join_shares_a_folder_both_ways() {
                 .then_some(())
         },
     );
-    let o = agent_in(n2, &["join", "syncthing", "n1"]);
+    // n2 keeps its copy where the user says; n1 in its default folder.
+    let n2_folder = n2.root.join("srv/shared");
+    let o = agent_in(
+        n2,
+        &[
+            "join",
+            "syncthing",
+            "n1",
+            "--folder",
+            &n2_folder.to_string_lossy(),
+        ],
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
         "join failed: {out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let shared = |n: &Node| n.root.join("var/lib/cloudy/syncthing/shared");
+    let shared = |n: &Node| {
+        if n.i == 2 {
+            n2_folder.clone()
+        } else {
+            n.root.join("var/lib/cloudy/syncthing/shared")
+        }
+    };
     std::fs::write(shared(n1).join("from-n1.txt"), "written on n1\n").unwrap();
     let t_sync = Instant::now();
     wait_for("n1's file on n2", Duration::from_secs(90), || {

@@ -642,4 +642,37 @@ mod tests {
             "nb"
         );
     }
+
+    /// The seed's `[services] enable` and `build` agree: every name a seed may enable (and
+    /// every local side of a join) is a service of that name.
+    #[test]
+    fn every_service_a_seed_may_enable_is_built() {
+        let d = tempfile::tempdir().unwrap();
+        let seed = d.path().join("cloudy.toml");
+        let names: Vec<String> = crate::seed::KNOWN_SERVICES
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        std::fs::write(
+            &seed,
+            format!("version = 1\n[services]\nenable = [{}]\n", names.join(", ")),
+        )
+        .unwrap();
+        let enabled = crate::seed::read_file(&seed)
+            .unwrap()
+            .services
+            .unwrap()
+            .enable;
+        assert_eq!(enabled.len(), crate::seed::KNOWN_SERVICES.len());
+        let sys = System::new(d.path());
+        for n in enabled
+            .iter()
+            .map(String::as_str)
+            .chain(JOINABLE.iter().map(|j| j.2))
+        {
+            let svc = build(n, &sys).unwrap_or_else(|| panic!("{n} is not built"));
+            assert_eq!(svc.name(), n);
+        }
+        assert!(build("ftp", &sys).is_none());
+    }
 }
