@@ -43,7 +43,7 @@ pub enum Request {
     State {},
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Scanned {
@@ -64,7 +64,7 @@ pub enum Reply {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub node: String,
     pub node_id: String,
@@ -82,6 +82,9 @@ pub struct State {
     pub providers: Vec<Ranked>,
     /// Other members' own probe summaries.
     pub views: Vec<View>,
+    /// The services this agent runs (`cloudy-agent status`'s list): name -> state.
+    #[serde(default)]
+    pub managed: std::collections::BTreeMap<String, crate::supervise::Status>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +221,13 @@ impl Agent {
             types,
             providers: ranked,
             views: self.views.lock().unwrap().clone(),
+            managed: std::fs::read(self.sys.path(crate::services::STATE_FILE))
+                .ok()
+                .and_then(|b| {
+                    serde_json::from_slice::<crate::services::manager::StateFile>(&b).ok()
+                })
+                .map(|f| f.services)
+                .unwrap_or_default(),
         }
     }
 

@@ -479,6 +479,11 @@ fn chromium_logs_in_scans_and_joins() {
     driver.go(&format!("{base}/node"));
     assert!(driver.text("#peers").contains("n2"));
     assert!(driver.text("#services").contains("tincvpn"));
+    assert!(
+        driver.text("#managed").contains("syncthingrunning"),
+        "the joined Syncthing runs: {}",
+        driver.text("#managed")
+    );
     assert_eq!(driver.text("#seed-errors"), "None.");
     driver.shot("07-node");
 

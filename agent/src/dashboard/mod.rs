@@ -372,6 +372,25 @@ async fn node_page(AxState(web): AxState<Shared>) -> Response {
             .text_in(&r.record.port.to_string())
             .push("</td><td>this node</td></tr>");
     }
+    let mut managed = Html::default();
+    for (name, st) in &s.managed {
+        let state = serde_json::to_value(st.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        managed
+            .push("<tr><td>")
+            .text_in(name)
+            .push("</td><td>")
+            .text_in(&state)
+            .push("</td><td>")
+            .text_in(&st.pid.to_string())
+            .push("</td><td>")
+            .text_in(&st.restarts.to_string())
+            .push("</td><td>")
+            .text_in(st.last_error.as_deref().unwrap_or(""))
+            .push("</td></tr>");
+    }
     let mut views = Html::default();
     if s.views.is_empty() {
         views.push("<p>No summaries fetched yet (after the next scan).</p>");
@@ -411,6 +430,7 @@ async fn node_page(AxState(web): AxState<Shared>) -> Response {
             ("seed_errors", errors),
             ("peers", peers),
             ("services", services),
+            ("managed", managed),
             ("views", views),
         ],
     );
@@ -512,7 +532,7 @@ async fn api_node(AxState(web): AxState<Shared>) -> Response {
                 "node": s.node, "node_id": s.node_id, "community": s.community,
                 "address": s.address, "vpn": s.vpn, "tincd": s.tincd,
                 "seed_errors": s.seed_errors, "peers": s.peers, "services": local,
-                "views": s.views,
+                "managed": s.managed, "views": s.views,
             }))
             .into_response()
         }
