@@ -356,7 +356,7 @@ async fn measure(r: Record, samples: usize, rate: &Rate) -> (Record, Vec<f64>, u
 
 fn check_name(kind: &str) -> &'static str {
     match kind {
-        "tahoe-introducer" | "tahoe-storage" | "tahoe" => "http",
+        "tahoe-introducer" | "tahoe-storage" | "tahoe" => "tahoe",
         "syncthing" => "tls",
         "streaming" => "hls",
         _ => "tcp",
@@ -366,7 +366,7 @@ fn check_name(kind: &str) -> &'static str {
 /// The protocol check of a record's type; types without one get `ok: None`.
 pub async fn service_check(r: &Record, rate: &Rate) -> Check {
     match check_name(&r.kind) {
-        "http" => tahoe_check(r, rate).await,
+        "tahoe" => tahoe_check(r, rate).await,
         "tls" => tls_check(SocketAddr::new(r.ip, r.port)).await,
         "hls" => hls_check(r, rate).await,
         _ => Check {
@@ -378,15 +378,18 @@ pub async fn service_check(r: &Record, rate: &Rate) -> Check {
     }
 }
 
-/// Tahoe's web API: where a record names its web port (`web_port`), else the record's own port
-/// if it answers HTTP. The answer (the welcome page or a small object) is read for a rate.
+/// Tahoe: the web API where a record names one (`web_port`: answer code and read rate), else
+/// Foolscap on the record's own port. Foolscap opens with an HTTP-like upgrade request for a
+/// Tub id: the introducer's (from its `furl`) must be switched to (`101`); without a furl, any
+/// Foolscap answer (`500 ... unknown TubID` included) shows a live Tahoe node.
 async fn tahoe_check(r: &Record, rate: &Rate) -> Check {
-    let port = r
-        .fields
-        .get("web_port")
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(r.port);
-    let addr = SocketAddr::new(r.ip, port);
+    if let Some(port) = r.fields.get("web_port").and_then(|p| p.parse::<u16>().ok()) {
+        return web_api_check(SocketAddr::new(r.ip, port), rate).await;
+    }
+    foolscap_check(r).await
+}
+
+async fn web_api_check(addr: SocketAddr, rate: &Rate) -> Check {
     let mut c = Check {
         name: "http".into(),
         ..Check::default()
@@ -398,15 +401,73 @@ async fn tahoe_check(r: &Record, rate: &Rate) -> Check {
             c.rate = g.rate();
             c.detail = format!("web API answered {} ({} bytes)", g.status, g.body.len());
         }
-        Err(HttpError::NotHttp(e)) if port == r.port && !r.fields.contains_key("web_port") => {
-            // A storage or introducer port speaks Foolscap, not HTTP, and the record names no
-            // web API: nothing more to check from here.
-            c.ok = None;
-            c.detail = format!("no web API in the record ({e}); TCP only");
-        }
         Err(e) => {
             c.ok = Some(false);
             c.detail = format!("web API: {e}");
+        }
+    }
+    c
+}
+
+/// The Tub id of a `pb://<tubid>@<hints>/<name>` FURL.
+fn furl_tub(furl: &str) -> Option<&str> {
+    let t = furl.strip_prefix("pb://")?.split('@').next()?;
+    (!t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(t)
+}
+
+async fn foolscap_check(r: &Record) -> Check {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Check {
+        name: "foolscap".into(),
+        ..Check::default()
+    };
+    let tub = r.fields.get("furl").and_then(|f| furl_tub(f));
+    let addr = SocketAddr::new(r.ip, r.port);
+    let res = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let t0 = Instant::now();
+        let req = format!(
+            "GET /id/{} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: TLS/1.0\r\nConnection: Upgrade\r\n\r\n",
+            tub.unwrap_or("cloudyprobe")
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = vec![0u8; 256];
+        let mut n = 0;
+        while n < buf.len() {
+            let k = s.read(&mut buf[n..]).await?;
+            if k == 0 || buf[..n + k].windows(2).any(|w| w == b"\r\n") {
+                n += k;
+                break;
+            }
+            n += k;
+        }
+        Ok::<_, std::io::Error>((
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            t0.elapsed().as_secs_f64() * 1000.0,
+        ))
+    }
+    .await;
+    match res {
+        Ok((line, ms)) => {
+            let line = line.lines().next().unwrap_or("").to_string();
+            let switched = line.starts_with("HTTP/1.1 101");
+            let foolscap = switched || line.contains("TubID");
+            c.first_ms = Some(ms);
+            c.ok = Some(if tub.is_some() { switched } else { foolscap });
+            c.detail = match (tub.is_some(), switched, foolscap) {
+                (true, true, _) => {
+                    format!("Foolscap switched to the introducer's Tub in {ms:.1} ms")
+                }
+                (true, false, true) => {
+                    "Foolscap answered, but not for this introducer's Tub".into()
+                }
+                (false, _, true) => format!("Foolscap answered in {ms:.1} ms"),
+                _ => "answered, but not Foolscap".into(),
+            };
+        }
+        Err(e) => {
+            c.ok = Some(false);
+            c.detail = format!("no Foolscap answer: {e}");
         }
     }
     c
@@ -974,6 +1035,16 @@ mod tests {
     }
 
     #[test]
+    fn furl_tub_ids() {
+        assert_eq!(
+            furl_tub("pb://aa55w45t4atbajtptvhthxusa6axlk4p@tcp:127.0.0.1:37001/6o6t"),
+            Some("aa55w45t4atbajtptvhthxusa6axlk4p")
+        );
+        assert_eq!(furl_tub("pb://a b@x/y"), None);
+        assert_eq!(furl_tub("http://x"), None);
+    }
+
+    #[test]
     fn summaries_are_checked() {
         let mut s = Scores::default();
         let r = record('a', "syncthing", 22000);
@@ -1026,8 +1097,10 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dport = dead.local_addr().unwrap().port();
         drop(dead);
+        let mut tahoe = record('a', "tahoe-storage", dport);
+        tahoe.fields.insert("web_port".into(), hport.to_string());
         let mut rs = vec![
-            record('a', "tahoe-storage", hport),
+            tahoe,
             record('b', "syncthing", dport),
             record('c', "web", hport),
         ];
@@ -1037,16 +1110,24 @@ mod tests {
         let mut h = History::default();
         let ps = scan(rs, &mut h, &Options::default()).await;
         assert_eq!(ps.len(), 3);
+        // The storage port itself is dead here, so only the web API's port answers: the
+        // record is unreachable (TCP on the record's port decides reachability).
         let tahoe = &ps[0];
-        assert!(tahoe.reachable && tahoe.check.ok == Some(true), "{tahoe:?}");
-        assert!(tahoe.check.rate.unwrap() > 0.0);
-        assert_eq!(tahoe.connected, SAMPLES as u32);
+        assert!(!tahoe.reachable);
+        let web_api = web_api_check(
+            SocketAddr::new("127.0.0.1".parse().unwrap(), hport),
+            &Rate::new(BANDWIDTH),
+        )
+        .await;
+        assert_eq!(web_api.ok, Some(true), "{web_api:?}");
+        assert!(web_api.rate.unwrap() > 0.0);
         let st = &ps[1];
         assert!(!st.reachable);
         assert_eq!(st.score, 0);
         let web = &ps[2];
         assert_eq!(web.check.ok, None, "TCP only");
         assert!(web.score > 80, "{web:?}");
+        assert_eq!(web.connected, SAMPLES as u32);
         assert_eq!(h.providers.len(), 3);
     }
 }
