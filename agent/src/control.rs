@@ -365,9 +365,16 @@ pub async fn join(
     })
     .await;
     let (ok, message) = match r {
-        Ok(Ok(_)) => (
+        Ok(Ok(lines)) => (
             true,
-            format!("joined {join_kind} of {} ({kind})", chosen.provider),
+            // The service's own lines say how to use what was joined (a folder, a URL).
+            std::iter::once(format!(
+                "joined {join_kind} of {} ({kind})",
+                chosen.provider
+            ))
+            .chain(lines)
+            .collect::<Vec<_>>()
+            .join("; "),
         ),
         Ok(Err(e)) => (false, format!("joining {}: {e:#}", chosen.provider)),
         Err(e) => (false, format!("joining {}: {e}", chosen.provider)),
