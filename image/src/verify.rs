@@ -84,9 +84,23 @@ pub fn clean(line: &[u8]) -> String {
 
 pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) -> Result<Outcome, VerifyError> {
     let waiting = std::cell::RefCell::new(None::<serde_json::Value>);
-    let outcome = watch(vm, timeout_s, console_log, log, step, &|line| services_watch(&waiting, line)).map_err(|e| match (e, waiting.borrow().as_ref()) {
+    // The ready line within timeout_s; the services line (services start after the mesh and
+    // may take minutes on slow hardware) within as long again.
+    let started = Instant::now();
+    let late = std::cell::Cell::new(false);
+    let until = |line: &str| {
+        if waiting.borrow().is_none() && started.elapsed() > Duration::from_secs(timeout_s) {
+            late.set(true);
+            return Some(Err(String::new()));
+        }
+        services_watch(&waiting, line)
+    };
+    let outcome = watch(vm, timeout_s * 2, console_log, log, step, &until).map_err(|e| match (e, waiting.borrow().as_ref()) {
         (VerifyError::Timeout { seconds, tail, log }, Some(ready)) => {
             VerifyError::ServicesTimeout { seconds, enabled: enabled_services(ready).join(", "), tail, log }
+        }
+        (VerifyError::Timeout { tail, log, .. } | VerifyError::Guest { tail, log, .. }, None) if late.get() || started.elapsed() > Duration::from_secs(timeout_s) => {
+            VerifyError::Timeout { seconds: timeout_s, tail, log }
         }
         (e, _) => e,
     })?;

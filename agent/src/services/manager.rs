@@ -19,8 +19,9 @@ use crate::system::System;
 
 pub const TICK: Duration = Duration::from_secs(1);
 /// The services line is printed when every enabled service is healthy or failed, or after
-/// this long (the rest then count as failed).
-pub const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+/// this long (the rest then count as failed). A storage node starts only once the introducer
+/// is published, and two Tahoe nodes starting on a Pi 2 (or under QEMU's TCG) take minutes.
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(300);
 /// A program that exited this often without turning healthy counts as failed for the line
 /// (it is still restarted).
 const FAILED_AFTER: u32 = 3;
