@@ -411,21 +411,34 @@ pub fn ensure_user(user: &str, home: &Path) -> Result<(u32, u32), ServiceError> 
     if let Some(ids) = passwd_lookup(&read(), user) {
         return Ok(ids);
     }
-    let out = std::process::Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--shell"])
-        .arg("/usr/sbin/nologin")
-        .arg("--home-dir")
-        .arg(home)
-        .arg(user)
-        .output()
-        .map_err(io_err("running useradd"))?;
-    // Another agent (a test node beside us) may have made it meanwhile: look again either way.
-    passwd_lookup(&read(), user).ok_or_else(|| {
-        ServiceError::Failed(format!(
-            "useradd {user}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    })
+    let useradd = ["/usr/sbin/useradd", "/sbin/useradd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("useradd");
+    let mut why = String::new();
+    // Agents side by side (test nodes) may race for the passwd lock: try a few times, and look
+    // again each time, since the other one may have made the user meanwhile.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = std::process::Command::new(useradd)
+            .args(["--system", "--user-group", "--no-create-home", "--shell"])
+            .arg("/usr/sbin/nologin")
+            .arg("--home-dir")
+            .arg(home)
+            .arg(user)
+            .output()
+            .map_err(io_err(format!("running {useradd}")))?;
+        if let Some(ids) = passwd_lookup(&read(), user) {
+            if out.status.success() {
+                tracing::info!("made system user {user} ({}:{})", ids.0, ids.1);
+            }
+            return Ok(ids);
+        }
+        why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    Err(ServiceError::Failed(format!("useradd {user}: {why}")))
 }
 
 /// Creates `dir` (and parents) owned by the service user, with `mode`.
