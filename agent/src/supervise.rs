@@ -166,6 +166,9 @@ pub struct Status {
     pub pid: u32,
     /// Starts after the first one.
     pub restarts: u32,
+    /// Attempts that could not even start the program (missing executable, ...).
+    #[serde(default)]
+    pub spawn_failures: u32,
     pub last_error: Option<String>,
 }
 
@@ -175,6 +178,7 @@ impl Default for Status {
             state: State::Stopped,
             pid: 0,
             restarts: 0,
+            spawn_failures: 0,
             last_error: None,
         }
     }
@@ -211,6 +215,7 @@ pub async fn supervise(p: Program, status: Shared, mut ctl: mpsc::UnboundedRecei
                     let mut s = status.lock().unwrap();
                     s.state = State::Failed;
                     s.pid = 0;
+                    s.spawn_failures += 1;
                     s.last_error = Some(format!("starting {}: {e}", p.exe.display()));
                 }
                 if wait_or_stop(&mut ctl, wait).await {

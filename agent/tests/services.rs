@@ -379,6 +379,41 @@ fn syncthing_join_shares_a_folder_both_ways() {
     eprintln!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// A service that cannot start is reported failed in the services line (with why) instead of
+/// keeping a verify stage waiting, while the others run; `status` shows it too.
+#[test]
+fn a_service_that_cannot_start_is_reported_failed() {
+    let test = "a_service_that_cannot_start_is_reported_failed";
+    if !ready(test, &[("syncthing", &syncthing())]) {
+        return;
+    }
+    let mut cloud = cloud("sf", 1);
+    seed(&mut cloud, 1, &["tahoe-introducer", "syncthing"]);
+    cloud.nodes[0].env = vec![("CLOUDY_TAHOE".into(), "/nonexistent/tahoe".into())];
+    cloud.start_all();
+    let line = wait_for("services line", Duration::from_secs(60), || {
+        services_line(&cloud.nodes[0])
+    });
+    assert_eq!(line["running"], serde_json::json!(["syncthing"]), "{line}");
+    let why = line["failed"]["tahoe-introducer"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("/nonexistent/tahoe"), "{line}");
+    let st = agent_in(&cloud.nodes[0], &["status"]);
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.lines().any(|l| l.contains("tahoe-introducer")
+            && l.contains("failed")
+            && l.contains("/nonexistent/tahoe")),
+        "{st}"
+    );
+    assert!(
+        st.lines()
+            .any(|l| l.contains("syncthing") && l.contains("running")),
+        "{st}"
+    );
+}
+
 fn rss_kib(pid: u64) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?

@@ -313,7 +313,10 @@ impl Manager {
             let err = || s.last_error.clone().unwrap_or_else(|| "failed".into());
             if s.state == State::Running {
                 running.push(name.clone());
-            } else if e.config_error || (s.restarts >= FAILED_AFTER && s.state == State::Failed) {
+            } else if e.config_error
+                || (s.state == State::Failed
+                    && (s.restarts >= FAILED_AFTER || s.spawn_failures >= FAILED_AFTER))
+            {
                 failed.insert(name.clone(), err());
             } else if elapsed >= SETTLE_WITHIN {
                 failed.insert(
@@ -443,6 +446,7 @@ mod tests {
                 state,
                 pid: 0,
                 restarts,
+                spawn_failures: 0,
                 last_error: Some("boom".into()),
             })),
             ctl: None,
