@@ -88,9 +88,9 @@ impl Tahoe {
         self.node_dir().join("private/introducer.furl")
     }
 
-    /// The introducer our grid should use: the one in use while it is still published; the
-    /// same node's new FURL if it changed; else a fresh choice (`choose_provider`), preferring
-    /// `prefer` (the node a user joined).
+    /// The introducer our grid should use: the node a user joined (`prefer`: a new join
+    /// switches grids); else the one in use while it is still published; the same node's new
+    /// FURL if it changed; else a fresh choice (`choose_provider`).
     fn pick_introducer(&self, env: &Env, prefer: Option<&str>) -> Option<(String, String)> {
         let intro: Vec<&Record> = env
             .catalog
@@ -99,16 +99,16 @@ impl Tahoe {
             .collect();
         let seen = self.seen.lock().unwrap();
         let pick = |r: &Record| (r.fields["furl"].clone(), r.node_id.clone());
+        if let Some(r) = prefer.and_then(|p| intro.iter().find(|r| r.node_id == p)) {
+            return Some(pick(r));
+        }
         if let Some(cur) = &seen.furl {
             if let Some(r) = intro.iter().find(|r| &r.fields["furl"] == cur) {
                 return Some(pick(r));
             }
         }
-        for node in [seen.introducer_node.as_deref(), prefer]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(r) = intro.iter().find(|r| r.node_id == node) {
+        if let Some(node) = &seen.introducer_node {
+            if let Some(r) = intro.iter().find(|r| &r.node_id == node) {
                 return Some(pick(r));
             }
         }
@@ -448,6 +448,55 @@ mod tests {
         let m = std::fs::metadata(t.node_dir().join("private/introducers.yaml")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o600);
         assert_ne!(m.uid(), 0, "owned by the service user");
+    }
+
+    /// A client uses the grid the user joined, and a new join switches grids.
+    #[test]
+    fn client_follows_the_last_join() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP client_follows_the_last_join: needs root (service user, chown)");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let t = Tahoe::new(&sys, Role::Client);
+        let intro = |node: char, furl: &str| {
+            let mut c = Context::probe();
+            c.node_id = node.to_string().repeat(32);
+            c.node = format!("n{node}");
+            let mut r = c.vpn_record("tahoe-introducer", INTRODUCER_PORT, "");
+            r.fields.insert("furl".into(), furl.into());
+            r
+        };
+        let (a, b) = (
+            "pb://aaaa@tcp:10.99.0.1:3458/one",
+            "pb://bbbb@tcp:10.99.0.3:3458/two",
+        );
+        let env = Env {
+            sys: sys.clone(),
+            ctx: Context::probe(),
+            catalog: vec![intro('a', a), intro('b', b)],
+            agent_exe: "/bin/true".into(),
+        };
+        let join = |node: char| {
+            sys.write_atomic(
+                &format!("{}/tahoe-client.json", crate::services::JOINED_DIR),
+                format!("{{\"provider\":\"{}\"}}", node.to_string().repeat(32)).as_bytes(),
+                0o644,
+            )
+            .unwrap()
+        };
+        let yaml =
+            || std::fs::read_to_string(t.node_dir().join("private/introducers.yaml")).unwrap();
+        join('b');
+        assert_eq!(t.configure(&env).unwrap(), Configured::Changed);
+        assert!(yaml().contains(b), "the joined grid, not the lowest id");
+        assert_eq!(t.configure(&env).unwrap(), Configured::Unchanged);
+        join('a');
+        assert_eq!(t.configure(&env).unwrap(), Configured::Changed);
+        assert!(yaml().contains(a));
+        let cfg = std::fs::read_to_string(t.node_dir().join("tahoe.cfg")).unwrap();
+        assert!(cfg.contains("tub.port = disabled") && cfg.contains("enabled = false"));
     }
 
     #[test]
