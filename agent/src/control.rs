@@ -127,6 +127,20 @@ impl Agent {
             .collect()
     }
 
+    /// Types with a provider (not ours) that has no score yet.
+    pub fn unprobed_kinds(&self) -> Vec<String> {
+        let scores = self.prober.scores.lock().unwrap().clone();
+        let mut kinds: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.node_id != self.prober.me && scores.of(r).is_none())
+            .map(|r| r.kind)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
     /// A scan, then our published summary and others' views brought up to date.
     pub async fn scan(&self, kind: Option<&str>) -> Scores {
         let scores = self.prober.scan(&self.records(), kind).await;
@@ -513,9 +527,20 @@ pub fn start(agent: Arc<Agent>) {
             .map(Duration::from_secs)
             .unwrap_or(crate::probe::FIRST_SCAN);
         tokio::time::sleep(first).await;
+        let mut next_full = tokio::time::Instant::now();
         loop {
-            agent.scan(None).await;
-            tokio::time::sleep(crate::probe::jittered(crate::probe::PERIOD)).await;
+            let now = tokio::time::Instant::now();
+            if now >= next_full {
+                agent.scan(None).await;
+                next_full = now + crate::probe::jittered(crate::probe::PERIOD);
+            } else {
+                // A provider that appeared since the last scan gets a score within a minute.
+                for kind in agent.unprobed_kinds() {
+                    agent.scan(Some(&kind)).await;
+                }
+            }
+            let wait = next_full.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(wait.min(crate::probe::NEW_PROVIDERS)).await;
         }
     });
 }

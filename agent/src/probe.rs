@@ -46,6 +46,8 @@ pub const MAX_HISTORY_KEYS: usize = 2048;
 pub const PERIOD: Duration = Duration::from_secs(15 * 60);
 pub const JITTER: f64 = 0.2;
 pub const FIRST_SCAN: Duration = Duration::from_secs(20);
+/// Between full scans, providers new to the catalog are scored this often.
+pub const NEW_PROVIDERS: Duration = Duration::from_secs(60);
 
 /// The protocol-level part of a probe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
