@@ -663,3 +663,34 @@ async fn run_child(
     }
     child.wait().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::record;
+
+    #[test]
+    fn every_field_of_a_row_is_escaped() {
+        let evil = "<script>alert(1)</script>\"'&";
+        let mut r = record('a', "web", 80);
+        r.description = evil.into();
+        r.node = evil.into();
+        r.host = evil.into();
+        r.microcloud = evil.into();
+        r.kind = evil.into();
+        let row = provider_row(&Ranked {
+            provider: select::provider_id(&r),
+            record: r,
+            probe: None,
+            local: false,
+        })
+        .into_string();
+        assert!(!row.contains("<script"), "{row}");
+        assert!(
+            !row.contains("\"'"),
+            "attribute values cannot be closed: {row}"
+        );
+        assert!(row.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
+        assert_eq!(url_component("a b&c"), "a%20b%26c");
+    }
+}
