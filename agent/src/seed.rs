@@ -619,6 +619,7 @@ mod tests {
             ("bad-tinc-mode.toml", "mode"),
             ("bad-tinc-subnet.toml", "tinc.subnet"),
             ("bad-password.toml", "dashboard.password_hash"),
+            ("bad-dashboard-port.toml", "dashboard.port"),
             ("bad-ssh-key.toml", "ssh.authorized_keys"),
             ("bad-service.toml", "services.enable"),
             ("bad-service-publish.toml", "services.publish"),
@@ -633,7 +634,7 @@ mod tests {
     #[test]
     fn every_bad_fixture_is_listed() {
         // A fixture added without a line above would silently prove nothing.
-        let listed = 16;
+        let listed = 17;
         let n = std::fs::read_dir(fixture(""))
             .unwrap()
             .filter(|e| {
