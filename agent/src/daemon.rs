@@ -460,6 +460,21 @@ async fn run_mesh(
             match serf.start() {
                 Ok(rx) => {
                     tokio::spawn(crate::publish::follow_serf(share.clone(), rx));
+                    let (m, sh) = (mesh.clone(), share.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            sh.strangers_found.notified().await;
+                            let found: Vec<SocketAddr> =
+                                sh.strangers.lock().unwrap().drain().collect();
+                            let mut lan = m.lan.lock().unwrap();
+                            let before = lan.len();
+                            lan.extend(found);
+                            if lan.len() > before {
+                                tracing::info!("serf lists {} node(s) not in our member list: swapping lists with them", lan.len() - before);
+                                m.wake.notify_one();
+                            }
+                        }
+                    });
                 }
                 Err(e) => tracing::warn!("no serf: {e}"),
             }

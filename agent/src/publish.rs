@@ -34,6 +34,8 @@ pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
 const WRITE_EVERY: Duration = Duration::from_secs(2);
 /// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
 const MAX_PENDING: usize = 256;
+/// Serf members waiting to be introduced to the mesh, at most.
+const MAX_STRANGERS: usize = 256;
 /// How often waiting mDNS records are checked against the member list (a new node's records
 /// often arrive before its membership has).
 const RECHECK: Duration = Duration::from_millis(250);
@@ -58,6 +60,11 @@ pub struct Sharing {
     pub bootstrap: Vec<String>,
     /// Our probe summary (JSON), served to members over the join port.
     pub summary: Mutex<String>,
+    /// Join services of nodes Serf lists but our member list lacks yet; the mesh swaps member
+    /// lists with them (Serf's keyring proved they hold the community key), so a crowd
+    /// starting at once converges through Serf's gossip instead of one bootstrap node.
+    pub strangers: Mutex<HashSet<SocketAddr>>,
+    pub strangers_found: Notify,
     changed: Notify,
 }
 
@@ -91,6 +98,8 @@ impl Sharing {
             })),
             bootstrap,
             summary: Mutex::new("[]".into()),
+            strangers: Mutex::new(HashSet::new()),
+            strangers_found: Notify::new(),
             changed: Notify::new(),
         })
     }
@@ -331,7 +340,18 @@ pub async fn follow_serf(
                 }
                 match ms.members.get(id) {
                     Some(mem) if mem.address == m.addr => mem.join_port,
-                    _ => continue,
+                    Some(_) => continue,
+                    None => {
+                        let join = m.tags.get("j").and_then(|j| j.parse::<u16>().ok());
+                        if let Some(port) = join.filter(|p| *p != 0) {
+                            let a = SocketAddr::new(m.addr, port);
+                            let mut st = share.strangers.lock().unwrap();
+                            if st.len() < MAX_STRANGERS && st.insert(a) {
+                                share.strangers_found.notify_one();
+                            }
+                        }
+                        continue;
+                    }
                 }
             };
             alive.insert(id.clone());
