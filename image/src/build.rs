@@ -375,10 +375,13 @@ pub fn verify_install(opts: &Options, bundle: Option<PathBuf>) -> Result<(verify
     let installed = rep.stage("install", |step| {
         // Copying the system and building an initramfs under emulation takes many minutes.
         let o = verify::watch(&install_vm, timeout * 4, &dir.join("install-console.log"), &log, step, &|line| {
-            if line.contains("cloudy-install: installed to") {
-                Some(Ok(serde_json::json!({ "installed": line })))
-            } else if let Some(i) = line.find("cloudy-install: FAILED") {
-                Some(Err(line[i..].to_string()))
+            // The script's lines: `cloudy-install: [<seconds> s] <what>`.
+            let i = line.find("cloudy-install: ")?;
+            let said = &line[i..];
+            if said.contains("] installed to ") {
+                Some(Ok(serde_json::json!({ "installed": said })))
+            } else if said.contains("] FAILED") {
+                Some(Err(said.to_string()))
             } else {
                 None
             }
