@@ -23,7 +23,8 @@ arch=$(key arch)
 flavour=$(key kernel_flavour)
 qemu=$(sed -n 's/^system = "\(.*\)"/\1/p' "$board_toml")
 cpu=$(sed -n 's/^cpu = "\(.*\)"/\1/p' "$board_toml")
-packages=$(python3 -c 'import tomllib,sys; print(" ".join(tomllib.load(open("recipes/cloudy.toml","rb"))["packages"]))')
+# The same package list for live-build: the recipe's packages and its ISO-only ones.
+packages=$(python3 -c 'import tomllib; r = tomllib.load(open("recipes/cloudy.toml","rb")); print(" ".join(r["packages"] + r.get("packages_by_format", {}).get("iso", [])))')
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
