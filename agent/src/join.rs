@@ -293,27 +293,30 @@ fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
     Ok(list)
 }
 
-/// Client side: sends our list to the join service at `addr`, returns the peer's list.
-pub async fn exchange(
+/// Client side of every request: hello (with what we want), the peer's challenge, our body
+/// signed with role byte `ask`, and the reply checked under role byte `answer`; gives the reply
+/// body. Roles differ per request kind so an answer of one kind never passes for another.
+async fn request(
     addr: SocketAddr,
     key: &JoinKey,
-    ours: &[Member],
-) -> Result<Vec<Member>, JoinError> {
+    want: Option<&str>,
+    (ask, answer): (u8, u8),
+    body: String,
+) -> Result<String, JoinError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(TcpStream::connect(addr).await?);
         let nc = hex(&random_bytes::<16>());
         c.send(&Hello {
             v: PROTOCOL,
             hello: nc.clone(),
-            want: None,
+            want: want.map(String::from),
         })
         .await?;
         let ch: Challenge = c.recv().await?;
         if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
             return Err(JoinError::Malformed("bad challenge".into()));
         }
-        let body = encode(ours);
-        let mac = key.sign(b'C', &nc, &ch.nonce, &body);
+        let mac = key.sign(ask, &nc, &ch.nonce, &body);
         c.send(&Signed {
             v: PROTOCOL,
             body,
@@ -321,13 +324,23 @@ pub async fn exchange(
         })
         .await?;
         let reply: Signed = c.recv().await?;
-        if !key.verify(b'S', &nc, &ch.nonce, &reply.body, &reply.mac) {
+        if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
             return Err(JoinError::BadMac);
         }
-        decode(&reply.body)
+        Ok(reply.body)
     })
     .await
     .map_err(|_| JoinError::Timeout)?
+}
+
+/// Client side: sends our list to the join service at `addr`, returns the peer's list.
+pub async fn exchange(
+    addr: SocketAddr,
+    key: &JoinKey,
+    ours: &[Member],
+) -> Result<Vec<Member>, JoinError> {
+    let reply = request(addr, key, None, (b'C', b'S'), encode(ours)).await?;
+    decode(&reply)
 }
 
 /// Client side of a services fetch: the records the member at `addr` publishes, each
@@ -337,34 +350,8 @@ pub async fn fetch_services(
     key: &JoinKey,
     node_id: &str,
 ) -> Result<Vec<Record>, JoinError> {
-    tokio::time::timeout(TIMEOUT, async {
-        let mut c = Conn::new(TcpStream::connect(addr).await?);
-        let nc = hex(&random_bytes::<16>());
-        c.send(&Hello {
-            v: PROTOCOL,
-            hello: nc.clone(),
-            want: Some(WANT_SERVICES.into()),
-        })
-        .await?;
-        let ch: Challenge = c.recv().await?;
-        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
-            return Err(JoinError::Malformed("bad challenge".into()));
-        }
-        let mac = key.sign(b'Q', &nc, &ch.nonce, "");
-        c.send(&Signed {
-            v: PROTOCOL,
-            body: String::new(),
-            mac,
-        })
-        .await?;
-        let reply: Signed = c.recv().await?;
-        if !key.verify(b'R', &nc, &ch.nonce, &reply.body, &reply.mac) {
-            return Err(JoinError::BadMac);
-        }
-        Ok(catalog::parse_list(reply.body.as_bytes(), node_id)?)
-    })
-    .await
-    .map_err(|_| JoinError::Timeout)?
+    let reply = request(addr, key, Some(WANT_SERVICES), (b'Q', b'R'), String::new()).await?;
+    Ok(catalog::parse_list(reply.as_bytes(), node_id)?)
 }
 
 /// Client side of a scores fetch: the member's probe summary, checked by `probe`.
@@ -372,34 +359,8 @@ pub async fn fetch_scores(
     addr: SocketAddr,
     key: &JoinKey,
 ) -> Result<Vec<crate::probe::Summary>, JoinError> {
-    tokio::time::timeout(TIMEOUT, async {
-        let mut c = Conn::new(TcpStream::connect(addr).await?);
-        let nc = hex(&random_bytes::<16>());
-        c.send(&Hello {
-            v: PROTOCOL,
-            hello: nc.clone(),
-            want: Some(WANT_SCORES.into()),
-        })
-        .await?;
-        let ch: Challenge = c.recv().await?;
-        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
-            return Err(JoinError::Malformed("bad challenge".into()));
-        }
-        let mac = key.sign(b'P', &nc, &ch.nonce, "");
-        c.send(&Signed {
-            v: PROTOCOL,
-            body: String::new(),
-            mac,
-        })
-        .await?;
-        let reply: Signed = c.recv().await?;
-        if !key.verify(b'V', &nc, &ch.nonce, &reply.body, &reply.mac) {
-            return Err(JoinError::BadMac);
-        }
-        crate::probe::parse_summary(reply.body.as_bytes()).map_err(JoinError::Malformed)
-    })
-    .await
-    .map_err(|_| JoinError::Timeout)?
+    let reply = request(addr, key, Some(WANT_SCORES), (b'P', b'V'), String::new()).await?;
+    crate::probe::parse_summary(reply.as_bytes()).map_err(JoinError::Malformed)
 }
 
 /// Client side of a service request: the provider's answer fields, or its refusal.
@@ -408,43 +369,17 @@ pub async fn ask_service(
     key: &JoinKey,
     req: &ServiceAsk,
 ) -> Result<std::collections::BTreeMap<String, String>, JoinError> {
-    tokio::time::timeout(TIMEOUT, async {
-        let mut c = Conn::new(TcpStream::connect(addr).await?);
-        let nc = hex(&random_bytes::<16>());
-        c.send(&Hello {
-            v: PROTOCOL,
-            hello: nc.clone(),
-            want: Some(WANT_ASK.into()),
-        })
-        .await?;
-        let ch: Challenge = c.recv().await?;
-        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
-            return Err(JoinError::Malformed("bad challenge".into()));
-        }
-        let body = serde_json::to_string(req).expect("requests serialise");
-        let mac = key.sign(b'A', &nc, &ch.nonce, &body);
-        c.send(&Signed {
-            v: PROTOCOL,
-            body,
-            mac,
-        })
-        .await?;
-        let reply: Signed = c.recv().await?;
-        if !key.verify(b'B', &nc, &ch.nonce, &reply.body, &reply.mac) {
-            return Err(JoinError::BadMac);
-        }
-        if reply.body.len() > MAX_ASK {
-            return Err(JoinError::TooLong);
-        }
-        let a: ServiceAnswer =
-            serde_json::from_str(&reply.body).map_err(|e| JoinError::Malformed(e.to_string()))?;
-        match a.error {
-            Some(e) => Err(JoinError::Refused(e)),
-            None => Ok(a.fields),
-        }
-    })
-    .await
-    .map_err(|_| JoinError::Timeout)?
+    let body = serde_json::to_string(req).expect("requests serialise");
+    let reply = request(addr, key, Some(WANT_ASK), (b'A', b'B'), body).await?;
+    if reply.len() > MAX_ASK {
+        return Err(JoinError::TooLong);
+    }
+    let a: ServiceAnswer =
+        serde_json::from_str(&reply).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    match a.error {
+        Some(e) => Err(JoinError::Refused(e)),
+        None => Ok(a.fields),
+    }
 }
 
 /// Server side for one connection. `merge` takes the authenticated peer's list and returns
