@@ -113,6 +113,8 @@ fn bad_input_is_named_and_leaves_no_output() {
         let p = tmp.path().join(name);
         std::fs::write(&p, body).unwrap();
         std::fs::write(tmp.path().join("seed.toml"), "version = 1\n").unwrap();
+        // The recipe's other files sit next to it.
+        std::fs::copy(repo().join("recipes/tahoe-requirements.txt"), tmp.path().join("tahoe-requirements.txt")).unwrap();
         p
     };
     let base = std::fs::read_to_string(repo().join("recipes/cloudy.toml")).unwrap().replace("default-seed.toml", "seed.toml");
