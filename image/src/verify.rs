@@ -99,9 +99,8 @@ pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) 
         (VerifyError::Timeout { seconds, tail, log }, Some(ready)) => {
             VerifyError::ServicesTimeout { seconds, enabled: enabled_services(ready).join(", "), tail, log }
         }
-        (VerifyError::Timeout { tail, log, .. } | VerifyError::Guest { tail, log, .. }, None) if late.get() || started.elapsed() > Duration::from_secs(timeout_s) => {
-            VerifyError::Timeout { seconds: timeout_s, tail, log }
-        }
+        (VerifyError::Timeout { tail, log, .. }, None) => VerifyError::Timeout { seconds: timeout_s, tail, log },
+        (VerifyError::Guest { tail, log, .. }, None) if late.get() => VerifyError::Timeout { seconds: timeout_s, tail, log },
         (e, _) => e,
     })?;
     log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
@@ -122,7 +121,8 @@ fn services_watch(waiting: &std::cell::RefCell<Option<serde_json::Value>>, line:
         return None;
     }
     let report = parse_services(line)?;
-    let mut ready = waiting.borrow_mut().take()?;
+    // Cloned, not taken: a failure reported here must still be known as past the ready line.
+    let mut ready = waiting.borrow().clone()?;
     let running: Vec<&str> = report["running"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
     let missing: Vec<String> = enabled_services(&ready)
         .into_iter()
@@ -258,6 +258,7 @@ mod tests {
         let bad = r#"{"cloudy":"services","running":["syncthing"],"failed":{"tahoe-introducer":"tahoe not installed"}}"#;
         let e = services_watch(&w, bad).unwrap().unwrap_err();
         assert!(e.contains("tahoe-introducer (tahoe not installed)"), "{e}");
+        assert!(w.borrow().is_some(), "a failed services line is still past the ready line");
     }
 
     #[test]
