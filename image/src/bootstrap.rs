@@ -101,18 +101,7 @@ struct KeyInput<'a> {
 }
 
 /// The recipe's `[[pip]]` entries that apply to this board, with their requirements text
-/// (their Debian packages are in the package set, so in the key too).
-fn pip_for<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a str, &'a str)> {
-    recipe
-        .recipe
-        .pip
-        .iter()
-        .zip(&recipe.pip_requirements)
-        .filter(|(p, _)| p.applies_to(board.arch.debian()))
-        .map(|(p, text)| (p.venv.as_str(), text.as_str()))
-        .collect()
-}
-
+/// (their Debian packages go into the package set, so into the key too).
 fn pip_entries<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a crate::recipe::Pip, &'a str)> {
     recipe.recipe.pip.iter().zip(&recipe.pip_requirements).filter(|(p, _)| p.applies_to(board.arch.debian())).map(|(p, t)| (p, t.as_str())).collect()
 }
@@ -128,11 +117,11 @@ pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     if let Some(extra) = recipe.recipe.packages_by_format.get(&board.format) {
         p.extend(extra.iter().cloned());
     }
-    let pip: Vec<_> = recipe.recipe.pip.iter().filter(|e| e.applies_to(board.arch.debian())).collect();
+    let pip = pip_entries(board, recipe);
     if !pip.is_empty() {
         p.push("python3-venv".into());
     }
-    for e in pip {
+    for (e, _) in pip {
         p.extend(e.debian.iter().cloned());
     }
     p.sort();
@@ -154,7 +143,7 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         board_components: &board.components,
         initramfs_modules: board.initramfs_modules.as_deref(),
         initramfs: board.initramfs,
-        pip: pip_for(board, recipe),
+        pip: pip_entries(board, recipe).into_iter().map(|(e, text)| (e.venv.as_str(), text)).collect(),
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
 }
