@@ -108,7 +108,7 @@ pub struct Recipe {
     #[serde(default)]
     pub packages: Vec<String>,
     /// More packages for one image format only, e.g. `{ iso = ["ffmpeg"] }`: what makes a
-    /// desktop's live stick a stream source would cost an SD card 80 MB.
+    /// desktop's live stick a stream source would make an SD card much bigger.
     #[serde(default)]
     pub packages_by_format: std::collections::BTreeMap<crate::board::Format, Vec<String>>,
     #[serde(default)]
