@@ -416,28 +416,26 @@ pub async fn serve_all(
             nonce: ns.clone(),
         })
         .await?;
-        match hello.want.as_deref() {
-            None => {}
-            Some(WANT_SERVICES) => {
-                let req: Signed = c.recv().await?;
-                if !req.body.is_empty() || !key.verify(b'Q', &hello.hello, &ns, "", &req.mac) {
-                    return Err(JoinError::BadMac);
-                }
-                let body = serde_json::to_string(&services()).expect("records serialise");
-                let mac = key.sign(b'R', &hello.hello, &ns, &body);
-                c.send(&Signed {
-                    v: PROTOCOL,
-                    body,
-                    mac,
-                })
-                .await?;
-                return Ok(0);
+        // The same signed request/answer for every kind; only the role bytes and the body
+        // differ (the client side is `request`).
+        let (asked, answers) = match hello.want.as_deref() {
+            None => (b'C', b'S'),
+            Some(WANT_SERVICES) => (b'Q', b'R'),
+            Some(WANT_ASK) => (b'A', b'B'),
+            Some(WANT_SCORES) => (b'P', b'V'),
+            Some(_) => return Err(JoinError::Malformed("unknown request".into())),
+        };
+        let req: Signed = c.recv().await?;
+        if !key.verify(asked, &hello.hello, &ns, &req.body, &req.mac) {
+            return Err(JoinError::BadMac);
+        }
+        let (body, n) = match hello.want.as_deref() {
+            None => {
+                let theirs = decode(&req.body)?;
+                let n = theirs.len();
+                (encode(&merge(theirs)), n)
             }
             Some(WANT_ASK) => {
-                let req: Signed = c.recv().await?;
-                if !key.verify(b'A', &hello.hello, &ns, &req.body, &req.mac) {
-                    return Err(JoinError::BadMac);
-                }
                 if req.body.len() > MAX_ASK {
                     return Err(JoinError::TooLong);
                 }
@@ -453,41 +451,20 @@ pub async fn serve_all(
                         fields: Default::default(),
                     },
                 };
-                let body = serde_json::to_string(&answer).expect("answers serialise");
-                let mac = key.sign(b'B', &hello.hello, &ns, &body);
-                c.send(&Signed {
-                    v: PROTOCOL,
-                    body,
-                    mac,
-                })
-                .await?;
-                return Ok(0);
+                (
+                    serde_json::to_string(&answer).expect("answers serialise"),
+                    0,
+                )
             }
-            Some(WANT_SCORES) => {
-                let req: Signed = c.recv().await?;
-                if !req.body.is_empty() || !key.verify(b'P', &hello.hello, &ns, "", &req.mac) {
-                    return Err(JoinError::BadMac);
-                }
-                let body = scores();
-                let mac = key.sign(b'V', &hello.hello, &ns, &body);
-                c.send(&Signed {
-                    v: PROTOCOL,
-                    body,
-                    mac,
-                })
-                .await?;
-                return Ok(0);
-            }
-            Some(_) => return Err(JoinError::Malformed("unknown request".into())),
-        }
-        let req: Signed = c.recv().await?;
-        if !key.verify(b'C', &hello.hello, &ns, &req.body, &req.mac) {
-            return Err(JoinError::BadMac);
-        }
-        let theirs = decode(&req.body)?;
-        let n = theirs.len();
-        let body = encode(&merge(theirs));
-        let mac = key.sign(b'S', &hello.hello, &ns, &body);
+            // Services and scores fetches carry no body.
+            _ if !req.body.is_empty() => return Err(JoinError::BadMac),
+            Some(WANT_SERVICES) => (
+                serde_json::to_string(&services()).expect("records serialise"),
+                0,
+            ),
+            _ => (scores(), 0),
+        };
+        let mac = key.sign(answers, &hello.hello, &ns, &body);
         c.send(&Signed {
             v: PROTOCOL,
             body,
