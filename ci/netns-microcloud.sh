@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A microcloud on one machine: a network namespace per node, each joined by a veth pair to a
-# bridge that lives in its own namespace. Nothing touches the host's own network.
+# bridge that lives in its own namespace. Nothing touches the host's own network, except that
+# `up` raises (never lowers) the kernel's neighbour (ARP/NDP) table limits: that table is shared
+# by every namespace, and N nodes each knowing N peers on eth0 and on the VPN overflow its
+# default of 1024 entries from about 20 nodes ("neighbor table overflow", ENOBUFS on send).
 #
 #   netns-microcloud.sh up PREFIX N     bridge namespace PREFIX-br and nodes PREFIX-n1..nN
 #   netns-microcloud.sh add PREFIX I    one more node, PREFIX-nI
@@ -43,6 +46,19 @@ down() {
     # shellcheck disable=SC2086
     [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+# Room for every node to know every other one on two links, IPv4 and IPv6, plus other tests.
+neigh_room() {
+  local n=$1 want fam cur
+  want=$((4 * n * n + 1024))
+  for fam in ipv4 ipv6; do
+    cur=$(sysctl -n "net.$fam.neigh.default.gc_thresh3" 2>/dev/null) || continue
+    [ "$cur" -ge "$want" ] && continue
+    sysctl -qw "net.$fam.neigh.default.gc_thresh1=$((want / 2))" \
+      "net.$fam.neigh.default.gc_thresh2=$((want * 3 / 4))" \
+      "net.$fam.neigh.default.gc_thresh3=$want"
   done
 }
 
@@ -96,6 +112,7 @@ case $1 in
     [ $# -eq 3 ] || usage
     [ ${#2} -le 10 ] || { echo "prefix $2 too long (<= 10)" >&2; exit 2; }
     down "$2"
+    neigh_room "$3"
     bridge_up "$2"
     for i in $(seq 1 "$3"); do node_add "$2" "$i"; done
     ;;

@@ -242,7 +242,11 @@ impl Node {
             .arg(&self.root)
             .args(["run", "--manage-network", "--tincd"])
             .arg(tincd().unwrap())
-            .env("CLOUDY_LOG", "info")
+            // CLOUDY_NODE_LOG raises the nodes' log level when a run needs debugging.
+            .env(
+                "CLOUDY_LOG",
+                std::env::var("CLOUDY_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out)
@@ -343,7 +347,12 @@ impl Cloud {
             .status()
             .unwrap();
         assert!(st.success(), "harness up failed");
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // CLOUDY_KEEP keeps every node's root and log for a look after the run.
+        if std::env::var_os("CLOUDY_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("microcloud: node roots kept in {}", dir.path().display());
+        }
         let nodes = (1..=n)
             .map(|i| Node {
                 i,
