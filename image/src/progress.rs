@@ -1,8 +1,9 @@
 //! What the user sees while a build runs: one spinner per stage with the tool's latest line,
 //! a line per finished stage, and the closing summary table.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A running stage. Cheap to clone: the threads draining a tool's output update it too.
@@ -31,9 +32,12 @@ pub struct StageTime {
     pub note: String,
 }
 
+/// Reports stages; `stage` takes `&self`, so two independent stages can run at once from
+/// scoped threads (each gets its own spinner line).
 pub struct Reporter {
     interactive: bool,
-    pub times: Vec<StageTime>,
+    bars: MultiProgress,
+    times: Mutex<Vec<StageTime>>,
 }
 
 impl Default for Reporter {
@@ -44,13 +48,29 @@ impl Default for Reporter {
 
 impl Reporter {
     pub fn new() -> Reporter {
-        Reporter { interactive: std::io::stderr().is_terminal(), times: Vec::new() }
+        let interactive = std::io::stderr().is_terminal();
+        let target = if interactive { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Reporter { interactive, bars: MultiProgress::with_draw_target(target), times: Mutex::new(Vec::new()) }
+    }
+
+    /// The stages finished so far, in the order they finished.
+    pub fn times(&self) -> Vec<StageTime> {
+        self.times.lock().expect("not poisoned").clone()
+    }
+
+    fn say(&self, line: &str) {
+        if self.interactive {
+            // Above the spinners, which would otherwise draw over it.
+            let _ = self.bars.println(line);
+        } else {
+            eprintln!("{line}");
+        }
     }
 
     /// Runs one stage under a spinner and records its time and a short note (e.g. "cached").
-    pub fn stage<T, E>(&mut self, name: &str, f: impl FnOnce(&Step) -> Result<(T, String), E>) -> Result<T, E> {
+    pub fn stage<T, E>(&self, name: &str, f: impl FnOnce(&Step) -> Result<(T, String), E>) -> Result<T, E> {
         let bar = if self.interactive {
-            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let b = self.bars.add(ProgressBar::new_spinner());
             b.set_style(
                 ProgressStyle::with_template("{spinner} {prefix:<10} {elapsed:>4} {wide_msg}")
                     .expect("static template"),
@@ -67,18 +87,14 @@ impl Reporter {
         let result = f(&step);
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        match result {
-            Ok((value, note)) => {
-                eprintln!("  ok  {name:<10} {:>7}  {note}", fmt_secs(seconds));
-                self.times.push(StageTime { stage: name.into(), seconds, note });
-                Ok(value)
-            }
-            Err(e) => {
-                eprintln!("  FAIL {name:<9} {:>7}", fmt_secs(seconds));
-                self.times.push(StageTime { stage: name.into(), seconds, note: "failed".into() });
-                Err(e)
-            }
-        }
+        self.bars.remove(&bar);
+        let (line, note, out) = match result {
+            Ok((value, note)) => (format!("  ok  {name:<10} {:>7}  {note}", fmt_secs(seconds)), note, Ok(value)),
+            Err(e) => (format!("  FAIL {name:<9} {:>7}", fmt_secs(seconds)), "failed".to_string(), Err(e)),
+        };
+        self.say(&line);
+        self.times.lock().expect("not poisoned").push(StageTime { stage: name.into(), seconds, note });
+        out
     }
 }
 
