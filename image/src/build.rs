@@ -10,7 +10,7 @@ use crate::cmd::Log;
 use crate::progress::{fmt_secs, fmt_size, table, Reporter};
 use crate::qemu::{Accel, Boot, Media, Vm};
 use crate::recipe::Recipe;
-use crate::{binfmt, bmap, bootstrap, cache, compress, customise, finish, iso, pxe, sdcard, seed_image, squashfs, tools, verify};
+use crate::{binfmt, bmap, bootstrap, cache, compress, customise, finish, http, iso, pxe, sdcard, seed_image, squashfs, tools, verify};
 
 /// A build needs room for the rootfs, its squashfs and the ISO.
 const MIN_FREE: u64 = 3 << 30;
@@ -267,7 +267,7 @@ pub fn run(opts: &Options) -> Result<Built> {
         };
         // SD images boot from the raw image (the .img.xz is for flashing); ISO and PXE as built.
         let bootable = if board.format == Format::Sdcard { &raw_img } else { &final_out };
-        let vm = vm_for(&board, bootable, &work.join("boot-files"), opts.accel, boot, &log)?;
+        let (vm, _http) = vm_for(&board, bootable, &work.join("boot-files"), opts.accel, boot, &log)?;
         let outcome = rep.stage("verify", |step| {
             let o = verify::run(&vm, r.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;
             let note = format!("ready in {} ({:?}, {:?}), kernel {}", fmt_secs(o.seconds), opts.accel, boot, o.ready["kernel"].as_str().unwrap_or("?"));
@@ -307,11 +307,15 @@ fn print_summary(m: &finish::Manifest, dir: &Path, total: f64) {
 
 /// How QEMU boots `image` for `board`: an ISO through its own boot loader; an SD image with the
 /// kernel and initrd taken from its FAT partition (the `virt` machine has no Pi firmware) and
-/// its root partition found by the PARTUUID in its MBR.
-pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Accel, boot: Boot, log: &Log) -> Result<Vm<'a>> {
+/// its root partition found by the PARTUUID in its MBR; a PXE bundle through its own boot.ipxe,
+/// fetching the live ISO over HTTP from a loopback server (the returned guard keeps it up).
+pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Accel, boot: Boot, log: &Log) -> Result<(Vm<'a>, Option<http::Server>)> {
     Ok(match board.format {
-        Format::Iso => Vm { board, media: Media::Cdrom(image), accel, boot, direct: None, disk: None },
-        Format::Pxe => Vm { board, media: Media::Pxe(image, "boot.ipxe"), accel, boot, direct: None, disk: None },
+        Format::Iso => (Vm { board, media: Media::Cdrom(image), accel, boot, direct: None, disk: None }, None),
+        Format::Pxe => {
+            let (media, server) = pxe_media(image, scratch, "verify.ipxe", &[])?;
+            (Vm { board, media, accel, boot, direct: None, disk: None }, Some(server))
+        }
         Format::Sdcard => {
             let _ = std::fs::remove_dir_all(scratch);
             std::fs::create_dir_all(scratch)?;
@@ -319,9 +323,21 @@ pub fn vm_for<'a>(board: &'a Board, image: &'a Path, scratch: &Path, accel: Acce
             let (kernel, initrd) = sdcard::kernel_and_initrd(scratch)?;
             let (disk_id, _) = seed_image::sd_layout(image)?;
             let append = sdcard::cmdline(board, disk_id, board.emulated_console());
-            Vm { board, media: Media::Disk(image), accel, boot, direct: Some((kernel, initrd, append)), disk: None }
+            (Vm { board, media: Media::Disk(image), accel, boot, direct: Some((kernel, initrd, append)), disk: None }, None)
         }
     })
+}
+
+/// A test network boot of `bundle`: a TFTP root in `scratch` whose `script` sets `vars` and
+/// `cloudy_http`, then chains the bundle's boot.ipxe; and the HTTP server it points at.
+fn pxe_media(bundle: &Path, scratch: &Path, script: &str, vars: &[(&str, &str)]) -> Result<(Media<'static>, http::Server)> {
+    let server = http::serve(bundle).with_context(|| format!("serving {} over HTTP on loopback", bundle.display()))?;
+    let url = format!("http://{}", http::GUEST_ADDR);
+    let mut all = vars.to_vec();
+    all.push(("cloudy_http", &url));
+    pxe::test_root(bundle, scratch, script, &all)?;
+    let media = Media::Pxe { root: scratch.to_path_buf(), bootfile: script.into(), http: Some(server.port()) };
+    Ok((media, server))
 }
 
 /// `cloudy-image verify`: boots a built (or customised) image and prints its ready line.
@@ -341,7 +357,7 @@ pub fn verify_only(opts: &Options, image: Option<PathBuf>) -> Result<verify::Out
         bail!("{} does not exist\n  fix: build it first: cloudy-image build --board {}", image.display(), board.name);
     }
     let log = Log::to_file(&dir.join("build.log"))?;
-    let vm = vm_for(&board, &image, &work.join("boot-files"), opts.accel, opts.boot, &log)?;
+    let (vm, _http) = vm_for(&board, &image, &work.join("boot-files"), opts.accel, opts.boot, &log)?;
     let rep = Reporter::new();
     let o = rep.stage("verify", |step| {
         let o = verify::run(&vm, recipe.recipe.verify.timeout_s, &dir.join("verify-console.log"), &log, step)?;
@@ -368,26 +384,15 @@ pub fn verify_install(opts: &Options, bundle: Option<PathBuf>) -> Result<(verify
         bail!("{} is not a PXE bundle\n  fix: cloudy-image build --board {}", bundle.display(), board.name);
     }
     let log = Log::to_file(&dir.join("build.log"))?;
-    // A TFTP root that is the bundle plus one script choosing install mode onto QEMU's disk.
-    let tftp = work.join("install-tftp");
-    let _ = std::fs::remove_dir_all(&tftp);
-    std::fs::create_dir_all(&tftp)?;
-    for e in std::fs::read_dir(&bundle)? {
-        let e = e?;
-        let to = tftp.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            continue;
-        }
-        std::fs::hard_link(e.path(), &to).or_else(|_| std::fs::copy(e.path(), &to).map(|_| ()))?;
-    }
-    std::fs::write(tftp.join("install.ipxe"), "#!ipxe\nset cloudy_install /dev/vda\nchain boot.ipxe\n")?;
+    // The bundle plus one script choosing install mode onto QEMU's disk.
+    let (media, _http) = pxe_media(&bundle, &work.join("install-tftp"), "install.ipxe", &[("cloudy_install", "/dev/vda")])?;
     let disk = work.join("install-disk.raw");
     let _ = std::fs::remove_file(&disk);
     std::fs::File::create(&disk)?.set_len(4 << 30)?;
 
     let rep = Reporter::new();
     let timeout = recipe.recipe.verify.timeout_s;
-    let install_vm = Vm { board: &board, media: Media::Pxe(&tftp, "install.ipxe"), accel: opts.accel, boot: Boot::Bios, direct: None, disk: Some(&disk) };
+    let install_vm = Vm { board: &board, media, accel: opts.accel, boot: Boot::Bios, direct: None, disk: Some(&disk) };
     let installed = rep.stage("install", |step| {
         // Copying the system and building an initramfs under emulation takes many minutes.
         let o = verify::watch(&install_vm, timeout * 4, &dir.join("install-console.log"), &log, step, &|line| {

@@ -1,7 +1,8 @@
 //! cloudy-image: from a recipe and a board definition to a verified Cloudy image.
 //!
 //! Stages, in order: [`bootstrap`] (cached rootfs), [`squashfs`] (cached base layer),
-//! [`agent`] (cross-built), [`customise`] (the Cloudy layer), [`iso`], [`finish`], [`verify`].
+//! [`agent`] (cross-built, beside the bootstrap), [`customise`] (the Cloudy layer), [`iso`],
+//! [`sdcard`] or [`pxe`], [`finish`], [`verify`].
 
 pub mod agent;
 pub mod binfmt;
@@ -15,6 +16,7 @@ pub mod compress;
 pub mod config;
 pub mod customise;
 pub mod finish;
+pub mod http;
 pub mod iso;
 pub mod progress;
 pub mod pxe;

@@ -23,10 +23,14 @@ pub enum PxeError {
 /// The live medium inside the bundle, fetched by live-boot.
 pub const LIVE_ISO: &str = "cloudy.iso";
 
-/// Kernel options of a PXE boot. `tftp:///` means "the server this machine booted from"
-/// (live-boot fills in the DHCP next-server), so the bundle works on any TFTP server.
-pub fn cmdline(board: &Board, install: Option<&str>) -> String {
-    let base = iso::cmdline(board).replacen("boot=live", &format!("boot=live fetch=tftp:///{LIVE_ISO}"), 1);
+/// Where live-boot fetches the live ISO by default: `tftp:///` means "the server this machine
+/// booted from" (live-boot fills in the DHCP next-server), so the bundle works on any TFTP
+/// server. iPXE users can fetch over HTTP instead (`cloudy_http`), about ten times faster.
+pub const TFTP_FETCH: &str = "tftp:///cloudy.iso";
+
+/// Kernel options of a PXE boot fetching the live ISO from `fetch`.
+pub fn cmdline(board: &Board, fetch: &str, install: Option<&str>) -> String {
+    let base = iso::cmdline(board).replacen("boot=live", &format!("boot=live fetch={fetch}"), 1);
     match install {
         Some(disk) => format!("{base} cloudy.install={disk}"),
         None => base,
@@ -48,16 +52,20 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
     copy(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &tmp.join("pxelinux.0"))?;
     copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &tmp.join("ldlinux.c32"))?;
 
-    let live = cmdline(board, None);
-    let install = |disk: &str| cmdline(board, Some(disk));
+    let ipxe_live = cmdline(board, "${cloudy_fetch}", None);
+    let ipxe_install = cmdline(board, "${cloudy_fetch}", Some("${cloudy_install}"));
     write(
         &tmp.join("boot.ipxe"),
         &format!(
             "#!ipxe\n\
              # Cloudy network boot for {board} (live). To install to a disk instead, set\n\
              # cloudy_install first, e.g. `set cloudy_install /dev/sda` before chaining this script.\n\
+             # To fetch the live system over HTTP (much faster than TFTP), serve this directory\n\
+             # there too and set cloudy_http to its URL, e.g. `set cloudy_http http://10.0.0.1/cloudy`.\n\
+             set cloudy_fetch {TFTP_FETCH}\n\
+             isset ${{cloudy_http}} && set cloudy_fetch ${{cloudy_http}}/{LIVE_ISO} ||\n\
              isset ${{cloudy_install}} && goto install ||\n\
-             kernel vmlinuz initrd=initrd.img {live}\n\
+             kernel vmlinuz initrd=initrd.img {ipxe_live}\n\
              initrd initrd.img\n\
              boot\n\
              :install\n\
@@ -65,9 +73,10 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
              initrd initrd.img\n\
              boot\n",
             board = board.name,
-            install_ipxe = install("${cloudy_install}"),
+            install_ipxe = ipxe_install,
         ),
     )?;
+    let live = cmdline(board, TFTP_FETCH, None);
     let unit = board.console_device().trim_start_matches("ttyS").parse::<u32>().unwrap_or(0);
     write(
         &tmp.join("pxelinux.cfg/default"),
@@ -75,14 +84,15 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
             "SERIAL {unit} 115200\nDEFAULT live\nPROMPT 0\nTIMEOUT 0\n\n\
              LABEL live\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {live}\n\n\
              LABEL install\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {}\n",
-            install(DEFAULT_INSTALL_DISK)
+            cmdline(board, TFTP_FETCH, Some(DEFAULT_INSTALL_DISK))
         ),
     )?;
     write(
         &tmp.join("README.txt"),
         &format!(
             "Cloudy PXE bundle for {}.\n\nServe this directory over TFTP. iPXE: boot boot.ipxe (set cloudy_install=/dev/XXX\n\
-             first to install to that disk). PXELINUX: pxelinux.0, entries `live` (default) and\n\
+             first to install to that disk; set cloudy_http=http://server/dir, where this directory is\n\
+             also served over HTTP, to fetch {LIVE_ISO} over HTTP: much faster). PXELINUX: pxelinux.0, entries `live` (default) and\n\
              `install` ({DEFAULT_INSTALL_DISK}). The live system is {LIVE_ISO}; put a seed in it with\n\
              `cloudy-image customise {LIVE_ISO} --seed cloudy.toml`.\n",
             board.name
@@ -90,6 +100,25 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
     )?;
     cache::set_tree_mtime(&tmp, epoch).map_err(|e| io("setting times under", &tmp, e))?;
     cache::publish(&tmp, out).map_err(|e| io("renaming", &tmp, e))
+}
+
+/// A TFTP root for a test boot: the bundle's files (linked) plus `script`, an iPXE script that
+/// sets `vars` and chains the bundle's own boot.ipxe, so what is tested is the shipped script.
+pub fn test_root(bundle: &Path, root: &Path, script: &str, vars: &[(&str, &str)]) -> Result<(), PxeError> {
+    cache::remove_any(root).map_err(|e| io("removing", root, e))?;
+    fs::create_dir_all(root).map_err(|e| io("creating", root, e))?;
+    for e in fs::read_dir(bundle).map_err(|e| io("reading", bundle, e))? {
+        let e = e.map_err(|e| io("reading", bundle, e))?;
+        if e.path().is_file() {
+            link(&e.path(), &root.join(e.file_name()))?;
+        }
+    }
+    let mut text = String::from("#!ipxe\n");
+    for (k, v) in vars {
+        text.push_str(&format!("set {k} {v}\n"));
+    }
+    text.push_str("chain boot.ipxe\n");
+    write(&root.join(script), &text)
 }
 
 fn link(from: &Path, to: &Path) -> Result<(), PxeError> {
@@ -119,9 +148,9 @@ mod tests {
     fn live_and_install_cmdlines() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hardware");
         let (b, _) = Board::load(&root.join("pxe-686-pae.toml")).unwrap();
-        let live = cmdline(&b, None);
+        let live = cmdline(&b, TFTP_FETCH, None);
         assert!(live.starts_with("boot=live fetch=tftp:///cloudy.iso "), "{live}");
         assert!(!live.contains("cloudy.install"));
-        assert!(cmdline(&b, Some("/dev/vda")).ends_with("cloudy.install=/dev/vda"));
+        assert!(cmdline(&b, TFTP_FETCH, Some("/dev/vda")).ends_with("cloudy.install=/dev/vda"));
     }
 }

@@ -30,9 +30,10 @@ pub enum Media<'a> {
     Cdrom(&'a Path),
     /// A disk image, opened with `-snapshot`: booting must not change a built image.
     Disk(&'a Path),
-    /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with the
-    /// given boot file (an iPXE script).
-    Pxe(&'a Path, &'a str),
+    /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with
+    /// `bootfile` (an iPXE script); with `http`, the guest also reaches the loopback HTTP
+    /// server on that port as http://10.0.2.100 (`http::GUEST_ADDR`).
+    Pxe { root: PathBuf, bootfile: String, http: Option<u16> },
 }
 
 pub struct Vm<'a> {
@@ -55,9 +56,11 @@ impl Vm<'_> {
         c.args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
             .args(["-machine", &q.machine, "-cpu", &q.cpu, "-m", &q.memory_mib.to_string(), "-smp", "2"])
             .args(["-display", "none", "-no-reboot"]);
-        match self.media {
-            Media::Pxe(bundle, bootfile) => {
-                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile}", bundle.display())]);
+        match &self.media {
+            Media::Pxe { root, bootfile, http } => {
+                // restrict=on still allows guestfwd: the guest reaches that one loopback port.
+                let fwd = http.map(|p| format!(",guestfwd=tcp:{}:80-tcp:127.0.0.1:{p}", crate::http::GUEST_ADDR)).unwrap_or_default();
+                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile}{fwd}", root.display())]);
                 c.args(["-boot", "n"]);
             }
             _ => {
@@ -65,7 +68,7 @@ impl Vm<'_> {
             }
         }
         match self.media {
-            Media::Pxe(..) => {}
+            Media::Pxe { .. } => {}
             Media::Cdrom(iso) => {
                 c.arg("-cdrom").arg(iso);
             }
