@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Per-board build and boot numbers for SD card and PXE boards, measured in this run:
-# cold build (empty image cache), warm rebuild, image size, xz throughput, boot to ready
+# cold build (empty image cache and a fresh checkout of HEAD, so the agent compiles from
+# scratch too; uncommitted changes are not measured), warm rebuild, image size, xz throughput, boot to ready
 # under emulation, PXE install time. Prints one table.
 #
 #   bench/boards.sh                      # rpi3 and pxe-686-pae
@@ -14,6 +15,12 @@ BIN=${CLOUDY_IMAGE_BIN:-target/release/cloudy-image}
 [ -x "$BIN" ] || { echo "bench/boards.sh: $BIN missing: make tool" >&2; exit 1; }
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
+src=$BENCH_DIR/src
+git worktree prune
+git worktree add -q --detach "$src" HEAD
+trap 'git worktree remove --force "$src" 2>/dev/null || true' EXIT
+echo "bench: measuring $(git rev-parse --short HEAD) from $src" >&2
+src_args=(--source "$src")
 log=$BENCH_DIR/bench.log
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
@@ -25,23 +32,23 @@ for b in $BOARDS; do
   out=$BENCH_DIR/out
   echo "bench: $b cold build (empty cache) and verify..." >&2
   t0=$(now)
-  "$BIN" build --board "$b" --cache "$cache" --out "$out" --no-verify >>"$log" 2>&1
+  "$BIN" build "${src_args[@]}" --recipe "$src/recipes/cloudy.toml" --board "$b" --cache "$cache" --out "$out" --no-verify >>"$log" 2>&1
   cold=$(secs "$t0" "$(now)")
   echo "bench: $b warm rebuild..." >&2
   t0=$(now)
-  "$BIN" build --board "$b" --cache "$cache" --out "$out" --no-verify >>"$log" 2>&1
+  "$BIN" build "${src_args[@]}" --recipe "$src/recipes/cloudy.toml" --board "$b" --cache "$cache" --out "$out" --no-verify >>"$log" 2>&1
   warm=$(secs "$t0" "$(now)")
   # `verify` logs "verify: ready after N s" in the board's build.log (no verify.json: that one
   # is the build's own verify stage, skipped above).
   ready=failed
-  if "$BIN" verify --board "$b" --out "$out" >>"$log" 2>&1; then
+  if "$BIN" verify "${src_args[@]}" --board "$b" --out "$out" >>"$log" 2>&1; then
     ready=$(grep -o 'verify: ready after [0-9.]* s' "$out/$b/build.log" | tail -1 | awk '{print $4}')
   fi
   install=-
   if [[ $b == pxe-* ]]; then
     echo "bench: $b install to a blank disk..." >&2
     t0=$(now)
-    if "$BIN" verify --board "$b" --out "$out" --install >>"$log" 2>&1; then
+    if "$BIN" verify "${src_args[@]}" --board "$b" --out "$out" --install >>"$log" 2>&1; then
       install=$(secs "$t0" "$(now)")
     else
       install=failed
