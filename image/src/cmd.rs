@@ -29,25 +29,29 @@ impl CmdError {
     }
 }
 
-/// The build log, shared by every stage (and the threads draining a tool's output).
+/// The build log, shared by every stage (and the threads draining a tool's output). Each line
+/// starts with the seconds since the log was opened: stages run side by side and their lines
+/// interleave, and a slow step shows as a jump in that column.
 #[derive(Clone)]
 pub struct Log {
     file: Arc<Mutex<Box<dyn Write + Send>>>,
+    opened: std::time::Instant,
 }
 
 impl Log {
     pub fn to_file(path: &std::path::Path) -> std::io::Result<Log> {
         let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Log { file: Arc::new(Mutex::new(Box::new(f))) })
+        Ok(Log { file: Arc::new(Mutex::new(Box::new(f))), opened: std::time::Instant::now() })
     }
 
     pub fn sink() -> Log {
-        Log { file: Arc::new(Mutex::new(Box::new(std::io::sink()))) }
+        Log { file: Arc::new(Mutex::new(Box::new(std::io::sink()))), opened: std::time::Instant::now() }
     }
 
     pub fn line(&self, s: &str) {
+        let t = self.opened.elapsed().as_secs_f64();
         if let Ok(mut f) = self.file.lock() {
-            let _ = writeln!(f, "{s}");
+            let _ = writeln!(f, "[{t:7.1}] {s}");
         }
     }
 }
