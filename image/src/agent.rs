@@ -59,6 +59,7 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
     let (path, toolchain) = match req.builder {
         Builder::Cross => {
             let mut c = Command::new("cross");
+            yield_cpu(&mut c);
             c.current_dir(req.source).args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple]);
             cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
             (req.source.join("target").join(triple).join("release/cloudy-agent"), "cross".to_string())
@@ -67,6 +68,20 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
     };
     let sha256 = cache::sha256_file(&path).map_err(|source| io("reading", &path, source))?;
     Ok(Built { path, sha256, toolchain })
+}
+
+/// The compile runs beside the bootstrap, which is the long pole of a cold build (dpkg under
+/// qemu-user, mostly one thread): at a lower priority it takes the CPU the bootstrap leaves.
+/// On a warm build nothing competes, and the priority changes nothing.
+fn yield_cpu(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: nice(2) is async-signal-safe and changes only the child.
+    unsafe {
+        c.pre_exec(|| {
+            libc::nice(10);
+            Ok(())
+        });
+    }
 }
 
 fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBuf, String), AgentError> {
@@ -90,6 +105,7 @@ fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBu
     }
     let (linker, _) = req.arch.linker();
     let mut c = Command::new(CARGO);
+    yield_cpu(&mut c);
     c.current_dir(req.source)
         .args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple])
         .env("RUSTC", RUSTC)
