@@ -98,6 +98,7 @@ pub fn run(opts: &Options) -> Result<Built> {
                     mirror: &r.mirror,
                     security_mirror: &r.security_mirror(),
                     builder: opts.agent_builder,
+                    yield_cpu: board.is_foreign(),
                 };
                 let built = agent::build(&req, &log, step)?;
                 let note = format!("{} {}", board.arch.rust_target(), built.toolchain);
