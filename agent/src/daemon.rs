@@ -459,22 +459,13 @@ async fn run_mesh(
             };
             match serf.start() {
                 Ok(rx) => {
-                    tokio::spawn(crate::publish::follow_serf(share.clone(), rx));
-                    let (m, sh) = (mesh.clone(), share.clone());
-                    tokio::spawn(async move {
-                        loop {
-                            sh.strangers_found.notified().await;
-                            let found: Vec<SocketAddr> =
-                                sh.strangers.lock().unwrap().drain().collect();
-                            let mut lan = m.lan.lock().unwrap();
-                            let before = lan.len();
-                            lan.extend(found);
-                            if lan.len() > before {
-                                tracing::info!("serf lists {} node(s) not in our member list: swapping lists with them", lan.len() - before);
-                                m.wake.notify_one();
-                            }
-                        }
-                    });
+                    // Serf members missing from our member list: Serf's keyring already
+                    // proved they hold the community key, and swapping lists with them lets
+                    // a crowd that starts at once converge through Serf's gossip instead of
+                    // one bootstrap node.
+                    let (tx, found) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(crate::publish::follow_serf(share.clone(), rx, tx));
+                    introduce(&mesh, found, "through serf");
                 }
                 Err(e) => tracing::warn!("no serf: {e}"),
             }
@@ -575,8 +566,18 @@ fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
         (ms.me().tinc_name(), ms.me().id.clone(), ms.me().address)
     };
     let address = (!address.is_unspecified()).then_some(address);
-    let (lan, mut found) =
-        crate::discovery::Lan::start(&name, &id, address, port, &mesh.key.tag())?;
+    let (lan, found) = crate::discovery::Lan::start(&name, &id, address, port, &mesh.key.tag())?;
+    introduce(mesh, found, "on the LAN");
+    Ok(lan)
+}
+
+/// Join services found outside our member list (`via` mDNS or Serf): the next gossip round
+/// swaps member lists with each one not yet known.
+fn introduce(
+    mesh: &Arc<Mesh>,
+    mut found: tokio::sync::mpsc::UnboundedReceiver<SocketAddr>,
+    via: &'static str,
+) {
     let m = mesh.clone();
     tokio::spawn(async move {
         while let Some(addr) = found.recv().await {
@@ -587,12 +588,11 @@ fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<crate::discovery::Lan> {
                 .others()
                 .any(|o| o.address == addr.ip() && o.join_port == addr.port());
             if !known && m.lan.lock().unwrap().insert(addr) {
-                tracing::info!("found a join service on the LAN at {addr}");
+                tracing::info!("found a join service {via} at {addr}");
                 m.wake.notify_one();
             }
         }
     });
-    Ok(lan)
 }
 
 async fn serve(

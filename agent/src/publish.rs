@@ -34,8 +34,6 @@ pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
 const WRITE_EVERY: Duration = Duration::from_secs(2);
 /// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
 const MAX_PENDING: usize = 256;
-/// Serf members waiting to be introduced to the mesh, at most.
-const MAX_STRANGERS: usize = 256;
 /// How often waiting mDNS records are checked against the member list (a new node's records
 /// often arrive before its membership has).
 const RECHECK: Duration = Duration::from_millis(250);
@@ -60,11 +58,6 @@ pub struct Sharing {
     pub bootstrap: Vec<String>,
     /// Our probe summary (JSON), served to members over the join port.
     pub summary: Mutex<String>,
-    /// Join services of nodes Serf lists but our member list lacks yet; the mesh swaps member
-    /// lists with them (Serf's keyring proved they hold the community key), so a crowd
-    /// starting at once converges through Serf's gossip instead of one bootstrap node.
-    pub strangers: Mutex<HashSet<SocketAddr>>,
-    pub strangers_found: Notify,
     changed: Notify,
 }
 
@@ -98,8 +91,6 @@ impl Sharing {
             })),
             bootstrap,
             summary: Mutex::new("[]".into()),
-            strangers: Mutex::new(HashSet::new()),
-            strangers_found: Notify::new(),
             changed: Notify::new(),
         })
     }
@@ -311,10 +302,12 @@ pub async fn browse_lan(
     Ok(())
 }
 
-/// Takes Serf's member list into the catalog, fetching records when a revision changes.
+/// Takes Serf's member list into the catalog, fetching records when a revision changes. The
+/// join services of Serf members not in our member list go to `strangers`.
 pub async fn follow_serf(
     share: Arc<Sharing>,
     mut members: tokio::sync::mpsc::UnboundedReceiver<Vec<SerfMember>>,
+    strangers: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 ) {
     // node id -> the revision we hold and its records
     let mut have: HashMap<String, (String, Vec<Record>)> = HashMap::new();
@@ -344,11 +337,7 @@ pub async fn follow_serf(
                     None => {
                         let join = m.tags.get("j").and_then(|j| j.parse::<u16>().ok());
                         if let Some(port) = join.filter(|p| *p != 0) {
-                            let a = SocketAddr::new(m.addr, port);
-                            let mut st = share.strangers.lock().unwrap();
-                            if st.len() < MAX_STRANGERS && st.insert(a) {
-                                share.strangers_found.notify_one();
-                            }
+                            let _ = strangers.send(SocketAddr::new(m.addr, port));
                         }
                         continue;
                     }

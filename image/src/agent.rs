@@ -62,9 +62,7 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
     let (path, toolchain) = match req.builder {
         Builder::Cross => {
             let mut c = Command::new("cross");
-            if req.yield_cpu {
-                yield_cpu(&mut c);
-            }
+            priority(&mut c, req.yield_cpu);
             c.current_dir(req.source).args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple]);
             cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
             (req.source.join("target").join(triple).join("release/cloudy-agent"), "cross".to_string())
@@ -79,7 +77,10 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
 /// compile is not the long pole: at a lower priority it takes the CPU the bootstrap leaves
 /// (rpi3 cold 366 s -> 336 s). Beside a native bootstrap (1.5 min) the compile is the long
 /// pole and keeps its priority. On a warm build nothing competes either way.
-fn yield_cpu(c: &mut Command) {
+fn priority(c: &mut Command, yield_cpu: bool) {
+    if !yield_cpu {
+        return;
+    }
     use std::os::unix::process::CommandExt;
     // SAFETY: nice(2) is async-signal-safe and changes only the child.
     unsafe {
@@ -111,9 +112,7 @@ fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBu
     }
     let (linker, _) = req.arch.linker();
     let mut c = Command::new(CARGO);
-    if req.yield_cpu {
-        yield_cpu(&mut c);
-    }
+    priority(&mut c, req.yield_cpu);
     c.current_dir(req.source)
         .args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple])
         .env("RUSTC", RUSTC)

@@ -266,11 +266,11 @@ fn make(
     for ex in DPKG_EXCLUDES {
         c.arg(format!("--dpkgopt={ex}"));
     }
-    // The initramfs is built by the kernel's postinst with these settings already in place.
+    // The initramfs is built (once, below) with these settings already in place.
     c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
     // The initramfs once, at the end: otherwise the kernel's postinst builds it and the
     // initramfs-tools trigger builds it again once the other packages' hooks are in, and each
-    // build takes ~50 s under qemu-user (measured: mkinitramfs of the arm64 rootfs). Until
+    // build takes 40-50 s under qemu-user (measured: mkinitramfs of the arm64 rootfs). Until
     // then update-initramfs is diverted to a no-op; the host's dpkg-divert edits the chroot's
     // dpkg database without emulation.
     c.arg(format!(

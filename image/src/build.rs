@@ -76,14 +76,6 @@ pub fn run(opts: &Options) -> Result<Built> {
     if board.is_foreign() {
         binfmt::ensure(board.arch)?;
     }
-    let base_sq_of = |key: &str| {
-        opts.cache.join("squashfs").join(format!(
-            "{}-{}{}.squashfs",
-            key,
-            r.squashfs.compression.name(),
-            r.squashfs.level.map(|l| l.to_string()).unwrap_or_default()
-        ))
-    };
     let live = matches!(board.format, Format::Iso | Format::Pxe);
     // The agent's compile does not depend on the root file system: it runs beside the
     // bootstrap, which under qemu-user keeps mostly one core busy with dpkg. On a cold ARM
@@ -105,15 +97,20 @@ pub fn run(opts: &Options) -> Result<Built> {
                 Ok::<_, agent::AgentError>((built, note))
             })
         });
-        let rootfs = (|| -> Result<bootstrap::Rootfs> {
+        let rootfs = (|| -> Result<(bootstrap::Rootfs, PathBuf)> {
             let rootfs = rep.stage("bootstrap", |step| {
                 let rootfs = bootstrap::run(&board, &recipe, &opts.cache, &log, step)?;
                 let note = if rootfs.cached { format!("cached {}", rootfs.meta.key) } else { format!("made {}", rootfs.meta.key) };
                 let note = if rootfs.meta.security.starts_with("skipped") { format!("{note}; WITHOUT security suite") } else { note };
                 Ok::<_, bootstrap::BootstrapError>((rootfs, note))
             })?;
+            let base_sq = opts.cache.join("squashfs").join(format!(
+                "{}-{}{}.squashfs",
+                rootfs.meta.key,
+                r.squashfs.compression.name(),
+                r.squashfs.level.map(|l| l.to_string()).unwrap_or_default()
+            ));
             if live {
-                let base_sq = base_sq_of(&rootfs.meta.key);
                 rep.stage("squashfs", |step| {
                     let _held = cache::lock(&base_sq)?;
                     if base_sq.exists() && !opts.rebuild {
@@ -125,14 +122,13 @@ pub fn run(opts: &Options) -> Result<Built> {
                     Ok::<_, anyhow::Error>(((), fmt_size(std::fs::metadata(&base_sq)?.len())))
                 })?;
             }
-            Ok(rootfs)
+            Ok((rootfs, base_sq))
         })();
         let agent = agent.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (rootfs, agent)
     });
-    let rootfs = rootfs?;
+    let (rootfs, base_sq) = rootfs?;
     let agent = agent?;
-    let base_sq = base_sq_of(&rootfs.meta.key);
 
     let layer = work.join("layer");
     let layer_sq = work.join("cloudy.squashfs");
@@ -337,7 +333,7 @@ fn pxe_media(bundle: &Path, scratch: &Path, script: &str, vars: &[(&str, &str)])
     let mut all = vars.to_vec();
     all.push(("cloudy_http", &url));
     pxe::test_root(bundle, scratch, script, &all)?;
-    let media = Media::Pxe { root: scratch.to_path_buf(), bootfile: script.into(), http: Some(server.port()) };
+    let media = Media::Pxe { root: scratch.to_path_buf(), bootfile: script.into(), http: server.port() };
     Ok((media, server))
 }
 

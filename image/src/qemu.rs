@@ -31,9 +31,9 @@ pub enum Media<'a> {
     /// A disk image, opened with `-snapshot`: booting must not change a built image.
     Disk(&'a Path),
     /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with
-    /// `bootfile` (an iPXE script); with `http`, the guest also reaches the loopback HTTP
-    /// server on that port as http://10.0.2.100 (`http::GUEST_ADDR`).
-    Pxe { root: PathBuf, bootfile: String, http: Option<u16> },
+    /// `bootfile` (an iPXE script); the guest also reaches the loopback HTTP server on port
+    /// `http` as http://10.0.2.100 (`http::GUEST_ADDR`).
+    Pxe { root: PathBuf, bootfile: String, http: u16 },
 }
 
 pub struct Vm<'a> {
@@ -59,8 +59,7 @@ impl Vm<'_> {
         match &self.media {
             Media::Pxe { root, bootfile, http } => {
                 // restrict=on still allows guestfwd: the guest reaches that one loopback port.
-                let fwd = http.map(|p| format!(",guestfwd=tcp:{}:80-tcp:127.0.0.1:{p}", crate::http::GUEST_ADDR)).unwrap_or_default();
-                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile}{fwd}", root.display())]);
+                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile},guestfwd=tcp:{}:80-tcp:127.0.0.1:{http}", root.display(), crate::http::GUEST_ADDR)]);
                 c.args(["-boot", "n"]);
             }
             _ => {
