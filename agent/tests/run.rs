@@ -17,7 +17,7 @@ fn agent(root: &Path, args: &[&str]) -> Output {
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/seeds")
+        .join("../model/tests/seeds")
         .join(name)
 }
 

@@ -1,0 +1,14 @@
+//! cloudy-model: what cloudy-agent and cloudy-image share, with no async runtime and no
+//! network code, so that the image builder and the fuzz targets need nothing else.
+//!
+//! - `names`: the syntax of names (hostnames, node ids, kinds, interfaces, endpoints)
+//! - `kinds`: the one table of service kinds
+//! - `record`: the service record, its limits, its TXT and JSON forms
+//! - `summary`: a member's probe summary, as it travels between members
+//! - `seed`: the user's `cloudy.toml`, a file per section
+
+pub mod kinds;
+pub mod names;
+pub mod record;
+pub mod seed;
+pub mod summary;

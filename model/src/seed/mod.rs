@@ -1,0 +1,400 @@
+//! The user's seed (`cloudy.toml`): what this node should be. Read from the boot medium or the
+//! kernel command line, layered over the image's defaults in `/etc/cloudy/agent.toml`.
+//! One file per section, each with its own checks; this file ties them together.
+//!
+//! A broken seed never stops a node from booting: it is reported and the defaults are used.
+
+pub mod community;
+pub mod dashboard;
+pub mod network;
+pub mod node;
+pub mod services;
+pub mod ssh;
+pub mod streaming;
+pub mod tinc;
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub use community::{Community, DEFAULT_JOIN_PORT, MIN_COMMUNITY_KEY};
+pub use dashboard::{Dashboard, DEFAULT_DASHBOARD_PORT};
+pub use network::Network;
+pub use node::Node;
+pub use services::{Publish, Services};
+pub use ssh::Ssh;
+pub use tinc::{Tinc, TincMode, DEFAULT_NETNAME, DEFAULT_TINC_PORT, DEFAULT_VPN_SUBNET};
+
+use crate::names::parse_cidr;
+
+/// The only seed format this agent understands; a seed says which one it was written for.
+pub const SEED_VERSION: u32 = 1;
+
+/// Places a seed is looked for, first found wins. The defaults file is read first and the
+/// chosen seed layered over it.
+pub const DEFAULTS_PATH: &str = "/etc/cloudy/agent.toml";
+pub const SEED_PATHS: &[&str] = &[
+    // SD card images: the FAT firmware partition, editable from any OS.
+    "/boot/firmware/cloudy.toml",
+    // Live ISO (live-boot mounts the medium here) and PXE bundles.
+    "/run/live/medium/cloudy/cloudy.toml",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: key `{key}`: {problem}; fix: {fix}")]
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// A section's verdict on one of its keys: what is wrong and how to fix it. `Seed::validate`
+/// adds the file's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub key: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
+pub(crate) fn invalid(key: &'static str, problem: String, fix: impl Into<String>) -> Invalid {
+    Invalid {
+        key,
+        problem,
+        fix: fix.into(),
+    }
+}
+
+const NAME_FIX: &str = "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    pub version: u32,
+    #[serde(default)]
+    pub node: Node,
+    pub community: Option<Community>,
+    pub network: Option<Network>,
+    pub tinc: Option<Tinc>,
+    pub services: Option<Services>,
+    pub dashboard: Option<Dashboard>,
+    pub ssh: Option<Ssh>,
+    /// Live streaming: a source (`source = ...`) or a peer relaying a stream.
+    pub streaming: Option<streaming::Config>,
+}
+
+impl Seed {
+    pub fn parse(file: &str, text: &str) -> Result<Seed, SeedError> {
+        // Check the version before the schema so an old or future seed gets the right message.
+        let raw: toml::Table = toml::from_str(text).map_err(|e| SeedError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        match raw.get("version") {
+            Some(toml::Value::Integer(v)) if *v == i64::from(SEED_VERSION) => {}
+            Some(v) => {
+                return Err(SeedError::Invalid {
+                    file: file.into(),
+                    key: "version".into(),
+                    problem: format!("unsupported seed version {v}"),
+                    fix: format!("write `version = {SEED_VERSION}`"),
+                })
+            }
+            None => {
+                return Err(SeedError::Invalid {
+                    file: file.into(),
+                    key: "version".into(),
+                    problem: "missing".into(),
+                    fix: format!("add `version = {SEED_VERSION}` at the top"),
+                })
+            }
+        }
+        let seed: Seed = toml::from_str(text).map_err(|e| SeedError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        seed.validate(file)?;
+        Ok(seed)
+    }
+
+    /// Every section's checks, in the order of the file.
+    pub fn validate(&self, file: &str) -> Result<(), SeedError> {
+        let sections = [
+            Some(self.node.validate()),
+            self.community.as_ref().map(Community::validate),
+            self.network.as_ref().map(Network::validate),
+            self.tinc.as_ref().map(Tinc::validate),
+            self.services.as_ref().map(Services::validate),
+            self.streaming.as_ref().map(streaming::Config::validate),
+            self.dashboard.as_ref().map(Dashboard::validate),
+            self.ssh.as_ref().map(Ssh::validate),
+        ];
+        for r in sections.into_iter().flatten() {
+            r.map_err(|i| SeedError::Invalid {
+                file: file.into(),
+                key: i.key.into(),
+                problem: i.problem,
+                fix: i.fix,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `other` wins wherever it says something: `node` key by key, other sections whole, so a
+    /// seed's `[network]` never mixes with half of the image's.
+    pub fn layer(mut self, other: Seed) -> Seed {
+        if other.node.name.is_some() {
+            self.node.name = other.node.name;
+        }
+        macro_rules! section {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        section!(community, network, tinc, services, dashboard, ssh, streaming);
+        self
+    }
+
+    pub fn netname(&self) -> &str {
+        self.tinc
+            .as_ref()
+            .and_then(|t| t.netname.as_deref())
+            .unwrap_or(DEFAULT_NETNAME)
+    }
+
+    pub fn tinc_port(&self) -> u16 {
+        self.tinc
+            .as_ref()
+            .and_then(|t| t.port)
+            .unwrap_or(DEFAULT_TINC_PORT)
+    }
+
+    pub fn tinc_mode(&self) -> TincMode {
+        self.tinc.as_ref().and_then(|t| t.mode).unwrap_or_default()
+    }
+
+    pub fn vpn_subnet(&self) -> (std::net::Ipv4Addr, u8) {
+        let s = self
+            .tinc
+            .as_ref()
+            .and_then(|t| t.subnet.as_deref())
+            .unwrap_or(DEFAULT_VPN_SUBNET);
+        match parse_cidr(s) {
+            Ok((std::net::IpAddr::V4(a), p)) => (a, p),
+            _ => (std::net::Ipv4Addr::new(10, 99, 0, 0), 16),
+        }
+    }
+
+    pub fn dashboard_port(&self) -> u16 {
+        self.dashboard
+            .as_ref()
+            .and_then(|d| d.port)
+            .unwrap_or(DEFAULT_DASHBOARD_PORT)
+    }
+
+    pub fn join_port(&self) -> u16 {
+        self.community
+            .as_ref()
+            .and_then(|c| c.port)
+            .unwrap_or(DEFAULT_JOIN_PORT)
+    }
+}
+
+/// What was loaded, from where, and what went wrong on the way.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub seed: Seed,
+    pub source: Option<PathBuf>,
+    pub errors: Vec<String>,
+}
+
+pub fn read_file(path: &Path) -> Result<Seed, SeedError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    Seed::parse(&file, &text)
+}
+
+/// `cloudy.seed=PATH` on the kernel command line names a seed file on the node.
+pub fn cmdline_seed(cmdline: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cloudy.seed="))
+        .map(str::to_string)
+}
+
+/// Maps an absolute node path (`/etc/cloudy/agent.toml`) under `root` (`/` on a node, a
+/// private tree in tests).
+fn under(root: &Path, node_path: &str) -> PathBuf {
+    root.join(node_path.trim_start_matches('/'))
+}
+
+/// Loads defaults and the first seed found under `root`. Never fails: errors are collected for
+/// the console.
+pub fn load(root: &Path, cmdline: &str) -> Loaded {
+    let mut loaded = Loaded {
+        seed: Seed {
+            version: SEED_VERSION,
+            ..Seed::default()
+        },
+        ..Loaded::default()
+    };
+    let defaults = under(root, DEFAULTS_PATH);
+    if defaults.exists() {
+        match read_file(&defaults) {
+            Ok(s) => loaded.seed = s,
+            Err(e) => loaded.errors.push(e.to_string()),
+        }
+    }
+    let mut candidates: Vec<PathBuf> = SEED_PATHS.iter().map(|p| under(root, p)).collect();
+    if let Some(p) = cmdline_seed(cmdline) {
+        candidates.push(under(root, &p));
+    }
+    if let Some(path) = candidates.into_iter().find(|p| p.exists()) {
+        match read_file(&path) {
+            Ok(s) => {
+                loaded.seed = std::mem::take(&mut loaded.seed).layer(s);
+                loaded.source = Some(path);
+            }
+            Err(e) => loaded
+                .errors
+                .push(format!("{e} (booting on the image defaults)")),
+        }
+    }
+    loaded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, node_path: &str, text: &str) {
+        let p = under(root, node_path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/seeds")
+            .join(name)
+    }
+
+    #[test]
+    fn good_fixtures_parse() {
+        for f in [
+            "good-minimal.toml",
+            "good-named.toml",
+            "good-full.toml",
+            "good-services.toml",
+            "good-streaming.toml",
+        ] {
+            read_file(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_fixtures_name_the_key() {
+        for (f, key) in [
+            ("bad-version.toml", "version"),
+            ("bad-no-version.toml", "version"),
+            ("bad-unknown-key.toml", "colour"),
+            ("bad-hostname.toml", "node.name"),
+            ("bad-syntax.toml", "line"),
+            ("bad-community-key.toml", "community.key"),
+            ("bad-community-no-name.toml", "name"),
+            ("bad-peer.toml", "community.peers"),
+            ("bad-address.toml", "network.address"),
+            ("bad-tinc-mode.toml", "mode"),
+            ("bad-tinc-subnet.toml", "tinc.subnet"),
+            ("bad-password.toml", "dashboard.password_hash"),
+            ("bad-dashboard-port.toml", "dashboard.port"),
+            ("bad-ssh-key.toml", "ssh.authorized_keys"),
+            ("bad-service.toml", "services.enable"),
+            ("bad-service-publish.toml", "services.publish"),
+            ("bad-streaming-source.toml", "streaming.source"),
+        ] {
+            let err = read_file(&fixture(f)).expect_err(f).to_string();
+            assert!(err.contains(key), "{f}: error {err:?} does not name {key}");
+            assert!(err.contains(f), "{f}: error {err:?} does not name the file");
+        }
+    }
+
+    #[test]
+    fn every_bad_fixture_is_listed() {
+        // A fixture added without a line above would silently prove nothing.
+        let listed = 17;
+        let n = std::fs::read_dir(fixture(""))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("bad-")
+            })
+            .count();
+        assert_eq!(n, listed);
+    }
+
+    #[test]
+    fn full_seed_layers_sections_whole() {
+        let full = read_file(&fixture("good-full.toml")).unwrap();
+        let over = Seed::parse("x", "version = 1\n[network]\ninterface = \"eth1\"\n").unwrap();
+        let s = full.clone().layer(over);
+        assert_eq!(
+            s.network.as_ref().unwrap().interface.as_deref(),
+            Some("eth1")
+        );
+        assert_eq!(s.network.as_ref().unwrap().address, None);
+        assert_eq!(s.community, full.community);
+        assert_eq!(s.vpn_subnet(), (std::net::Ipv4Addr::new(10, 99, 0, 0), 16));
+        assert_eq!(s.join_port(), 6655);
+    }
+
+    #[test]
+    fn broken_seed_falls_back_to_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            DEFAULTS_PATH,
+            "version = 1\n[node]\nname = \"cloudy\"\n",
+        );
+        write(
+            dir.path(),
+            SEED_PATHS[1],
+            "version = 1\n[node]\nname = \"Bad Name\"\n",
+        );
+        let loaded = load(dir.path(), "");
+        assert_eq!(loaded.seed.node.name.as_deref(), Some("cloudy"));
+        assert_eq!(loaded.errors.len(), 1);
+        assert!(loaded.errors[0].contains("node.name"));
+    }
+
+    #[test]
+    fn seed_layers_over_defaults_and_cmdline_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            DEFAULTS_PATH,
+            "version = 1\n[node]\nname = \"cloudy\"\n",
+        );
+        write(
+            dir.path(),
+            "/seed/mine.toml",
+            "version = 1\n[node]\nname = \"pi-test\"\n",
+        );
+        let loaded = load(dir.path(), "quiet cloudy.seed=/seed/mine.toml console=ttyS0");
+        assert_eq!(loaded.seed.node.name.as_deref(), Some("pi-test"));
+        assert!(loaded.errors.is_empty());
+    }
+}
