@@ -2,7 +2,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use cloudy_agent::{control, daemon, dashboard, network, seed, status, streaming, system::System};
+use cloudy_agent::kinds::streaming;
+use cloudy_agent::os::{network, system::System};
+use cloudy_agent::{control, daemon, dashboard, status};
+use cloudy_model::seed;
 
 /// The Cloudy node agent: applies the seed and brings the node into its microcloud.
 #[derive(Parser)]
@@ -168,7 +171,7 @@ fn run(cli: Cli) -> Result<i32> {
             std::io::stdin().read_line(&mut pw)?;
             let pw = pw.trim_end_matches(['\n', '\r']);
             anyhow::ensure!(!pw.is_empty(), "no password on stdin");
-            println!("{}", cloudy_agent::identity::hash_password(pw));
+            println!("{}", cloudy_agent::os::identity::hash_password(pw));
             Ok(0)
         }
         Command::Scan { kind, json } => {
@@ -180,7 +183,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut hash = String::new();
             std::io::stdin().read_line(&mut hash)?;
             anyhow::ensure!(
-                cloudy_agent::identity::is_password_hash(hash.trim()),
+                cloudy_model::names::is_password_hash(hash.trim()),
                 "the dashboard needs an Argon2 password hash on stdin"
             );
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -221,8 +224,8 @@ fn run(cli: Cli) -> Result<i32> {
                 port,
                 provider,
             };
-            if let Err((key, problem, fix)) = config.validate() {
-                anyhow::bail!("{key}: {problem}; fix: {fix}");
+            if let Err(e) = config.validate() {
+                anyhow::bail!("{}: {}; fix: {}", e.key, e.problem, e.fix);
             }
             let sys = System::new(cli.root);
             streaming::run_process(streaming::Options {
@@ -242,7 +245,7 @@ fn run(cli: Cli) -> Result<i32> {
             provider,
             folder,
             wait,
-        } => cloudy_agent::services::join::run(
+        } => cloudy_agent::registry::use_service::run(
             &System::new(cli.root),
             &kind,
             provider.as_deref(),

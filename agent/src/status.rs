@@ -3,17 +3,12 @@
 
 use anyhow::Result;
 
-use crate::members::{Members, MEMBERS_FILE};
-use crate::system::System;
-use crate::{identity, seed};
+use crate::mesh::members::{Members, MEMBERS_FILE};
+use crate::os::system::System;
+use crate::os::identity;
 
 pub fn print(sys: &System) -> Result<i32> {
-    let cmdline = if sys.is_live() {
-        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let loaded = seed::load(sys, &cmdline);
+    let loaded = sys.load_seed();
     let id = std::fs::read_to_string(sys.path(identity::NODE_ID_FILE)).unwrap_or_default();
     println!(
         "node:       {}",
@@ -83,7 +78,8 @@ pub fn print(sys: &System) -> Result<i32> {
 
 /// Each service the agent runs (and tincd): state, pid, restarts, last error.
 fn print_services(sys: &System) {
-    use crate::services::{manager::StateFile, STATE_FILE};
+    use crate::registry::manager::StateFile;
+    use crate::services::STATE_FILE;
     let Some(f) = std::fs::read(sys.path(STATE_FILE))
         .ok()
         .and_then(|t| serde_json::from_slice::<StateFile>(&t).ok())

@@ -167,7 +167,7 @@ fn vpn_address_collision_is_resolved_in_a_live_mesh() {
     if !available("vpn_address_collision_is_resolved_in_a_live_mesh") {
         return;
     }
-    use cloudy_agent::members::vpn_candidate;
+    use cloudy_agent::mesh::members::vpn_candidate;
     // Two node ids whose first-choice VPN addresses collide in a small range.
     let subnet = (std::net::Ipv4Addr::new(10, 98, 0, 0), 28);
     let id = |n: u32| format!("{n:032x}");

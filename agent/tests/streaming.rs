@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudy_agent::catalog::Record;
-use cloudy_agent::streaming::{self, Config, Stream};
-use cloudy_agent::system::System;
+use cloudy_agent::kinds::streaming::{self, Config, Stream};
+use cloudy_agent::os::system::System;
 
 fn ffmpeg() -> Option<PathBuf> {
     let f = streaming::ffmpeg();

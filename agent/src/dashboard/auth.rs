@@ -56,7 +56,7 @@ impl Auth {
             let _one = self.gate.acquire().await.expect("never closed");
             let (hash, pw) = (self.hash.clone(), password.to_string());
             let good =
-                tokio::task::spawn_blocking(move || crate::identity::verify_password(&hash, &pw))
+                tokio::task::spawn_blocking(move || crate::os::identity::verify_password(&hash, &pw))
                     .await
                     .unwrap_or(false);
             good && user == USER
@@ -76,7 +76,7 @@ impl Auth {
             return None;
         }
         self.failures.lock().unwrap().remove(&client);
-        let token = crate::identity::hex(&crate::identity::random_bytes::<32>());
+        let token = crate::os::identity::hex(&crate::os::identity::random_bytes::<32>());
         let mut s = self.sessions.lock().unwrap();
         s.retain(|_, t| t.elapsed() < SESSION_TTL);
         if s.len() >= MAX_SESSIONS {
@@ -128,7 +128,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn login_sessions_and_slowdown() {
-        let a = Auth::new(crate::identity::hash_password("right"));
+        let a = Auth::new(crate::os::identity::hash_password("right"));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert!(a.login(ip, USER, "wrong").await.is_none());
         assert!(a.login(ip, "root", "right").await.is_none(), "only admin");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::{self, Reply, Request as Ask, State};
-use crate::select::{self, Ranked};
+use crate::probe::select::{self, Ranked};
 use auth::Auth;
 use html::{render, Html};
 
@@ -612,7 +612,7 @@ pub async fn serve(port: u16, control: PathBuf, hash: String) -> std::io::Result
 
 /// Runs `cloudy-agent dashboard` as `cloudy-web` (when that user exists), handing it the
 /// password hash on stdin, and restarts it if it dies. It dies with the agent.
-pub fn supervise(sys: crate::system::System, exe: PathBuf, port: u16) {
+pub fn supervise(sys: crate::os::system::System, exe: PathBuf, port: u16) {
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(1);
         loop {
@@ -627,12 +627,12 @@ pub fn supervise(sys: crate::system::System, exe: PathBuf, port: u16) {
 }
 
 async fn run_child(
-    sys: &crate::system::System,
+    sys: &crate::os::system::System,
     exe: &std::path::Path,
     port: u16,
 ) -> std::io::Result<std::process::ExitStatus> {
     use tokio::io::AsyncWriteExt;
-    let hash = std::fs::read_to_string(sys.path(crate::identity::DASHBOARD_HASH_FILE))?;
+    let hash = std::fs::read_to_string(sys.path(crate::os::identity::DASHBOARD_HASH_FILE))?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--root")
         .arg(sys.root())

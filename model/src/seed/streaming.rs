@@ -136,3 +136,109 @@ pub fn parse_input(s: &str) -> Result<Input, String> {
     }
     Ok(Input::Url(s.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_strict() {
+        assert_eq!(
+            parse_input("/srv/video/film one.mp4"),
+            Ok(Input::File("/srv/video/film one.mp4".into()))
+        );
+        assert_eq!(
+            parse_input("/dev/video0"),
+            Ok(Input::Device("/dev/video0".into()))
+        );
+        assert_eq!(parse_input("testsrc"), Ok(Input::TestPattern));
+        assert!(matches!(
+            parse_input("rtsp://cam.local:554/stream1"),
+            Ok(Input::Url(_))
+        ));
+        assert!(matches!(
+            parse_input("https://example.org/live/index.m3u8?token=abc"),
+            Ok(Input::Url(_))
+        ));
+        for bad in [
+            "",
+            "film.mp4",
+            "-i /etc/passwd",
+            "concat:/a.mp4|/b.mp4",
+            "pipe:0",
+            "file:/etc/shadow",
+            "subfile,,start,0,end,0,,:/x",
+            "/srv/../etc/shadow",
+            "/dev/sda",
+            "/dev/video0; rm -rf /",
+            "/proc/self/environ",
+            "ftp://host/x.mp4",
+            "testsrc=size=9999x9999",
+            "lavfi:testsrc",
+            "http://",
+            "http://host/$(reboot)`x`",
+            "http://host/a b",
+            "/srv/a\nb.mp4",
+        ] {
+            assert!(parse_input(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn seed_keys_are_checked() {
+        let ok = Config {
+            source: Some("/srv/film.mp4".into()),
+            id: Some("film_1".into()),
+            port: Some(8091),
+            provider: None,
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.port(), 8091);
+        assert_eq!(Config::default().port(), DEFAULT_PORT);
+        let peer = Config {
+            provider: Some("n1".into()),
+            ..Config::default()
+        };
+        peer.validate().unwrap();
+        for (c, key) in [
+            (
+                Config {
+                    source: Some("concat:/a|/b".into()),
+                    ..Config::default()
+                },
+                "streaming.source",
+            ),
+            (
+                Config {
+                    id: Some("../x".into()),
+                    ..Config::default()
+                },
+                "streaming.id",
+            ),
+            (
+                Config {
+                    port: Some(0),
+                    ..Config::default()
+                },
+                "streaming.port",
+            ),
+            (
+                Config {
+                    provider: Some("Not A Node".into()),
+                    ..Config::default()
+                },
+                "streaming.provider",
+            ),
+            (
+                Config {
+                    source: Some("/srv/film.mp4".into()),
+                    provider: Some("n1".into()),
+                    ..Config::default()
+                },
+                "streaming.provider",
+            ),
+        ] {
+            assert_eq!(c.validate().unwrap_err().key, key, "{c:?}");
+        }
+    }
+}

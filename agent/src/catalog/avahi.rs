@@ -1,0 +1,121 @@
+//! Our records as Avahi service files (`/etc/avahi/services/cloudy-*.service`): the image
+//! runs the real avahi-daemon, which picks the files up by inotify and announces them (and
+//! sends goodbyes when a file goes). Only files named `cloudy-*` are ours to write or remove.
+//!
+//! All records share one DNS-SD type, `_cloudy._tcp` (service type names like
+//! `tahoe-introducer` are longer than DNS-SD's 15-character limit); the Cloudy type is the
+//! `t` TXT key. Every value is XML-escaped: a description is data, never markup.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::catalog::Record;
+use crate::os::system::{write_atomic, System};
+
+pub const SERVICES_DIR: &str = "/etc/avahi/services";
+pub const DNSSD_TYPE: &str = "_cloudy._tcp";
+
+pub(crate) fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Instance name: unique per node and service, made only of validated parts.
+pub fn instance(r: &Record) -> String {
+    format!("{} {} {}", r.node, r.kind, r.port)
+}
+
+fn file_name(r: &Record) -> String {
+    format!("cloudy-{}-{}.service", r.kind, r.port)
+}
+
+pub fn render(r: &Record, mac: &str) -> String {
+    let mut x = String::from(
+        "<?xml version=\"1.0\" standalone='no'?>\n\
+         <!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n\
+         <!-- written by cloudy-agent; removed when the service stops -->\n\
+         <service-group>\n",
+    );
+    x += &format!("  <name>{}</name>\n  <service>\n", escape(&instance(r)));
+    x += &format!(
+        "    <type>{DNSSD_TYPE}</type>\n    <port>{}</port>\n",
+        r.port
+    );
+    for (k, v) in r.to_txt(mac) {
+        x += &format!(
+            "    <txt-record>{}={}</txt-record>\n",
+            escape(&k),
+            escape(&v)
+        );
+    }
+    x += "  </service>\n</service-group>\n";
+    x
+}
+
+/// Makes the directory hold exactly our current records' files. Returns whether anything
+/// changed (avahi-daemon reloads on its own).
+pub fn sync(sys: &System, records: &[(Record, String)]) -> std::io::Result<bool> {
+    let dir = sys.path(SERVICES_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let mut want = BTreeSet::new();
+    let mut changed = false;
+    for (r, mac) in records {
+        let name = file_name(r);
+        let path = dir.join(&name);
+        let text = render(r, mac);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            write_atomic(&path, text.as_bytes(), 0o644)?;
+            changed = true;
+        }
+        want.insert(name);
+    }
+    changed |= remove_others(&dir, &want)?;
+    Ok(changed)
+}
+
+fn remove_others(dir: &Path, keep: &BTreeSet<String>) -> std::io::Result<bool> {
+    let mut changed = false;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cloudy-") && name.ends_with(".service") && !keep.contains(&name) {
+            std::fs::remove_file(e.path())?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::record;
+
+    #[test]
+    fn files_follow_the_records_and_escape_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let d = sys.path(SERVICES_DIR);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ssh.service"), "not ours").unwrap();
+        let mut r = record('a', "web", 8080);
+        r.description = "</txt-record><txt-record>evil=1 & \"q\"".into();
+        assert!(sync(&sys, &[(r.clone(), "ab".into())]).unwrap());
+        let text = std::fs::read_to_string(d.join("cloudy-web-8080.service")).unwrap();
+        assert!(text.contains("d=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;"));
+        assert_eq!(text.matches("<txt-record>").count(), r.to_txt("ab").len());
+        assert!(!sync(&sys, &[(r, "ab".into())]).unwrap(), "no rewrite");
+        assert!(sync(&sys, &[]).unwrap());
+        assert!(!d.join("cloudy-web-8080.service").exists(), "withdrawn");
+        assert!(d.join("ssh.service").exists(), "other files are not ours");
+    }
+}

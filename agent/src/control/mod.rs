@@ -1,0 +1,705 @@
+//! The agent's typed control API: the root agent answers a few typed requests on a Unix socket
+//! (0660, group `cloudy-web`), so the unprivileged dashboard and the CLI can ask for a scan, a
+//! selection, a join or the node's state. A request is one JSON line, the reply one JSON line;
+//! nothing in a request is ever run as a command.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::catalog::Record;
+use crate::probe::{Prober, Scores};
+use crate::registry::use_service;
+use cloudy_model::summary::Summary;
+use crate::catalog::publish::Sharing;
+use crate::probe::select::{self, Ranked};
+use crate::os::system::System;
+
+pub const SOCKET: &str = "/run/cloudy/control.sock";
+/// The dashboard's user; the socket's group.
+pub const WEB_USER: &str = "cloudy-web";
+const MAX_REQUEST: usize = 16 * 1024;
+const MAX_REPLY: usize = 32 << 20;
+/// A scan of a large catalog under the bandwidth cap takes a while; everything else is quick.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// At most this many requests handled at once.
+const MAX_CLIENTS: usize = 64;
+/// Members whose probe summaries are fetched after a scan.
+const MAX_VIEWS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Probe the providers of `kind` (all when None) now.
+    Scan { kind: Option<String> },
+    /// The best provider of `kind` for this node, and the ranking behind it.
+    Select { kind: String },
+    /// Join `provider` (`node:port`) of `kind`, or the best one when None.
+    Join {
+        kind: String,
+        provider: Option<String>,
+    },
+    /// Everything the dashboard shows.
+    State {},
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Scanned {
+        scores: Scores,
+    },
+    Selected {
+        best: Option<Box<Ranked>>,
+        ranked: Vec<Ranked>,
+    },
+    Joined {
+        ok: bool,
+        provider: Option<String>,
+        message: String,
+    },
+    State(Box<State>),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub node: String,
+    pub node_id: String,
+    pub community: String,
+    pub address: String,
+    pub vpn: String,
+    pub tincd: Option<u32>,
+    pub seed_errors: Vec<String>,
+    pub peers: Vec<Peer>,
+    /// When the last scan finished, unix ms (0: never).
+    pub scanned: u64,
+    /// Service types in the catalog.
+    pub types: Vec<String>,
+    /// Every provider, ranked per type (types in order).
+    pub providers: Vec<Ranked>,
+    /// Other members' own probe summaries.
+    pub views: Vec<View>,
+    /// The services this agent runs (`cloudy-agent status`'s list): name -> state.
+    #[serde(default)]
+    pub managed: std::collections::BTreeMap<String, crate::os::supervisor::Status>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub id: String,
+    pub tinc_name: String,
+    pub address: String,
+    pub vpn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub node: String,
+    /// When it was fetched, unix ms.
+    pub at: u64,
+    pub scores: Vec<Summary>,
+}
+
+/// What answers requests inside the agent.
+pub struct Agent {
+    pub sys: System,
+    pub share: Arc<Sharing>,
+    pub prober: Arc<Prober>,
+    pub seed_errors: Vec<String>,
+    pub pidfile: PathBuf,
+    pub views: Mutex<Vec<View>>,
+}
+
+impl Agent {
+    pub fn records(&self) -> Vec<Record> {
+        self.share
+            .catalog
+            .lock()
+            .unwrap()
+            .snapshot(0)
+            .entries
+            .into_iter()
+            .map(|e| e.record)
+            .collect()
+    }
+
+    /// Types with a provider (not ours) that has no score yet.
+    pub fn unprobed_kinds(&self) -> Vec<String> {
+        let scores = self.prober.scores.lock().unwrap().clone();
+        let mut kinds: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.node_id != self.prober.me && scores.of(r).is_none())
+            .map(|r| r.kind)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    /// A scan, then our published summary and others' views brought up to date.
+    pub async fn scan(&self, kind: Option<&str>) -> Scores {
+        let scores = self.prober.scan(&self.records(), kind).await;
+        *self.share.summary.lock().unwrap() =
+            serde_json::to_string(&crate::probe::summary(&scores)).expect("summaries serialise");
+        self.refresh_views().await;
+        scores
+    }
+
+    pub async fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Scan { kind } => {
+                if let Some(k) = &kind {
+                    if !kind_ok(k) {
+                        return error(format!("{k:?} is not a service type"));
+                    }
+                }
+                Reply::Scanned {
+                    scores: self.scan(kind.as_deref()).await,
+                }
+            }
+            Request::Select { kind } => {
+                if !kind_ok(&kind) {
+                    return error(format!("{kind:?} is not a service type"));
+                }
+                let records = self.records();
+                let mut scores = self.prober.scores.lock().unwrap().clone();
+                let unprobed = records.iter().any(|r| {
+                    r.kind == kind && r.node_id != self.prober.me && scores.of(r).is_none()
+                });
+                if unprobed {
+                    scores = self.scan(Some(&kind)).await;
+                }
+                Reply::Selected {
+                    best: select::choose(&kind, &records, &scores, &self.prober.me).map(Box::new),
+                    ranked: select::rank(Some(&kind), &records, &scores, &self.prober.me),
+                }
+            }
+            Request::Join { kind, provider } => {
+                if !kind_ok(&kind) {
+                    return error(format!("{kind:?} is not a service type"));
+                }
+                let records = self.records();
+                let scores = self.prober.scores.lock().unwrap().clone();
+                join(
+                    &self.sys,
+                    &kind,
+                    provider.as_deref(),
+                    &records,
+                    &scores,
+                    &self.prober.me,
+                )
+                .await
+            }
+            Request::State {} => Reply::State(Box::new(self.state())),
+        }
+    }
+
+    fn state(&self) -> State {
+        let records = self.records();
+        let scores = self.prober.scores.lock().unwrap().clone();
+        let ranked = select::rank(None, &records, &scores, &self.prober.me);
+        let mut types: Vec<String> = records.iter().map(|r| r.kind.clone()).collect();
+        types.sort();
+        types.dedup();
+        let ms = self.share.members.lock().unwrap().clone();
+        let me = ms.me().clone();
+        let peers = ms
+            .others()
+            .map(|m| Peer {
+                name: m.name.clone(),
+                id: m.id.clone(),
+                tinc_name: m.tinc_name(),
+                address: m.address.to_string(),
+                vpn: m.vpn.to_string(),
+            })
+            .collect();
+        let tincd = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists());
+        State {
+            node: me.name.clone(),
+            node_id: me.id.clone(),
+            community: self.share.community.clone(),
+            address: me.address.to_string(),
+            vpn: me.vpn.to_string(),
+            tincd,
+            seed_errors: self.seed_errors.clone(),
+            peers,
+            scanned: scores.scanned,
+            types,
+            providers: ranked,
+            views: self.views.lock().unwrap().clone(),
+            managed: std::fs::read(self.sys.path(crate::services::STATE_FILE))
+                .ok()
+                .and_then(|b| {
+                    serde_json::from_slice::<crate::registry::manager::StateFile>(&b).ok()
+                })
+                .map(|f| f.services)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Asks up to `MAX_VIEWS` members for their own probe summary (join port, community key).
+    pub async fn refresh_views(&self) {
+        let targets: Vec<(String, std::net::SocketAddr)> = {
+            let ms = self.share.members.lock().unwrap();
+            ms.others()
+                .filter(|m| !m.address.is_unspecified())
+                .take(MAX_VIEWS)
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        std::net::SocketAddr::new(m.address, m.join_port),
+                    )
+                })
+                .collect()
+        };
+        let key = self.share.key.clone();
+        let got = futures_util::future::join_all(targets.into_iter().map(|(name, addr)| {
+            let key = key.clone();
+            async move { (name, crate::mesh::exchange::fetch_scores(addr, &key).await) }
+        }))
+        .await;
+        let now = crate::catalog::now_ms();
+        let mut views: Vec<View> = got
+            .into_iter()
+            .filter_map(|(node, r)| match r {
+                Ok(scores) => Some(View {
+                    node,
+                    at: now,
+                    scores,
+                }),
+                Err(e) => {
+                    tracing::debug!("scores of {node}: {e}");
+                    None
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.node.cmp(&b.node));
+        *self.views.lock().unwrap() = views;
+    }
+}
+
+fn error(message: String) -> Reply {
+    Reply::Error { message }
+}
+
+fn kind_ok(k: &str) -> bool {
+    (1..=24).contains(&k.len())
+        && k.as_bytes()[0].is_ascii_lowercase()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The `cloudy-agent join` argument for a record type (`tahoe-introducer` -> `tahoe-lafs`).
+pub fn joinable(kind: &str) -> Option<&'static str> {
+    cloudy_model::kinds::find(kind)
+        .and_then(|k| k.join)
+        .map(|j| j.arg)
+}
+
+/// Joins a provider (the dashboard's Join, a control request): looked up once, here, by
+/// `select::lookup` (the same rule as the CLI's), then handed as it is to the "use a service"
+/// flow, so the port the user chose is the one joined.
+pub async fn join(
+    sys: &System,
+    kind: &str,
+    provider: Option<&str>,
+    records: &[Record],
+    scores: &Scores,
+    me: &str,
+) -> Reply {
+    let pick = match select::lookup(kind, provider, records, scores, me) {
+        Ok(p) => p,
+        Err(e) => {
+            let provider = match &e {
+                select::LookupError::Itself { provider } => Some(provider.clone()),
+                _ => provider.map(str::to_string),
+            };
+            return Reply::Joined {
+                ok: false,
+                provider,
+                message: e.to_string(),
+            };
+        }
+    };
+    let note = pick.note();
+    let chosen = pick.ranked;
+    let with_note = |m: String| match &note {
+        Some(n) => format!("{m} ({n})"),
+        None => m,
+    };
+    let Some(arg) = joinable(kind) else {
+        return Reply::Joined {
+            ok: false,
+            provider: Some(chosen.provider.clone()),
+            message: with_note(format!(
+                "joining {} ({kind}) is not available for this type",
+                chosen.provider
+            )),
+        };
+    };
+    let (sys, record) = (sys.clone(), chosen.record.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        let node = use_service::Node::read(&sys)?;
+        use_service::join_provider(&sys, &node, arg, &record, None, Duration::from_secs(60))
+    })
+    .await;
+    let (ok, message) = match r {
+        Ok(Ok(lines)) => (
+            true,
+            // The service's own lines say how to use what was joined (a folder, a URL).
+            std::iter::once(format!("joined {arg} of {} ({kind})", chosen.provider))
+                .chain(lines)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Ok(Err(e)) => (false, format!("joining {}: {e:#}", chosen.provider)),
+        Err(e) => (false, format!("joining {}: {e}", chosen.provider)),
+    };
+    Reply::Joined {
+        ok,
+        provider: Some(chosen.provider),
+        message: with_note(message),
+    }
+}
+
+/// Serves the control socket until the agent stops.
+pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
+    let path = agent.sys.path(SOCKET);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    restrict(&path);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = Vec::new();
+            let mut r = BufReader::new(r.take(MAX_REQUEST as u64));
+            let reply = match r.read_until(b'\n', &mut line).await {
+                Ok(_) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => agent.handle(req).await,
+                    Err(e) => error(format!("malformed request: {e}")),
+                },
+                Err(e) => error(e.to_string()),
+            };
+            let mut out = serde_json::to_vec(&reply).expect("replies serialise");
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+            drop(permit);
+        });
+    }
+}
+
+/// 0660 root:cloudy-web when that group exists; else 0600 (only root may ask).
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match web_ids() {
+        Some((_, gid)) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+            // SAFETY: a valid C string; chown only changes ownership.
+            unsafe { libc::chown(c.as_ptr(), 0, gid) };
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+        }
+        None => {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Makes the dashboard's user (no home, no shell) as the service wrappers make theirs; None
+/// (the dashboard then runs as the agent's user, with a warning) where that fails.
+pub fn ensure_web_user() -> Option<(u32, u32)> {
+    match crate::services::ensure_user(WEB_USER, Path::new("/nonexistent")) {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            tracing::warn!("user {WEB_USER}: {e}");
+            None
+        }
+    }
+}
+
+/// uid and gid of `cloudy-web`, if that user exists.
+pub fn web_ids() -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(WEB_USER).expect("no NUL");
+    // SAFETY: getpwnam returns a pointer into static storage or NULL; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, as checked.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the agent's control socket {0}: {1} (is `cloudy-agent run` running?)")]
+    Connect(String, std::io::Error),
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket: no answer within {} s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("control socket: malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// Client side: one request, one reply.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply, CallError> {
+    let s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| CallError::Connect(socket.display().to_string(), e))?;
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let (r, mut w) = s.into_split();
+        let mut line = serde_json::to_vec(req).expect("requests serialise");
+        line.push(b'\n');
+        w.write_all(&line).await?;
+        let mut buf = Vec::new();
+        BufReader::new(r.take(MAX_REPLY as u64))
+            .read_until(b'\n', &mut buf)
+            .await?;
+        serde_json::from_slice(&buf).map_err(|e| CallError::Malformed(e.to_string()))
+    })
+    .await
+    .map_err(|_| CallError::Timeout)?
+}
+
+/// Starts the probe's periodic scans (the first soon after boot) and the control socket.
+pub fn start(agent: Arc<Agent>) {
+    // Before the socket is made: it is given to the user's group.
+    ensure_web_user();
+    let a = agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(a.clone()).await {
+            tracing::error!("control socket {}: {e}", a.sys.path(SOCKET).display());
+        }
+    });
+    tokio::spawn(async move {
+        let first = std::env::var("CLOUDY_PROBE_FIRST_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(crate::probe::FIRST_SCAN);
+        tokio::time::sleep(first).await;
+        let mut next_full = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_full {
+                agent.scan(None).await;
+                next_full = now + crate::probe::jittered(crate::probe::PERIOD);
+            } else {
+                // A provider that appeared since the last scan gets a score within a minute.
+                for kind in agent.unprobed_kinds() {
+                    agent.scan(Some(&kind)).await;
+                }
+            }
+            let wait = next_full.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(wait.min(crate::probe::NEW_PROVIDERS)).await;
+        }
+    });
+}
+
+/// `cloudy-agent scan`: asks the running agent (so its scores and history stay one), or probes
+/// from the catalog file itself when no agent answers.
+pub fn cli_scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let scores = rt.block_on(async {
+        let req = Request::Scan {
+            kind: kind.map(str::to_string),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Scanned { scores }) => Ok(scores),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => local_scan(sys, kind).await,
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    let shown: Vec<&crate::probe::Probe> = scores
+        .probes
+        .iter()
+        .filter(|p| kind.is_none_or(|k| p.record.kind == k))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>6}  DETAIL",
+        "TYPE", "SCORE", "NODE", "IP", "PORT", "RTT", "CHECK", "AVAIL"
+    );
+    for p in shown {
+        println!(
+            "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>5.0}%  {}",
+            p.record.kind,
+            p.score,
+            p.record.node,
+            p.record.ip.to_string(),
+            p.record.port,
+            p.rtt_ms
+                .map(|m| format!("{m:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            match p.check.ok {
+                Some(true) => "ok",
+                Some(false) => "fail",
+                None => "n/a",
+            },
+            p.availability * 100.0,
+            p.check.detail
+        );
+    }
+    Ok(0)
+}
+
+/// The catalog file's records and this node's id, for a scan without the agent.
+fn catalog_records(sys: &System) -> anyhow::Result<(Vec<Record>, String)> {
+    let path = sys.path(crate::catalog::CATALOG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: the catalog exists while `cloudy-agent run` runs with a community",
+            path.display()
+        )
+    })?;
+    let cat: crate::catalog::Catalog =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let me = std::fs::read_to_string(sys.path(crate::os::identity::NODE_ID_FILE))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok((cat.entries.into_iter().map(|e| e.record).collect(), me))
+}
+
+async fn local_scan(sys: &System, kind: Option<&str>) -> anyhow::Result<Scores> {
+    let (records, me) = catalog_records(sys)?;
+    let prober = Prober::new(sys.clone(), me, crate::probe::Options::default());
+    *prober.scores.lock().unwrap() = crate::probe::load_scores(sys);
+    Ok(prober.scan(&records, kind).await)
+}
+
+/// `cloudy-agent select <type>`: the best provider for this node and why.
+pub fn cli_select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (best, ranked) = rt.block_on(async {
+        let req = Request::Select {
+            kind: kind.to_string(),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Selected { best, ranked }) => Ok((best.map(|b| *b), ranked)),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => {
+                let (records, me) = catalog_records(sys)?;
+                let mut scores = crate::probe::load_scores(sys);
+                let unprobed = records
+                    .iter()
+                    .any(|r| r.kind == kind && r.node_id != me && scores.of(r).is_none());
+                if unprobed {
+                    scores = local_scan(sys, Some(kind)).await?;
+                }
+                Ok((
+                    select::choose(kind, &records, &scores, &me),
+                    select::rank(Some(kind), &records, &scores, &me),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"best": best, "ranked": ranked}))?
+        );
+        return Ok(if best.is_some() { 0 } else { 1 });
+    }
+    match &best {
+        Some(b) => {
+            println!(
+                "{kind}: {} ({} {}:{}) \"{}\"",
+                b.provider, b.record.host, b.record.ip, b.record.port, b.record.description
+            );
+            println!("  why: {}", select::why(b));
+            for r in ranked.iter().filter(|r| r.provider != b.provider) {
+                println!("  other: {} — {}", r.provider, select::why(r));
+            }
+            Ok(0)
+        }
+        None => {
+            eprintln!("no reachable {kind} provider known to this node");
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_typed_and_strict() {
+        let r: Request = serde_json::from_str(r#"{"op":"scan","kind":"syncthing"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Scan {
+                kind: Some("syncthing".into())
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"join","kind":"syncthing","provider":"n2:22000"}"#)
+                .unwrap();
+        assert!(matches!(r, Request::Join { .. }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"shell","cmd":"id"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"state","cmd":"id"}"#).is_err(),
+            "unknown fields refused"
+        );
+        assert!(!kind_ok("../x") && !kind_ok("a b") && kind_ok("tahoe-storage"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn join_names_the_provider_and_says_what_is_missing() {
+        use crate::catalog::tests::record;
+        let sys = System::new("/nonexistent");
+        let r = record('b', "web", 8080);
+        let rs = vec![r.clone()];
+        match join(&sys, "web", Some("n1:8080"), &rs, &Scores::default(), "x").await {
+            Reply::Joined {
+                ok,
+                provider,
+                message,
+            } => {
+                assert!(!ok);
+                assert_eq!(provider.as_deref(), Some("n1:8080"));
+                assert!(message.contains("not available for this type"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(joinable("tahoe-introducer"), Some("tahoe-lafs"));
+        assert_eq!(joinable("syncthing"), Some("syncthing"));
+        match join(&sys, "web", None, &rs, &Scores::default(), "x").await {
+            Reply::Joined { message, .. } => assert!(message.contains("scan first")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

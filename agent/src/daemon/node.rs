@@ -1,0 +1,167 @@
+//! The node in its community, once the mesh has started: the exchange server, LAN discovery,
+//! publishing and browsing, Serf, the probe with the control socket and the dashboard, gossip
+//! and the service manager, until SIGTERM.
+
+use anyhow::{Context as _, Result};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Options;
+use crate::catalog::{avahi, browse, publish};
+use crate::mesh::{gossip, serf, Mesh};
+use crate::os::supervisor::Control;
+use crate::registry::manager::Manager;
+use crate::registry::published::Local;
+use crate::services::builtin::{Declared, TincVpn};
+use crate::services::Service;
+use cloudy_model::seed::{Community, Seed};
+
+pub async fn run(mesh: Arc<Mesh>, seed: &Seed, community: &Community, opts: &Options) -> Result<i32> {
+    let listener = listen(seed.join_port()).await?;
+    let share = publish::Sharing::new(
+        mesh.sys.clone(),
+        mesh.key.clone(),
+        community.name.clone(),
+        mesh.members.clone(),
+        community.peers.clone(),
+    );
+    let local = local_services(&mesh, seed);
+    let manager = Manager::new(
+        mesh.sys.clone(),
+        opts.agent_exe.clone(),
+        super::enabled(seed),
+        community.name.clone(),
+        mesh.members.clone(),
+        share.clone(),
+        local.clone(),
+        vec![("tincd".into(), mesh.tincd_status.clone())],
+    );
+    tokio::spawn(super::serve::serve(
+        mesh.clone(),
+        share.clone(),
+        manager.clone(),
+        listener,
+    ));
+    tokio::spawn(gossip::reconcile(mesh.clone()));
+    start_lan(&mesh, &share, seed.join_port()).await;
+    tokio::spawn(publish::publish(share.clone(), seed.join_port(), local));
+    tokio::spawn(browse::keep_catalog(share.clone()));
+    start_serf(&mesh, &share, opts);
+    start_control(&mesh, &share, seed, opts);
+    tokio::spawn(gossip::gossip(
+        mesh.clone(),
+        community.peers.clone(),
+        seed.network.clone(),
+    ));
+    // After the mesh: services listen on the VPN address and find providers in the catalog.
+    tokio::spawn(manager.clone().run());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+    // Nobody checks our services' health once we are gone: withdraw them.
+    if let Err(e) = avahi::sync(&mesh.sys, &[]) {
+        tracing::warn!("withdrawing avahi service files: {e}");
+    }
+    manager.stop().await;
+    let _ = mesh.tincd.send(Control::Stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(0)
+}
+
+/// The exchange port, on IPv6 and IPv4 where the kernel has both.
+async fn listen(port: u16) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        .await
+        .or(tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await)
+        .with_context(|| format!("listening on exchange port {port}"))
+}
+
+/// Our built-in and declared services; the manager adds the ones it runs.
+fn local_services(mesh: &Arc<Mesh>, seed: &Seed) -> Arc<Local> {
+    let mut services: Vec<Arc<dyn Service>> = vec![Arc::new(TincVpn {
+        port: mesh.settings.port,
+        members: mesh.members.clone(),
+        pidfile: mesh.paths.pidfile.clone(),
+    })];
+    for p in seed.services.iter().flat_map(|s| s.publish.iter()) {
+        services.push(Arc::new(Declared(p.clone())));
+    }
+    Local::new(services)
+}
+
+/// Our exchange service on the LAN, and others' records browsed there.
+async fn start_lan(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, port: u16) {
+    match gossip::start_lan(mesh, port) {
+        Ok(lan) => {
+            if let Err(e) = browse::browse_lan(share.clone(), &lan).await {
+                tracing::warn!("no mDNS service browsing: {e}");
+            }
+            *mesh.mdns.lock().unwrap() = Some(lan)
+        }
+        Err(e) => {
+            tracing::warn!("no LAN discovery ({e}); only the seed's bootstrap peers will be tried")
+        }
+    }
+}
+
+/// Serf, for records community-wide.
+fn start_serf(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, opts: &Options) {
+    let Some(exe) = opts.serf.as_ref().filter(|p| p.exists()) else {
+        tracing::warn!(
+            "serf not found ({:?}): services are found on the LAN and VPN by mDNS only",
+            opts.serf
+        );
+        return;
+    };
+    let serf = serf::Serf {
+        exe: exe.clone(),
+        sys: mesh.sys.clone(),
+        key: mesh.key.serf_key(),
+        rpc_auth: mesh.key.serf_rpc_auth(),
+        desired: share.serf.clone(),
+    };
+    match serf.start() {
+        Ok(rx) => {
+            // Serf members missing from our member list: Serf's keyring already proved they
+            // hold the community key, and swapping lists with them lets a crowd that starts
+            // at once converge through Serf's gossip instead of one bootstrap node.
+            let (tx, found) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(browse::follow_serf(share.clone(), rx, tx));
+            gossip::introduce(mesh, found, "through serf");
+        }
+        Err(e) => tracing::warn!("no serf: {e}"),
+    }
+}
+
+/// The probe (first scan soon, then periodic), the control socket and the dashboard.
+fn start_control(
+    mesh: &Arc<Mesh>,
+    share: &Arc<publish::Sharing>,
+    seed: &Seed,
+    opts: &Options,
+) {
+    let me = mesh.members.lock().unwrap().me().id.clone();
+    let prober = Arc::new(crate::probe::Prober::new(
+        mesh.sys.clone(),
+        me,
+        crate::probe::Options::default(),
+    ));
+    let agent = Arc::new(crate::control::Agent {
+        sys: mesh.sys.clone(),
+        share: share.clone(),
+        prober,
+        seed_errors: mesh.sys.load_seed().errors,
+        pidfile: mesh.paths.pidfile.clone(),
+        views: Mutex::new(Vec::new()),
+    });
+    crate::control::start(agent);
+    crate::dashboard::supervise(
+        mesh.sys.clone(),
+        opts.agent_exe.clone(),
+        seed.dashboard_port(),
+    );
+}

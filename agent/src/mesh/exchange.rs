@@ -1,0 +1,661 @@
+//! The join protocol: two members swap their member lists over TCP, each side proving it holds
+//! the community key before it learns anything. Nothing received is run; lists are parsed
+//! strictly, bounded in size and merged by `members`.
+//!
+//! ```text
+//! client -> server  {"v":1,"hello":NC}            NC, NS: 16 random bytes, hex
+//! server -> client  {"v":1,"nonce":NS}
+//! client -> server  {"v":1,"body":LIST,"mac":HMAC(K, "C" NC NS LIST)}
+//! server -> client  {"v":1,"body":LIST,"mac":HMAC(K, "S" NC NS LIST)}   (only if the MAC held)
+//! ```
+//! K = HMAC-SHA256(community key, "cloudy join v1" + community name). Fresh nonces on both
+//! sides stop replays; the role byte stops a reflected answer passing as a request.
+//!
+//! The same handshake fetches a member's service records (no size limit of Serf tags):
+//! the hello carries `"want":"services"`, the request body is empty, the reply body is the
+//! member's records as JSON, and the role bytes are `Q`/`R` so neither kind of message can
+//! stand in for the other.
+//!
+//! A member's probe summary (its own view of every provider's score) travels the same way with
+//! `"want":"scores"`, an empty request body and role bytes `P`/`V`.
+//!
+//! And it carries a service request (`"want":"ask"`): a member asks another member's agent to
+//! let it use a service (e.g. Syncthing: add my device, share the folder with it). The request
+//! body is a `ServiceAsk`, the reply a `ServiceAnswer`, role bytes `A`/`B`; the server checks
+//! the asker's node id against its member list before the service sees the request.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::catalog::{self, Record};
+use crate::os::identity::{hex, random_bytes};
+use crate::mesh::members::{Member, MAX_MEMBERS};
+
+pub const PROTOCOL: u32 = 1;
+/// 1024 members of ~1.2 KiB each, with room to spare.
+pub const MAX_LINE: usize = 2 << 20;
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer closed the connection (it may not share our community key)")]
+    Closed,
+    #[error("message longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("wrong community key (MAC check failed)")]
+    BadMac,
+    #[error("more than {MAX_MEMBERS} members offered")]
+    TooMany,
+    #[error("{0}")]
+    Record(#[from] catalog::RecordError),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Clone)]
+pub struct JoinKey([u8; 32]);
+
+impl JoinKey {
+    pub fn derive(community: &str, key: &str) -> Self {
+        let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+        m.update(b"cloudy join v1");
+        m.update(community.as_bytes());
+        JoinKey(m.finalize().into_bytes().into())
+    }
+
+    /// Marks our community's mDNS records; a one-way value, so it tells nothing of the key.
+    pub fn tag(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"mdns tag");
+        hex(&m.finalize().into_bytes()[..8])
+    }
+
+    /// Signs a service record for mDNS, where anyone on the LAN can send one: only key holders
+    /// can make a record we accept. 128 bits are plenty for a tag checked online.
+    pub fn record_mac(&self, r: &Record) -> String {
+        hex(&self.record_hmac(r).finalize().into_bytes()[..16])
+    }
+
+    pub fn record_mac_ok(&self, r: &Record, mac_hex: &str) -> bool {
+        match unhex(mac_hex) {
+            Some(tag) if tag.len() == 16 => self.record_hmac(r).verify_truncated_left(&tag).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn record_hmac(&self, r: &Record) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"service record v1|");
+        m.update(r.canonical().as_bytes());
+        m
+    }
+
+    /// Serf's gossip key (32 bytes, base64): only community members can take part.
+    pub fn serf_key(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"serf gossip");
+        base64(&m.finalize().into_bytes())
+    }
+
+    /// Token for Serf's local RPC, so other local users cannot steer it.
+    pub fn serf_rpc_auth(&self) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"serf rpc");
+        hex(&m.finalize().into_bytes()[..16])
+    }
+
+    fn mac(&self, role: u8, nc: &str, ns: &str, body: &str) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        for part in [
+            &[role][..],
+            nc.as_bytes(),
+            b"|",
+            ns.as_bytes(),
+            b"|",
+            body.as_bytes(),
+        ] {
+            m.update(part);
+        }
+        m
+    }
+
+    fn sign(&self, role: u8, nc: &str, ns: &str, body: &str) -> String {
+        hex(&self.mac(role, nc, ns, body).finalize().into_bytes())
+    }
+
+    fn verify(&self, role: u8, nc: &str, ns: &str, body: &str, mac_hex: &str) -> bool {
+        let Some(tag) = unhex(mac_hex) else {
+            return false;
+        };
+        // verify_slice compares in constant time.
+        self.mac(role, nc, ns, body).verify_slice(&tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for JoinKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinKey(..)")
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hello {
+    v: u32,
+    hello: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    want: Option<String>,
+}
+
+const WANT_SERVICES: &str = "services";
+const WANT_ASK: &str = "ask";
+const WANT_SCORES: &str = "scores";
+/// A service request or answer is a few typed fields.
+const MAX_ASK: usize = 4096;
+
+/// A member asks to use one of our services (see `services::Service::accept`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAsk {
+    /// The service's record type, e.g. `syncthing`.
+    pub service: String,
+    /// The asker's node id; must be a member.
+    pub node_id: String,
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default)]
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Challenge {
+    v: u32,
+    nonce: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signed {
+    v: u32,
+    body: String,
+    mac: String,
+}
+
+fn nonce_ok(n: &str) -> bool {
+    n.len() == 32 && unhex(n).is_some()
+}
+
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Conn {
+    fn new(s: TcpStream) -> Self {
+        let (r, w) = s.into_split();
+        Conn {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), JoinError> {
+        let mut line = serde_json::to_vec(msg).expect("messages serialise");
+        line.push(b'\n');
+        self.w.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// Reads one line without ever holding more than MAX_LINE bytes of it.
+    async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<T, JoinError> {
+        let mut buf = Vec::new();
+        loop {
+            let chunk = self.r.fill_buf().await?;
+            if chunk.is_empty() {
+                return Err(JoinError::Closed);
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if buf.len() + take > MAX_LINE {
+                return Err(JoinError::TooLong);
+            }
+            buf.extend_from_slice(&chunk[..take]);
+            self.r.consume(take);
+            if done {
+                break;
+            }
+        }
+        serde_json::from_slice(&buf).map_err(|e| JoinError::Malformed(e.to_string()))
+    }
+}
+
+fn encode(members: &[Member]) -> String {
+    serde_json::to_string(members).expect("members serialise")
+}
+
+fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
+    let list: Vec<Member> =
+        serde_json::from_str(body).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    if list.len() > MAX_MEMBERS {
+        return Err(JoinError::TooMany);
+    }
+    Ok(list)
+}
+
+/// Client side of every request: hello (with what we want), the peer's challenge, our body
+/// signed with role byte `ask`, and the reply checked under role byte `answer`; gives the reply
+/// body. Roles differ per request kind so an answer of one kind never passes for another.
+async fn request(
+    addr: SocketAddr,
+    key: &JoinKey,
+    want: Option<&str>,
+    (ask, answer): (u8, u8),
+    body: String,
+) -> Result<String, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let nc = hex(&random_bytes::<16>());
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+            want: want.map(String::from),
+        })
+        .await?;
+        let ch: Challenge = c.recv().await?;
+        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
+            return Err(JoinError::Malformed("bad challenge".into()));
+        }
+        let mac = key.sign(ask, &nc, &ch.nonce, &body);
+        c.send(&Signed {
+            v: PROTOCOL,
+            body,
+            mac,
+        })
+        .await?;
+        let reply: Signed = c.recv().await?;
+        if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
+            return Err(JoinError::BadMac);
+        }
+        Ok(reply.body)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
+/// Client side: sends our list to the join service at `addr`, returns the peer's list.
+pub async fn exchange(
+    addr: SocketAddr,
+    key: &JoinKey,
+    ours: &[Member],
+) -> Result<Vec<Member>, JoinError> {
+    let reply = request(addr, key, None, (b'C', b'S'), encode(ours)).await?;
+    decode(&reply)
+}
+
+/// Client side of a services fetch: the records the member at `addr` publishes, each
+/// checked and all of them that member's (`node_id`).
+pub async fn fetch_services(
+    addr: SocketAddr,
+    key: &JoinKey,
+    node_id: &str,
+) -> Result<Vec<Record>, JoinError> {
+    let reply = request(addr, key, Some(WANT_SERVICES), (b'Q', b'R'), String::new()).await?;
+    Ok(cloudy_model::record::parse_list(reply.as_bytes(), node_id)?)
+}
+
+/// Client side of a scores fetch: the member's probe summary, checked by `probe`.
+pub async fn fetch_scores(
+    addr: SocketAddr,
+    key: &JoinKey,
+) -> Result<Vec<cloudy_model::summary::Summary>, JoinError> {
+    let reply = request(addr, key, Some(WANT_SCORES), (b'P', b'V'), String::new()).await?;
+    cloudy_model::summary::parse_summary(reply.as_bytes()).map_err(JoinError::Malformed)
+}
+
+/// Client side of a service request: the provider's answer fields, or its refusal.
+pub async fn ask_service(
+    addr: SocketAddr,
+    key: &JoinKey,
+    req: &ServiceAsk,
+) -> Result<std::collections::BTreeMap<String, String>, JoinError> {
+    let body = serde_json::to_string(req).expect("requests serialise");
+    let reply = request(addr, key, Some(WANT_ASK), (b'A', b'B'), body).await?;
+    if reply.len() > MAX_ASK {
+        return Err(JoinError::TooLong);
+    }
+    let a: ServiceAnswer =
+        serde_json::from_str(&reply).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    match a.error {
+        Some(e) => Err(JoinError::Refused(e)),
+        None => Ok(a.fields),
+    }
+}
+
+/// Server side for one connection. `merge` takes the authenticated peer's list and returns
+/// ours (after merging) to send back; `services` gives our records for a services fetch. A
+/// peer that fails the MAC gets nothing but our nonce.
+pub async fn serve(
+    stream: TcpStream,
+    key: &JoinKey,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
+) -> Result<usize, JoinError> {
+    serve_all(stream, key, merge, services, ask, || "[]".to_string()).await
+}
+
+/// `serve`, also answering a scores fetch with `scores` (our probe summary, JSON).
+pub async fn serve_all(
+    stream: TcpStream,
+    key: &JoinKey,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
+    scores: impl FnOnce() -> String,
+) -> Result<usize, JoinError> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = Conn::new(stream);
+        let hello: Hello = c.recv().await?;
+        if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
+            return Err(JoinError::Malformed("bad hello".into()));
+        }
+        let ns = hex(&random_bytes::<16>());
+        c.send(&Challenge {
+            v: PROTOCOL,
+            nonce: ns.clone(),
+        })
+        .await?;
+        // The same signed request/answer for every kind; only the role bytes and the body
+        // differ (the client side is `request`).
+        let (asked, answers) = match hello.want.as_deref() {
+            None => (b'C', b'S'),
+            Some(WANT_SERVICES) => (b'Q', b'R'),
+            Some(WANT_ASK) => (b'A', b'B'),
+            Some(WANT_SCORES) => (b'P', b'V'),
+            Some(_) => return Err(JoinError::Malformed("unknown request".into())),
+        };
+        let req: Signed = c.recv().await?;
+        if !key.verify(asked, &hello.hello, &ns, &req.body, &req.mac) {
+            return Err(JoinError::BadMac);
+        }
+        let (body, n) = match hello.want.as_deref() {
+            None => {
+                let theirs = decode(&req.body)?;
+                let n = theirs.len();
+                (encode(&merge(theirs)), n)
+            }
+            Some(WANT_ASK) => {
+                if req.body.len() > MAX_ASK {
+                    return Err(JoinError::TooLong);
+                }
+                let asked: ServiceAsk = serde_json::from_str(&req.body)
+                    .map_err(|e| JoinError::Malformed(e.to_string()))?;
+                let answer = match ask(asked) {
+                    Ok(fields) => ServiceAnswer {
+                        error: None,
+                        fields,
+                    },
+                    Err(e) => ServiceAnswer {
+                        error: Some(e),
+                        fields: Default::default(),
+                    },
+                };
+                (
+                    serde_json::to_string(&answer).expect("answers serialise"),
+                    0,
+                )
+            }
+            // Services and scores fetches carry no body.
+            _ if !req.body.is_empty() => return Err(JoinError::BadMac),
+            Some(WANT_SERVICES) => (
+                serde_json::to_string(&services()).expect("records serialise"),
+                0,
+            ),
+            _ => (scores(), 0),
+        };
+        let mac = key.sign(answers, &hello.hello, &ns, &body);
+        c.send(&Signed {
+            v: PROTOCOL,
+            body,
+            mac,
+        })
+        .await?;
+        Ok(n)
+    })
+    .await
+    .map_err(|_| JoinError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::members::tests::member;
+
+    async fn pair(
+        server_key: JoinKey,
+        client_key: JoinKey,
+    ) -> (
+        Result<Vec<Member>, JoinError>,
+        Result<usize, JoinError>,
+        bool,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got_theirs = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let g = got_theirs.clone();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            serve(
+                s,
+                &server_key,
+                |_theirs| {
+                    g.store(true, std::sync::atomic::Ordering::SeqCst);
+                    vec![member('b', "server")]
+                },
+                Vec::new,
+                |_| Err("no".into()),
+            )
+            .await
+        });
+        let client = exchange(addr, &client_key, &[member('a', "client")]).await;
+        let s = server.await.unwrap();
+        (
+            client,
+            s,
+            got_theirs.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn same_key_swaps_lists() {
+        let k = JoinKey::derive("sants", "0123456789abcdef");
+        let (c, s, merged) = pair(k.clone(), k).await;
+        assert_eq!(c.unwrap()[0].name, "server");
+        assert_eq!(s.unwrap(), 1);
+        assert!(merged);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wrong_key_gets_nothing() {
+        let (c, s, merged) = pair(
+            JoinKey::derive("sants", "0123456789abcdef"),
+            JoinKey::derive("sants", "0123456789abcdeX"),
+        )
+        .await;
+        assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
+        assert!(matches!(c, Err(JoinError::Closed)), "{c:?}");
+        assert!(!merged, "the server never looked at the list");
+        let (_, s, _) = pair(
+            JoinKey::derive("sants", "0123456789abcdef"),
+            JoinKey::derive("other", "0123456789abcdef"),
+        )
+        .await;
+        assert!(
+            matches!(s, Err(JoinError::BadMac)),
+            "another community's key is a wrong key"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn services_are_fetched_only_with_the_key() {
+        use crate::catalog::tests::record;
+        for (server, client, ok) in [
+            ("k0123456789abcdef", "k0123456789abcdef", true),
+            ("k0123456789abcdef", "wrong0123456789ab", false),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = JoinKey::derive("c", server);
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                serve(
+                    s,
+                    &sk,
+                    |_| panic!("not a join"),
+                    || vec![record('a', "serf", 7946)],
+                    |_| panic!("not an ask"),
+                )
+                .await
+            });
+            let got = fetch_services(addr, &JoinKey::derive("c", client), &"a".repeat(32)).await;
+            let s = srv.await.unwrap();
+            if ok {
+                assert_eq!(got.unwrap()[0].port, 7946);
+                s.unwrap();
+            } else {
+                assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
+                assert!(got.is_err());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn service_requests_need_the_key_and_carry_refusals() {
+        for (client, answer, expect) in [
+            ("k0123456789abcdef", Ok("yes"), "ok"),
+            ("k0123456789abcdef", Err("full"), "refused: full"),
+            ("wrong0123456789ab", Ok("yes"), "bad"),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = JoinKey::derive("c", "k0123456789abcdef");
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                serve(
+                    s,
+                    &sk,
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    move |a| {
+                        assert_eq!(a.fields["device_id"], "D");
+                        answer
+                            .map(|v| [("folder".to_string(), v.to_string())].into())
+                            .map_err(str::to_string)
+                    },
+                )
+                .await
+            });
+            let req = ServiceAsk {
+                service: "syncthing".into(),
+                node_id: "a".repeat(32),
+                fields: [("device_id".to_string(), "D".to_string())].into(),
+            };
+            let got = ask_service(addr, &JoinKey::derive("c", client), &req).await;
+            let _ = srv.await.unwrap();
+            match expect {
+                "ok" => assert_eq!(got.unwrap()["folder"], "yes"),
+                "bad" => assert!(got.is_err()),
+                e => assert_eq!(got.unwrap_err().to_string(), e),
+            }
+        }
+    }
+
+    #[test]
+    fn record_macs_and_derived_keys() {
+        use crate::catalog::tests::record;
+        let k = JoinKey::derive("c", "0123456789abcdef");
+        let r = record('a', "serf", 1);
+        let mac = k.record_mac(&r);
+        assert!(k.record_mac_ok(&r, &mac));
+        let mut r2 = r.clone();
+        r2.port = 2;
+        assert!(!k.record_mac_ok(&r2, &mac), "covers the port");
+        assert!(!JoinKey::derive("c", "0123456789abcdeX").record_mac_ok(&r, &mac));
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(k.serf_key().len(), 44, "32 bytes in base64");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn oversized_line_is_cut_off() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let junk = vec![b'x'; MAX_LINE + 10];
+            let _ = s.write_all(&junk).await;
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let r = serve(
+            s,
+            &JoinKey::derive("c", "0123456789abcdef"),
+            |_| vec![],
+            Vec::new,
+            |_| Err("no".into()),
+        )
+        .await;
+        assert!(matches!(r, Err(JoinError::TooLong)), "{r:?}");
+        client.await.unwrap();
+    }
+}

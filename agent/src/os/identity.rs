@@ -1,0 +1,366 @@
+//! The node's identity: its hostname (from the seed, else the image default), a stable node id,
+//! the dashboard credential and the ssh keys allowed in.
+
+use crate::os::system::System;
+
+/// Used when neither the seed nor the image defaults name the node.
+pub const FALLBACK_NAME: &str = "cloudy";
+
+/// Node id, dashboard credential and key files live here (`System::state_dir`).
+pub const NODE_ID_FILE: &str = "/var/lib/cloudy/node-id";
+pub const DASHBOARD_HASH_FILE: &str = "/var/lib/cloudy/dashboard.hash";
+pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds {content:?}, not a node id; remove it to make a new identity")]
+    BadNodeId { path: String, content: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("setting the kernel hostname to {name:?}: {source}")]
+    SetHostname {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Makes the node carry `name`: /etc/hostname, the /etc/hosts self entry, and (on the live
+/// system) the kernel hostname. Rewrites only what differs, so reboots change nothing.
+pub fn apply_hostname(sys: &System, name: &str) -> Result<(), IdentityError> {
+    let wanted = format!("{name}\n");
+    if std::fs::read_to_string(sys.path("/etc/hostname"))
+        .ok()
+        .as_deref()
+        != Some(&wanted)
+    {
+        sys.write_atomic("/etc/hostname", wanted.as_bytes(), 0o644)
+            .map_err(|source| IdentityError::Write {
+                path: "/etc/hostname".into(),
+                source,
+            })?;
+    }
+    let hosts_path = sys.path("/etc/hosts");
+    let hosts =
+        std::fs::read_to_string(&hosts_path).unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
+    let updated = hosts_with_self(&hosts, name);
+    if updated != hosts {
+        sys.write_atomic("/etc/hosts", updated.as_bytes(), 0o644)
+            .map_err(|source| IdentityError::Write {
+                path: "/etc/hosts".into(),
+                source,
+            })?;
+    }
+    if sys.is_live() {
+        set_kernel_hostname(name).map_err(|source| IdentityError::SetHostname {
+            name: name.into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The node's id: 128 random bits made on first boot and kept for life, so a renamed node is
+/// still the same member. Hex, 32 characters.
+pub fn node_id(sys: &System) -> Result<String, IdentityError> {
+    let path = sys.path(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            if is_node_id(id) {
+                return Ok(id.to_string());
+            }
+            return Err(IdentityError::BadNodeId {
+                path: path.display().to_string(),
+                content: s,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(IdentityError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    }
+    let id = hex(&random_bytes::<16>());
+    sys.write_atomic(NODE_ID_FILE, format!("{id}\n").as_bytes(), 0o644)
+        .map_err(|source| IdentityError::Write {
+            path: NODE_ID_FILE.into(),
+            source,
+        })?;
+    Ok(id)
+}
+
+pub fn is_node_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What the console should show once: a password generated on this boot, or nothing.
+#[derive(Debug, PartialEq)]
+pub enum Credential {
+    FromSeed,
+    Kept,
+    Generated(String),
+}
+
+/// The dashboard never has a default password: the seed's hash is kept, else one is made on
+/// first boot and shown once. Only a salted hash is stored.
+pub fn dashboard_credential(
+    sys: &System,
+    seed_hash: Option<&str>,
+) -> Result<Credential, IdentityError> {
+    let write = |contents: &str| {
+        sys.write_atomic(DASHBOARD_HASH_FILE, contents.as_bytes(), 0o600)
+            .map_err(|source| IdentityError::Write {
+                path: DASHBOARD_HASH_FILE.into(),
+                source,
+            })
+    };
+    if let Some(h) = seed_hash {
+        let line = format!("{h}\n");
+        if std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE))
+            .ok()
+            .as_deref()
+            != Some(&line)
+        {
+            write(&line)?;
+        }
+        return Ok(Credential::FromSeed);
+    }
+    // A hash in an older format cannot be checked: make a new password rather than none.
+    let kept = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap_or_default();
+    if is_password_hash(kept.trim()) {
+        return Ok(Credential::Kept);
+    }
+    // 15 bytes make 24 base64-like characters without padding: ~120 bits, typeable.
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let password: String = random_bytes::<20>()
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    write(&format!("{}\n", hash_password(&password)))?;
+    Ok(Credential::Generated(password))
+}
+
+/// An Argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH`), what the seed's
+/// `[dashboard] password_hash` holds too (`cloudy-agent seed hash-password` makes one).
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).expect("16 bytes make a salt");
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("default parameters hash")
+        .to_string()
+}
+
+/// True for an Argon2 PHC string the dashboard can check a password against.
+pub fn is_password_hash(h: &str) -> bool {
+    argon2::password_hash::PasswordHash::new(h)
+        .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2"))
+}
+
+/// Checks `password` against a stored PHC hash, in constant time.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &h)
+        .is_ok()
+}
+
+/// Installs the seed's keys for root. The file is the seed's list, whole: a key removed from
+/// the seed is removed from the node.
+pub fn apply_ssh_keys(sys: &System, keys: &[String]) -> Result<(), IdentityError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let body = keys
+        .iter()
+        .map(|k| format!("{}\n", k.trim()))
+        .collect::<String>();
+    let wanted = format!("# managed by cloudy-agent from the seed's [ssh] section\n{body}");
+    if std::fs::read_to_string(sys.path(AUTHORIZED_KEYS))
+        .ok()
+        .as_deref()
+        != Some(&wanted)
+    {
+        sys.write_atomic(AUTHORIZED_KEYS, wanted.as_bytes(), 0o600)
+            .map_err(|source| IdentityError::Write {
+                path: AUTHORIZED_KEYS.into(),
+                source,
+            })?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            sys.path("/root/.ssh"),
+            std::fs::Permissions::from_mode(0o700),
+        );
+    }
+    Ok(())
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: writes at most N - filled bytes into our buffer.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // No entropy source at all: nothing on this node can be kept secret; stop loudly.
+            panic!("getrandom: {e}");
+        }
+        filled += n as usize;
+    }
+    buf
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Debian's convention: the node's own name resolves through a `127.0.1.1` line.
+fn hosts_with_self(hosts: &str, name: &str) -> String {
+    let mut out: Vec<String> = hosts
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("127.0.1.1"))
+        .map(str::to_string)
+        .collect();
+    let at = out
+        .iter()
+        .position(|l| l.trim_start().starts_with("127.0.0.1"))
+        .map_or(0, |i| i + 1);
+    out.insert(at, format!("127.0.1.1\t{name}"));
+    out.join("\n") + "\n"
+}
+
+fn set_kernel_hostname(name: &str) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
+    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+pub fn kernel_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_files_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        sys.write_atomic(
+            "/etc/hosts",
+            b"127.0.0.1\tlocalhost\n127.0.1.1\told\n::1\tlocalhost\n",
+            0o644,
+        )
+        .unwrap();
+        apply_hostname(&sys, "pi-test").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.path("/etc/hostname")).unwrap(),
+            "pi-test\n"
+        );
+        let hosts = std::fs::read_to_string(sys.path("/etc/hosts")).unwrap();
+        assert_eq!(
+            hosts,
+            "127.0.0.1\tlocalhost\n127.0.1.1\tpi-test\n::1\tlocalhost\n"
+        );
+        let before = std::fs::metadata(sys.path("/etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        apply_hostname(&sys, "pi-test").unwrap();
+        let after = std::fs::metadata(sys.path("/etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(before, after, "second run rewrites nothing");
+    }
+
+    #[test]
+    fn node_id_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let a = node_id(&sys).unwrap();
+        assert!(is_node_id(&a), "{a}");
+        assert_eq!(node_id(&sys).unwrap(), a);
+        sys.write_atomic(NODE_ID_FILE, b"garbage\n", 0o644).unwrap();
+        assert!(node_id(&sys).unwrap_err().to_string().contains("remove it"));
+    }
+
+    #[test]
+    fn dashboard_password_generated_once_and_never_default() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let Credential::Generated(p) = dashboard_credential(&sys, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.len(), 20);
+        let stored = std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap();
+        assert!(!stored.contains(&p), "only the hash is stored");
+        assert!(stored.starts_with("$argon2id$"));
+        assert!(verify_password(stored.trim(), &p));
+        assert!(!verify_password(stored.trim(), "wrong"));
+        let mode = std::fs::metadata(sys.path(DASHBOARD_HASH_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(dashboard_credential(&sys, None).unwrap(), Credential::Kept);
+        let other = tempfile::tempdir().unwrap();
+        let Credential::Generated(q) =
+            dashboard_credential(&System::new(other.path()), None).unwrap()
+        else {
+            panic!()
+        };
+        assert_ne!(p, q);
+        assert_eq!(
+            dashboard_credential(&sys, Some("$y$abc")).unwrap(),
+            Credential::FromSeed
+        );
+        assert_eq!(
+            std::fs::read_to_string(sys.path(DASHBOARD_HASH_FILE)).unwrap(),
+            "$y$abc\n"
+        );
+    }
+
+    #[test]
+    fn ssh_keys_installed_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        apply_ssh_keys(&sys, &["ssh-ed25519 AAAA me".into()]).unwrap();
+        let p = sys.path(AUTHORIZED_KEYS);
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .ends_with("ssh-ed25519 AAAA me\n"));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

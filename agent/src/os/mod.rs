@@ -1,0 +1,11 @@
+//! The node's operating system, as the agent sees it: paths under a root, one supervisor for
+//! every child process, links and addresses (rtnetlink), the node's identity, secrets, file
+//! helpers and one HTTP client. Imports only `cloudy-model`.
+
+pub mod files;
+pub mod http;
+pub mod identity;
+pub mod network;
+pub mod secrets;
+pub mod supervisor;
+pub mod system;

@@ -1,0 +1,455 @@
+//! Keeps one child process running: restarts it with exponential backoff when it dies, passes
+//! on reloads (a signal) and restarts, clears out a copy left behind by an agent that was
+//! killed, and records what happened (state, pid, restarts, last error) for `status`.
+//!
+//! One supervisor for every child: tincd and each service's program are a `Program`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A child that ran this long was healthy; the next failure starts the backoff afresh.
+pub const STABLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Control {
+    /// Reread the configuration in place (`Program::reload` signals).
+    Reload,
+    /// Stop and start (a configuration the child only reads at start changed).
+    Restart,
+    Stop,
+}
+
+/// Doubling delays between restarts, back to the minimum after a stable run.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The delay to wait now; the one after is twice as long (up to the maximum).
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
+    }
+}
+
+/// What a program to supervise is. Everything is fixed when the supervisor starts; a changed
+/// configuration is new files plus `Control::Restart` (or a new supervisor).
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// For logs and `status`.
+    pub name: String,
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Run as this uid/gid (supplementary groups dropped); None: as the agent.
+    pub user: Option<(u32, u32)>,
+    /// Sent on `Control::Reload`, in order.
+    pub reload: Vec<libc::c_int>,
+    /// A process whose command line holds this exact argument (and whose program name is
+    /// `exe`'s) is a leftover of ours from an agent that was killed: stopped before we start.
+    pub marker: Option<String>,
+    /// A pid file the child writes and refuses to start over (tincd): removed when stale.
+    pub pidfile: Option<PathBuf>,
+    /// Where the child's stdout and stderr go (appended); None: the agent's stderr.
+    pub log: Option<PathBuf>,
+    /// Told when the child exits (after `Status` says so), e.g. to withdraw its records now
+    /// rather than at the next health check.
+    pub on_exit: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Program {
+    pub fn new(name: &str, exe: impl Into<PathBuf>) -> Program {
+        Program {
+            name: name.into(),
+            exe: exe.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            reload: Vec::new(),
+            marker: None,
+            pidfile: None,
+            log: None,
+            on_exit: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Program {
+        self.args.push(a.into());
+        self
+    }
+
+    fn command(&self) -> std::io::Result<tokio::process::Command> {
+        let mut c = tokio::process::Command::new(&self.exe);
+        c.args(&self.args)
+            .envs(self.env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        if let Some(log) = &self.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            c.stdout(f.try_clone()?).stderr(f);
+        }
+        if let Some((uid, gid)) = self.user {
+            // std sets the gid, drops supplementary groups, then the uid, before pre_exec.
+            c.uid(uid).gid(gid);
+        }
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        unsafe {
+            c.pre_exec(move || {
+                // If the agent is killed, the child goes too, and the restarted agent starts
+                // clean. Set after the uid change, which would clear it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The agent may have died between fork and prctl: then nobody would stop us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not started (yet), or stopped on purpose.
+    Stopped,
+    /// Running (or about to), not yet healthy.
+    Starting,
+    /// Running and healthy.
+    Running,
+    /// Could not be configured or started, or exited: waiting to retry.
+    Failed,
+}
+
+/// What `status` shows of one supervised child; the supervisor and the health checks write it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub state: State,
+    /// 0 while not running.
+    pub pid: u32,
+    /// Starts after the first one.
+    pub restarts: u32,
+    /// Attempts that could not even start the program (missing executable, ...).
+    #[serde(default)]
+    pub spawn_failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            state: State::Stopped,
+            pid: 0,
+            restarts: 0,
+            spawn_failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+pub type Shared = Arc<Mutex<Status>>;
+
+/// Runs `p` until `Stop` or the control channel closes.
+pub async fn supervise(p: Program, status: Shared, mut ctl: mpsc::UnboundedReceiver<Control>) {
+    let mut backoff = Backoff::default();
+    let mut starts = 0u32;
+    loop {
+        if let Some(m) = &p.marker {
+            stop_stale(&p.exe, m).await;
+        }
+        if let Some(pf) = &p.pidfile {
+            drop_stale_pidfile(pf, &p.exe, p.marker.as_deref());
+            if let Some(run) = pf.parent() {
+                let _ = std::fs::create_dir_all(run);
+            }
+        }
+        let started = Instant::now();
+        let spawned = p.command().and_then(|mut c| c.spawn());
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let wait = backoff.step();
+                tracing::error!(
+                    "{}: starting {}: {e}; retrying in {wait:?}",
+                    p.name,
+                    p.exe.display()
+                );
+                {
+                    let mut s = status.lock().unwrap();
+                    s.state = State::Failed;
+                    s.pid = 0;
+                    s.spawn_failures += 1;
+                    s.last_error = Some(format!("starting {}: {e}", p.exe.display()));
+                }
+                if wait_or_stop(&mut ctl, wait).await {
+                    status.lock().unwrap().state = State::Stopped;
+                    return;
+                }
+                continue;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        starts += 1;
+        {
+            let mut s = status.lock().unwrap();
+            s.pid = pid;
+            s.restarts = starts - 1;
+            if s.state != State::Running {
+                s.state = State::Starting;
+            }
+        }
+        tracing::info!(pid, starts, "{} started", p.name);
+        let mut restart_now = false;
+        loop {
+            tokio::select! {
+                st = child.wait() => {
+                    let what = match st {
+                        Ok(st) => format!("exited: {st}"),
+                        Err(e) => format!("wait failed: {e}"),
+                    };
+                    tracing::warn!("{} (pid {pid}) {what}", p.name);
+                    {
+                        let mut s = status.lock().unwrap();
+                        s.state = State::Failed;
+                        s.last_error = Some(format!("pid {pid} {what}"));
+                    }
+                    if let Some(n) = &p.on_exit {
+                        n.notify_one();
+                    }
+                    break;
+                }
+                c = ctl.recv() => match c {
+                    Some(Control::Reload) => {
+                        tracing::info!("{}: reloading its configuration", p.name);
+                        for &sig in &p.reload {
+                            signal(pid, sig);
+                        }
+                    }
+                    Some(Control::Restart) => {
+                        stop_child(&mut child, pid).await;
+                        restart_now = true;
+                        break;
+                    }
+                    Some(Control::Stop) | None => {
+                        stop_child(&mut child, pid).await;
+                        let mut s = status.lock().unwrap();
+                        s.state = State::Stopped;
+                        s.pid = 0;
+                        return;
+                    }
+                }
+            }
+        }
+        status.lock().unwrap().pid = 0;
+        if restart_now {
+            backoff.reset();
+            status.lock().unwrap().state = State::Starting;
+            continue;
+        }
+        if started.elapsed() >= STABLE {
+            backoff.reset();
+        }
+        let wait = backoff.step();
+        tracing::info!("restarting {} in {wait:?}", p.name);
+        if wait_or_stop(&mut ctl, wait).await {
+            status.lock().unwrap().state = State::Stopped;
+            return;
+        }
+    }
+}
+
+/// Sleeps, but returns true at once if told to stop; other requests wait for the new child.
+async fn wait_or_stop(ctl: &mut mpsc::UnboundedReceiver<Control>, d: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            c = ctl.recv() => match c {
+                Some(Control::Stop) | None => return true,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if pid > 0 {
+        // SAFETY: plain syscall on a pid we started.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+    }
+}
+
+async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
+    // SIGTERM lets the child clean up (tincd runs tinc-down and says goodbye to its peers).
+    signal(pid, libc::SIGTERM);
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// True if `pid` runs `exe` (by program or script name: `python3 .../tahoe` counts) with
+/// `marker` as one of its arguments.
+fn is_ours(pid: u32, exe: &Path, marker: &str) -> bool {
+    let Some(name) = exe.file_name() else {
+        return false;
+    };
+    let name = name.as_encoded_bytes();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            let runs_exe = args
+                .iter()
+                .take(2)
+                .any(|a| a.rsplit(|&b| b == b'/').next() == Some(name));
+            runs_exe && args.contains(&marker.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// A child from an earlier agent (killed before it could stop it) holds our ports. Found by
+/// its command line naming our marker (a config directory), so another node's copy (another
+/// test node, another network's tincd) is never touched.
+pub async fn stop_stale(exe: &Path, marker: &str) {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    let stale: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && is_ours(pid, exe, marker))
+        .collect();
+    for pid in stale {
+        tracing::warn!("stopping a leftover {} (pid {pid})", exe.display());
+        signal(pid, libc::SIGTERM);
+        for i in 0..40 {
+            if !is_ours(pid, exe, marker) {
+                break;
+            }
+            if i == 30 {
+                signal(pid, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A stopped child can linger as a zombie until init reaps it, and tincd refuses to start
+/// while its pidfile names any existing pid: drop a pidfile that names no live child of ours.
+fn drop_stale_pidfile(pidfile: &Path, exe: &Path, marker: Option<&str>) {
+    if let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        if !marker.is_some_and(|m| is_ours(pid, exe, m)) {
+            let _ = std::fs::remove_file(pidfile);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
+        let got: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 700, 700]);
+        b.reset();
+        assert_eq!(b.step(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_child_that_dies_is_restarted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("m").to_string_lossy().into_owned();
+        // Exits at once: the supervisor keeps restarting it, with backoff.
+        let p = Program::new("sh", "/bin/sh")
+            .arg("-c")
+            .arg("exit 3")
+            .arg(&marker);
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let t0 = Instant::now();
+        // Between runs (waiting out the backoff) it is failed, with the exit as its error.
+        loop {
+            {
+                let s = status.lock().unwrap();
+                if s.restarts >= 3 && s.state == State::Failed {
+                    assert!(s.last_error.as_deref().unwrap().contains("exit status: 3"));
+                    break;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
+        assert_eq!(status.lock().unwrap().state, State::Stopped);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn restart_replaces_a_running_child() {
+        let p = Program::new("sleep", "/bin/sleep").arg("30");
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let pid = |s: &Shared| s.lock().unwrap().pid;
+        let t0 = Instant::now();
+        while pid(&status) == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = pid(&status);
+        tx.send(Control::Restart).unwrap();
+        while pid(&status) == 0 || pid(&status) == first {
+            assert!(t0.elapsed() < Duration::from_secs(10), "not restarted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(status.lock().unwrap().restarts, 1);
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
+    }
+}
