@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the checkout").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the checkout")
+        .to_path_buf()
 }
 
 /// The release cloudy-image that `make test` builds before running these tests.
@@ -13,7 +16,11 @@ pub fn image_bin() -> PathBuf {
     let p = std::env::var_os("CLOUDY_IMAGE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/release/cloudy-image"));
-    assert!(p.exists(), "{} missing: run `make test` (it builds the tool first)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `make test` (it builds the tool first)",
+        p.display()
+    );
     p
 }
 
@@ -26,7 +33,11 @@ pub fn e2e_enabled(name: &str) -> bool {
     }
     if wanted {
         // SAFETY: geteuid cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end image tests need root (mmdebstrap, chroot)");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "end-to-end image tests need root (mmdebstrap, chroot)"
+        );
     }
     wanted
 }
@@ -37,17 +48,31 @@ pub fn all_boards() -> bool {
 
 /// Runs cloudy-image from the checkout with the shared cache; returns its output.
 pub fn cloudy_image(args: &[&str]) -> Output {
-    let out = Command::new(image_bin()).args(args).current_dir(repo()).output().expect("run cloudy-image");
-    eprintln!("$ cloudy-image {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(image_bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run cloudy-image");
+    eprintln!(
+        "$ cloudy-image {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("json")
 }
 
 /// Output directory for a test, under target/ so `cargo clean` takes it away.

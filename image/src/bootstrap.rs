@@ -36,19 +36,42 @@ const DPKG_EXCLUDES: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("package `{package}` is not in {suite} for {arch}\n  file: {recipe}, key `packages` (or the board's kernel_package)\n  fix: correct the name (search with `apt-cache search`) or remove it")]
-    UnknownPackage { package: String, suite: String, arch: String, recipe: String },
+    UnknownPackage {
+        package: String,
+        suite: String,
+        arch: String,
+        recipe: String,
+    },
     #[error("the mirror's {suite}-security index for {arch} is broken ({detail})\n  file: {recipe}, key `security` = \"required\"\n  fix: retry later, use another mirror, or set security = \"optional\" to build without it (the manifest records that)")]
-    SecurityIndexBroken { suite: String, arch: String, detail: String, recipe: String },
+    SecurityIndexBroken {
+        suite: String,
+        arch: String,
+        detail: String,
+        recipe: String,
+    },
     #[error("mirror {mirror} is unreachable ({detail})\n  file: {recipe}, key `mirror`\n  fix: check the network or point `mirror` at a reachable Debian mirror")]
-    MirrorUnreachable { mirror: String, detail: String, recipe: String },
+    MirrorUnreachable {
+        mirror: String,
+        detail: String,
+        recipe: String,
+    },
     #[error("no space left on the disk holding {dir}\n  fix: free space there or pass --cache/--out on a larger disk, then run the build again (it resumes)")]
     DiskFull { dir: String },
     #[error("cannot fetch a wheel of every pin for {venv} on {arch}:\n{detail}\n  file: {recipe}, key `pip` (requirements, arches)\n  fix: drop {arch} from that entry's `arches`, or move the pin without a wheel to a Debian python3-* package in `debian`")]
-    Wheels { venv: String, arch: String, recipe: String, detail: String },
+    Wheels {
+        venv: String,
+        arch: String,
+        recipe: String,
+        detail: String,
+    },
     #[error("mmdebstrap failed: {0}")]
     Other(CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,7 +128,14 @@ struct KeyInput<'a> {
 /// The recipe's `[[pip]]` entries that apply to this board, with their requirements text
 /// (their Debian packages go into the package set, so into the key too).
 fn pip_entries<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a crate::recipe::Pip, &'a str)> {
-    recipe.recipe.pip.iter().zip(&recipe.pip_requirements).filter(|(p, _)| p.applies_to(board.arch.debian())).map(|(p, t)| (p, t.as_str())).collect()
+    recipe
+        .recipe
+        .pip
+        .iter()
+        .zip(&recipe.pip_requirements)
+        .filter(|(p, _)| p.applies_to(board.arch.debian()))
+        .map(|(p, t)| (p, t.as_str()))
+        .collect()
 }
 
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
@@ -145,13 +175,22 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         board_components: &board.components,
         initramfs_modules: board.initramfs_modules.as_deref(),
         initramfs: board.initramfs,
-        pip: pip_entries(board, recipe).into_iter().map(|(e, text)| (e.venv.as_str(), text)).collect(),
+        pip: pip_entries(board, recipe)
+            .into_iter()
+            .map(|(e, text)| (e.venv.as_str(), text))
+            .collect(),
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
 }
 
 /// Returns the cached rootfs for this board and recipe, making it if needed.
-pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &Step) -> Result<Rootfs, BootstrapError> {
+pub fn run(
+    board: &Board,
+    recipe: &Loaded,
+    cache_dir: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<Rootfs, BootstrapError> {
     let dir = cache_dir.join("bootstrap");
     std::fs::create_dir_all(&dir).map_err(|source| io("creating", &dir, source))?;
     let attempts: &[bool] = match recipe.recipe.security {
@@ -162,7 +201,8 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
     let mut skipped = None;
     for &with_security in attempts {
         let k = key(board, recipe, with_security);
-        let _held = cache::lock(&dir.join(&k)).map_err(|source| io("locking", &dir.join(&k), source))?;
+        let _held =
+            cache::lock(&dir.join(&k)).map_err(|source| io("locking", &dir.join(&k), source))?;
         if let Some(rootfs) = cached(&dir, &k) {
             log.line(&format!("bootstrap: cache hit {k}"));
             let mut rootfs = rootfs;
@@ -177,7 +217,9 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
             if !matches!(result, Err(BootstrapError::MirrorUnreachable { .. })) {
                 break;
             }
-            log.line(&format!("bootstrap: mirror unreachable, retrying in {wait} s"));
+            log.line(&format!(
+                "bootstrap: mirror unreachable, retrying in {wait} s"
+            ));
             step.message(&format!("mirror unreachable, retrying in {wait} s"));
             std::thread::sleep(std::time::Duration::from_secs(wait));
             result = make(board, recipe, &dir, &k, with_security, log, step);
@@ -190,10 +232,19 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
                 }
                 return Ok(rootfs);
             }
-            Err(BootstrapError::SecurityIndexBroken { detail, .. }) if recipe.recipe.security == Security::Optional => {
-                let why = format!("{}-security index for {} broken on the mirror ({detail})", recipe.recipe.suite, board.arch.debian());
+            Err(BootstrapError::SecurityIndexBroken { detail, .. })
+                if recipe.recipe.security == Security::Optional =>
+            {
+                let why = format!(
+                    "{}-security index for {} broken on the mirror ({detail})",
+                    recipe.recipe.suite,
+                    board.arch.debian()
+                );
                 tracing::info!("building without the security suite: {why}");
-                eprintln!("WARNING: building WITHOUT {}-security: {why}. The manifest records this.", recipe.recipe.suite);
+                eprintln!(
+                    "WARNING: building WITHOUT {}-security: {why}. The manifest records this.",
+                    recipe.recipe.suite
+                );
                 log.line(&format!("WARNING: security suite skipped: {why}"));
                 skipped = Some(why);
             }
@@ -204,7 +255,9 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
                     && recipe.recipe.security == Security::Optional
                     && cached(&dir, &key(board, recipe, false)).is_some() =>
             {
-                let why = format!("mirror unreachable ({detail}); using the cached rootfs built without it");
+                let why = format!(
+                    "mirror unreachable ({detail}); using the cached rootfs built without it"
+                );
                 eprintln!("WARNING: {why}");
                 log.line(&format!("WARNING: {why}"));
                 skipped = Some(why);
@@ -217,14 +270,22 @@ pub fn run(board: &Board, recipe: &Loaded, cache_dir: &Path, log: &Log, step: &S
 
 fn cached(dir: &Path, key: &str) -> Option<Rootfs> {
     let root = dir.join(key);
-    let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
-    root.join("etc/os-release").exists().then_some(Rootfs { dir: root, meta, cached: true })
+    let meta: Meta =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
+    root.join("etc/os-release").exists().then_some(Rootfs {
+        dir: root,
+        meta,
+        cached: true,
+    })
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BootstrapError> {
     let p = dir.join(format!("{}.json", meta.key));
-    cache::write_atomic(&p, &serde_json::to_vec_pretty(meta).expect("meta serialises"))
-        .map_err(|source| io("writing", &p, source))
+    cache::write_atomic(
+        &p,
+        &serde_json::to_vec_pretty(meta).expect("meta serialises"),
+    )
+    .map_err(|source| io("writing", &p, source))
 }
 
 fn make(
@@ -244,14 +305,24 @@ fn make(
     let started = std::time::Instant::now();
 
     let mut all_components = r.components.clone();
-    all_components.extend(board.components.iter().filter(|c| !r.components.contains(c)).cloned());
+    all_components.extend(
+        board
+            .components
+            .iter()
+            .filter(|c| !r.components.contains(c))
+            .cloned(),
+    );
     let components = all_components.join(" ");
     let mut sources = vec![
         format!("deb {} {} {components}", r.mirror, r.suite),
         format!("deb {} {}-updates {components}", r.mirror, r.suite),
     ];
     if with_security {
-        sources.push(format!("deb {} {}-security {components}", r.security_mirror(), r.suite));
+        sources.push(format!(
+            "deb {} {}-security {components}",
+            r.security_mirror(),
+            r.suite
+        ));
     }
     let mut c = Command::new("mmdebstrap");
     c.env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
@@ -259,7 +330,10 @@ fn make(
         .arg(format!("--arch={}", board.arch.debian()))
         .arg("--mode=root")
         .arg("--format=directory")
-        .arg(format!("--include={}", package_set(board, recipe).join(",")))
+        .arg(format!(
+            "--include={}",
+            package_set(board, recipe).join(",")
+        ))
         .arg(format!("--components={}", all_components.join(",")));
     // A mirror hiccup (seen here: a DNS lookup failing once) should cost a retry, not a build.
     c.arg("--aptopt=Acquire::Retries \"3\"");
@@ -279,7 +353,9 @@ fn make(
     c.arg(format!(
         "--customize-hook=rm -f \"$1{UPDATE_INITRAMFS}\" && dpkg-divert --root=\"$1\" --quiet --local --rename --remove {UPDATE_INITRAMFS} && chroot \"$1\" update-initramfs -c -k all"
     ));
-    if board.initramfs == Some(crate::board::InitramfsPolicy::Netboot) && board.initramfs_modules.is_none() {
+    if board.initramfs == Some(crate::board::InitramfsPolicy::Netboot)
+        && board.initramfs_modules.is_none()
+    {
         c.arg("--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'MODULES=netboot\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy-modules.conf\"");
     }
     if let Some(modules) = &board.initramfs_modules {
@@ -300,7 +376,11 @@ fn make(
         step.message(&format!("fetching wheels for {}", entry.venv));
         let wheels = fetch_wheels(entry, text, board, recipe, dir, log, step)?;
         let venv = &entry.venv;
-        let site = if entry.debian.is_empty() { "" } else { " --system-site-packages" };
+        let site = if entry.debian.is_empty() {
+            ""
+        } else {
+            " --system-site-packages"
+        };
         let req = dir.join(format!("{key}.req{i}.tmp"));
         std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
         c.arg(format!(
@@ -334,33 +414,52 @@ fn make(
         Err(_) => Vec::new(),
     };
     let _ = std::fs::remove_file(&pip_list);
-    let packages = parse_packages(&std::fs::read_to_string(&pkg_list).map_err(|source| io("reading", &pkg_list, source))?);
+    let packages = parse_packages(
+        &std::fs::read_to_string(&pkg_list).map_err(|source| io("reading", &pkg_list, source))?,
+    );
     let _ = std::fs::remove_file(&pkg_list);
     let meta = Meta {
         key: key.to_string(),
         suite: r.suite.clone(),
         arch: board.arch.debian().to_string(),
         mirror: r.mirror.clone(),
-        security: if with_security { "used".into() } else { "off".into() },
+        security: if with_security {
+            "used".into()
+        } else {
+            "off".into()
+        },
         packages,
         pip: pip_packages,
         seconds: started.elapsed().as_secs_f64(),
     };
     write_meta(dir, &meta)?;
     cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
-    Ok(Rootfs { dir: final_dir, meta, cached: false })
+    Ok(Rootfs {
+        dir: final_dir,
+        meta,
+        cached: false,
+    })
 }
 
 /// The wheels of one `[[pip]]` entry for this board's arch, cached under the bootstrap dir by
 /// a hash of the pins, arch and Python version (a second build fetches nothing).
-fn fetch_wheels(entry: &crate::recipe::Pip, text: &str, board: &Board, recipe: &Loaded, dir: &Path, log: &Log, step: &Step) -> Result<PathBuf, BootstrapError> {
+fn fetch_wheels(
+    entry: &crate::recipe::Pip,
+    text: &str,
+    board: &Board,
+    recipe: &Loaded,
+    dir: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<PathBuf, BootstrapError> {
     let machine = match board.arch {
         crate::board::Arch::Amd64 => "x86_64",
         crate::board::Arch::I386 => "i686",
         crate::board::Arch::Armhf => "armv7l",
         crate::board::Arch::Arm64 => "aarch64",
     };
-    let key = cache::sha256_bytes(format!("{machine}\n{}\n{text}", entry.python).as_bytes())[..24].to_string();
+    let key = cache::sha256_bytes(format!("{machine}\n{}\n{text}", entry.python).as_bytes())[..24]
+        .to_string();
     let wheels = dir.join("wheels").join(&key);
     if wheels.is_dir() {
         log.line(&format!("bootstrap: wheels cached {}", wheels.display()));
@@ -374,26 +473,54 @@ fn fetch_wheels(entry: &crate::recipe::Pip, text: &str, board: &Board, recipe: &
     // pip matches --platform tags literally: name every manylinux level a wheel may carry.
     let mut platforms = vec![format!("linux_{machine}")];
     if matches!(machine, "x86_64" | "i686") {
-        platforms.extend(["manylinux1", "manylinux2010"].iter().map(|m| format!("{m}_{machine}")));
+        platforms.extend(
+            ["manylinux1", "manylinux2010"]
+                .iter()
+                .map(|m| format!("{m}_{machine}")),
+        );
     }
     platforms.push(format!("manylinux2014_{machine}"));
     platforms.extend((5..=36).map(|n| format!("manylinux_2_{n}_{machine}")));
     let py = entry.python.replace('.', "");
     let mut c = Command::new("python3");
-    c.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "--implementation", "cp"])
-        .args(["--python-version", &entry.python, "--abi", &format!("cp{py}"), "--abi", "abi3", "--abi", "none"])
-        .arg("--dest")
-        .arg(&tmp)
-        .arg("-r")
-        .arg(&req)
-        .env("PIP_FIND_LINKS", "");
+    c.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--implementation",
+        "cp",
+    ])
+    .args([
+        "--python-version",
+        &entry.python,
+        "--abi",
+        &format!("cp{py}"),
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ])
+    .arg("--dest")
+    .arg(&tmp)
+    .arg("-r")
+    .arg(&req)
+    .env("PIP_FIND_LINKS", "");
     for p in &platforms {
         c.args(["--platform", p]);
     }
     if let Err(e) = cmd::run(&mut c, log, step) {
         let _ = cache::remove_any(&tmp);
         let file = recipe.path.display().to_string();
-        return Err(BootstrapError::Wheels { venv: entry.venv.clone(), arch: board.arch.debian().into(), recipe: file, detail: e.tail().to_string() });
+        return Err(BootstrapError::Wheels {
+            venv: entry.venv.clone(),
+            arch: board.arch.debian().into(),
+            recipe: file,
+            detail: e.tail().to_string(),
+        });
     }
     let _ = std::fs::remove_file(&req);
     cache::publish(&tmp, &wheels).map_err(|source| io("renaming", &tmp, source))?;
@@ -407,7 +534,11 @@ fn parse_pip(text: &str, arch: &str) -> Vec<Package> {
         .filter_map(|l| {
             let (pin, _) = l.split_once('\t')?;
             let (name, version) = pin.split_once("==")?;
-            Some(Package { name: name.into(), version: version.into(), arch: format!("pypi/{arch}") })
+            Some(Package {
+                name: name.into(),
+                version: version.into(),
+                arch: format!("pypi/{arch}"),
+            })
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -420,7 +551,11 @@ fn parse_packages(text: &str) -> Vec<Package> {
         .lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
-            Some(Package { name: f.next()?.into(), version: f.next()?.into(), arch: f.next()?.into() })
+            Some(Package {
+                name: f.next()?.into(),
+                version: f.next()?.into(),
+                arch: f.next()?.into(),
+            })
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -433,12 +568,19 @@ fn classify(e: CmdError, board: &Board, recipe: &Loaded, dir: &Path) -> Bootstra
     let recipe_file = recipe.path.display().to_string();
     let r = &recipe.recipe;
     if tail.contains("No space left on device") {
-        return BootstrapError::DiskFull { dir: dir.display().to_string() };
+        return BootstrapError::DiskFull {
+            dir: dir.display().to_string(),
+        };
     }
     for marker in ["Unable to locate package ", "Package '"] {
         if let Some(rest) = tail.split(marker).nth(1) {
-            let package: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\'').collect();
-            if !package.is_empty() && (marker.starts_with("Unable") || rest.contains("has no installation candidate")) {
+            let package: String = rest
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '\'')
+                .collect();
+            if !package.is_empty()
+                && (marker.starts_with("Unable") || rest.contains("has no installation candidate"))
+            {
                 return BootstrapError::UnknownPackage {
                     package,
                     suite: r.suite.clone(),
@@ -450,11 +592,17 @@ fn classify(e: CmdError, board: &Board, recipe: &Loaded, dir: &Path) -> Bootstra
     }
     let security_line = tail.lines().find(|l| {
         l.contains("-security")
-            && (l.contains("unexpected size") || l.contains("Hash Sum mismatch") || l.contains("Failed to fetch"))
+            && (l.contains("unexpected size")
+                || l.contains("Hash Sum mismatch")
+                || l.contains("Failed to fetch"))
     });
     let index_broken = tail.contains("unexpected size") || tail.contains("Hash Sum mismatch");
     if let Some(line) = security_line.filter(|_| index_broken) {
-        let detail = if line.contains("unexpected size") { "file has unexpected size" } else { "hash sum mismatch" };
+        let detail = if line.contains("unexpected size") {
+            "file has unexpected size"
+        } else {
+            "hash sum mismatch"
+        };
         return BootstrapError::SecurityIndexBroken {
             suite: r.suite.clone(),
             arch: board.arch.debian().into(),
@@ -462,16 +610,32 @@ fn classify(e: CmdError, board: &Board, recipe: &Loaded, dir: &Path) -> Bootstra
             recipe: recipe_file,
         };
     }
-    for marker in ["Could not resolve", "Temporary failure resolving", "Unable to connect", "Connection refused", "Could not connect", "Connection timed out", "Network is unreachable"] {
+    for marker in [
+        "Could not resolve",
+        "Temporary failure resolving",
+        "Unable to connect",
+        "Connection refused",
+        "Could not connect",
+        "Connection timed out",
+        "Network is unreachable",
+    ] {
         if let Some(line) = tail.lines().find(|l| l.contains(marker)) {
-            return BootstrapError::MirrorUnreachable { mirror: r.mirror.clone(), detail: line.trim().to_string(), recipe: recipe_file };
+            return BootstrapError::MirrorUnreachable {
+                mirror: r.mirror.clone(),
+                detail: line.trim().to_string(),
+                recipe: recipe_file,
+            };
         }
     }
     BootstrapError::Other(e)
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> BootstrapError {
-    BootstrapError::Io { what, path: path.display().to_string(), source }
+    BootstrapError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -482,11 +646,18 @@ mod tests {
     fn fixture() -> (Board, Loaded) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let (board, _) = Board::load(&root.join("tests/fixtures/boards/good.toml")).unwrap();
-        (board, Recipe::load(&root.join("tests/fixtures/recipes/good.toml")).unwrap())
+        (
+            board,
+            Recipe::load(&root.join("tests/fixtures/recipes/good.toml")).unwrap(),
+        )
     }
 
     fn failed(tail: &str) -> CmdError {
-        CmdError::Failed { command: "mmdebstrap".into(), status: "exit status: 1".into(), tail: tail.into() }
+        CmdError::Failed {
+            command: "mmdebstrap".into(),
+            status: "exit status: 1".into(),
+            tail: tail.into(),
+        }
     }
 
     #[test]
@@ -508,17 +679,41 @@ mod tests {
     fn mmdebstrap_failures_become_actionable_errors() {
         let (board, recipe) = fixture();
         let d = Path::new("/cache");
-        let e = classify(failed("E: Unable to locate package tincc\nE: apt-get failed"), &board, &recipe, d);
-        assert!(matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "tincc"), "{e}");
+        let e = classify(
+            failed("E: Unable to locate package tincc\nE: apt-get failed"),
+            &board,
+            &recipe,
+            d,
+        );
+        assert!(
+            matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "tincc"),
+            "{e}"
+        );
         assert!(e.to_string().contains("good.toml"));
-        let e = classify(failed("E: Package 'foo' has no installation candidate"), &board, &recipe, d);
-        assert!(matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "foo"), "{e}");
+        let e = classify(
+            failed("E: Package 'foo' has no installation candidate"),
+            &board,
+            &recipe,
+            d,
+        );
+        assert!(
+            matches!(&e, BootstrapError::UnknownPackage { package, .. } if package == "foo"),
+            "{e}"
+        );
         let e = classify(failed("E: Failed to fetch http://deb.debian.org/debian-security/dists/bookworm-security/main/binary-i386/Packages.xz  File has unexpected size (346968 != 366648). Mirror sync in progress?"), &board, &recipe, d);
-        assert!(matches!(e, BootstrapError::SecurityIndexBroken { .. }), "{e}");
+        assert!(
+            matches!(e, BootstrapError::SecurityIndexBroken { .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("security = \"optional\""));
         let e = classify(failed("Err:1 http://nowhere.invalid/debian bookworm InRelease\n  Could not resolve 'nowhere.invalid'"), &board, &recipe, d);
         assert!(matches!(e, BootstrapError::MirrorUnreachable { .. }), "{e}");
-        let e = classify(failed("tar: write error: No space left on device"), &board, &recipe, d);
+        let e = classify(
+            failed("tar: write error: No space left on device"),
+            &board,
+            &recipe,
+            d,
+        );
         assert!(matches!(e, BootstrapError::DiskFull { .. }), "{e}");
     }
 

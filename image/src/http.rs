@@ -40,18 +40,22 @@ pub fn serve(dir: &Path) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (dir, flag) = (dir.to_path_buf(), stop.clone());
-    std::thread::Builder::new().name("pxe-http".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if flag.load(Ordering::SeqCst) {
-                break;
+    std::thread::Builder::new()
+        .name("pxe-http".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let dir = dir.clone();
+                let _ = std::thread::Builder::new()
+                    .name("pxe-http-conn".into())
+                    .spawn(move || {
+                        let _ = answer(conn, &dir);
+                    });
             }
-            let Ok(conn) = conn else { continue };
-            let dir = dir.clone();
-            let _ = std::thread::Builder::new().name("pxe-http-conn".into()).spawn(move || {
-                let _ = answer(conn, &dir);
-            });
-        }
-    })?;
+        })?;
     Ok(Server { addr, stop })
 }
 
@@ -94,13 +98,18 @@ fn file_in(dir: &Path, target: &str) -> Option<PathBuf> {
     let ok = !name.is_empty()
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     let path = dir.join(name);
     (ok && std::fs::symlink_metadata(&path).ok()?.is_file()).then_some(path)
 }
 
 fn status(out: &mut impl Write, line: &str) -> std::io::Result<()> {
-    write!(out, "HTTP/1.0 {line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    write!(
+        out,
+        "HTTP/1.0 {line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     out.flush()
 }
 
@@ -124,11 +133,21 @@ mod tests {
         std::fs::write(d.path().join("sub/secret"), b"no").unwrap();
         let s = serve(d.path()).unwrap();
         let ok = get(s.port(), "GET /cloudy.iso HTTP/1.0\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.ends_with("\r\n\r\nlive system"), "{ok}");
+        assert!(
+            ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.ends_with("\r\n\r\nlive system"),
+            "{ok}"
+        );
         assert!(ok.contains("Content-Length: 11\r\n"));
         let head = get(s.port(), "HEAD /cloudy.iso HTTP/1.0\r\n\r\n");
         assert!(head.ends_with("\r\n\r\n"), "{head}");
-        for bad in ["/sub/secret", "/../etc/passwd", "/sub", "/", "/missing", "cloudy.iso"] {
+        for bad in [
+            "/sub/secret",
+            "/../etc/passwd",
+            "/sub",
+            "/",
+            "/missing",
+            "cloudy.iso",
+        ] {
             let r = get(s.port(), &format!("GET {bad} HTTP/1.0\r\n\r\n"));
             assert!(r.starts_with("HTTP/1.0 404 "), "{bad}: {r}");
         }

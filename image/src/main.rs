@@ -9,7 +9,11 @@ use cloudy_image::{board, progress};
 
 /// Builds Cloudy community-cloud images from a recipe and a board, and boots them in QEMU.
 #[derive(Parser)]
-#[command(version, about, after_help = "Boards are the files in hardware/; `cloudy-image boards` lists them.\nExample: cloudy-image build --board pc-686-pae")]
+#[command(
+    version,
+    about,
+    after_help = "Boards are the files in hardware/; `cloudy-image boards` lists them.\nExample: cloudy-image build --board pc-686-pae"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,7 +96,10 @@ struct Common {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOUDY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
@@ -103,16 +110,42 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { common, recipe, no_verify, firmware, agent_builder, rebuild } => {
+        Command::Build {
+            common,
+            recipe,
+            no_verify,
+            firmware,
+            agent_builder,
+            rebuild,
+        } => {
             let opts = options(common, recipe, !no_verify, firmware, agent_builder, rebuild)?;
             build::run(&opts)?;
         }
         Command::Boot { common } => {
-            let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, Boot::Bios, Builder::Debian, false)?;
+            let opts = options(
+                common,
+                PathBuf::from("recipes/cloudy.toml"),
+                true,
+                Boot::Bios,
+                Builder::Debian,
+                false,
+            )?;
             build::boot(&opts)?;
         }
-        Command::Verify { common, image, firmware, install } => {
-            let opts = options(common, PathBuf::from("recipes/cloudy.toml"), true, firmware, Builder::Debian, false)?;
+        Command::Verify {
+            common,
+            image,
+            firmware,
+            install,
+        } => {
+            let opts = options(
+                common,
+                PathBuf::from("recipes/cloudy.toml"),
+                true,
+                firmware,
+                Builder::Debian,
+                false,
+            )?;
             if install {
                 build::verify_install(&opts, image)?;
             } else {
@@ -124,7 +157,11 @@ fn run(cli: Cli) -> Result<()> {
             let changed = cloudy_image::seed_image::write(&image, &seed, &log)?;
             cloudy_image::seed_image::update_sums(&changed)?;
             for f in &changed {
-                eprintln!("cloudy-image: wrote the seed {} into {}", seed.display(), f.display());
+                eprintln!(
+                    "cloudy-image: wrote the seed {} into {}",
+                    seed.display(),
+                    f.display()
+                );
             }
         }
         Command::Boards { source } => {
@@ -132,21 +169,51 @@ fn run(cli: Cli) -> Result<()> {
             let rows: Vec<Vec<String>> = board::list(&source.join("hardware"))
                 .into_iter()
                 .map(|n| match board::Board::find(&source.join("hardware"), &n) {
-                    Ok((b, _, _)) => vec![n, b.arch.debian().to_string(), format!("{:?}", b.format).to_lowercase(), b.description],
+                    Ok((b, _, _)) => vec![
+                        n,
+                        b.arch.debian().to_string(),
+                        format!("{:?}", b.format).to_lowercase(),
+                        b.description,
+                    ],
                     Err(e) => vec![n, "?".into(), "?".into(), format!("invalid: {e}")],
                 })
                 .collect();
-            print!("{}", progress::table(&["board", "arch", "format", "description"], &rows));
+            print!(
+                "{}",
+                progress::table(&["board", "arch", "format", "description"], &rows)
+            );
         }
     }
     Ok(())
 }
 
-fn options(c: Common, recipe: PathBuf, verify: bool, boot: Boot, agent_builder: Builder, rebuild: bool) -> Result<Options> {
+fn options(
+    c: Common,
+    recipe: PathBuf,
+    verify: bool,
+    boot: Boot,
+    agent_builder: Builder,
+    rebuild: bool,
+) -> Result<Options> {
     let source = find_source(c.source)?;
-    let recipe = if recipe.is_relative() && !recipe.exists() { source.join(&recipe) } else { recipe };
+    let recipe = if recipe.is_relative() && !recipe.exists() {
+        source.join(&recipe)
+    } else {
+        recipe
+    };
     let cache = c.cache.unwrap_or_else(default_cache);
-    Ok(Options { board: c.board, recipe, out: c.out, cache, source, verify, accel: c.accel, boot, agent_builder, rebuild })
+    Ok(Options {
+        board: c.board,
+        recipe,
+        out: c.out,
+        cache,
+        source,
+        verify,
+        accel: c.accel,
+        boot,
+        agent_builder,
+        rebuild,
+    })
 }
 
 fn default_cache() -> PathBuf {
@@ -156,7 +223,9 @@ fn default_cache() -> PathBuf {
     } else {
         std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+            })
             .join("cloudy-image")
     }
 }

@@ -18,12 +18,18 @@ pub enum SeedImageError {
     BadSeed(String),
     #[error("{0}: not a Cloudy image (expected .iso, .img or .img.xz)")]
     UnknownKind(String),
-    #[error("{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image")]
+    #[error(
+        "{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image"
+    )]
     NoFat(String),
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
@@ -46,7 +52,9 @@ pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(
     let spec = format!("{}@@{off}", img.display());
     for n in names {
         let mut c = Command::new("mcopy");
-        c.args(["-n", "-i", &spec, &format!("::/{n}")]).arg(dir).env("MTOOLS_SKIP_CHECK", "1");
+        c.args(["-n", "-i", &spec, &format!("::/{n}")])
+            .arg(dir)
+            .env("MTOOLS_SKIP_CHECK", "1");
         cmd::run(&mut c, log, &Step::hidden())?;
     }
     Ok(())
@@ -56,15 +64,24 @@ pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(
 /// changed, for SHA256SUMS.
 pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedImageError> {
     let text = fs::read_to_string(seed).map_err(|e| io("reading", seed, e))?;
-    cloudy_agent::seed::Seed::parse(&seed.display().to_string(), &text).map_err(|e| SeedImageError::BadSeed(e.to_string()))?;
-    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    cloudy_agent::seed::Seed::parse(&seed.display().to_string(), &text)
+        .map_err(|e| SeedImageError::BadSeed(e.to_string()))?;
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let step = Step::hidden();
     if name.ends_with(".iso") {
         let tmp = cache::tmp_path(image);
         let _ = fs::remove_file(&tmp);
         let mut c = Command::new("xorriso");
-        c.arg("-indev").arg(image).arg("-outdev").arg(&tmp)
-            .args(["-boot_image", "any", "replay", "-map"]).arg(seed).arg("/cloudy/cloudy.toml")
+        c.arg("-indev")
+            .arg(image)
+            .arg("-outdev")
+            .arg(&tmp)
+            .args(["-boot_image", "any", "replay", "-map"])
+            .arg(seed)
+            .arg("/cloudy/cloudy.toml")
             .args(["-chmod", "0644", "/cloudy/cloudy.toml", "--", "-commit"]);
         cmd::run(&mut c, log, &step)?;
         fs::rename(&tmp, image).map_err(|e| io("renaming", &tmp, e))?;
@@ -80,8 +97,13 @@ pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedI
         sd_write(&raw, seed, log)?;
         compress::xz(&raw, image, compress::SD_PRESET).map_err(|e| io("compressing", image, e))?;
         let bmap_path = image.with_file_name(format!("{}.bmap", stem));
-        cache::write_atomic(&bmap_path, bmap::make(&raw).map_err(|e| io("mapping", &raw, e))?.as_bytes())
-            .map_err(|e| io("writing", &bmap_path, e))?;
+        cache::write_atomic(
+            &bmap_path,
+            bmap::make(&raw)
+                .map_err(|e| io("mapping", &raw, e))?
+                .as_bytes(),
+        )
+        .map_err(|e| io("writing", &bmap_path, e))?;
         let _ = fs::remove_file(&raw);
         Ok(vec![image.to_path_buf(), bmap_path])
     } else {
@@ -98,10 +120,18 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
         .arg(xz)
         .stdout(out)
         .status()
-        .map_err(|source| CmdError::Spawn { program: "xz".into(), source })?;
+        .map_err(|source| CmdError::Spawn {
+            program: "xz".into(),
+            source,
+        })?;
     if !st.success() {
         let _ = fs::remove_file(to);
-        return Err(CmdError::Failed { command: format!("xz -dc {}", xz.display()), status: st.to_string(), tail: String::new() }.into());
+        return Err(CmdError::Failed {
+            command: format!("xz -dc {}", xz.display()),
+            status: st.to_string(),
+            tail: String::new(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -109,7 +139,10 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
 fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
     let (_, off) = sd_layout(img)?;
     let mut c = Command::new("mcopy");
-    c.args(["-o", "-i", &format!("{}@@{off}", img.display())]).arg(seed).arg("::/cloudy.toml").env("MTOOLS_SKIP_CHECK", "1");
+    c.args(["-o", "-i", &format!("{}@@{off}", img.display())])
+        .arg(seed)
+        .arg("::/cloudy.toml")
+        .env("MTOOLS_SKIP_CHECK", "1");
     cmd::run(&mut c, log, &Step::hidden())?;
     Ok(())
 }
@@ -118,7 +151,13 @@ fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
 fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
     let p = img.with_extension("img.bmap");
     if p.exists() {
-        cache::write_atomic(&p, bmap::make(img).map_err(|e| io("mapping", img, e))?.as_bytes()).map_err(|e| io("writing", &p, e))?;
+        cache::write_atomic(
+            &p,
+            bmap::make(img)
+                .map_err(|e| io("mapping", img, e))?
+                .as_bytes(),
+        )
+        .map_err(|e| io("writing", &p, e))?;
     }
     Ok(())
 }
@@ -126,10 +165,14 @@ fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
 /// Rewrites the lines naming `files` in the `SHA256SUMS` beside them or one level up (a PXE
 /// bundle's files are listed as `pxe/<name>`).
 pub fn update_sums(files: &[PathBuf]) -> std::io::Result<()> {
-    let Some(parent) = files.first().and_then(|f| f.parent()) else { return Ok(()) };
+    let Some(parent) = files.first().and_then(|f| f.parent()) else {
+        return Ok(());
+    };
     for dir in [Some(parent), parent.parent()].into_iter().flatten() {
         let sums = dir.join("SHA256SUMS");
-        let Ok(text) = fs::read_to_string(&sums) else { continue };
+        let Ok(text) = fs::read_to_string(&sums) else {
+            continue;
+        };
         let mut out = String::new();
         for line in text.lines() {
             let name = line.split_once("  ").map(|(_, n)| n).unwrap_or("");
@@ -151,7 +194,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> SeedImageError {
-    SeedImageError::Io { what, path: path.display().to_string(), source }
+    SeedImageError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
