@@ -11,7 +11,7 @@ use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
 
-const PINNED: &str = include_str!("../rust-std.sha256");
+const PINNED: &str = include_str!("../../rust-std.sha256");
 const CARGO: &str = "/usr/bin/cargo";
 const RUSTC: &str = "/usr/bin/rustc";
 

@@ -3,13 +3,13 @@
 //! `cloudy.toml` on an SD card's FAT partition.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
+use crate::stages::sdcard::{self, SdError};
 use crate::{bmap, compress};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +18,8 @@ pub enum SeedImageError {
     BadSeed(String),
     #[error("{0}: not a Cloudy image (expected .iso, .img or .img.xz)")]
     UnknownKind(String),
-    #[error(
-        "{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image"
-    )]
-    NoFat(String),
+    #[error("{0}")]
+    Sd(#[from] SdError),
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
@@ -32,30 +30,16 @@ pub enum SeedImageError {
     },
 }
 
-/// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
-pub fn sd_layout(img: &Path) -> Result<(u32, u64), SeedImageError> {
-    let mut mbr = [0u8; 512];
-    let mut f = fs::File::open(img).map_err(|e| io("opening", img, e))?;
-    f.read_exact(&mut mbr).map_err(|e| io("reading", img, e))?;
-    let disk_id = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
-    let p1 = &mbr[446..462];
-    let start = u32::from_le_bytes(p1[8..12].try_into().expect("4 bytes")) as u64;
-    if mbr[510..] != [0x55, 0xaa] || !matches!(p1[4], 0x0b | 0x0c) || start == 0 {
-        return Err(SeedImageError::NoFat(img.display().to_string()));
-    }
-    Ok((disk_id, start * 512))
-}
-
-/// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
-pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(), SeedImageError> {
-    let (_, off) = sd_layout(img)?;
-    let spec = format!("{}@@{off}", img.display());
-    for n in names {
-        let mut c = Command::new("mcopy");
-        c.args(["-n", "-i", &spec, &format!("::/{n}")])
-            .arg(dir)
-            .env("MTOOLS_SKIP_CHECK", "1");
-        cmd::run(&mut c, log, &Step::hidden())?;
+/// `cloudy-image customise`: writes the seed, then updates `SHA256SUMS` beside the image.
+pub fn run(image: &Path, seed: &Path) -> anyhow::Result<()> {
+    let changed = write(image, seed, &Log::sink())?;
+    update_sums(&changed)?;
+    for f in &changed {
+        eprintln!(
+            "cloudy-image: wrote the seed {} into {}",
+            seed.display(),
+            f.display()
+        );
     }
     Ok(())
 }
@@ -64,8 +48,7 @@ pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(
 /// changed, for SHA256SUMS.
 pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedImageError> {
     let text = fs::read_to_string(seed).map_err(|e| io("reading", seed, e))?;
-    cloudy_agent::seed::Seed::parse(&seed.display().to_string(), &text)
-        .map_err(|e| SeedImageError::BadSeed(e.to_string()))?;
+    crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
     let name = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -137,7 +120,7 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
 }
 
 fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
-    let (_, off) = sd_layout(img)?;
+    let (_, off) = sdcard::layout(img)?;
     let mut c = Command::new("mcopy");
     c.args(["-o", "-i", &format!("{}@@{off}", img.display())])
         .arg(seed)
@@ -227,21 +210,5 @@ mod tests {
         let back = d.path().join("o'back.img");
         decompress(&xz, &back, &Log::sink()).unwrap();
         assert_eq!(fs::read(&back).unwrap(), vec![7u8; 100_000]);
-    }
-
-    #[test]
-    fn mbr_layout_read() {
-        let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("a.img");
-        let mut mbr = vec![0u8; 1024];
-        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
-        mbr[446 + 4] = 0x0c;
-        mbr[446 + 8..446 + 12].copy_from_slice(&8192u32.to_le_bytes());
-        mbr[510] = 0x55;
-        mbr[511] = 0xaa;
-        fs::write(&img, &mbr).unwrap();
-        assert_eq!(sd_layout(&img).unwrap(), (0x1234abcd, 8192 * 512));
-        fs::write(&img, vec![0u8; 1024]).unwrap();
-        assert!(sd_layout(&img).is_err());
     }
 }

@@ -4,9 +4,9 @@
 use serde::Serialize;
 use std::path::Path;
 
-use crate::bootstrap::Package;
 use crate::cache;
 use crate::progress::StageTime;
+use crate::stages::bootstrap::Package;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Output {

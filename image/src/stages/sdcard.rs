@@ -21,6 +21,10 @@ pub enum SdError {
     MissingDtb { board: String, dtb: String },
     #[error("no kernel or initrd in {0}\n  fix: the board needs raspi-firmware in `packages` (it copies them there)")]
     NoKernel(String),
+    #[error(
+        "{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image"
+    )]
+    NoFat(String),
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
@@ -239,6 +243,34 @@ pub fn make(
     Ok(fat_dir)
 }
 
+/// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
+pub fn layout(img: &Path) -> Result<(u32, u64), SdError> {
+    let mut mbr = [0u8; 512];
+    let mut f = std::fs::File::open(img).map_err(|e| io("opening", img, e))?;
+    f.read_exact(&mut mbr).map_err(|e| io("reading", img, e))?;
+    let disk_id = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
+    let p1 = &mbr[446..462];
+    let start = u32::from_le_bytes(p1[8..12].try_into().expect("4 bytes")) as u64;
+    if mbr[510..] != [0x55, 0xaa] || !matches!(p1[4], 0x0b | 0x0c) || start == 0 {
+        return Err(SdError::NoFat(img.display().to_string()));
+    }
+    Ok((disk_id, start * 512))
+}
+
+/// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
+pub fn extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(), SdError> {
+    let (_, off) = layout(img)?;
+    let spec = format!("{}@@{off}", img.display());
+    for n in names {
+        let mut c = Command::new("mcopy");
+        c.args(["-n", "-i", &spec, &format!("::/{n}")])
+            .arg(dir)
+            .env("MTOOLS_SKIP_CHECK", "1");
+        cmd::run(&mut c, log, &Step::hidden())?;
+    }
+    Ok(())
+}
+
 fn sfdisk(c: &mut Command, script: &str, log: &Log) -> Result<(), SdError> {
     log.line(&format!("$ {} <<< {script:?}", cmd::describe(c)));
     let mut child = c
@@ -380,5 +412,21 @@ mod tests {
         let out = fs::read(&dst).unwrap();
         assert_eq!(out[8192 + 4096], 9);
         assert_eq!(out.iter().filter(|&&b| b != 0).count(), 1);
+    }
+
+    #[test]
+    fn mbr_layout_read() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.img");
+        let mut mbr = vec![0u8; 1024];
+        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
+        mbr[446 + 4] = 0x0c;
+        mbr[446 + 8..446 + 12].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        fs::write(&img, &mbr).unwrap();
+        assert_eq!(layout(&img).unwrap(), (0x1234abcd, 8192 * 512));
+        fs::write(&img, vec![0u8; 1024]).unwrap();
+        assert!(layout(&img).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::board::Board;
 use crate::cache;
-use crate::iso;
+use crate::stages::iso;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PxeError {
@@ -27,6 +27,16 @@ pub enum PxeError {
 /// The live medium inside the bundle, fetched by live-boot.
 pub const LIVE_ISO: &str = "cloudy.iso";
 
+/// The bundle's files, relative to its directory, as the build lists them in SHA256SUMS.
+pub const BUNDLE_FILES: &[&str] = &[
+    "vmlinuz",
+    "initrd.img",
+    LIVE_ISO,
+    "boot.ipxe",
+    "pxelinux.0",
+    "ldlinux.c32",
+    "pxelinux.cfg/default",
+];
 /// Where live-boot fetches the live ISO by default: `tftp:///` means "the server this machine
 /// booted from" (live-boot fills in the DHCP next-server), so the bundle works on any TFTP
 /// server. iPXE users can fetch over HTTP instead (`cloudy_http`), about ten times faster.
