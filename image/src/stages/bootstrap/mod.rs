@@ -14,7 +14,10 @@ use crate::recipe::{Loaded, Security};
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 const BOOTSTRAP_FORMAT: u32 = 2;
 
-const UPDATE_INITRAMFS: &str = "/usr/sbin/update-initramfs";
+/// Builds the initramfs once, at the end (see the script).
+const INITRAMFS_HOOK: &str = include_str!("initramfs.sh");
+/// Installs one `[[pip]]` entry into its venv (see the script).
+const PIP_VENV_HOOK: &str = include_str!("pip-venv.sh");
 
 /// What every node needs besides the recipe's packages.
 const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
@@ -288,6 +291,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BootstrapError> {
     .map_err(|source| io("writing", &p, source))
 }
 
+/// Runs mmdebstrap into a temporary directory and publishes it under `key` with its [`Meta`].
 fn make(
     board: &Board,
     recipe: &Loaded,
@@ -297,22 +301,101 @@ fn make(
     log: &Log,
     step: &Step,
 ) -> Result<Rootfs, BootstrapError> {
-    let r = &recipe.recipe;
     let final_dir = dir.join(key);
     let tmp = cache::tmp_path(&final_dir);
     cache::remove_any(&tmp).map_err(|source| io("removing", &tmp, source))?;
-    let pkg_list = dir.join(format!("{key}.packages.tmp"));
+    let lists = Lists {
+        packages: dir.join(format!("{key}.packages.tmp")),
+        pip: dir.join(format!("{key}.pip.tmp")),
+    };
     let started = std::time::Instant::now();
 
-    let mut all_components = r.components.clone();
-    all_components.extend(
+    let mut c = mmdebstrap(board, recipe);
+    let req_files = pip_hooks(&mut c, board, recipe, dir, key, &lists.pip, log, step)?;
+    // Per-node secrets and identities must be made on the node, never shipped in the image.
+    c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
+    c.arg(format!(
+        "--customize-hook=dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f '${{Package}}\\t${{Version}}\\t${{Architecture}}\\n' > {}",
+        sh_quote(&lists.packages.display().to_string())
+    ));
+    c.arg(&recipe.recipe.suite)
+        .arg(&tmp)
+        .args(sources(board, recipe, with_security));
+
+    let _ = std::fs::remove_file(&lists.pip);
+    let ran = cmd::run(&mut c, log, step);
+    for f in &req_files {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Err(e) = ran {
+        let _ = cache::remove_any(&tmp);
+        let _ = std::fs::remove_file(&lists.pip);
+        return Err(classify(e, board, recipe, dir));
+    }
+    let (packages, pip) = lists.take(board)?;
+    let r = &recipe.recipe;
+    let meta = Meta {
+        key: key.to_string(),
+        suite: r.suite.clone(),
+        arch: board.arch.debian().to_string(),
+        mirror: r.mirror.clone(),
+        security: if with_security {
+            "used".into()
+        } else {
+            "off".into()
+        },
+        packages,
+        pip,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_meta(dir, &meta)?;
+    cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
+    Ok(Rootfs {
+        dir: final_dir,
+        meta,
+        cached: false,
+    })
+}
+
+/// Files the bootstrap's hooks write on the host: what dpkg and pip installed.
+struct Lists {
+    packages: PathBuf,
+    pip: PathBuf,
+}
+
+impl Lists {
+    /// Reads and removes both lists.
+    fn take(&self, board: &Board) -> Result<(Vec<Package>, Vec<Package>), BootstrapError> {
+        let pip = match std::fs::read_to_string(&self.pip) {
+            Ok(text) => parse_pip(&text, board.arch.debian()),
+            Err(_) => Vec::new(),
+        };
+        let _ = std::fs::remove_file(&self.pip);
+        let text = std::fs::read_to_string(&self.packages)
+            .map_err(|source| io("reading", &self.packages, source))?;
+        let _ = std::fs::remove_file(&self.packages);
+        Ok((parse_packages(&text), pip))
+    }
+}
+
+/// The recipe's components and the board's extra ones, in that order.
+fn components(board: &Board, recipe: &Loaded) -> Vec<String> {
+    let r = &recipe.recipe;
+    let mut all = r.components.clone();
+    all.extend(
         board
             .components
             .iter()
             .filter(|c| !r.components.contains(c))
             .cloned(),
     );
-    let components = all_components.join(" ");
+    all
+}
+
+/// The apt sources lines: the suite, its updates and (when used) its security suite.
+fn sources(board: &Board, recipe: &Loaded, with_security: bool) -> Vec<String> {
+    let r = &recipe.recipe;
+    let components = components(board, recipe).join(" ");
     let mut sources = vec![
         format!("deb {} {} {components}", r.mirror, r.suite),
         format!("deb {} {}-updates {components}", r.mirror, r.suite),
@@ -324,35 +407,38 @@ fn make(
             r.suite
         ));
     }
+    sources
+}
+
+/// mmdebstrap with the package set, the dpkg excludes and the initramfs set-up; the caller
+/// adds the PyPI and clean-up hooks, the suite, the target and the sources.
+fn mmdebstrap(board: &Board, recipe: &Loaded) -> Command {
     let mut c = Command::new("mmdebstrap");
-    c.env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
-        .arg("--variant=minbase")
-        .arg(format!("--arch={}", board.arch.debian()))
-        .arg("--mode=root")
-        .arg("--format=directory")
-        .arg(format!(
-            "--include={}",
-            package_set(board, recipe).join(",")
-        ))
-        .arg(format!("--components={}", all_components.join(",")));
-    // A mirror hiccup (seen here: a DNS lookup failing once) should cost a retry, not a build.
+    c.env(
+        "SOURCE_DATE_EPOCH",
+        recipe.recipe.source_date_epoch.to_string(),
+    )
+    .arg("--variant=minbase")
+    .arg(format!("--arch={}", board.arch.debian()))
+    .arg("--mode=root")
+    .arg("--format=directory")
+    .arg(format!(
+        "--include={}",
+        package_set(board, recipe).join(",")
+    ))
+    .arg(format!(
+        "--components={}",
+        components(board, recipe).join(",")
+    ));
+    // A mirror hiccup (a DNS lookup failing once) should cost a retry, not a build.
     c.arg("--aptopt=Acquire::Retries \"3\"");
     for ex in DPKG_EXCLUDES {
         c.arg(format!("--dpkgopt={ex}"));
     }
-    // The initramfs is built (once, below) with these settings already in place.
+    // The initramfs is built (once, at the end) with these settings already in place.
     c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
-    // The initramfs once, at the end: otherwise the kernel's postinst builds it and the
-    // initramfs-tools trigger builds it again once the other packages' hooks are in, and each
-    // build takes 40-50 s under qemu-user (measured: mkinitramfs of the arm64 rootfs). Until
-    // then update-initramfs is diverted to a no-op; the host's dpkg-divert edits the chroot's
-    // dpkg database without emulation.
-    c.arg(format!(
-        "--essential-hook=dpkg-divert --root=\"$1\" --quiet --local --rename --divert {UPDATE_INITRAMFS}.cloudy-deferred --add {UPDATE_INITRAMFS} && printf '#!/bin/sh\\n# cloudy-image: deferred to the end of the bootstrap\\nexit 0\\n' > \"$1{UPDATE_INITRAMFS}\" && chmod 755 \"$1{UPDATE_INITRAMFS}\""
-    ));
-    c.arg(format!(
-        "--customize-hook=rm -f \"$1{UPDATE_INITRAMFS}\" && dpkg-divert --root=\"$1\" --quiet --local --rename --remove {UPDATE_INITRAMFS} && chroot \"$1\" update-initramfs -c -k all"
-    ));
+    c.arg(hook("essential", INITRAMFS_HOOK, &["defer"]));
+    c.arg(hook("customize", INITRAMFS_HOOK, &["build"]));
     if board.initramfs == Some(crate::board::InitramfsPolicy::Netboot)
         && board.initramfs_modules.is_none()
     {
@@ -366,79 +452,61 @@ fn make(
             modules.join("\\n")
         ));
     }
-    // PyPI applications: the wheels are fetched on the host (its proxy and CA settings apply;
-    // the chroot has neither) and installed offline: every pin a wheel (nothing compiled
-    // here), no dependency resolution (the list is the closure), byte-compiled under
-    // SOURCE_DATE_EPOCH so .pyc files are reproducible.
-    let pip_list = dir.join(format!("{key}.pip.tmp"));
+    c
+}
+
+/// One customize hook per `[[pip]]` entry of this board (see pip-venv.sh), after its wheels
+/// are fetched on the host. Returns the requirement files written for the hooks, for the
+/// caller to remove once mmdebstrap is done.
+#[allow(clippy::too_many_arguments)]
+fn pip_hooks(
+    c: &mut Command,
+    board: &Board,
+    recipe: &Loaded,
+    dir: &Path,
+    key: &str,
+    pip_list: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<Vec<PathBuf>, BootstrapError> {
     let mut req_files = Vec::new();
     for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
         step.message(&format!("fetching wheels for {}", entry.venv));
         let wheels = fetch_wheels(entry, text, board, recipe, dir, log, step)?;
-        let venv = &entry.venv;
-        let site = if entry.debian.is_empty() {
-            ""
-        } else {
-            " --system-site-packages"
-        };
         let req = dir.join(format!("{key}.req{i}.tmp"));
         std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
-        c.arg(format!(
-            "--customize-hook=rm -rf \"$1/tmp/cloudy-wheels\" && cp -r '{wheels}' \"$1/tmp/cloudy-wheels\" && cp '{req}' \"$1/tmp/cloudy-requirements.txt\" && chroot \"$1\" python3 -m venv{site} '{venv}' && chroot \"$1\" env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null '{venv}/bin/pip' install --no-index --find-links /tmp/cloudy-wheels --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --no-deps --require-virtualenv -r /tmp/cloudy-requirements.txt && rm -rf \"$1/tmp/cloudy-requirements.txt\" \"$1/tmp/cloudy-wheels\" && chroot \"$1\" env PIP_CONFIG_FILE=/dev/null '{venv}/bin/pip' list --format=freeze --disable-pip-version-check | sed 's/$/\t{i}/' >> '{list}'",
-            wheels = wheels.display(),
-            req = req.display(),
-            list = pip_list.display(),
+        let system_site = if entry.debian.is_empty() { "no" } else { "yes" };
+        c.arg(hook(
+            "customize",
+            PIP_VENV_HOOK,
+            &[
+                &wheels.display().to_string(),
+                &req.display().to_string(),
+                &entry.venv,
+                system_site,
+                &i.to_string(),
+                &pip_list.display().to_string(),
+            ],
         ));
         req_files.push(req);
     }
-    // Per-node secrets and identities must be made on the node, never shipped in the image.
-    c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
-    c.arg(format!(
-        "--customize-hook=dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f '${{Package}}\\t${{Version}}\\t${{Architecture}}\\n' > '{}'",
-        pkg_list.display()
-    ));
-    c.arg(&r.suite).arg(&tmp).args(&sources);
+    Ok(req_files)
+}
 
-    let _ = std::fs::remove_file(&pip_list);
-    let ran = cmd::run(&mut c, log, step);
-    for f in &req_files {
-        let _ = std::fs::remove_file(f);
-    }
-    if let Err(e) = ran {
-        let _ = cache::remove_any(&tmp);
-        let _ = std::fs::remove_file(&pip_list);
-        return Err(classify(e, board, recipe, dir));
-    }
-    let pip_packages = match std::fs::read_to_string(&pip_list) {
-        Ok(text) => parse_pip(&text, board.arch.debian()),
-        Err(_) => Vec::new(),
-    };
-    let _ = std::fs::remove_file(&pip_list);
-    let packages = parse_packages(
-        &std::fs::read_to_string(&pkg_list).map_err(|source| io("reading", &pkg_list, source))?,
-    );
-    let _ = std::fs::remove_file(&pkg_list);
-    let meta = Meta {
-        key: key.to_string(),
-        suite: r.suite.clone(),
-        arch: board.arch.debian().to_string(),
-        mirror: r.mirror.clone(),
-        security: if with_security {
-            "used".into()
-        } else {
-            "off".into()
-        },
-        packages,
-        pip: pip_packages,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    write_meta(dir, &meta)?;
-    cache::publish(&tmp, &final_dir).map_err(|source| io("renaming", &tmp, source))?;
-    Ok(Rootfs {
-        dir: final_dir,
-        meta,
-        cached: false,
-    })
+/// An mmdebstrap `--<kind>-hook` running `script` with `sh -c`: its first argument is the
+/// chroot (the hook's "$1"), then `args`.
+fn hook(kind: &str, script: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
+    format!(
+        "--{kind}-hook=sh -c {} cloudy-hook \"$1\" {}",
+        sh_quote(script),
+        args.join(" ")
+    )
+}
+
+/// `s` as one shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The wheels of one `[[pip]]` entry for this board's arch, cached under the bootstrap dir by
@@ -715,6 +783,24 @@ mod tests {
             d,
         );
         assert!(matches!(e, BootstrapError::DiskFull { .. }), "{e}");
+    }
+
+    /// The hook's script and arguments reach `sh` as they are, quotes and spaces included.
+    #[test]
+    fn hook_passes_the_root_and_arguments_verbatim() {
+        let d = tempfile::tempdir().unwrap();
+        let script = "# it's a script\nprintf '%s|' \"$@\" > \"$1/out\"\n";
+        let h = hook("customize", script, &["a b", "it's", "$HOME"]);
+        let body = h.strip_prefix("--customize-hook=").unwrap();
+        // What mmdebstrap does with a hook: `sh -c HOOK exec ROOT`.
+        let st = Command::new("sh")
+            .args(["-c", body, "exec"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = std::fs::read_to_string(d.path().join("out")).unwrap();
+        assert_eq!(out, format!("{}|a b|it's|$HOME|", d.path().display()));
     }
 
     #[test]
