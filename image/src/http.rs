@@ -1,7 +1,6 @@
 //! A read-only HTTP server on loopback for a PXE bundle under test. QEMU's built-in TFTP
-//! answers block by block; over HTTP, through a `guestfwd` from the guest's 10.0.2.100:80 to
-//! this server, the 136 MB live ISO arrives in ~3 s under TCG, and a PXE live boot reached
-//! ready in 31 s instead of 55 s.
+//! answers block by block, which makes fetching the live ISO the slow part of a PXE boot; the
+//! guest reaches this server instead through a `guestfwd` from its 10.0.2.100:80.
 //!
 //! It serves the regular files directly inside one directory, to GET and HEAD only, one thread
 //! per connection; it listens on 127.0.0.1 only and stops when dropped.

@@ -99,10 +99,9 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
     })
 }
 
-/// Beside a foreign-arch bootstrap (dpkg under qemu-user, mostly one thread, 5 min cold) the
-/// compile is not the long pole: at a lower priority it takes the CPU the bootstrap leaves
-/// (rpi3 cold 366 s -> 336 s). Beside a native bootstrap (1.5 min) the compile is the long
-/// pole and keeps its priority. On a warm build nothing competes either way.
+/// Beside a foreign-arch bootstrap (dpkg under qemu-user, mostly one thread) the compile is
+/// not the long pole: at a lower priority it takes the CPU the bootstrap leaves. Beside a
+/// native bootstrap the compile is the long pole and keeps its priority.
 fn priority(c: &mut Command, yield_cpu: bool) {
     if !yield_cpu {
         return;

@@ -1,4 +1,4 @@
-//! Stage 2, customise: the Cloudy layer laid over the cached rootfs: `overlay/`, the agent,
+//! customise: the Cloudy layer laid over the cached rootfs: `overlay/`, the agent,
 //! the default seed and systemd unit links. It is its own small squashfs (live-boot stacks it on
 //! the base), so changing the overlay never touches the cached base.
 

@@ -1,4 +1,4 @@
-//! Stage 4, finish: checksums and the manifest that says what is in the image and how it was
+//! finish: checksums and the manifest that says what is in the image and how it was
 //! made.
 
 use serde::Serialize;

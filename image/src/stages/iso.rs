@@ -1,4 +1,4 @@
-//! Stage 3, iso: a hybrid ISO (CD, USB stick, VM) with live-boot: ISOLINUX for BIOS, GRUB for
+//! iso: a hybrid ISO (CD, USB stick, VM) with live-boot: ISOLINUX for BIOS, GRUB for
 //! UEFI, the kernel console on the board's serial port as well as the screen.
 
 use std::fs;

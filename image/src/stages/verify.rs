@@ -1,4 +1,4 @@
-//! Stage 5, verify: boot the image in QEMU and wait for the agent's ready line on the serial
+//! verify: boot the image in QEMU and wait for the agent's ready line on the serial
 //! console. The build fails, with the console's tail, if it does not come in time.
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,4 +1,4 @@
-//! Stage 1, bootstrap: a Debian root filesystem for the board's architecture made by
+//! bootstrap: a Debian root filesystem for the board's architecture made by
 //! mmdebstrap, cached under a key of everything that decides its content.
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,9 @@ use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
 use crate::recipe::{Loaded, Security};
+
+mod pip;
+use pip::{parse_pip, pip_entries, pip_hooks};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 const BOOTSTRAP_FORMAT: u32 = 2;
@@ -128,19 +131,6 @@ struct KeyInput<'a> {
     pip: Vec<(&'a str, &'a str)>,
 }
 
-/// The recipe's `[[pip]]` entries that apply to this board, with their requirements text
-/// (their Debian packages go into the package set, so into the key too).
-fn pip_entries<'a>(board: &Board, recipe: &'a Loaded) -> Vec<(&'a crate::recipe::Pip, &'a str)> {
-    recipe
-        .recipe
-        .pip
-        .iter()
-        .zip(&recipe.pip_requirements)
-        .filter(|(p, _)| p.applies_to(board.arch.debian()))
-        .map(|(p, t)| (p, t.as_str()))
-        .collect()
-}
-
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
     let mut p: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
     if board.format != crate::board::Format::Sdcard {
@@ -214,19 +204,7 @@ pub fn run(
             }
             return Ok(rootfs);
         }
-        // A name lookup that fails once (seen here) should not fail a build: try twice more.
-        let mut result = make(board, recipe, &dir, &k, with_security, log, step);
-        for wait in [5, 15] {
-            if !matches!(result, Err(BootstrapError::MirrorUnreachable { .. })) {
-                break;
-            }
-            log.line(&format!(
-                "bootstrap: mirror unreachable, retrying in {wait} s"
-            ));
-            step.message(&format!("mirror unreachable, retrying in {wait} s"));
-            std::thread::sleep(std::time::Duration::from_secs(wait));
-            result = make(board, recipe, &dir, &k, with_security, log, step);
-        }
+        let result = make_with_retries(board, recipe, &dir, &k, with_security, log, step);
         match result {
             Ok(mut rootfs) => {
                 if let Some(why) = skipped {
@@ -289,6 +267,32 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BootstrapError> {
         &serde_json::to_vec_pretty(meta).expect("meta serialises"),
     )
     .map_err(|source| io("writing", &p, source))
+}
+
+/// [`make`], tried twice more when the mirror was unreachable: a name lookup that fails once
+/// should not fail a build.
+fn make_with_retries(
+    board: &Board,
+    recipe: &Loaded,
+    dir: &Path,
+    key: &str,
+    with_security: bool,
+    log: &Log,
+    step: &Step,
+) -> Result<Rootfs, BootstrapError> {
+    let mut result = make(board, recipe, dir, key, with_security, log, step);
+    for wait in [5, 15] {
+        if !matches!(result, Err(BootstrapError::MirrorUnreachable { .. })) {
+            break;
+        }
+        log.line(&format!(
+            "bootstrap: mirror unreachable, retrying in {wait} s"
+        ));
+        step.message(&format!("mirror unreachable, retrying in {wait} s"));
+        std::thread::sleep(std::time::Duration::from_secs(wait));
+        result = make(board, recipe, dir, key, with_security, log, step);
+    }
+    result
 }
 
 /// Runs mmdebstrap into a temporary directory and publishes it under `key` with its [`Meta`].
@@ -455,44 +459,6 @@ fn mmdebstrap(board: &Board, recipe: &Loaded) -> Command {
     c
 }
 
-/// One customize hook per `[[pip]]` entry of this board (see pip-venv.sh), after its wheels
-/// are fetched on the host. Returns the requirement files written for the hooks, for the
-/// caller to remove once mmdebstrap is done.
-#[allow(clippy::too_many_arguments)]
-fn pip_hooks(
-    c: &mut Command,
-    board: &Board,
-    recipe: &Loaded,
-    dir: &Path,
-    key: &str,
-    pip_list: &Path,
-    log: &Log,
-    step: &Step,
-) -> Result<Vec<PathBuf>, BootstrapError> {
-    let mut req_files = Vec::new();
-    for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
-        step.message(&format!("fetching wheels for {}", entry.venv));
-        let wheels = fetch_wheels(entry, text, board, recipe, dir, log, step)?;
-        let req = dir.join(format!("{key}.req{i}.tmp"));
-        std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
-        let system_site = if entry.debian.is_empty() { "no" } else { "yes" };
-        c.arg(hook(
-            "customize",
-            PIP_VENV_HOOK,
-            &[
-                &wheels.display().to_string(),
-                &req.display().to_string(),
-                &entry.venv,
-                system_site,
-                &i.to_string(),
-                &pip_list.display().to_string(),
-            ],
-        ));
-        req_files.push(req);
-    }
-    Ok(req_files)
-}
-
 /// An mmdebstrap `--<kind>-hook` running `script` with `sh -c`: its first argument is the
 /// chroot (the hook's "$1"), then `args`.
 fn hook(kind: &str, script: &str, args: &[&str]) -> String {
@@ -507,111 +473,6 @@ fn hook(kind: &str, script: &str, args: &[&str]) -> String {
 /// `s` as one shell word.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// The wheels of one `[[pip]]` entry for this board's arch, cached under the bootstrap dir by
-/// a hash of the pins, arch and Python version (a second build fetches nothing).
-fn fetch_wheels(
-    entry: &crate::recipe::Pip,
-    text: &str,
-    board: &Board,
-    recipe: &Loaded,
-    dir: &Path,
-    log: &Log,
-    step: &Step,
-) -> Result<PathBuf, BootstrapError> {
-    let machine = match board.arch {
-        crate::board::Arch::Amd64 => "x86_64",
-        crate::board::Arch::I386 => "i686",
-        crate::board::Arch::Armhf => "armv7l",
-        crate::board::Arch::Arm64 => "aarch64",
-    };
-    let key = cache::sha256_bytes(format!("{machine}\n{}\n{text}", entry.python).as_bytes())[..24]
-        .to_string();
-    let wheels = dir.join("wheels").join(&key);
-    if wheels.is_dir() {
-        log.line(&format!("bootstrap: wheels cached {}", wheels.display()));
-        return Ok(wheels);
-    }
-    let tmp = cache::tmp_path(&wheels);
-    cache::remove_any(&tmp).map_err(|source| io("removing", &tmp, source))?;
-    std::fs::create_dir_all(&tmp).map_err(|source| io("creating", &tmp, source))?;
-    let req = tmp.join("requirements.txt");
-    std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
-    // pip matches --platform tags literally: name every manylinux level a wheel may carry.
-    let mut platforms = vec![format!("linux_{machine}")];
-    if matches!(machine, "x86_64" | "i686") {
-        platforms.extend(
-            ["manylinux1", "manylinux2010"]
-                .iter()
-                .map(|m| format!("{m}_{machine}")),
-        );
-    }
-    platforms.push(format!("manylinux2014_{machine}"));
-    platforms.extend((5..=36).map(|n| format!("manylinux_2_{n}_{machine}")));
-    let py = entry.python.replace('.', "");
-    let mut c = Command::new("python3");
-    c.args([
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--implementation",
-        "cp",
-    ])
-    .args([
-        "--python-version",
-        &entry.python,
-        "--abi",
-        &format!("cp{py}"),
-        "--abi",
-        "abi3",
-        "--abi",
-        "none",
-    ])
-    .arg("--dest")
-    .arg(&tmp)
-    .arg("-r")
-    .arg(&req)
-    .env("PIP_FIND_LINKS", "");
-    for p in &platforms {
-        c.args(["--platform", p]);
-    }
-    if let Err(e) = cmd::run(&mut c, log, step) {
-        let _ = cache::remove_any(&tmp);
-        let file = recipe.path.display().to_string();
-        return Err(BootstrapError::Wheels {
-            venv: entry.venv.clone(),
-            arch: board.arch.debian().into(),
-            recipe: file,
-            detail: e.tail().to_string(),
-        });
-    }
-    let _ = std::fs::remove_file(&req);
-    cache::publish(&tmp, &wheels).map_err(|source| io("renaming", &tmp, source))?;
-    Ok(wheels)
-}
-
-/// `pip list --format=freeze` lines (tagged with the entry's index) as manifest packages.
-fn parse_pip(text: &str, arch: &str) -> Vec<Package> {
-    let mut v: Vec<Package> = text
-        .lines()
-        .filter_map(|l| {
-            let (pin, _) = l.split_once('\t')?;
-            let (name, version) = pin.split_once("==")?;
-            Some(Package {
-                name: name.into(),
-                version: version.into(),
-                arch: format!("pypi/{arch}"),
-            })
-        })
-        .collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    v.dedup_by(|a, b| a.name == b.name && a.version == b.version);
-    v
 }
 
 fn parse_packages(text: &str) -> Vec<Package> {
