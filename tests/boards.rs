@@ -187,31 +187,31 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn rpi3_sd_image_boots_checks_clean_and_takes_a_seed() {
-    if e2e_enabled("rpi3_sd_image_boots_checks_clean_and_takes_a_seed") {
-        sd_board("rpi3", false, all_boards());
-    }
+    require_root();
+    sd_board("rpi3", false, all_boards());
 }
 
 #[test]
+#[ignore = "rpi2 and rpi4 builds and boots (long): make e2e runs it"]
 fn rpi2_and_rpi4_sd_images() {
-    if !e2e_enabled("rpi2_and_rpi4_sd_images") {
-        return;
-    }
-    if !all_boards() {
-        eprintln!("SKIP rpi2_and_rpi4_sd_images: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
-        return;
-    }
+    require_root();
     sd_board("rpi4", true, true);
     sd_board("rpi2", false, true);
 }
 
 /// A customised ISO boots with the seed's node name.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn iso_takes_a_seed_without_rebuilding() {
-    if !e2e_enabled("iso_takes_a_seed_without_rebuilding") {
-        return;
-    }
+    require_root();
     let out = out_dir("iso-seed");
     let o = cloudy_image(&[
         "build",
@@ -311,10 +311,12 @@ fn iso_takes_a_seed_without_rebuilding() {
 
 /// PXE live: QEMU network-boots the bundle from its own TFTP server to the ready line.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn pxe_bundle_boots_live() {
-    if !e2e_enabled("pxe_bundle_boots_live") {
-        return;
-    }
+    require_root();
     let out = out_dir("pxe");
     let o = cloudy_image(&[
         "build",
@@ -347,14 +349,9 @@ fn pxe_bundle_boots_live() {
 /// PXE install (`make e2e`): network boot with a blank disk, install, then the disk boots to
 /// ready on its own with the seed's node name.
 #[test]
+#[ignore = "PXE install onto a blank disk (long): make e2e runs it"]
 fn pxe_installs_to_a_blank_disk() {
-    if !e2e_enabled("pxe_installs_to_a_blank_disk") {
-        return;
-    }
-    if !all_boards() {
-        eprintln!("SKIP pxe_installs_to_a_blank_disk: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
-        return;
-    }
+    require_root();
     let out = out_dir("pxe-install");
     let o = cloudy_image(&[
         "build",

@@ -7,10 +7,12 @@ use std::process::Command;
 use cloudy_tests::*;
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn x86_image_starts_every_enabled_service_on_first_boot() {
-    if !e2e_enabled("x86_image_starts_every_enabled_service_on_first_boot") {
-        return;
-    }
+    require_root();
     let board = "pc-amd64";
     let out = out_dir("services-image");
     let o = cloudy_image(&[
