@@ -35,12 +35,12 @@ e2e: deps tool
 ## bench: build/boot numbers against Debian's live-build, printed as one table
 bench: deps tool
 	bench/build.sh
-	bench/mesh.sh
-	bench/discovery.sh
-	bench/probe.sh
+	bench/agent.sh mesh
+	bench/agent.sh discovery
+	bench/agent.sh probe
 	bench/boards.sh
-	bench/streaming.sh
-	bench/services.sh
+	bench/agent.sh streaming
+	bench/agent.sh services
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:
