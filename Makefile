@@ -7,7 +7,7 @@ OUT ?= out
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
 IMAGE_BIN := target/release/cloudy-image
 
-.PHONY: image boot test e2e bench deps tool fuzz
+.PHONY: image boot test lint e2e bench deps tool fuzz
 
 ## image: install host tools, build the default board's ISO and boot it in QEMU until ready
 image: deps tool
@@ -17,24 +17,30 @@ image: deps tool
 boot: tool
 	$(IMAGE_BIN) boot --board $(BOARD) --out $(OUT)
 
-## test: unit tests, then the end-to-end tests (builds and boots pc-686-pae for real)
-test: deps tool
+## test: format and lint checks, unit tests, then the end-to-end tests (builds and boots
+## pc-686-pae for real; the e2e-only tests are listed as ignored)
+test: lint deps tool
 	$(CARGO) test --workspace --exclude cloudy-tests
-	CLOUDY_E2E=1 CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release -- --test-threads=1
+	CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release --features e2e -- --test-threads=1
 
-## e2e: every board, and UEFI boot of pc-amd64 (long)
+## lint: rustfmt and clippy over the whole workspace, warnings as errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## e2e: every end-to-end test, ignored ones included: every board, and UEFI boot of pc-amd64 (long)
 e2e: deps tool
-	CLOUDY_E2E=1 CLOUDY_E2E_ALL=1 CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release -- --test-threads=1
+	CLOUDY_E2E_ALL=1 CLOUDY_IMAGE_BIN=$(CURDIR)/$(IMAGE_BIN) $(CARGO) test -p cloudy-tests --release --features e2e -- --include-ignored --test-threads=1
 
 ## bench: build/boot numbers against Debian's live-build, printed as one table
 bench: deps tool
 	bench/build.sh
-	bench/mesh.sh
-	bench/discovery.sh
-	bench/probe.sh
+	bench/agent.sh mesh
+	bench/agent.sh discovery
+	bench/agent.sh probe
 	bench/boards.sh
-	bench/streaming.sh
-	bench/services.sh
+	bench/agent.sh streaming
+	bench/agent.sh services
 
 ## deps: the Debian packages the build and the tests need (root)
 deps:

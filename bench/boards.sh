@@ -40,10 +40,16 @@ for b in $BOARDS; do
   warm=$(secs "$t0" "$(now)")
   # `verify` logs "verify: ready after N s" in the board's build.log (no verify.json: that one
   # is the build's own verify stage, skipped above).
+  # A verify that ran out of time says `timeout`, one that failed otherwise `failed`: never a
+  # number, so no time is read off a boot that did not reach ready.
   ready=failed
-  if "$BIN" verify "${src_args[@]}" --board "$b" --out "$out" >>"$log" 2>&1; then
+  vlog=$BENCH_DIR/verify-$b.log
+  if "$BIN" verify "${src_args[@]}" --board "$b" --out "$out" >"$vlog" 2>&1; then
     ready=$(grep -o 'verify: ready after [0-9.]* s' "$out/$b/build.log" | tail -1 | awk '{print $4}')
+  elif grep -q 'no ready line from the node within' "$vlog"; then
+    ready=timeout
   fi
+  cat "$vlog" >>"$log"
   install=-
   if [[ $b == pxe-* ]]; then
     echo "bench: $b install to a blank disk..." >&2

@@ -33,7 +33,10 @@ now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
 # Boots an ISO's kernel and initrd (passed to QEMU, same settings for both builders) and prints
-# the seconds until a console line matches $3.
+# the seconds until the console shows $3, or `timeout` after $BOOT_TIMEOUT s (or `exited` when
+# QEMU ends first). The console is captured to a file and matched as it grows
+# (bench/console-until.sh), so a login prompt, which ends without a newline, counts when it is
+# printed. QEMU is stopped by its pid.
 boot_until() {
   local iso=$1 name=$2 pattern=$3 append=$4
   local d=$BENCH_DIR/boot-$name
@@ -42,16 +45,22 @@ boot_until() {
   k=$(xorriso -indev "$iso" -find /live -name 'vmlinuz*' 2>/dev/null | tr -d "'" | sort | tail -1)
   i=$(xorriso -indev "$iso" -find /live -name 'initrd*' 2>/dev/null | tr -d "'" | sort | tail -1)
   xorriso -osirrox on -indev "$iso" -extract "$k" "$d/vmlinuz" -extract "$i" "$d/initrd" >/dev/null 2>&1
-  local start t=""
+  local console=$d/console.log start pid t qemu_status=0
+  : >"$console"
   start=$(now)
-  while IFS= read -r line; do
-    printf '%s\n' "$line" >>"$d/console.log"
-    if [[ "$line" =~ $pattern ]]; then t=$(secs "$start" "$(now)"); break; fi
-  done < <(timeout --kill-after=10 "$BOOT_TIMEOUT" "$qemu" -accel tcg -machine pc -cpu "$cpu" -m 1024 -smp 2 \
-             -display none -no-reboot -nic user,model=virtio-net-pci,restrict=on -cdrom "$iso" \
-             -kernel "$d/vmlinuz" -initrd "$d/initrd" -append "$append" -serial stdio -monitor none 2>&1)
-  pkill -f "$d/vmlinuz" 2>/dev/null || true
-  echo "${t:-timeout}"
+  # The outer timeout is a guard for a wedged guest; the wait below stops it sooner.
+  timeout --kill-after=10 $((BOOT_TIMEOUT + 30)) "$qemu" -accel tcg -machine pc -cpu "$cpu" \
+    -m 1024 -smp 2 -display none -no-reboot -nic user,model=virtio-net-pci,restrict=on \
+    -cdrom "$iso" -kernel "$d/vmlinuz" -initrd "$d/initrd" -append "$append" \
+    -serial "file:$console" -monitor none >"$d/qemu.log" 2>&1 &
+  pid=$!
+  # Its status only repeats what it prints (seconds, timeout or exited).
+  t=$(bench/console-until.sh "$console" "$pattern" "$BOOT_TIMEOUT" "$pid" "$start") || :
+  # timeout(1) passes the TERM on to QEMU.
+  kill "$pid" 2>/dev/null || :
+  wait "$pid" 2>/dev/null || qemu_status=$?
+  echo "bench: $name: $t (QEMU exit $qemu_status; console: $console)" >&2
+  echo "$t"
 }
 
 echo "bench: cloudy-image cold build of $BOARD (empty image cache)..." >&2
@@ -97,8 +106,13 @@ mkdir -p "$lbdir"
   printf '%s\n' $packages > config/package-lists/cloudy.list.chroot
 ) >>"$log" 2>&1
 t0=$(now)
-(cd "$lbdir" && lb build) >>"$log" 2>&1 || { echo "live-build failed: see $log" >&2; }
-lb_time=$(secs "$t0" "$(now)")
+# A failed live-build has no build time to compare: its column says so instead of a number.
+if (cd "$lbdir" && lb build) >>"$log" 2>&1; then
+  lb_time=$(secs "$t0" "$(now)")
+else
+  echo "bench: live-build failed: see $log" >&2
+  lb_time=failed
+fi
 lb_iso=$(ls "$lbdir"/*.iso 2>/dev/null | head -1 || true)
 if [ -n "$lb_iso" ]; then
   lb_size=$(stat -c %s "$lb_iso")

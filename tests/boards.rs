@@ -7,7 +7,11 @@ use cloudy_tests::*;
 
 fn sha256(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn seed_named(dir: &Path, name: &str) -> PathBuf {
@@ -50,39 +54,91 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
     let bmap = dir.join(format!("cloudy-{board}.img.bmap"));
     let tmp = tempfile::tempdir_in(&out).unwrap();
     let raw = tmp.path().join("raw.img");
-    run(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", xz.display(), raw.display())));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "xz -dc '{}' > '{}'",
+        xz.display(),
+        raw.display()
+    )));
 
     // Both partitions check clean.
     let (fat_start, fat_size) = partition(&raw, 1);
     let fat = tmp.path().join("fat.img");
-    run(Command::new("dd").arg(format!("if={}", raw.display())).arg(format!("of={}", fat.display()))
-        .args(["bs=1M", "status=none"]).arg(format!("skip={}", fat_start >> 20)).arg(format!("count={}", fat_size >> 20)));
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", fat.display()))
+        .args(["bs=1M", "status=none"])
+        .arg(format!("skip={}", fat_start >> 20))
+        .arg(format!("count={}", fat_size >> 20)));
     run(Command::new("fsck.vfat").arg("-n").arg(&fat));
     let (root_start, _) = partition(&raw, 2);
-    run(Command::new("e2fsck").arg("-fn").arg(format!("{}?offset={root_start}", raw.display())));
-    let files = run(Command::new("mdir").args(["-b", "-i"]).arg(&fat).arg("::/").env("MTOOLS_SKIP_CHECK", "1"));
-    for want in ["cmdline.txt", "config.txt", "cloudy.toml", "vmlinuz-", "initrd.img-", "bootcode.bin"] {
+    run(Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={root_start}", raw.display())));
+    let files = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&fat)
+        .arg("::/")
+        .env("MTOOLS_SKIP_CHECK", "1"));
+    for want in [
+        "cmdline.txt",
+        "config.txt",
+        "cloudy.toml",
+        "vmlinuz-",
+        "initrd.img-",
+        "bootcode.bin",
+    ] {
         assert!(files.contains(want), "FAT partition lacks {want}: {files}");
     }
 
     // bmaptool writes exactly the image back.
     let copy = tmp.path().join("copy.img");
-    run(Command::new("bmaptool").arg("copy").arg("--bmap").arg(&bmap).arg(&xz).arg(&copy));
-    assert_eq!(sha256(&copy), sha256(&raw), "bmaptool copy gives the uncompressed image");
+    run(Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(&bmap)
+        .arg(&xz)
+        .arg(&copy));
+    assert_eq!(
+        sha256(&copy),
+        sha256(&raw),
+        "bmaptool copy gives the uncompressed image"
+    );
 
     // customise writes a seed into the image; the node takes its name at the next boot.
     let seed = seed_named(tmp.path(), "pi-test");
     let target = if via_xz { &xz } else { &raw };
-    let o = cloudy_image(&["customise", target.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "customise",
+        target.to_str().unwrap(),
+        "--seed",
+        seed.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "customise failed:\n{}", text(&o));
     if via_xz {
-        run(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", xz.display(), raw.display())));
+        run(Command::new("sh").arg("-c").arg(format!(
+            "xz -dc '{}' > '{}'",
+            xz.display(),
+            raw.display()
+        )));
     }
-    let seed_on_fat = run(Command::new("mtype").arg("-i").arg(format!("{}@@{fat_start}", raw.display())).arg("::/cloudy.toml").env("MTOOLS_SKIP_CHECK", "1"));
+    let seed_on_fat = run(Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{fat_start}", raw.display()))
+        .arg("::/cloudy.toml")
+        .env("MTOOLS_SKIP_CHECK", "1"));
     assert!(seed_on_fat.contains("pi-test"), "{seed_on_fat}");
     if via_xz {
-        let sums = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&dir).output().unwrap();
-        assert!(sums.status.success(), "SHA256SUMS updated by customise: {}", text(&sums));
+        let sums = Command::new("sha256sum")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            sums.status.success(),
+            "SHA256SUMS updated by customise: {}",
+            text(&sums)
+        );
     }
     if !boot_seeded {
         return;
@@ -90,122 +146,243 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
     // A bigger card than the image: the root partition grows to its end on first boot.
     let (_, root_size) = partition(&raw, 2);
     run(Command::new("truncate").args(["-s", "+512M"]).arg(&raw));
-    let o = cloudy_image(&["verify", "--board", board, "--out", out.to_str().unwrap(), "--image", raw.to_str().unwrap()]);
-    assert!(o.status.success(), "verify of the customised image failed:\n{}", text(&o));
-    let ready = text(&o).lines().find(|l| l.starts_with("{\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).expect("ready json");
+    let o = cloudy_image(&[
+        "verify",
+        "--board",
+        board,
+        "--out",
+        out.to_str().unwrap(),
+        "--image",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "verify of the customised image failed:\n{}",
+        text(&o)
+    );
+    let ready = text(&o)
+        .lines()
+        .find(|l| l.starts_with("{\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("ready json");
     assert_eq!(ready["hostname"], "pi-test", "{ready}");
     let console = std::fs::read_to_string(dir.join("verify-console.log")).unwrap();
     let grown: u64 = console
         .lines()
-        .find_map(|l| l.split("cloudy: root ").nth(1)?.split(" now ").nth(1)?.split(' ').next()?.parse().ok())
+        .find_map(|l| {
+            l.split("cloudy: root ")
+                .nth(1)?
+                .split(" now ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no grow-root line on the console:\n{console}"));
-    assert!(grown >= root_size + (500 << 20), "root grew from {root_size} to only {grown} bytes");
+    assert!(
+        grown >= root_size + (500 << 20),
+        "root grew from {root_size} to only {grown} bytes"
+    );
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn rpi3_sd_image_boots_checks_clean_and_takes_a_seed() {
-    if e2e_enabled("rpi3_sd_image_boots_checks_clean_and_takes_a_seed") {
-        sd_board("rpi3", false, all_boards());
-    }
+    require_root();
+    sd_board("rpi3", false, all_boards());
 }
 
 #[test]
+#[ignore = "rpi2 and rpi4 builds and boots (long): make e2e runs it"]
 fn rpi2_and_rpi4_sd_images() {
-    if !e2e_enabled("rpi2_and_rpi4_sd_images") {
-        return;
-    }
-    if !all_boards() {
-        eprintln!("SKIP rpi2_and_rpi4_sd_images: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
-        return;
-    }
+    require_root();
     sd_board("rpi4", true, true);
     sd_board("rpi2", false, true);
 }
 
 /// A customised ISO boots with the seed's node name.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn iso_takes_a_seed_without_rebuilding() {
-    if !e2e_enabled("iso_takes_a_seed_without_rebuilding") {
-        return;
-    }
+    require_root();
     let out = out_dir("iso-seed");
-    let o = cloudy_image(&["build", "--board", "pc-686-pae", "--out", out.to_str().unwrap(), "--no-verify"]);
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        "pc-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let iso = out.join("pc-686-pae/cloudy-pc-686-pae.iso");
     let before = sha256(&iso);
     let seed = seed_named(&out, "iso-test");
-    let o = cloudy_image(&["customise", iso.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "customise",
+        iso.to_str().unwrap(),
+        "--seed",
+        seed.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_ne!(before, sha256(&iso));
     // A bad seed changes nothing.
     let bad = out.join("bad.toml");
     std::fs::write(&bad, "version = 1\n[node]\nname = \"No Spaces Allowed\"\n").unwrap();
     let after = sha256(&iso);
-    let o = cloudy_image(&["customise", iso.to_str().unwrap(), "--seed", bad.to_str().unwrap()]);
-    assert!(!o.status.success() && text(&o).contains("node.name"), "{}", text(&o));
-    assert_eq!(after, sha256(&iso), "a refused seed leaves the image as it was");
+    let o = cloudy_image(&[
+        "customise",
+        iso.to_str().unwrap(),
+        "--seed",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("node.name"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        after,
+        sha256(&iso),
+        "a refused seed leaves the image as it was"
+    );
 
-    let o = cloudy_image(&["verify", "--board", "pc-686-pae", "--out", out.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "verify",
+        "--board",
+        "pc-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("\"hostname\":\"iso-test\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("\"hostname\":\"iso-test\""),
+        "{}",
+        text(&o)
+    );
 
     // A broken seed put on the medium by other means (customise would refuse it): the node
     // still comes up, on the image defaults, and its ready line names the bad key.
     let broken = out.join("broken.iso");
     let st = Command::new("xorriso")
-        .arg("-indev").arg(&iso).arg("-outdev").arg(&broken)
-        .args(["-boot_image", "any", "replay", "-map"]).arg(&bad).arg("/cloudy/cloudy.toml")
+        .arg("-indev")
+        .arg(&iso)
+        .arg("-outdev")
+        .arg(&broken)
+        .args(["-boot_image", "any", "replay", "-map"])
+        .arg(&bad)
+        .arg("/cloudy/cloudy.toml")
         .args(["--", "-commit"])
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", text(&st));
-    let o = cloudy_image(&["verify", "--board", "pc-686-pae", "--out", out.to_str().unwrap(), "--image", broken.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "verify",
+        "--board",
+        "pc-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+        "--image",
+        broken.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(!o.status.success(), "verify flags seed errors: {t}");
-    assert!(t.contains("the node came up but reported seed errors") && t.contains("node.name"), "{t}");
+    assert!(
+        t.contains("the node came up but reported seed errors") && t.contains("node.name"),
+        "{t}"
+    );
     let console = std::fs::read_to_string(out.join("pc-686-pae/verify-console.log")).unwrap();
-    let ready = console.lines().find(|l| l.contains("{\"cloudy\":\"ready\"")).expect("ready line despite the bad seed");
-    assert!(ready.contains("\"hostname\":\"cloudy\""), "booted on the defaults: {ready}");
+    let ready = console
+        .lines()
+        .find(|l| l.contains("{\"cloudy\":\"ready\""))
+        .expect("ready line despite the bad seed");
+    assert!(
+        ready.contains("\"hostname\":\"cloudy\""),
+        "booted on the defaults: {ready}"
+    );
 }
 
 /// PXE live: QEMU network-boots the bundle from its own TFTP server to the ready line.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
 fn pxe_bundle_boots_live() {
-    if !e2e_enabled("pxe_bundle_boots_live") {
-        return;
-    }
+    require_root();
     let out = out_dir("pxe");
-    let o = cloudy_image(&["build", "--board", "pxe-686-pae", "--out", out.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        "pxe-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let dir = out.join("pxe-686-pae");
     let v = read_json(&dir.join("verify.json"));
     assert!(v["ready"]["kernel"].as_str().unwrap().ends_with("-686-pae"));
-    for f in ["pxe/boot.ipxe", "pxe/pxelinux.0", "pxe/pxelinux.cfg/default", "pxe/vmlinuz", "pxe/initrd.img", "pxe/cloudy.iso"] {
+    for f in [
+        "pxe/boot.ipxe",
+        "pxe/pxelinux.0",
+        "pxe/pxelinux.cfg/default",
+        "pxe/vmlinuz",
+        "pxe/initrd.img",
+        "pxe/cloudy.iso",
+    ] {
         assert!(dir.join(f).exists(), "{f} in the bundle");
     }
     let cfg = std::fs::read_to_string(dir.join("pxe/pxelinux.cfg/default")).unwrap();
-    assert!(cfg.contains("LABEL install") && cfg.contains("cloudy.install="), "{cfg}");
+    assert!(
+        cfg.contains("LABEL install") && cfg.contains("cloudy.install="),
+        "{cfg}"
+    );
 }
 
 /// PXE install (`make e2e`): network boot with a blank disk, install, then the disk boots to
 /// ready on its own with the seed's node name.
 #[test]
+#[ignore = "PXE install onto a blank disk (long): make e2e runs it"]
 fn pxe_installs_to_a_blank_disk() {
-    if !e2e_enabled("pxe_installs_to_a_blank_disk") {
-        return;
-    }
-    if !all_boards() {
-        eprintln!("SKIP pxe_installs_to_a_blank_disk: `make e2e` runs it (CLOUDY_E2E_ALL=1)");
-        return;
-    }
+    require_root();
     let out = out_dir("pxe-install");
-    let o = cloudy_image(&["build", "--board", "pxe-686-pae", "--out", out.to_str().unwrap(), "--no-verify"]);
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        "pxe-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let live_iso = out.join("pxe-686-pae/pxe/cloudy.iso");
     let seed = seed_named(&out, "installed-node");
-    let o = cloudy_image(&["customise", live_iso.to_str().unwrap(), "--seed", seed.to_str().unwrap()]);
+    let o = cloudy_image(&[
+        "customise",
+        live_iso.to_str().unwrap(),
+        "--seed",
+        seed.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = cloudy_image(&["verify", "--board", "pxe-686-pae", "--out", out.to_str().unwrap(), "--install"]);
+    let o = cloudy_image(&[
+        "verify",
+        "--board",
+        "pxe-686-pae",
+        "--out",
+        out.to_str().unwrap(),
+        "--install",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("\"hostname\":\"installed-node\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("\"hostname\":\"installed-node\""),
+        "{}",
+        text(&o)
+    );
 }

@@ -26,14 +26,23 @@ pub fn handler(arch: Arch) -> Option<&'static str> {
 
 /// Makes sure `arch` binaries run; registers Debian's qemu-user-static handler if needed.
 pub fn ensure(arch: Arch) -> Result<(), BinfmtError> {
-    let Some(name) = handler(arch) else { return Ok(()) };
+    let Some(name) = handler(arch) else {
+        return Ok(());
+    };
     let entry = Path::new(ROOT).join(name);
     if entry.exists() {
         return Ok(());
     }
-    let err = |detail: String| BinfmtError { arch: arch.debian().into(), handler: name.into(), detail };
+    let err = |detail: String| BinfmtError {
+        arch: arch.debian().into(),
+        handler: name.into(),
+        detail,
+    };
     if !Path::new(ROOT).join("register").exists() {
-        let st = Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", ROOT]).status().map_err(|e| err(e.to_string()))?;
+        let st = Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc", ROOT])
+            .status()
+            .map_err(|e| err(e.to_string()))?;
         if !st.success() {
             return Err(err("mounting binfmt_misc failed".into()));
         }
@@ -42,7 +51,10 @@ pub fn ensure(arch: Arch) -> Result<(), BinfmtError> {
     if !Path::new(&conf).exists() {
         return Err(err(format!("{conf} missing")));
     }
-    let st = Command::new("/lib/systemd/systemd-binfmt").arg(&conf).status().map_err(|e| err(e.to_string()))?;
+    let st = Command::new("/lib/systemd/systemd-binfmt")
+        .arg(&conf)
+        .status()
+        .map_err(|e| err(e.to_string()))?;
     if !st.success() || !entry.exists() {
         return Err(err("systemd-binfmt did not register it".into()));
     }

@@ -54,8 +54,15 @@ pub fn make(image: &Path) -> std::io::Result<String> {
             h.update(&buf[..n]);
         }
         mapped += b - a + 1;
-        let range = if a == b { a.to_string() } else { format!("{a}-{b}") };
-        body.push_str(&format!("        <Range chksum=\"{}\">{range}</Range>\n", hex::encode(h.finalize())));
+        let range = if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        };
+        body.push_str(&format!(
+            "        <Range chksum=\"{}\">{range}</Range>\n",
+            hex::encode(h.finalize())
+        ));
     }
     let with = |sum: &str| {
         format!(
@@ -86,7 +93,10 @@ mod tests {
         assert_eq!(size, 10 * BLOCK);
         assert_eq!(r, vec![(0, 1), (5, 5)]);
         let text = make(&p).unwrap();
-        assert!(text.contains("<MappedBlocksCount> 3 </MappedBlocksCount>"), "{text}");
+        assert!(
+            text.contains("<MappedBlocksCount> 3 </MappedBlocksCount>"),
+            "{text}"
+        );
         assert!(text.contains(">0-1</Range>") && text.contains(">5</Range>"));
         assert!(!text.contains(&"0".repeat(64)));
     }

@@ -43,10 +43,19 @@ impl Arch {
     /// The target C library the linker needs (crt files), and its Debian package.
     pub fn cross_libc(self) -> (&'static str, &'static str) {
         match self {
-            Arch::I386 => ("cross-libc:/usr/i686-linux-gnu/lib/crti.o", "libc6-dev-i386-cross"),
+            Arch::I386 => (
+                "cross-libc:/usr/i686-linux-gnu/lib/crti.o",
+                "libc6-dev-i386-cross",
+            ),
             Arch::Amd64 => ("libc:/usr/lib/x86_64-linux-gnu/crti.o", "libc6-dev"),
-            Arch::Armhf => ("cross-libc:/usr/arm-linux-gnueabihf/lib/crti.o", "libc6-dev-armhf-cross"),
-            Arch::Arm64 => ("cross-libc:/usr/aarch64-linux-gnu/lib/crti.o", "libc6-dev-arm64-cross"),
+            Arch::Armhf => (
+                "cross-libc:/usr/arm-linux-gnueabihf/lib/crti.o",
+                "libc6-dev-armhf-cross",
+            ),
+            Arch::Arm64 => (
+                "cross-libc:/usr/aarch64-linux-gnu/lib/crti.o",
+                "libc6-dev-arm64-cross",
+            ),
         }
     }
 
@@ -165,29 +174,67 @@ impl Board {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if self.name != stem {
-            return Err(ConfigError::invalid(path, "name", format!("`{}` differs from the file name", self.name), format!("name the board `{stem}` or rename the file")));
+            return Err(ConfigError::invalid(
+                path,
+                "name",
+                format!("`{}` differs from the file name", self.name),
+                format!("name the board `{stem}` or rename the file"),
+            ));
         }
         if matches!(self.format, Format::Iso | Format::Pxe) && self.firmware.is_empty() {
-            return Err(ConfigError::invalid(path, "firmware", "empty", "list at least one of bios, uefi-ia32, uefi-x64"));
+            return Err(ConfigError::invalid(
+                path,
+                "firmware",
+                "empty",
+                "list at least one of bios, uefi-ia32, uefi-x64",
+            ));
         }
         if self.format == Format::Sdcard && self.sdcard.is_none() {
-            return Err(ConfigError::invalid(path, "sdcard", "missing for format = \"sdcard\"", "add an [sdcard] section with boot_mib and dtbs"));
+            return Err(ConfigError::invalid(
+                path,
+                "sdcard",
+                "missing for format = \"sdcard\"",
+                "add an [sdcard] section with boot_mib and dtbs",
+            ));
         }
         if let Some(sd) = &self.sdcard {
             if sd.boot_mib < 64 {
-                return Err(ConfigError::invalid(path, "sdcard.boot_mib", "below 64 MiB: kernel, initrd and firmware do not fit", "use 256"));
+                return Err(ConfigError::invalid(
+                    path,
+                    "sdcard.boot_mib",
+                    "below 64 MiB: kernel, initrd and firmware do not fit",
+                    "use 256",
+                ));
             }
         }
         if self.firmware.contains(&Firmware::UefiX64) && self.arch != Arch::Amd64 {
-            return Err(ConfigError::invalid(path, "firmware", "uefi-x64 needs arch amd64", "use uefi-ia32 for i386 boards"));
+            return Err(ConfigError::invalid(
+                path,
+                "firmware",
+                "uefi-x64 needs arch amd64",
+                "use uefi-ia32 for i386 boards",
+            ));
         }
         if !self.console.starts_with("tty") {
-            return Err(ConfigError::invalid(path, "console", format!("`{}` is not a console device", self.console), "write it as on the kernel command line, e.g. ttyS0,115200n8"));
+            return Err(ConfigError::invalid(
+                path,
+                "console",
+                format!("`{}` is not a console device", self.console),
+                "write it as on the kernel command line, e.g. ttyS0,115200n8",
+            ));
         }
         if self.qemu.memory_mib < 256 {
-            return Err(ConfigError::invalid(path, "qemu.memory_mib", "below 256 MiB: a live system does not fit", "use 1024"));
+            return Err(ConfigError::invalid(
+                path,
+                "qemu.memory_mib",
+                "below 256 MiB: a live system does not fit",
+                "use 1024",
+            ));
         }
         Ok(())
     }
@@ -230,7 +277,10 @@ mod tests {
     use super::*;
 
     fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf()
     }
 
     #[test]
@@ -244,8 +294,13 @@ mod tests {
 
     #[test]
     fn unknown_board_lists_known_ones() {
-        let err = Board::find(&repo().join("hardware"), "pc-z80").unwrap_err().to_string();
-        assert!(err.contains("pc-z80") && err.contains("pc-686-pae"), "{err}");
+        let err = Board::find(&repo().join("hardware"), "pc-z80")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pc-z80") && err.contains("pc-686-pae"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -259,7 +314,10 @@ mod tests {
         ] {
             let err = Board::load(&dir.join(file)).unwrap_err().to_string();
             assert!(err.contains(needle), "{file}: {err}");
-            assert!(err.contains(file), "{file}: error does not name the file: {err}");
+            assert!(
+                err.contains(file),
+                "{file}: error does not name the file: {err}"
+            );
             assert!(err.contains("fix:"), "{file}: error gives no fix: {err}");
         }
     }

@@ -75,7 +75,10 @@ pub fn remove_any(path: &Path) -> std::io::Result<()> {
 
 /// Moves a finished temporary output to its final name, replacing an older one.
 pub fn publish(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
-    if fs::symlink_metadata(final_path).map(|m| m.is_dir()).unwrap_or(false) {
+    if fs::symlink_metadata(final_path)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         fs::remove_dir_all(final_path)?;
     }
     fs::rename(tmp, final_path)
@@ -107,11 +110,22 @@ pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
         }
         all.push(p);
     }
-    let t = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: epoch as libc::time_t,
+        tv_nsec: 0,
+    };
     for p in all {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
         // SAFETY: c is NUL-terminated; times points at two valid timespecs.
-        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                [t, t].as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -128,7 +142,11 @@ pub fn lock(path: &Path) -> std::io::Result<fs::File> {
     if let Some(d) = path.parent() {
         fs::create_dir_all(d)?;
     }
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(PathBuf::from(p))?;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(p))?;
     // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -143,7 +161,10 @@ pub fn newest_with_prefix(dir: &Path, prefix: &str) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
         .collect();
     v.sort();
     v.pop()
@@ -151,13 +172,18 @@ pub fn newest_with_prefix(dir: &Path, prefix: &str) -> Option<PathBuf> {
 
 /// Free bytes on the filesystem holding `path` (or its nearest existing parent).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let mut p = if path.is_relative() { std::env::current_dir()?.join(path) } else { path.to_path_buf() };
+    let mut p = if path.is_relative() {
+        std::env::current_dir()?.join(path)
+    } else {
+        path.to_path_buf()
+    };
     while !p.exists() {
         if !p.pop() {
             break;
         }
     }
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let c =
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is NUL-terminated and st is ours to fill.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

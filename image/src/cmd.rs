@@ -13,9 +13,16 @@ const TAIL_LINES: usize = 30;
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     #[error("cannot start `{program}`: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}); last lines:\n{tail}")]
-    Failed { command: String, status: String, tail: String },
+    Failed {
+        command: String,
+        status: String,
+        tail: String,
+    },
     #[error("no space left on device while running `{program}`; last lines:\n{tail}\n  fix: free space on the disk holding --out and --cache (or move them), then run the build again: it resumes")]
     DiskFull { program: String, tail: String },
 }
@@ -40,12 +47,21 @@ pub struct Log {
 
 impl Log {
     pub fn to_file(path: &std::path::Path) -> std::io::Result<Log> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Log { file: Arc::new(Mutex::new(Box::new(f))), opened: std::time::Instant::now() })
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Log {
+            file: Arc::new(Mutex::new(Box::new(f))),
+            opened: std::time::Instant::now(),
+        })
     }
 
     pub fn sink() -> Log {
-        Log { file: Arc::new(Mutex::new(Box::new(std::io::sink()))), opened: std::time::Instant::now() }
+        Log {
+            file: Arc::new(Mutex::new(Box::new(std::io::sink()))),
+            opened: std::time::Instant::now(),
+        }
     }
 
     pub fn line(&self, s: &str) {
@@ -66,7 +82,10 @@ pub fn run(cmd: &mut Command, log: &Log, step: &Step) -> Result<String, CmdError
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CmdError::Spawn { program: program.clone(), source })?;
+        .map_err(|source| CmdError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -77,15 +96,25 @@ pub fn run(cmd: &mut Command, log: &Log, step: &Step) -> Result<String, CmdError
     let mut out = String::new();
     drain(stdout, log, &tail, step, Some(&mut out));
     let _ = err_thread.join();
-    let status = child.wait().map_err(|source| CmdError::Spawn { program: program.clone(), source })?;
+    let status = child.wait().map_err(|source| CmdError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     if status.success() {
         Ok(out)
     } else {
-        let tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
+        let tail = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
         if tail.contains("No space left on device") {
             return Err(CmdError::DiskFull { program, tail });
         }
-        Err(CmdError::Failed { command, status: status.to_string(), tail })
+        Err(CmdError::Failed {
+            command,
+            status: status.to_string(),
+            tail,
+        })
     }
 }
 
@@ -118,7 +147,11 @@ pub fn describe(cmd: &Command) -> String {
         .chain(cmd.get_args())
         .map(|a| {
             let a = a.to_string_lossy();
-            if a.contains(' ') { format!("'{a}'") } else { a.into_owned() }
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.into_owned()
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -131,14 +164,36 @@ mod tests {
     #[test]
     fn failure_carries_the_tail() {
         let step = Step::hidden();
-        let err = run(Command::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]), &Log::sink(), &step)
-            .unwrap_err();
+        let err = run(
+            Command::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]),
+            &Log::sink(),
+            &step,
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("one") && msg.contains("two") && msg.contains("3"), "{msg}");
-        let err = run(Command::new("sh").args(["-c", "echo 'cp: write error: No space left on device' >&2; exit 1"]), &Log::sink(), &step)
-            .unwrap_err();
-        assert!(matches!(err, CmdError::DiskFull { .. }) && err.to_string().contains("fix:"), "{err}");
-        let out = run(Command::new("sh").args(["-c", "echo hi"]), &Log::sink(), &step).unwrap();
+        assert!(
+            msg.contains("one") && msg.contains("two") && msg.contains("3"),
+            "{msg}"
+        );
+        let err = run(
+            Command::new("sh").args([
+                "-c",
+                "echo 'cp: write error: No space left on device' >&2; exit 1",
+            ]),
+            &Log::sink(),
+            &step,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CmdError::DiskFull { .. }) && err.to_string().contains("fix:"),
+            "{err}"
+        );
+        let out = run(
+            Command::new("sh").args(["-c", "echo hi"]),
+            &Log::sink(),
+            &step,
+        )
+        .unwrap();
         assert_eq!(out, "hi\n");
     }
 }

@@ -11,7 +11,9 @@ pub const SD_PRESET: u32 = 1;
 
 /// Compresses `src` to `dst` (under a temporary name until done); returns the bytes written.
 pub fn xz(src: &Path, dst: &Path, preset: u32) -> std::io::Result<u64> {
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let stream = xz2::stream::MtStreamBuilder::new()
         .threads(threads)
         .preset(preset)
@@ -48,7 +50,11 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
         let dst = d.path().join("a.img.xz");
         super::xz(&src, &dst, 1).unwrap();
-        let out = std::process::Command::new("xz").arg("-dc").arg(&dst).output().unwrap();
+        let out = std::process::Command::new("xz")
+            .arg("-dc")
+            .arg(&dst)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, data);
     }

@@ -1,7 +1,6 @@
 //! A read-only HTTP server on loopback for a PXE bundle under test. QEMU's built-in TFTP
-//! answers block by block; over HTTP, through a `guestfwd` from the guest's 10.0.2.100:80 to
-//! this server, the 136 MB live ISO arrives in ~3 s under TCG, and a PXE live boot reached
-//! ready in 31 s instead of 55 s.
+//! answers block by block, which makes fetching the live ISO the slow part of a PXE boot; the
+//! guest reaches this server instead through a `guestfwd` from its 10.0.2.100:80.
 //!
 //! It serves the regular files directly inside one directory, to GET and HEAD only, one thread
 //! per connection; it listens on 127.0.0.1 only and stops when dropped.
@@ -40,18 +39,22 @@ pub fn serve(dir: &Path) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (dir, flag) = (dir.to_path_buf(), stop.clone());
-    std::thread::Builder::new().name("pxe-http".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if flag.load(Ordering::SeqCst) {
-                break;
+    std::thread::Builder::new()
+        .name("pxe-http".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let dir = dir.clone();
+                let _ = std::thread::Builder::new()
+                    .name("pxe-http-conn".into())
+                    .spawn(move || {
+                        let _ = answer(conn, &dir);
+                    });
             }
-            let Ok(conn) = conn else { continue };
-            let dir = dir.clone();
-            let _ = std::thread::Builder::new().name("pxe-http-conn".into()).spawn(move || {
-                let _ = answer(conn, &dir);
-            });
-        }
-    })?;
+        })?;
     Ok(Server { addr, stop })
 }
 
@@ -94,13 +97,18 @@ fn file_in(dir: &Path, target: &str) -> Option<PathBuf> {
     let ok = !name.is_empty()
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     let path = dir.join(name);
     (ok && std::fs::symlink_metadata(&path).ok()?.is_file()).then_some(path)
 }
 
 fn status(out: &mut impl Write, line: &str) -> std::io::Result<()> {
-    write!(out, "HTTP/1.0 {line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    write!(
+        out,
+        "HTTP/1.0 {line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     out.flush()
 }
 
@@ -124,11 +132,21 @@ mod tests {
         std::fs::write(d.path().join("sub/secret"), b"no").unwrap();
         let s = serve(d.path()).unwrap();
         let ok = get(s.port(), "GET /cloudy.iso HTTP/1.0\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.ends_with("\r\n\r\nlive system"), "{ok}");
+        assert!(
+            ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.ends_with("\r\n\r\nlive system"),
+            "{ok}"
+        );
         assert!(ok.contains("Content-Length: 11\r\n"));
         let head = get(s.port(), "HEAD /cloudy.iso HTTP/1.0\r\n\r\n");
         assert!(head.ends_with("\r\n\r\n"), "{head}");
-        for bad in ["/sub/secret", "/../etc/passwd", "/sub", "/", "/missing", "cloudy.iso"] {
+        for bad in [
+            "/sub/secret",
+            "/../etc/passwd",
+            "/sub",
+            "/",
+            "/missing",
+            "cloudy.iso",
+        ] {
             let r = get(s.port(), &format!("GET {bad} HTTP/1.0\r\n\r\n"));
             assert!(r.starts_with("HTTP/1.0 404 "), "{bad}: {r}");
         }

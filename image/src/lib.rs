@@ -1,29 +1,29 @@
 //! cloudy-image: from a recipe and a board definition to a verified Cloudy image.
 //!
-//! Stages, in order: [`bootstrap`] (cached rootfs), [`squashfs`] (cached base layer),
-//! [`agent`] (cross-built, beside the bootstrap), [`customise`] (the Cloudy layer), [`iso`],
-//! [`sdcard`] or [`pxe`], [`finish`], [`verify`].
+//! - [`commands`]: the command line and one module per user command (`build`, `verify`,
+//!   `boot`, `customise`); `main.rs` only calls [`commands::run`].
+//! - [`stages`]: what `build` runs, in order: [`stages::bootstrap`] (cached rootfs),
+//!   [`stages::squashfs`] (cached base layer), [`stages::agent`] (cross-built beside the
+//!   bootstrap), [`stages::customise`] (the Cloudy layer), then the board's format
+//!   ([`stages::iso`], [`stages::sdcard`] or [`stages::pxe`]), [`stages::finish`] and
+//!   [`stages::verify`].
+//! - Inputs: [`board`] (hardware/*.toml), [`recipe`] (recipes/*.toml), both read through
+//!   [`config`]; [`seed`] checks a user's seed.
+//! - Helpers the stages share: [`cache`], [`cmd`] (logged commands), [`progress`], [`tools`]
+//!   (host tools), [`binfmt`], [`compress`], [`bmap`], [`qemu`], [`http`].
 
-pub mod agent;
 pub mod binfmt;
 pub mod bmap;
 pub mod board;
-pub mod bootstrap;
-pub mod build;
 pub mod cache;
 pub mod cmd;
+pub mod commands;
 pub mod compress;
 pub mod config;
-pub mod customise;
-pub mod finish;
 pub mod http;
-pub mod iso;
 pub mod progress;
-pub mod pxe;
 pub mod qemu;
 pub mod recipe;
-pub mod sdcard;
-pub mod seed_image;
-pub mod squashfs;
+pub mod seed;
+pub mod stages;
 pub mod tools;
-pub mod verify;

@@ -14,7 +14,9 @@ pub struct Step {
 
 impl Step {
     pub fn hidden() -> Step {
-        Step { bar: ProgressBar::hidden() }
+        Step {
+            bar: ProgressBar::hidden(),
+        }
     }
 
     pub fn message(&self, line: &str) {
@@ -49,8 +51,16 @@ impl Default for Reporter {
 impl Reporter {
     pub fn new() -> Reporter {
         let interactive = std::io::stderr().is_terminal();
-        let target = if interactive { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Reporter { interactive, bars: MultiProgress::with_draw_target(target), times: Mutex::new(Vec::new()) }
+        let target = if interactive {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Reporter {
+            interactive,
+            bars: MultiProgress::with_draw_target(target),
+            times: Mutex::new(Vec::new()),
+        }
     }
 
     /// The stages finished so far, in the order they finished.
@@ -68,7 +78,11 @@ impl Reporter {
     }
 
     /// Runs one stage under a spinner and records its time and a short note (e.g. "cached").
-    pub fn stage<T, E>(&self, name: &str, f: impl FnOnce(&Step) -> Result<(T, String), E>) -> Result<T, E> {
+    pub fn stage<T, E>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Step) -> Result<(T, String), E>,
+    ) -> Result<T, E> {
         let bar = if self.interactive {
             let b = self.bars.add(ProgressBar::new_spinner());
             b.set_style(
@@ -89,11 +103,23 @@ impl Reporter {
         bar.finish_and_clear();
         self.bars.remove(&bar);
         let (line, note, out) = match result {
-            Ok((value, note)) => (format!("  ok  {name:<10} {:>7}  {note}", fmt_secs(seconds)), note, Ok(value)),
-            Err(e) => (format!("  FAIL {name:<9} {:>7}", fmt_secs(seconds)), "failed".to_string(), Err(e)),
+            Ok((value, note)) => (
+                format!("  ok  {name:<10} {:>7}  {note}", fmt_secs(seconds)),
+                note,
+                Ok(value),
+            ),
+            Err(e) => (
+                format!("  FAIL {name:<9} {:>7}", fmt_secs(seconds)),
+                "failed".to_string(),
+                Err(e),
+            ),
         };
         self.say(&line);
-        self.times.lock().expect("not poisoned").push(StageTime { stage: name.into(), seconds, note });
+        self.times.lock().expect("not poisoned").push(StageTime {
+            stage: name.into(),
+            seconds,
+            note,
+        });
         out
     }
 }
@@ -135,7 +161,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             .to_string()
     };
     let mut out = vec![fmt_row(header.iter().map(|s| s.to_string()).collect())];
-    out.push(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    out.push(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
     out.extend(rows.iter().map(|r| fmt_row(r.clone())));
     out.join("\n") + "\n"
 }

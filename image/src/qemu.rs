@@ -33,7 +33,11 @@ pub enum Media<'a> {
     /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with
     /// `bootfile` (an iPXE script); the guest also reaches the loopback HTTP server on port
     /// `http` as http://10.0.2.100 (`http::GUEST_ADDR`).
-    Pxe { root: PathBuf, bootfile: String, http: u16 },
+    Pxe {
+        root: PathBuf,
+        bootfile: String,
+        http: u16,
+    },
 }
 
 pub struct Vm<'a> {
@@ -53,11 +57,30 @@ impl Vm<'_> {
     pub fn command(&self) -> Command {
         let q = &self.board.qemu;
         let mut c = Command::new(&q.system);
-        c.args(["-accel", match self.accel { Accel::Tcg => "tcg", Accel::Kvm => "kvm" }])
-            .args(["-machine", &q.machine, "-cpu", &q.cpu, "-m", &q.memory_mib.to_string(), "-smp", "2"])
-            .args(["-display", "none", "-no-reboot"]);
+        c.args([
+            "-accel",
+            match self.accel {
+                Accel::Tcg => "tcg",
+                Accel::Kvm => "kvm",
+            },
+        ])
+        .args([
+            "-machine",
+            &q.machine,
+            "-cpu",
+            &q.cpu,
+            "-m",
+            &q.memory_mib.to_string(),
+            "-smp",
+            "2",
+        ])
+        .args(["-display", "none", "-no-reboot"]);
         match &self.media {
-            Media::Pxe { root, bootfile, http } => {
+            Media::Pxe {
+                root,
+                bootfile,
+                http,
+            } => {
                 // restrict=on still allows guestfwd: the guest reaches that one loopback port.
                 c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile},guestfwd=tcp:{}:80-tcp:127.0.0.1:{http}", root.display(), crate::http::GUEST_ADDR)]);
                 c.args(["-boot", "n"]);
@@ -72,17 +95,24 @@ impl Vm<'_> {
                 c.arg("-cdrom").arg(iso);
             }
             Media::Disk(img) => {
-                c.arg("-drive").arg(format!("file={},format=raw,if=virtio", img.display())).arg("-snapshot");
+                c.arg("-drive")
+                    .arg(format!("file={},format=raw,if=virtio", img.display()))
+                    .arg("-snapshot");
             }
         }
         if self.boot == Boot::Uefi {
             c.arg("-bios").arg(OVMF);
         }
         if let Some(disk) = self.disk {
-            c.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
+            c.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", disk.display()));
         }
         if let Some((kernel, initrd, append)) = &self.direct {
-            c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", append]);
+            c.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .args(["-append", append]);
         }
         c
     }

@@ -45,7 +45,10 @@ pub struct Squashfs {
 
 impl Default for Squashfs {
     fn default() -> Self {
-        Squashfs { compression: Compression::Zstd, level: None }
+        Squashfs {
+            compression: Compression::Zstd,
+            level: None,
+        }
     }
 }
 
@@ -144,14 +147,27 @@ impl Recipe {
         recipe.validate(path)?;
         let seed_path = recipe.seed_path(path);
         let seed_text = std::fs::read_to_string(&seed_path).map_err(|e| {
-            ConfigError::invalid(path, "seed", format!("cannot read {}: {e}", seed_path.display()), "point `seed` at a seed file next to the recipe")
+            ConfigError::invalid(
+                path,
+                "seed",
+                format!("cannot read {}: {e}", seed_path.display()),
+                "point `seed` at a seed file next to the recipe",
+            )
         })?;
         let mut pip_requirements = Vec::new();
         for (i, p) in recipe.pip.iter().enumerate() {
-            let file = path.parent().unwrap_or(Path::new(".")).join(&p.requirements);
+            let file = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&p.requirements);
             let key = format!("pip[{i}].requirements");
             let text = std::fs::read_to_string(&file).map_err(|e| {
-                ConfigError::invalid(path, &key, format!("cannot read {}: {e}", file.display()), "point it at a `pip freeze` list next to the recipe")
+                ConfigError::invalid(
+                    path,
+                    &key,
+                    format!("cannot read {}: {e}", file.display()),
+                    "point it at a `pip freeze` list next to the recipe",
+                )
             })?;
             if let Err((line, why)) = check_requirements(&text) {
                 return Err(ConfigError::invalid(
@@ -163,43 +179,92 @@ impl Recipe {
             }
             pip_requirements.push(text);
         }
-        Ok(Loaded { recipe, path: path.to_path_buf(), text, seed_text, pip_requirements })
-    }
-
-    pub fn security_mirror(&self) -> String {
-        self.security_mirror.clone().unwrap_or_else(|| match self.mirror.strip_suffix("/debian") {
-            Some(base) => format!("{base}/debian-security"),
-            None => "http://deb.debian.org/debian-security".to_string(),
+        Ok(Loaded {
+            recipe,
+            path: path.to_path_buf(),
+            text,
+            seed_text,
+            pip_requirements,
         })
     }
 
+    pub fn security_mirror(&self) -> String {
+        self.security_mirror
+            .clone()
+            .unwrap_or_else(|| match self.mirror.strip_suffix("/debian") {
+                Some(base) => format!("{base}/debian-security"),
+                None => "http://deb.debian.org/debian-security".to_string(),
+            })
+    }
+
     pub fn seed_path(&self, recipe_path: &Path) -> PathBuf {
-        recipe_path.parent().unwrap_or(Path::new(".")).join(&self.seed)
+        recipe_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.seed)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        if !(self.mirror.starts_with("http://") || self.mirror.starts_with("https://") || self.mirror.starts_with("file:/")) {
-            return Err(ConfigError::invalid(path, "mirror", format!("`{}` is not an http(s) or file URL", self.mirror), "e.g. mirror = \"http://deb.debian.org/debian\""));
+        if !(self.mirror.starts_with("http://")
+            || self.mirror.starts_with("https://")
+            || self.mirror.starts_with("file:/"))
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "mirror",
+                format!("`{}` is not an http(s) or file URL", self.mirror),
+                "e.g. mirror = \"http://deb.debian.org/debian\"",
+            ));
         }
-        if self.suite.is_empty() || !self.suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(ConfigError::invalid(path, "suite", format!("`{}` is not a suite name", self.suite), "e.g. suite = \"bookworm\""));
+        if self.suite.is_empty()
+            || !self
+                .suite
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "suite",
+                format!("`{}` is not a suite name", self.suite),
+                "e.g. suite = \"bookworm\"",
+            ));
         }
         for (i, p) in self.packages.iter().enumerate() {
             if !valid_package_name(p) {
-                return Err(ConfigError::invalid(path, &format!("packages[{i}]"), format!("`{p}` is not a Debian package name"), "use lowercase letters, digits and + - . (e.g. \"tinc\")"));
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("packages[{i}]"),
+                    format!("`{p}` is not a Debian package name"),
+                    "use lowercase letters, digits and + - . (e.g. \"tinc\")",
+                ));
             }
         }
         for (format, list) in &self.packages_by_format {
             for (i, p) in list.iter().enumerate() {
                 if !valid_package_name(p) {
-                    let f = serde_json::to_value(format).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-                    return Err(ConfigError::invalid(path, &format!("packages_by_format.{f}[{i}]"), format!("`{p}` is not a Debian package name"), "use lowercase letters, digits and + - . (e.g. \"ffmpeg\")"));
+                    let f = serde_json::to_value(format)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("packages_by_format.{f}[{i}]"),
+                        format!("`{p}` is not a Debian package name"),
+                        "use lowercase letters, digits and + - . (e.g. \"ffmpeg\")",
+                    ));
                 }
             }
         }
         for (i, u) in self.enable.iter().enumerate() {
-            if u.contains('/') || !(u.ends_with(".service") || u.ends_with(".socket") || u.ends_with(".timer")) {
-                return Err(ConfigError::invalid(path, &format!("enable[{i}]"), format!("`{u}` is not a systemd unit name"), "name a unit like \"ssh.service\""));
+            if u.contains('/')
+                || !(u.ends_with(".service") || u.ends_with(".socket") || u.ends_with(".timer"))
+            {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("enable[{i}]"),
+                    format!("`{u}` is not a systemd unit name"),
+                    "name a unit like \"ssh.service\"",
+                ));
             }
         }
         if let Some(level) = self.squashfs.level {
@@ -207,36 +272,76 @@ impl Recipe {
                 Compression::Zstd => 22,
                 Compression::Gzip => 9,
                 Compression::Xz => {
-                    return Err(ConfigError::invalid(path, "squashfs.level", "mksquashfs has no level for xz", "remove `level` or use compression = \"zstd\""));
+                    return Err(ConfigError::invalid(
+                        path,
+                        "squashfs.level",
+                        "mksquashfs has no level for xz",
+                        "remove `level` or use compression = \"zstd\"",
+                    ));
                 }
             };
             if level == 0 || level > max {
-                return Err(ConfigError::invalid(path, "squashfs.level", format!("{level} is out of range for {}", self.squashfs.compression.name()), format!("use 1-{max}")));
+                return Err(ConfigError::invalid(
+                    path,
+                    "squashfs.level",
+                    format!(
+                        "{level} is out of range for {}",
+                        self.squashfs.compression.name()
+                    ),
+                    format!("use 1-{max}"),
+                ));
             }
         }
         for (i, p) in self.pip.iter().enumerate() {
             let ok = p.venv.starts_with("/opt/")
                 && !p.venv.contains("..")
-                && p.venv.chars().all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
+                && p.venv
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
             if !ok {
-                return Err(ConfigError::invalid(path, &format!("pip[{i}].venv"), format!("`{}` is not a plain path under /opt", p.venv), "e.g. venv = \"/opt/cloudy/tahoe-lafs\""));
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].venv"),
+                    format!("`{}` is not a plain path under /opt", p.venv),
+                    "e.g. venv = \"/opt/cloudy/tahoe-lafs\"",
+                ));
             }
             if !(p.python.starts_with("3.") && p.python[2..].parse::<u32>().is_ok()) {
-                return Err(ConfigError::invalid(path, &format!("pip[{i}].python"), format!("`{}` is not a Python 3 version", p.python), "the suite's Python, e.g. python = \"3.11\" for bookworm"));
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].python"),
+                    format!("`{}` is not a Python 3 version", p.python),
+                    "the suite's Python, e.g. python = \"3.11\" for bookworm",
+                ));
             }
             for (j, d) in p.debian.iter().enumerate() {
                 if !valid_package_name(d) {
-                    return Err(ConfigError::invalid(path, &format!("pip[{i}].debian[{j}]"), format!("`{d}` is not a Debian package name"), "e.g. \"python3-netifaces\""));
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("pip[{i}].debian[{j}]"),
+                        format!("`{d}` is not a Debian package name"),
+                        "e.g. \"python3-netifaces\"",
+                    ));
                 }
             }
             for (j, a) in p.arches.iter().enumerate() {
                 if !crate::board::DEBIAN_ARCHES.contains(&a.as_str()) {
-                    return Err(ConfigError::invalid(path, &format!("pip[{i}].arches[{j}]"), format!("`{a}` is not an architecture Cloudy builds"), format!("use some of {:?}", crate::board::DEBIAN_ARCHES)));
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("pip[{i}].arches[{j}]"),
+                        format!("`{a}` is not an architecture Cloudy builds"),
+                        format!("use some of {:?}", crate::board::DEBIAN_ARCHES),
+                    ));
                 }
             }
         }
         if self.verify.timeout_s < 30 {
-            return Err(ConfigError::invalid(path, "verify.timeout_s", "below 30 s: no emulated boot is that fast", "use 300"));
+            return Err(ConfigError::invalid(
+                path,
+                "verify.timeout_s",
+                "below 30 s: no emulated boot is that fast",
+                "use 300",
+            ));
         }
         Ok(())
     }
@@ -254,22 +359,35 @@ pub fn check_requirements(text: &str) -> Result<(), (usize, String)> {
         let Some((name, version)) = line.split_once("==") else {
             return Err((n + 1, format!("`{line}` is not pinned with ==")));
         };
-        let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        let version_ok = !version.is_empty() && version.chars().all(|c| c.is_ascii_alphanumeric() || ".+!".contains(c));
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let version_ok = !version.is_empty()
+            && version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+!".contains(c));
         if !name_ok || !version_ok {
             return Err((n + 1, format!("`{line}` is not `name==version`")));
         }
         any = true;
     }
-    if any { Ok(()) } else { Err((1, "no requirement in the file".into())) }
+    if any {
+        Ok(())
+    } else {
+        Err((1, "no requirement in the file".into()))
+    }
 }
 
 /// Debian policy 5.6.1: lowercase alphanumerics and + - ., at least two characters, starting
 /// alphanumeric. Checked here so a typo is named before a two-minute bootstrap.
 pub fn valid_package_name(p: &str) -> bool {
     p.len() >= 2
-        && p.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && p.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 #[cfg(test)]
@@ -300,9 +418,14 @@ mod tests {
             ("bad-seed-missing.toml", "seed"),
             ("bad-level.toml", "squashfs.level"),
         ] {
-            let err = Recipe::load(&fixtures().join(file)).unwrap_err().to_string();
+            let err = Recipe::load(&fixtures().join(file))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{file}: {err}");
-            assert!(err.contains(file), "{file}: error does not name the file: {err}");
+            assert!(
+                err.contains(file),
+                "{file}: error does not name the file: {err}"
+            );
             assert!(err.contains("fix:"), "{file}: error gives no fix: {err}");
         }
     }
@@ -310,7 +433,14 @@ mod tests {
     #[test]
     fn requirements_must_be_strict_pins() {
         assert!(check_requirements("# pinned\ntahoe-lafs==1.20.0\nzope.interface==8.7\n").is_ok());
-        for bad in ["tahoe-lafs>=1.20", "--index-url http://evil/ \n", "x==1 ; sh", "git+https://x/y==1", "", "a==1\nhttps://x/a.whl"] {
+        for bad in [
+            "tahoe-lafs>=1.20",
+            "--index-url http://evil/ \n",
+            "x==1 ; sh",
+            "git+https://x/y==1",
+            "",
+            "a==1\nhttps://x/a.whl",
+        ] {
             assert!(check_requirements(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -45,9 +45,15 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
         tools.push(t("debian-cargo:/usr/share/cargo/bin/cargo", "cargo-web"));
         tools.push(t("debian-rustc:/usr/bin/rustc", "rustc-web"));
         let (linker, linker_pkg) = board.arch.linker();
-        tools.push(Tool { program: linker, package: linker_pkg });
+        tools.push(Tool {
+            program: linker,
+            package: linker_pkg,
+        });
         let (libc, libc_pkg) = board.arch.cross_libc();
-        tools.push(Tool { program: libc, package: libc_pkg });
+        tools.push(Tool {
+            program: libc,
+            package: libc_pkg,
+        });
     } else {
         tools.push(t("cross", "cross (cargo install cross; needs Docker)"));
     }
@@ -61,17 +67,29 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
         Format::Sdcard => tools.extend([t("sfdisk", "fdisk"), t("mke2fs", "e2fsprogs")]),
     }
     if board.firmware.contains(&Firmware::Bios) {
-        tools.push(t("isohybrid-mbr:/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux"));
+        tools.push(t(
+            "isohybrid-mbr:/usr/lib/ISOLINUX/isohdpfx.bin",
+            "isolinux",
+        ));
         tools.push(t("isolinux:/usr/lib/ISOLINUX/isolinux.bin", "isolinux"));
-        tools.push(t("ldlinux:/usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common"));
+        tools.push(t(
+            "ldlinux:/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            "syslinux-common",
+        ));
     }
     if board.firmware.contains(&Firmware::UefiX64) {
         tools.push(t("grub-mkimage", "grub-common"));
-        tools.push(t("grub-x86_64-efi:/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin"));
+        tools.push(t(
+            "grub-x86_64-efi:/usr/lib/grub/x86_64-efi/linux.mod",
+            "grub-efi-amd64-bin",
+        ));
     }
     if board.firmware.contains(&Firmware::UefiIa32) {
         tools.push(t("grub-mkimage", "grub-common"));
-        tools.push(t("grub-i386-efi:/usr/lib/grub/i386-efi/linux.mod", "grub-efi-ia32-bin"));
+        tools.push(t(
+            "grub-i386-efi:/usr/lib/grub/i386-efi/linux.mod",
+            "grub-efi-ia32-bin",
+        ));
     }
     if verify {
         tools.extend(for_boot(board));
@@ -87,7 +105,13 @@ pub fn for_boot(board: &Board) -> Vec<Tool> {
         "qemu-system-i386" | "qemu-system-x86_64" => "qemu-system-x86 (from bookworm-backports)",
         _ => "qemu-system-arm (from bookworm-backports)",
     };
-    vec![Tool { program: leak(board.qemu.system.clone()), package: pkg }, t("timeout", "coreutils")]
+    vec![
+        Tool {
+            program: leak(board.qemu.system.clone()),
+            package: pkg,
+        },
+        t("timeout", "coreutils"),
+    ]
 }
 
 fn leak(s: String) -> &'static str {
@@ -114,11 +138,17 @@ pub fn which(program: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 pub fn check(tools: &[Tool]) -> Result<(), MissingTools> {
-    let mut missing: Vec<Tool> = tools.iter().filter(|t| find(t).is_none()).copied().collect();
+    let mut missing: Vec<Tool> = tools
+        .iter()
+        .filter(|t| find(t).is_none())
+        .copied()
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         Ok(())
@@ -133,7 +163,11 @@ mod tests {
 
     #[test]
     fn missing_tool_names_its_package() {
-        let err = check(&[t("surely-not-a-program-xyz", "cloudy-fake-pkg"), t("sh", "dash")]).unwrap_err();
+        let err = check(&[
+            t("surely-not-a-program-xyz", "cloudy-fake-pkg"),
+            t("sh", "dash"),
+        ])
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("surely-not-a-program-xyz"), "{msg}");
         assert!(msg.contains("apt-get install cloudy-fake-pkg"), "{msg}");

@@ -24,8 +24,18 @@ pub fn make(
     let mut c = Command::new("mksquashfs");
     c.arg(src)
         .arg(&tmp)
-        .args(["-noappend", "-no-progress", "-comp", opts.compression.name()])
-        .args(["-mkfs-time", &epoch.to_string(), "-all-time", &epoch.to_string()])
+        .args([
+            "-noappend",
+            "-no-progress",
+            "-comp",
+            opts.compression.name(),
+        ])
+        .args([
+            "-mkfs-time",
+            &epoch.to_string(),
+            "-all-time",
+            &epoch.to_string(),
+        ])
         // mksquashfs refuses SOURCE_DATE_EPOCH together with the explicit times above.
         .env_remove("SOURCE_DATE_EPOCH");
     if let Some(level) = opts.level {

@@ -1,4 +1,4 @@
-//! Stage 3, iso: a hybrid ISO (CD, USB stick, VM) with live-boot: ISOLINUX for BIOS, GRUB for
+//! iso: a hybrid ISO (CD, USB stick, VM) with live-boot: ISOLINUX for BIOS, GRUB for
 //! UEFI, the kernel console on the board's serial port as well as the screen.
 
 use std::fs;
@@ -17,7 +17,11 @@ pub enum IsoError {
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub const VOLUME_ID: &str = "CLOUDY";
@@ -41,7 +45,10 @@ pub fn cmdline(board: &Board) -> String {
 
 pub fn kernel_and_initrd(rootfs: &Path) -> Result<(PathBuf, PathBuf), IsoError> {
     let boot = rootfs.join("boot");
-    match (cache::newest_with_prefix(&boot, "vmlinuz-"), cache::newest_with_prefix(&boot, "initrd.img-")) {
+    match (
+        cache::newest_with_prefix(&boot, "vmlinuz-"),
+        cache::newest_with_prefix(&boot, "initrd.img-"),
+    ) {
         (Some(k), Some(i)) => Ok((k, i)),
         _ => Err(IsoError::NoKernel(rootfs.display().to_string())),
     }
@@ -61,26 +68,55 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     link_or_copy(inp.base_squashfs, &live.join("filesystem.squashfs"))?;
     link_or_copy(inp.layer_squashfs, &live.join("cloudy.squashfs"))?;
     // live-boot stacks the images in this order, the last on top.
-    write(&live.join("filesystem.module"), "filesystem.squashfs\ncloudy.squashfs\n")?;
+    write(
+        &live.join("filesystem.module"),
+        "filesystem.squashfs\ncloudy.squashfs\n",
+    )?;
     write(
         &stage.join("cloudy/README.txt"),
         "Put your seed here as cloudy.toml (see the Cloudy README); the node reads it at boot.\n",
     )?;
     let cmdline = cmdline(board);
-    let serial_unit = board.console_device().trim_start_matches("ttyS").parse::<u32>().unwrap_or(0);
-    let speed = board.console.split(',').nth(1).map(|s| s.trim_end_matches(|c: char| c.is_alphabetic())).unwrap_or("115200").to_string();
+    let serial_unit = board
+        .console_device()
+        .trim_start_matches("ttyS")
+        .parse::<u32>()
+        .unwrap_or(0);
+    let speed = board
+        .console
+        .split(',')
+        .nth(1)
+        .map(|s| s.trim_end_matches(|c: char| c.is_alphabetic()))
+        .unwrap_or("115200")
+        .to_string();
 
     let mut args: Vec<String> = vec![
-        "-as".into(), "mkisofs".into(), "-o".into(), cache::tmp_path(out).display().to_string(),
-        "-iso-level".into(), "3".into(), "-full-iso9660-filenames".into(), "-joliet".into(), "-rational-rock".into(),
-        "-volid".into(), VOLUME_ID.into(), "-appid".into(), "Cloudy community-cloud node".into(),
+        "-as".into(),
+        "mkisofs".into(),
+        "-o".into(),
+        cache::tmp_path(out).display().to_string(),
+        "-iso-level".into(),
+        "3".into(),
+        "-full-iso9660-filenames".into(),
+        "-joliet".into(),
+        "-rational-rock".into(),
+        "-volid".into(),
+        VOLUME_ID.into(),
+        "-appid".into(),
+        "Cloudy community-cloud node".into(),
     ];
     if inp.with_kernel && board.firmware.contains(&Firmware::Bios) {
         let d = stage.join("isolinux");
         mkdir(&d)?;
         // Copies, not links: the staged tree's file times are set below, and these are the host's.
-        copy(Path::new("/usr/lib/ISOLINUX/isolinux.bin"), &d.join("isolinux.bin"))?;
-        copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &d.join("ldlinux.c32"))?;
+        copy(
+            Path::new("/usr/lib/ISOLINUX/isolinux.bin"),
+            &d.join("isolinux.bin"),
+        )?;
+        copy(
+            Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+            &d.join("ldlinux.c32"),
+        )?;
         write(
             &d.join("isolinux.cfg"),
             &format!(
@@ -90,9 +126,16 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
         )?;
         args.extend(
             [
-                "-isohybrid-mbr", "/usr/lib/ISOLINUX/isohdpfx.bin",
-                "-eltorito-boot", "isolinux/isolinux.bin", "-eltorito-catalog", "isolinux/boot.cat",
-                "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+                "-isohybrid-mbr",
+                "/usr/lib/ISOLINUX/isohdpfx.bin",
+                "-eltorito-boot",
+                "isolinux/isolinux.bin",
+                "-eltorito-catalog",
+                "isolinux/boot.cat",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
             ]
             .map(String::from),
         );
@@ -123,40 +166,78 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
         for (format, name) in &efi {
             let f = work.join(name);
             let mut c = Command::new("grub-mkimage");
-            c.args(["-O", format, "-o"]).arg(&f).args(["-p", "/boot/grub", "-c"]).arg(&early).args([
-                "part_gpt", "part_msdos", "fat", "iso9660", "linux", "normal", "configfile", "search",
-                "search_fs_file", "serial", "terminal", "echo", "test", "all_video", "boot",
-            ]);
+            c.args(["-O", format, "-o"])
+                .arg(&f)
+                .args(["-p", "/boot/grub", "-c"])
+                .arg(&early)
+                .args([
+                    "part_gpt",
+                    "part_msdos",
+                    "fat",
+                    "iso9660",
+                    "linux",
+                    "normal",
+                    "configfile",
+                    "search",
+                    "search_fs_file",
+                    "serial",
+                    "terminal",
+                    "echo",
+                    "test",
+                    "all_video",
+                    "boot",
+                ]);
             cmd::run(&mut c, log, step)?;
             efi_files.push((f, *name));
         }
         let img = grub.join("efi.img");
-        let size_kib: u64 = efi_files.iter().map(|(f, _)| fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum::<u64>() / 1024 + 512;
+        let size_kib: u64 = efi_files
+            .iter()
+            .map(|(f, _)| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>()
+            / 1024
+            + 512;
         // Fixed volume serial and times: the same inputs give the same ISO bytes.
         let serial = format!("{:08x}", inp.epoch as u32);
         let mut c = Command::new("mkfs.vfat");
-        c.args(["-C", "--invariant", "-i", &serial, "-n", "EFIBOOT"]).arg(&img).arg(size_kib.to_string());
+        c.args(["-C", "--invariant", "-i", &serial, "-n", "EFIBOOT"])
+            .arg(&img)
+            .arg(size_kib.to_string());
         c.env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
         cmd::run(&mut c, log, step)?;
         let mtools = |args: &[&str], extra: &[&Path]| -> Result<(), CmdError> {
             let mut c = Command::new(args[0]);
-            c.args(&args[1..]).args(extra).env("SOURCE_DATE_EPOCH", inp.epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1");
+            c.args(&args[1..])
+                .args(extra)
+                .env("SOURCE_DATE_EPOCH", inp.epoch.to_string())
+                .env("MTOOLS_SKIP_CHECK", "1");
             cmd::run(&mut c, log, step).map(|_| ())
         };
         let img_s = img.display().to_string();
         mtools(&["mmd", "-i", &img_s, "::/EFI", "::/EFI/BOOT"], &[])?;
         for (f, name) in &efi_files {
             cache::set_tree_mtime(f, inp.epoch).map_err(|e| io("touching", f, e))?;
-            mtools(&["mcopy", "-m", "-i", &img_s], &[f, Path::new(&format!("::/EFI/BOOT/{name}"))])?;
+            mtools(
+                &["mcopy", "-m", "-i", &img_s],
+                &[f, Path::new(&format!("::/EFI/BOOT/{name}"))],
+            )?;
         }
         args.extend(
-            ["-eltorito-alt-boot", "-e", "boot/grub/efi.img", "-no-emul-boot", "-isohybrid-gpt-basdat"].map(String::from),
+            [
+                "-eltorito-alt-boot",
+                "-e",
+                "boot/grub/efi.img",
+                "-no-emul-boot",
+                "-isohybrid-gpt-basdat",
+            ]
+            .map(String::from),
         );
     }
     args.push(stage.display().to_string());
     cache::set_tree_mtime(&stage, inp.epoch).map_err(|e| io("setting times under", &stage, e))?;
     let mut c = Command::new("xorriso");
-    c.args(&args).env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+    c.args(&args)
+        .env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
     let _ = cache::remove_any(&cache::tmp_path(out));
     cmd::run(&mut c, log, step)?;
     cache::publish(&cache::tmp_path(out), out).map_err(|e| io("renaming", out, e))?;
@@ -175,7 +256,9 @@ fn write(p: &Path, s: &str) -> Result<(), IsoError> {
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), IsoError> {
-    fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| io("copying", from, e))
 }
 
 /// Big inputs are hard-linked from the cache when it is on the same filesystem.
@@ -184,9 +267,15 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), IsoError> {
     if fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| io("copying", from, e))
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> IsoError {
-    IsoError::Io { what, path: path.display().to_string(), source }
+    IsoError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -3,13 +3,13 @@
 //! `cloudy.toml` on an SD card's FAT partition.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
+use crate::stages::sdcard::{self, SdError};
 use crate::{bmap, compress};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,36 +18,28 @@ pub enum SeedImageError {
     BadSeed(String),
     #[error("{0}: not a Cloudy image (expected .iso, .img or .img.xz)")]
     UnknownKind(String),
-    #[error("{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image")]
-    NoFat(String),
+    #[error("{0}")]
+    Sd(#[from] SdError),
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-/// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
-pub fn sd_layout(img: &Path) -> Result<(u32, u64), SeedImageError> {
-    let mut mbr = [0u8; 512];
-    let mut f = fs::File::open(img).map_err(|e| io("opening", img, e))?;
-    f.read_exact(&mut mbr).map_err(|e| io("reading", img, e))?;
-    let disk_id = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
-    let p1 = &mbr[446..462];
-    let start = u32::from_le_bytes(p1[8..12].try_into().expect("4 bytes")) as u64;
-    if mbr[510..] != [0x55, 0xaa] || !matches!(p1[4], 0x0b | 0x0c) || start == 0 {
-        return Err(SeedImageError::NoFat(img.display().to_string()));
-    }
-    Ok((disk_id, start * 512))
-}
-
-/// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
-pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(), SeedImageError> {
-    let (_, off) = sd_layout(img)?;
-    let spec = format!("{}@@{off}", img.display());
-    for n in names {
-        let mut c = Command::new("mcopy");
-        c.args(["-n", "-i", &spec, &format!("::/{n}")]).arg(dir).env("MTOOLS_SKIP_CHECK", "1");
-        cmd::run(&mut c, log, &Step::hidden())?;
+/// `cloudy-image customise`: writes the seed, then updates `SHA256SUMS` beside the image.
+pub fn run(image: &Path, seed: &Path) -> anyhow::Result<()> {
+    let changed = write(image, seed, &Log::sink())?;
+    update_sums(&changed)?;
+    for f in &changed {
+        eprintln!(
+            "cloudy-image: wrote the seed {} into {}",
+            seed.display(),
+            f.display()
+        );
     }
     Ok(())
 }
@@ -56,15 +48,23 @@ pub fn sd_extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(
 /// changed, for SHA256SUMS.
 pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedImageError> {
     let text = fs::read_to_string(seed).map_err(|e| io("reading", seed, e))?;
-    cloudy_agent::seed::Seed::parse(&seed.display().to_string(), &text).map_err(|e| SeedImageError::BadSeed(e.to_string()))?;
-    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let step = Step::hidden();
     if name.ends_with(".iso") {
         let tmp = cache::tmp_path(image);
         let _ = fs::remove_file(&tmp);
         let mut c = Command::new("xorriso");
-        c.arg("-indev").arg(image).arg("-outdev").arg(&tmp)
-            .args(["-boot_image", "any", "replay", "-map"]).arg(seed).arg("/cloudy/cloudy.toml")
+        c.arg("-indev")
+            .arg(image)
+            .arg("-outdev")
+            .arg(&tmp)
+            .args(["-boot_image", "any", "replay", "-map"])
+            .arg(seed)
+            .arg("/cloudy/cloudy.toml")
             .args(["-chmod", "0644", "/cloudy/cloudy.toml", "--", "-commit"]);
         cmd::run(&mut c, log, &step)?;
         fs::rename(&tmp, image).map_err(|e| io("renaming", &tmp, e))?;
@@ -80,8 +80,13 @@ pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedI
         sd_write(&raw, seed, log)?;
         compress::xz(&raw, image, compress::SD_PRESET).map_err(|e| io("compressing", image, e))?;
         let bmap_path = image.with_file_name(format!("{}.bmap", stem));
-        cache::write_atomic(&bmap_path, bmap::make(&raw).map_err(|e| io("mapping", &raw, e))?.as_bytes())
-            .map_err(|e| io("writing", &bmap_path, e))?;
+        cache::write_atomic(
+            &bmap_path,
+            bmap::make(&raw)
+                .map_err(|e| io("mapping", &raw, e))?
+                .as_bytes(),
+        )
+        .map_err(|e| io("writing", &bmap_path, e))?;
         let _ = fs::remove_file(&raw);
         Ok(vec![image.to_path_buf(), bmap_path])
     } else {
@@ -98,18 +103,29 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
         .arg(xz)
         .stdout(out)
         .status()
-        .map_err(|source| CmdError::Spawn { program: "xz".into(), source })?;
+        .map_err(|source| CmdError::Spawn {
+            program: "xz".into(),
+            source,
+        })?;
     if !st.success() {
         let _ = fs::remove_file(to);
-        return Err(CmdError::Failed { command: format!("xz -dc {}", xz.display()), status: st.to_string(), tail: String::new() }.into());
+        return Err(CmdError::Failed {
+            command: format!("xz -dc {}", xz.display()),
+            status: st.to_string(),
+            tail: String::new(),
+        }
+        .into());
     }
     Ok(())
 }
 
 fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
-    let (_, off) = sd_layout(img)?;
+    let (_, off) = sdcard::layout(img)?;
     let mut c = Command::new("mcopy");
-    c.args(["-o", "-i", &format!("{}@@{off}", img.display())]).arg(seed).arg("::/cloudy.toml").env("MTOOLS_SKIP_CHECK", "1");
+    c.args(["-o", "-i", &format!("{}@@{off}", img.display())])
+        .arg(seed)
+        .arg("::/cloudy.toml")
+        .env("MTOOLS_SKIP_CHECK", "1");
     cmd::run(&mut c, log, &Step::hidden())?;
     Ok(())
 }
@@ -118,7 +134,13 @@ fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
 fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
     let p = img.with_extension("img.bmap");
     if p.exists() {
-        cache::write_atomic(&p, bmap::make(img).map_err(|e| io("mapping", img, e))?.as_bytes()).map_err(|e| io("writing", &p, e))?;
+        cache::write_atomic(
+            &p,
+            bmap::make(img)
+                .map_err(|e| io("mapping", img, e))?
+                .as_bytes(),
+        )
+        .map_err(|e| io("writing", &p, e))?;
     }
     Ok(())
 }
@@ -126,10 +148,14 @@ fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
 /// Rewrites the lines naming `files` in the `SHA256SUMS` beside them or one level up (a PXE
 /// bundle's files are listed as `pxe/<name>`).
 pub fn update_sums(files: &[PathBuf]) -> std::io::Result<()> {
-    let Some(parent) = files.first().and_then(|f| f.parent()) else { return Ok(()) };
+    let Some(parent) = files.first().and_then(|f| f.parent()) else {
+        return Ok(());
+    };
     for dir in [Some(parent), parent.parent()].into_iter().flatten() {
         let sums = dir.join("SHA256SUMS");
-        let Ok(text) = fs::read_to_string(&sums) else { continue };
+        let Ok(text) = fs::read_to_string(&sums) else {
+            continue;
+        };
         let mut out = String::new();
         for line in text.lines() {
             let name = line.split_once("  ").map(|(_, n)| n).unwrap_or("");
@@ -151,7 +177,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> SeedImageError {
-    SeedImageError::Io { what, path: path.display().to_string(), source }
+    SeedImageError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -180,21 +210,5 @@ mod tests {
         let back = d.path().join("o'back.img");
         decompress(&xz, &back, &Log::sink()).unwrap();
         assert_eq!(fs::read(&back).unwrap(), vec![7u8; 100_000]);
-    }
-
-    #[test]
-    fn mbr_layout_read() {
-        let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("a.img");
-        let mut mbr = vec![0u8; 1024];
-        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
-        mbr[446 + 4] = 0x0c;
-        mbr[446 + 8..446 + 12].copy_from_slice(&8192u32.to_le_bytes());
-        mbr[510] = 0x55;
-        mbr[511] = 0xaa;
-        fs::write(&img, &mbr).unwrap();
-        assert_eq!(sd_layout(&img).unwrap(), (0x1234abcd, 8192 * 512));
-        fs::write(&img, vec![0u8; 1024]).unwrap();
-        assert!(sd_layout(&img).is_err());
     }
 }

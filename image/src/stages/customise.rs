@@ -1,4 +1,4 @@
-//! Stage 2, customise: the Cloudy layer laid over the cached rootfs: `overlay/`, the agent,
+//! customise: the Cloudy layer laid over the cached rootfs: `overlay/`, the agent,
 //! the default seed and systemd unit links. It is its own small squashfs (live-boot stacks it on
 //! the base), so changing the overlay never touches the cached base.
 
@@ -14,7 +14,11 @@ pub enum CustomiseError {
     #[error("unit `{unit}` (recipe key `enable` or overlay) not found in the overlay or the rootfs\n  fix: install the package that has it, or remove it from `enable`")]
     UnitNotFound { unit: String },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Where unit files live on a Debian node (merged /usr: /lib is /usr/lib).
@@ -37,13 +41,20 @@ pub fn make_layer(inp: &Inputs, out: &Path) -> Result<Vec<String>, CustomiseErro
     fs::create_dir_all(&tmp).map_err(|e| io("creating", &tmp, e))?;
     copy_tree(inp.overlay, &tmp, inp.base, Path::new(""))?;
     install(inp.agent, &tmp.join("usr/bin/cloudy-agent"), 0o755)?;
-    write(&tmp.join("etc/cloudy/agent.toml"), inp.seed.as_bytes(), 0o644)?;
+    write(
+        &tmp.join("etc/cloudy/agent.toml"),
+        inp.seed.as_bytes(),
+        0o644,
+    )?;
 
     // Overlay units that say how to be enabled are enabled; so is what the recipe names.
     let mut units: Vec<String> = vec![AGENT_UNIT.to_string()];
     for d in UNIT_DIRS {
         if let Ok(rd) = fs::read_dir(tmp.join(d)) {
-            let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             names.sort();
             for n in names {
                 let text = fs::read_to_string(tmp.join(d).join(&n)).unwrap_or_default();
@@ -86,17 +97,30 @@ fn install_section(unit: &str) -> Vec<(String, String)> {
 }
 
 /// What `systemctl enable` does, done offline: the `.wants/` links and `Also=` units.
-fn enable(layer: &Path, base: &Path, unit: &str, queue: &mut Vec<String>) -> Result<(), CustomiseError> {
+fn enable(
+    layer: &Path,
+    base: &Path,
+    unit: &str,
+    queue: &mut Vec<String>,
+) -> Result<(), CustomiseError> {
     let (dir, text) = UNIT_DIRS
         .iter()
         .flat_map(|d| [(d, layer.join(d).join(unit)), (d, base.join(d).join(unit))])
         .find_map(|(d, p)| fs::read_to_string(&p).ok().map(|t| (*d, t)))
-        .ok_or_else(|| CustomiseError::UnitNotFound { unit: unit.to_string() })?;
+        .ok_or_else(|| CustomiseError::UnitNotFound {
+            unit: unit.to_string(),
+        })?;
     let target = Path::new("/").join(dir).join(unit);
     for (k, v) in install_section(&text) {
         let link = match k.as_str() {
-            "WantedBy" => layer.join("etc/systemd/system").join(format!("{v}.wants")).join(unit),
-            "RequiredBy" => layer.join("etc/systemd/system").join(format!("{v}.requires")).join(unit),
+            "WantedBy" => layer
+                .join("etc/systemd/system")
+                .join(format!("{v}.wants"))
+                .join(unit),
+            "RequiredBy" => layer
+                .join("etc/systemd/system")
+                .join(format!("{v}.requires"))
+                .join(unit),
             "Alias" => layer.join("etc/systemd/system").join(&v),
             "Also" => {
                 queue.push(v);
@@ -104,7 +128,8 @@ fn enable(layer: &Path, base: &Path, unit: &str, queue: &mut Vec<String>) -> Res
             }
             _ => continue,
         };
-        fs::create_dir_all(link.parent().expect("has parent")).map_err(|e| io("creating", &link, e))?;
+        fs::create_dir_all(link.parent().expect("has parent"))
+            .map_err(|e| io("creating", &link, e))?;
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&target, &link).map_err(|e| io("linking", &link, e))?;
     }
@@ -123,8 +148,13 @@ fn copy_tree(src: &Path, dst: &Path, base: &Path, rel: &Path) -> Result<(), Cust
         let meta = fs::symlink_metadata(&from).map_err(|e| io("reading", &from, e))?;
         let to = dst.join(&r);
         if meta.is_dir() {
-            if fs::symlink_metadata(base.join(&r)).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
-                return Err(CustomiseError::ShadowsSymlink { rel: r.display().to_string() });
+            if fs::symlink_metadata(base.join(&r))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
+                return Err(CustomiseError::ShadowsSymlink {
+                    rel: r.display().to_string(),
+                });
             }
             fs::create_dir_all(&to).map_err(|e| io("creating", &to, e))?;
             copy_tree(src, dst, base, &r)?;
@@ -154,7 +184,11 @@ fn write(to: &Path, bytes: &[u8], mode: u32) -> Result<(), CustomiseError> {
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> CustomiseError {
-    CustomiseError::Io { what, path: path.display().to_string(), source }
+    CustomiseError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -168,7 +202,11 @@ mod tests {
         fs::create_dir_all(base.join("usr/lib/systemd/system")).unwrap();
         std::os::unix::fs::symlink("usr/lib", base.join("lib")).unwrap();
         fs::write(base.join("usr/lib/systemd/system/systemd-networkd.service"), "[Unit]\n[Install]\nWantedBy=multi-user.target\nAlso=systemd-networkd.socket\nAlias=dbus-org.freedesktop.network1.service\n").unwrap();
-        fs::write(base.join("usr/lib/systemd/system/systemd-networkd.socket"), "[Install]\nWantedBy=sockets.target\n").unwrap();
+        fs::write(
+            base.join("usr/lib/systemd/system/systemd-networkd.socket"),
+            "[Install]\nWantedBy=sockets.target\n",
+        )
+        .unwrap();
         fs::create_dir_all(overlay.join("usr/lib/systemd/system")).unwrap();
         fs::write(overlay.join("usr/lib/systemd/system/cloudy-agent.service"), "[Service]\nExecStart=/usr/bin/cloudy-agent run\n[Install]\nWantedBy=multi-user.target\n").unwrap();
         fs::write(d.path().join("agent"), "ELF").unwrap();
@@ -180,16 +218,52 @@ mod tests {
         let (d, base, overlay, _) = tree();
         let out = d.path().join("layer");
         let enable = vec!["systemd-networkd.service".to_string()];
-        let units = make_layer(&Inputs { base: &base, overlay: &overlay, agent: &d.path().join("agent"), seed: "version = 1\n", enable: &enable }, &out).unwrap();
-        assert_eq!(units, ["cloudy-agent.service", "systemd-networkd.service", "systemd-networkd.socket"]);
+        let units = make_layer(
+            &Inputs {
+                base: &base,
+                overlay: &overlay,
+                agent: &d.path().join("agent"),
+                seed: "version = 1\n",
+                enable: &enable,
+            },
+            &out,
+        )
+        .unwrap();
+        assert_eq!(
+            units,
+            [
+                "cloudy-agent.service",
+                "systemd-networkd.service",
+                "systemd-networkd.socket"
+            ]
+        );
         let wants = out.join("etc/systemd/system/multi-user.target.wants");
-        assert_eq!(fs::read_link(wants.join("cloudy-agent.service")).unwrap(), Path::new("/usr/lib/systemd/system/cloudy-agent.service"));
+        assert_eq!(
+            fs::read_link(wants.join("cloudy-agent.service")).unwrap(),
+            Path::new("/usr/lib/systemd/system/cloudy-agent.service")
+        );
         assert!(fs::symlink_metadata(wants.join("systemd-networkd.service")).is_ok());
-        assert!(fs::symlink_metadata(out.join("etc/systemd/system/sockets.target.wants/systemd-networkd.socket")).is_ok());
-        assert!(fs::symlink_metadata(out.join("etc/systemd/system/dbus-org.freedesktop.network1.service")).is_ok());
-        assert_eq!(fs::read_to_string(out.join("etc/cloudy/agent.toml")).unwrap(), "version = 1\n");
+        assert!(fs::symlink_metadata(
+            out.join("etc/systemd/system/sockets.target.wants/systemd-networkd.socket")
+        )
+        .is_ok());
+        assert!(fs::symlink_metadata(
+            out.join("etc/systemd/system/dbus-org.freedesktop.network1.service")
+        )
+        .is_ok());
+        assert_eq!(
+            fs::read_to_string(out.join("etc/cloudy/agent.toml")).unwrap(),
+            "version = 1\n"
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(out.join("usr/bin/cloudy-agent")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(out.join("usr/bin/cloudy-agent"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
         assert!(!cache::tmp_path(&out).exists());
     }
 
@@ -197,7 +271,17 @@ mod tests {
     fn overlay_may_not_hide_merged_usr_symlinks() {
         let (d, base, overlay, _) = tree();
         fs::create_dir_all(overlay.join("lib/systemd")).unwrap();
-        let err = make_layer(&Inputs { base: &base, overlay: &overlay, agent: &d.path().join("agent"), seed: "", enable: &[] }, &d.path().join("layer")).unwrap_err();
+        let err = make_layer(
+            &Inputs {
+                base: &base,
+                overlay: &overlay,
+                agent: &d.path().join("agent"),
+                seed: "",
+                enable: &[],
+            },
+            &d.path().join("layer"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("overlay/usr/lib"), "{err}");
     }
 
@@ -205,7 +289,17 @@ mod tests {
     fn unknown_unit_is_named() {
         let (d, base, overlay, _) = tree();
         let enable = vec!["nope.service".to_string()];
-        let err = make_layer(&Inputs { base: &base, overlay: &overlay, agent: &d.path().join("agent"), seed: "", enable: &enable }, &d.path().join("layer")).unwrap_err();
+        let err = make_layer(
+            &Inputs {
+                base: &base,
+                overlay: &overlay,
+                agent: &d.path().join("agent"),
+                seed: "",
+                enable: &enable,
+            },
+            &d.path().join("layer"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nope.service"), "{err}");
     }
 }

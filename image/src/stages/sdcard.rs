@@ -21,10 +21,18 @@ pub enum SdError {
     MissingDtb { board: String, dtb: String },
     #[error("no kernel or initrd in {0}\n  fix: the board needs raspi-firmware in `packages` (it copies them there)")]
     NoKernel(String),
+    #[error(
+        "{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image"
+    )]
+    NoFat(String),
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Inputs<'a> {
@@ -43,26 +51,50 @@ pub fn partuuid(disk_id: u32, part: u32) -> String {
 
 /// Kernel command line in cmdline.txt: the root partition by PARTUUID, the board's consoles.
 pub fn cmdline(board: &Board, disk_id: u32, console: &str) -> String {
-    let extra = board.sdcard.as_ref().map(|s| s.cmdline.as_str()).unwrap_or("");
-    format!("console=tty0 console={console} root=PARTUUID={} rw rootwait fsck.repair=yes {extra}", partuuid(disk_id, 2)).trim().to_string()
+    let extra = board
+        .sdcard
+        .as_ref()
+        .map(|s| s.cmdline.as_str())
+        .unwrap_or("");
+    format!(
+        "console=tty0 console={console} root=PARTUUID={} rw rootwait fsck.repair=yes {extra}",
+        partuuid(disk_id, 2)
+    )
+    .trim()
+    .to_string()
 }
 
 /// The kernel and initrd raspi-firmware placed on the firmware partition.
 pub fn kernel_and_initrd(firmware: &Path) -> Result<(PathBuf, PathBuf), SdError> {
-    match (cache::newest_with_prefix(firmware, "vmlinuz-"), cache::newest_with_prefix(firmware, "initrd.img-")) {
+    match (
+        cache::newest_with_prefix(firmware, "vmlinuz-"),
+        cache::newest_with_prefix(firmware, "initrd.img-"),
+    ) {
         (Some(k), Some(i)) => Ok((k, i)),
         _ => Err(SdError::NoKernel(firmware.display().to_string())),
     }
 }
 
 /// Builds the raw image at `out`; returns the firmware partition's staging directory.
-pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Result<PathBuf, SdError> {
+pub fn make(
+    inp: &Inputs,
+    work: &Path,
+    out: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<PathBuf, SdError> {
     let board = inp.board;
-    let sd = board.sdcard.as_ref().expect("validated: sdcard boards have [sdcard]");
+    let sd = board
+        .sdcard
+        .as_ref()
+        .expect("validated: sdcard boards have [sdcard]");
     let firmware_src = inp.rootfs.join("boot/firmware");
     for dtb in &sd.dtbs {
         if !firmware_src.join(dtb).exists() {
-            return Err(SdError::MissingDtb { board: board.name.clone(), dtb: dtb.clone() });
+            return Err(SdError::MissingDtb {
+                board: board.name.clone(),
+                dtb: dtb.clone(),
+            });
         }
     }
     kernel_and_initrd(&firmware_src)?;
@@ -70,8 +102,18 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     // Firmware partition: what raspi-firmware laid out, our cmdline.txt, and the user's seed.
     let fat_dir = work.join("firmware");
     cache::remove_any(&fat_dir).map_err(|e| io("removing", &fat_dir, e))?;
-    cmd::run(Command::new("cp").arg("-a").arg(&firmware_src).arg(&fat_dir), log, step)?;
-    write(&fat_dir.join("cmdline.txt"), &(cmdline(board, inp.disk_id, &board.console) + "\n"))?;
+    cmd::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&firmware_src)
+            .arg(&fat_dir),
+        log,
+        step,
+    )?;
+    write(
+        &fat_dir.join("cmdline.txt"),
+        &(cmdline(board, inp.disk_id, &board.console) + "\n"),
+    )?;
     write(
         &fat_dir.join("cloudy.toml"),
         &format!("# Your Cloudy seed: edit it from any computer before the first boot.\n# Secrets in it are moved off this partition once the node has applied them.\n{}", inp.seed),
@@ -80,8 +122,23 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     // Root: the cached rootfs with the Cloudy layer over it; /boot/firmware is a mount point.
     let root = work.join("sdroot");
     cache::remove_any(&root).map_err(|e| io("removing", &root, e))?;
-    cmd::run(Command::new("cp").arg("-a").arg("--reflink=auto").arg(inp.rootfs).arg(&root), log, step)?;
-    cmd::run(Command::new("cp").arg("-a").arg(format!("{}/.", inp.layer.display())).arg(&root), log, step)?;
+    cmd::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg(inp.rootfs)
+            .arg(&root),
+        log,
+        step,
+    )?;
+    cmd::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", inp.layer.display()))
+            .arg(&root),
+        log,
+        step,
+    )?;
     let fw_in_root = root.join("boot/firmware");
     cache::remove_any(&fw_in_root).map_err(|e| io("removing", &fw_in_root, e))?;
     fs::create_dir_all(&fw_in_root).map_err(|e| io("creating", &fw_in_root, e))?;
@@ -104,26 +161,56 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
 
     let epoch = inp.epoch.to_string();
     let mut c = Command::new("mkfs.vfat");
-    c.args(["-C", "-F", "32", "-n", "RASPIFIRM", "--invariant", "-i", &format!("{:08x}", inp.disk_id)])
-        .arg(&fat_img)
-        .arg((fat_bytes / 1024).to_string())
-        .env("SOURCE_DATE_EPOCH", &epoch);
+    c.args([
+        "-C",
+        "-F",
+        "32",
+        "-n",
+        "RASPIFIRM",
+        "--invariant",
+        "-i",
+        &format!("{:08x}", inp.disk_id),
+    ])
+    .arg(&fat_img)
+    .arg((fat_bytes / 1024).to_string())
+    .env("SOURCE_DATE_EPOCH", &epoch);
     cmd::run(&mut c, log, step)?;
-    cache::set_tree_mtime(&fat_dir, inp.epoch).map_err(|e| io("setting times under", &fat_dir, e))?;
-    let mut entries: Vec<PathBuf> = fs::read_dir(&fat_dir).map_err(|e| io("reading", &fat_dir, e))?.flatten().map(|e| e.path()).collect();
+    cache::set_tree_mtime(&fat_dir, inp.epoch)
+        .map_err(|e| io("setting times under", &fat_dir, e))?;
+    let mut entries: Vec<PathBuf> = fs::read_dir(&fat_dir)
+        .map_err(|e| io("reading", &fat_dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     let mut c = Command::new("mcopy");
-    c.args(["-s", "-m", "-i"]).arg(&fat_img).args(&entries).arg("::/").env("MTOOLS_SKIP_CHECK", "1").env("SOURCE_DATE_EPOCH", &epoch);
+    c.args(["-s", "-m", "-i"])
+        .arg(&fat_img)
+        .args(&entries)
+        .arg("::/")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", &epoch);
     cmd::run(&mut c, log, step)?;
 
     let uuid = uuid_from(inp.disk_id);
     let mut c = Command::new("mke2fs");
-    c.args(["-F", "-q", "-t", "ext4", "-L", "RASPIROOT", "-U", &uuid, "-E", &format!("hash_seed={uuid},root_owner=0:0")])
-        .arg("-d")
-        .arg(&root)
-        .arg(&root_img)
-        .arg(format!("{}k", root_bytes / 1024))
-        .env("E2FSPROGS_FAKE_TIME", &epoch);
+    c.args([
+        "-F",
+        "-q",
+        "-t",
+        "ext4",
+        "-L",
+        "RASPIROOT",
+        "-U",
+        &uuid,
+        "-E",
+        &format!("hash_seed={uuid},root_owner=0:0"),
+    ])
+    .arg("-d")
+    .arg(&root)
+    .arg(&root_img)
+    .arg(format!("{}k", root_bytes / 1024))
+    .env("E2FSPROGS_FAKE_TIME", &epoch);
     cmd::run(&mut c, log, step)?;
 
     // The disk: MBR, FAT at 4 MiB, root after it.
@@ -132,7 +219,9 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     let total = root_start + root_bytes;
     let tmp = cache::tmp_path(out);
     let _ = fs::remove_file(&tmp);
-    fs::File::create(&tmp).and_then(|f| f.set_len(total)).map_err(|e| io("creating", &tmp, e))?;
+    fs::File::create(&tmp)
+        .and_then(|f| f.set_len(total))
+        .map_err(|e| io("creating", &tmp, e))?;
     let script = format!(
         "label: dos\nlabel-id: 0x{:08x}\nunit: sectors\n\nstart={}, size={}, type=c, bootable\nstart={}, size={}, type=83\n",
         inp.disk_id,
@@ -154,6 +243,34 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     Ok(fat_dir)
 }
 
+/// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
+pub fn layout(img: &Path) -> Result<(u32, u64), SdError> {
+    let mut mbr = [0u8; 512];
+    let mut f = std::fs::File::open(img).map_err(|e| io("opening", img, e))?;
+    f.read_exact(&mut mbr).map_err(|e| io("reading", img, e))?;
+    let disk_id = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
+    let p1 = &mbr[446..462];
+    let start = u32::from_le_bytes(p1[8..12].try_into().expect("4 bytes")) as u64;
+    if mbr[510..] != [0x55, 0xaa] || !matches!(p1[4], 0x0b | 0x0c) || start == 0 {
+        return Err(SdError::NoFat(img.display().to_string()));
+    }
+    Ok((disk_id, start * 512))
+}
+
+/// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
+pub fn extract(img: &Path, names: &[&str], dir: &Path, log: &Log) -> Result<(), SdError> {
+    let (_, off) = layout(img)?;
+    let spec = format!("{}@@{off}", img.display());
+    for n in names {
+        let mut c = Command::new("mcopy");
+        c.args(["-n", "-i", &spec, &format!("::/{n}")])
+            .arg(dir)
+            .env("MTOOLS_SKIP_CHECK", "1");
+        cmd::run(&mut c, log, &Step::hidden())?;
+    }
+    Ok(())
+}
+
 fn sfdisk(c: &mut Command, script: &str, log: &Log) -> Result<(), SdError> {
     log.line(&format!("$ {} <<< {script:?}", cmd::describe(c)));
     let mut child = c
@@ -161,13 +278,32 @@ fn sfdisk(c: &mut Command, script: &str, log: &Log) -> Result<(), SdError> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|source| CmdError::Spawn { program: "sfdisk".into(), source })?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| io("writing to", Path::new("sfdisk"), e))?;
-    let out = child.wait_with_output().map_err(|e| io("waiting for", Path::new("sfdisk"), e))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .map_err(|source| CmdError::Spawn {
+            program: "sfdisk".into(),
+            source,
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| io("writing to", Path::new("sfdisk"), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| io("waiting for", Path::new("sfdisk"), e))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     log.line(&text);
     if !out.status.success() {
-        return Err(CmdError::Failed { command: "sfdisk".into(), status: out.status.to_string(), tail: text }.into());
+        return Err(CmdError::Failed {
+            command: "sfdisk".into(),
+            status: out.status.to_string(),
+            tail: text,
+        }
+        .into());
     }
     Ok(())
 }
@@ -200,7 +336,9 @@ fn tree_bytes(root: &Path) -> u64 {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = e.path().symlink_metadata() else { continue };
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
             total += 4096;
             if m.is_dir() {
                 stack.push(e.path());
@@ -215,7 +353,14 @@ fn tree_bytes(root: &Path) -> u64 {
 /// A fixed filesystem UUID derived from the disk id: the same recipe gives the same image.
 fn uuid_from(disk_id: u32) -> String {
     let h = cache::sha256_bytes(&disk_id.to_le_bytes());
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn write(p: &Path, s: &str) -> Result<(), SdError> {
@@ -226,7 +371,11 @@ fn write(p: &Path, s: &str) -> Result<(), SdError> {
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> SdError {
-    SdError::Io { what, path: path.display().to_string(), source }
+    SdError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -235,7 +384,10 @@ mod tests {
 
     #[test]
     fn cmdline_names_root_by_partuuid() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hardware");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
         let (b, _) = Board::load(&root.join("rpi3.toml")).unwrap();
         let c = cmdline(&b, 0x1234abcd, &b.console);
         assert!(c.contains("root=PARTUUID=1234abcd-02"), "{c}");
@@ -252,10 +404,29 @@ mod tests {
         let mut data = vec![0u8; 3 * 4096];
         data[4096] = 9;
         fs::write(&src, &data).unwrap();
-        fs::File::create(&dst).unwrap().set_len(8192 + data.len() as u64).unwrap();
+        fs::File::create(&dst)
+            .unwrap()
+            .set_len(8192 + data.len() as u64)
+            .unwrap();
         copy_sparse(&src, &dst, 8192).unwrap();
         let out = fs::read(&dst).unwrap();
         assert_eq!(out[8192 + 4096], 9);
         assert_eq!(out.iter().filter(|&&b| b != 0).count(), 1);
+    }
+
+    #[test]
+    fn mbr_layout_read() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.img");
+        let mut mbr = vec![0u8; 1024];
+        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
+        mbr[446 + 4] = 0x0c;
+        mbr[446 + 8..446 + 12].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        fs::write(&img, &mbr).unwrap();
+        assert_eq!(layout(&img).unwrap(), (0x1234abcd, 8192 * 512));
+        fs::write(&img, vec![0u8; 1024]).unwrap();
+        assert!(layout(&img).is_err());
     }
 }

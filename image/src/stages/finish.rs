@@ -1,12 +1,12 @@
-//! Stage 4, finish: checksums and the manifest that says what is in the image and how it was
+//! finish: checksums and the manifest that says what is in the image and how it was
 //! made.
 
 use serde::Serialize;
 use std::path::Path;
 
-use crate::bootstrap::Package;
 use crate::cache;
 use crate::progress::StageTime;
+use crate::stages::bootstrap::Package;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Output {
@@ -59,7 +59,10 @@ pub fn describe(path: &Path, dir: &Path) -> std::io::Result<Output> {
 
 /// `SHA256SUMS` in the format `sha256sum -c` reads.
 pub fn write_sums(dir: &Path, outputs: &[Output]) -> std::io::Result<()> {
-    let text: String = outputs.iter().map(|o| format!("{}  {}\n", o.sha256, o.file)).collect();
+    let text: String = outputs
+        .iter()
+        .map(|o| format!("{}  {}\n", o.sha256, o.file))
+        .collect();
     cache::write_atomic(&dir.join("SHA256SUMS"), text.as_bytes())
 }
 
@@ -78,9 +81,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a.iso"), b"abc").unwrap();
         let o = describe(&d.path().join("a.iso"), d.path()).unwrap();
-        assert_eq!(o.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            o.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         write_sums(d.path(), &[o]).unwrap();
-        let st = std::process::Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(d.path()).output().unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stdout));
+        let st = std::process::Command::new("sha256sum")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stdout)
+        );
     }
 }

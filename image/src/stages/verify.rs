@@ -1,4 +1,4 @@
-//! Stage 5, verify: boot the image in QEMU and wait for the agent's ready line on the serial
+//! verify: boot the image in QEMU and wait for the agent's ready line on the serial
 //! console. The build fails, with the console's tail, if it does not come in time.
 
 use std::io::{BufRead, BufReader, Write};
@@ -20,21 +20,48 @@ pub const SERVICES_MARK: &str = "{\"cloudy\":\"services\"";
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("cannot start {program}: {source}\n  fix: run `make deps` (QEMU comes from bookworm-backports)")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("no ready line from the node within {seconds} s (recipe key verify.timeout_s); console tail:\n{tail}\n  full console: {log}")]
-    Timeout { seconds: u64, tail: String, log: String },
+    Timeout {
+        seconds: u64,
+        tail: String,
+        log: String,
+    },
     #[error("the node was ready but printed no services line within {seconds} s (recipe key verify.timeout_s); the seed enables {enabled}; console tail:\n{tail}\n  full console: {log}")]
-    ServicesTimeout { seconds: u64, enabled: String, tail: String, log: String },
+    ServicesTimeout {
+        seconds: u64,
+        enabled: String,
+        tail: String,
+        log: String,
+    },
     #[error("QEMU exited ({status}) before the node was ready; console tail:\n{tail}\n  full console: {log}")]
-    Exited { status: String, tail: String, log: String },
+    Exited {
+        status: String,
+        tail: String,
+        log: String,
+    },
     #[error("the guest reported: {message}; console tail:\n{tail}\n  full console: {log}")]
-    Guest { message: String, tail: String, log: String },
+    Guest {
+        message: String,
+        tail: String,
+        log: String,
+    },
     #[error("the node booted kernel {got}, but board {board} needs its kernel to end in `{want}`\n  fix: check kernel_package in hardware/{board}.toml")]
-    WrongKernel { board: String, want: String, got: String },
+    WrongKernel {
+        board: String,
+        want: String,
+        got: String,
+    },
     #[error("the node came up but reported seed errors: {0}\n  fix: correct the seed file named there (the recipe's default seed, or one written into the image)")]
     SeedErrors(String),
     #[error("writing {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,7 +109,13 @@ pub fn clean(line: &[u8]) -> String {
     out
 }
 
-pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) -> Result<Outcome, VerifyError> {
+pub fn run(
+    vm: &Vm,
+    timeout_s: u64,
+    console_log: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<Outcome, VerifyError> {
     let waiting = std::cell::RefCell::new(None::<serde_json::Value>);
     // The ready line within timeout_s; the services line (services start after the mesh and
     // may take minutes on slow hardware) within as long again.
@@ -95,15 +128,33 @@ pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) 
         }
         services_watch(&waiting, line)
     };
-    let outcome = watch(vm, timeout_s * 2, console_log, log, step, &until).map_err(|e| match (e, waiting.borrow().as_ref()) {
-        (VerifyError::Timeout { seconds, tail, log }, Some(ready)) => {
-            VerifyError::ServicesTimeout { seconds, enabled: enabled_services(ready).join(", "), tail, log }
+    let outcome = watch(vm, timeout_s * 2, console_log, log, step, &until).map_err(|e| {
+        match (e, waiting.borrow().as_ref()) {
+            (VerifyError::Timeout { seconds, tail, log }, Some(ready)) => {
+                VerifyError::ServicesTimeout {
+                    seconds,
+                    enabled: enabled_services(ready).join(", "),
+                    tail,
+                    log,
+                }
+            }
+            (VerifyError::Timeout { tail, log, .. }, None) => VerifyError::Timeout {
+                seconds: timeout_s,
+                tail,
+                log,
+            },
+            (VerifyError::Guest { tail, log, .. }, None) if late.get() => VerifyError::Timeout {
+                seconds: timeout_s,
+                tail,
+                log,
+            },
+            (e, _) => e,
         }
-        (VerifyError::Timeout { tail, log, .. }, None) => VerifyError::Timeout { seconds: timeout_s, tail, log },
-        (VerifyError::Guest { tail, log, .. }, None) if late.get() => VerifyError::Timeout { seconds: timeout_s, tail, log },
-        (e, _) => e,
     })?;
-    log.line(&format!("verify: ready after {:.1} s: {}", outcome.seconds, outcome.ready));
+    log.line(&format!(
+        "verify: ready after {:.1} s: {}",
+        outcome.seconds, outcome.ready
+    ));
     check(vm.board, &outcome.ready)?;
     Ok(outcome)
 }
@@ -111,7 +162,10 @@ pub fn run(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step) 
 /// Done at the ready line, unless it says the seed enables services: then done at the
 /// services line, which must report every one of them running. The ready value comes back
 /// with the services report under `"services_report"`.
-fn services_watch(waiting: &std::cell::RefCell<Option<serde_json::Value>>, line: &str) -> Option<Result<serde_json::Value, String>> {
+fn services_watch(
+    waiting: &std::cell::RefCell<Option<serde_json::Value>>,
+    line: &str,
+) -> Option<Result<serde_json::Value, String>> {
     if let Some(ready) = parse_ready(line) {
         let enabled = enabled_services(&ready);
         if enabled.is_empty() {
@@ -123,24 +177,39 @@ fn services_watch(waiting: &std::cell::RefCell<Option<serde_json::Value>>, line:
     let report = parse_services(line)?;
     // Cloned, not taken: a failure reported here must still be known as past the ready line.
     let mut ready = waiting.borrow().clone()?;
-    let running: Vec<&str> = report["running"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let running: Vec<&str> = report["running"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
     let missing: Vec<String> = enabled_services(&ready)
         .into_iter()
         .filter(|s| !running.contains(&s.as_str()))
         .map(|s| {
-            let why = report["failed"][s.as_str()].as_str().unwrap_or("not running");
+            let why = report["failed"][s.as_str()]
+                .as_str()
+                .unwrap_or("not running");
             format!("{s} ({why})")
         })
         .collect();
     if !missing.is_empty() {
-        return Some(Err(format!("services the seed enables did not start: {}", missing.join(", "))));
+        return Some(Err(format!(
+            "services the seed enables did not start: {}",
+            missing.join(", ")
+        )));
     }
     ready["services_report"] = report;
     Some(Ok(ready))
 }
 
 fn enabled_services(ready: &serde_json::Value) -> Vec<String> {
-    ready["services"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+    ready["services"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What a console line means to a watcher: nothing (None), done (Some(Ok(value))), or a
@@ -148,16 +217,27 @@ fn enabled_services(ready: &serde_json::Value) -> Vec<String> {
 pub type Watcher<'a> = &'a dyn Fn(&str) -> Option<Result<serde_json::Value, String>>;
 
 /// Boots `vm` and reads its serial console until `until` decides, QEMU exits, or time is up.
-pub fn watch(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step, until: Watcher) -> Result<Outcome, VerifyError> {
+pub fn watch(
+    vm: &Vm,
+    timeout_s: u64,
+    console_log: &Path,
+    log: &Log,
+    step: &Step,
+    until: Watcher,
+) -> Result<Outcome, VerifyError> {
     let board = vm.board;
-    let mut console = std::fs::File::create(console_log)
-        .map_err(|source| VerifyError::Io { path: console_log.display().to_string(), source })?;
+    let mut console = std::fs::File::create(console_log).map_err(|source| VerifyError::Io {
+        path: console_log.display().to_string(),
+        source,
+    })?;
     let mut qemu = vm.command();
     qemu.args(["-serial", "stdio", "-monitor", "none"]);
     // The outer timeout is the guarantee: a wedged guest (or a stuck QEMU) is killed even if
     // this process dies.
     let mut c = std::process::Command::new("timeout");
-    c.args(["--kill-after=10", &format!("{}", timeout_s + 15)]).arg(qemu.get_program()).args(qemu.get_args());
+    c.args(["--kill-after=10", &format!("{}", timeout_s + 15)])
+        .arg(qemu.get_program())
+        .args(qemu.get_args());
     log.line(&format!("$ {}", crate::cmd::describe(&c)));
     let started = Instant::now();
     let mut child = c
@@ -165,9 +245,15 @@ pub fn watch(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| VerifyError::Spawn { program: board.qemu.system.clone(), source })?;
+        .map_err(|source| VerifyError::Spawn {
+            program: board.qemu.system.clone(),
+            source,
+        })?;
     let (tx, rx) = mpsc::channel::<String>();
-    for pipe in [Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("piped"))] {
+    for pipe in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
@@ -191,19 +277,36 @@ pub fn watch(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step
                 }
                 tail.push_back(line.clone());
                 match until(&line) {
-                    Some(Ok(ready)) => break Ok(Outcome { ready, seconds: started.elapsed().as_secs_f64() }),
+                    Some(Ok(ready)) => {
+                        break Ok(Outcome {
+                            ready,
+                            seconds: started.elapsed().as_secs_f64(),
+                        })
+                    }
                     Some(Err(message)) => {
-                        break Err(VerifyError::Guest { message, tail: join(&tail), log: console_log.display().to_string() })
+                        break Err(VerifyError::Guest {
+                            message,
+                            tail: join(&tail),
+                            log: console_log.display().to_string(),
+                        })
                     }
                     None => {}
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                break Err(VerifyError::Timeout { seconds: timeout_s, tail: join(&tail), log: console_log.display().to_string() })
+                break Err(VerifyError::Timeout {
+                    seconds: timeout_s,
+                    tail: join(&tail),
+                    log: console_log.display().to_string(),
+                })
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-                break Err(VerifyError::Exited { status, tail: join(&tail), log: console_log.display().to_string() });
+                break Err(VerifyError::Exited {
+                    status,
+                    tail: join(&tail),
+                    log: console_log.display().to_string(),
+                });
             }
         }
     };
@@ -218,16 +321,25 @@ pub fn watch(vm: &Vm, timeout_s: u64, console_log: &Path, log: &Log, step: &Step
 pub fn check(board: &Board, ready: &serde_json::Value) -> Result<(), VerifyError> {
     let kernel = ready["kernel"].as_str().unwrap_or_default();
     if !kernel.ends_with(&format!("-{}", board.kernel_flavour)) {
-        return Err(VerifyError::WrongKernel { board: board.name.clone(), want: board.kernel_flavour.clone(), got: kernel.to_string() });
+        return Err(VerifyError::WrongKernel {
+            board: board.name.clone(),
+            want: board.kernel_flavour.clone(),
+            got: kernel.to_string(),
+        });
     }
     if let Some(errors) = ready["seed_errors"].as_array().filter(|e| !e.is_empty()) {
-        return Err(VerifyError::SeedErrors(serde_json::to_string(errors).unwrap_or_default()));
+        return Err(VerifyError::SeedErrors(
+            serde_json::to_string(errors).unwrap_or_default(),
+        ));
     }
     Ok(())
 }
 
 fn join(tail: &std::collections::VecDeque<String>) -> String {
-    tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+    tail.iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -240,36 +352,56 @@ mod tests {
         let v = parse_ready(&line).unwrap();
         assert_eq!(v["node"], "a");
         assert!(parse_ready("{\"cloudy\":\"starting\"}").is_none());
-        assert!(parse_ready("{\"cloudy\":\"ready\",\"node\":").is_none(), "a cut line is not ready");
+        assert!(
+            parse_ready("{\"cloudy\":\"ready\",\"node\":").is_none(),
+            "a cut line is not ready"
+        );
     }
 
     #[test]
     fn services_line_awaited_when_the_seed_enables_services() {
         let w = std::cell::RefCell::new(None);
         let plain = r#"{"cloudy":"ready","kernel":"k"}"#;
-        assert!(matches!(services_watch(&w, plain), Some(Ok(_))), "no services: done at ready");
-        let ready = r#"x {"cloudy":"ready","kernel":"k","services":["syncthing","tahoe-introducer"]}"#;
+        assert!(
+            matches!(services_watch(&w, plain), Some(Ok(_))),
+            "no services: done at ready"
+        );
+        let ready =
+            r#"x {"cloudy":"ready","kernel":"k","services":["syncthing","tahoe-introducer"]}"#;
         assert!(services_watch(&w, ready).is_none(), "keeps watching");
         assert!(services_watch(&w, "noise").is_none());
-        let good = r#"{"cloudy":"services","running":["tahoe-introducer","syncthing"],"failed":{}}"#;
+        let good =
+            r#"{"cloudy":"services","running":["tahoe-introducer","syncthing"],"failed":{}}"#;
         let v = services_watch(&w, good).unwrap().unwrap();
         assert_eq!(v["services_report"]["running"][1], "syncthing");
         services_watch(&w, ready);
         let bad = r#"{"cloudy":"services","running":["syncthing"],"failed":{"tahoe-introducer":"tahoe not installed"}}"#;
         let e = services_watch(&w, bad).unwrap().unwrap_err();
         assert!(e.contains("tahoe-introducer (tahoe not installed)"), "{e}");
-        assert!(w.borrow().is_some(), "a failed services line is still past the ready line");
+        assert!(
+            w.borrow().is_some(),
+            "a failed services line is still past the ready line"
+        );
     }
 
     #[test]
     fn kernel_flavour_checked() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hardware");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
         let (board, _) = Board::load(&root.join("pc-686-pae.toml")).unwrap();
         let ok = serde_json::json!({"kernel": "6.1.0-50-686-pae", "seed_errors": []});
         check(&board, &ok).unwrap();
         let (i386, _) = Board::load(&root.join("pc-i386.toml")).unwrap();
-        assert!(matches!(check(&i386, &ok), Err(VerifyError::WrongKernel { .. })), "686-pae is not 686");
+        assert!(
+            matches!(check(&i386, &ok), Err(VerifyError::WrongKernel { .. })),
+            "686-pae is not 686"
+        );
         let bad = serde_json::json!({"kernel": "6.1.0-50-686-pae", "seed_errors": ["x"]});
-        assert!(matches!(check(&board, &bad), Err(VerifyError::SeedErrors(_))));
+        assert!(matches!(
+            check(&board, &bad),
+            Err(VerifyError::SeedErrors(_))
+        ));
     }
 }

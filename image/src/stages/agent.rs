@@ -11,7 +11,7 @@ use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
 
-const PINNED: &str = include_str!("../rust-std.sha256");
+const PINNED: &str = include_str!("../../rust-std.sha256");
 const CARGO: &str = "/usr/bin/cargo";
 const RUSTC: &str = "/usr/bin/rustc";
 
@@ -32,11 +32,19 @@ pub enum AgentError {
     #[error("cannot fetch {file} from {urls}\n  fix: check the mirror; if Debian replaced that rustc-web version, update RUSTC_WEB_VERSION in ci/deps.sh and image/rust-std.sha256")]
     Fetch { file: String, urls: String },
     #[error("{file} has sha256 {got}, pinned {want}: refusing to use it\n  fix: delete it from the cache and retry; if it persists the mirror serves a different file")]
-    Checksum { file: String, got: String, want: String },
+    Checksum {
+        file: String,
+        got: String,
+        want: String,
+    },
     #[error("building the agent failed: {0}")]
     Build(CmdError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Built {
@@ -63,20 +71,37 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
         Builder::Cross => {
             let mut c = Command::new("cross");
             priority(&mut c, req.yield_cpu);
-            c.current_dir(req.source).args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple]);
+            c.current_dir(req.source).args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "cloudy-agent",
+                "--target",
+                triple,
+            ]);
             cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
-            (req.source.join("target").join(triple).join("release/cloudy-agent"), "cross".to_string())
+            (
+                req.source
+                    .join("target")
+                    .join(triple)
+                    .join("release/cloudy-agent"),
+                "cross".to_string(),
+            )
         }
         Builder::Debian => debian(req, triple, log, step)?,
     };
     let sha256 = cache::sha256_file(&path).map_err(|source| io("reading", &path, source))?;
-    Ok(Built { path, sha256, toolchain })
+    Ok(Built {
+        path,
+        sha256,
+        toolchain,
+    })
 }
 
-/// Beside a foreign-arch bootstrap (dpkg under qemu-user, mostly one thread, 5 min cold) the
-/// compile is not the long pole: at a lower priority it takes the CPU the bootstrap leaves
-/// (rpi3 cold 366 s -> 336 s). Beside a native bootstrap (1.5 min) the compile is the long
-/// pole and keeps its priority. On a warm build nothing competes either way.
+/// Beside a foreign-arch bootstrap (dpkg under qemu-user, mostly one thread) the compile is
+/// not the long pole: at a lower priority it takes the CPU the bootstrap leaves. Beside a
+/// native bootstrap the compile is the long pole and keeps its priority.
 fn priority(c: &mut Command, yield_cpu: bool) {
     if !yield_cpu {
         return;
@@ -91,7 +116,12 @@ fn priority(c: &mut Command, yield_cpu: bool) {
     }
 }
 
-fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBuf, String), AgentError> {
+fn debian(
+    req: &Request,
+    triple: &str,
+    log: &Log,
+    step: &Step,
+) -> Result<(PathBuf, String), AgentError> {
     for p in [CARGO, RUSTC] {
         if !Path::new(p).exists() {
             return Err(AgentError::NoToolchain(format!("{p} not found")));
@@ -114,22 +144,41 @@ fn debian(req: &Request, triple: &str, log: &Log, step: &Step) -> Result<(PathBu
     let mut c = Command::new(CARGO);
     priority(&mut c, req.yield_cpu);
     c.current_dir(req.source)
-        .args(["build", "--release", "--locked", "-p", "cloudy-agent", "--target", triple])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cloudy-agent",
+            "--target",
+            triple,
+        ])
         .env("RUSTC", RUSTC)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+        )
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTFLAGS")
         .env(format!("CARGO_TARGET_{env_triple}_LINKER"), linker)
-        .env(format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"), rustflags.join(" "));
+        .env(
+            format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"),
+            rustflags.join(" "),
+        );
     cmd::run(&mut c, log, step).map_err(AgentError::Build)?;
-    Ok((target_dir.join(triple).join("release/cloudy-agent"), format!("rustc-web {version}")))
+    Ok((
+        target_dir.join(triple).join("release/cloudy-agent"),
+        format!("rustc-web {version}"),
+    ))
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 fn installed_version() -> Result<String, AgentError> {
@@ -139,7 +188,9 @@ fn installed_version() -> Result<String, AgentError> {
         .map_err(|e| AgentError::NoToolchain(format!("dpkg-query: {e}")))?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || v.is_empty() {
-        return Err(AgentError::NoToolchain("package rustc-web is not installed".into()));
+        return Err(AgentError::NoToolchain(
+            "package rustc-web is not installed".into(),
+        ));
     }
     Ok(v)
 }
@@ -163,10 +214,15 @@ fn pinned_version(file: &str) -> String {
 /// sysroot per target, so builds for different boards never touch each other's.
 fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathBuf, AgentError> {
     let triple = req.arch.rust_target();
-    let (file, want) = pinned(req.arch).ok_or_else(|| AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian())))?;
+    let (file, want) = pinned(req.arch).ok_or_else(|| {
+        AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian()))
+    })?;
     let pinned_v = pinned_version(&file);
     if pinned_v != version {
-        return Err(AgentError::VersionMismatch { installed: version.into(), pinned: pinned_v });
+        return Err(AgentError::VersionMismatch {
+            installed: version.into(),
+            pinned: pinned_v,
+        });
     }
     let root = req.cache.join("rust-sysroot").join(version).join(triple);
     let _held = cache::lock(&root).map_err(|source| io("locking", &root, source))?;
@@ -179,7 +235,10 @@ fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathB
     let deb = debs.join(&file);
     if !deb.exists() {
         let urls = [
-            format!("{}/pool/updates/main/r/rustc-web/{file}", req.security_mirror),
+            format!(
+                "{}/pool/updates/main/r/rustc-web/{file}",
+                req.security_mirror
+            ),
             format!("{}/pool/main/r/rustc-web/{file}", req.mirror),
         ];
         let tmp = cache::tmp_path(&deb);
@@ -189,7 +248,10 @@ fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathB
             cmd::run(&mut c, log, step).is_ok()
         });
         if !fetched {
-            return Err(AgentError::Fetch { file, urls: urls.join(" or ") });
+            return Err(AgentError::Fetch {
+                file,
+                urls: urls.join(" or "),
+            });
         }
         let got = cache::sha256_file(&tmp).map_err(|source| io("reading", &tmp, source))?;
         if got != want {
@@ -217,7 +279,11 @@ fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathB
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
-    AgentError::Io { what, path: path.display().to_string(), source }
+    AgentError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -233,8 +299,17 @@ mod tests {
             versions.push(pinned_version(&file));
         }
         versions.dedup();
-        assert_eq!(versions.len(), 1, "one toolchain version for all targets: {versions:?}");
-        let deps = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/deps.sh")).unwrap();
-        assert!(deps.contains(&format!("RUSTC_WEB_VERSION={}", versions[0])), "ci/deps.sh installs the pinned version");
+        assert_eq!(
+            versions.len(),
+            1,
+            "one toolchain version for all targets: {versions:?}"
+        );
+        let deps =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/deps.sh"))
+                .unwrap();
+        assert!(
+            deps.contains(&format!("RUSTC_WEB_VERSION={}", versions[0])),
+            "ci/deps.sh installs the pinned version"
+        );
     }
 }

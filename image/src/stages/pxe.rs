@@ -10,19 +10,33 @@ use std::path::Path;
 
 use crate::board::Board;
 use crate::cache;
-use crate::iso;
+use crate::stages::iso;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PxeError {
     #[error("{0}")]
     Iso(#[from] iso::IsoError),
     #[error("{what} {path}: {source}\n  fix: pxelinux files come from the Debian packages pxelinux and syslinux-common (make deps)")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The live medium inside the bundle, fetched by live-boot.
 pub const LIVE_ISO: &str = "cloudy.iso";
 
+/// The bundle's files, relative to its directory, as the build lists them in SHA256SUMS.
+pub const BUNDLE_FILES: &[&str] = &[
+    "vmlinuz",
+    "initrd.img",
+    LIVE_ISO,
+    "boot.ipxe",
+    "pxelinux.0",
+    "ldlinux.c32",
+    "pxelinux.cfg/default",
+];
 /// Where live-boot fetches the live ISO by default: `tftp:///` means "the server this machine
 /// booted from" (live-boot fills in the DHCP next-server), so the bundle works on any TFTP
 /// server. iPXE users can fetch over HTTP instead (`cloudy_http`), about ten times faster.
@@ -40,7 +54,13 @@ pub fn cmdline(board: &Board, fetch: &str, install: Option<&str>) -> String {
 /// The disk a pxelinux `install` entry writes to; iPXE users set `cloudy_install` instead.
 const DEFAULT_INSTALL_DISK: &str = "/dev/sda";
 
-pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u64) -> Result<(), PxeError> {
+pub fn make(
+    board: &Board,
+    rootfs: &Path,
+    live_iso: &Path,
+    out: &Path,
+    epoch: u64,
+) -> Result<(), PxeError> {
     let tmp = cache::tmp_path(out);
     cache::remove_any(&tmp).map_err(|e| io("removing", &tmp, e))?;
     fs::create_dir_all(tmp.join("pxelinux.cfg")).map_err(|e| io("creating", &tmp, e))?;
@@ -49,8 +69,14 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
     link(&initrd, &tmp.join("initrd.img"))?;
     link(live_iso, &tmp.join(LIVE_ISO))?;
     // Copies, not links: the bundle's file times are set below, and these are the host's.
-    copy(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &tmp.join("pxelinux.0"))?;
-    copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &tmp.join("ldlinux.c32"))?;
+    copy(
+        Path::new("/usr/lib/PXELINUX/pxelinux.0"),
+        &tmp.join("pxelinux.0"),
+    )?;
+    copy(
+        Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+        &tmp.join("ldlinux.c32"),
+    )?;
 
     let ipxe_live = cmdline(board, "${cloudy_fetch}", None);
     let ipxe_install = cmdline(board, "${cloudy_fetch}", Some("${cloudy_install}"));
@@ -77,7 +103,11 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
         ),
     )?;
     let live = cmdline(board, TFTP_FETCH, None);
-    let unit = board.console_device().trim_start_matches("ttyS").parse::<u32>().unwrap_or(0);
+    let unit = board
+        .console_device()
+        .trim_start_matches("ttyS")
+        .parse::<u32>()
+        .unwrap_or(0);
     write(
         &tmp.join("pxelinux.cfg/default"),
         &format!(
@@ -104,7 +134,12 @@ pub fn make(board: &Board, rootfs: &Path, live_iso: &Path, out: &Path, epoch: u6
 
 /// A TFTP root for a test boot: the bundle's files (linked) plus `script`, an iPXE script that
 /// sets `vars` and chains the bundle's own boot.ipxe, so what is tested is the shipped script.
-pub fn test_root(bundle: &Path, root: &Path, script: &str, vars: &[(&str, &str)]) -> Result<(), PxeError> {
+pub fn test_root(
+    bundle: &Path,
+    root: &Path,
+    script: &str,
+    vars: &[(&str, &str)],
+) -> Result<(), PxeError> {
     cache::remove_any(root).map_err(|e| io("removing", root, e))?;
     fs::create_dir_all(root).map_err(|e| io("creating", root, e))?;
     for e in fs::read_dir(bundle).map_err(|e| io("reading", bundle, e))? {
@@ -129,7 +164,9 @@ fn link(from: &Path, to: &Path) -> Result<(), PxeError> {
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), PxeError> {
-    fs::copy(from, to).map(|_| ()).map_err(|e| io("copying", from, e))
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| io("copying", from, e))
 }
 
 fn write(p: &Path, s: &str) -> Result<(), PxeError> {
@@ -137,7 +174,11 @@ fn write(p: &Path, s: &str) -> Result<(), PxeError> {
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> PxeError {
-    PxeError::Io { what, path: path.display().to_string(), source }
+    PxeError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -146,10 +187,16 @@ mod tests {
 
     #[test]
     fn live_and_install_cmdlines() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hardware");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
         let (b, _) = Board::load(&root.join("pxe-686-pae.toml")).unwrap();
         let live = cmdline(&b, TFTP_FETCH, None);
-        assert!(live.starts_with("boot=live fetch=tftp:///cloudy.iso "), "{live}");
+        assert!(
+            live.starts_with("boot=live fetch=tftp:///cloudy.iso "),
+            "{live}"
+        );
         assert!(!live.contains("cloudy.install"));
         assert!(cmdline(&b, TFTP_FETCH, Some("/dev/vda")).ends_with("cloudy.install=/dev/vda"));
     }

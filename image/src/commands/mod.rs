@@ -1,0 +1,270 @@
+//! The user's commands: the command line, and where each command goes. One module per command
+//! (`build`, `verify`, `boot`, `customise`); `boards` is a listing and lives here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use crate::board;
+use crate::progress;
+use crate::qemu::{Accel, Boot};
+use crate::stages::agent::Builder;
+
+pub mod boot;
+pub mod build;
+pub mod customise;
+pub mod verify;
+
+/// Builds Cloudy community-cloud images from a recipe and a board, and boots them in QEMU.
+#[derive(Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Boards are the files in hardware/; `cloudy-image boards` lists them.\nExample: cloudy-image build --board pc-686-pae"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image and (unless --no-verify) boot it in QEMU until the node reports ready.
+    Build {
+        #[command(flatten)]
+        common: Common,
+        /// The recipe: what goes into the image.
+        #[arg(long, default_value = "recipes/cloudy.toml")]
+        recipe: PathBuf,
+        /// Skip the QEMU boot check.
+        #[arg(long)]
+        no_verify: bool,
+        /// Firmware QEMU boots the image with in the verify stage.
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: Boot,
+        /// How the agent is cross-built.
+        #[arg(long, value_enum, default_value = "debian")]
+        agent_builder: Builder,
+        /// Remake the base squashfs instead of reusing it from the cache.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Open a built image in QEMU with its serial console (and a root shell) in this terminal.
+    Boot {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Boot a built image in QEMU until the node reports ready, and print its ready line.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// The image to boot (default: the board's last build under --out).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: Boot,
+        /// PXE boards: install to a blank disk over the network, then boot that disk alone.
+        #[arg(long)]
+        install: bool,
+    },
+    /// Write a seed into a built image (ISO, .img or .img.xz) without rebuilding it.
+    Customise {
+        /// The image to change (replaced atomically; SHA256SUMS beside it is updated).
+        image: PathBuf,
+        /// The seed (cloudy.toml) to write; checked first, a bad one changes nothing.
+        #[arg(long)]
+        seed: PathBuf,
+    },
+    /// List the boards in hardware/.
+    Boards {
+        /// The checkout holding hardware/ (default: found from the current directory).
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Board name (a file in hardware/).
+    #[arg(long, default_value = "pc-686-pae")]
+    board: String,
+    /// Output directory; the image lands in OUT/<board>/.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Cache of bootstrapped root filesystems and toolchain pieces.
+    #[arg(long, env = "CLOUDY_CACHE")]
+    cache: Option<PathBuf>,
+    /// The checkout holding hardware/, overlay/ and agent/ (default: found from the current directory).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// QEMU accelerator. KVM only where a test boot proved it runs Debian kernels.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: Accel,
+}
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build {
+            common,
+            recipe,
+            no_verify,
+            firmware,
+            agent_builder,
+            rebuild,
+        } => {
+            let opts = options(common, recipe, !no_verify, firmware, agent_builder, rebuild)?;
+            build::run(&opts)?;
+        }
+        Command::Boot { common } => boot::run(&default_options(common, Boot::Bios)?)?,
+        Command::Verify {
+            common,
+            image,
+            firmware,
+            install,
+        } => {
+            let opts = default_options(common, firmware)?;
+            if install {
+                verify::install(&opts, image)?;
+            } else {
+                verify::run(&opts, image)?;
+            }
+        }
+        Command::Customise { image, seed } => customise::run(&image, &seed)?,
+        Command::Boards { source } => boards(source)?,
+    }
+    Ok(())
+}
+
+fn boards(source: Option<PathBuf>) -> Result<()> {
+    let source = find_source(source)?;
+    let rows: Vec<Vec<String>> = board::list(&source.join("hardware"))
+        .into_iter()
+        .map(|n| match board::Board::find(&source.join("hardware"), &n) {
+            Ok((b, _, _)) => vec![
+                n,
+                b.arch.debian().to_string(),
+                format!("{:?}", b.format).to_lowercase(),
+                b.description,
+            ],
+            Err(e) => vec![n, "?".into(), "?".into(), format!("invalid: {e}")],
+        })
+        .collect();
+    print!(
+        "{}",
+        progress::table(&["board", "arch", "format", "description"], &rows)
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub board: String,
+    pub recipe: PathBuf,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    /// The checkout: `hardware/`, `overlay/` and the agent's source.
+    pub source: PathBuf,
+    pub verify: bool,
+    pub accel: Accel,
+    pub boot: Boot,
+    pub agent_builder: Builder,
+    /// Rebuild the base squashfs instead of taking it from the cache (the rootfs is still
+    /// taken from the cache); used to show the output is reproducible.
+    pub rebuild: bool,
+}
+
+pub fn board_dir(out: &Path, board: &str) -> PathBuf {
+    out.join(board)
+}
+
+pub fn iso_path(out: &Path, board: &str) -> PathBuf {
+    board_dir(out, board).join(format!("cloudy-{board}.iso"))
+}
+
+/// Options of the commands that only boot what a build made (the default recipe, for its
+/// verify timeout).
+fn default_options(common: Common, boot: Boot) -> Result<Options> {
+    let recipe = PathBuf::from("recipes/cloudy.toml");
+    options(common, recipe, true, boot, Builder::Debian, false)
+}
+
+fn options(
+    c: Common,
+    recipe: PathBuf,
+    verify: bool,
+    boot: Boot,
+    agent_builder: Builder,
+    rebuild: bool,
+) -> Result<Options> {
+    let source = find_source(c.source)?;
+    let recipe = if recipe.is_relative() && !recipe.exists() {
+        source.join(&recipe)
+    } else {
+        recipe
+    };
+    let cache = c.cache.unwrap_or_else(default_cache);
+    Ok(Options {
+        board: c.board,
+        recipe,
+        out: c.out,
+        cache,
+        source,
+        verify,
+        accel: c.accel,
+        boot,
+        agent_builder,
+        rebuild,
+    })
+}
+
+fn default_cache() -> PathBuf {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/cache/cloudy-image")
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+            })
+            .join("cloudy-image")
+    }
+}
+
+/// The checkout is the nearest directory up from here with hardware/ and agent/.
+fn find_source(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(s) = given {
+        return Ok(std::fs::canonicalize(&s)?);
+    }
+    let cwd = std::env::current_dir()?;
+    let mut p: &Path = &cwd;
+    loop {
+        if p.join("hardware").is_dir() && p.join("agent/Cargo.toml").exists() {
+            return Ok(p.to_path_buf());
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => bail!("not inside a Cloudy checkout (no hardware/ and agent/ above {})\n  fix: run from the checkout or pass --source", cwd.display()),
+        }
+    }
+}
+
+/// One build per output directory at a time.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another build is running in {}\n  fix: wait for it, or use another --out",
+            path.parent().unwrap_or(path).display()
+        );
+    }
+    Ok(f)
+}

@@ -1,0 +1,12 @@
+//! The seed check: a seed is parsed with the agent's own parser before it goes into an image.
+//! The only place this crate uses the seed types; they come from the crate that owns them.
+
+use cloudy_agent::seed::Seed;
+
+/// Parses `text` (read from `file`, which names it in errors) as a seed; the error is the
+/// parser's message, which names the file, the key and the fix.
+pub fn check(file: &str, text: &str) -> Result<(), String> {
+    Seed::parse(file, text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
