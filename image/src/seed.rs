@@ -1,7 +1,7 @@
-//! The seed check: a seed is parsed with the agent's own parser before it goes into an image.
+//! The seed check: a seed is parsed with the parser the agent uses (cloudy-model) before it goes into an image.
 //! The only place this crate uses the seed types; they come from the crate that owns them.
 
-use cloudy_agent::seed::Seed;
+use cloudy_model::seed::Seed;
 
 /// Parses `text` (read from `file`, which names it in errors) as a seed; the error is the
 /// parser's message, which names the file, the key and the fix.

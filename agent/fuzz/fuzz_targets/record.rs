@@ -3,7 +3,7 @@
 //! accepts must pass validation and survive a round trip unchanged.
 #![no_main]
 
-use cloudy_agent::catalog::{parse_list, Record};
+use cloudy_model::record::{parse_list, Record};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

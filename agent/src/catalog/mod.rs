@@ -171,21 +171,6 @@ pub(crate) mod tests {
         }
     }
 
-    fn txt(r: &Record) -> Vec<(String, Vec<u8>)> {
-        r.to_txt("00ff")
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect()
-    }
-
-    fn from(pairs: &[(String, Vec<u8>)], port: u16) -> Result<(Record, String), RecordError> {
-        let p: Vec<(&str, Option<&[u8]>)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
-            .collect();
-        Record::from_txt(&p, port)
-    }
-
     #[test]
     fn catalog_merges_sources_and_expires() {
         let mut c = Live::default();

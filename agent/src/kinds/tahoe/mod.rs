@@ -372,7 +372,7 @@ impl Service for Tahoe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::{Configured, Context, Env};
+    use crate::services::{Configured, Env};
 
     #[test]
     fn introducer_config_listens_on_the_vpn_only() {
