@@ -4,8 +4,8 @@
 use anyhow::Result;
 
 use crate::mesh::members::{Members, MEMBERS_FILE};
-use crate::os::system::System;
 use crate::os::identity;
+use crate::os::system::System;
 
 pub fn print(sys: &System) -> Result<i32> {
     let loaded = sys.load_seed();

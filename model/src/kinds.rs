@@ -239,7 +239,10 @@ mod tests {
         for (_, j) in joinable() {
             assert!(find(j.local).is_some(), "{} is a kind", j.local);
         }
-        assert_eq!(by_join_arg("tahoe-lafs").unwrap().0.name, "tahoe-introducer");
+        assert_eq!(
+            by_join_arg("tahoe-lafs").unwrap().0.name,
+            "tahoe-introducer"
+        );
         assert_eq!(check("syncthing"), Check::Tls);
         assert_eq!(check("web"), Check::Tcp);
     }

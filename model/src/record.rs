@@ -102,7 +102,7 @@ impl Record {
         (self.node_id.clone(), self.kind.clone(), self.port)
     }
 
-    /// Strict JSON parse (what travels over the join port): bounded before it is parsed.
+    /// Strict JSON parse (what travels over the exchange port): bounded before it is parsed.
     pub fn parse_json(bytes: &[u8]) -> Result<Record, RecordError> {
         if bytes.len() > MAX_RECORD * 2 {
             return Err(RecordError::TooLong(bytes.len()));

@@ -105,7 +105,7 @@ pub async fn browse_lan(
 }
 
 /// Takes Serf's member list into the catalog, fetching records when a revision changes. The
-/// join services of Serf members not in our member list go to `strangers`.
+/// exchange services of Serf members not in our member list go to `strangers`.
 pub async fn follow_serf(
     share: Arc<Sharing>,
     mut members: tokio::sync::mpsc::UnboundedReceiver<Vec<SerfMember>>,
@@ -127,14 +127,14 @@ pub async fn follow_serf(
                 continue;
             };
             // Serf's keyring already kept outsiders out; still, only members we know, at
-            // their own address, and only their join port is asked.
+            // their own address, and only their exchange port is asked.
             let port = {
                 let ms = share.members.lock().unwrap();
                 if *id == ms.me {
                     continue;
                 }
                 match ms.members.get(id) {
-                    Some(mem) if mem.address == m.addr => mem.join_port,
+                    Some(mem) if mem.address == m.addr => mem.exchange_port,
                     Some(_) => continue,
                     None => {
                         let join = m.tags.get("j").and_then(|j| j.parse::<u16>().ok());

@@ -13,11 +13,11 @@ use tokio::sync::Notify;
 
 use crate::catalog::avahi;
 use crate::catalog::{now_ms, Live, Record, Source};
-use crate::mesh::exchange::JoinKey;
+use crate::mesh::exchange::CommunityKey;
 use crate::mesh::members::Members;
 use crate::mesh::serf::{self, Desired};
-use cloudy_model::record::Origin;
 use crate::os::system::System;
+use cloudy_model::record::Origin;
 
 pub const HEALTH: Duration = Duration::from_secs(1);
 /// A claim not refreshed for this long is dropped (a source that went quiet).
@@ -39,17 +39,17 @@ pub trait LocalRecords: Send + Sync {
 
 pub struct Sharing {
     pub sys: System,
-    pub key: JoinKey,
+    pub key: CommunityKey,
     pub community: String,
     pub members: Arc<Mutex<Members>>,
     /// Check health and publish now (a supervised process exited or turned healthy).
     pub recheck: Arc<Notify>,
-    /// What we publish now; served to Serf peers over the join port.
+    /// What we publish now; served to Serf peers over the exchange port.
     pub ours: Mutex<Vec<Record>>,
     pub catalog: Mutex<Live>,
     pub serf: Arc<Mutex<Desired>>,
     pub bootstrap: Vec<String>,
-    /// Our probe summary (JSON), served to members over the join port.
+    /// Our probe summary (JSON), served to members over the exchange port.
     pub summary: Mutex<String>,
     pub(crate) changed: Notify,
 }
@@ -57,7 +57,7 @@ pub struct Sharing {
 impl Sharing {
     pub fn new(
         sys: System,
-        key: JoinKey,
+        key: CommunityKey,
         community: String,
         members: Arc<Mutex<Members>>,
         bootstrap: Vec<String>,
@@ -104,7 +104,7 @@ impl Sharing {
 }
 
 /// Health checks and publication of our own records.
-pub async fn publish(share: Arc<Sharing>, join_port: u16, local: Arc<dyn LocalRecords>) {
+pub async fn publish(share: Arc<Sharing>, exchange_port: u16, local: Arc<dyn LocalRecords>) {
     let mut last: Option<Vec<Record>> = None;
     loop {
         if let Some(ctx) = share.origin() {
@@ -128,7 +128,7 @@ pub async fn publish(share: Arc<Sharing>, join_port: u16, local: Arc<dyn LocalRe
                 {
                     let mut d = share.serf.lock().unwrap();
                     d.tags.insert("s".into(), rev);
-                    d.tags.insert("j".into(), join_port.to_string());
+                    d.tags.insert("j".into(), exchange_port.to_string());
                 }
                 let now = now_ms();
                 share.catalog.lock().unwrap().replace_node(
@@ -190,4 +190,3 @@ pub(crate) fn revision(records: &[Record]) -> String {
     let d = Sha256::digest(serde_json::to_vec(records).expect("records serialise"));
     crate::os::identity::hex(&d[..6])
 }
-

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::catalog::publish::Sharing;
 use crate::catalog::Record;
+use crate::os::system::System;
+use crate::probe::select::{self, Ranked};
 use crate::probe::{Prober, Scores};
 use crate::registry::use_service;
 use cloudy_model::summary::Summary;
-use crate::catalog::publish::Sharing;
-use crate::probe::select::{self, Ranked};
-use crate::os::system::System;
 
 pub const SOCKET: &str = "/run/cloudy/control.sock";
 /// The dashboard's user; the socket's group.
@@ -247,7 +247,7 @@ impl Agent {
         }
     }
 
-    /// Asks up to `MAX_VIEWS` members for their own probe summary (join port, community key).
+    /// Asks up to `MAX_VIEWS` members for their own probe summary (exchange port, community key).
     pub async fn refresh_views(&self) {
         let targets: Vec<(String, std::net::SocketAddr)> = {
             let ms = self.share.members.lock().unwrap();
@@ -257,7 +257,7 @@ impl Agent {
                 .map(|m| {
                     (
                         m.name.clone(),
-                        std::net::SocketAddr::new(m.address, m.join_port),
+                        std::net::SocketAddr::new(m.address, m.exchange_port),
                     )
                 })
                 .collect()

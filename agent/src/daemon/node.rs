@@ -16,8 +16,13 @@ use crate::services::builtin::{Declared, TincVpn};
 use crate::services::Service;
 use cloudy_model::seed::{Community, Seed};
 
-pub async fn run(mesh: Arc<Mesh>, seed: &Seed, community: &Community, opts: &Options) -> Result<i32> {
-    let listener = listen(seed.join_port()).await?;
+pub async fn run(
+    mesh: Arc<Mesh>,
+    seed: &Seed,
+    community: &Community,
+    opts: &Options,
+) -> Result<i32> {
+    let listener = listen(seed.exchange_port()).await?;
     let share = publish::Sharing::new(
         mesh.sys.clone(),
         mesh.key.clone(),
@@ -43,8 +48,8 @@ pub async fn run(mesh: Arc<Mesh>, seed: &Seed, community: &Community, opts: &Opt
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
-    start_lan(&mesh, &share, seed.join_port()).await;
-    tokio::spawn(publish::publish(share.clone(), seed.join_port(), local));
+    start_lan(&mesh, &share, seed.exchange_port()).await;
+    tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
     start_control(&mesh, &share, seed, opts);
@@ -138,12 +143,7 @@ fn start_serf(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, opts: &Options) {
 }
 
 /// The probe (first scan soon, then periodic), the control socket and the dashboard.
-fn start_control(
-    mesh: &Arc<Mesh>,
-    share: &Arc<publish::Sharing>,
-    seed: &Seed,
-    opts: &Options,
-) {
+fn start_control(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, seed: &Seed, opts: &Options) {
     let me = mesh.members.lock().unwrap().me().id.clone();
     let prober = Arc::new(crate::probe::Prober::new(
         mesh.sys.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::catalog::publish::Sharing;
 use crate::mesh::{exchange, Mesh};
 use crate::registry::manager::Manager;
-use crate::services::JoinRequest;
+use crate::services::UseRequest;
 
 /// At most this many exchange connections served at once; more are dropped.
 const MAX_SERVING: usize = 64;
@@ -52,7 +52,7 @@ pub async fn serve(
                 manager
                     .accept(
                         &a.service,
-                        &JoinRequest {
+                        &UseRequest {
                             from,
                             fields: a.fields,
                         },

@@ -55,10 +55,11 @@ impl Auth {
         let ok = {
             let _one = self.gate.acquire().await.expect("never closed");
             let (hash, pw) = (self.hash.clone(), password.to_string());
-            let good =
-                tokio::task::spawn_blocking(move || crate::os::identity::verify_password(&hash, &pw))
-                    .await
-                    .unwrap_or(false);
+            let good = tokio::task::spawn_blocking(move || {
+                crate::os::identity::verify_password(&hash, &pw)
+            })
+            .await
+            .unwrap_or(false);
             good && user == USER
         };
         if !ok {

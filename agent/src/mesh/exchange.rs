@@ -1,5 +1,5 @@
-//! The join protocol: two members swap their member lists over TCP, each side proving it holds
-//! the community key before it learns anything. Nothing received is run; lists are parsed
+//! The exchange protocol, on the exchange port (6655): two members swap their member lists over
+//! TCP, each side proving it holds the community key before it learns anything. Nothing received is run; lists are parsed
 //! strictly, bounded in size and merged by `members`.
 //!
 //! ```text
@@ -33,8 +33,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::catalog::{self, Record};
-use crate::os::identity::{hex, random_bytes};
 use crate::mesh::members::{Member, MAX_MEMBERS};
+use crate::os::identity::{hex, random_bytes};
 
 pub const PROTOCOL: u32 = 1;
 /// 1024 members of ~1.2 KiB each, with room to spare.
@@ -44,7 +44,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum JoinError {
+pub enum ExchangeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("timed out")]
@@ -66,14 +66,14 @@ pub enum JoinError {
 }
 
 #[derive(Clone)]
-pub struct JoinKey([u8; 32]);
+pub struct CommunityKey([u8; 32]);
 
-impl JoinKey {
+impl CommunityKey {
     pub fn derive(community: &str, key: &str) -> Self {
         let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
         m.update(b"cloudy join v1");
         m.update(community.as_bytes());
-        JoinKey(m.finalize().into_bytes().into())
+        CommunityKey(m.finalize().into_bytes().into())
     }
 
     /// Marks our community's mDNS records; a one-way value, so it tells nothing of the key.
@@ -145,9 +145,9 @@ impl JoinKey {
     }
 }
 
-impl std::fmt::Debug for JoinKey {
+impl std::fmt::Debug for CommunityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JoinKey(..)")
+        f.write_str("CommunityKey(..)")
     }
 }
 
@@ -248,7 +248,7 @@ impl Conn {
         }
     }
 
-    async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), JoinError> {
+    async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ExchangeError> {
         let mut line = serde_json::to_vec(msg).expect("messages serialise");
         line.push(b'\n');
         self.w.write_all(&line).await?;
@@ -256,19 +256,19 @@ impl Conn {
     }
 
     /// Reads one line without ever holding more than MAX_LINE bytes of it.
-    async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<T, JoinError> {
+    async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<T, ExchangeError> {
         let mut buf = Vec::new();
         loop {
             let chunk = self.r.fill_buf().await?;
             if chunk.is_empty() {
-                return Err(JoinError::Closed);
+                return Err(ExchangeError::Closed);
             }
             let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
             if buf.len() + take > MAX_LINE {
-                return Err(JoinError::TooLong);
+                return Err(ExchangeError::TooLong);
             }
             buf.extend_from_slice(&chunk[..take]);
             self.r.consume(take);
@@ -276,7 +276,7 @@ impl Conn {
                 break;
             }
         }
-        serde_json::from_slice(&buf).map_err(|e| JoinError::Malformed(e.to_string()))
+        serde_json::from_slice(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))
     }
 }
 
@@ -284,11 +284,11 @@ fn encode(members: &[Member]) -> String {
     serde_json::to_string(members).expect("members serialise")
 }
 
-fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
+fn decode(body: &str) -> Result<Vec<Member>, ExchangeError> {
     let list: Vec<Member> =
-        serde_json::from_str(body).map_err(|e| JoinError::Malformed(e.to_string()))?;
+        serde_json::from_str(body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     if list.len() > MAX_MEMBERS {
-        return Err(JoinError::TooMany);
+        return Err(ExchangeError::TooMany);
     }
     Ok(list)
 }
@@ -298,11 +298,11 @@ fn decode(body: &str) -> Result<Vec<Member>, JoinError> {
 /// body. Roles differ per request kind so an answer of one kind never passes for another.
 async fn request(
     addr: SocketAddr,
-    key: &JoinKey,
+    key: &CommunityKey,
     want: Option<&str>,
     (ask, answer): (u8, u8),
     body: String,
-) -> Result<String, JoinError> {
+) -> Result<String, ExchangeError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(TcpStream::connect(addr).await?);
         let nc = hex(&random_bytes::<16>());
@@ -314,7 +314,7 @@ async fn request(
         .await?;
         let ch: Challenge = c.recv().await?;
         if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
-            return Err(JoinError::Malformed("bad challenge".into()));
+            return Err(ExchangeError::Malformed("bad challenge".into()));
         }
         let mac = key.sign(ask, &nc, &ch.nonce, &body);
         c.send(&Signed {
@@ -325,20 +325,20 @@ async fn request(
         .await?;
         let reply: Signed = c.recv().await?;
         if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
-            return Err(JoinError::BadMac);
+            return Err(ExchangeError::BadMac);
         }
         Ok(reply.body)
     })
     .await
-    .map_err(|_| JoinError::Timeout)?
+    .map_err(|_| ExchangeError::Timeout)?
 }
 
-/// Client side: sends our list to the join service at `addr`, returns the peer's list.
+/// Client side: sends our list to the exchange service at `addr`, returns the peer's list.
 pub async fn exchange(
     addr: SocketAddr,
-    key: &JoinKey,
+    key: &CommunityKey,
     ours: &[Member],
-) -> Result<Vec<Member>, JoinError> {
+) -> Result<Vec<Member>, ExchangeError> {
     let reply = request(addr, key, None, (b'C', b'S'), encode(ours)).await?;
     decode(&reply)
 }
@@ -347,9 +347,9 @@ pub async fn exchange(
 /// checked and all of them that member's (`node_id`).
 pub async fn fetch_services(
     addr: SocketAddr,
-    key: &JoinKey,
+    key: &CommunityKey,
     node_id: &str,
-) -> Result<Vec<Record>, JoinError> {
+) -> Result<Vec<Record>, ExchangeError> {
     let reply = request(addr, key, Some(WANT_SERVICES), (b'Q', b'R'), String::new()).await?;
     Ok(cloudy_model::record::parse_list(reply.as_bytes(), node_id)?)
 }
@@ -357,27 +357,27 @@ pub async fn fetch_services(
 /// Client side of a scores fetch: the member's probe summary, checked by `probe`.
 pub async fn fetch_scores(
     addr: SocketAddr,
-    key: &JoinKey,
-) -> Result<Vec<cloudy_model::summary::Summary>, JoinError> {
+    key: &CommunityKey,
+) -> Result<Vec<cloudy_model::summary::Summary>, ExchangeError> {
     let reply = request(addr, key, Some(WANT_SCORES), (b'P', b'V'), String::new()).await?;
-    cloudy_model::summary::parse_summary(reply.as_bytes()).map_err(JoinError::Malformed)
+    cloudy_model::summary::parse_summary(reply.as_bytes()).map_err(ExchangeError::Malformed)
 }
 
 /// Client side of a service request: the provider's answer fields, or its refusal.
 pub async fn ask_service(
     addr: SocketAddr,
-    key: &JoinKey,
+    key: &CommunityKey,
     req: &ServiceAsk,
-) -> Result<std::collections::BTreeMap<String, String>, JoinError> {
+) -> Result<std::collections::BTreeMap<String, String>, ExchangeError> {
     let body = serde_json::to_string(req).expect("requests serialise");
     let reply = request(addr, key, Some(WANT_ASK), (b'A', b'B'), body).await?;
     if reply.len() > MAX_ASK {
-        return Err(JoinError::TooLong);
+        return Err(ExchangeError::TooLong);
     }
     let a: ServiceAnswer =
-        serde_json::from_str(&reply).map_err(|e| JoinError::Malformed(e.to_string()))?;
+        serde_json::from_str(&reply).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     match a.error {
-        Some(e) => Err(JoinError::Refused(e)),
+        Some(e) => Err(ExchangeError::Refused(e)),
         None => Ok(a.fields),
     }
 }
@@ -387,28 +387,28 @@ pub async fn ask_service(
 /// peer that fails the MAC gets nothing but our nonce.
 pub async fn serve(
     stream: TcpStream,
-    key: &JoinKey,
+    key: &CommunityKey,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
-) -> Result<usize, JoinError> {
+) -> Result<usize, ExchangeError> {
     serve_all(stream, key, merge, services, ask, || "[]".to_string()).await
 }
 
 /// `serve`, also answering a scores fetch with `scores` (our probe summary, JSON).
 pub async fn serve_all(
     stream: TcpStream,
-    key: &JoinKey,
+    key: &CommunityKey,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
-) -> Result<usize, JoinError> {
+) -> Result<usize, ExchangeError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(stream);
         let hello: Hello = c.recv().await?;
         if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
-            return Err(JoinError::Malformed("bad hello".into()));
+            return Err(ExchangeError::Malformed("bad hello".into()));
         }
         let ns = hex(&random_bytes::<16>());
         c.send(&Challenge {
@@ -423,11 +423,11 @@ pub async fn serve_all(
             Some(WANT_SERVICES) => (b'Q', b'R'),
             Some(WANT_ASK) => (b'A', b'B'),
             Some(WANT_SCORES) => (b'P', b'V'),
-            Some(_) => return Err(JoinError::Malformed("unknown request".into())),
+            Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
         };
         let req: Signed = c.recv().await?;
         if !key.verify(asked, &hello.hello, &ns, &req.body, &req.mac) {
-            return Err(JoinError::BadMac);
+            return Err(ExchangeError::BadMac);
         }
         let (body, n) = match hello.want.as_deref() {
             None => {
@@ -437,10 +437,10 @@ pub async fn serve_all(
             }
             Some(WANT_ASK) => {
                 if req.body.len() > MAX_ASK {
-                    return Err(JoinError::TooLong);
+                    return Err(ExchangeError::TooLong);
                 }
                 let asked: ServiceAsk = serde_json::from_str(&req.body)
-                    .map_err(|e| JoinError::Malformed(e.to_string()))?;
+                    .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
                 let answer = match ask(asked) {
                     Ok(fields) => ServiceAnswer {
                         error: None,
@@ -457,7 +457,7 @@ pub async fn serve_all(
                 )
             }
             // Services and scores fetches carry no body.
-            _ if !req.body.is_empty() => return Err(JoinError::BadMac),
+            _ if !req.body.is_empty() => return Err(ExchangeError::BadMac),
             Some(WANT_SERVICES) => (
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
@@ -474,7 +474,7 @@ pub async fn serve_all(
         Ok(n)
     })
     .await
-    .map_err(|_| JoinError::Timeout)?
+    .map_err(|_| ExchangeError::Timeout)?
 }
 
 #[cfg(test)]
@@ -483,11 +483,11 @@ mod tests {
     use crate::mesh::members::tests::member;
 
     async fn pair(
-        server_key: JoinKey,
-        client_key: JoinKey,
+        server_key: CommunityKey,
+        client_key: CommunityKey,
     ) -> (
-        Result<Vec<Member>, JoinError>,
-        Result<usize, JoinError>,
+        Result<Vec<Member>, ExchangeError>,
+        Result<usize, ExchangeError>,
         bool,
     ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -519,7 +519,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn same_key_swaps_lists() {
-        let k = JoinKey::derive("sants", "0123456789abcdef");
+        let k = CommunityKey::derive("sants", "0123456789abcdef");
         let (c, s, merged) = pair(k.clone(), k).await;
         assert_eq!(c.unwrap()[0].name, "server");
         assert_eq!(s.unwrap(), 1);
@@ -529,20 +529,20 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn wrong_key_gets_nothing() {
         let (c, s, merged) = pair(
-            JoinKey::derive("sants", "0123456789abcdef"),
-            JoinKey::derive("sants", "0123456789abcdeX"),
+            CommunityKey::derive("sants", "0123456789abcdef"),
+            CommunityKey::derive("sants", "0123456789abcdeX"),
         )
         .await;
-        assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
-        assert!(matches!(c, Err(JoinError::Closed)), "{c:?}");
+        assert!(matches!(s, Err(ExchangeError::BadMac)), "{s:?}");
+        assert!(matches!(c, Err(ExchangeError::Closed)), "{c:?}");
         assert!(!merged, "the server never looked at the list");
         let (_, s, _) = pair(
-            JoinKey::derive("sants", "0123456789abcdef"),
-            JoinKey::derive("other", "0123456789abcdef"),
+            CommunityKey::derive("sants", "0123456789abcdef"),
+            CommunityKey::derive("other", "0123456789abcdef"),
         )
         .await;
         assert!(
-            matches!(s, Err(JoinError::BadMac)),
+            matches!(s, Err(ExchangeError::BadMac)),
             "another community's key is a wrong key"
         );
     }
@@ -556,7 +556,7 @@ mod tests {
         ] {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            let sk = JoinKey::derive("c", server);
+            let sk = CommunityKey::derive("c", server);
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
                 serve(
@@ -568,13 +568,14 @@ mod tests {
                 )
                 .await
             });
-            let got = fetch_services(addr, &JoinKey::derive("c", client), &"a".repeat(32)).await;
+            let got =
+                fetch_services(addr, &CommunityKey::derive("c", client), &"a".repeat(32)).await;
             let s = srv.await.unwrap();
             if ok {
                 assert_eq!(got.unwrap()[0].port, 7946);
                 s.unwrap();
             } else {
-                assert!(matches!(s, Err(JoinError::BadMac)), "{s:?}");
+                assert!(matches!(s, Err(ExchangeError::BadMac)), "{s:?}");
                 assert!(got.is_err());
             }
         }
@@ -589,7 +590,7 @@ mod tests {
         ] {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            let sk = JoinKey::derive("c", "k0123456789abcdef");
+            let sk = CommunityKey::derive("c", "k0123456789abcdef");
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
                 serve(
@@ -611,7 +612,7 @@ mod tests {
                 node_id: "a".repeat(32),
                 fields: [("device_id".to_string(), "D".to_string())].into(),
             };
-            let got = ask_service(addr, &JoinKey::derive("c", client), &req).await;
+            let got = ask_service(addr, &CommunityKey::derive("c", client), &req).await;
             let _ = srv.await.unwrap();
             match expect {
                 "ok" => assert_eq!(got.unwrap()["folder"], "yes"),
@@ -624,14 +625,14 @@ mod tests {
     #[test]
     fn record_macs_and_derived_keys() {
         use crate::catalog::tests::record;
-        let k = JoinKey::derive("c", "0123456789abcdef");
+        let k = CommunityKey::derive("c", "0123456789abcdef");
         let r = record('a', "serf", 1);
         let mac = k.record_mac(&r);
         assert!(k.record_mac_ok(&r, &mac));
         let mut r2 = r.clone();
         r2.port = 2;
         assert!(!k.record_mac_ok(&r2, &mac), "covers the port");
-        assert!(!JoinKey::derive("c", "0123456789abcdeX").record_mac_ok(&r, &mac));
+        assert!(!CommunityKey::derive("c", "0123456789abcdeX").record_mac_ok(&r, &mac));
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(k.serf_key().len(), 44, "32 bytes in base64");
@@ -649,13 +650,13 @@ mod tests {
         let (s, _) = l.accept().await.unwrap();
         let r = serve(
             s,
-            &JoinKey::derive("c", "0123456789abcdef"),
+            &CommunityKey::derive("c", "0123456789abcdef"),
             |_| vec![],
             Vec::new,
             |_| Err("no".into()),
         )
         .await;
-        assert!(matches!(r, Err(JoinError::TooLong)), "{r:?}");
+        assert!(matches!(r, Err(ExchangeError::TooLong)), "{r:?}");
         client.await.unwrap();
     }
 }

@@ -54,7 +54,7 @@ pub fn introduce(
                 .lock()
                 .unwrap()
                 .others()
-                .any(|o| o.address == addr.ip() && o.join_port == addr.port());
+                .any(|o| o.address == addr.ip() && o.exchange_port == addr.port());
             if !known && m.lan.lock().unwrap().insert(addr) {
                 tracing::info!("found an exchange service {via} at {addr}");
                 m.wake.notify_one();
@@ -192,13 +192,21 @@ fn member_targets(ms: &Members, synced: &HashSet<String>) -> Vec<(Option<String>
     let mut targets: Vec<(Option<String>, SocketAddr)> = ms
         .others()
         .filter(|m| !synced.contains(&m.id))
-        .map(|m| (Some(m.id.clone()), SocketAddr::new(m.address, m.join_port)))
+        .map(|m| {
+            (
+                Some(m.id.clone()),
+                SocketAddr::new(m.address, m.exchange_port),
+            )
+        })
         .collect();
     if targets.is_empty() {
         let others: Vec<&Member> = ms.others().collect();
         if !others.is_empty() {
             let m = others[identity::random_bytes::<1>()[0] as usize % others.len()];
-            targets.push((Some(m.id.clone()), SocketAddr::new(m.address, m.join_port)));
+            targets.push((
+                Some(m.id.clone()),
+                SocketAddr::new(m.address, m.exchange_port),
+            ));
         }
     }
     targets
@@ -212,7 +220,7 @@ fn take_results(
         Option<String>,
         Option<String>,
         SocketAddr,
-        Result<Vec<Member>, exchange::JoinError>,
+        Result<Vec<Member>, exchange::ExchangeError>,
     )>,
 ) -> (bool, bool) {
     let mut news = false;

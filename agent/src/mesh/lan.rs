@@ -1,6 +1,6 @@
 //! Finding members on the LAN by mDNS (`_cloudy-join._tcp`), so nodes on one network need no
-//! bootstrap peers in their seed. A record only says "a join service may be here": whoever
-//! answers still has to pass the join protocol's key check, so a forged record costs one failed
+//! bootstrap peers in their seed. A record only says "a exchange service may be here": whoever
+//! answers still has to pass the exchange protocol's key check, so a forged record costs one failed
 //! handshake and nothing else.
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
@@ -13,7 +13,7 @@ pub const SERVICE_TYPE: &str = "_cloudy-join._tcp.local.";
 #[error("mDNS: {0}")]
 pub struct DiscoveryError(#[from] mdns_sd::Error);
 
-/// Publishes our join service and browses for others of the same community (by `tag`, which
+/// Publishes our exchange service and browses for others of the same community (by `tag`, which
 /// is derived from the community key but reveals nothing of it).
 pub struct Lan {
     daemon: ServiceDaemon,
@@ -75,7 +75,7 @@ impl Lan {
         Ok((lan, rx))
     }
 
-    /// (Re)publishes our join service at `address`, withdrawing an earlier record.
+    /// (Re)publishes our exchange service at `address`, withdrawing an earlier record.
     pub fn publish(&mut self, address: IpAddr) -> Result<(), DiscoveryError> {
         if let Some(old) = self.published.take() {
             let _ = self.daemon.unregister(&old);
@@ -115,7 +115,7 @@ pub enum Seen {
 const MAX_TXT_PAIRS: usize = 32;
 
 impl Lan {
-    /// Browses `ty` (e.g. `_cloudy._tcp.local.`) on the same mDNS socket as the join service.
+    /// Browses `ty` (e.g. `_cloudy._tcp.local.`) on the same mDNS socket as the exchange service.
     pub fn browse(&self, ty: &str) -> Result<mpsc::UnboundedReceiver<Seen>, DiscoveryError> {
         let events = self.daemon.browse(ty)?;
         let (tx, rx) = mpsc::unbounded_channel();

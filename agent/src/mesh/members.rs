@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use cloudy_model::names::is_node_id;
 use cloudy_model::names::check_hostname;
+use cloudy_model::names::is_node_id;
 
 /// Far above any microcloud; bounds memory and the size of what a peer can make us store.
 pub const MAX_MEMBERS: usize = 1024;
@@ -20,10 +20,12 @@ pub const MEMBERS_FILE: &str = "/var/lib/cloudy/members.json";
 pub struct Member {
     pub id: String,
     pub name: String,
-    /// Where its tincd and join service are reached (its primary interface's address).
+    /// Where its tincd and exchange service are reached (its primary interface's address).
     pub address: IpAddr,
     pub tinc_port: u16,
-    pub join_port: u16,
+    /// Named as the first nodes stored it, so a stored list (and an older member) still reads.
+    #[serde(rename = "join_port")]
+    pub exchange_port: u16,
     pub vpn: Ipv4Addr,
     /// Tinc 1.0 RSA public key, PEM.
     pub pubkey: String,
@@ -56,7 +58,7 @@ impl Member {
             return Err(bad("id", "not 32 lowercase hex digits".into()));
         }
         check_hostname(&self.name).map_err(|p| bad("name", p))?;
-        if self.tinc_port == 0 || self.join_port == 0 {
+        if self.tinc_port == 0 || self.exchange_port == 0 {
             return Err(bad("port", "0".into()));
         }
         let a = self.address;
@@ -248,7 +250,7 @@ pub(crate) mod tests {
             name: name.into(),
             address: "192.0.2.1".parse().unwrap(),
             tinc_port: 655,
-            join_port: 6655,
+            exchange_port: 6655,
             pubkey: PEM.into(),
             rev: 1,
         }

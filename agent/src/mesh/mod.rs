@@ -20,13 +20,13 @@ use crate::os::network::Primary;
 use crate::os::supervisor::{self, Control};
 use crate::os::system::System;
 use cloudy_model::seed::Seed;
-use exchange::JoinKey;
+use exchange::CommunityKey;
 use members::{vpn_candidate, Member, Members, MEMBERS_FILE};
 
 /// This node's place in the mesh, shared by every task that keeps it.
 pub struct Mesh {
     pub sys: System,
-    pub key: JoinKey,
+    pub key: CommunityKey,
     pub members: Arc<Mutex<Members>>,
     /// Something changed: rerender tinc config and save the list.
     pub changed: Notify,
@@ -86,7 +86,7 @@ impl Mesh {
         }
         Ok(Arc::new(Mesh {
             sys: sys.clone(),
-            key: JoinKey::derive(s.community, s.key),
+            key: CommunityKey::derive(s.community, s.key),
             members: Arc::new(Mutex::new(members)),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -121,18 +121,17 @@ fn our_members(
         name: s.name.into(),
         address,
         tinc_port: s.seed.tinc_port(),
-        join_port: s.seed.join_port(),
+        exchange_port: s.seed.exchange_port(),
         vpn: vpn_candidate(s.node_id, subnet, 0),
         pubkey: pubkey.clone(),
         rev: 1,
     };
-    let mut members =
-        load_members(sys, s.node_id).unwrap_or_else(|| Members::new(fresh.clone()));
+    let mut members = load_members(sys, s.node_id).unwrap_or_else(|| Members::new(fresh.clone()));
     members.update_me(|m| {
         m.name = fresh.name.clone();
         m.address = fresh.address;
         m.tinc_port = fresh.tinc_port;
-        m.join_port = fresh.join_port;
+        m.exchange_port = fresh.exchange_port;
         m.pubkey = pubkey;
         // A VPN address outside a changed subnet is meaningless.
         if !in_subnet(m.vpn, subnet) {

@@ -3,8 +3,8 @@
 //! cannot join or read it), joined through known members and the seed's bootstrap hosts.
 //!
 //! Serf tags carry only pointers, never the records: `id` (node id), `s` (a hash of the node's
-//! published records) and `j` (its join port). When a member's `s` changes, the agent fetches
-//! its records over the join port with the community-key handshake (`join::fetch_services`),
+//! published records) and `j` (its exchange port). When a member's `s` changes, the agent fetches
+//! its records over the exchange port with the community-key handshake (`exchange::fetch_services`),
 //! so records have no 512-byte limit and come only from key holders.
 //!
 //! We talk to serf over its msgpack RPC on loopback (auth token derived from the key), from
@@ -201,7 +201,7 @@ impl Serf {
                     .filter(|m| m.status == "alive")
                     .map(|m| m.addr)
                     .collect();
-                // Joining only while alone could leave two nodes that found each other first
+                // Using only while alone could leave two nodes that found each other first
                 // in a cluster of their own: any known member Serf does not show is joined.
                 let missing: Vec<SocketAddr> = d
                     .join
@@ -223,7 +223,7 @@ impl Serf {
                     let targets: Vec<SocketAddr> = (0..JOIN_AT_ONCE.min(missing.len()))
                         .map(|i| missing[(rotate + i) % missing.len()])
                         .collect();
-                    // Joining waits on unreachable peers: its own connection and thread.
+                    // Using waits on unreachable peers: its own connection and thread.
                     let (auth, done) = (self.rpc_auth.clone(), joining.clone());
                     std::thread::spawn(move || {
                         match Rpc::connect(&auth).and_then(|mut r| r.join(&targets)) {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::mesh::members::{Member, Members};
-use cloudy_model::seed::TincMode;
 use crate::os::system::{write_atomic, System};
+use cloudy_model::seed::TincMode;
 
 /// Debian's tinc 1.0 generates RSA keys; 2048 bits takes ~0.2 s on a small board where 4096
 /// takes seconds, and is still sound for link keys.

@@ -51,8 +51,7 @@ pub fn write_if_changed(
     if std::fs::read(path).ok().as_deref() == Some(content) {
         return Ok(false);
     }
-    write_atomic(path, content, mode)
-        .map_err(io_err(format!("writing {}", path.display())))?;
+    write_atomic(path, content, mode).map_err(io_err(format!("writing {}", path.display())))?;
     if let Some((u, g)) = owner {
         std::os::unix::fs::chown(path, Some(u), Some(g))
             .map_err(io_err(format!("chown {}", path.display())))?;
@@ -159,7 +158,6 @@ pub fn exe(env_var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +194,4 @@ mod tests {
         assert_eq!(passwd_lookup(p, "cloudy-tahoe"), Some((998, 997)));
         assert_eq!(passwd_lookup(p, "cloudy"), None);
     }
-
 }

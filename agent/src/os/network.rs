@@ -191,7 +191,8 @@ impl Net {
             self.set_up(index).await?;
             if let Some(n) = want {
                 if let Some(a) = &n.address {
-                    let (ip, prefix) = cloudy_model::names::parse_cidr(a).map_err(NetError::Seed)?;
+                    let (ip, prefix) =
+                        cloudy_model::names::parse_cidr(a).map_err(NetError::Seed)?;
                     if self.ensure_address(index, ip, prefix).await? {
                         tracing::info!("network: added {a}");
                     }

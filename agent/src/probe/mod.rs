@@ -13,8 +13,8 @@
 
 pub mod select;
 
-pub use crate::os::http::Rate;
 use crate::os::http;
+pub use crate::os::http::Rate;
 use cloudy_model::summary::{Summary, MAX_SUMMARY};
 
 use serde::{Deserialize, Serialize};
@@ -788,8 +788,8 @@ pub fn load_scores(sys: &System) -> Scores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudy_model::summary::parse_summary;
     use crate::catalog::tests::record;
+    use cloudy_model::summary::parse_summary;
 
     #[test]
     fn score_prefers_near_and_working_providers() {

@@ -355,7 +355,10 @@ mod tests {
         let all = vec![a, b.clone()];
         let me = "c".repeat(32);
         let p = lookup("syncthing", Some("n1:22001"), &all, &Scores::default(), &me).unwrap();
-        assert_eq!(p.ranked.record, b, "the port the user chose, not the first of the node");
+        assert_eq!(
+            p.ranked.record, b,
+            "the port the user chose, not the first of the node"
+        );
         assert_eq!(p.basis, Basis::Named);
         assert!(p.note().is_none());
     }
@@ -368,7 +371,13 @@ mod tests {
         let p = lookup("syncthing", None, &all, &Scores::default(), &"c".repeat(32)).unwrap();
         assert_eq!(p.ranked.record, a);
         assert!(p.note().unwrap().contains("scan first"));
-        let own = lookup("syncthing", None, &all[1..], &Scores::default(), &"a".repeat(32));
+        let own = lookup(
+            "syncthing",
+            None,
+            &all[1..],
+            &Scores::default(),
+            &"a".repeat(32),
+        );
         assert!(matches!(own, Err(LookupError::Itself { .. })));
         assert!(matches!(
             lookup("web", None, &all, &Scores::default(), "x"),

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::published::Local;
-use crate::services::{Configured, Env, Service, STATE_FILE};
 use crate::catalog::{now_ms, Record};
 use crate::mesh::members::Members;
 use crate::os::supervisor::{self, Control, Shared, State, Status};
 use crate::os::system::System;
+use crate::services::{Configured, Env, Service, STATE_FILE};
 
 pub const TICK: Duration = Duration::from_secs(1);
 /// The services line is printed when every enabled service is healthy or failed, or after
@@ -160,7 +160,7 @@ impl Manager {
     pub fn accept(
         &self,
         kind: &str,
-        req: &crate::services::JoinRequest,
+        req: &crate::services::UseRequest,
     ) -> Result<BTreeMap<String, String>, crate::services::ServiceError> {
         let svc = self
             .entries
@@ -169,7 +169,9 @@ impl Manager {
             .values()
             .find(|e| e.svc.name() == kind && !e.config_error)
             .map(|e| e.svc.clone())
-            .ok_or_else(|| crate::services::ServiceError::Failed(format!("no {kind} service here")))?;
+            .ok_or_else(|| {
+                crate::services::ServiceError::Failed(format!("no {kind} service here"))
+            })?;
         svc.accept(req)
     }
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use super::manager::StateFile;
 use crate::catalog::{Catalog, Record, CATALOG_FILE};
-use crate::mesh::exchange::JoinKey;
+use crate::mesh::exchange::CommunityKey;
 use crate::mesh::members::{Members, MEMBERS_FILE};
-use crate::probe::select;
-use crate::services::{Context, Joining, STATE_FILE};
-use cloudy_model::kinds;
 use crate::os::supervisor::State;
 use crate::os::system::System;
+use crate::probe::select;
+use crate::services::{Context, Using, STATE_FILE};
+use cloudy_model::kinds;
 
 /// The CLI: joins and prints what was done and how to use it.
 pub fn run(
@@ -66,14 +66,21 @@ pub fn join(
         &node.ctx.node_id,
     )?;
     let mut lines: Vec<String> = pick.note().into_iter().collect();
-    lines.extend(join_provider(sys, &node, arg, &pick.ranked.record, folder, wait)?);
+    lines.extend(join_provider(
+        sys,
+        &node,
+        arg,
+        &pick.ranked.record,
+        folder,
+        wait,
+    )?);
     Ok(lines)
 }
 
 /// This node as a joining service sees it: who it is, the community key, the member list.
 pub struct Node {
     ctx: Context,
-    key: JoinKey,
+    key: CommunityKey,
     members: Members,
 }
 
@@ -93,7 +100,7 @@ impl Node {
         .context("parsing the member list")?;
         Ok(Node {
             ctx: members.origin(&community.name),
-            key: JoinKey::derive(&community.name, &key),
+            key: CommunityKey::derive(&community.name, &key),
             members,
         })
     }
@@ -119,14 +126,14 @@ pub fn join_provider(
     )];
     let svc = super::build(how.local, sys)
         .ok_or_else(|| anyhow!("{} is in the kinds table but no kind builds it", how.local))?;
-    let joining = Joining {
+    let using = Using {
         sys: sys.clone(),
         ctx: node.ctx.clone(),
         key: node.key.clone(),
         members: node.members.clone(),
         folder,
     };
-    let joined = svc.join(&joining, chosen)?;
+    let joined = svc.use_provider(&using, chosen)?;
     if let Some(name) = &joined.local_service {
         lines.push(wait_running(sys, name, wait)?);
     }

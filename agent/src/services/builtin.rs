@@ -107,5 +107,4 @@ mod tests {
             "withdrawn once closed"
         );
     }
-
 }

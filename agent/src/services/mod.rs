@@ -15,11 +15,11 @@
 //!    like any other.
 //! 3. **healthy**: checked every second; only healthy services are published.
 //! 4. **record**: what is published (Avahi files + Serf, see `publish`), with typed fields.
-//! 5. **accept**: a community member (authenticated by the join port's handshake under the
+//! 5. **accept**: a community member (authenticated by the exchange port's handshake under the
 //!    community key) asks to use this service; e.g. Syncthing adds the asker's device.
 //! 6. **join**: the user side, run by `cloudy-agent join <kind> [provider]` on another node:
 //!    set up this node to use `provider` (a record from the catalog), possibly asking the
-//!    provider's agent (`Joining::ask`, which lands in the provider's `accept`), and leave a
+//!    provider's agent (`Using::ask`, which lands in the provider's `accept`), and leave a
 //!    file in `JOINED_DIR` so the running agent starts the local side (`build`).
 //!
 //! The kinds themselves live in `crate::kinds`, one folder each; `crate::registry` builds
@@ -28,9 +28,9 @@
 pub mod builtin;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 #[cfg(test)]
 use std::net::{IpAddr, Ipv4Addr};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::catalog::Record;
@@ -108,10 +108,10 @@ pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Service
     move |source| ServiceError::Io { what, source }
 }
 
-/// Another member asks to use one of our services (over the join port, already authenticated
+/// Another member asks to use one of our services (over the exchange port, already authenticated
 /// as a holder of the community key; `from` is its entry in our member list).
 #[derive(Debug, Clone)]
-pub struct JoinRequest {
+pub struct UseRequest {
     pub from: Member,
     pub fields: BTreeMap<String, String>,
 }
@@ -150,14 +150,14 @@ pub trait Service: Send + Sync {
     fn record(&self, ctx: &Context) -> Option<Record>;
 
     /// A member asks to use this service; the answer's fields go back to it.
-    fn accept(&self, _req: &JoinRequest) -> Result<BTreeMap<String, String>, ServiceError> {
+    fn accept(&self, _req: &UseRequest) -> Result<BTreeMap<String, String>, ServiceError> {
         Err(ServiceError::Unsupported {
             service: self.name().into(),
         })
     }
 
     /// Makes this node a user of `provider` (run by the CLI, not the daemon).
-    fn join(&self, _j: &Joining, _provider: &Record) -> Result<Joined, ServiceError> {
+    fn use_provider(&self, _u: &Using, _provider: &Record) -> Result<Joined, ServiceError> {
         Err(ServiceError::Unsupported {
             service: self.name().into(),
         })
@@ -165,16 +165,16 @@ pub trait Service: Send + Sync {
 }
 
 /// Everything `Service::join` needs on the joining node.
-pub struct Joining {
+pub struct Using {
     pub sys: System,
     pub ctx: Context,
     pub members: Members,
-    pub key: crate::mesh::exchange::JoinKey,
+    pub key: crate::mesh::exchange::CommunityKey,
     /// Where the user wants shared data (e.g. Syncthing's folder); None: the service's default.
     pub folder: Option<PathBuf>,
 }
 
-impl Joining {
+impl Using {
     /// Asks the agent of `provider`'s node to let us use it (lands in its `accept`).
     pub fn ask(
         &self,
@@ -187,7 +187,7 @@ impl Joining {
                 provider.node
             ))
         })?;
-        let addr = SocketAddr::new(m.address, m.join_port);
+        let addr = SocketAddr::new(m.address, m.exchange_port);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

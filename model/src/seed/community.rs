@@ -8,7 +8,7 @@ use crate::names::{check_endpoint, check_hostname};
 
 /// Port of the exchange service (member lists, records, scores and service requests, each
 /// under the community key).
-pub const DEFAULT_JOIN_PORT: u16 = 6655;
+pub const DEFAULT_EXCHANGE_PORT: u16 = 6655;
 /// Shorter keys are guessable by anyone who sees a boot partition over a shoulder.
 pub const MIN_COMMUNITY_KEY: usize = 16;
 

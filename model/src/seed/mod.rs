@@ -16,7 +16,7 @@ pub mod tinc;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub use community::{Community, DEFAULT_JOIN_PORT, MIN_COMMUNITY_KEY};
+pub use community::{Community, DEFAULT_EXCHANGE_PORT, MIN_COMMUNITY_KEY};
 pub use dashboard::{Dashboard, DEFAULT_DASHBOARD_PORT};
 pub use network::Network;
 pub use node::Node;
@@ -74,7 +74,8 @@ pub(crate) fn invalid(key: &'static str, problem: String, fix: impl Into<String>
     }
 }
 
-const NAME_FIX: &str = "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
+const NAME_FIX: &str =
+    "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -199,11 +200,11 @@ impl Seed {
             .unwrap_or(DEFAULT_DASHBOARD_PORT)
     }
 
-    pub fn join_port(&self) -> u16 {
+    pub fn exchange_port(&self) -> u16 {
         self.community
             .as_ref()
             .and_then(|c| c.port)
-            .unwrap_or(DEFAULT_JOIN_PORT)
+            .unwrap_or(DEFAULT_EXCHANGE_PORT)
     }
 }
 
@@ -358,7 +359,7 @@ mod tests {
         assert_eq!(s.network.as_ref().unwrap().address, None);
         assert_eq!(s.community, full.community);
         assert_eq!(s.vpn_subnet(), (std::net::Ipv4Addr::new(10, 99, 0, 0), 16));
-        assert_eq!(s.join_port(), 6655);
+        assert_eq!(s.exchange_port(), 6655);
     }
 
     #[test]
@@ -393,7 +394,10 @@ mod tests {
             "/seed/mine.toml",
             "version = 1\n[node]\nname = \"pi-test\"\n",
         );
-        let loaded = load(dir.path(), "quiet cloudy.seed=/seed/mine.toml console=ttyS0");
+        let loaded = load(
+            dir.path(),
+            "quiet cloudy.seed=/seed/mine.toml console=ttyS0",
+        );
         assert_eq!(loaded.seed.node.name.as_deref(), Some("pi-test"));
         assert!(loaded.errors.is_empty());
     }

@@ -15,11 +15,10 @@ impl Ssh {
     pub fn validate(&self) -> Result<(), Invalid> {
         for k in &self.authorized_keys {
             let kind = k.split_whitespace().next().unwrap_or("");
-            let ok = (kind.starts_with("ssh-")
-                || kind.starts_with("ecdsa-")
-                || kind.starts_with("sk-"))
-                && k.split_whitespace().count() >= 2
-                && !k.contains('\n');
+            let ok =
+                (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+                    && k.split_whitespace().count() >= 2
+                    && !k.contains('\n');
             if !ok {
                 return Err(invalid(
                     "ssh.authorized_keys",

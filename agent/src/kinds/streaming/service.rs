@@ -12,7 +12,7 @@ use super::relay::Provider;
 use super::{Config, Input, Watch, PROVIDER_FILE, STATE_DIR};
 use crate::catalog::Record;
 use crate::services::{
-    ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Joining,
+    ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Using,
     Service, ServiceError,
 };
 use crate::os::supervisor::Program;
@@ -174,7 +174,7 @@ impl Service for Streaming {
         self.watch.record(ctx.record(NAME, self.config.port(), ""))
     }
 
-    fn join(&self, j: &Joining, provider: &Record) -> Result<Joined, ServiceError> {
+    fn use_provider(&self, u: &Using, provider: &Record) -> Result<Joined, ServiceError> {
         if self.config.source.is_some() {
             return Err(ServiceError::Failed(
                 "this node is a streaming source (streaming.source in its seed); it relays nothing"
@@ -191,7 +191,7 @@ impl Service for Streaming {
                 ))
             })?
             .clone();
-        j.mark_joined(
+        u.mark_joined(
             NAME,
             &json!({ "provider": provider.node_id, "node": provider.node, "stream_id": id }),
         )?;
@@ -203,7 +203,7 @@ impl Service for Streaming {
                 ),
                 format!(
                     "watch it here: http://{}:{}/stream/{id}/index.m3u8",
-                    j.ctx.ip,
+                    u.ctx.ip,
                     self.config.port()
                 ),
             ],

@@ -1,8 +1,8 @@
 //! Syncthing (Debian's package): one instance per node, its config rendered from a template on
 //! the community VPN address only, GUI/REST with generated credentials, no global discovery,
-//! relays, NAT traversal, usage or crash reporting. Joining (see README "Syncthing: joining")
+//! relays, NAT traversal, usage or crash reporting. Using (see README "Syncthing: joining")
 //! shares one folder between the joining node and the provider: the joiner lists the
-//! provider's device, asks the provider's agent over the join port to list its own, and both
+//! provider's device, asks the provider's agent over the exchange port to list its own, and both
 //! agents re-render their configs.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::services::{
     credential, io_err, own_dir, port_open, render, write_if_changed, Configured, Context, Env,
-    JoinRequest, Joined, Joining, Service, ServiceError,
+    UseRequest, Joined, Using, Service, ServiceError,
 };
 use crate::catalog::avahi::escape;
 use crate::catalog::Record;
@@ -321,7 +321,7 @@ impl Service for Syncthing {
         Some(r)
     }
 
-    fn accept(&self, req: &JoinRequest) -> Result<BTreeMap<String, String>, ServiceError> {
+    fn accept(&self, req: &UseRequest) -> Result<BTreeMap<String, String>, ServiceError> {
         let id = req
             .fields
             .get("device_id")
@@ -356,7 +356,7 @@ impl Service for Syncthing {
         ]))
     }
 
-    fn join(&self, j: &Joining, provider: &Record) -> Result<Joined, ServiceError> {
+    fn use_provider(&self, u: &Using, provider: &Record) -> Result<Joined, ServiceError> {
         let their = provider
             .fields
             .get("device_id")
@@ -373,7 +373,7 @@ impl Service for Syncthing {
         {
             let _g = self.peers_lock.lock().unwrap();
             let mut peers = self.load_peers();
-            if let Some(f) = &j.folder {
+            if let Some(f) = &u.folder {
                 let f = std::path::absolute(f).map_err(io_err("the folder path"))?;
                 if !f.exists() {
                     own_dir(&f, ids, 0o750)?;
@@ -395,7 +395,7 @@ impl Service for Syncthing {
             );
             self.save_peers(&peers)?;
         }
-        let answer = j.ask(
+        let answer = u.ask(
             provider,
             BTreeMap::from([("device_id".to_string(), mine.clone())]),
         )?;
@@ -405,7 +405,7 @@ impl Service for Syncthing {
                 provider.node
             )));
         }
-        j.mark_joined(
+        u.mark_joined(
             NAME,
             &serde_json::json!({ "provider": provider.node_id, "node": provider.node }),
         )?;
@@ -423,7 +423,7 @@ impl Service for Syncthing {
                 format!("this node's device id: {mine}"),
                 format!(
                     "Syncthing GUI: http://{}:{GUI_PORT}/  user {GUI_USER}, password in {}",
-                    j.ctx.vpn,
+                    u.ctx.vpn,
                     self.state.join("gui-password").display()
                 ),
             ],

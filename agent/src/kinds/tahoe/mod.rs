@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::services::{
-    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Joining,
+    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Using,
     Service, ServiceError,
 };
 use crate::catalog::Record;
@@ -328,7 +328,7 @@ impl Service for Tahoe {
         }
     }
 
-    fn join(&self, j: &Joining, provider: &Record) -> Result<Joined, ServiceError> {
+    fn use_provider(&self, u: &Using, provider: &Record) -> Result<Joined, ServiceError> {
         if self.role != Role::Client {
             return Err(ServiceError::Unsupported {
                 service: self.role.name().into(),
@@ -340,7 +340,7 @@ impl Service for Tahoe {
                 provider.node
             ))
         })?;
-        j.mark_joined(
+        u.mark_joined(
             Role::Client.name(),
             &serde_json::json!({ "provider": provider.node_id, "node": provider.node, "furl": furl }),
         )?;
