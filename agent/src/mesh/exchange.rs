@@ -1,6 +1,6 @@
 //! The exchange protocol, on the exchange port (6655): two members swap their member lists over
-//! TCP, each side proving it holds the community key before it learns anything. Nothing received is run; lists are parsed
-//! strictly, bounded in size and merged by `members`.
+//! TCP, each side proving it holds the community key before it learns anything. Nothing
+//! received is run; lists are parsed strictly, bounded in size and merged by `members`.
 //!
 //! ```text
 //! client -> server  {"v":1,"hello":NC}            NC, NS: 16 random bytes, hex
