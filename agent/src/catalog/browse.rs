@@ -104,6 +104,17 @@ pub async fn browse_lan(
     Ok(())
 }
 
+/// node id -> the revision we hold and its records
+type Held = HashMap<String, (String, Vec<Record>)>;
+
+/// What following Serf keeps between polls.
+#[derive(Default)]
+struct Following {
+    have: Held,
+    inflight: Arc<Mutex<HashSet<String>>>,
+    fetched: Arc<Mutex<Held>>,
+}
+
 /// Takes Serf's member list into the catalog, fetching records when a revision changes. The
 /// exchange services of Serf members not in our member list go to `strangers`.
 pub async fn follow_serf(
@@ -111,101 +122,102 @@ pub async fn follow_serf(
     mut members: tokio::sync::mpsc::UnboundedReceiver<Vec<SerfMember>>,
     strangers: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 ) {
-    // node id -> the revision we hold and its records
-    let mut have: HashMap<String, (String, Vec<Record>)> = HashMap::new();
-    let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-    type Fetched = HashMap<String, (String, Vec<Record>)>;
-    let fetched: Arc<Mutex<Fetched>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut f = Following::default();
     while let Some(list) = members.recv().await {
         let now = now_ms();
-        for (id, got) in fetched.lock().unwrap().drain() {
-            have.insert(id, got);
+        for (id, got) in f.fetched.lock().unwrap().drain() {
+            f.have.insert(id, got);
         }
         let mut alive = HashSet::new();
         for m in list.iter().filter(|m| m.status == "alive") {
             let (Some(id), Some(rev)) = (m.tags.get("id"), m.tags.get("s")) else {
                 continue;
             };
-            // Serf's keyring already kept outsiders out; still, only members we know, at
-            // their own address, and only their exchange port is asked.
-            let port = {
-                let ms = share.members.lock().unwrap();
-                if *id == ms.me {
-                    continue;
-                }
-                match ms.members.get(id) {
-                    Some(mem) if mem.address == m.addr => mem.exchange_port,
-                    Some(_) => continue,
-                    None => {
-                        let join = m.tags.get("j").and_then(|j| j.parse::<u16>().ok());
-                        if let Some(port) = join.filter(|p| *p != 0) {
-                            let _ = strangers.send(SocketAddr::new(m.addr, port));
-                        }
-                        continue;
-                    }
-                }
+            let Some(port) = member_port(&share, m, id, &strangers) else {
+                continue;
             };
             alive.insert(id.clone());
-            if let Some((_, records)) = have.get(id).filter(|(r, _)| r == rev) {
+            if let Some((_, records)) = f.have.get(id).filter(|(r, _)| r == rev) {
                 // Refreshes, and re-adds records that expired while polls ran late.
-                if share.catalog.lock().unwrap().replace_node(
-                    id,
-                    Source::Serf,
-                    records.clone(),
-                    now,
-                ) {
-                    share.changed.notify_one();
-                }
+                replace(&share, id, records.clone(), now);
                 continue;
             }
-            if !inflight.lock().unwrap().insert(id.clone()) {
-                continue;
+            if f.inflight.lock().unwrap().insert(id.clone()) {
+                fetch(&share, &f, id.clone(), SocketAddr::new(m.addr, port));
             }
-            let (share, inflight, fetched) = (share.clone(), inflight.clone(), fetched.clone());
-            let (id, addr) = (id.clone(), SocketAddr::new(m.addr, port));
-            tokio::spawn(async move {
-                match exchange::fetch_services(addr, &share.key, &id).await {
-                    Ok(records) => {
-                        // The revision of what we got, not of the tag we saw: if the two
-                        // differ (the member changed meanwhile), the next poll fetches again.
-                        let rev = revision(&records);
-                        let records: Vec<Record> = records
-                            .into_iter()
-                            .filter(|r| r.microcloud == share.community && share.by_member(r))
-                            .collect();
-                        if share.catalog.lock().unwrap().replace_node(
-                            &id,
-                            Source::Serf,
-                            records.clone(),
-                            now_ms(),
-                        ) {
-                            share.changed.notify_one();
-                        }
-                        fetched.lock().unwrap().insert(id.clone(), (rev, records));
-                    }
-                    Err(e) => tracing::debug!("services of {addr}: {e}"),
-                }
-                inflight.lock().unwrap().remove(&id);
-            });
         }
         // Gone from Serf (left, failed): its Serf-sourced records go at once.
-        let gone: Vec<String> = have
+        let gone: Vec<String> = f
+            .have
             .keys()
             .filter(|id| !alive.contains(*id))
             .cloned()
             .collect();
         for id in gone {
-            have.remove(&id);
-            if share
-                .catalog
-                .lock()
-                .unwrap()
-                .replace_node(&id, Source::Serf, Vec::new(), now)
-            {
-                share.changed.notify_one();
-            }
+            f.have.remove(&id);
+            replace(&share, &id, Vec::new(), now);
         }
     }
+}
+
+/// The exchange port of a Serf member we know at its own address. Serf's keyring already kept
+/// outsiders out; still, only members we know are asked. A member not in our list yet is
+/// passed to `strangers` for the next gossip round.
+fn member_port(
+    share: &Sharing,
+    m: &SerfMember,
+    id: &str,
+    strangers: &tokio::sync::mpsc::UnboundedSender<SocketAddr>,
+) -> Option<u16> {
+    let ms = share.members.lock().unwrap();
+    if id == ms.me {
+        return None;
+    }
+    match ms.members.get(id) {
+        Some(mem) if mem.address == m.addr => Some(mem.exchange_port),
+        Some(_) => None,
+        None => {
+            let port = m.tags.get("j").and_then(|j| j.parse::<u16>().ok());
+            if let Some(port) = port.filter(|p| *p != 0) {
+                let _ = strangers.send(SocketAddr::new(m.addr, port));
+            }
+            None
+        }
+    }
+}
+
+/// Makes Serf's view of `id` exactly `records`.
+fn replace(share: &Sharing, id: &str, records: Vec<Record>, now: u64) {
+    if share
+        .catalog
+        .lock()
+        .unwrap()
+        .replace_node(id, Source::Serf, records, now)
+    {
+        share.changed.notify_one();
+    }
+}
+
+/// Fetches a member's records over its exchange port, in the background.
+fn fetch(share: &Arc<Sharing>, f: &Following, id: String, addr: SocketAddr) {
+    let (share, inflight, fetched) = (share.clone(), f.inflight.clone(), f.fetched.clone());
+    tokio::spawn(async move {
+        match exchange::fetch_services(addr, &share.key, &id).await {
+            Ok(records) => {
+                // The revision of what we got, not of the tag we saw: if the two differ (the
+                // member changed meanwhile), the next poll fetches again.
+                let rev = revision(&records);
+                let records: Vec<Record> = records
+                    .into_iter()
+                    .filter(|r| r.microcloud == share.community && share.by_member(r))
+                    .collect();
+                replace(&share, &id, records.clone(), now_ms());
+                fetched.lock().unwrap().insert(id.clone(), (rev, records));
+            }
+            Err(e) => tracing::debug!("services of {addr}: {e}"),
+        }
+        inflight.lock().unwrap().remove(&id);
+    });
 }
 
 /// Expires stale claims and writes the catalog for `cloudy-agent services`.

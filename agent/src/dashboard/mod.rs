@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod html;
+mod node;
 
 use axum::extract::{ConnectInfo, Form, Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -28,13 +29,14 @@ use crate::control::{self, Reply, Request as Ask, State};
 use crate::probe::select::{self, Ranked};
 use auth::Auth;
 use html::{render, Html};
+use node::node_page;
 
 pub struct Web {
     pub auth: Auth,
     pub control: PathBuf,
 }
 
-type Shared = Arc<Web>;
+pub(crate) type Shared = Arc<Web>;
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -125,14 +127,14 @@ fn unavailable(message: &str) -> Response {
         .into_response()
 }
 
-async fn state(web: &Web) -> Result<State, Response> {
+pub(crate) async fn state(web: &Web) -> Result<State, Response> {
     match ask(web, Ask::State {}).await? {
         Reply::State(s) => Ok(*s),
         other => Err(unavailable(&format!("unexpected reply {other:?}"))),
     }
 }
 
-fn page(title: &str, s: &State, active: &str, body: Html) -> Response {
+pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response {
     let mut tabs = Html::default();
     for t in &s.types {
         tabs.push("<a href=\"/services?type=")
@@ -329,112 +331,6 @@ async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>
         ],
     );
     page(&kind, &s, &kind, body)
-}
-
-async fn node_page(AxState(web): AxState<Shared>) -> Response {
-    let s = match state(&web).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let mut errors = Html::default();
-    if s.seed_errors.is_empty() {
-        errors.push("<p id=\"seed-errors\">None.</p>");
-    } else {
-        errors.push("<ul id=\"seed-errors\">");
-        for e in &s.seed_errors {
-            errors.push("<li class=\"err\">").text_in(e).push("</li>");
-        }
-        errors.push("</ul>");
-    }
-    let mut peers = Html::default();
-    for p in &s.peers {
-        peers
-            .push("<tr><td>")
-            .text_in(&p.name)
-            .push("</td><td>")
-            .text_in(&p.tinc_name)
-            .push("</td><td>")
-            .text_in(&p.address)
-            .push("</td><td>")
-            .text_in(&p.vpn)
-            .push("</td></tr>");
-    }
-    let mut services = Html::default();
-    for r in s.providers.iter().filter(|r| r.local) {
-        services
-            .push("<tr><td>")
-            .text_in(&r.record.kind)
-            .push("</td><td>")
-            .text_in(&r.record.description)
-            .push("</td><td>")
-            .text_in(&r.record.host)
-            .push("</td><td>")
-            .text_in(&r.record.port.to_string())
-            .push("</td><td>this node</td></tr>");
-    }
-    let mut managed = Html::default();
-    for (name, st) in &s.managed {
-        let state = serde_json::to_value(st.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        managed
-            .push("<tr><td>")
-            .text_in(name)
-            .push("</td><td>")
-            .text_in(&state)
-            .push("</td><td>")
-            .text_in(&st.pid.to_string())
-            .push("</td><td>")
-            .text_in(&st.restarts.to_string())
-            .push("</td><td>")
-            .text_in(st.last_error.as_deref().unwrap_or(""))
-            .push("</td></tr>");
-    }
-    let mut views = Html::default();
-    if s.views.is_empty() {
-        views.push("<p>No summaries fetched yet (after the next scan).</p>");
-    }
-    for v in &s.views {
-        views
-            .push("<h3>")
-            .text_in(&v.node)
-            .push("</h3><table class=\"view\"><thead><tr><th>type</th><th>provider</th><th>port</th><th>score</th></tr></thead><tbody>");
-        for e in &v.scores {
-            views
-                .push("<tr><td>")
-                .text_in(&e.kind)
-                .push("</td><td>")
-                .text_in(&e.node)
-                .push("</td><td>")
-                .text_in(&e.port.to_string())
-                .push("</td><td>")
-                .text_in(&e.score.to_string())
-                .push("</td></tr>");
-        }
-        views.push("</tbody></table>");
-    }
-    let tincd = match s.tincd {
-        Some(p) => format!("running (pid {p})"),
-        None => "not running".into(),
-    };
-    let body = render(
-        html::NODE,
-        &[
-            ("node", Html::text(&s.node)),
-            ("node_id", Html::text(&s.node_id)),
-            ("community", Html::text(&s.community)),
-            ("address", Html::text(&s.address)),
-            ("vpn", Html::text(&s.vpn)),
-            ("tincd", Html::text(&tincd)),
-            ("seed_errors", errors),
-            ("peers", peers),
-            ("services", services),
-            ("managed", managed),
-            ("views", views),
-        ],
-    );
-    page("Node", &s, "/node", body)
 }
 
 #[derive(Deserialize)]

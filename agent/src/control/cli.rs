@@ -1,0 +1,144 @@
+//! `cloudy-agent scan` and `cloudy-agent select`: through the running agent when it answers,
+//! else from the files it keeps.
+
+use crate::catalog::Record;
+use crate::os::system::System;
+use crate::probe::select;
+use crate::probe::{Prober, Scores};
+
+use super::{call, CallError, Reply, Request, SOCKET};
+
+/// `cloudy-agent scan`: asks the running agent (so its scores and history stay one), or probes
+/// from the catalog file itself when no agent answers.
+pub fn cli_scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let scores = rt.block_on(async {
+        let req = Request::Scan {
+            kind: kind.map(str::to_string),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Scanned { scores }) => Ok(scores),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => local_scan(sys, kind).await,
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    let shown: Vec<&crate::probe::Probe> = scores
+        .probes
+        .iter()
+        .filter(|p| kind.is_none_or(|k| p.record.kind == k))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>6}  DETAIL",
+        "TYPE", "SCORE", "NODE", "IP", "PORT", "RTT", "CHECK", "AVAIL"
+    );
+    for p in shown {
+        println!(
+            "{:<18} {:>5} {:<20} {:<15} {:>5} {:>9} {:<5} {:>5.0}%  {}",
+            p.record.kind,
+            p.score,
+            p.record.node,
+            p.record.ip.to_string(),
+            p.record.port,
+            p.rtt_ms
+                .map(|m| format!("{m:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            match p.check.ok {
+                Some(true) => "ok",
+                Some(false) => "fail",
+                None => "n/a",
+            },
+            p.availability * 100.0,
+            p.check.detail
+        );
+    }
+    Ok(0)
+}
+
+/// The catalog file's records and this node's id, for a scan without the agent.
+fn catalog_records(sys: &System) -> anyhow::Result<(Vec<Record>, String)> {
+    let path = sys.path(crate::catalog::CATALOG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: the catalog exists while `cloudy-agent run` runs with a community",
+            path.display()
+        )
+    })?;
+    let cat: crate::catalog::Catalog =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let me = std::fs::read_to_string(sys.path(crate::os::identity::NODE_ID_FILE))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok((cat.entries.into_iter().map(|e| e.record).collect(), me))
+}
+
+async fn local_scan(sys: &System, kind: Option<&str>) -> anyhow::Result<Scores> {
+    let (records, me) = catalog_records(sys)?;
+    let prober = Prober::new(sys.clone(), me, crate::probe::Options::default());
+    *prober.scores.lock().unwrap() = crate::probe::load_scores(sys);
+    Ok(prober.scan(&records, kind).await)
+}
+
+/// `cloudy-agent select <type>`: the best provider for this node and why.
+pub fn cli_select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (best, ranked) = rt.block_on(async {
+        let req = Request::Select {
+            kind: kind.to_string(),
+        };
+        match call(&sys.path(SOCKET), &req).await {
+            Ok(Reply::Selected { best, ranked }) => Ok((best.map(|b| *b), ranked)),
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => {
+                let (records, me) = catalog_records(sys)?;
+                let mut scores = crate::probe::load_scores(sys);
+                let unprobed = records
+                    .iter()
+                    .any(|r| r.kind == kind && r.node_id != me && scores.of(r).is_none());
+                if unprobed {
+                    scores = local_scan(sys, Some(kind)).await?;
+                }
+                Ok((
+                    select::choose(kind, &records, &scores, &me),
+                    select::rank(Some(kind), &records, &scores, &me),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"best": best, "ranked": ranked}))?
+        );
+        return Ok(if best.is_some() { 0 } else { 1 });
+    }
+    match &best {
+        Some(b) => {
+            println!(
+                "{kind}: {} ({} {}:{}) \"{}\"",
+                b.provider, b.record.host, b.record.ip, b.record.port, b.record.description
+            );
+            println!("  why: {}", select::why(b));
+            for r in ranked.iter().filter(|r| r.provider != b.provider) {
+                println!("  other: {} — {}", r.provider, select::why(r));
+            }
+            Ok(0)
+        }
+        None => {
+            eprintln!("no reachable {kind} provider known to this node");
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The Node tab: this node, its peers, its services and what its neighbours measured.
+
+use axum::extract::State as AxState;
+use axum::response::Response;
+
+use super::html::{self, render, Html};
+use super::{page, state, Shared};
+use crate::control::State;
+
+pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let tincd = match s.tincd {
+        Some(p) => format!("running (pid {p})"),
+        None => "not running".into(),
+    };
+    let body = render(
+        html::NODE,
+        &[
+            ("node", Html::text(&s.node)),
+            ("node_id", Html::text(&s.node_id)),
+            ("community", Html::text(&s.community)),
+            ("address", Html::text(&s.address)),
+            ("vpn", Html::text(&s.vpn)),
+            ("tincd", Html::text(&tincd)),
+            ("seed_errors", seed_errors(&s)),
+            ("peers", peers(&s)),
+            ("services", services(&s)),
+            ("managed", managed(&s)),
+            ("views", views(&s)),
+        ],
+    );
+    page("Node", &s, "/node", body)
+}
+
+/// One `<tr>` of text cells.
+fn row(h: &mut Html, cells: &[&str]) {
+    h.push("<tr>");
+    for c in cells {
+        h.push("<td>").text_in(c).push("</td>");
+    }
+    h.push("</tr>");
+}
+
+fn seed_errors(s: &State) -> Html {
+    let mut h = Html::default();
+    if s.seed_errors.is_empty() {
+        h.push("<p id=\"seed-errors\">None.</p>");
+        return h;
+    }
+    h.push("<ul id=\"seed-errors\">");
+    for e in &s.seed_errors {
+        h.push("<li class=\"err\">").text_in(e).push("</li>");
+    }
+    h.push("</ul>");
+    h
+}
+
+fn peers(s: &State) -> Html {
+    let mut h = Html::default();
+    for p in &s.peers {
+        row(&mut h, &[&p.name, &p.tinc_name, &p.address, &p.vpn]);
+    }
+    h
+}
+
+fn services(s: &State) -> Html {
+    let mut h = Html::default();
+    for r in s.providers.iter().filter(|r| r.local) {
+        let port = r.record.port.to_string();
+        row(
+            &mut h,
+            &[
+                &r.record.kind,
+                &r.record.description,
+                &r.record.host,
+                &port,
+                "this node",
+            ],
+        );
+    }
+    h
+}
+
+fn managed(s: &State) -> Html {
+    let mut h = Html::default();
+    for (name, st) in &s.managed {
+        let state = serde_json::to_value(st.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (pid, restarts) = (st.pid.to_string(), st.restarts.to_string());
+        row(
+            &mut h,
+            &[
+                name,
+                &state,
+                &pid,
+                &restarts,
+                st.last_error.as_deref().unwrap_or(""),
+            ],
+        );
+    }
+    h
+}
+
+/// The probe summaries of other members: what they measured of every provider.
+fn views(s: &State) -> Html {
+    let mut h = Html::default();
+    if s.views.is_empty() {
+        h.push("<p>No summaries fetched yet (after the next scan).</p>");
+    }
+    for v in &s.views {
+        h.push("<h3>")
+            .text_in(&v.node)
+            .push("</h3><table class=\"view\"><thead><tr><th>type</th><th>provider</th><th>port</th><th>score</th></tr></thead><tbody>");
+        for e in &v.scores {
+            let (port, score) = (e.port.to_string(), e.score.to_string());
+            row(&mut h, &[&e.kind, &e.node, &port, &score]);
+        }
+        h.push("</tbody></table>");
+    }
+    h
+}
