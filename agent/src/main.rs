@@ -175,9 +175,9 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Scan { kind, json } => {
-            control::cli_scan(&System::new(cli.root), kind.as_deref(), json)
+            control::cli::scan(&System::new(cli.root), kind.as_deref(), json)
         }
-        Command::Select { kind, json } => control::cli_select(&System::new(cli.root), &kind, json),
+        Command::Select { kind, json } => control::cli::select(&System::new(cli.root), &kind, json),
         Command::Dashboard { port } => {
             let sys = System::new(cli.root);
             let mut hash = String::new();

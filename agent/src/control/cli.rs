@@ -10,7 +10,7 @@ use super::{call, CallError, Reply, Request, SOCKET};
 
 /// `cloudy-agent scan`: asks the running agent (so its scores and history stay one), or probes
 /// from the catalog file itself when no agent answers.
-pub fn cli_scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32> {
+pub fn scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -88,7 +88,7 @@ async fn local_scan(sys: &System, kind: Option<&str>) -> anyhow::Result<Scores> 
 }
 
 /// `cloudy-agent select <type>`: the best provider for this node and why.
-pub fn cli_select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
+pub fn select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -20,8 +20,6 @@ use cloudy_model::summary::Summary;
 
 pub mod cli;
 
-pub use cli::{cli_scan, cli_select};
-
 pub const SOCKET: &str = "/run/cloudy/control.sock";
 /// The dashboard's user; the socket's group.
 pub const WEB_USER: &str = "cloudy-web";

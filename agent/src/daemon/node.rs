@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::Options;
+use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
 use crate::mesh::{gossip, serf, Mesh};
 use crate::os::supervisor::Control;
@@ -34,7 +34,7 @@ pub async fn run(
     let manager = Manager::new(
         mesh.sys.clone(),
         opts.agent_exe.clone(),
-        super::enabled(seed),
+        seed.enabled(),
         community.name.clone(),
         mesh.members.clone(),
         share.clone(),

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod html;
 mod node;
+pub mod web;
 
 use axum::extract::{ConnectInfo, Form, Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,18 +26,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::{self, Reply, Request as Ask, State};
+use crate::control::{self, Reply, Request as Ask};
 use crate::probe::select::{self, Ranked};
 use auth::Auth;
 use html::{render, Html};
 use node::node_page;
-
-pub struct Web {
-    pub auth: Auth,
-    pub control: PathBuf,
-}
-
-pub(crate) type Shared = Arc<Web>;
+pub use web::Web;
+use web::{ask, page, state, Shared};
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -108,59 +104,6 @@ async fn require_session(AxState(web): AxState<Shared>, req: Request, next: Next
     } else {
         Redirect::to("/login").into_response()
     }
-}
-
-async fn ask(web: &Web, req: Ask) -> Result<Reply, Response> {
-    match control::call(&web.control, &req).await {
-        Ok(Reply::Error { message }) => Err(unavailable(&message)),
-        Ok(r) => Ok(r),
-        Err(e) => Err(unavailable(&e.to_string())),
-    }
-}
-
-fn unavailable(message: &str) -> Response {
-    tracing::warn!("dashboard: {message}");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({"error": message})),
-    )
-        .into_response()
-}
-
-pub(crate) async fn state(web: &Web) -> Result<State, Response> {
-    match ask(web, Ask::State {}).await? {
-        Reply::State(s) => Ok(*s),
-        other => Err(unavailable(&format!("unexpected reply {other:?}"))),
-    }
-}
-
-pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response {
-    let mut tabs = Html::default();
-    for t in &s.types {
-        tabs.push("<a href=\"/services?type=")
-            .text_in(t)
-            .push("\" class=\"");
-        if t == active {
-            tabs.push("on");
-        }
-        tabs.push("\">").text_in(t).push("</a>");
-    }
-    tabs.push("<a href=\"/node\" class=\"");
-    if active == "/node" {
-        tabs.push("on");
-    }
-    tabs.push("\">Node</a>");
-    let doc = render(
-        html::LAYOUT,
-        &[
-            ("title", Html::text(title)),
-            ("node", Html::text(&s.node)),
-            ("community", Html::text(&s.community)),
-            ("tabs", tabs),
-            ("body", body),
-        ],
-    );
-    axum::response::Html(doc.into_string()).into_response()
 }
 
 fn login_form(error: Option<&str>) -> String {

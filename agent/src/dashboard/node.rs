@@ -4,7 +4,7 @@ use axum::extract::State as AxState;
 use axum::response::Response;
 
 use super::html::{self, render, Html};
-use super::{page, state, Shared};
+use super::web::{page, state, Shared};
 use crate::control::State;
 
 pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {

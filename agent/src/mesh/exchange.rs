@@ -32,9 +32,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::catalog::{self, Record};
 use crate::mesh::members::{Member, MAX_MEMBERS};
 use crate::os::identity::{hex, random_bytes};
+use cloudy_model::record::{self, Record};
 
 pub const PROTOCOL: u32 = 1;
 /// 1024 members of ~1.2 KiB each, with room to spare.
@@ -60,7 +60,7 @@ pub enum ExchangeError {
     #[error("more than {MAX_MEMBERS} members offered")]
     TooMany,
     #[error("{0}")]
-    Record(#[from] catalog::RecordError),
+    Record(#[from] record::RecordError),
     #[error("refused: {0}")]
     Refused(String),
 }

@@ -5,10 +5,35 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Check, Rate, MAX_BODY, MAX_STREAM};
+use serde::{Deserialize, Serialize};
+
 use crate::catalog::Record;
-use crate::os::http;
+use crate::os::http::{self, Rate};
 use cloudy_model::kinds::{self, Check as KindCheck};
+
+/// At most this much is read from one provider in one scan: a web answer, or a stream's
+/// segments (enough for a rate and a stall count, not a download).
+pub const MAX_BODY: usize = 256 << 10;
+pub const MAX_STREAM: usize = 512 << 10;
+
+/// The protocol-level part of a probe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// "http", "tls", "hls" or "tcp" (no check for this type).
+    pub name: String,
+    /// None: the check does not apply to this record; it is left out of the score.
+    pub ok: Option<bool>,
+    pub detail: String,
+    /// Time to the first answer byte (HTTP status line, TLS ServerHello, first segment).
+    pub first_ms: Option<f64>,
+    /// Bytes per second of what was read.
+    pub rate: Option<f64>,
+    /// Streaming: segments that took longer to fetch than to play.
+    pub stalls: Option<u32>,
+    /// Streaming: delivered bitrate over the stream's own bitrate.
+    pub realtime: Option<f64>,
+}
 
 /// The name of the check a kind's providers get (the kinds table says which).
 pub(crate) fn check_name(kind: &str) -> &'static str {

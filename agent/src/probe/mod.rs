@@ -12,6 +12,8 @@
 //! one provider.
 
 pub mod checks;
+
+pub use checks::{Check, MAX_BODY, MAX_STREAM};
 pub mod select;
 
 pub use crate::os::http::Rate;
@@ -38,10 +40,6 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
 pub const CONCURRENCY: usize = 16;
 /// Bytes per second all reads of one scan share: a scan must not eat a rural uplink.
 pub const BANDWIDTH: u64 = 2_000_000;
-/// At most this much is read from one provider in one scan: a web answer, or a stream's
-/// segments (enough for a rate and a stall count, not a download).
-pub const MAX_BODY: usize = 256 << 10;
-pub const MAX_STREAM: usize = 512 << 10;
 /// History is kept this long, at most `MAX_HISTORY` samples per provider and
 /// `MAX_HISTORY_KEYS` providers.
 pub const HISTORY_WINDOW_S: u64 = 24 * 3600;
@@ -54,25 +52,6 @@ pub const JITTER: f64 = 0.2;
 pub const FIRST_SCAN: Duration = Duration::from_secs(20);
 /// Between full scans, providers new to the catalog are scored this often.
 pub const NEW_PROVIDERS: Duration = Duration::from_secs(60);
-
-/// The protocol-level part of a probe.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Check {
-    /// "http", "tls", "hls" or "tcp" (no check for this type).
-    pub name: String,
-    /// None: the check does not apply to this record; it is left out of the score.
-    pub ok: Option<bool>,
-    pub detail: String,
-    /// Time to the first answer byte (HTTP status line, TLS ServerHello, first segment).
-    pub first_ms: Option<f64>,
-    /// Bytes per second of what was read.
-    pub rate: Option<f64>,
-    /// Streaming: segments that took longer to fetch than to play.
-    pub stalls: Option<u32>,
-    /// Streaming: delivered bitrate over the stream's own bitrate.
-    pub realtime: Option<f64>,
-}
 
 /// One provider as this node sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

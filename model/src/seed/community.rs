@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid, NAME_FIX};
+use super::invalid::{invalid, Invalid, NAME_FIX};
 use crate::names::{check_endpoint, check_hostname};
 
 /// Port of the exchange service (member lists, records, scores and service requests, each

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 use crate::names::is_password_hash;
 
 /// The dashboard's port when the seed names none.

@@ -6,6 +6,7 @@
 
 pub mod community;
 pub mod dashboard;
+pub mod invalid;
 pub mod network;
 pub mod node;
 pub mod services;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use community::{Community, DEFAULT_EXCHANGE_PORT, MIN_COMMUNITY_KEY};
 pub use dashboard::{Dashboard, DEFAULT_DASHBOARD_PORT};
+pub use invalid::Invalid;
 pub use network::Network;
 pub use node::Node;
 pub use services::{Publish, Services};
@@ -56,26 +58,6 @@ pub enum SeedError {
         fix: String,
     },
 }
-
-/// A section's verdict on one of its keys: what is wrong and how to fix it. `Seed::validate`
-/// adds the file's name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Invalid {
-    pub key: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
-pub(crate) fn invalid(key: &'static str, problem: String, fix: impl Into<String>) -> Invalid {
-    Invalid {
-        key,
-        problem,
-        fix: fix.into(),
-    }
-}
-
-const NAME_FIX: &str =
-    "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +143,14 @@ impl Seed {
         }
         section!(community, network, tinc, services, dashboard, ssh, streaming);
         self
+    }
+
+    /// The services `[services] enable` names.
+    pub fn enabled(&self) -> Vec<String> {
+        self.services
+            .as_ref()
+            .map(|s| s.enable.clone())
+            .unwrap_or_default()
     }
 
     pub fn netname(&self) -> &str {

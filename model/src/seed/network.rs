@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 use crate::names::{check_ifname, parse_cidr};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

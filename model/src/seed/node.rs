@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid, NAME_FIX};
+use super::invalid::{invalid, Invalid, NAME_FIX};
 use crate::names::check_hostname;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

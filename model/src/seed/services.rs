@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 use crate::kinds;
 use crate::record::{check_service, MAX_PER_NODE};
 

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

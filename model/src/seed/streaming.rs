@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 use crate::names::{check_provider, check_stream_id};
 
 /// The port a stream is served on when the seed names none.

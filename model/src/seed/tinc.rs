@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, Invalid};
+use super::invalid::{invalid, Invalid};
 use crate::names::{check_netname, parse_cidr};
 
 /// Tinc's registered port, as the original Cloudy used.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::playlist::segment_seq;
 use crate::os::http;
-use super::Stream;
+use super::stream::Stream;
 
 /// A segment larger than this is refused (1 s of even a 50 Mbit/s stream is ~6 MiB).
 pub const MAX_SEGMENT: usize = 16 * 1024 * 1024;

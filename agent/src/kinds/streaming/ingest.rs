@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::playlist::{segment_seq, Playlist};
-use super::{Input, Stream, WINDOW};
+use super::stream::{Stream, WINDOW};
+use cloudy_model::seed::streaming::Input;
 
 /// ffmpeg's own playlist in the segment directory (we serve a rendered copy of ours).
 pub const FFMPEG_PLAYLIST: &str = "ffmpeg.m3u8";

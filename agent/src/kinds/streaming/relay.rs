@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::http::{fetch, MAX_SEGMENT};
 use super::playlist::{Playlist, MAX_PLAYLIST};
-use super::{ingest, read_provider, short_id, Stream, Upstream, MAX_HOPS, WINDOW};
+use super::ingest;
+use super::stream::{playlist_path, read_provider, short_id, Stream, Upstream, WINDOW};
+use cloudy_model::kinds::MAX_HOPS;
 use crate::catalog::Record;
 use crate::os::system::System;
 
@@ -59,7 +61,7 @@ impl Provider {
         let stream_id = f.get("stream_id")?.clone();
         let playlist = f.get("playlist")?.clone();
         // The record's syntax was checked; the path must also be this stream's.
-        if playlist != super::playlist_path(&stream_id) {
+        if playlist != playlist_path(&stream_id) {
             return None;
         }
         Some(Provider {

@@ -9,7 +9,10 @@ use serde_json::json;
 use std::sync::Mutex;
 
 use super::relay::Provider;
-use super::{Config, Input, Watch, PROVIDER_FILE, STATE_DIR};
+use super::health::Watch;
+use super::stream::{PROVIDER_FILE, STATE_DIR};
+use cloudy_model::names::check_provider;
+use cloudy_model::seed::streaming::{Config, Input};
 use crate::catalog::Record;
 use crate::services::{
     ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Using,
@@ -59,7 +62,7 @@ impl Streaming {
     fn wanted_provider(&self) -> Option<String> {
         read_joined(&self.sys, NAME)
             .and_then(|j| j["provider"].as_str().map(str::to_string))
-            .filter(|p| super::check_provider(p).is_ok())
+            .filter(|p| check_provider(p).is_ok())
             .or_else(|| self.config.provider.clone())
     }
 

@@ -1,0 +1,265 @@
+//! Boot: the seed applied (identity, secrets, network), the mesh started, the ready line printed
+//! once whatever happened on the way, then the node run in its community (`node`).
+
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::options::Options;
+use super::ready;
+use crate::mesh::{self, Mesh};
+use crate::os::identity::{self, Credential};
+use crate::os::network::{Net, Primary};
+use crate::os::secrets;
+use crate::os::system::System;
+use cloudy_model::seed::{self, Community, Loaded, Seed};
+
+pub fn run(sys: &System, opts: &Options) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(boot(sys, opts))
+}
+
+/// The node's name and id, once applied.
+struct Identity {
+    name: String,
+    node_id: String,
+}
+
+async fn boot(sys: &System, opts: &Options) -> Result<i32> {
+    let loaded = sys.load_seed();
+    for e in &loaded.errors {
+        tracing::error!("seed: {e}");
+    }
+    let seed = &loaded.seed;
+    let mut errors: Vec<String> = Vec::new();
+    let me = apply_identity(sys, seed, &mut errors)?;
+    let community_key =
+        match secrets::community_key(sys, seed.community.as_ref().and_then(|c| c.key.as_deref())) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
+    scrub_boot_medium(sys, &loaded);
+    let primary = match primary_network(seed, opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(format!("network: {e}"));
+            None
+        }
+    };
+    let mut ready = ready_line(sys, &loaded, &me, primary.as_ref());
+    let community = community(seed, community_key, &mut errors);
+    let mesh = match &community {
+        None => None,
+        Some((c, key)) => {
+            ready.community = Some(c.name.clone());
+            let m = start_mesh(sys, opts, seed, c, key, &me, primary.as_ref()).await;
+            match &m {
+                Ok(m) => {
+                    let ms = m.members.lock().unwrap();
+                    ready.vpn_address = Some(ms.me().vpn.to_string());
+                    ready.tinc_name = Some(ms.me().tinc_name());
+                }
+                // The node must still come up and say what is wrong, once; then keep trying
+                // rather than exiting into a restart loop that would repeat the ready line.
+                Err(e) => errors.push(format!("mesh: {e:#}")),
+            }
+            Some(m)
+        }
+    };
+    ready.errors = errors;
+    ready.uptime_s = ready::uptime_s();
+    println!("{}", ready.line());
+    if opts.once {
+        return Ok(0);
+    }
+    let (Some((community, key)), Some(mesh)) = (community, mesh) else {
+        services_need_a_community(seed)?;
+        return Ok(0);
+    };
+    let mesh = match mesh {
+        Ok(m) => m,
+        Err(_) => {
+            let mut wait = Duration::from_secs(2);
+            loop {
+                tokio::time::sleep(wait).await;
+                match start_mesh(sys, opts, seed, &community, &key, &me, primary.as_ref()).await {
+                    Ok(m) => break m,
+                    Err(e) => tracing::error!("mesh still cannot start: {e:#}"),
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    super::node::run(mesh, seed, &community, opts).await
+}
+
+/// Hostname, node id, dashboard credential and ssh keys; a failure past the first two is
+/// reported in the ready line, not fatal.
+fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result<Identity> {
+    let name = seed
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
+    identity::apply_hostname(sys, &name).context("applying the node's hostname")?;
+    let node_id = identity::node_id(sys).context("the node id")?;
+    match identity::dashboard_credential(
+        sys,
+        seed.dashboard
+            .as_ref()
+            .and_then(|d| d.password_hash.as_deref()),
+    ) {
+        Ok(Credential::Generated(p)) => {
+            // Shown once, on the console of the first boot; only its hash is kept.
+            println!("cloudy: dashboard login: admin / {p}  (shown once; set [dashboard] password_hash in the seed to choose one)");
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(format!("dashboard credential: {e}")),
+    }
+    if let Err(e) = identity::apply_ssh_keys(
+        sys,
+        seed.ssh
+            .as_ref()
+            .map(|s| s.authorized_keys.as_slice())
+            .unwrap_or(&[]),
+    ) {
+        errors.push(format!("ssh keys: {e}"));
+    }
+    Ok(Identity { name, node_id })
+}
+
+/// The boot medium is readable by anyone holding the card: scrub secrets once stored.
+fn scrub_boot_medium(sys: &System, loaded: &Loaded) {
+    let Some(src) = &loaded.source else {
+        return;
+    };
+    let seed = &loaded.seed;
+    let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
+    let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
+        || seed
+            .dashboard
+            .as_ref()
+            .is_some_and(|d| d.password_hash.is_some());
+    if on_boot_medium && has_secret {
+        match secrets::scrub_seed(src) {
+            Ok(true) => tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not scrub {} (read-only medium?): {e}", src.display()),
+        }
+    }
+}
+
+async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {
+    let net = Net::connect()?;
+    Ok(net
+        .apply(seed.network.as_ref(), opts.manage_network, seed.netname())
+        .await?)
+}
+
+/// The ready line as far as the node is known before the mesh.
+fn ready_line(
+    sys: &System,
+    loaded: &Loaded,
+    me: &Identity,
+    primary: Option<&Primary>,
+) -> ready::Ready {
+    ready::Ready {
+        cloudy: "ready",
+        version: env!("CARGO_PKG_VERSION"),
+        hostname: if sys.is_live() {
+            identity::kernel_hostname()
+        } else {
+            me.name.clone()
+        },
+        node: me.name.clone(),
+        kernel: ready::kernel_release(),
+        arch: std::env::consts::ARCH,
+        seed: loaded.source.as_ref().map(|p| p.display().to_string()),
+        seed_errors: loaded.errors.clone(),
+        uptime_s: 0.0,
+        node_id: me.node_id.clone(),
+        interface: primary.map(|p| p.interface.clone()),
+        address: primary.and_then(|p| p.address).map(|a| a.to_string()),
+        community: None,
+        vpn_address: None,
+        tinc_name: None,
+        services: loaded.seed.enabled(),
+        errors: Vec::new(),
+    }
+}
+
+/// The seed's community with its key, or None (and why, when a community has no key).
+fn community(
+    seed: &Seed,
+    key: Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<(Community, String)> {
+    match (&seed.community, key) {
+        (Some(c), Some(k)) => Some((c.clone(), k)),
+        (Some(c), None) => {
+            errors.push(format!(
+                "community {:?} has no key (none in the seed, none stored): staying alone; add [community] key",
+                c.name
+            ));
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Services listen on the community VPN: without a community none can start. Say so in the
+/// line a verify stage waits for, rather than leaving it waiting.
+fn services_need_a_community(seed: &Seed) -> Result<()> {
+    let enabled = seed.enabled();
+    if enabled.is_empty() {
+        return Ok(());
+    }
+    let line = crate::registry::manager::ServicesLine {
+        cloudy: "services",
+        running: Vec::new(),
+        failed: enabled
+            .into_iter()
+            .map(|n| {
+                (
+                    n,
+                    "no [community] in the seed: services need the community VPN".into(),
+                )
+            })
+            .collect(),
+        elapsed_s: 0.0,
+    };
+    println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+async fn start_mesh(
+    sys: &System,
+    opts: &Options,
+    seed: &Seed,
+    community: &Community,
+    key: &str,
+    me: &Identity,
+    primary: Option<&Primary>,
+) -> Result<Arc<Mesh>> {
+    Mesh::start(
+        sys,
+        mesh::Start {
+            seed,
+            community: &community.name,
+            key,
+            node_id: &me.node_id,
+            name: &me.name,
+            primary,
+            tincd: opts.tincd.clone(),
+            agent_exe: opts.agent_exe.clone(),
+            run_tincd: !opts.once,
+        },
+    )
+    .await
+}
