@@ -13,8 +13,8 @@ use crate::os::files::{render as render_template, FileError};
 use crate::os::system::{write_atomic, System};
 use cloudy_model::seed::TincMode;
 
-/// Debian's tinc 1.0 generates RSA keys; 2048 bits takes ~0.2 s on a small board where 4096
-/// takes seconds, and is still sound for link keys.
+/// Debian's tinc 1.0 makes RSA keys: 2048 bits is sound for link keys and quick to make on
+/// the small boards nodes run on, where 4096 bits keeps the first boot waiting.
 pub const KEY_BITS: u32 = 2048;
 pub const KEY_DIR: &str = "/var/lib/cloudy/tinc";
 /// tincd opens connections to this many members; the rest are reached through them.
