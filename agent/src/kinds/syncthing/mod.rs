@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::services::{
-    credential, io_err, own_dir, port_open, render_xml, write_if_changed, Configured, Context, Env,
-    UseRequest, Joined, Using, Service, ServiceError,
-};
 use crate::catalog::Record;
 use crate::os::supervisor::Program;
 use crate::os::system::System;
+use crate::services::{
+    credential, io_err, own_dir, port_open, render_xml, write_if_changed, Configured, Context, Env,
+    Joined, Service, ServiceError, UseRequest, Using,
+};
 
 pub const NAME: &str = "syncthing";
 pub const USER: &str = "cloudy-syncthing";

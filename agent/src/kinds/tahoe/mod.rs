@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::services::{
-    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Using,
-    Service, ServiceError,
-};
 use crate::catalog::Record;
 use crate::os::supervisor::Program;
 use crate::os::system::System;
+use crate::services::{
+    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Service,
+    ServiceError, Using,
+};
 
 pub const USER: &str = "cloudy-tahoe";
 pub const EXE: &str = "/opt/cloudy/tahoe-lafs/bin/tahoe";
@@ -127,8 +127,13 @@ impl Tahoe {
         }
         let all: Vec<Record> = intro.into_iter().cloned().collect();
         let scores = crate::probe::load_scores(&env.sys);
-        crate::probe::select::choose_provider(Role::Introducer.name(), &all, &env.ctx.node_id, &scores)
-            .map(|r| pick(&r))
+        crate::probe::select::choose_provider(
+            Role::Introducer.name(),
+            &all,
+            &env.ctx.node_id,
+            &scores,
+        )
+        .map(|r| pick(&r))
     }
 
     fn stored_furl(&self) -> Option<String> {
@@ -200,7 +205,11 @@ pub fn render_node(
                 tub_location,
                 storage,
             };
-            files.push(("tahoe.cfg", render("tahoe-node.cfg", NODE_CFG, &cfg)?, false));
+            files.push((
+                "tahoe.cfg",
+                render("tahoe-node.cfg", NODE_CFG, &cfg)?,
+                false,
+            ));
             files.push(("tahoe-client.tac", TAC.to_string(), false));
             let furl = furl.ok_or_else(|| ServiceError::Failed("no introducer FURL".into()))?;
             files.push((
