@@ -9,26 +9,16 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use serde::Serialize;
+
 use crate::catalog::Record;
+use crate::os::files::{render_xml, FileError};
 use crate::os::system::{write_atomic, System};
 
 pub const SERVICES_DIR: &str = "/etc/avahi/services";
 pub const DNSSD_TYPE: &str = "_cloudy._tcp";
 
-pub(crate) fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+const SERVICE: &str = include_str!("templates/cloudy.service");
 
 /// Instance name: unique per node and service, made only of validated parts.
 pub fn instance(r: &Record) -> String {
@@ -39,27 +29,30 @@ fn file_name(r: &Record) -> String {
     format!("cloudy-{}-{}.service", r.kind, r.port)
 }
 
-pub fn render(r: &Record, mac: &str) -> String {
-    let mut x = String::from(
-        "<?xml version=\"1.0\" standalone='no'?>\n\
-         <!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n\
-         <!-- written by cloudy-agent; removed when the service stops -->\n\
-         <service-group>\n",
-    );
-    x += &format!("  <name>{}</name>\n  <service>\n", escape(&instance(r)));
-    x += &format!(
-        "    <type>{DNSSD_TYPE}</type>\n    <port>{}</port>\n",
-        r.port
-    );
-    for (k, v) in r.to_txt(mac) {
-        x += &format!(
-            "    <txt-record>{}={}</txt-record>\n",
-            escape(&k),
-            escape(&v)
-        );
+pub fn render(r: &Record, mac: &str) -> Result<String, FileError> {
+    #[derive(Serialize)]
+    struct Service<'a> {
+        name: String,
+        dnssd_type: &'a str,
+        port: u16,
+        txt: Vec<Txt>,
     }
-    x += "  </service>\n</service-group>\n";
-    x
+    #[derive(Serialize)]
+    struct Txt {
+        key: String,
+        value: String,
+    }
+    let service = Service {
+        name: instance(r),
+        dnssd_type: DNSSD_TYPE,
+        port: r.port,
+        txt: r
+            .to_txt(mac)
+            .into_iter()
+            .map(|(key, value)| Txt { key, value })
+            .collect(),
+    };
+    render_xml("cloudy.service", SERVICE, &service)
 }
 
 /// Makes the directory hold exactly our current records' files. Returns whether anything
@@ -72,7 +65,7 @@ pub fn sync(sys: &System, records: &[(Record, String)]) -> std::io::Result<bool>
     for (r, mac) in records {
         let name = file_name(r);
         let path = dir.join(&name);
-        let text = render(r, mac);
+        let text = render(r, mac).map_err(std::io::Error::other)?;
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             write_atomic(&path, text.as_bytes(), 0o644)?;
             changed = true;

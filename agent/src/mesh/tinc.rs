@@ -2,19 +2,28 @@
 //! `tinc-up`/`tinc-down` rendered from the member list. Only tincd itself is supervised
 //! elsewhere (`supervise`).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use serde::Serialize;
+
 use crate::mesh::members::{Member, Members};
+use crate::os::files::{render as render_template, FileError};
 use crate::os::system::{write_atomic, System};
 use cloudy_model::seed::TincMode;
 
-/// Debian's tinc 1.0 generates RSA keys; 2048 bits takes ~0.2 s on a small board where 4096
-/// takes seconds, and is still sound for link keys.
+/// Debian's tinc 1.0 makes RSA keys: 2048 bits is sound for link keys and quick to make on
+/// the small boards nodes run on, where 4096 bits keeps the first boot waiting.
 pub const KEY_BITS: u32 = 2048;
 pub const KEY_DIR: &str = "/var/lib/cloudy/tinc";
 /// tincd opens connections to this many members; the rest are reached through them.
 pub const MAX_CONNECT_TO: usize = 8;
+
+const TINC_CONF: &str = include_str!("templates/tinc.conf");
+const HOST: &str = include_str!("templates/tinc-host");
+const TINC_UP: &str = include_str!("templates/tinc-up");
+const TINC_DOWN: &str = include_str!("templates/tinc-down");
 
 #[derive(Debug, thiserror::Error)]
 pub enum TincError {
@@ -27,6 +36,8 @@ pub enum TincError {
     Keygen { tincd: String, problem: String },
     #[error("{priv_key} exists without {pub_key}; keys are never replaced, so restore the public key from a backup or delete both to make a new identity")]
     PubMissing { priv_key: String, pub_key: String },
+    #[error(transparent)]
+    Template(#[from] FileError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TincError + '_ {
@@ -167,13 +178,13 @@ pub fn render(
     std::fs::create_dir_all(&hosts).map_err(io_err(&hosts))?;
     out.reload |= write_if_changed(
         &paths.confdir.join("tinc.conf"),
-        &tinc_conf(paths, settings, members),
+        &tinc_conf(paths, settings, members)?,
         0o644,
     )?;
     let mut wanted = Vec::new();
     for m in members.members.values() {
         let name = m.tinc_name();
-        out.reload |= write_if_changed(&hosts.join(&name), &host_file(m, settings.mode), 0o644)?;
+        out.reload |= write_if_changed(&hosts.join(&name), &host_file(m, settings.mode)?, 0o644)?;
         wanted.push(name);
     }
     // hosts/ is ours: a file for anyone not in the list would let them in.
@@ -184,13 +195,10 @@ pub fn render(
             out.reload = true;
         }
     }
-    let up = tinc_up(settings, me);
+    let up = tinc_up(settings, me)?;
     out.restart |= write_if_changed(&paths.confdir.join("tinc-up"), &up, 0o755)?;
-    write_if_changed(
-        &paths.confdir.join("tinc-down"),
-        "#!/bin/sh\n# Written by cloudy-agent. The VPN interface leaves with tincd: nothing to undo.\nexit 0\n",
-        0o755,
-    )?;
+    let down = render_template("tinc-down", TINC_DOWN, &())?;
+    write_if_changed(&paths.confdir.join("tinc-down"), &down, 0o755)?;
     Ok(out)
 }
 
@@ -224,61 +232,70 @@ pub fn connect_to(members: &Members) -> Vec<&Member> {
         .collect()
 }
 
-fn tinc_conf(paths: &Paths, settings: &Settings, members: &Members) -> String {
-    let me = members.me();
-    let mode = match settings.mode {
-        TincMode::Switch => "switch",
-        TincMode::Router => "router",
+fn tinc_conf(paths: &Paths, settings: &Settings, members: &Members) -> Result<String, TincError> {
+    #[derive(Serialize)]
+    struct Conf<'a> {
+        name: String,
+        mode: &'a str,
+        interface: &'a str,
+        port: u16,
+        private_key: String,
+        connect_to: Vec<String>,
+    }
+    let mut connect_to: Vec<String> = connect_to(members).iter().map(|m| m.tinc_name()).collect();
+    connect_to.sort();
+    let conf = Conf {
+        name: members.me().tinc_name(),
+        mode: match settings.mode {
+            TincMode::Switch => "switch",
+            TincMode::Router => "router",
+        },
+        interface: &paths.netname,
+        port: settings.port,
+        private_key: paths.private_key().display().to_string(),
+        connect_to,
     };
-    let mut s = format!(
-        "# Written by cloudy-agent from the member list; edits are replaced.\n\
-         Name = {}\nMode = {mode}\nInterface = {}\nPort = {}\nPrivateKeyFile = {}\n\
-         # Notice a dead peer within seconds instead of a minute.\nPingInterval = 10\nPingTimeout = 3\n\
-         # Retry a lost member every 10 s at most, not tinc's default of up to 15 minutes.\nMaxTimeout = 10\n\
-         # A peer restarted quickly can be left with a stale session key for us; fresh keys\n\
-         # every 10 s bound how long that lasts.\nKeyExpire = 10\n",
-        me.tinc_name(),
-        paths.netname,
-        settings.port,
-        paths.private_key().display(),
-    );
-    let mut names: Vec<String> = connect_to(members).iter().map(|m| m.tinc_name()).collect();
-    names.sort();
-    for n in names {
-        s.push_str(&format!("ConnectTo = {n}\n"));
-    }
-    s
+    Ok(render_template("tinc.conf", TINC_CONF, &conf)?)
 }
 
-fn host_file(m: &Member, mode: TincMode) -> String {
+fn host_file(m: &Member, mode: TincMode) -> Result<String, TincError> {
+    #[derive(Serialize)]
+    struct Host<'a> {
+        address: IpAddr,
+        port: u16,
+        router: bool,
+        vpn: Ipv4Addr,
+        pubkey: &'a str,
+    }
     // Every field was validated in `members`: the address parsed as an IP, the key is PEM only.
-    let mut s = format!(
-        "Address = {} {}\nPort = {}\n",
-        m.address, m.tinc_port, m.tinc_port
-    );
-    if mode == TincMode::Router {
+    let host = Host {
+        address: m.address,
+        port: m.tinc_port,
         // Router mode routes by each member's subnet; switch mode learns MACs instead.
-        s.push_str(&format!("Subnet = {}/32\n", m.vpn));
+        router: mode == TincMode::Router,
+        vpn: m.vpn,
+        pubkey: m.pubkey.trim_end(),
+    };
+    Ok(render_template("tinc-host", HOST, &host)?)
+}
+
+fn tinc_up(settings: &Settings, me: &Member) -> Result<String, TincError> {
+    #[derive(Serialize)]
+    struct Up {
+        agent_exe: String,
+        root: String,
+        vpn: Ipv4Addr,
+        prefix: u8,
+        mac: String,
     }
-    s.push_str(m.pubkey.trim_end());
-    s.push('\n');
-    s
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn tinc_up(settings: &Settings, me: &Member) -> String {
-    format!(
-        "#!/bin/sh\n# Written by cloudy-agent: tincd runs this when the VPN interface appears.\n\
-         exec {} --root {} net up \"$INTERFACE\" {}/{} --mac {}\n",
-        sh_quote(&settings.agent_exe.display().to_string()),
-        sh_quote(&settings.root.display().to_string()),
-        me.vpn,
-        settings.vpn_prefix,
-        crate::os::network::mac_for(&me.id),
-    )
+    let up = Up {
+        agent_exe: settings.agent_exe.display().to_string(),
+        root: settings.root.display().to_string(),
+        vpn: me.vpn,
+        prefix: settings.vpn_prefix,
+        mac: crate::os::network::mac_for(&me.id),
+    };
+    Ok(render_template("tinc-up", TINC_UP, &up)?)
 }
 
 /// tincd as a supervised program.

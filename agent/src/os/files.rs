@@ -5,6 +5,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::Value;
+use tinytemplate::TinyTemplate;
+
 use crate::os::identity::{hex, random_bytes};
 use crate::os::system::write_atomic;
 
@@ -25,20 +29,82 @@ pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FileErr
     move |source| FileError::Io { what, source }
 }
 
-/// Fills `{{name}}` placeholders; a placeholder left without a value is an error (a template
-/// and its caller out of step), not an empty string in a config file.
-pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String, FileError> {
-    let mut out = template.to_string();
-    for (k, v) in vars {
-        out = out.replace(&format!("{{{{{k}}}}}"), v);
+/// Renders a config file from `template` (tinytemplate syntax: `{field}` values,
+/// `{{ for x in list }}` loops, `\{` for a literal `{`) with the fields of `ctx`, written as
+/// they are: for INI, YAML, tinc and shell files. `{field | sh}` quotes a value for sh.
+/// `name` only names the template in errors.
+///
+/// A placeholder without a value (no such field, or a `None`) is an error, a template and its
+/// caller out of step, not an empty string in a config file.
+pub fn render<T: Serialize>(name: &str, template: &str, ctx: &T) -> Result<String, FileError> {
+    render_as(Escaping::Text, name, template, ctx)
+}
+
+/// As [`render`], with every string value XML-escaped: in an XML file a value is data, never
+/// markup. Callers pass values unescaped.
+pub fn render_xml<T: Serialize>(name: &str, template: &str, ctx: &T) -> Result<String, FileError> {
+    render_as(Escaping::Xml, name, template, ctx)
+}
+
+enum Escaping {
+    Text,
+    Xml,
+}
+
+fn render_as<T: Serialize>(
+    escaping: Escaping,
+    name: &str,
+    template: &str,
+    ctx: &T,
+) -> Result<String, FileError> {
+    let failed = |e: tinytemplate::error::Error| FileError::Failed(format!("template {name}: {e}"));
+    let mut tt = TinyTemplate::new();
+    // tinytemplate's own default escapes for HTML.
+    match escaping {
+        Escaping::Text => tt.set_default_formatter(&text_value),
+        Escaping::Xml => tt.set_default_formatter(&xml_value),
     }
-    if let Some(i) = out.find("{{") {
-        let name: String = out[i..].chars().take_while(|&c| c != '}').collect();
-        return Err(FileError::Failed(format!(
-            "template placeholder {name}}}}} has no value"
-        )));
+    tt.add_formatter("sh", sh_value);
+    tt.add_template(name, template).map_err(failed)?;
+    tt.render(name, ctx).map_err(failed)
+}
+
+fn text_value(v: &Value, out: &mut String) -> tinytemplate::error::Result<()> {
+    match v {
+        Value::Null => Err(tinytemplate::error::Error::GenericError {
+            msg: "a placeholder's value is None".into(),
+        }),
+        v => tinytemplate::format_unescaped(v, out),
     }
-    Ok(out)
+}
+
+fn xml_value(v: &Value, out: &mut String) -> tinytemplate::error::Result<()> {
+    match v {
+        Value::String(s) => {
+            for c in s.chars() {
+                match c {
+                    '&' => out.push_str("&amp;"),
+                    '<' => out.push_str("&lt;"),
+                    '>' => out.push_str("&gt;"),
+                    '"' => out.push_str("&quot;"),
+                    '\'' => out.push_str("&apos;"),
+                    c => out.push(c),
+                }
+            }
+            Ok(())
+        }
+        v => text_value(v, out),
+    }
+}
+
+/// One shell word: single-quoted, a `'` inside closed, escaped and reopened.
+fn sh_value(v: &Value, out: &mut String) -> tinytemplate::error::Result<()> {
+    let mut word = String::new();
+    text_value(v, &mut word)?;
+    out.push('\'');
+    out.push_str(&word.replace('\'', "'\\''"));
+    out.push('\'');
+    Ok(())
 }
 
 /// Writes `path` only if its content differs; true if it did.
@@ -164,12 +230,40 @@ mod tests {
 
     #[test]
     fn templates_fill_every_placeholder_or_fail() {
+        let vars = serde_json::json!({"a": "1", "b": "2"});
         assert_eq!(
-            render("a={{a}} b={{b}} a={{a}}", &[("a", "1"), ("b", "2")]).unwrap(),
+            render("t", "a={a} b={b} a={a}", &vars).unwrap(),
             "a=1 b=2 a=1"
         );
-        let e = render("x={{missing}}", &[("a", "1")]).unwrap_err();
-        assert!(e.to_string().contains("{{missing}}"), "{e}");
+        let e = render("t", "x={missing}", &serde_json::json!({"a": "1"})).unwrap_err();
+        assert!(e.to_string().contains("'missing'"), "{e}");
+    }
+
+    #[test]
+    fn values_are_escaped_once_for_their_file() {
+        #[derive(Serialize)]
+        struct Ctx<'a> {
+            v: &'a str,
+            n: u16,
+            none: Option<&'a str>,
+        }
+        let ctx = Ctx {
+            v: "a b&<'\"",
+            n: 7,
+            none: None,
+        };
+        assert_eq!(
+            render_xml("t", "<x a=\"{v}\">{n}</x>", &ctx).unwrap(),
+            "<x a=\"a b&amp;&lt;&apos;&quot;\">7</x>"
+        );
+        assert_eq!(render("t", "{v} {n}", &ctx).unwrap(), "a b&<'\" 7");
+        assert_eq!(
+            render("t", "exec {v | sh}", &ctx).unwrap(),
+            "exec 'a b&<'\\''\"'"
+        );
+        assert_eq!(render("t", "\\{v} \\{ }", &ctx).unwrap(), "{v} { }");
+        let e = render("t", "x={none}", &ctx).unwrap_err();
+        assert!(e.to_string().contains("None"), "{e}");
     }
 
     #[test]

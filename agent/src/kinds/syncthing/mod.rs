@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::services::{
-    credential, io_err, own_dir, port_open, render, write_if_changed, Configured, Context, Env,
-    UseRequest, Joined, Using, Service, ServiceError,
-};
-use crate::catalog::avahi::escape;
 use crate::catalog::Record;
 use crate::os::supervisor::Program;
 use crate::os::system::System;
+use crate::services::{
+    credential, io_err, own_dir, port_open, render_xml, write_if_changed, Configured, Context, Env,
+    Joined, Service, ServiceError, UseRequest, Using,
+};
 
 pub const NAME: &str = "syncthing";
 pub const USER: &str = "cloudy-syncthing";
@@ -203,41 +202,51 @@ pub fn render_config(
     folder: &Path,
     peers: &Peers,
 ) -> Result<String, ServiceError> {
-    let mut folder_devices = String::new();
-    let mut devices = String::new();
-    for (id, p) in &peers.devices {
-        // Peers come from the network (through `accept`): only well-formed ones go in.
-        if !device_ok(id) || !p.address.starts_with("tcp://") {
-            continue;
-        }
-        folder_devices += &format!(
-            "        <device id=\"{}\" introducedBy=\"\"></device>\n",
-            escape(id)
-        );
-        devices += &format!(
-            "    <device id=\"{}\" name=\"{}\" compression=\"metadata\" introducer=\"false\" skipIntroductionRemovals=\"false\" introducedBy=\"\">\n        <address>{}</address>\n        <paused>false</paused>\n        <autoAcceptFolders>false</autoAcceptFolders>\n    </device>\n",
-            escape(id),
-            escape(&p.name),
-            escape(&p.address)
-        );
+    #[derive(Serialize)]
+    struct Config<'a> {
+        folder_id: &'a str,
+        folder_path: String,
+        device_id: &'a str,
+        name: &'a str,
+        vpn: Ipv4Addr,
+        port: u16,
+        gui_port: u16,
+        gui_user: &'a str,
+        gui_password_hash: &'a str,
+        api_key: &'a str,
+        devices: Vec<Device<'a>>,
     }
-    Ok(render(
-        CONFIG,
-        &[
-            ("folder_id", FOLDER_ID),
-            ("folder_path", &escape(&folder.to_string_lossy())),
-            ("device_id", device_id),
-            ("folder_devices", &folder_devices),
-            ("devices", &devices),
-            ("name", &escape(name)),
-            ("vpn", &vpn.to_string()),
-            ("port", &PORT.to_string()),
-            ("gui_port", &GUI_PORT.to_string()),
-            ("gui_user", GUI_USER),
-            ("gui_password_hash", &escape(gui_password_hash)),
-            ("api_key", api_key),
-        ],
-    )?)
+    #[derive(Serialize)]
+    struct Device<'a> {
+        id: &'a str,
+        name: &'a str,
+        address: &'a str,
+    }
+    let devices = peers
+        .devices
+        .iter()
+        // Peers come from the network (through `accept`): only well-formed ones go in.
+        .filter(|(id, p)| device_ok(id) && p.address.starts_with("tcp://"))
+        .map(|(id, p)| Device {
+            id,
+            name: &p.name,
+            address: &p.address,
+        })
+        .collect();
+    let config = Config {
+        folder_id: FOLDER_ID,
+        folder_path: folder.to_string_lossy().into_owned(),
+        device_id,
+        name,
+        vpn,
+        port: PORT,
+        gui_port: GUI_PORT,
+        gui_user: GUI_USER,
+        gui_password_hash,
+        api_key,
+        devices,
+    };
+    Ok(render_xml("syncthing-config.xml", CONFIG, &config)?)
 }
 
 impl Service for Syncthing {

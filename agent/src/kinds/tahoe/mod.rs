@@ -9,13 +9,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::services::{
-    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Using,
-    Service, ServiceError,
-};
+use serde::Serialize;
+
 use crate::catalog::Record;
 use crate::os::supervisor::Program;
 use crate::os::system::System;
+use crate::services::{
+    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Service,
+    ServiceError, Using,
+};
 
 pub const USER: &str = "cloudy-tahoe";
 pub const EXE: &str = "/opt/cloudy/tahoe-lafs/bin/tahoe";
@@ -125,8 +127,13 @@ impl Tahoe {
         }
         let all: Vec<Record> = intro.into_iter().cloned().collect();
         let scores = crate::probe::load_scores(&env.sys);
-        crate::probe::select::choose_provider(Role::Introducer.name(), &all, &env.ctx.node_id, &scores)
-            .map(|r| pick(&r))
+        crate::probe::select::choose_provider(
+            Role::Introducer.name(),
+            &all,
+            &env.ctx.node_id,
+            &scores,
+        )
+        .map(|r| pick(&r))
     }
 
     fn stored_furl(&self) -> Option<String> {
@@ -146,22 +153,40 @@ pub fn render_node(
     vpn: Ipv4Addr,
     furl: Option<&str>,
 ) -> Result<Vec<(&'static str, String, bool)>, ServiceError> {
-    let vpn_s = vpn.to_string();
     let mut files = Vec::new();
     match role {
         Role::Introducer => {
-            let port = INTRODUCER_PORT.to_string();
+            #[derive(Serialize)]
+            struct Cfg<'a> {
+                nickname: &'a str,
+                vpn: Ipv4Addr,
+                port: u16,
+            }
+            let cfg = Cfg {
+                nickname,
+                vpn,
+                port: INTRODUCER_PORT,
+            };
             files.push((
                 "tahoe.cfg",
-                render(
-                    INTRODUCER_CFG,
-                    &[("nickname", nickname), ("vpn", &vpn_s), ("port", &port)],
-                )?,
+                render("tahoe-introducer.cfg", INTRODUCER_CFG, &cfg)?,
                 false,
             ));
             files.push(("tahoe-introducer.tac", TAC.to_string(), false));
         }
         Role::Storage | Role::Client => {
+            #[derive(Serialize)]
+            struct Cfg<'a> {
+                nickname: &'a str,
+                web_port: u16,
+                tub_port: String,
+                tub_location: String,
+                storage: bool,
+            }
+            #[derive(Serialize)]
+            struct Introducers<'a> {
+                furl: &'a str,
+            }
             let storage = role == Role::Storage;
             let (tub_port, tub_location, web_port) = if storage {
                 (
@@ -173,25 +198,27 @@ pub fn render_node(
                 // A client takes no connections: it only uses the grid.
                 ("disabled".into(), "disabled".into(), CLIENT_WEB_PORT)
             };
+            let cfg = Cfg {
+                nickname,
+                web_port,
+                tub_port,
+                tub_location,
+                storage,
+            };
             files.push((
                 "tahoe.cfg",
-                render(
-                    NODE_CFG,
-                    &[
-                        ("nickname", nickname),
-                        ("web_port", &web_port.to_string()),
-                        ("tub_port", &tub_port),
-                        ("tub_location", &tub_location),
-                        ("storage", if storage { "true" } else { "false" }),
-                    ],
-                )?,
+                render("tahoe-node.cfg", NODE_CFG, &cfg)?,
                 false,
             ));
             files.push(("tahoe-client.tac", TAC.to_string(), false));
             let furl = furl.ok_or_else(|| ServiceError::Failed("no introducer FURL".into()))?;
             files.push((
                 "private/introducers.yaml",
-                render(INTRODUCERS_YAML, &[("furl", furl)])?,
+                render(
+                    "tahoe-introducers.yaml",
+                    INTRODUCERS_YAML,
+                    &Introducers { furl },
+                )?,
                 true,
             ));
         }
