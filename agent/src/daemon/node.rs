@@ -35,8 +35,6 @@ pub async fn run(
         mesh.sys.clone(),
         opts.agent_exe.clone(),
         seed.enabled(),
-        community.name.clone(),
-        mesh.members.clone(),
         share.clone(),
         local.clone(),
         vec![("tincd".into(), mesh.tincd_status.clone())],

@@ -10,15 +10,12 @@ use crate::services::Service;
 /// Builds the kind's service of that name, or None: a kind's `build` answers for its own names.
 type Builder = fn(&str, &System) -> Option<Arc<dyn Service>>;
 
-/// Declares each kind's folder and takes its `build`: adding a kind adds its name here.
-macro_rules! kinds {
-    ($($kind:ident),* $(,)?) => {
-        $(pub mod $kind;)*
-        const BUILDERS: &[Builder] = &[$($kind::build),*];
-    };
-}
+pub mod streaming;
+pub mod syncthing;
+pub mod tahoe;
 
-kinds!(streaming, syncthing, tahoe);
+/// Each kind's `build`, beside its folder's `mod` line above.
+const BUILDERS: &[Builder] = &[streaming::build, syncthing::build, tahoe::build];
 
 /// The service named `name`, from whichever kind builds it.
 pub fn build(name: &str, sys: &System) -> Option<Arc<dyn Service>> {

@@ -98,6 +98,14 @@ pub async fn reconcile(mesh: Arc<Mesh>) {
 /// an address.
 type Target = (Option<String>, Option<String>, SocketAddr);
 
+/// A target and what the exchange with it brought.
+type Exchanged = (
+    Option<String>,
+    Option<String>,
+    SocketAddr,
+    Result<Vec<Member>, exchange::ExchangeError>,
+);
+
 /// What gossip remembers between rounds.
 #[derive(Default)]
 struct Rounds {
@@ -213,16 +221,7 @@ fn member_targets(ms: &Members, synced: &HashSet<String>) -> Vec<(Option<String>
 }
 
 /// Merges what the round brought; (news, a peer still pending).
-fn take_results(
-    mesh: &Mesh,
-    state: &mut Rounds,
-    results: Vec<(
-        Option<String>,
-        Option<String>,
-        SocketAddr,
-        Result<Vec<Member>, exchange::ExchangeError>,
-    )>,
-) -> (bool, bool) {
+fn take_results(mesh: &Mesh, state: &mut Rounds, results: Vec<Exchanged>) -> (bool, bool) {
     let mut news = false;
     let mut pending = false;
     for (id, b, addr, r) in results {

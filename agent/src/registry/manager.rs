@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 
 use super::published::Local;
 use crate::catalog::{now_ms, Record};
-use crate::mesh::members::Members;
 use crate::os::supervisor::{self, Control, Shared, State, Status};
 use crate::os::system::System;
 use crate::services::{Configured, Env, Service, STATE_FILE};
@@ -60,8 +59,6 @@ pub struct Manager {
     pub agent_exe: PathBuf,
     /// From the seed's `[services] enable`.
     pub enabled: Vec<String>,
-    pub microcloud: String,
-    pub members: Arc<Mutex<Members>>,
     pub share: Arc<crate::catalog::publish::Sharing>,
     /// What we publish; a service is added as it is adopted.
     pub local: Arc<Local>,
@@ -75,8 +72,6 @@ impl Manager {
         sys: System,
         agent_exe: PathBuf,
         enabled: Vec<String>,
-        microcloud: String,
-        members: Arc<Mutex<Members>>,
         share: Arc<crate::catalog::publish::Sharing>,
         local: Arc<Local>,
         extra: Vec<(String, Shared)>,
@@ -85,8 +80,6 @@ impl Manager {
             sys,
             agent_exe,
             enabled,
-            microcloud,
-            members,
             share,
             local,
             extra,
@@ -95,7 +88,12 @@ impl Manager {
     }
 
     fn env(&self) -> Env {
-        let ctx = self.members.lock().unwrap().origin(&self.microcloud);
+        let ctx = self
+            .share
+            .members
+            .lock()
+            .unwrap()
+            .origin(&self.share.community);
         let catalog: Vec<Record> = self
             .share
             .catalog
@@ -263,7 +261,7 @@ impl Manager {
     async fn wait_for_vpn(&self) {
         let t0 = Instant::now();
         loop {
-            let vpn = self.members.lock().unwrap().me().vpn;
+            let vpn = self.share.members.lock().unwrap().me().vpn;
             if std::net::TcpListener::bind((vpn, 0)).is_ok() {
                 return;
             }

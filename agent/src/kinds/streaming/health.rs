@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::http;
 use super::playlist::{self, Playlist};
 use super::stream::{playlist_path, Status, Stream, HEALTH_STALL};
-use super::http;
 use crate::catalog::Record;
 
 /// The health check, from outside the stream's own tasks: the HTTP server answers our playlist
@@ -114,4 +114,3 @@ impl Watch {
         self.last.lock().unwrap().clone()
     }
 }
-

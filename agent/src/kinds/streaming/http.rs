@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::playlist::segment_seq;
-use crate::os::http;
 use super::stream::Stream;
+use crate::os::http;
 
 /// A segment larger than this is refused (1 s of even a 50 Mbit/s stream is ~6 MiB).
 pub const MAX_SEGMENT: usize = 16 * 1024 * 1024;
@@ -156,8 +156,8 @@ pub fn get_blocking(
     max: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
-    let got = http::get_blocking(addr, path, max, timeout)
-        .map_err(|e| format!("{addr}{path}: {e}"))?;
+    let got =
+        http::get_blocking(addr, path, max, timeout).map_err(|e| format!("{addr}{path}: {e}"))?;
     if got.status != 200 {
         return Err(format!("{path} answered {}", got.status));
     }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::stream::{Role, Stream, STATE_DIR};
-use cloudy_model::seed::streaming::Config;
 use super::{http, ingest, relay};
 use crate::os::system::System;
+use cloudy_model::seed::streaming::Config;
 
 /// The ffmpeg to run: `CLOUDY_FFMPEG` or Debian's.
 pub fn ffmpeg() -> PathBuf {
@@ -137,4 +137,3 @@ pub fn run_process(o: Options) -> Result<(), String> {
         Ok(())
     })
 }
-

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::http::{fetch, MAX_SEGMENT};
-use super::playlist::{Playlist, MAX_PLAYLIST};
 use super::ingest;
+use super::playlist::{Playlist, MAX_PLAYLIST};
 use super::stream::{playlist_path, read_provider, short_id, Stream, Upstream, WINDOW};
-use cloudy_model::kinds::MAX_HOPS;
 use crate::catalog::Record;
 use crate::os::system::System;
+use cloudy_model::kinds::MAX_HOPS;
 
 const POLL: Duration = Duration::from_millis(400);
 /// No answer from the provider for this long: switch.

@@ -8,18 +8,18 @@
 use serde_json::json;
 use std::sync::Mutex;
 
-use super::relay::Provider;
 use super::health::Watch;
+use super::relay::Provider;
 use super::stream::{PROVIDER_FILE, STATE_DIR};
-use cloudy_model::names::check_provider;
-use cloudy_model::seed::streaming::{Config, Input};
 use crate::catalog::Record;
-use crate::services::{
-    ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Using,
-    Service, ServiceError,
-};
 use crate::os::supervisor::Program;
 use crate::os::system::System;
+use crate::services::{
+    ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Service,
+    ServiceError, Using,
+};
+use cloudy_model::names::check_provider;
+use cloudy_model::seed::streaming::{Config, Input};
 
 pub const NAME: &str = "streaming";
 pub const USER: &str = "cloudy-stream";
@@ -46,10 +46,7 @@ pub struct Streaming {
 impl Streaming {
     pub fn new(sys: &System) -> Streaming {
         // A broken seed was reported by the daemon already; its defaults have no streaming.
-        let config = sys.load_seed()
-            .seed
-            .streaming
-            .unwrap_or_default();
+        let config = sys.load_seed().seed.streaming.unwrap_or_default();
         Streaming {
             sys: sys.clone(),
             watch: Watch::new(config.port()),
