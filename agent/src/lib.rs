@@ -6,15 +6,18 @@
 //! ```text
 //! cloudy-model  names, the kinds table, the service record, probe summary, the seed
 //! os            system paths, supervisor, network (rtnetlink), identity, secrets, files, http
-//! mesh          members, tinc, the exchange protocol, LAN discovery (mDNS), serf
-//! catalog       the live catalog, publishing (avahi files, serf tags), browsing
-//! probe         each provider's quality from this node (score 0-100), and select
-//! services      the Service trait and the built-in ones; then one folder per kind
-//!               (tahoe, syncthing, streaming), never importing each other
-//! registry      building services from the seed, the manager, the "use a service" flow
+//! mesh          members, tinc, the exchange protocol, LAN discovery (mDNS), serf, gossip
+//! catalog       the live catalog, publishing (avahi files, serf tags), browsing (mDNS, serf)
+//! probe         each provider's quality from this node (score 0-100), checks per kind, and
+//!               select (ranking, the one provider lookup)
+//! services      the Service trait and the built-in services (the VPN, seed-declared ones)
+//! kinds         one folder per service kind (tahoe, syncthing, streaming), never importing
+//!               each other; the kinds table in cloudy-model says how the rest treats each
+//! registry      building services by name, the manager, the "use a service" flow
 //! control       the agent's typed request socket
 //! dashboard     the unprivileged web UI on it
-//! daemon        `cloudy-agent run`: boot, the ready line, the exchange server
+//! daemon        `cloudy-agent run`: boot and the ready line, the node in its community,
+//!               the exchange server
 //! status        `cloudy-agent status`
 //! ```
 

@@ -348,7 +348,7 @@ fn without_multicast_services_travel_through_serf() {
     );
 }
 
-/// `bench/discovery.sh` runs this (ignored by `cargo test`): N-1 nodes up with their services,
+/// `bench/agent.sh discovery` runs this (ignored by `cargo test`): N-1 nodes up with their services,
 /// then one new node starts; time until its service is in every peer's catalog, over the LAN
 /// (avahi + mDNS, no serf) and over Serf (no multicast path, no avahi). Prints a table.
 #[test]

@@ -366,7 +366,7 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
     }
 }
 
-/// `bench/mesh.sh` runs this (ignored by `cargo test`): agent start to full mesh for several
+/// `bench/agent.sh mesh` runs this (ignored by `cargo test`): agent start to full mesh for several
 /// sizes, and the agent's memory once the mesh is up. Prints a table; asserts nothing about speed.
 #[test]
 #[ignore]

@@ -278,7 +278,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// `bench/probe.sh`: a scan of 100 providers on loopback (CLI, no agent), the dashboard's
+/// `bench/agent.sh probe`: a scan of 100 providers on loopback (CLI, no agent), the dashboard's
 /// latency under 50 concurrent clients, and the agent's RSS with the dashboard up.
 #[test]
 #[ignore]

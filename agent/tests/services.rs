@@ -425,7 +425,7 @@ fn rss_kib(pid: u64) -> Option<u64> {
         .ok()
 }
 
-/// `make bench` (bench/services.sh): seed to published for each service, Tahoe put/get
+/// `make bench` (`bench/agent.sh services`): seed to published for each service, Tahoe put/get
 /// throughput in a 3-node grid, memory of each service process.
 #[test]
 #[ignore]

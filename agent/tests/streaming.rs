@@ -762,7 +762,7 @@ fn first_segment_served(n: &Node) -> bool {
     })
 }
 
-/// `make bench` (bench/streaming.sh): stream start-up at the first and second hop, and the
+/// `make bench` (`bench/agent.sh streaming`): stream start-up at the first and second hop, and the
 /// memory of the source's agent, its stream process and ffmpeg.
 #[test]
 #[ignore]

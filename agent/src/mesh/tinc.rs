@@ -1,6 +1,6 @@
 //! Tinc 1.0 for the community VPN: a key pair made once, and `tinc.conf`, `hosts/` and
 //! `tinc-up`/`tinc-down` rendered from the member list. Only tincd itself is supervised
-//! elsewhere (`supervise`).
+//! elsewhere (`os::supervisor`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};

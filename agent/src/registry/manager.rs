@@ -1,6 +1,6 @@
 //! Runs this node's services while `cloudy-agent run` lives: every `TICK` it builds newly
 //! enabled or joined services, configures each (restarting its program when the config
-//! changed), starts programs under `supervise`, checks health, writes `STATE_FILE` and, once,
+//! changed), starts programs under `os::supervisor`, checks health, writes `STATE_FILE` and, once,
 //! prints the services line the image's verify stage waits for.
 
 use std::collections::BTreeMap;

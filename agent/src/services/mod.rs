@@ -9,7 +9,7 @@
 //!    kept 0600 under `/var/lib/cloudy/<service>/`), make its unprivileged user. Called again
 //!    every tick; says `Changed` when the running program must restart to see new inputs
 //!    (e.g. a Tahoe storage node's introducer moved), `Waiting` when it cannot run yet.
-//! 2. **program**: what to run, as whom; the manager hands it to `supervise` (restarts with
+//! 2. **program**: what to run, as whom; the manager hands it to `os::supervisor` (restarts with
 //!    exponential backoff, `status` bookkeeping). A service written in Rust runs as a child
 //!    `cloudy-agent <subcommand>` (`Env::agent_exe`) so it is supervised and unprivileged
 //!    like any other.
