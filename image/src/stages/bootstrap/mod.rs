@@ -11,16 +11,19 @@ use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
 use crate::recipe::{Loaded, Security};
 
+mod error;
+mod hooks;
+mod package;
 mod pip;
+
+use error::io;
+pub use error::BootstrapError;
+use hooks::{hook, sh_quote, INITRAMFS_HOOK};
+pub use package::Package;
 use pip::{parse_pip, pip_entries, pip_hooks};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 const BOOTSTRAP_FORMAT: u32 = 2;
-
-/// Builds the initramfs once, at the end (see the script).
-const INITRAMFS_HOOK: &str = include_str!("initramfs.sh");
-/// Installs one `[[pip]]` entry into its venv (see the script).
-const PIP_VENV_HOOK: &str = include_str!("pip-venv.sh");
 
 /// What every node needs besides the recipe's packages.
 const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
@@ -38,54 +41,6 @@ const DPKG_EXCLUDES: &[&str] = &[
     "path-include=/usr/share/locale/locale.alias",
     "path-exclude=/usr/share/lintian/*",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum BootstrapError {
-    #[error("package `{package}` is not in {suite} for {arch}\n  file: {recipe}, key `packages` (or the board's kernel_package)\n  fix: correct the name (search with `apt-cache search`) or remove it")]
-    UnknownPackage {
-        package: String,
-        suite: String,
-        arch: String,
-        recipe: String,
-    },
-    #[error("the mirror's {suite}-security index for {arch} is broken ({detail})\n  file: {recipe}, key `security` = \"required\"\n  fix: retry later, use another mirror, or set security = \"optional\" to build without it (the manifest records that)")]
-    SecurityIndexBroken {
-        suite: String,
-        arch: String,
-        detail: String,
-        recipe: String,
-    },
-    #[error("mirror {mirror} is unreachable ({detail})\n  file: {recipe}, key `mirror`\n  fix: check the network or point `mirror` at a reachable Debian mirror")]
-    MirrorUnreachable {
-        mirror: String,
-        detail: String,
-        recipe: String,
-    },
-    #[error("no space left on the disk holding {dir}\n  fix: free space there or pass --cache/--out on a larger disk, then run the build again (it resumes)")]
-    DiskFull { dir: String },
-    #[error("cannot fetch a wheel of every pin for {venv} on {arch}:\n{detail}\n  file: {recipe}, key `pip` (requirements, arches)\n  fix: drop {arch} from that entry's `arches`, or move the pin without a wheel to a Debian python3-* package in `debian`")]
-    Wheels {
-        venv: String,
-        arch: String,
-        recipe: String,
-        detail: String,
-    },
-    #[error("mmdebstrap failed: {0}")]
-    Other(CmdError),
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-}
 
 /// What the cache keeps beside each rootfs; the manifest copies it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -459,22 +414,6 @@ fn mmdebstrap(board: &Board, recipe: &Loaded) -> Command {
     c
 }
 
-/// An mmdebstrap `--<kind>-hook` running `script` with `sh -c`: its first argument is the
-/// chroot (the hook's "$1"), then `args`.
-fn hook(kind: &str, script: &str, args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
-    format!(
-        "--{kind}-hook=sh -c {} cloudy-hook \"$1\" {}",
-        sh_quote(script),
-        args.join(" ")
-    )
-}
-
-/// `s` as one shell word.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 fn parse_packages(text: &str) -> Vec<Package> {
     let mut v: Vec<Package> = text
         .lines()
@@ -557,14 +496,6 @@ fn classify(e: CmdError, board: &Board, recipe: &Loaded, dir: &Path) -> Bootstra
         }
     }
     BootstrapError::Other(e)
-}
-
-fn io(what: &'static str, path: &Path, source: std::io::Error) -> BootstrapError {
-    BootstrapError::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{hook, io, BootstrapError, Package, PIP_VENV_HOOK};
+use super::error::{io, BootstrapError};
+use super::hooks::{hook, PIP_VENV_HOOK};
+use super::package::Package;
 use crate::board::Board;
 use crate::cache;
 use crate::cmd::{self, Log};
