@@ -151,55 +151,23 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let sys = System::new(&cli.root);
     match cli.command {
         Command::Seed {
             command: SeedCommand::Check { file },
-        } => match seed::read_file(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                Ok(0)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(1)
-            }
-        },
+        } => seed_check(&file),
         Command::Seed {
             command: SeedCommand::HashPassword,
-        } => {
-            let mut pw = String::new();
-            std::io::stdin().read_line(&mut pw)?;
-            let pw = pw.trim_end_matches(['\n', '\r']);
-            anyhow::ensure!(!pw.is_empty(), "no password on stdin");
-            println!("{}", cloudy_agent::os::identity::hash_password(pw));
-            Ok(0)
-        }
-        Command::Scan { kind, json } => {
-            control::cli::scan(&System::new(cli.root), kind.as_deref(), json)
-        }
-        Command::Select { kind, json } => control::cli::select(&System::new(cli.root), &kind, json),
-        Command::Dashboard { port } => {
-            let sys = System::new(cli.root);
-            let mut hash = String::new();
-            std::io::stdin().read_line(&mut hash)?;
-            anyhow::ensure!(
-                cloudy_model::names::is_password_hash(hash.trim()),
-                "the dashboard needs an Argon2 password hash on stdin"
-            );
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(dashboard::serve(port, sys.path(control::SOCKET), hash))
-                .context("serving the dashboard")?;
-            Ok(0)
-        }
+        } => hash_password(),
+        Command::Scan { kind, json } => control::cli::scan(&sys, kind.as_deref(), json),
+        Command::Select { kind, json } => control::cli::select(&sys, &kind, json),
+        Command::Dashboard { port } => serve_dashboard(&sys, port),
         Command::Run {
             manage_network,
             tincd,
             once,
             serf,
         } => {
-            let sys = System::new(cli.root);
             let opts = daemon::Options {
                 manage_network: manage_network || sys.is_live(),
                 tincd,
@@ -209,7 +177,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             daemon::run(&sys, &opts)
         }
-        Command::Status => status::print(&System::new(cli.root)),
+        Command::Status => status::print(&sys),
         Command::Stream {
             node,
             node_id,
@@ -224,21 +192,7 @@ fn run(cli: Cli) -> Result<i32> {
                 port,
                 provider,
             };
-            if let Err(e) = config.validate() {
-                anyhow::bail!("{}: {}; fix: {}", e.key, e.problem, e.fix);
-            }
-            let sys = System::new(cli.root);
-            streaming::run_process(streaming::Options {
-                catalog: streaming::catalog_file(&sys),
-                sys,
-                ffmpeg: streaming::ffmpeg(),
-                node,
-                node_id,
-                config,
-                user: None,
-            })
-            .map_err(anyhow::Error::msg)?;
-            Ok(0)
+            stream(sys, node, node_id, config)
         }
         Command::Join {
             kind,
@@ -246,15 +200,13 @@ fn run(cli: Cli) -> Result<i32> {
             folder,
             wait,
         } => cloudy_agent::registry::use_service::run(
-            &System::new(cli.root),
+            &sys,
             &kind,
             provider.as_deref(),
             folder,
             std::time::Duration::from_secs(wait),
         ),
-        Command::Services { kind, json } => {
-            status::services(&System::new(cli.root), kind.as_deref(), json)
-        }
+        Command::Services { kind, json } => status::services(&sys, kind.as_deref(), json),
         Command::Net {
             command:
                 NetCommand::Up {
@@ -271,4 +223,60 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn seed_check(file: &std::path::Path) -> Result<i32> {
+    match seed::read_file(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(1)
+        }
+    }
+}
+
+fn hash_password() -> Result<i32> {
+    let mut pw = String::new();
+    std::io::stdin().read_line(&mut pw)?;
+    let pw = pw.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!pw.is_empty(), "no password on stdin");
+    println!("{}", cloudy_agent::os::identity::hash_password(pw));
+    Ok(0)
+}
+
+/// The dashboard, as the unprivileged process the agent starts: the hash comes on stdin.
+fn serve_dashboard(sys: &System, port: u16) -> Result<i32> {
+    let mut hash = String::new();
+    std::io::stdin().read_line(&mut hash)?;
+    anyhow::ensure!(
+        cloudy_model::names::is_password_hash(hash.trim()),
+        "the dashboard needs an Argon2 password hash on stdin"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(dashboard::serve(port, sys.path(control::SOCKET), hash))
+        .context("serving the dashboard")?;
+    Ok(0)
+}
+
+/// `cloudy-agent stream`: the stream process the agent supervises.
+fn stream(sys: System, node: String, node_id: String, config: streaming::Config) -> Result<i32> {
+    if let Err(e) = config.validate() {
+        anyhow::bail!("{}: {}; fix: {}", e.key, e.problem, e.fix);
+    }
+    streaming::run_process(streaming::Options {
+        catalog: streaming::catalog_file(&sys),
+        sys,
+        ffmpeg: streaming::ffmpeg(),
+        node,
+        node_id,
+        config,
+        user: None,
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(0)
 }
