@@ -113,15 +113,15 @@ impl Serf {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        let parent = std::process::id() as libc::pid_t;
+        let parent = nix::unistd::getpid();
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
         unsafe {
             c.pre_exec(move || {
                 // Dies with the agent (this thread lives as long as the agent does).
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
                 }
                 Ok(())
             });

@@ -4,6 +4,8 @@
 //!
 //! One supervisor for every child: tincd and each service's program are a `Program`.
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -72,7 +74,7 @@ pub struct Program {
     /// Run as this uid/gid (supplementary groups dropped); None: as the agent.
     pub user: Option<(u32, u32)>,
     /// Sent on `Control::Reload`, in order.
-    pub reload: Vec<libc::c_int>,
+    pub reload: Vec<Signal>,
     /// A process whose command line holds this exact argument (and whose program name is
     /// `exe`'s) is a leftover of ours from an agent that was killed: stopped before we start.
     pub marker: Option<String>,
@@ -127,16 +129,16 @@ impl Program {
             // std sets the gid, drops supplementary groups, then the uid, before pre_exec.
             c.uid(uid).gid(gid);
         }
-        let parent = std::process::id() as libc::pid_t;
+        let parent = nix::unistd::getpid();
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
         unsafe {
             c.pre_exec(move || {
                 // If the agent is killed, the child goes too, and the restarted agent starts
                 // clean. Set after the uid change, which would clear it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 // The agent may have died between fork and prctl: then nobody would stop us.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
                 }
                 Ok(())
             });
@@ -309,16 +311,16 @@ async fn wait_or_stop(ctl: &mut mpsc::UnboundedReceiver<Control>, d: Duration) -
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+/// Signals a pid we started (or checked with `is_ours`); 0 (not running) is never signalled.
+fn signal(pid: u32, sig: Signal) {
     if pid > 0 {
-        // SAFETY: plain syscall on a pid we started.
-        unsafe { libc::kill(pid as libc::pid_t, sig) };
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
     }
 }
 
 async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
     // SIGTERM lets the child clean up (tincd runs tinc-down and says goodbye to its peers).
-    signal(pid, libc::SIGTERM);
+    signal(pid, Signal::SIGTERM);
     if tokio::time::timeout(Duration::from_secs(3), child.wait())
         .await
         .is_err()
@@ -361,13 +363,13 @@ pub async fn stop_stale(exe: &Path, marker: &str) {
         .collect();
     for pid in stale {
         tracing::warn!("stopping a leftover {} (pid {pid})", exe.display());
-        signal(pid, libc::SIGTERM);
+        signal(pid, Signal::SIGTERM);
         for i in 0..40 {
             if !is_ours(pid, exe, marker) {
                 break;
             }
             if i == 30 {
-                signal(pid, libc::SIGKILL);
+                signal(pid, Signal::SIGKILL);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
