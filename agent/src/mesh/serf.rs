@@ -121,6 +121,7 @@ impl Serf {
         let parent = nix::unistd::getpid();
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
                 // Dies with the agent (this thread lives as long as the agent does).

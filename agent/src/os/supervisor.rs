@@ -131,6 +131,7 @@ impl Program {
         }
         let parent = nix::unistd::getpid();
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
                 // If the agent is killed, the child goes too, and the restarted agent starts

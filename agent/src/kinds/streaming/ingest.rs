@@ -188,7 +188,7 @@ impl Ingest {
         let parent = nix::unistd::getpid();
         let user = self.user;
         // SAFETY: only async-signal-safe calls (prctl, getppid, setgroups, setgid, setuid, _exit),
-        // and nothing allocates.
+        // and nothing allocates. nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
                 use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
