@@ -100,6 +100,8 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Sets every entry's mtime under `root` (and root itself) to `epoch`, without following
 /// symlinks: ISO and FAT writers copy mtimes, and reproducible output needs them fixed.
 pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
     let mut stack = vec![root.to_path_buf()];
     let mut all = vec![];
     while let Some(p) = stack.pop() {
@@ -110,25 +112,9 @@ pub fn set_tree_mtime(root: &Path, epoch: u64) -> std::io::Result<()> {
         }
         all.push(p);
     }
-    let t = libc::timespec {
-        tv_sec: epoch as libc::time_t,
-        tv_nsec: 0,
-    };
+    let t = TimeSpec::from_duration(std::time::Duration::from_secs(epoch));
     for p in all {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(std::io::Error::other)?;
-        // SAFETY: c is NUL-terminated; times points at two valid timespecs.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                [t, t].as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        utimensat(None, &p, &t, &t, UtimensatFlags::NoFollowSymlink)?;
     }
     Ok(())
 }
@@ -147,10 +133,8 @@ pub fn lock(path: &Path) -> std::io::Result<fs::File> {
         .truncate(false)
         .write(true)
         .open(PathBuf::from(p))?;
-    // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // Blocks until the other holder is done.
+    nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusive)?;
     Ok(f)
 }
 
@@ -182,14 +166,8 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
             break;
         }
     }
-    let c =
-        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is NUL-terminated and st is ours to fill.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = nix::sys::statvfs::statvfs(&p)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 #[cfg(test)]
@@ -221,5 +199,22 @@ mod tests {
         publish(&tmp, &fin).unwrap();
         assert!(fin.join("new").exists() && !fin.join("old").exists() && !tmp.exists());
         assert!(free_bytes(&d.path().join("not/yet")).unwrap() > 0);
+    }
+
+    #[test]
+    fn tree_mtime_is_set_without_following_symlinks() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let before = fs::metadata(outside.path()).unwrap().mtime();
+        fs::create_dir_all(d.path().join("a")).unwrap();
+        fs::write(d.path().join("a/f"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("a/l")).unwrap();
+        set_tree_mtime(d.path(), 1_000_000).unwrap();
+        for p in ["", "a", "a/f", "a/l"] {
+            let m = fs::symlink_metadata(d.path().join(p)).unwrap();
+            assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000, 0), "{p}");
+        }
+        assert_eq!(fs::metadata(outside.path()).unwrap().mtime(), before);
     }
 }

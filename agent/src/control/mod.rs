@@ -408,12 +408,11 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
 
 /// 0660 root:cloudy-web when that group exists; else 0600 (only root may ask).
 fn restrict(path: &Path) {
+    use nix::unistd::{Gid, Uid};
     use std::os::unix::fs::PermissionsExt;
     match web_ids() {
         Some((_, gid)) => {
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
-            // SAFETY: a valid C string; chown only changes ownership.
-            unsafe { libc::chown(c.as_ptr(), 0, gid) };
+            let _ = nix::unistd::chown(path, Some(Uid::from_raw(0)), Some(Gid::from_raw(gid)));
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
         }
         None => {
@@ -436,14 +435,8 @@ pub fn ensure_web_user() -> Option<(u32, u32)> {
 
 /// uid and gid of `cloudy-web`, if that user exists.
 pub fn web_ids() -> Option<(u32, u32)> {
-    let name = std::ffi::CString::new(WEB_USER).expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or NULL; read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return None;
-    }
-    // SAFETY: non-null, as checked.
-    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    let u = nix::unistd::User::from_name(WEB_USER).ok().flatten()?;
+    Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -38,18 +38,9 @@ impl Ready {
 }
 
 pub fn kernel_release() -> String {
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the struct we own; the release field is NUL-terminated.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return String::new();
-    }
-    let bytes: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn uptime_s() -> f64 {

@@ -491,7 +491,7 @@ async fn run_child(
     // SAFETY: prctl only sets this process's parent-death signal, async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
             Ok(())
         });
     }

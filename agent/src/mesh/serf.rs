@@ -16,6 +16,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,6 +34,10 @@ const JOIN_MISSING: Duration = Duration::from_secs(10);
 /// Addresses per join attempt: Serf's gossip brings the rest once one answers.
 const JOIN_AT_ONCE: usize = 4;
 const MAX_MEMBERS: usize = crate::mesh::members::MAX_MEMBERS;
+/// Before restarting a serf that ran: doubles up to the maximum, back to the minimum once its
+/// RPC answers.
+const RESTART_MIN: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerfError {
@@ -113,15 +118,16 @@ impl Serf {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        let parent = std::process::id() as libc::pid_t;
+        let parent = nix::unistd::getpid();
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
                 // Dies with the agent (this thread lives as long as the agent does).
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
                 }
                 Ok(())
             });
@@ -130,122 +136,172 @@ impl Serf {
     }
 
     fn run(self, tx: mpsc::UnboundedSender<Vec<SerfMember>>) {
-        let mut child: Option<(Child, Desired)> = None;
-        let mut rpc: Option<Rpc> = None;
-        let mut sent_tags = BTreeMap::new();
-        let mut backoff = Duration::from_millis(200);
-        let mut last_join = Instant::now() - JOIN_MISSING;
-        let joining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut rotate = 0usize;
-        loop {
-            if tx.is_closed() {
-                break;
-            }
+        let mut serf = Running::default();
+        let mut joiner = Joiner::default();
+        while !tx.is_closed() {
             let d = self.desired.lock().unwrap().clone();
             let Some(addr) = d.address else {
                 std::thread::sleep(POLL);
                 continue;
             };
-            // A new address or name needs a new serf; tags change over RPC.
-            let restart = match &mut child {
-                Some((c, was)) => {
-                    matches!(c.try_wait(), Ok(Some(_)) | Err(_))
-                        || was.address != d.address
-                        || was.node_name != d.node_name
-                }
-                None => true,
-            };
-            if restart {
-                if let Some((mut c, _)) = child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                rpc = None;
-                match self.spawn(&d, addr) {
-                    Ok(c) => {
-                        tracing::info!("serf started (pid {}) on {addr}:{SERF_PORT}", c.id());
-                        sent_tags = d.tags.clone();
-                        child = Some((c, d.clone()));
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot start serf ({}): {e}", self.exe.display());
-                        std::thread::sleep(Duration::from_secs(5));
-                        continue;
-                    }
-                }
+            if let Err(e) = self.keep_running(&mut serf, &d, addr) {
+                tracing::warn!("cannot start serf ({}): {e}", self.exe.display());
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
             }
-            if rpc.is_none() {
-                match Rpc::connect(&self.rpc_auth) {
-                    Ok(r) => {
-                        rpc = Some(r);
-                        backoff = Duration::from_millis(200);
-                    }
-                    Err(_) => {
-                        // Serf takes a moment to open its RPC port.
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                }
+            if !serf.connect(&self.rpc_auth) {
+                // Serf takes a moment to open its RPC port.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
-            let r = rpc.as_mut().expect("connected");
-            let step = (|| -> Result<(), SerfError> {
-                if sent_tags != d.tags {
-                    r.set_tags(&d.tags)?;
-                    sent_tags = d.tags.clone();
+            match serf.poll(&d.tags) {
+                Ok(ms) => {
+                    joiner.join_missing(&self.rpc_auth, &d.join, &ms);
+                    let _ = tx.send(ms);
                 }
-                let ms = r.members()?;
-                let alive: Vec<IpAddr> = ms
-                    .iter()
-                    .filter(|m| m.status == "alive")
-                    .map(|m| m.addr)
-                    .collect();
-                // Using only while alone could leave two nodes that found each other first
-                // in a cluster of their own: any known member Serf does not show is joined.
-                let missing: Vec<SocketAddr> = d
-                    .join
-                    .iter()
-                    .filter(|a| !alive.contains(&a.ip()))
-                    .copied()
-                    .collect();
-                let every = if alive.len() <= 1 {
-                    JOIN_ALONE
-                } else {
-                    JOIN_MISSING
-                };
-                if !missing.is_empty()
-                    && last_join.elapsed() >= every
-                    && !joining.swap(true, std::sync::atomic::Ordering::SeqCst)
-                {
-                    last_join = Instant::now();
-                    rotate = rotate.wrapping_add(JOIN_AT_ONCE);
-                    let targets: Vec<SocketAddr> = (0..JOIN_AT_ONCE.min(missing.len()))
-                        .map(|i| missing[(rotate + i) % missing.len()])
-                        .collect();
-                    // Using waits on unreachable peers: its own connection and thread.
-                    let (auth, done) = (self.rpc_auth.clone(), joining.clone());
-                    std::thread::spawn(move || {
-                        match Rpc::connect(&auth).and_then(|mut r| r.join(&targets)) {
-                            Ok(n) => tracing::info!("serf joined {n} of {} peers", targets.len()),
-                            Err(e) => tracing::debug!("serf join: {e}"),
-                        }
-                        done.store(false, std::sync::atomic::Ordering::SeqCst);
-                    });
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    serf.rpc = None;
                 }
-                let _ = tx.send(ms);
-                Ok(())
-            })();
-            if let Err(e) = step {
-                tracing::debug!("{e}");
-                rpc = None;
             }
             std::thread::sleep(POLL);
         }
-        if let Some((mut c, _)) = child {
+        if let Some((mut c, _)) = serf.child {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// (Re)starts serf when it died or `d` needs a new one (a new address or name; tags change
+    /// over RPC), waiting out the backoff after a serf that ran.
+    fn keep_running(&self, serf: &mut Running, d: &Desired, addr: IpAddr) -> std::io::Result<()> {
+        let restart = match &mut serf.child {
+            Some((c, was)) => {
+                matches!(c.try_wait(), Ok(Some(_)) | Err(_))
+                    || was.address != d.address
+                    || was.node_name != d.node_name
+            }
+            None => true,
+        };
+        if !restart {
+            return Ok(());
+        }
+        if let Some((mut c, _)) = serf.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            std::thread::sleep(serf.backoff);
+            serf.backoff = (serf.backoff * 2).min(RESTART_MAX);
+        }
+        serf.rpc = None;
+        let c = self.spawn(d, addr)?;
+        tracing::info!("serf started (pid {}) on {addr}:{SERF_PORT}", c.id());
+        serf.sent_tags = d.tags.clone();
+        serf.child = Some((c, d.clone()));
+        Ok(())
+    }
+}
+
+/// The serf child and our RPC connection to it.
+struct Running {
+    /// With the desired state it was started for.
+    child: Option<(Child, Desired)>,
+    rpc: Option<Rpc>,
+    /// The tags serf has: given at start, then set over RPC.
+    sent_tags: BTreeMap<String, String>,
+    backoff: Duration,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Running {
+            child: None,
+            rpc: None,
+            sent_tags: BTreeMap::new(),
+            backoff: RESTART_MIN,
+        }
+    }
+}
+
+impl Running {
+    /// True once connected to serf's RPC.
+    fn connect(&mut self, auth: &str) -> bool {
+        if self.rpc.is_none() {
+            match Rpc::connect(auth) {
+                Ok(r) => {
+                    self.rpc = Some(r);
+                    self.backoff = RESTART_MIN;
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Gives serf `tags` if it has others, and reads its members; over a connected RPC.
+    fn poll(&mut self, tags: &BTreeMap<String, String>) -> Result<Vec<SerfMember>, SerfError> {
+        let r = self.rpc.as_mut().expect("connected");
+        if &self.sent_tags != tags {
+            r.set_tags(tags)?;
+            self.sent_tags = tags.clone();
+        }
+        r.members()
+    }
+}
+
+/// Joins the known members Serf does not show as alive, a few at a time, one join at a time.
+struct Joiner {
+    last: Instant,
+    busy: Arc<AtomicBool>,
+    /// Where the next batch starts in the missing list, so every member gets its turn.
+    rotate: usize,
+}
+
+impl Default for Joiner {
+    fn default() -> Self {
+        Joiner {
+            last: Instant::now() - JOIN_MISSING,
+            busy: Arc::new(AtomicBool::new(false)),
+            rotate: 0,
+        }
+    }
+}
+
+impl Joiner {
+    fn join_missing(&mut self, auth: &str, join: &[SocketAddr], ms: &[SerfMember]) {
+        let alive: Vec<IpAddr> = ms
+            .iter()
+            .filter(|m| m.status == "alive")
+            .map(|m| m.addr)
+            .collect();
+        // Joining only while alone could leave two nodes that found each other first in a
+        // cluster of their own: any known member Serf does not show is joined.
+        let missing: Vec<SocketAddr> = join
+            .iter()
+            .filter(|a| !alive.contains(&a.ip()))
+            .copied()
+            .collect();
+        let every = if alive.len() <= 1 {
+            JOIN_ALONE
+        } else {
+            JOIN_MISSING
+        };
+        if missing.is_empty() || self.last.elapsed() < every || self.busy.swap(true, SeqCst) {
+            return;
+        }
+        self.last = Instant::now();
+        self.rotate = self.rotate.wrapping_add(JOIN_AT_ONCE);
+        let targets: Vec<SocketAddr> = (0..JOIN_AT_ONCE.min(missing.len()))
+            .map(|i| missing[(self.rotate + i) % missing.len()])
+            .collect();
+        // A join waits on unreachable peers: its own connection and thread.
+        let (auth, done) = (auth.to_string(), self.busy.clone());
+        std::thread::spawn(move || {
+            match Rpc::connect(&auth).and_then(|mut r| r.join(&targets)) {
+                Ok(n) => tracing::info!("serf joined {n} of {} peers", targets.len()),
+                Err(e) => tracing::debug!("serf join: {e}"),
+            }
+            done.store(false, SeqCst);
+        });
     }
 }
 

@@ -2,6 +2,7 @@
 //! `tinc-up`/`tinc-down` rendered from the member list. Only tincd itself is supervised
 //! elsewhere (`os::supervisor`).
 
+use nix::sys::signal::Signal;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -317,7 +318,7 @@ pub fn tincd(tincd: &Path, paths: &Paths) -> crate::os::supervisor::Program {
         ));
     // Reread tinc.conf and hosts/, then connect to new members now, not after tincd's retry
     // backoff.
-    p.reload = vec![libc::SIGHUP, libc::SIGALRM];
+    p.reload = vec![Signal::SIGHUP, Signal::SIGALRM];
     p.marker = Some(confdir);
     p.pidfile = Some(paths.pidfile.clone());
     p

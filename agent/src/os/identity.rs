@@ -210,22 +210,11 @@ pub fn apply_ssh_keys(sys: &System, keys: &[String]) -> Result<(), IdentityError
     Ok(())
 }
 
+/// From getrandom(2), which waits until the kernel's pool is seeded (early boot included).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
-    let mut filled = 0;
-    while filled < N {
-        // SAFETY: writes at most N - filled bytes into our buffer.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            // No entropy source at all: nothing on this node can be kept secret; stop loudly.
-            panic!("getrandom: {e}");
-        }
-        filled += n as usize;
-    }
+    // No entropy source at all: nothing on this node can be kept secret; stop loudly.
+    getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("getrandom: {e}"));
     buf
 }
 
@@ -249,13 +238,7 @@ fn hosts_with_self(hosts: &str, name: &str) -> String {
 }
 
 fn set_kernel_hostname(name: &str) -> std::io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Ok(nix::unistd::sethostname(name)?)
 }
 
 pub fn kernel_hostname() -> String {

@@ -6,6 +6,7 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
+use nix::errno::Errno;
 use rtnetlink::{Handle, IpVersion};
 use std::net::IpAddr;
 
@@ -53,7 +54,9 @@ impl Net {
             Ok(Some(l)) => Ok(Some(l.header.index)),
             Ok(None) => Ok(None),
             // The kernel answers ENODEV for a name it does not know.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::ENODEV as i32) => {
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -135,7 +138,9 @@ impl Net {
             IpAddr::V6(g) => self.handle.route().add().v6().gateway(g).execute().await,
         };
         match r {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::EEXIST as i32) => {
+                Ok(())
+            }
             r => Ok(r?),
         }
     }

@@ -4,6 +4,8 @@
 //!
 //! One supervisor for every child: tincd and each service's program are a `Program`.
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -72,7 +74,7 @@ pub struct Program {
     /// Run as this uid/gid (supplementary groups dropped); None: as the agent.
     pub user: Option<(u32, u32)>,
     /// Sent on `Control::Reload`, in order.
-    pub reload: Vec<libc::c_int>,
+    pub reload: Vec<Signal>,
     /// A process whose command line holds this exact argument (and whose program name is
     /// `exe`'s) is a leftover of ours from an agent that was killed: stopped before we start.
     pub marker: Option<String>,
@@ -127,16 +129,17 @@ impl Program {
             // std sets the gid, drops supplementary groups, then the uid, before pre_exec.
             c.uid(uid).gid(gid);
         }
-        let parent = std::process::id() as libc::pid_t;
+        let parent = nix::unistd::getpid();
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
                 // If the agent is killed, the child goes too, and the restarted agent starts
                 // clean. Set after the uid change, which would clear it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 // The agent may have died between fork and prctl: then nobody would stop us.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
                 }
                 Ok(())
             });
@@ -191,35 +194,14 @@ pub async fn supervise(p: Program, status: Shared, mut ctl: mpsc::UnboundedRecei
     let mut backoff = Backoff::default();
     let mut starts = 0u32;
     loop {
-        if let Some(m) = &p.marker {
-            stop_stale(&p.exe, m).await;
-        }
-        if let Some(pf) = &p.pidfile {
-            drop_stale_pidfile(pf, &p.exe, p.marker.as_deref());
-            if let Some(run) = pf.parent() {
-                let _ = std::fs::create_dir_all(run);
-            }
-        }
+        clear_leftovers(&p).await;
         let started = Instant::now();
-        let spawned = p.command().and_then(|mut c| c.spawn());
-        let mut child = match spawned {
+        let mut child = match p.command().and_then(|mut c| c.spawn()) {
             Ok(c) => c,
             Err(e) => {
                 let wait = backoff.step();
-                tracing::error!(
-                    "{}: starting {}: {e}; retrying in {wait:?}",
-                    p.name,
-                    p.exe.display()
-                );
-                {
-                    let mut s = status.lock().unwrap();
-                    s.state = State::Failed;
-                    s.pid = 0;
-                    s.spawn_failures += 1;
-                    s.last_error = Some(format!("starting {}: {e}", p.exe.display()));
-                }
-                if wait_or_stop(&mut ctl, wait).await {
-                    status.lock().unwrap().state = State::Stopped;
+                record_spawn_failure(&p, &status, &e, wait);
+                if pause_or_stop(&mut ctl, &status, wait).await {
                     return;
                 }
                 continue;
@@ -227,72 +209,136 @@ pub async fn supervise(p: Program, status: Shared, mut ctl: mpsc::UnboundedRecei
         };
         let pid = child.id().unwrap_or(0);
         starts += 1;
-        {
-            let mut s = status.lock().unwrap();
-            s.pid = pid;
-            s.restarts = starts - 1;
-            if s.state != State::Running {
-                s.state = State::Starting;
+        record_start(&p, &status, pid, starts);
+        match watch(&p, &mut child, pid, &status, &mut ctl).await {
+            Ended::Stopped => return,
+            Ended::Restarted => {
+                status.lock().unwrap().pid = 0;
+                backoff.reset();
+                status.lock().unwrap().state = State::Starting;
+                continue;
             }
-        }
-        tracing::info!(pid, starts, "{} started", p.name);
-        let mut restart_now = false;
-        loop {
-            tokio::select! {
-                st = child.wait() => {
-                    let what = match st {
-                        Ok(st) => format!("exited: {st}"),
-                        Err(e) => format!("wait failed: {e}"),
-                    };
-                    tracing::warn!("{} (pid {pid}) {what}", p.name);
-                    {
-                        let mut s = status.lock().unwrap();
-                        s.state = State::Failed;
-                        s.last_error = Some(format!("pid {pid} {what}"));
-                    }
-                    if let Some(n) = &p.on_exit {
-                        n.notify_one();
-                    }
-                    break;
-                }
-                c = ctl.recv() => match c {
-                    Some(Control::Reload) => {
-                        tracing::info!("{}: reloading its configuration", p.name);
-                        for &sig in &p.reload {
-                            signal(pid, sig);
-                        }
-                    }
-                    Some(Control::Restart) => {
-                        stop_child(&mut child, pid).await;
-                        restart_now = true;
-                        break;
-                    }
-                    Some(Control::Stop) | None => {
-                        stop_child(&mut child, pid).await;
-                        let mut s = status.lock().unwrap();
-                        s.state = State::Stopped;
-                        s.pid = 0;
-                        return;
-                    }
-                }
-            }
-        }
-        status.lock().unwrap().pid = 0;
-        if restart_now {
-            backoff.reset();
-            status.lock().unwrap().state = State::Starting;
-            continue;
+            Ended::Exited => status.lock().unwrap().pid = 0,
         }
         if started.elapsed() >= STABLE {
             backoff.reset();
         }
         let wait = backoff.step();
         tracing::info!("restarting {} in {wait:?}", p.name);
-        if wait_or_stop(&mut ctl, wait).await {
-            status.lock().unwrap().state = State::Stopped;
+        if pause_or_stop(&mut ctl, &status, wait).await {
             return;
         }
     }
+}
+
+/// Clears what an earlier copy left behind: its process (by marker) and a stale pid file.
+async fn clear_leftovers(p: &Program) {
+    if let Some(m) = &p.marker {
+        stop_stale(&p.exe, m).await;
+    }
+    if let Some(pf) = &p.pidfile {
+        drop_stale_pidfile(pf, &p.exe, p.marker.as_deref());
+        if let Some(run) = pf.parent() {
+            let _ = std::fs::create_dir_all(run);
+        }
+    }
+}
+
+fn record_spawn_failure(p: &Program, status: &Shared, e: &std::io::Error, wait: Duration) {
+    tracing::error!(
+        "{}: starting {}: {e}; retrying in {wait:?}",
+        p.name,
+        p.exe.display()
+    );
+    let mut s = status.lock().unwrap();
+    s.state = State::Failed;
+    s.pid = 0;
+    s.spawn_failures += 1;
+    s.last_error = Some(format!("starting {}: {e}", p.exe.display()));
+}
+
+fn record_start(p: &Program, status: &Shared, pid: u32, starts: u32) {
+    {
+        let mut s = status.lock().unwrap();
+        s.pid = pid;
+        s.restarts = starts - 1;
+        if s.state != State::Running {
+            s.state = State::Starting;
+        }
+    }
+    tracing::info!(pid, starts, "{} started", p.name);
+}
+
+/// How a child's run ended.
+enum Ended {
+    /// It exited (or could not be waited for): restart after the backoff.
+    Exited,
+    /// Stopped for `Control::Restart`: start again at once.
+    Restarted,
+    /// Stopped for good (`Control::Stop` or the channel closed); the status says Stopped.
+    Stopped,
+}
+
+/// Waits for the child to exit while passing on reloads; stops it when told to.
+async fn watch(
+    p: &Program,
+    child: &mut tokio::process::Child,
+    pid: u32,
+    status: &Shared,
+    ctl: &mut mpsc::UnboundedReceiver<Control>,
+) -> Ended {
+    loop {
+        tokio::select! {
+            st = child.wait() => {
+                let what = match st {
+                    Ok(st) => format!("exited: {st}"),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                tracing::warn!("{} (pid {pid}) {what}", p.name);
+                {
+                    let mut s = status.lock().unwrap();
+                    s.state = State::Failed;
+                    s.last_error = Some(format!("pid {pid} {what}"));
+                }
+                if let Some(n) = &p.on_exit {
+                    n.notify_one();
+                }
+                return Ended::Exited;
+            }
+            c = ctl.recv() => match c {
+                Some(Control::Reload) => {
+                    tracing::info!("{}: reloading its configuration", p.name);
+                    for &sig in &p.reload {
+                        signal(pid, sig);
+                    }
+                }
+                Some(Control::Restart) => {
+                    stop_child(child, pid).await;
+                    return Ended::Restarted;
+                }
+                Some(Control::Stop) | None => {
+                    stop_child(child, pid).await;
+                    let mut s = status.lock().unwrap();
+                    s.state = State::Stopped;
+                    s.pid = 0;
+                    return Ended::Stopped;
+                }
+            }
+        }
+    }
+}
+
+/// Waits `d` before the next start; true (and the status says Stopped) if told to stop meanwhile.
+async fn pause_or_stop(
+    ctl: &mut mpsc::UnboundedReceiver<Control>,
+    status: &Shared,
+    d: Duration,
+) -> bool {
+    let stop = wait_or_stop(ctl, d).await;
+    if stop {
+        status.lock().unwrap().state = State::Stopped;
+    }
+    stop
 }
 
 /// Sleeps, but returns true at once if told to stop; other requests wait for the new child.
@@ -309,16 +355,16 @@ async fn wait_or_stop(ctl: &mut mpsc::UnboundedReceiver<Control>, d: Duration) -
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+/// Signals a pid we started (or checked with `is_ours`); 0 (not running) is never signalled.
+fn signal(pid: u32, sig: Signal) {
     if pid > 0 {
-        // SAFETY: plain syscall on a pid we started.
-        unsafe { libc::kill(pid as libc::pid_t, sig) };
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
     }
 }
 
 async fn stop_child(child: &mut tokio::process::Child, pid: u32) {
     // SIGTERM lets the child clean up (tincd runs tinc-down and says goodbye to its peers).
-    signal(pid, libc::SIGTERM);
+    signal(pid, Signal::SIGTERM);
     if tokio::time::timeout(Duration::from_secs(3), child.wait())
         .await
         .is_err()
@@ -361,13 +407,13 @@ pub async fn stop_stale(exe: &Path, marker: &str) {
         .collect();
     for pid in stale {
         tracing::warn!("stopping a leftover {} (pid {pid})", exe.display());
-        signal(pid, libc::SIGTERM);
+        signal(pid, Signal::SIGTERM);
         for i in 0..40 {
             if !is_ours(pid, exe, marker) {
                 break;
             }
             if i == 30 {
-                signal(pid, libc::SIGKILL);
+                signal(pid, Signal::SIGKILL);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -219,8 +219,7 @@ fn options(
 }
 
 fn default_cache() -> PathBuf {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         PathBuf::from("/var/cache/cloudy-image")
     } else {
         std::env::var_os("XDG_CACHE_HOME")
@@ -259,8 +258,7 @@ fn lock(path: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
         bail!(
             "another build is running in {}\n  fix: wait for it, or use another --out",
             path.parent().unwrap_or(path).display()

@@ -107,10 +107,11 @@ fn priority(c: &mut Command, yield_cpu: bool) {
         return;
     }
     use std::os::unix::process::CommandExt;
-    // SAFETY: nice(2) is async-signal-safe and changes only the child.
+    // SAFETY: nice(2) is async-signal-safe and changes only the child. nix does not wrap
+    // nice(2): this is libc's, through nix's re-export.
     unsafe {
         c.pre_exec(|| {
-            libc::nice(10);
+            nix::libc::nice(10);
             Ok(())
         });
     }

@@ -186,23 +186,22 @@ impl Ingest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
-        let parent = std::process::id() as libc::pid_t;
+        let parent = nix::unistd::getpid();
         let user = self.user;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, setgroups, setgid, setuid, _exit).
+        // SAFETY: only async-signal-safe calls (prctl, getppid, setgroups, setgid, setuid, _exit),
+        // and nothing allocates. nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
+                use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
                 // ffmpeg goes with the agent, so a restarted agent starts clean.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
                 }
                 if let Some((uid, gid)) = user {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    setgroups(&[])?;
+                    setgid(Gid::from_raw(gid))?;
+                    setuid(Uid::from_raw(uid))?;
                 }
                 Ok(())
             });

@@ -424,7 +424,7 @@ mod tests {
     /// new FURL (a Changed config: the manager restarts tahoe), and waits while there is none.
     #[test]
     fn storage_node_follows_its_introducer() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIP storage_node_follows_its_introducer: needs root (service user, chown)");
             return;
         }
@@ -491,7 +491,7 @@ mod tests {
     /// A client uses the grid the user joined, and a new join switches grids.
     #[test]
     fn client_follows_the_last_join() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIP client_follows_the_last_join: needs root (service user, chown)");
             return;
         }
