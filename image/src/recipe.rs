@@ -52,6 +52,34 @@ impl Default for Squashfs {
     }
 }
 
+impl Squashfs {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if let Some(level) = self.level {
+            let max = match self.compression {
+                Compression::Zstd => 22,
+                Compression::Gzip => 9,
+                Compression::Xz => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        "squashfs.level",
+                        "mksquashfs has no level for xz",
+                        "remove `level` or use compression = \"zstd\"",
+                    ));
+                }
+            };
+            if level == 0 || level > max {
+                return Err(ConfigError::invalid(
+                    path,
+                    "squashfs.level",
+                    format!("{level} is out of range for {}", self.compression.name()),
+                    format!("use 1-{max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
@@ -61,6 +89,20 @@ pub struct Verify {
 impl Default for Verify {
     fn default() -> Self {
         Verify { timeout_s: 300 }
+    }
+}
+
+impl Verify {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.timeout_s < 30 {
+            return Err(ConfigError::invalid(
+                path,
+                "verify.timeout_s",
+                "below 30 s: no emulated boot is that fast",
+                "use 300",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -92,6 +134,53 @@ fn default_python() -> String {
 impl Pip {
     pub fn applies_to(&self, debian_arch: &str) -> bool {
         self.arches.iter().any(|a| a == debian_arch)
+    }
+
+    /// `i`: the entry's index in the recipe's `[[pip]]` list, for the key in errors.
+    fn validate(&self, path: &Path, i: usize) -> Result<(), ConfigError> {
+        let ok = self.venv.starts_with("/opt/")
+            && !self.venv.contains("..")
+            && self
+                .venv
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
+        if !ok {
+            return Err(ConfigError::invalid(
+                path,
+                &format!("pip[{i}].venv"),
+                format!("`{}` is not a plain path under /opt", self.venv),
+                "e.g. venv = \"/opt/cloudy/tahoe-lafs\"",
+            ));
+        }
+        if !(self.python.starts_with("3.") && self.python[2..].parse::<u32>().is_ok()) {
+            return Err(ConfigError::invalid(
+                path,
+                &format!("pip[{i}].python"),
+                format!("`{}` is not a Python 3 version", self.python),
+                "the suite's Python, e.g. python = \"3.11\" for bookworm",
+            ));
+        }
+        for (j, d) in self.debian.iter().enumerate() {
+            if !valid_package_name(d) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].debian[{j}]"),
+                    format!("`{d}` is not a Debian package name"),
+                    "e.g. \"python3-netifaces\"",
+                ));
+            }
+        }
+        for (j, a) in self.arches.iter().enumerate() {
+            if !crate::board::DEBIAN_ARCHES.contains(&a.as_str()) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].arches[{j}]"),
+                    format!("`{a}` is not an architecture Cloudy builds"),
+                    format!("use some of {:?}", crate::board::DEBIAN_ARCHES),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -204,7 +293,21 @@ impl Recipe {
             .join(&self.seed)
     }
 
+    /// Checks what serde cannot; the first error found names the file, the key and the fix.
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.check_mirror(path)?;
+        self.check_suite(path)?;
+        self.check_packages(path)?;
+        self.check_packages_by_format(path)?;
+        self.check_enable(path)?;
+        self.squashfs.validate(path)?;
+        for (i, p) in self.pip.iter().enumerate() {
+            p.validate(path, i)?;
+        }
+        self.verify.validate(path)
+    }
+
+    fn check_mirror(&self, path: &Path) -> Result<(), ConfigError> {
         if !(self.mirror.starts_with("http://")
             || self.mirror.starts_with("https://")
             || self.mirror.starts_with("file:/"))
@@ -216,6 +319,10 @@ impl Recipe {
                 "e.g. mirror = \"http://deb.debian.org/debian\"",
             ));
         }
+        Ok(())
+    }
+
+    fn check_suite(&self, path: &Path) -> Result<(), ConfigError> {
         if self.suite.is_empty()
             || !self
                 .suite
@@ -229,6 +336,10 @@ impl Recipe {
                 "e.g. suite = \"bookworm\"",
             ));
         }
+        Ok(())
+    }
+
+    fn check_packages(&self, path: &Path) -> Result<(), ConfigError> {
         for (i, p) in self.packages.iter().enumerate() {
             if !valid_package_name(p) {
                 return Err(ConfigError::invalid(
@@ -239,6 +350,10 @@ impl Recipe {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn check_packages_by_format(&self, path: &Path) -> Result<(), ConfigError> {
         for (format, list) in &self.packages_by_format {
             for (i, p) in list.iter().enumerate() {
                 if !valid_package_name(p) {
@@ -255,6 +370,10 @@ impl Recipe {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn check_enable(&self, path: &Path) -> Result<(), ConfigError> {
         for (i, u) in self.enable.iter().enumerate() {
             if u.contains('/')
                 || !(u.ends_with(".service") || u.ends_with(".socket") || u.ends_with(".timer"))
@@ -266,82 +385,6 @@ impl Recipe {
                     "name a unit like \"ssh.service\"",
                 ));
             }
-        }
-        if let Some(level) = self.squashfs.level {
-            let max = match self.squashfs.compression {
-                Compression::Zstd => 22,
-                Compression::Gzip => 9,
-                Compression::Xz => {
-                    return Err(ConfigError::invalid(
-                        path,
-                        "squashfs.level",
-                        "mksquashfs has no level for xz",
-                        "remove `level` or use compression = \"zstd\"",
-                    ));
-                }
-            };
-            if level == 0 || level > max {
-                return Err(ConfigError::invalid(
-                    path,
-                    "squashfs.level",
-                    format!(
-                        "{level} is out of range for {}",
-                        self.squashfs.compression.name()
-                    ),
-                    format!("use 1-{max}"),
-                ));
-            }
-        }
-        for (i, p) in self.pip.iter().enumerate() {
-            let ok = p.venv.starts_with("/opt/")
-                && !p.venv.contains("..")
-                && p.venv
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
-            if !ok {
-                return Err(ConfigError::invalid(
-                    path,
-                    &format!("pip[{i}].venv"),
-                    format!("`{}` is not a plain path under /opt", p.venv),
-                    "e.g. venv = \"/opt/cloudy/tahoe-lafs\"",
-                ));
-            }
-            if !(p.python.starts_with("3.") && p.python[2..].parse::<u32>().is_ok()) {
-                return Err(ConfigError::invalid(
-                    path,
-                    &format!("pip[{i}].python"),
-                    format!("`{}` is not a Python 3 version", p.python),
-                    "the suite's Python, e.g. python = \"3.11\" for bookworm",
-                ));
-            }
-            for (j, d) in p.debian.iter().enumerate() {
-                if !valid_package_name(d) {
-                    return Err(ConfigError::invalid(
-                        path,
-                        &format!("pip[{i}].debian[{j}]"),
-                        format!("`{d}` is not a Debian package name"),
-                        "e.g. \"python3-netifaces\"",
-                    ));
-                }
-            }
-            for (j, a) in p.arches.iter().enumerate() {
-                if !crate::board::DEBIAN_ARCHES.contains(&a.as_str()) {
-                    return Err(ConfigError::invalid(
-                        path,
-                        &format!("pip[{i}].arches[{j}]"),
-                        format!("`{a}` is not an architecture Cloudy builds"),
-                        format!("use some of {:?}", crate::board::DEBIAN_ARCHES),
-                    ));
-                }
-            }
-        }
-        if self.verify.timeout_s < 30 {
-            return Err(ConfigError::invalid(
-                path,
-                "verify.timeout_s",
-                "below 30 s: no emulated boot is that fast",
-                "use 300",
-            ));
         }
         Ok(())
     }

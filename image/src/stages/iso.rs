@@ -54,10 +54,57 @@ pub fn kernel_and_initrd(rootfs: &Path) -> Result<(PathBuf, PathBuf), IsoError> 
     }
 }
 
+/// Stages the medium's tree under `work`, then writes the ISO to `out` by way of its temporary
+/// name.
 pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Result<(), IsoError> {
-    let board = inp.board;
     let stage = work.join("iso-tree");
-    cache::remove_any(&stage).map_err(|e| io("removing", &stage, e))?;
+    stage_live(inp, &stage)?;
+    let boot = BootEntry::of(inp.board);
+    let mut args = xorriso_args(out);
+    if inp.with_kernel && inp.board.firmware.contains(&Firmware::Bios) {
+        stage_isolinux(&stage, &boot)?;
+        args.extend(BIOS_BOOT_ARGS.map(String::from));
+    }
+    let efi = efi_targets(inp);
+    if !efi.is_empty() {
+        stage_grub_efi(&efi, &stage, work, &boot, inp.epoch, log, step)?;
+        args.extend(UEFI_BOOT_ARGS.map(String::from));
+    }
+    write_iso(args, &stage, inp.epoch, out, log, step)
+}
+
+/// What both boot loaders need: the serial port and speed, and the kernel command line.
+struct BootEntry {
+    serial_unit: u32,
+    speed: String,
+    cmdline: String,
+}
+
+impl BootEntry {
+    fn of(board: &Board) -> BootEntry {
+        let serial_unit = board
+            .console_device()
+            .trim_start_matches("ttyS")
+            .parse::<u32>()
+            .unwrap_or(0);
+        let speed = board
+            .console
+            .split(',')
+            .nth(1)
+            .map(|s| s.trim_end_matches(|c: char| c.is_alphabetic()))
+            .unwrap_or("115200")
+            .to_string();
+        BootEntry {
+            serial_unit,
+            speed,
+            cmdline: cmdline(board),
+        }
+    }
+}
+
+/// The live/ directory live-boot looks for, and the seed directory users find on the medium.
+fn stage_live(inp: &Inputs, stage: &Path) -> Result<(), IsoError> {
+    cache::remove_any(stage).map_err(|e| io("removing", stage, e))?;
     let live = stage.join("live");
     mkdir(&live)?;
     if inp.with_kernel {
@@ -75,22 +122,12 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
     write(
         &stage.join("cloudy/README.txt"),
         "Put your seed here as cloudy.toml (see the Cloudy README); the node reads it at boot.\n",
-    )?;
-    let cmdline = cmdline(board);
-    let serial_unit = board
-        .console_device()
-        .trim_start_matches("ttyS")
-        .parse::<u32>()
-        .unwrap_or(0);
-    let speed = board
-        .console
-        .split(',')
-        .nth(1)
-        .map(|s| s.trim_end_matches(|c: char| c.is_alphabetic()))
-        .unwrap_or("115200")
-        .to_string();
+    )
+}
 
-    let mut args: Vec<String> = vec![
+/// xorriso's arguments up to the boot options: it writes to the temporary name, renamed when done.
+fn xorriso_args(out: &Path) -> Vec<String> {
+    vec![
         "-as".into(),
         "mkisofs".into(),
         "-o".into(),
@@ -104,43 +141,63 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
         VOLUME_ID.into(),
         "-appid".into(),
         "Cloudy community-cloud node".into(),
-    ];
-    if inp.with_kernel && board.firmware.contains(&Firmware::Bios) {
-        let d = stage.join("isolinux");
-        mkdir(&d)?;
-        // Copies, not links: the staged tree's file times are set below, and these are the host's.
-        copy(
-            Path::new("/usr/lib/ISOLINUX/isolinux.bin"),
-            &d.join("isolinux.bin"),
-        )?;
-        copy(
-            Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
-            &d.join("ldlinux.c32"),
-        )?;
-        write(
-            &d.join("isolinux.cfg"),
-            &format!(
-                "serial {serial_unit} {speed}\ndefault cloudy\nprompt 0\ntimeout 0\n\
-                 label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n"
-            ),
-        )?;
-        args.extend(
-            [
-                "-isohybrid-mbr",
-                "/usr/lib/ISOLINUX/isohdpfx.bin",
-                "-eltorito-boot",
-                "isolinux/isolinux.bin",
-                "-eltorito-catalog",
-                "isolinux/boot.cat",
-                "-no-emul-boot",
-                "-boot-load-size",
-                "4",
-                "-boot-info-table",
-            ]
-            .map(String::from),
-        );
-    }
-    let efi: Vec<(&str, &str)> = board
+    ]
+}
+
+const BIOS_BOOT_ARGS: [&str; 10] = [
+    "-isohybrid-mbr",
+    "/usr/lib/ISOLINUX/isohdpfx.bin",
+    "-eltorito-boot",
+    "isolinux/isolinux.bin",
+    "-eltorito-catalog",
+    "isolinux/boot.cat",
+    "-no-emul-boot",
+    "-boot-load-size",
+    "4",
+    "-boot-info-table",
+];
+
+const UEFI_BOOT_ARGS: [&str; 5] = [
+    "-eltorito-alt-boot",
+    "-e",
+    "boot/grub/efi.img",
+    "-no-emul-boot",
+    "-isohybrid-gpt-basdat",
+];
+
+fn stage_isolinux(stage: &Path, boot: &BootEntry) -> Result<(), IsoError> {
+    let BootEntry {
+        serial_unit,
+        speed,
+        cmdline,
+    } = boot;
+    let d = stage.join("isolinux");
+    mkdir(&d)?;
+    // Copies, not links: the staged tree's file times are set before xorriso runs, and these
+    // files are the host's.
+    copy(
+        Path::new("/usr/lib/ISOLINUX/isolinux.bin"),
+        &d.join("isolinux.bin"),
+    )?;
+    copy(
+        Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+        &d.join("ldlinux.c32"),
+    )?;
+    write(
+        &d.join("isolinux.cfg"),
+        &format!(
+            "serial {serial_unit} {speed}\ndefault cloudy\nprompt 0\ntimeout 0\n\
+             label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n"
+        ),
+    )
+}
+
+/// A GRUB image format and the removable-media file name UEFI firmware of that kind boots.
+type EfiTarget = (&'static str, &'static str);
+
+/// The UEFI firmwares the medium boots on; none without a kernel.
+fn efi_targets(inp: &Inputs) -> Vec<EfiTarget> {
+    inp.board
         .firmware
         .iter()
         .filter(|_| inp.with_kernel)
@@ -149,95 +206,152 @@ pub fn make(inp: &Inputs, work: &Path, out: &Path, log: &Log, step: &Step) -> Re
             Firmware::UefiIa32 => Some(("i386-efi", "BOOTIA32.EFI")),
             Firmware::Bios => None,
         })
-        .collect();
-    if !efi.is_empty() {
-        let grub = stage.join("boot/grub");
-        mkdir(&grub)?;
-        write(
-            &grub.join("grub.cfg"),
-            &format!(
-                "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
-                 set timeout=0\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n"
-            ),
-        )?;
-        let early = work.join("grub-early.cfg");
-        write(&early, "search --no-floppy --set=root --file /live/cloudy.squashfs\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n")?;
-        let mut efi_files = Vec::new();
-        for (format, name) in &efi {
-            let f = work.join(name);
-            let mut c = Command::new("grub-mkimage");
-            c.args(["-O", format, "-o"])
-                .arg(&f)
-                .args(["-p", "/boot/grub", "-c"])
-                .arg(&early)
-                .args([
-                    "part_gpt",
-                    "part_msdos",
-                    "fat",
-                    "iso9660",
-                    "linux",
-                    "normal",
-                    "configfile",
-                    "search",
-                    "search_fs_file",
-                    "serial",
-                    "terminal",
-                    "echo",
-                    "test",
-                    "all_video",
-                    "boot",
-                ]);
-            cmd::run(&mut c, log, step)?;
-            efi_files.push((f, *name));
-        }
-        let img = grub.join("efi.img");
-        let size_kib: u64 = efi_files
-            .iter()
-            .map(|(f, _)| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-            .sum::<u64>()
-            / 1024
-            + 512;
-        // Fixed volume serial and times: the same inputs give the same ISO bytes.
-        let serial = format!("{:08x}", inp.epoch as u32);
-        let mut c = Command::new("mkfs.vfat");
-        c.args(["-C", "--invariant", "-i", &serial, "-n", "EFIBOOT"])
-            .arg(&img)
-            .arg(size_kib.to_string());
-        c.env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+        .collect()
+}
+
+/// boot/grub/grub.cfg, and boot/grub/efi.img holding a GRUB binary per UEFI target.
+fn stage_grub_efi(
+    efi: &[EfiTarget],
+    stage: &Path,
+    work: &Path,
+    boot: &BootEntry,
+    epoch: u64,
+    log: &Log,
+    step: &Step,
+) -> Result<(), IsoError> {
+    let BootEntry {
+        serial_unit,
+        speed,
+        cmdline,
+    } = boot;
+    let grub = stage.join("boot/grub");
+    mkdir(&grub)?;
+    write(
+        &grub.join("grub.cfg"),
+        &format!(
+            "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
+             set timeout=0\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n"
+        ),
+    )?;
+    let efi_files = grub_mkimage(efi, work, log, step)?;
+    make_efi_img(&grub.join("efi.img"), &efi_files, epoch, log, step)
+}
+
+const GRUB_MODULES: [&str; 15] = [
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "iso9660",
+    "linux",
+    "normal",
+    "configfile",
+    "search",
+    "search_fs_file",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+    "all_video",
+    "boot",
+];
+
+/// Builds each target's GRUB binary in `work`, with the early config that finds this medium's
+/// tree; returns the files with their names on the EFI image.
+fn grub_mkimage(
+    efi: &[EfiTarget],
+    work: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<Vec<(PathBuf, &'static str)>, IsoError> {
+    let early = work.join("grub-early.cfg");
+    write(&early, "search --no-floppy --set=root --file /live/cloudy.squashfs\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n")?;
+    let mut efi_files = Vec::new();
+    for (format, name) in efi {
+        let f = work.join(name);
+        let mut c = Command::new("grub-mkimage");
+        c.args(["-O", format, "-o"])
+            .arg(&f)
+            .args(["-p", "/boot/grub", "-c"])
+            .arg(&early)
+            .args(GRUB_MODULES);
         cmd::run(&mut c, log, step)?;
-        let mtools = |args: &[&str], extra: &[&Path]| -> Result<(), CmdError> {
-            let mut c = Command::new(args[0]);
-            c.args(&args[1..])
-                .args(extra)
-                .env("SOURCE_DATE_EPOCH", inp.epoch.to_string())
-                .env("MTOOLS_SKIP_CHECK", "1");
-            cmd::run(&mut c, log, step).map(|_| ())
-        };
-        let img_s = img.display().to_string();
-        mtools(&["mmd", "-i", &img_s, "::/EFI", "::/EFI/BOOT"], &[])?;
-        for (f, name) in &efi_files {
-            cache::set_tree_mtime(f, inp.epoch).map_err(|e| io("touching", f, e))?;
-            mtools(
-                &["mcopy", "-m", "-i", &img_s],
-                &[f, Path::new(&format!("::/EFI/BOOT/{name}"))],
-            )?;
-        }
-        args.extend(
-            [
-                "-eltorito-alt-boot",
-                "-e",
-                "boot/grub/efi.img",
-                "-no-emul-boot",
-                "-isohybrid-gpt-basdat",
-            ]
-            .map(String::from),
-        );
+        efi_files.push((f, *name));
     }
+    Ok(efi_files)
+}
+
+/// The El Torito EFI image: a FAT holding the GRUB binaries under EFI/BOOT.
+fn make_efi_img(
+    img: &Path,
+    efi_files: &[(PathBuf, &str)],
+    epoch: u64,
+    log: &Log,
+    step: &Step,
+) -> Result<(), IsoError> {
+    let size_kib: u64 = efi_files
+        .iter()
+        .map(|(f, _)| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum::<u64>()
+        / 1024
+        + 512;
+    // Fixed volume serial and times: the same inputs give the same ISO bytes.
+    let serial = format!("{:08x}", epoch as u32);
+    let mut c = Command::new("mkfs.vfat");
+    c.args(["-C", "--invariant", "-i", &serial, "-n", "EFIBOOT"])
+        .arg(img)
+        .arg(size_kib.to_string());
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    cmd::run(&mut c, log, step)?;
+    let img_s = img.display().to_string();
+    mtools(
+        &["mmd", "-i", &img_s, "::/EFI", "::/EFI/BOOT"],
+        &[],
+        epoch,
+        log,
+        step,
+    )?;
+    for (f, name) in efi_files {
+        cache::set_tree_mtime(f, epoch).map_err(|e| io("touching", f, e))?;
+        mtools(
+            &["mcopy", "-m", "-i", &img_s],
+            &[f, Path::new(&format!("::/EFI/BOOT/{name}"))],
+            epoch,
+            log,
+            step,
+        )?;
+    }
+    Ok(())
+}
+
+fn mtools(
+    args: &[&str],
+    extra: &[&Path],
+    epoch: u64,
+    log: &Log,
+    step: &Step,
+) -> Result<(), IsoError> {
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..])
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("MTOOLS_SKIP_CHECK", "1");
+    cmd::run(&mut c, log, step)?;
+    Ok(())
+}
+
+/// Runs xorriso on the staged tree, writing the temporary name, then renames it to `out`.
+fn write_iso(
+    mut args: Vec<String>,
+    stage: &Path,
+    epoch: u64,
+    out: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<(), IsoError> {
     args.push(stage.display().to_string());
-    cache::set_tree_mtime(&stage, inp.epoch).map_err(|e| io("setting times under", &stage, e))?;
+    cache::set_tree_mtime(stage, epoch).map_err(|e| io("setting times under", stage, e))?;
     let mut c = Command::new("xorriso");
-    c.args(&args)
-        .env("SOURCE_DATE_EPOCH", inp.epoch.to_string());
+    c.args(&args).env("SOURCE_DATE_EPOCH", epoch.to_string());
     let _ = cache::remove_any(&cache::tmp_path(out));
     cmd::run(&mut c, log, step)?;
     cache::publish(&cache::tmp_path(out), out).map_err(|e| io("renaming", out, e))?;

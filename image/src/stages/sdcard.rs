@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::board::Board;
+use crate::board::{Board, Sdcard};
 use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::progress::Step;
@@ -83,12 +83,35 @@ pub fn make(
     log: &Log,
     step: &Step,
 ) -> Result<PathBuf, SdError> {
-    let board = inp.board;
-    let sd = board
+    let sd = inp
+        .board
         .sdcard
         .as_ref()
         .expect("validated: sdcard boards have [sdcard]");
     let firmware_src = inp.rootfs.join("boot/firmware");
+    check_firmware(inp.board, sd, &firmware_src)?;
+    let fat_dir = work.join("firmware");
+    stage_firmware(inp, &firmware_src, &fat_dir, log, step)?;
+    let root = work.join("sdroot");
+    stage_root(inp, &root, log, step)?;
+
+    let parts = Partitions::sized(sd, &root);
+    let fat_img = work.join("firmware.vfat");
+    let root_img = work.join("root.ext4");
+    let _ = fs::remove_file(&fat_img);
+    let _ = fs::remove_file(&root_img);
+    make_fat(inp, &fat_dir, &fat_img, parts.fat_bytes, log, step)?;
+    make_ext4(inp, &root, &root_img, parts.root_bytes, log, step)?;
+    write_disk(inp.disk_id, &parts, &fat_img, &root_img, out, log)?;
+    for p in [&fat_img, &root_img] {
+        let _ = fs::remove_file(p);
+    }
+    let _ = fs::remove_dir_all(&root);
+    Ok(fat_dir)
+}
+
+/// Fails early, naming the fix, when the kernel package left out what the board boots from.
+fn check_firmware(board: &Board, sd: &Sdcard, firmware_src: &Path) -> Result<(), SdError> {
     for dtb in &sd.dtbs {
         if !firmware_src.join(dtb).exists() {
             return Err(SdError::MissingDtb {
@@ -97,16 +120,22 @@ pub fn make(
             });
         }
     }
-    kernel_and_initrd(&firmware_src)?;
+    kernel_and_initrd(firmware_src)?;
+    Ok(())
+}
 
-    // Firmware partition: what raspi-firmware laid out, our cmdline.txt, and the user's seed.
-    let fat_dir = work.join("firmware");
-    cache::remove_any(&fat_dir).map_err(|e| io("removing", &fat_dir, e))?;
+/// Firmware partition: what raspi-firmware laid out, our cmdline.txt, and the user's seed.
+fn stage_firmware(
+    inp: &Inputs,
+    firmware_src: &Path,
+    fat_dir: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<(), SdError> {
+    let board = inp.board;
+    cache::remove_any(fat_dir).map_err(|e| io("removing", fat_dir, e))?;
     cmd::run(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&firmware_src)
-            .arg(&fat_dir),
+        Command::new("cp").arg("-a").arg(firmware_src).arg(fat_dir),
         log,
         step,
     )?;
@@ -117,17 +146,18 @@ pub fn make(
     write(
         &fat_dir.join("cloudy.toml"),
         &format!("# Your Cloudy seed: edit it from any computer before the first boot.\n# Secrets in it are moved off this partition once the node has applied them.\n{}", inp.seed),
-    )?;
+    )
+}
 
-    // Root: the cached rootfs with the Cloudy layer over it; /boot/firmware is a mount point.
-    let root = work.join("sdroot");
-    cache::remove_any(&root).map_err(|e| io("removing", &root, e))?;
+/// Root: the cached rootfs with the Cloudy layer over it; /boot/firmware is a mount point.
+fn stage_root(inp: &Inputs, root: &Path, log: &Log, step: &Step) -> Result<(), SdError> {
+    cache::remove_any(root).map_err(|e| io("removing", root, e))?;
     cmd::run(
         Command::new("cp")
             .arg("-a")
             .arg("--reflink=auto")
             .arg(inp.rootfs)
-            .arg(&root),
+            .arg(root),
         log,
         step,
     )?;
@@ -135,7 +165,7 @@ pub fn make(
         Command::new("cp")
             .arg("-a")
             .arg(format!("{}/.", inp.layer.display()))
-            .arg(&root),
+            .arg(root),
         log,
         step,
     )?;
@@ -149,16 +179,58 @@ pub fn make(
             partuuid(inp.disk_id, 2),
             partuuid(inp.disk_id, 1)
         ),
-    )?;
+    )
+}
 
-    let fat_bytes = u64::from(sd.boot_mib) * MIB;
-    // Room for the first boot's writes; the root grows to fill the card on first boot anyway.
-    let root_bytes = (tree_bytes(&root) * 5 / 4 + 256 * MIB).div_ceil(ALIGN) * ALIGN;
-    let fat_img = work.join("firmware.vfat");
-    let root_img = work.join("root.ext4");
-    let _ = fs::remove_file(&fat_img);
-    let _ = fs::remove_file(&root_img);
+/// The disk's layout: MBR, FAT at 4 MiB, root after it.
+struct Partitions {
+    fat_bytes: u64,
+    root_bytes: u64,
+}
 
+impl Partitions {
+    fn sized(sd: &Sdcard, root: &Path) -> Partitions {
+        // Room for the first boot's writes; the root grows to fill the card on first boot anyway.
+        let root_bytes = (tree_bytes(root) * 5 / 4 + 256 * MIB).div_ceil(ALIGN) * ALIGN;
+        Partitions {
+            fat_bytes: u64::from(sd.boot_mib) * MIB,
+            root_bytes,
+        }
+    }
+
+    fn fat_start(&self) -> u64 {
+        ALIGN
+    }
+
+    fn root_start(&self) -> u64 {
+        self.fat_start() + self.fat_bytes
+    }
+
+    fn total(&self) -> u64 {
+        self.root_start() + self.root_bytes
+    }
+
+    fn sfdisk_script(&self, disk_id: u32) -> String {
+        format!(
+            "label: dos\nlabel-id: 0x{:08x}\nunit: sectors\n\nstart={}, size={}, type=c, bootable\nstart={}, size={}, type=83\n",
+            disk_id,
+            self.fat_start() / 512,
+            self.fat_bytes / 512,
+            self.root_start() / 512,
+            self.root_bytes / 512
+        )
+    }
+}
+
+/// The FAT partition's image, filled from `fat_dir` with mtools.
+fn make_fat(
+    inp: &Inputs,
+    fat_dir: &Path,
+    fat_img: &Path,
+    fat_bytes: u64,
+    log: &Log,
+    step: &Step,
+) -> Result<(), SdError> {
     let epoch = inp.epoch.to_string();
     let mut c = Command::new("mkfs.vfat");
     c.args([
@@ -171,27 +243,37 @@ pub fn make(
         "-i",
         &format!("{:08x}", inp.disk_id),
     ])
-    .arg(&fat_img)
+    .arg(fat_img)
     .arg((fat_bytes / 1024).to_string())
     .env("SOURCE_DATE_EPOCH", &epoch);
     cmd::run(&mut c, log, step)?;
-    cache::set_tree_mtime(&fat_dir, inp.epoch)
-        .map_err(|e| io("setting times under", &fat_dir, e))?;
-    let mut entries: Vec<PathBuf> = fs::read_dir(&fat_dir)
-        .map_err(|e| io("reading", &fat_dir, e))?
+    cache::set_tree_mtime(fat_dir, inp.epoch).map_err(|e| io("setting times under", fat_dir, e))?;
+    let mut entries: Vec<PathBuf> = fs::read_dir(fat_dir)
+        .map_err(|e| io("reading", fat_dir, e))?
         .flatten()
         .map(|e| e.path())
         .collect();
     entries.sort();
     let mut c = Command::new("mcopy");
     c.args(["-s", "-m", "-i"])
-        .arg(&fat_img)
+        .arg(fat_img)
         .args(&entries)
         .arg("::/")
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("SOURCE_DATE_EPOCH", &epoch);
     cmd::run(&mut c, log, step)?;
+    Ok(())
+}
 
+/// The root partition's image, filled from `root` by `mke2fs -d`.
+fn make_ext4(
+    inp: &Inputs,
+    root: &Path,
+    root_img: &Path,
+    root_bytes: u64,
+    log: &Log,
+    step: &Step,
+) -> Result<(), SdError> {
     let uuid = uuid_from(inp.disk_id);
     let mut c = Command::new("mke2fs");
     c.args([
@@ -207,40 +289,36 @@ pub fn make(
         &format!("hash_seed={uuid},root_owner=0:0"),
     ])
     .arg("-d")
-    .arg(&root)
-    .arg(&root_img)
+    .arg(root)
+    .arg(root_img)
     .arg(format!("{}k", root_bytes / 1024))
-    .env("E2FSPROGS_FAKE_TIME", &epoch);
+    .env("E2FSPROGS_FAKE_TIME", inp.epoch.to_string());
     cmd::run(&mut c, log, step)?;
+    Ok(())
+}
 
-    // The disk: MBR, FAT at 4 MiB, root after it.
-    let fat_start = ALIGN;
-    let root_start = fat_start + fat_bytes;
-    let total = root_start + root_bytes;
+/// Partitions a file of the disk's size under the temporary name, copies the two images in at
+/// their offsets, then renames it to `out`.
+fn write_disk(
+    disk_id: u32,
+    parts: &Partitions,
+    fat_img: &Path,
+    root_img: &Path,
+    out: &Path,
+    log: &Log,
+) -> Result<(), SdError> {
     let tmp = cache::tmp_path(out);
     let _ = fs::remove_file(&tmp);
     fs::File::create(&tmp)
-        .and_then(|f| f.set_len(total))
+        .and_then(|f| f.set_len(parts.total()))
         .map_err(|e| io("creating", &tmp, e))?;
-    let script = format!(
-        "label: dos\nlabel-id: 0x{:08x}\nunit: sectors\n\nstart={}, size={}, type=c, bootable\nstart={}, size={}, type=83\n",
-        inp.disk_id,
-        fat_start / 512,
-        fat_bytes / 512,
-        root_start / 512,
-        root_bytes / 512
-    );
     let mut c = Command::new("sfdisk");
     c.args(["--no-reread", "--no-tell-kernel", "-q"]).arg(&tmp);
-    sfdisk(&mut c, &script, log)?;
-    copy_sparse(&fat_img, &tmp, fat_start).map_err(|e| io("writing", &tmp, e))?;
-    copy_sparse(&root_img, &tmp, root_start).map_err(|e| io("writing", &tmp, e))?;
+    sfdisk(&mut c, &parts.sfdisk_script(disk_id), log)?;
+    copy_sparse(fat_img, &tmp, parts.fat_start()).map_err(|e| io("writing", &tmp, e))?;
+    copy_sparse(root_img, &tmp, parts.root_start()).map_err(|e| io("writing", &tmp, e))?;
     fs::rename(&tmp, out).map_err(|e| io("renaming", &tmp, e))?;
-    for p in [&fat_img, &root_img] {
-        let _ = fs::remove_file(p);
-    }
-    let _ = fs::remove_dir_all(&root);
-    Ok(fat_dir)
+    Ok(())
 }
 
 /// Where an SD image's FAT partition starts, and the MBR disk id (PARTUUID prefix).
