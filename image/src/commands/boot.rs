@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use super::{board_dir, iso_path, Options};
+use super::options::{board_dir, iso_path, Options};
 use crate::board::Board;
 use crate::qemu::{Boot, Media, Vm};
 use crate::stages::iso;

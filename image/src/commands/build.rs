@@ -5,8 +5,8 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+use super::options::{board_dir, iso_path, lock, Options};
 use super::verify::vm_for;
-use super::{board_dir, iso_path, lock, Options};
 use crate::board::{Board, Firmware, Format};
 use crate::cmd::Log;
 use crate::progress::{fmt_secs, fmt_size, table, Reporter};

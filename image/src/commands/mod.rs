@@ -1,7 +1,7 @@
 //! The user's commands: the command line, and where each command goes. One module per command
 //! (`build`, `verify`, `boot`, `customise`); `boards` is a listing and lives here.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,10 @@ use crate::stages::agent::Builder;
 pub mod boot;
 pub mod build;
 pub mod customise;
+pub mod options;
 pub mod verify;
+
+pub use options::{board_dir, iso_path, Options};
 
 /// Builds Cloudy community-cloud images from a recipe and a board, and boots them in QEMU.
 #[derive(Parser)]
@@ -157,31 +160,6 @@ fn boards(source: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub board: String,
-    pub recipe: PathBuf,
-    pub out: PathBuf,
-    pub cache: PathBuf,
-    /// The checkout: `hardware/`, `overlay/` and the agent's source.
-    pub source: PathBuf,
-    pub verify: bool,
-    pub accel: Accel,
-    pub boot: Boot,
-    pub agent_builder: Builder,
-    /// Rebuild the base squashfs instead of taking it from the cache (the rootfs is still
-    /// taken from the cache); used to show the output is reproducible.
-    pub rebuild: bool,
-}
-
-pub fn board_dir(out: &Path, board: &str) -> PathBuf {
-    out.join(board)
-}
-
-pub fn iso_path(out: &Path, board: &str) -> PathBuf {
-    board_dir(out, board).join(format!("cloudy-{board}.iso"))
-}
-
 /// Options of the commands that only boot what a build made (the default recipe, for its
 /// verify timeout).
 fn default_options(common: Common, boot: Boot) -> Result<Options> {
@@ -247,22 +225,4 @@ fn find_source(given: Option<PathBuf>) -> Result<PathBuf> {
             None => bail!("not inside a Cloudy checkout (no hardware/ and agent/ above {})\n  fix: run from the checkout or pass --source", cwd.display()),
         }
     }
-}
-
-/// One build per output directory at a time.
-fn lock(path: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    if nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
-        bail!(
-            "another build is running in {}\n  fix: wait for it, or use another --out",
-            path.parent().unwrap_or(path).display()
-        );
-    }
-    Ok(f)
 }

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use super::{board_dir, iso_path, Options};
+use super::options::{board_dir, iso_path, Options};
 use crate::board::{Board, Format};
 use crate::cmd::Log;
 use crate::http;
