@@ -170,3 +170,80 @@ fn community_seed_applies_once_and_restarts_change_nothing() {
     let keys = std::fs::read_to_string(root.path().join("root/.ssh/authorized_keys")).unwrap();
     assert!(keys.contains("me@laptop"));
 }
+
+/// A boot medium the agent cannot write keeps the seed's secrets: the node still comes up, and
+/// says so loudly on the console, in the ready line and in `status`. The medium is made
+/// read-only by a bind mount in a private mount namespace (`unshare`, as root).
+#[test]
+fn read_only_medium_keeps_the_secret_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let firmware = root.path().join("boot/firmware");
+    std::fs::create_dir_all(&firmware).unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$NwZ4byZvLV+H8Rqc8Q0s8w$8dRbbGgPfDasaEPgPJZsneNCEuYXxPOlNn9Qkm2lYnQ";
+    let seed = format!("version = 1\n[dashboard]\npassword_hash = \"{hash}\"\n");
+    std::fs::write(firmware.join("cloudy.toml"), &seed).unwrap();
+    let probe = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP read_only_medium_keeps_the_secret_and_says_so: no mount namespace here (needs root and unshare)");
+        return;
+    }
+    let script = r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&firmware)
+        .arg(env!("CARGO_BIN_EXE_cloudy-agent"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["run", "--once"])
+        .env("CLOUDY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(firmware.join("cloudy.toml")).unwrap(),
+        seed,
+        "the medium was read-only"
+    );
+    let console = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("WARNING") && l.contains("boot/firmware/cloudy.toml")),
+        "no warning on the console:\n{console}"
+    );
+    let r = ready(&out);
+    let errors = r["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("still holds [dashboard] password_hash")),
+        "{errors:?}"
+    );
+    let status = agent(root.path(), &["status"]);
+    let s = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("boot/firmware/cloudy.toml")),
+        "status does not warn:\n{s}"
+    );
+    assert!(!s.contains(hash), "status quotes the secret:\n{s}");
+}

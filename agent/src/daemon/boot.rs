@@ -26,6 +26,8 @@ pub fn run(sys: &System, opts: &Options) -> Result<i32> {
 struct Identity {
     name: String,
     node_id: String,
+    /// The dashboard credential is stored (so the seed's hash may leave the medium).
+    credential_stored: bool,
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
@@ -36,15 +38,17 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let seed = &loaded.seed;
     let mut errors: Vec<String> = Vec::new();
     let me = apply_identity(sys, seed, &mut errors)?;
+    let mut stored = me.credential_stored;
     let community_key =
         match secrets::community_key(sys, seed.community.as_ref().and_then(|c| c.key.as_deref())) {
             Ok(k) => k,
             Err(e) => {
                 errors.push(e.to_string());
+                stored = false;
                 None
             }
         };
-    scrub_boot_medium(sys, &loaded);
+    errors.extend(scrub_boot_medium(sys, &loaded, stored));
     let primary = match primary_network(seed, opts).await {
         Ok(p) => p,
         Err(e) => {
@@ -109,6 +113,7 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
         .unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
     identity::apply_hostname(sys, &name).context("applying the node's hostname")?;
     let node_id = identity::node_id(sys).context("the node id")?;
+    let mut credential_stored = true;
     match identity::dashboard_credential(
         sys,
         seed.dashboard
@@ -120,7 +125,10 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
             println!("cloudy: dashboard login: admin / {p}  (shown once; set [dashboard] password_hash in the seed to choose one)");
         }
         Ok(_) => {}
-        Err(e) => errors.push(format!("dashboard credential: {e}")),
+        Err(e) => {
+            credential_stored = false;
+            errors.push(format!("dashboard credential: {e}"))
+        }
     }
     if let Err(e) = identity::apply_ssh_keys(
         sys,
@@ -131,28 +139,41 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
     ) {
         errors.push(format!("ssh keys: {e}"));
     }
-    Ok(Identity { name, node_id })
+    Ok(Identity {
+        name,
+        node_id,
+        credential_stored,
+    })
 }
 
-/// The boot medium is readable by anyone holding the card: scrub secrets once stored.
-fn scrub_boot_medium(sys: &System, loaded: &Loaded) {
-    let Some(src) = &loaded.source else {
-        return;
-    };
-    let seed = &loaded.seed;
-    let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
-    let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
-        || seed
-            .dashboard
-            .as_ref()
-            .is_some_and(|d| d.password_hash.is_some());
-    if on_boot_medium && has_secret {
-        match secrets::scrub_seed(src) {
-            Ok(true) => tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display()),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("could not scrub {} (read-only medium?): {e}", src.display()),
+/// The boot medium is readable by anyone holding the card: scrub secrets once `stored`, then
+/// check the medium and say loudly, on the console, when a secret is still there (a read-only
+/// medium, a rewrite that did not take). Returns the warnings for the ready line.
+fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String> {
+    if let Some(src) = &loaded.source {
+        let seed = &loaded.seed;
+        let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
+        let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
+            || seed
+                .dashboard
+                .as_ref()
+                .is_some_and(|d| d.password_hash.is_some());
+        if on_boot_medium && has_secret && stored {
+            match secrets::scrub_seed(src) {
+                Ok(true) => {
+                    tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("could not scrub {}: {e}", src.display()),
+            }
         }
     }
+    let warnings = secrets::medium_warnings(sys, loaded);
+    for w in &warnings {
+        // The console's operator must see it whatever the log level.
+        eprintln!("cloudy: {w}");
+    }
+    warnings
 }
 
 async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {
