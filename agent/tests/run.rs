@@ -247,3 +247,81 @@ fn read_only_medium_keeps_the_secret_and_says_so() {
     );
     assert!(!s.contains(hash), "status quotes the secret:\n{s}");
 }
+
+/// The password generated on a first boot without `[dashboard] password_hash` is shown on the
+/// console only: stdout and stderr go to the journal, which keeps them on disk. A private root
+/// stands for the console with `<root>/dev/console`.
+#[test]
+fn generated_password_goes_to_the_console_only() {
+    use cloudy_agent::os::identity::{verify_password, DASHBOARD_HASH_FILE};
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("dev")).unwrap();
+    let console = root.path().join("dev/console");
+    std::fs::write(&console, "").unwrap();
+    let out = agent(root.path(), &["run", "--once"]);
+    assert!(out.status.success());
+    ready(&out);
+    let logged = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What follows "admin / " on a line the journal gets must not be a password.
+    for line in logged.lines() {
+        if let Some((_, after)) = line.split_once("dashboard login: admin / ") {
+            let word = after.split_whitespace().next().unwrap_or("");
+            let password_like = word.len() >= 12 && word.chars().all(|c| c.is_ascii_alphanumeric());
+            assert!(
+                !password_like,
+                "stdout/stderr (the journal) carry the password: {line}"
+            );
+        }
+    }
+    let shown = std::fs::read_to_string(&console).unwrap();
+    let password = shown
+        .lines()
+        .find_map(|l| l.split_once("dashboard login: admin / "))
+        .and_then(|(_, after)| after.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no password on the console: {shown:?}"))
+        .to_string();
+    assert_eq!(password.len(), 20, "{shown}");
+    assert!(
+        !logged.contains(&password),
+        "the password reached stdout/stderr"
+    );
+    let hash = std::fs::read_to_string(
+        root.path()
+            .join(DASHBOARD_HASH_FILE.trim_start_matches('/')),
+    )
+    .unwrap();
+    assert!(
+        verify_password(hash.trim(), &password),
+        "the stored hash is not the shown password's"
+    );
+    // Nothing on disk holds it but the console stand-in.
+    fn walk(dir: &Path, skip: &Path, password: &str) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p == skip || p.is_symlink() {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, skip, password);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(password),
+                    "{} holds the password",
+                    p.display()
+                );
+            }
+        }
+    }
+    walk(root.path(), &console, &password);
+    let again = agent(root.path(), &["run", "--once"]);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        shown,
+        "shown once, on the first boot only"
+    );
+}

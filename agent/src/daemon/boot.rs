@@ -121,8 +121,10 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
             .and_then(|d| d.password_hash.as_deref()),
     ) {
         Ok(Credential::Generated(p)) => {
-            // Shown once, on the console of the first boot; only its hash is kept.
-            println!("cloudy: dashboard login: admin / {p}  (shown once; set [dashboard] password_hash in the seed to choose one)");
+            if let Err(e) = show_password(sys, &p) {
+                credential_stored = false;
+                errors.push(format!("dashboard credential: {e}"));
+            }
         }
         Ok(_) => {}
         Err(e) => {
@@ -144,6 +146,35 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
         node_id,
         credential_stored,
     })
+}
+
+/// A password generated on this boot is shown once, on the console device only: stdout and
+/// stderr go to the journal, which keeps them on disk. Only its hash is kept. When a live node
+/// cannot show it, the hash is dropped too (a password nobody saw is no credential) and the
+/// next boot makes another.
+fn show_password(sys: &System, password: &str) -> Result<()> {
+    let Some(console) = identity::console_path(sys) else {
+        println!("cloudy: dashboard login: admin / (a new password; this root has no console to show it on: set [dashboard] password_hash in the seed)");
+        return Ok(());
+    };
+    let line = format!("\ncloudy: dashboard login: admin / {password}  (shown once, on this console only; set [dashboard] password_hash in the seed to choose one)\n\n");
+    match identity::show_on_console(&console, &line) {
+        Ok(()) => {
+            // The journal learns that a password was made and where to read it, never the password.
+            println!(
+                "cloudy: dashboard login: admin / (a new password, shown once on {} only; set [dashboard] password_hash in the seed to choose one)",
+                console.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(sys.path(identity::DASHBOARD_HASH_FILE));
+            anyhow::bail!(
+                "a password was generated but could not be shown on {}: {e}; set [dashboard] password_hash in the seed",
+                console.display()
+            )
+        }
+    }
 }
 
 /// The boot medium is readable by anyone holding the card: scrub secrets once `stored`, then
