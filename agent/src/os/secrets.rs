@@ -54,7 +54,8 @@ pub const SEED_SECRETS: &[(&str, &str)] = &[("community", "key"), ("dashboard", 
 /// their values are stored, however the file writes them (section, inline table, dotted or
 /// quoted key, multi-line string). The document is edited with `toml_edit`, so the rest of the
 /// file keeps the user's comments, order and layout; it is written atomically, then read back
-/// and checked: an error says when the secret is still there. Returns whether the file changed.
+/// and checked: an error says when the secret is still there. Comment lines right above a
+/// removed entry, and its trailing comment, go with it. Returns whether the file changed.
 pub fn scrub_seed(path: &Path) -> Result<bool, SecretError> {
     scrub_seed_with(path, crate::os::system::write_atomic)
 }
