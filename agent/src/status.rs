@@ -34,6 +34,9 @@ pub fn print(sys: &System) -> Result<i32> {
     for e in &loaded.errors {
         println!("seed error: {e}");
     }
+    for w in crate::os::secrets::medium_warnings(sys, &loaded) {
+        println!("{w}");
+    }
     match loaded.seed.community.as_ref() {
         None => println!("community:  (none: this node stays alone)"),
         Some(c) => println!("community:  {}", c.name),

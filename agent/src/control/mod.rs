@@ -78,6 +78,10 @@ pub struct State {
     pub vpn: String,
     pub tincd: Option<u32>,
     pub seed_errors: Vec<String>,
+    /// Secrets still on the boot medium (read-only, or a scrub that did not take): loud
+    /// warnings for the node page.
+    #[serde(default)]
+    pub medium_warnings: Vec<String>,
     pub peers: Vec<Peer>,
     /// When the last scan finished, unix ms (0: never).
     pub scanned: u64,
@@ -235,6 +239,7 @@ impl Agent {
             vpn: me.vpn.to_string(),
             tincd,
             seed_errors: self.seed_errors.clone(),
+            medium_warnings: crate::os::secrets::medium_warnings(&self.sys, &self.sys.load_seed()),
             peers,
             scanned: scores.scanned,
             types,

@@ -26,6 +26,8 @@ pub fn run(sys: &System, opts: &Options) -> Result<i32> {
 struct Identity {
     name: String,
     node_id: String,
+    /// The dashboard credential is stored (so the seed's hash may leave the medium).
+    credential_stored: bool,
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
@@ -36,15 +38,17 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let seed = &loaded.seed;
     let mut errors: Vec<String> = Vec::new();
     let me = apply_identity(sys, seed, &mut errors)?;
+    let mut stored = me.credential_stored;
     let community_key =
         match secrets::community_key(sys, seed.community.as_ref().and_then(|c| c.key.as_deref())) {
             Ok(k) => k,
             Err(e) => {
                 errors.push(e.to_string());
+                stored = false;
                 None
             }
         };
-    scrub_boot_medium(sys, &loaded);
+    errors.extend(scrub_boot_medium(sys, &loaded, stored));
     let primary = match primary_network(seed, opts).await {
         Ok(p) => p,
         Err(e) => {
@@ -109,6 +113,7 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
         .unwrap_or_else(|| identity::FALLBACK_NAME.to_string());
     identity::apply_hostname(sys, &name).context("applying the node's hostname")?;
     let node_id = identity::node_id(sys).context("the node id")?;
+    let mut credential_stored = true;
     match identity::dashboard_credential(
         sys,
         seed.dashboard
@@ -116,11 +121,16 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
             .and_then(|d| d.password_hash.as_deref()),
     ) {
         Ok(Credential::Generated(p)) => {
-            // Shown once, on the console of the first boot; only its hash is kept.
-            println!("cloudy: dashboard login: admin / {p}  (shown once; set [dashboard] password_hash in the seed to choose one)");
+            if let Err(e) = show_password(sys, &p) {
+                credential_stored = false;
+                errors.push(format!("dashboard credential: {e}"));
+            }
         }
         Ok(_) => {}
-        Err(e) => errors.push(format!("dashboard credential: {e}")),
+        Err(e) => {
+            credential_stored = false;
+            errors.push(format!("dashboard credential: {e}"))
+        }
     }
     if let Err(e) = identity::apply_ssh_keys(
         sys,
@@ -131,28 +141,70 @@ fn apply_identity(sys: &System, seed: &Seed, errors: &mut Vec<String>) -> Result
     ) {
         errors.push(format!("ssh keys: {e}"));
     }
-    Ok(Identity { name, node_id })
+    Ok(Identity {
+        name,
+        node_id,
+        credential_stored,
+    })
 }
 
-/// The boot medium is readable by anyone holding the card: scrub secrets once stored.
-fn scrub_boot_medium(sys: &System, loaded: &Loaded) {
-    let Some(src) = &loaded.source else {
-        return;
+/// A password generated on this boot is shown once, on the console device only: stdout and
+/// stderr go to the journal, which keeps them on disk. Only its hash is kept. When a live node
+/// cannot show it, the hash is dropped too (a password nobody saw is no credential) and the
+/// next boot makes another.
+fn show_password(sys: &System, password: &str) -> Result<()> {
+    let Some(console) = identity::console_path(sys) else {
+        println!("cloudy: dashboard login: admin / (a new password; this root has no console to show it on: set [dashboard] password_hash in the seed)");
+        return Ok(());
     };
-    let seed = &loaded.seed;
-    let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
-    let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
-        || seed
-            .dashboard
-            .as_ref()
-            .is_some_and(|d| d.password_hash.is_some());
-    if on_boot_medium && has_secret {
-        match secrets::scrub_seed(src) {
-            Ok(true) => tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display()),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("could not scrub {} (read-only medium?): {e}", src.display()),
+    let line = format!("\ncloudy: dashboard login: admin / {password}  (shown once, on this console only; set [dashboard] password_hash in the seed to choose one)\n\n");
+    match identity::show_on_console(&console, &line) {
+        Ok(()) => {
+            // The journal learns that a password was made and where to read it, never the password.
+            println!(
+                "cloudy: dashboard login: admin / (a new password, shown once on {} only; set [dashboard] password_hash in the seed to choose one)",
+                console.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(sys.path(identity::DASHBOARD_HASH_FILE));
+            anyhow::bail!(
+                "a password was generated but could not be shown on {}: {e}; set [dashboard] password_hash in the seed",
+                console.display()
+            )
         }
     }
+}
+
+/// The boot medium is readable by anyone holding the card: scrub secrets once `stored`, then
+/// check the medium and say loudly, on the console, when a secret is still there (a read-only
+/// medium, a rewrite that did not take). Returns the warnings for the ready line.
+fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String> {
+    if let Some(src) = &loaded.source {
+        let seed = &loaded.seed;
+        let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
+        let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
+            || seed
+                .dashboard
+                .as_ref()
+                .is_some_and(|d| d.password_hash.is_some());
+        if on_boot_medium && has_secret && stored {
+            match secrets::scrub_seed(src) {
+                Ok(true) => {
+                    tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("could not scrub {}: {e}", src.display()),
+            }
+        }
+    }
+    let warnings = secrets::medium_warnings(sys, loaded);
+    for w in &warnings {
+        // The console's operator must see it whatever the log level.
+        eprintln!("cloudy: {w}");
+    }
+    warnings
 }
 
 async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {

@@ -370,7 +370,7 @@ async fn api_node(AxState(web): AxState<Shared>) -> Response {
             Json(serde_json::json!({
                 "node": s.node, "node_id": s.node_id, "community": s.community,
                 "address": s.address, "vpn": s.vpn, "tincd": s.tincd,
-                "seed_errors": s.seed_errors, "peers": s.peers, "services": local,
+                "seed_errors": s.seed_errors, "medium_warnings": s.medium_warnings, "peers": s.peers, "services": local,
                 "managed": s.managed, "views": s.views,
             }))
             .into_response()

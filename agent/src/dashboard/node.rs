@@ -26,6 +26,7 @@ pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {
             ("vpn", Html::text(&s.vpn)),
             ("tincd", Html::text(&tincd)),
             ("seed_errors", seed_errors(&s)),
+            ("medium_warnings", medium_warnings(&s)),
             ("peers", peers(&s)),
             ("services", services(&s)),
             ("managed", managed(&s)),
@@ -53,6 +54,22 @@ fn seed_errors(s: &State) -> Html {
     h.push("<ul id=\"seed-errors\">");
     for e in &s.seed_errors {
         h.push("<li class=\"err\">").text_in(e).push("</li>");
+    }
+    h.push("</ul>");
+    h
+}
+
+/// Secrets left on the boot medium: nothing when it is clean, else loud.
+fn medium_warnings(s: &State) -> Html {
+    let mut h = Html::default();
+    if s.medium_warnings.is_empty() {
+        return h;
+    }
+    h.push("<h2>Boot medium</h2><ul id=\"medium-warnings\">");
+    for w in &s.medium_warnings {
+        h.push("<li class=\"err\"><strong>")
+            .text_in(w)
+            .push("</strong></li>");
     }
     h.push("</ul>");
     h

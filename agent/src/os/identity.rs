@@ -152,6 +152,33 @@ pub fn dashboard_credential(
     Ok(Credential::Generated(password))
 }
 
+/// The console device of a live node. The journal keeps stdout and stderr on disk; a password
+/// shown once goes here only.
+pub const CONSOLE: &str = "/dev/console";
+
+/// Where a generated password is shown: `/dev/console` on a live node; for a private root (tests,
+/// several agents side by side) `<root>/dev/console` when it exists, else nowhere.
+pub fn console_path(sys: &System) -> Option<std::path::PathBuf> {
+    if sys.is_live() {
+        return Some(CONSOLE.into());
+    }
+    let p = sys.path(CONSOLE);
+    p.exists().then_some(p)
+}
+
+/// Writes `text` to the console (never creating a file, never taking it as the controlling
+/// terminal).
+pub fn show_on_console(console: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(console)?;
+    f.write_all(text.as_bytes())?;
+    f.flush()
+}
+
 /// An Argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH`), what the seed's
 /// `[dashboard] password_hash` holds too (`cloudy-agent seed hash-password` makes one).
 pub fn hash_password(password: &str) -> String {

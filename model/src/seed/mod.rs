@@ -76,12 +76,16 @@ pub struct Seed {
 }
 
 impl Seed {
+    /// Errors name the file, the line and column and the key, and never quote the seed's text:
+    /// a source line near an error may hold the community key or the dashboard hash, and the
+    /// error reaches the console, the journal, the ready line, `status` and the dashboard.
     pub fn parse(file: &str, text: &str) -> Result<Seed, SeedError> {
+        Seed::parse_unredacted(file, text).map_err(|e| redact(e, &secret_values(text)))
+    }
+
+    fn parse_unredacted(file: &str, text: &str) -> Result<Seed, SeedError> {
         // Check the version before the schema so an old or future seed gets the right message.
-        let raw: toml::Table = toml::from_str(text).map_err(|e| SeedError::Parse {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
+        let raw: toml::Table = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
         match raw.get("version") {
             Some(toml::Value::Integer(v)) if *v == i64::from(SEED_VERSION) => {}
             Some(v) => {
@@ -101,10 +105,7 @@ impl Seed {
                 })
             }
         }
-        let seed: Seed = toml::from_str(text).map_err(|e| SeedError::Parse {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
+        let seed: Seed = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
         seed.validate(file)?;
         Ok(seed)
     }
@@ -195,6 +196,194 @@ impl Seed {
             .as_ref()
             .and_then(|c| c.port)
             .unwrap_or(DEFAULT_EXCHANGE_PORT)
+    }
+}
+
+/// True for a key whose value must never be shown: the community key, the dashboard hash and
+/// anything named like a secret.
+pub fn is_secret_key(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "token",
+        "hash",
+        "credential",
+        "private",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// A TOML error as `line L, column C: [key `a.b`: ]problem`, without the source snippet toml
+/// puts in its `Display`. A problem about a secret key's value is not shown at all (serde's
+/// type errors quote the value).
+fn parse_error(file: &str, text: &str, e: &toml::de::Error) -> SeedError {
+    let problem = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut message = String::new();
+    if let Some(span) = e.span() {
+        let (line, column) = line_column(text, span.start);
+        message.push_str(&format!("line {line}, column {column}: "));
+        if let Some(path) = key_at(text, span.start) {
+            message.push_str(&format!("key `{}`: ", path.join(".")));
+            if path.iter().any(|k| is_secret_key(k)) {
+                message.push_str("invalid value (not shown: the key holds a secret)");
+                return SeedError::Parse {
+                    file: file.into(),
+                    message,
+                };
+            }
+        }
+    } else {
+        message.push_str("line unknown: ");
+    }
+    message.push_str(&problem);
+    SeedError::Parse {
+        file: file.into(),
+        message,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted key whose key or value covers byte `pos`, when the text is valid TOML (errors of
+/// the schema, after the syntax passed).
+fn key_at(text: &str, pos: usize) -> Option<Vec<String>> {
+    use toml_edit::{Item, TableLike, Value};
+    fn in_table(t: &dyn TableLike, pos: usize, path: &mut Vec<String>) -> bool {
+        for (k, item) in t.iter() {
+            path.push(k.to_string());
+            let on_key = t
+                .get_key_value(k)
+                .and_then(|(key, _)| key.span())
+                .is_some_and(|s| s.contains(&pos));
+            if on_key || in_item(item, pos, path) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    fn in_item(item: &Item, pos: usize, path: &mut Vec<String>) -> bool {
+        match item {
+            Item::Value(v) => in_value(v, pos, path),
+            Item::Table(t) => in_table(t, pos, path),
+            Item::ArrayOfTables(a) => a.iter().any(|t| in_table(t, pos, path)),
+            Item::None => false,
+        }
+    }
+    fn in_value(v: &Value, pos: usize, path: &mut Vec<String>) -> bool {
+        if !v.span().is_some_and(|s| s.contains(&pos)) {
+            return false;
+        }
+        match v {
+            Value::InlineTable(t) => {
+                in_table(t, pos, path);
+            }
+            Value::Array(a) => {
+                a.iter().any(|x| in_value(x, pos, path));
+            }
+            _ => {}
+        }
+        true
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut path = Vec::new();
+    in_table(doc.as_table(), pos, &mut path).then_some(path)
+}
+
+/// Every value the seed's text holds under a secret-named key: from the parsed document when it
+/// parses, and from `name = value` fragments of single lines otherwise (a broken seed).
+fn secret_values(text: &str) -> Vec<String> {
+    fn collect(v: &toml::Value, secret: bool, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    collect(v, secret || is_secret_key(k), out);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| collect(v, secret, out)),
+            toml::Value::String(s) if secret => out.push(s.clone()),
+            v if secret => out.push(v.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(t) = toml::from_str::<toml::Table>(text) {
+        collect(&toml::Value::Table(t), false, &mut out);
+    }
+    for line in text.lines() {
+        for part in line.split([',', '{', '}']) {
+            let Some((k, v)) = part.split_once('=') else {
+                continue;
+            };
+            let name = k.trim().rsplit('.').next().unwrap_or("");
+            if !is_secret_key(name.trim_matches(|c| c == '"' || c == '\'' || c == ' ')) {
+                continue;
+            }
+            let v = v.trim();
+            out.push(v.to_string());
+            out.push(v.trim_matches(|c| c == '"' || c == '\'').to_string());
+        }
+    }
+    out.retain(|v| !v.trim().is_empty());
+    // Longest first, so a value containing another is removed whole.
+    out.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    out.dedup();
+    out
+}
+
+/// `e` with every secret value (and its escaped form, as serde quotes strings) replaced.
+fn redact(e: SeedError, secrets: &[String]) -> SeedError {
+    let clean = |s: String| {
+        secrets.iter().fold(s, |s, v| {
+            let escaped = format!("{v:?}");
+            let s = s.replace(&escaped, "\"(secret)\"");
+            if v.chars().count() >= 4 {
+                s.replace(v.as_str(), "(secret)")
+            } else {
+                // A short value would match ordinary words: only where it stands quoted.
+                ["`", "'", "\""].iter().fold(s, |s, q| {
+                    s.replace(&format!("{q}{v}{q}"), &format!("{q}(secret){q}"))
+                })
+            }
+        })
+    };
+    match e {
+        SeedError::Parse { file, message } => SeedError::Parse {
+            file,
+            message: clean(message),
+        },
+        SeedError::Invalid {
+            file,
+            key,
+            problem,
+            fix,
+        } => SeedError::Invalid {
+            file,
+            key,
+            problem: clean(problem),
+            fix,
+        },
+        e @ SeedError::Read { .. } => e,
     }
 }
 
