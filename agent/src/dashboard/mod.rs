@@ -11,6 +11,8 @@
 
 pub mod auth;
 pub mod html;
+#[cfg(test)]
+mod login_tests;
 mod node;
 pub mod web;
 
