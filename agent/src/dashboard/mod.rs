@@ -11,6 +11,8 @@
 
 pub mod auth;
 pub mod html;
+#[cfg(test)]
+mod login_tests;
 mod node;
 pub mod web;
 
@@ -143,7 +145,7 @@ async fn login(
         &f.user
     };
     match web.auth.login(peer.ip(), user, &f.password).await {
-        Some(token) => {
+        Ok(token) => {
             let mut r = Redirect::to("/services").into_response();
             r.headers_mut().insert(
                 header::SET_COOKIE,
@@ -151,11 +153,25 @@ async fn login(
             );
             r
         }
-        None => (
+        Err(auth::Refused::Wrong) => (
             StatusCode::UNAUTHORIZED,
             axum::response::Html(login_form(Some("Wrong user or password."))),
         )
             .into_response(),
+        Err(auth::Refused::Busy { retry_after }) => {
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::response::Html(login_form(Some(
+                    "Too many tries from your address at once: wait a moment and try again.",
+                ))),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs_f64().ceil() as u64),
+            );
+            r
+        }
     }
 }
 
