@@ -557,3 +557,67 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// An agent of one node over a tempdir root, its control socket served.
+    async fn served() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let me = crate::mesh::members::tests::member('a', "n1");
+        let members = Arc::new(Mutex::new(crate::mesh::members::Members::new(me)));
+        let share = Sharing::new(
+            sys.clone(),
+            crate::mesh::exchange::CommunityKey::derive("c", "0123456789abcdef"),
+            "c".into(),
+            members,
+            vec![],
+        );
+        let prober = Arc::new(Prober::new(
+            sys.clone(),
+            "a".repeat(32),
+            crate::probe::Options::default(),
+        ));
+        let agent = Arc::new(Agent {
+            sys: sys.clone(),
+            share,
+            prober,
+            seed_errors: vec![],
+            pidfile: dir.path().join("tincd.pid"),
+            views: Mutex::new(vec![]),
+        });
+        tokio::spawn(serve(agent));
+        let path = sys.path(SOCKET);
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (dir, path)
+    }
+
+    /// The hardening issue's defect 10: 64 connections that never send a request held every
+    /// slot, and `status`/`scan` got nothing until one of them left.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_clients_do_not_starve_a_request() {
+        let (_dir, path) = served().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CLIENTS + 6 {
+            idle.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let r =
+            tokio::time::timeout(Duration::from_secs(20), call(&path, &Request::State {})).await;
+        let took = t.elapsed();
+        match r {
+            Ok(Ok(Reply::State(s))) => assert_eq!(s.node, "n1"),
+            other => panic!("after {took:?}: {other:?}"),
+        }
+        assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+    }
+}
