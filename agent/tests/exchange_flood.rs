@@ -147,7 +147,8 @@ async fn keyless_flood_from_one_address_does_not_block_a_member() {
     let log = Log::default();
     let l = log.clone();
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
+        // The agent's own default (`CLOUDY_LOG` unset: info).
+        .with_max_level(tracing::Level::INFO)
         .with_ansi(false)
         .with_writer(move || l.clone())
         .init();

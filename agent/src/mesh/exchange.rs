@@ -258,6 +258,12 @@ fn nonce_ok(n: &str) -> bool {
     n.len() == 32 && unhex(n).is_some()
 }
 
+fn line<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(msg).expect("messages serialise");
+    line.push(b'\n');
+    line
+}
+
 struct Conn {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: tokio::net::tcp::OwnedWriteHalf,
@@ -273,9 +279,7 @@ impl Conn {
     }
 
     async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ExchangeError> {
-        let mut line = serde_json::to_vec(msg).expect("messages serialise");
-        line.push(b'\n');
-        self.w.write_all(&line).await?;
+        self.w.write_all(&line(msg)).await?;
         Ok(())
     }
 
@@ -341,21 +345,23 @@ async fn request(
         if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
             return Err(ExchangeError::Malformed("bad challenge".into()));
         }
+        // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
         // From here a reset is the server turning our proof away, before reading our body.
-        c.send(&Proof {
+        let proof = Proof {
             v: PROTOCOL,
             proof: key.sign(PROOF, &nc, &ch.nonce, want.unwrap_or("")),
-        })
-        .await
-        .map_err(reset_is_closed)?;
+        };
         let mac = key.sign(ask, &nc, &ch.nonce, &body);
-        c.send(&Signed {
+        let req = Signed {
             v: PROTOCOL,
             body,
             mac,
-        })
-        .await
-        .map_err(reset_is_closed)?;
+        };
+        let mut lines = line(&proof);
+        lines.extend(line(&req));
+        c.w.write_all(&lines)
+            .await
+            .map_err(|e| reset_is_closed(e.into()))?;
         let reply: Signed = c.recv(MAX_LINE).await.map_err(reset_is_closed)?;
         if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
             return Err(ExchangeError::BadMac);
