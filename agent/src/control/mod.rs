@@ -27,8 +27,16 @@ const MAX_REQUEST: usize = 16 * 1024;
 const MAX_REPLY: usize = 32 << 20;
 /// A scan of a large catalog under the bandwidth cap takes a while; everything else is quick.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-/// At most this many requests handled at once.
+/// At most this many connections at once; an idle one (no request yet) makes room for a new
+/// one after `EVICT_AFTER`.
 const MAX_CLIENTS: usize = 64;
+/// A client sends its request as soon as it connects (`call`); one that has not within this
+/// gives up its slot when another client needs it.
+const EVICT_AFTER: Duration = Duration::from_millis(250);
+/// A request must arrive within this of the connection; else an error reply and the slot back.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The reply must be taken within this (32 MiB at most, over a local socket).
+const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 /// Members whose probe summaries are fetched after a scan.
 const MAX_VIEWS: usize = 32;
 
@@ -383,31 +391,89 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     restrict(&path);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let idle = Idle::default();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
+        // No free slot: the oldest connection still without a request makes room (once it
+        // has had EVICT_AFTER to send one); else this one waits for a request to finish, and
+        // the ones after it wait in the listen queue. Nothing is dropped.
+        let permit = loop {
+            if let Ok(p) = slots.clone().try_acquire_owned() {
+                break p;
+            }
+            if let Some((since, leave)) = idle.oldest() {
+                tokio::time::sleep_until((since + EVICT_AFTER).into()).await;
+                leave.notify_one();
+            }
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(EVICT_AFTER, slots.clone().acquire_owned()).await
+            {
+                break p;
+            }
         };
         let agent = agent.clone();
+        let idle = idle.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = Vec::new();
             let mut r = BufReader::new(r.take(MAX_REQUEST as u64));
-            let reply = match r.read_until(b'\n', &mut line).await {
-                Ok(_) => match serde_json::from_slice::<Request>(&line) {
+            let (id, leave) = idle.add();
+            let read = tokio::select! {
+                r = tokio::time::timeout(REQUEST_DEADLINE, r.read_until(b'\n', &mut line)) => r,
+                _ = leave.notified() => return,
+            };
+            idle.remove(id);
+            let reply = match read {
+                Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                     Ok(req) => agent.handle(req).await,
                     Err(e) => error(format!("malformed request: {e}")),
                 },
-                Err(e) => error(e.to_string()),
+                Ok(Err(e)) => error(e.to_string()),
+                Err(_) => error(format!(
+                    "no request within {} s",
+                    REQUEST_DEADLINE.as_secs()
+                )),
             };
             let mut out = serde_json::to_vec(&reply).expect("replies serialise");
             out.push(b'\n');
-            let _ = w.write_all(&out).await;
+            let _ = tokio::time::timeout(REPLY_DEADLINE, w.write_all(&out)).await;
             drop(permit);
         });
+    }
+}
+
+/// Connections still waiting for their request, oldest first, each with what tells it to
+/// leave.
+#[derive(Clone, Default)]
+struct Idle(Arc<Mutex<IdleList>>);
+
+#[derive(Default)]
+struct IdleList {
+    next: u64,
+    list: std::collections::VecDeque<(u64, std::time::Instant, Arc<tokio::sync::Notify>)>,
+}
+
+impl Idle {
+    fn add(&self) -> (u64, Arc<tokio::sync::Notify>) {
+        let mut l = self.0.lock().unwrap();
+        l.next += 1;
+        let (id, leave) = (l.next, Arc::new(tokio::sync::Notify::new()));
+        l.list
+            .push_back((id, std::time::Instant::now(), leave.clone()));
+        (id, leave)
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().unwrap().list.retain(|(i, ..)| *i != id);
+    }
+
+    /// The oldest idler, taken off the list (it is told to leave).
+    fn oldest(&self) -> Option<(std::time::Instant, Arc<tokio::sync::Notify>)> {
+        let (_, since, leave) = self.0.lock().unwrap().list.pop_front()?;
+        Some((since, leave))
     }
 }
 
@@ -560,5 +626,91 @@ mod tests {
             Reply::Joined { message, .. } => assert!(message.contains("scan first")),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// An agent of one node over a tempdir root, its control socket served.
+    async fn served() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let me = crate::mesh::members::tests::member('a', "n1");
+        let members = Arc::new(Mutex::new(crate::mesh::members::Members::new(me)));
+        let share = Sharing::new(
+            sys.clone(),
+            crate::mesh::exchange::CommunityKey::derive("c", "0123456789abcdef"),
+            "c".into(),
+            members,
+            vec![],
+        );
+        let prober = Arc::new(Prober::new(
+            sys.clone(),
+            "a".repeat(32),
+            crate::probe::Options::default(),
+        ));
+        let agent = Arc::new(Agent {
+            sys: sys.clone(),
+            share,
+            prober,
+            seed_errors: vec![],
+            pidfile: dir.path().join("tincd.pid"),
+            views: Mutex::new(vec![]),
+        });
+        tokio::spawn(serve(agent));
+        let path = sys.path(SOCKET);
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (dir, path)
+    }
+
+    /// The hardening issue's defect 10: 64 connections that never send a request held every
+    /// slot, and `status`/`scan` got nothing until one of them left.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_clients_do_not_starve_a_request() {
+        let (_dir, path) = served().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CLIENTS + 6 {
+            idle.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let r =
+            tokio::time::timeout(Duration::from_secs(20), call(&path, &Request::State {})).await;
+        let took = t.elapsed();
+        match r {
+            Ok(Ok(Reply::State(s))) => assert_eq!(s.node, "n1"),
+            other => panic!("after {took:?}: {other:?}"),
+        }
+        eprintln!(
+            "control: a request among {} idlers answered in {took:?}",
+            idle.len()
+        );
+        assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+    }
+
+    /// Fewer idlers than slots: each is still let go after REQUEST_DEADLINE, with a reply that
+    /// says why.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_client_is_let_go_after_the_deadline() {
+        let (_dir, path) = served().await;
+        let s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let t = Instant::now();
+        let mut got = String::new();
+        let r = tokio::time::timeout(
+            REQUEST_DEADLINE + Duration::from_secs(5),
+            BufReader::new(s).read_line(&mut got),
+        )
+        .await;
+        assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+        assert!(got.contains("no request within"), "{got}");
+        assert!(t.elapsed() >= REQUEST_DEADLINE - Duration::from_millis(100));
     }
 }

@@ -3,13 +3,20 @@
 //! received is run; lists are parsed strictly, bounded in size and merged by `members`.
 //!
 //! ```text
-//! client -> server  {"v":1,"hello":NC}            NC, NS: 16 random bytes, hex
-//! server -> client  {"v":1,"nonce":NS}
-//! client -> server  {"v":1,"body":LIST,"mac":HMAC(K, "C" NC NS LIST)}
-//! server -> client  {"v":1,"body":LIST,"mac":HMAC(K, "S" NC NS LIST)}   (only if the MAC held)
+//! client -> server  {"v":2,"hello":NC}            NC, NS: 16 random bytes, hex
+//! server -> client  {"v":2,"nonce":NS}
+//! client -> server  {"v":2,"proof":HMAC(K, "K" NC NS WANT)}       (WANT: "" for a list swap)
+//! client -> server  {"v":2,"body":LIST,"mac":HMAC(K, "C" NC NS LIST)}
+//! server -> client  {"v":2,"body":LIST,"mac":HMAC(K, "S" NC NS LIST)}   (only if the MAC held)
 //! ```
 //! K = HMAC-SHA256(community key, "cloudy join v1" + community name). Fresh nonces on both
 //! sides stop replays; the role byte stops a reflected answer passing as a request.
+//!
+//! Until the peer has proved the key, everything it sends is small: the hello and the proof
+//! are lines of at most `MAX_PREAUTH` bytes and must come within `HANDSHAKE`; only then does
+//! the server read a request that may be large (a member list, up to `MAX_LINE`). The client
+//! sends the proof and the request back to back, so the proof costs no round trip. A peer
+//! without the key makes the server hold a short line for a few seconds, never 2 MiB.
 //!
 //! The same handshake fetches a member's service records (no size limit of Serf tags):
 //! the hello carries `"want":"services"`, the request body is empty, the reply body is the
@@ -36,10 +43,19 @@ use crate::mesh::members::{Member, MAX_MEMBERS};
 use crate::os::identity::{hex, random_bytes};
 use cloudy_model::record::{self, Record};
 
-pub const PROTOCOL: u32 = 1;
+/// 2: the proof of the key before the request (1 had none: a keyless peer could send 2 MiB).
+pub const PROTOCOL: u32 = 2;
 /// 1024 members of ~1.2 KiB each, with room to spare.
 pub const MAX_LINE: usize = 2 << 20;
+/// Every line before the peer has proved the key (hello, challenge, proof), and the request of
+/// a services or scores fetch (an empty body): ~100 bytes each.
+pub const MAX_PREAUTH: usize = 512;
+/// The whole exchange.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// The hello and the proof of the key, from the connection's start.
+pub const HANDSHAKE: Duration = Duration::from_secs(3);
+/// The role byte of the proof of the key; no other message uses it.
+const PROOF: u8 = b'K';
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -51,7 +67,7 @@ pub enum ExchangeError {
     Timeout,
     #[error("peer closed the connection (it may not share our community key)")]
     Closed,
-    #[error("message longer than {MAX_LINE} bytes")]
+    #[error("message longer than allowed")]
     TooLong,
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -222,6 +238,14 @@ struct Challenge {
     nonce: String,
 }
 
+/// The client holds the key: sent before the request, which may be large.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Proof {
+    v: u32,
+    proof: String,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Signed {
@@ -232,6 +256,12 @@ struct Signed {
 
 fn nonce_ok(n: &str) -> bool {
     n.len() == 32 && unhex(n).is_some()
+}
+
+fn line<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(msg).expect("messages serialise");
+    line.push(b'\n');
+    line
 }
 
 struct Conn {
@@ -249,14 +279,13 @@ impl Conn {
     }
 
     async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ExchangeError> {
-        let mut line = serde_json::to_vec(msg).expect("messages serialise");
-        line.push(b'\n');
-        self.w.write_all(&line).await?;
+        self.w.write_all(&line(msg)).await?;
         Ok(())
     }
 
-    /// Reads one line without ever holding more than MAX_LINE bytes of it.
-    async fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<T, ExchangeError> {
+    /// Reads one line without ever holding more than `max` bytes of it (and the reader's
+    /// buffer, 8 KiB).
+    async fn recv<T: for<'de> Deserialize<'de>>(&mut self, max: usize) -> Result<T, ExchangeError> {
         let mut buf = Vec::new();
         loop {
             let chunk = self.r.fill_buf().await?;
@@ -267,7 +296,7 @@ impl Conn {
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
-            if buf.len() + take > MAX_LINE {
+            if buf.len() + take > max {
                 return Err(ExchangeError::TooLong);
             }
             buf.extend_from_slice(&chunk[..take]);
@@ -312,18 +341,28 @@ async fn request(
             want: want.map(String::from),
         })
         .await?;
-        let ch: Challenge = c.recv().await?;
+        let ch: Challenge = c.recv(MAX_PREAUTH).await?;
         if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
             return Err(ExchangeError::Malformed("bad challenge".into()));
         }
+        // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
+        // From here a reset is the server turning our proof away, before reading our body.
+        let proof = Proof {
+            v: PROTOCOL,
+            proof: key.sign(PROOF, &nc, &ch.nonce, want.unwrap_or("")),
+        };
         let mac = key.sign(ask, &nc, &ch.nonce, &body);
-        c.send(&Signed {
+        let req = Signed {
             v: PROTOCOL,
             body,
             mac,
-        })
-        .await?;
-        let reply: Signed = c.recv().await?;
+        };
+        let mut lines = line(&proof);
+        lines.extend(line(&req));
+        c.w.write_all(&lines)
+            .await
+            .map_err(|e| reset_is_closed(e.into()))?;
+        let reply: Signed = c.recv(MAX_LINE).await.map_err(reset_is_closed)?;
         if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
             return Err(ExchangeError::BadMac);
         }
@@ -331,6 +370,16 @@ async fn request(
     })
     .await
     .map_err(|_| ExchangeError::Timeout)?
+}
+
+fn reset_is_closed(e: ExchangeError) -> ExchangeError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    match e {
+        ExchangeError::Io(e) if matches!(e.kind(), ConnectionReset | BrokenPipe) => {
+            ExchangeError::Closed
+        }
+        e => e,
+    }
 }
 
 /// Client side: sends our list to the exchange service at `addr`, returns the peer's list.
@@ -404,28 +453,40 @@ pub async fn serve_all(
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
 ) -> Result<usize, ExchangeError> {
-    tokio::time::timeout(TIMEOUT, async {
-        let mut c = Conn::new(stream);
-        let hello: Hello = c.recv().await?;
-        if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
-            return Err(ExchangeError::Malformed("bad hello".into()));
-        }
-        let ns = hex(&random_bytes::<16>());
-        c.send(&Challenge {
-            v: PROTOCOL,
-            nonce: ns.clone(),
+    let mut c = Conn::new(stream);
+    let r = tokio::time::timeout(TIMEOUT, async {
+        // Until the proof holds, only short lines, and only for HANDSHAKE.
+        let (hello, ns, (asked, answers), max) = tokio::time::timeout(HANDSHAKE, async {
+            let hello: Hello = c.recv(MAX_PREAUTH).await?;
+            if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
+                return Err(ExchangeError::Malformed("bad hello".into()));
+            }
+            // The same signed request/answer for every kind; only the role bytes and the
+            // body (and so its bound) differ (the client side is `request`).
+            let (roles, max) = match hello.want.as_deref() {
+                None => ((b'C', b'S'), MAX_LINE),
+                Some(WANT_SERVICES) => ((b'Q', b'R'), MAX_PREAUTH),
+                // A JSON string in a JSON string: every byte escaped at worst to 6.
+                Some(WANT_ASK) => ((b'A', b'B'), MAX_PREAUTH + 6 * MAX_ASK),
+                Some(WANT_SCORES) => ((b'P', b'V'), MAX_PREAUTH),
+                Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
+            };
+            let ns = hex(&random_bytes::<16>());
+            c.send(&Challenge {
+                v: PROTOCOL,
+                nonce: ns.clone(),
+            })
+            .await?;
+            let proof: Proof = c.recv(MAX_PREAUTH).await?;
+            let want = hello.want.as_deref().unwrap_or("");
+            if proof.v != PROTOCOL || !key.verify(PROOF, &hello.hello, &ns, want, &proof.proof) {
+                return Err(ExchangeError::BadMac);
+            }
+            Ok((hello, ns, roles, max))
         })
-        .await?;
-        // The same signed request/answer for every kind; only the role bytes and the body
-        // differ (the client side is `request`).
-        let (asked, answers) = match hello.want.as_deref() {
-            None => (b'C', b'S'),
-            Some(WANT_SERVICES) => (b'Q', b'R'),
-            Some(WANT_ASK) => (b'A', b'B'),
-            Some(WANT_SCORES) => (b'P', b'V'),
-            Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
-        };
-        let req: Signed = c.recv().await?;
+        .await
+        .map_err(|_| ExchangeError::Timeout)??;
+        let req: Signed = c.recv(max).await?;
         if !key.verify(asked, &hello.hello, &ns, &req.body, &req.mac) {
             return Err(ExchangeError::BadMac);
         }
@@ -474,7 +535,14 @@ pub async fn serve_all(
         Ok(n)
     })
     .await
-    .map_err(|_| ExchangeError::Timeout)?
+    .map_err(|_| ExchangeError::Timeout)
+    .and_then(|r| r);
+    if r.is_err() {
+        // Our end first (FIN), so a client whose request we never read sees a close, not
+        // only the reset that unread data brings.
+        let _ = tokio::time::timeout(Duration::from_millis(100), c.w.shutdown()).await;
+    }
+    r
 }
 
 #[cfg(test)]
@@ -658,5 +726,116 @@ mod tests {
         .await;
         assert!(matches!(r, Err(ExchangeError::TooLong)), "{r:?}");
         client.await.unwrap();
+    }
+
+    /// A peer holding a connection: the server's result and how long it took.
+    async fn served_while(
+        peer: impl FnOnce(SocketAddr) -> tokio::task::JoinHandle<()>,
+    ) -> (Result<usize, ExchangeError>, std::time::Duration) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = peer(l.local_addr().unwrap());
+        let (s, _) = l.accept().await.unwrap();
+        let t = std::time::Instant::now();
+        let r = serve(
+            s,
+            &CommunityKey::derive("c", "0123456789abcdef"),
+            |_| panic!("never merged"),
+            || panic!("never fetched"),
+            |_| panic!("never asked"),
+        )
+        .await;
+        client.abort();
+        (r, t.elapsed())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn keyless_peers_get_a_short_line_and_a_short_time() {
+        // 2 MiB of hello, then held open: cut off at MAX_PREAUTH, not MAX_LINE.
+        let (r, took) = served_while(|addr| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(&vec![b'x'; MAX_LINE]).await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(ExchangeError::TooLong)), "{r:?}");
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+
+        // A good hello, then a long "proof": the same.
+        let (r, took) = served_while(|addr| {
+            tokio::spawn(async move {
+                let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
+                let nc = hex(&random_bytes::<16>());
+                c.send(&Hello {
+                    v: PROTOCOL,
+                    hello: nc,
+                    want: None,
+                })
+                .await
+                .unwrap();
+                let _: Challenge = c.recv(MAX_PREAUTH).await.unwrap();
+                let _ = c.w.write_all(&vec![b'x'; MAX_LINE]).await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(ExchangeError::TooLong)), "{r:?}");
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+
+        // A member list signed with a wrong key is never read: the proof fails first.
+        let (r, _) = served_while(|addr| {
+            tokio::spawn(async move {
+                let k = CommunityKey::derive("c", "0123456789abcdeX");
+                let _ = exchange(addr, &k, &[member('a', "client")]).await;
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(ExchangeError::BadMac)), "{r:?}");
+
+        // A hello, then silence: let go after HANDSHAKE, not the whole exchange's TIMEOUT.
+        let (r, took) = served_while(|addr| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(b"{\"v\":2,\"hello\":").await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(ExchangeError::Timeout)), "{r:?}");
+        assert!(took >= HANDSHAKE && took < TIMEOUT, "{took:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_member_list_passes_after_the_proof() {
+        let big: Vec<Member> = (0..MAX_MEMBERS)
+            .map(|i| Member {
+                id: format!("{i:032x}"),
+                pubkey: "k".repeat(1100),
+                ..member('a', "m")
+            })
+            .collect();
+        assert!(encode(&big).len() > 1 << 20, "a large list");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        let (sk, back) = (k.clone(), big.clone());
+        let srv = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            serve(
+                s,
+                &sk,
+                move |theirs| {
+                    assert_eq!(theirs.len(), MAX_MEMBERS);
+                    back
+                },
+                Vec::new,
+                |_| Err("no".into()),
+            )
+            .await
+        });
+        let got = exchange(addr, &k, &big).await.unwrap();
+        assert_eq!(got.len(), MAX_MEMBERS);
+        assert_eq!(srv.await.unwrap().unwrap(), MAX_MEMBERS);
     }
 }
