@@ -69,14 +69,18 @@ pub async fn reconcile(mesh: Arc<Mesh>) {
         mesh.changed.notified().await;
         let snapshot = {
             let mut ms = mesh.members.lock().unwrap();
-            if ms.resolve_vpn_collision(mesh.subnet) {
+            let settled = ms.settle_vpn(mesh.subnet);
+            if let Ok(true) = settled {
                 tracing::warn!(
                     "VPN address taken by a member with a lower id; moved to {}",
                     ms.me().vpn
                 );
                 mesh.wake.notify_one();
             }
-            ms.clone()
+            let snapshot = ms.clone();
+            drop(ms);
+            mesh.set_vpn_error(settled.err().map(|e| e.to_string()));
+            snapshot
         };
         if let Err(e) = mesh.save_members(&snapshot) {
             tracing::error!("{e:#}");

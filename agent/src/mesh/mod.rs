@@ -41,7 +41,13 @@ pub struct Mesh {
     pub paths: tinc::Paths,
     pub settings: tinc::Settings,
     pub subnet: (Ipv4Addr, u8),
+    /// Why our VPN address is not settled (the subnet is full), if it is not: for the ready
+    /// line, and in `MESH_ERROR_FILE` for `cloudy-agent status`.
+    pub vpn_error: Mutex<Option<String>>,
 }
+
+/// The mesh's standing problem, while it lasts (`cloudy-agent status` prints it).
+pub const MESH_ERROR_FILE: &str = "/run/cloudy/mesh-error";
 
 /// What the mesh starts from.
 pub struct Start<'a> {
@@ -66,7 +72,9 @@ impl Mesh {
         let pubkey =
             tokio::task::spawn_blocking(move || tinc::ensure_keys(&pk_paths, &tincd)).await??;
         let subnet = s.seed.vpn_subnet();
-        let members = our_members(sys, &s, subnet, pubkey)?;
+        let (members, vpn_error) = our_members(sys, &s, subnet, pubkey)?;
+        // Whatever an earlier run left there is not news.
+        let _ = std::fs::remove_file(sys.path(MESH_ERROR_FILE));
         let settings = tinc::Settings {
             mode: s.seed.tinc_mode(),
             port: s.seed.tinc_port(),
@@ -97,7 +105,31 @@ impl Mesh {
             paths,
             settings,
             subnet,
+            vpn_error: Mutex::new(None),
         }))
+        .inspect(|m| m.set_vpn_error(vpn_error))
+    }
+
+    /// Records (or clears, with None) why our VPN address is not settled.
+    pub fn set_vpn_error(&self, e: Option<String>) {
+        let mut cur = self.vpn_error.lock().unwrap();
+        if *cur == e {
+            return;
+        }
+        let written = match &e {
+            Some(e) => {
+                tracing::error!("{e}");
+                self.sys.write_atomic(MESH_ERROR_FILE, e.as_bytes(), 0o644)
+            }
+            None => match std::fs::remove_file(self.sys.path(MESH_ERROR_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = written {
+            tracing::warn!("{MESH_ERROR_FILE}: {e:#}");
+        }
+        *cur = e;
     }
 
     pub fn save_members(&self, ms: &Members) -> Result<()> {
@@ -111,7 +143,7 @@ fn our_members(
     s: &Start<'_>,
     subnet: (Ipv4Addr, u8),
     pubkey: String,
-) -> Result<Members> {
+) -> Result<(Members, Option<String>)> {
     let address = s
         .primary
         .and_then(|p| p.address)
@@ -138,9 +170,9 @@ fn our_members(
             m.vpn = fresh.vpn;
         }
     });
-    members.resolve_vpn_collision(subnet);
+    let vpn_error = members.settle_vpn(subnet).err().map(|e| e.to_string());
     save_members(sys, &members)?;
-    Ok(members)
+    Ok((members, vpn_error))
 }
 
 fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
