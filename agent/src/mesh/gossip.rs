@@ -6,8 +6,9 @@ use anyhow::Result;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::candidates::{Offered, DIALS_PER_ROUND};
 use super::exchange;
 use super::lan::Lan;
 use super::members::{Member, Members};
@@ -48,6 +49,7 @@ pub fn introduce(
 ) {
     let m = mesh.clone();
     tokio::spawn(async move {
+        let mut refusals: u64 = 0;
         while let Some(addr) = found.recv().await {
             let known = m
                 .members
@@ -55,9 +57,26 @@ pub fn introduce(
                 .unwrap()
                 .others()
                 .any(|o| o.address == addr.ip() && o.exchange_port == addr.port());
-            if !known && m.lan.lock().unwrap().insert(addr) {
-                tracing::info!("found an exchange service {via} at {addr}");
-                m.wake.notify_one();
+            if known {
+                continue;
+            }
+            let offered = m.lan.lock().unwrap().offer(addr, Instant::now());
+            match offered {
+                Offered::Added => {
+                    tracing::info!("found an exchange service {via} at {addr}");
+                    m.wake.notify_one();
+                }
+                Offered::Seen => {}
+                // Anyone on the LAN can announce these: say so, but not once per record.
+                refused => {
+                    refusals += 1;
+                    if refusals.is_power_of_two() {
+                        tracing::warn!(
+                            "exchange service {via} at {addr} not taken ({refused:?}); \
+                             {refusals} refused so far"
+                        );
+                    }
+                }
             }
         }
     });
@@ -193,8 +212,15 @@ async fn targets(
             }
         }
     }
-    for a in mesh.lan.lock().unwrap().iter() {
-        all.push((None, Some(format!("lan:{a}")), *a));
+    // A bounded number per round: every dial holds a descriptor until it ends (at the latest
+    // after exchange::TIMEOUT).
+    for a in mesh
+        .lan
+        .lock()
+        .unwrap()
+        .due(Instant::now(), DIALS_PER_ROUND)
+    {
+        all.push((None, Some(format!("lan:{a}")), a));
     }
     (ours, all)
 }
@@ -242,13 +268,16 @@ fn take_results(mesh: &Mesh, state: &mut Rounds, results: Vec<Exchanged>) -> (bo
                 }
                 if let Some(b) = b {
                     if b.starts_with("lan:") {
-                        mesh.lan.lock().unwrap().remove(&addr);
+                        mesh.lan.lock().unwrap().answered(&addr);
                     } else {
                         state.boot_done.insert(b);
                     }
                 }
             }
             Err(e) => {
+                if b.as_deref().is_some_and(|b| b.starts_with("lan:")) {
+                    mesh.lan.lock().unwrap().failed(&addr, Instant::now());
+                }
                 pending |= b.is_some() || id.as_ref().is_some_and(|id| !state.synced.contains(id));
                 tracing::debug!("exchange with {addr}: {e}");
             }

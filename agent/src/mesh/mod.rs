@@ -2,6 +2,7 @@
 //! finding members on the LAN (mDNS) and community-wide (Serf), and the gossip that keeps the
 //! list and tinc's files current. Imports `os` and the model.
 
+pub mod candidates;
 pub mod exchange;
 pub mod gossip;
 pub mod lan;
@@ -10,8 +11,7 @@ pub mod serf;
 pub mod tinc;
 
 use anyhow::{Context as _, Result};
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
@@ -34,8 +34,9 @@ pub struct Mesh {
     pub wake: Notify,
     pub tincd: mpsc::UnboundedSender<Control>,
     pub tincd_status: supervisor::Shared,
-    /// Exchange services seen on the LAN (or through Serf), not yet answered.
-    pub lan: Mutex<HashSet<SocketAddr>>,
+    /// Exchange services seen on the LAN (or through Serf), not yet answered: bounded, and
+    /// what does not answer ages out (anyone on the LAN can announce them).
+    pub lan: Mutex<candidates::Candidates>,
     /// Our mDNS publication, redone when our address changes.
     pub mdns: Mutex<Option<lan::Lan>>,
     pub paths: tinc::Paths,
@@ -100,7 +101,7 @@ impl Mesh {
             wake: Notify::new(),
             tincd: tx,
             tincd_status,
-            lan: Mutex::new(HashSet::new()),
+            lan: Mutex::new(candidates::Candidates::default()),
             mdns: Mutex::new(None),
             paths,
             settings,
