@@ -3,7 +3,7 @@
 //! LAN can announce as many "exchange services" as it likes; this set keeps what that costs
 //! bounded. It holds at most `MAX_CANDIDATES` addresses and `MAX_PER_ADDRESS` ports of one IP
 //! address; a round dials at most `DIALS_PER_ROUND` of them; one that does not answer is tried
-//! again after a growing pause and dropped after `MAX_FAILURES` tries (a full set makes room
+//! again after a growing pause (each dial ends within `DIAL_TIMEOUT`) and dropped after `MAX_FAILURES` tries (a full set makes room
 //! for a newcomer by dropping the entry that failed most); one nobody mentions for `UNSEEN`
 //! is dropped too.
 
@@ -11,16 +11,19 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Far more exchange services than a LAN of members shows at once.
-pub const MAX_CANDIDATES: usize = 64;
+/// More exchange services than a LAN shows at once before they answer and become members.
+pub const MAX_CANDIDATES: usize = 32;
 /// Ports one IP address may hold in the set (a host runs one agent; a few spare).
 pub const MAX_PER_ADDRESS: usize = 4;
-/// Dials one gossip round makes to candidates (each bounded by the exchange's timeout).
-pub const DIALS_PER_ROUND: usize = 8;
+/// Dials one gossip round makes to candidates, at once.
+pub const DIALS_PER_ROUND: usize = 16;
+/// How long one dial to a candidate may take, the exchange included: an exchange service on
+/// the LAN answers in milliseconds.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Unanswered tries before a candidate is dropped.
-pub const MAX_FAILURES: u32 = 4;
+pub const MAX_FAILURES: u32 = 3;
 /// The pause after the first failure; doubled after each further one.
-pub const BACKOFF: Duration = Duration::from_secs(2);
+pub const BACKOFF: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A candidate that no source mentioned again for this long is dropped.
 pub const UNSEEN: Duration = Duration::from_secs(600);
@@ -210,7 +213,7 @@ mod tests {
         }
         assert_eq!(
             pauses,
-            vec![BACKOFF, BACKOFF * 2, BACKOFF * 4],
+            vec![BACKOFF, BACKOFF * 2],
             "the pause doubles"
         );
         assert!(c.is_empty(), "dropped after {MAX_FAILURES} failures");

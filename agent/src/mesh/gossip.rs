@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::candidates::{Offered, DIALS_PER_ROUND};
+use super::candidates::{Offered, DIALS_PER_ROUND, DIAL_TIMEOUT};
 use super::exchange;
 use super::lan::Lan;
 use super::members::{Member, Members};
@@ -156,7 +156,19 @@ pub async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<Net
         let results = futures_util::future::join_all(targets.into_iter().map(|(id, b, addr)| {
             let key = mesh.key.clone();
             let ours = ours.clone();
-            async move { (id, b, addr, exchange::exchange(addr, &key, &ours).await) }
+            async move {
+                let dial = exchange::exchange(addr, &key, &ours);
+                // Every dial ends (exchange::TIMEOUT at the latest); one to a mere candidate
+                // sooner, so what anyone can announce cannot hold descriptors for long.
+                let r = if b.as_deref().is_some_and(|b| b.starts_with("lan:")) {
+                    tokio::time::timeout(DIAL_TIMEOUT, dial)
+                        .await
+                        .unwrap_or(Err(exchange::ExchangeError::Timeout))
+                } else {
+                    dial.await
+                };
+                (id, b, addr, r)
+            }
         }))
         .await;
         let (news, pending) = take_results(&mesh, &mut state, results);
