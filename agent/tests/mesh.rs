@@ -598,3 +598,105 @@ fn a_lan_flood_of_fake_exchange_services_holds_no_descriptors() {
         "the members' VPN does not work after the flood"
     );
 }
+
+/// `cloudy-agent status` on node `n`: (exit code, output).
+fn status(n: &microcloud::Node) -> (i32, String) {
+    let o = std::process::Command::new(microcloud::agent())
+        .arg("--root")
+        .arg(&n.root)
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// When the running agent last wrote its catalog (it does every 2 s while it runs).
+fn catalog_written(n: &microcloud::Node) -> u64 {
+    let text = std::fs::read_to_string(n.root.join("run/cloudy/catalog.json")).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["written"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A /30 holds two VPN addresses; three members cannot all have one. The node left without
+/// one must say so (status now, the ready line after a restart) and keep running: answering
+/// members, writing its catalog. It used to search 2^32 candidates with the member list
+/// locked (the agent froze), then panic.
+#[test]
+fn a_full_vpn_subnet_is_reported_and_the_node_stays_responsive() {
+    if !available("a_full_vpn_subnet_is_reported_and_the_node_stays_responsive") {
+        return;
+    }
+    const FULL: &str = "VPN subnet 10.99.0.0/30 is full";
+    let mut cloud = Cloud::new("s", 3);
+    for i in 1..=3 {
+        let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+        cloud.write_seed_text(
+            i,
+            microcloud::KEY,
+            &format!("peers = [{peers}]\n[tinc]\nsubnet = \"10.99.0.0/30\"\n[network]\ninterface = \"eth0\"\n"),
+        );
+    }
+    for i in 1..=3 {
+        cloud.nodes[i - 1].start();
+    }
+    let t0 = Instant::now();
+    cloud.wait_members(&[1, 2, 3], Duration::from_secs(30));
+    let reporting = loop {
+        let r: Vec<usize> = (1..=3)
+            .filter(|&i| status(&cloud.nodes[i - 1]).1.contains(FULL))
+            .collect();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no node reports the full subnet; status of each:\n{}",
+            (1..=3)
+                .map(|i| status(&cloud.nodes[i - 1]).1)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (code, text) = status(&cloud.nodes[reporting[0] - 1]);
+    assert_eq!(code, 1, "status fails while the mesh has an error:\n{text}");
+    // Every agent keeps running: each writes its catalog again within a few seconds.
+    let before: Vec<u64> = cloud.nodes.iter().map(catalog_written).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cloud
+        .nodes
+        .iter()
+        .zip(&before)
+        .any(|(n, &b)| catalog_written(n) <= b)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "an agent stopped working: catalog written {before:?} -> {:?}",
+            cloud.nodes.iter().map(catalog_written).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Restarted, the node says it in its ready line, and still meshes with the others on the
+    // LAN.
+    let i = reporting[0];
+    cloud.nodes[i - 1].kill();
+    let ready = cloud.nodes[i - 1].start();
+    let errors = ready["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains(FULL)),
+        "{ready}"
+    );
+    cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));
+    assert!(status(&cloud.nodes[i - 1]).1.contains(FULL));
+    eprintln!(
+        "full /30: node {i} reports {:?}; all agents alive, {:?}",
+        errors,
+        t0.elapsed()
+    );
+}
