@@ -536,11 +536,17 @@ fn a_lan_flood_of_fake_exchange_services_holds_no_descriptors() {
     loop {
         during = during.max(open_fds(pid));
         let want = {
-            let mut w: Vec<String> = [1, 2, 4].iter().map(|&i| cloud.nodes[i - 1].node_id()).collect();
+            let mut w: Vec<String> = [1, 2, 4]
+                .iter()
+                .map(|&i| cloud.nodes[i - 1].node_id())
+                .collect();
             w.sort();
             w
         };
-        if [1, 2, 4].iter().all(|&i| cloud.nodes[i - 1].member_ids() == want) {
+        if [1, 2, 4]
+            .iter()
+            .all(|&i| cloud.nodes[i - 1].member_ids() == want)
+        {
             break;
         }
         assert!(
@@ -571,13 +577,12 @@ fn a_lan_flood_of_fake_exchange_services_holds_no_descriptors() {
     drop(daemon);
     let gone = Instant::now();
     let mut quiet_since: Option<Instant> = None;
-    let mut last = 0;
-    loop {
-        last = open_fds(pid);
+    let last = loop {
+        let last = open_fds(pid);
         if last <= baseline + AFTER {
             let q = *quiet_since.get_or_insert_with(Instant::now);
             if q.elapsed() >= Duration::from_secs(8) {
-                break;
+                break last;
             }
         } else {
             quiet_since = None;
@@ -587,7 +592,7 @@ fn a_lan_flood_of_fake_exchange_services_holds_no_descriptors() {
             "descriptors did not come back after the flooder left: {last}, baseline {baseline}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     eprintln!(
         "flooder gone: node 1 back to {last} descriptors (baseline {baseline}) {:?} later; {:?} in all",
         gone.elapsed(),
@@ -687,9 +692,7 @@ fn a_full_vpn_subnet_is_reported_and_the_node_stays_responsive() {
     let ready = cloud.nodes[i - 1].start();
     let errors = ready["errors"].as_array().unwrap();
     assert!(
-        errors
-            .iter()
-            .any(|e| e.as_str().unwrap().contains(FULL)),
+        errors.iter().any(|e| e.as_str().unwrap().contains(FULL)),
         "{ready}"
     );
     cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));

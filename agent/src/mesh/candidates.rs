@@ -211,11 +211,7 @@ mod tests {
                 now = next;
             }
         }
-        assert_eq!(
-            pauses,
-            vec![BACKOFF, BACKOFF * 2],
-            "the pause doubles"
-        );
+        assert_eq!(pauses, vec![BACKOFF, BACKOFF * 2], "the pause doubles");
         assert!(c.is_empty(), "dropped after {MAX_FAILURES} failures");
 
         // Not mentioned again for UNSEEN: gone, tried or not.

@@ -123,7 +123,7 @@ impl Mesh {
                 self.sys.write_atomic(MESH_ERROR_FILE, e.as_bytes(), 0o644)
             }
             None => match std::fs::remove_file(self.sys.path(MESH_ERROR_FILE)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
         };
