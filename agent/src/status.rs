@@ -66,6 +66,10 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    let mesh_error = std::fs::read_to_string(sys.path(crate::mesh::MESH_ERROR_FILE)).ok();
+    if let Some(e) = &mesh_error {
+        println!("mesh error: {}", e.trim());
+    }
     print_services(sys);
     let catalog = std::fs::read_to_string(sys.path(crate::catalog::CATALOG_FILE))
         .ok()
@@ -76,7 +80,11 @@ pub fn print(sys: &System) -> Result<i32> {
             c.entries.len()
         );
     }
-    Ok(if loaded.errors.is_empty() { 0 } else { 1 })
+    Ok(if loaded.errors.is_empty() && mesh_error.is_none() {
+        0
+    } else {
+        1
+    })
 }
 
 /// Each service the agent runs (and tincd): state, pid, restarts, last error.

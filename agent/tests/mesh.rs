@@ -425,3 +425,281 @@ fn bench_mesh() {
     }
     println!("targets: 10 nodes meshed <= 5 s after start; RSS <= 8 MiB");
 }
+
+/// Descriptors the process holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`: threads it starts (mdns-sd's) stay
+/// in that namespace.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Anyone on the LAN sees the community's mDNS tag and can announce exchange services under
+/// it. A flooder announces 400 that lead nowhere (addresses on the LAN where no host answers,
+/// so each dial hangs on ARP); then leaves without a goodbye. The agent's descriptors must stay
+/// bounded meanwhile and come back to where they were, and a real member must still mesh.
+#[test]
+fn a_lan_flood_of_fake_exchange_services_holds_no_descriptors() {
+    if !available("a_lan_flood_of_fake_exchange_services_holds_no_descriptors") {
+        return;
+    }
+    const FAKES: u32 = 400;
+    // Descriptors over the quiet baseline: the bounded dials (16 a round) and a real member's
+    // fit well inside; one per fake does not.
+    const DURING: usize = 64;
+    const AFTER: usize = 6;
+    let mut cloud = Cloud::new("fl", 4);
+    for i in [1, 2, 4] {
+        cloud.write_lan_seed(i);
+    }
+    // Node 3 is the flooder: no agent, only an address on the LAN and mDNS.
+    let flooder = cloud.nodes[2].ns.clone();
+    for args in [
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", "10.213.0.3/24", "dev", "eth0"],
+        vec!["route", "add", "default", "via", "10.213.0.254"],
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &flooder])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+    cloud.nodes[0].start();
+    cloud.nodes[1].start();
+    cloud.wait_members(&[1, 2], Duration::from_secs(20));
+    let pid = cloud.nodes[0].child.as_ref().unwrap().id();
+    // The quiet baseline: the most seen over a few seconds of ordinary gossip.
+    let sample = |secs: u64| {
+        let t = Instant::now();
+        let mut max = 0;
+        while t.elapsed() < Duration::from_secs(secs) {
+            max = max.max(open_fds(pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        max
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = sample(3);
+
+    let tag = cloudy_agent::mesh::exchange::CommunityKey::derive("test", microcloud::KEY).tag();
+    let daemon = in_netns(&flooder, move || {
+        let d = mdns_sd::ServiceDaemon::new().unwrap();
+        for i in 0..FAKES {
+            let id = format!("{i:032x}");
+            let ip = format!("10.213.0.{}", 100 + i / 4);
+            let info = mdns_sd::ServiceInfo::new(
+                cloudy_agent::mesh::lan::SERVICE_TYPE,
+                &format!("fake{i}"),
+                &format!("fake{i}.local."),
+                ip.as_str(),
+                (20000 + i) as u16,
+                &[("c", tag.as_str()), ("id", id.as_str())][..],
+            )
+            .unwrap();
+            // The daemon's command queue is short: wait for room.
+            let mut info = Some(info);
+            while let Some(i) = info.take() {
+                match d.register(i.clone()) {
+                    Err(mdns_sd::Error::Again) => {
+                        info = Some(i);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    r => r.unwrap(),
+                }
+            }
+        }
+        d
+    });
+    let t0 = Instant::now();
+    let mut during = sample(4);
+    // A member that comes up in the middle of the flood still meshes.
+    cloud.nodes[3].start();
+    let t = Instant::now();
+    loop {
+        during = during.max(open_fds(pid));
+        let want = {
+            let mut w: Vec<String> = [1, 2, 4]
+                .iter()
+                .map(|&i| cloud.nodes[i - 1].node_id())
+                .collect();
+            w.sort();
+            w
+        };
+        if [1, 2, 4]
+            .iter()
+            .all(|&i| cloud.nodes[i - 1].member_ids() == want)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "no mesh with node 4 during the flood; descriptors up to {during} (baseline {baseline})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meshed = t.elapsed();
+    during = during.max(sample(6));
+    let found = cloud.log(1).matches("found an exchange service").count();
+    eprintln!(
+        "flood of {FAKES}: node 1 held up to {during} descriptors (baseline {baseline}); \
+         node 4 meshed {meshed:?} into it; {found} exchange services taken"
+    );
+    assert!(found >= 1, "the flood never reached node 1");
+    assert!(
+        during <= baseline + DURING,
+        "descriptors during the flood: {during}, baseline {baseline}"
+    );
+
+    // The flooder goes without a goodbye: its link first, then its daemon.
+    let st = std::process::Command::new("ip")
+        .args(["-n", &flooder, "link", "set", "eth0", "down"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    drop(daemon);
+    let gone = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    let last = loop {
+        let last = open_fds(pid);
+        if last <= baseline + AFTER {
+            let q = *quiet_since.get_or_insert_with(Instant::now);
+            if q.elapsed() >= Duration::from_secs(8) {
+                break last;
+            }
+        } else {
+            quiet_since = None;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(75),
+            "descriptors did not come back after the flooder left: {last}, baseline {baseline}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "flooder gone: node 1 back to {last} descriptors (baseline {baseline}) {:?} later; {:?} in all",
+        gone.elapsed(),
+        t0.elapsed()
+    );
+    assert!(
+        cloud.ping_all(&[1, 2, 4], 25).is_empty(),
+        "the members' VPN does not work after the flood"
+    );
+}
+
+/// `cloudy-agent status` on node `n`: (exit code, output).
+fn status(n: &microcloud::Node) -> (i32, String) {
+    let o = std::process::Command::new(microcloud::agent())
+        .arg("--root")
+        .arg(&n.root)
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// When the running agent last wrote its catalog (it does every 2 s while it runs).
+fn catalog_written(n: &microcloud::Node) -> u64 {
+    let text = std::fs::read_to_string(n.root.join("run/cloudy/catalog.json")).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["written"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A /30 holds two VPN addresses; three members cannot all have one. The node left without
+/// one must say so (status now, the ready line after a restart) and keep running: answering
+/// members, writing its catalog. It used to search 2^32 candidates with the member list
+/// locked (the agent froze), then panic.
+#[test]
+fn a_full_vpn_subnet_is_reported_and_the_node_stays_responsive() {
+    if !available("a_full_vpn_subnet_is_reported_and_the_node_stays_responsive") {
+        return;
+    }
+    const FULL: &str = "VPN subnet 10.99.0.0/30 is full";
+    let mut cloud = Cloud::new("s", 3);
+    for i in 1..=3 {
+        let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
+        cloud.write_seed_text(
+            i,
+            microcloud::KEY,
+            &format!("peers = [{peers}]\n[tinc]\nsubnet = \"10.99.0.0/30\"\n[network]\ninterface = \"eth0\"\n"),
+        );
+    }
+    for i in 1..=3 {
+        cloud.nodes[i - 1].start();
+    }
+    let t0 = Instant::now();
+    cloud.wait_members(&[1, 2, 3], Duration::from_secs(30));
+    let reporting = loop {
+        let r: Vec<usize> = (1..=3)
+            .filter(|&i| status(&cloud.nodes[i - 1]).1.contains(FULL))
+            .collect();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no node reports the full subnet; status of each:\n{}",
+            (1..=3)
+                .map(|i| status(&cloud.nodes[i - 1]).1)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (code, text) = status(&cloud.nodes[reporting[0] - 1]);
+    assert_eq!(code, 1, "status fails while the mesh has an error:\n{text}");
+    // Every agent keeps running: each writes its catalog again within a few seconds.
+    let before: Vec<u64> = cloud.nodes.iter().map(catalog_written).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cloud
+        .nodes
+        .iter()
+        .zip(&before)
+        .any(|(n, &b)| catalog_written(n) <= b)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "an agent stopped working: catalog written {before:?} -> {:?}",
+            cloud.nodes.iter().map(catalog_written).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Restarted, the node says it in its ready line, and still meshes with the others on the
+    // LAN.
+    let i = reporting[0];
+    cloud.nodes[i - 1].kill();
+    let ready = cloud.nodes[i - 1].start();
+    let errors = ready["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e.as_str().unwrap().contains(FULL)),
+        "{ready}"
+    );
+    cloud.wait_members(&[1, 2, 3], Duration::from_secs(20));
+    assert!(status(&cloud.nodes[i - 1]).1.contains(FULL));
+    eprintln!(
+        "full /30: node {i} reports {:?}; all agents alive, {:?}",
+        errors,
+        t0.elapsed()
+    );
+}

@@ -68,6 +68,9 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
                     let ms = m.members.lock().unwrap();
                     ready.vpn_address = Some(ms.me().vpn.to_string());
                     ready.tinc_name = Some(ms.me().tinc_name());
+                    if let Some(e) = m.vpn_error.lock().unwrap().as_ref() {
+                        errors.push(format!("mesh: {e}"));
+                    }
                 }
                 // The node must still come up and say what is wrong, once; then keep trying
                 // rather than exiting into a restart loop that would repeat the ready line.

@@ -6,8 +6,9 @@ use anyhow::Result;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::candidates::{Offered, DIALS_PER_ROUND, DIAL_TIMEOUT};
 use super::exchange;
 use super::lan::Lan;
 use super::members::{Member, Members};
@@ -48,6 +49,7 @@ pub fn introduce(
 ) {
     let m = mesh.clone();
     tokio::spawn(async move {
+        let mut refusals: u64 = 0;
         while let Some(addr) = found.recv().await {
             let known = m
                 .members
@@ -55,9 +57,26 @@ pub fn introduce(
                 .unwrap()
                 .others()
                 .any(|o| o.address == addr.ip() && o.exchange_port == addr.port());
-            if !known && m.lan.lock().unwrap().insert(addr) {
-                tracing::info!("found an exchange service {via} at {addr}");
-                m.wake.notify_one();
+            if known {
+                continue;
+            }
+            let offered = m.lan.lock().unwrap().offer(addr, Instant::now());
+            match offered {
+                Offered::Added => {
+                    tracing::info!("found an exchange service {via} at {addr}");
+                    m.wake.notify_one();
+                }
+                Offered::Seen => {}
+                // Anyone on the LAN can announce these: say so, but not once per record.
+                refused => {
+                    refusals += 1;
+                    if refusals.is_power_of_two() {
+                        tracing::warn!(
+                            "exchange service {via} at {addr} not taken ({refused:?}); \
+                             {refusals} refused so far"
+                        );
+                    }
+                }
             }
         }
     });
@@ -69,14 +88,18 @@ pub async fn reconcile(mesh: Arc<Mesh>) {
         mesh.changed.notified().await;
         let snapshot = {
             let mut ms = mesh.members.lock().unwrap();
-            if ms.resolve_vpn_collision(mesh.subnet) {
+            let settled = ms.settle_vpn(mesh.subnet);
+            if let Ok(true) = settled {
                 tracing::warn!(
                     "VPN address taken by a member with a lower id; moved to {}",
                     ms.me().vpn
                 );
                 mesh.wake.notify_one();
             }
-            ms.clone()
+            let snapshot = ms.clone();
+            drop(ms);
+            mesh.set_vpn_error(settled.err().map(|e| e.to_string()));
+            snapshot
         };
         if let Err(e) = mesh.save_members(&snapshot) {
             tracing::error!("{e:#}");
@@ -133,7 +156,19 @@ pub async fn gossip(mesh: Arc<Mesh>, bootstrap: Vec<String>, network: Option<Net
         let results = futures_util::future::join_all(targets.into_iter().map(|(id, b, addr)| {
             let key = mesh.key.clone();
             let ours = ours.clone();
-            async move { (id, b, addr, exchange::exchange(addr, &key, &ours).await) }
+            async move {
+                let dial = exchange::exchange(addr, &key, &ours);
+                // Every dial ends (exchange::TIMEOUT at the latest); one to a mere candidate
+                // sooner, so what anyone can announce cannot hold descriptors for long.
+                let r = if b.as_deref().is_some_and(|b| b.starts_with("lan:")) {
+                    tokio::time::timeout(DIAL_TIMEOUT, dial)
+                        .await
+                        .unwrap_or(Err(exchange::ExchangeError::Timeout))
+                } else {
+                    dial.await
+                };
+                (id, b, addr, r)
+            }
         }))
         .await;
         let (news, pending) = take_results(&mesh, &mut state, results);
@@ -189,8 +224,15 @@ async fn targets(
             }
         }
     }
-    for a in mesh.lan.lock().unwrap().iter() {
-        all.push((None, Some(format!("lan:{a}")), *a));
+    // A bounded number per round: every dial holds a descriptor until it ends (at the latest
+    // after exchange::TIMEOUT).
+    for a in mesh
+        .lan
+        .lock()
+        .unwrap()
+        .due(Instant::now(), DIALS_PER_ROUND)
+    {
+        all.push((None, Some(format!("lan:{a}")), a));
     }
     (ours, all)
 }
@@ -238,13 +280,16 @@ fn take_results(mesh: &Mesh, state: &mut Rounds, results: Vec<Exchanged>) -> (bo
                 }
                 if let Some(b) = b {
                     if b.starts_with("lan:") {
-                        mesh.lan.lock().unwrap().remove(&addr);
+                        mesh.lan.lock().unwrap().answered(&addr);
                     } else {
                         state.boot_done.insert(b);
                     }
                 }
             }
             Err(e) => {
+                if b.as_deref().is_some_and(|b| b.starts_with("lan:")) {
+                    mesh.lan.lock().unwrap().failed(&addr, Instant::now());
+                }
                 pending |= b.is_some() || id.as_ref().is_some_and(|id| !state.synced.contains(id));
                 tracing::debug!("exchange with {addr}: {e}");
             }

@@ -1,7 +1,7 @@
 //! Finding members on the LAN by mDNS (`_cloudy-join._tcp`), so nodes on one network need no
-//! bootstrap peers in their seed. A record only says "a exchange service may be here": whoever
-//! answers still has to pass the exchange protocol's key check, so a forged record costs one failed
-//! handshake and nothing else.
+//! bootstrap peers in their seed. A record only says "an exchange service may be here": whoever
+//! answers still has to pass the exchange protocol's key check, so a forged record costs at most
+//! a few failed dials, and `mesh::candidates` bounds how many records are kept and dialled.
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::net::{IpAddr, SocketAddr};

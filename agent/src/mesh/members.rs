@@ -44,6 +44,12 @@ pub enum MemberError {
     KeyChanged { id: String },
     #[error("member list full ({MAX_MEMBERS})")]
     Full,
+    #[error("VPN subnet {subnet} is full: all {hosts} of its addresses are taken by other members, so this node keeps {kept}, which a member with a lower id also claims; make [tinc] subnet larger in every member's seed")]
+    SubnetFull {
+        subnet: String,
+        hosts: u64,
+        kept: Ipv4Addr,
+    },
 }
 
 impl Member {
@@ -106,18 +112,57 @@ fn check_pubkey(k: &str) -> Result<(), String> {
 /// One candidate VPN address per attempt, spread over the subnet by the node id, skipping the
 /// network and broadcast addresses.
 pub fn vpn_candidate(id: &str, subnet: (Ipv4Addr, u8), attempt: u32) -> Ipv4Addr {
+    host_address(subnet, candidate_index(id, subnet.1, attempt))
+}
+
+fn candidate_index(id: &str, prefix: u8, attempt: u32) -> u64 {
     use sha2::{Digest, Sha256};
-    let (net, prefix) = subnet;
-    let size: u64 = 1u64 << (32 - u32::from(prefix));
     let d = Sha256::digest(format!("{id}/{attempt}").as_bytes());
     let h = u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
-    let host = 1 + h % (size - 2);
+    h % subnet_hosts(prefix)
+}
+
+/// Usable host addresses in a subnet of `prefix` bits: all but the network and broadcast
+/// addresses (the seed allows /8 to /30; anything narrower still counts one).
+pub fn subnet_hosts(prefix: u8) -> u64 {
+    let size: u64 = 1u64 << (32 - u32::from(prefix.min(32)));
+    size.saturating_sub(2).max(1)
+}
+
+/// The `index`th usable host address (0-based) of `subnet`.
+fn host_address((net, prefix): (Ipv4Addr, u8), index: u64) -> Ipv4Addr {
     let mask = if prefix == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(prefix))
+        u32::MAX << (32 - u32::from(prefix.min(32)))
     };
+    let host = if prefix >= 31 { index } else { 1 + index };
     Ipv4Addr::from((u32::from(net) & mask) | host as u32)
+}
+
+/// Hashed candidates tried before walking the subnet in order.
+const HASHED_ATTEMPTS: u32 = 16;
+
+/// A VPN address for `id` that is not in `taken`: the first free hashed candidate, else the
+/// next free address after the first candidate, in order. At most `HASHED_ATTEMPTS` hashes and
+/// at most `min(hosts, taken.len() + 1)` steps of one pass over the subnet (members are at most
+/// `MAX_MEMBERS`), so it is quick even under a lock; None when every address is taken.
+pub fn free_vpn_address(
+    id: &str,
+    subnet: (Ipv4Addr, u8),
+    taken: &std::collections::HashSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let hosts = subnet_hosts(subnet.1);
+    if let Some(a) = (0..HASHED_ATTEMPTS)
+        .map(|a| vpn_candidate(id, subnet, a))
+        .find(|a| !taken.contains(a))
+    {
+        return Some(a);
+    }
+    let start = candidate_index(id, subnet.1, 0);
+    (0..hosts)
+        .map(|i| host_address(subnet, (start + i) % hosts))
+        .find(|a| !taken.contains(a))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -219,20 +264,29 @@ impl Members {
 
     /// Two members claiming one VPN address: the lower id keeps it, the other (if it is us)
     /// moves to its next candidate that nobody known uses. Each node only ever moves itself,
-    /// so the rule converges without a coordinator.
+    /// so the rule converges without a coordinator. True when we moved; false also when the
+    /// subnet has no free address left (`settle_vpn` says so).
     pub fn resolve_vpn_collision(&mut self, subnet: (Ipv4Addr, u8)) -> bool {
+        self.settle_vpn(subnet).unwrap_or(false)
+    }
+
+    /// `resolve_vpn_collision`, with a subnet that has no free address left an error (we keep
+    /// the address we have). The search is bounded by the subnet's size and the member count.
+    pub fn settle_vpn(&mut self, subnet: (Ipv4Addr, u8)) -> Result<bool, MemberError> {
         let mine = self.me().vpn;
         let lose = self.others().any(|m| m.vpn == mine && m.id < self.me);
         if !lose {
-            return false;
+            return Ok(false);
         }
-        let taken: Vec<Ipv4Addr> = self.others().map(|m| m.vpn).collect();
-        let id = self.me.clone();
-        let next = (0..u32::MAX)
-            .map(|a| vpn_candidate(&id, subnet, a))
-            .find(|a| !taken.contains(a))
-            .expect("subnet has room");
-        self.update_me(|m| m.vpn = next)
+        let taken: std::collections::HashSet<Ipv4Addr> = self.others().map(|m| m.vpn).collect();
+        match free_vpn_address(&self.me, subnet, &taken) {
+            Some(next) => Ok(self.update_me(|m| m.vpn = next)),
+            None => Err(MemberError::SubnetFull {
+                subnet: format!("{}/{}", subnet.0, subnet.1),
+                hosts: subnet_hosts(subnet.1),
+                kept: mine,
+            }),
+        }
     }
 }
 
@@ -345,5 +399,74 @@ pub(crate) mod tests {
             at_low.members[&at_high.me].vpn, low.vpn,
             "the moved address spreads"
         );
+    }
+
+    /// Three members in a /30 (two host addresses): the one that loses a collision has
+    /// nowhere to go. The search must end at once, leaving our address as it is.
+    #[test]
+    fn full_subnet_does_not_hang_the_collision_search() {
+        let subnet = (Ipv4Addr::new(10, 99, 0, 0), 30);
+        let (h1, h2) = (Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 2));
+        let mut a = member('1', "a");
+        a.vpn = h1;
+        let mut b = member('2', "b");
+        b.vpn = h2;
+        let mut c = member('3', "c");
+        c.vpn = h1;
+        let mut at_c = Members::new(c);
+        at_c.merge(vec![a, b]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let moved = at_c.resolve_vpn_collision(subnet);
+            let _ = tx.send((moved, at_c));
+        });
+        let (moved, at_c) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the VPN address search hung (or panicked) on a full /30");
+        assert!(!moved, "there is no free address to move to");
+        assert_eq!(at_c.me().vpn, h1, "our address stays as it was");
+        assert_eq!(at_c.me().rev, 1);
+    }
+
+    #[test]
+    fn full_subnet_is_a_clear_error_and_room_is_found_in_order() {
+        let subnet = (Ipv4Addr::new(10, 99, 0, 0), 30);
+        let mut a = member('1', "a");
+        a.vpn = Ipv4Addr::new(10, 99, 0, 1);
+        let mut b = member('2', "b");
+        b.vpn = Ipv4Addr::new(10, 99, 0, 2);
+        let mut c = member('3', "c");
+        c.vpn = a.vpn;
+        let mut at_c = Members::new(c.clone());
+        at_c.merge(vec![a.clone(), b.clone()]);
+        let e = at_c.settle_vpn(subnet).unwrap_err();
+        assert_eq!(
+            e,
+            MemberError::SubnetFull {
+                subnet: "10.99.0.0/30".into(),
+                hosts: 2,
+                kept: a.vpn
+            }
+        );
+        assert!(e.to_string().contains("10.99.0.0/30 is full"), "{e}");
+        // Two of three in a /30 fit: the lower id keeps its address, the other takes the
+        // other one even when no hashed candidate is free.
+        let mut at_c = Members::new(c);
+        at_c.merge(vec![a.clone()]);
+        assert_eq!(at_c.settle_vpn(subnet), Ok(true));
+        assert_eq!(at_c.me().vpn, b.vpn);
+        // In a /24 with all but one address taken, the search finds the last one.
+        let subnet = (Ipv4Addr::new(10, 99, 7, 0), 24);
+        let mine = vpn_candidate(&a.id, subnet, 0);
+        let free = Ipv4Addr::new(10, 99, 7, 77);
+        let taken: std::collections::HashSet<Ipv4Addr> = (1..=254u8)
+            .map(|h| Ipv4Addr::new(10, 99, 7, h))
+            .filter(|&ip| ip != free)
+            .collect();
+        assert!(taken.contains(&mine) || mine == free);
+        assert_eq!(free_vpn_address(&a.id, subnet, &taken), Some(free));
+        let full: std::collections::HashSet<Ipv4Addr> =
+            taken.iter().copied().chain([free]).collect();
+        assert_eq!(free_vpn_address(&a.id, subnet, &full), None);
     }
 }

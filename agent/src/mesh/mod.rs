@@ -2,6 +2,7 @@
 //! finding members on the LAN (mDNS) and community-wide (Serf), and the gossip that keeps the
 //! list and tinc's files current. Imports `os` and the model.
 
+pub mod candidates;
 pub mod exchange;
 pub mod gossip;
 pub mod lan;
@@ -10,8 +11,7 @@ pub mod serf;
 pub mod tinc;
 
 use anyhow::{Context as _, Result};
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
@@ -34,14 +34,21 @@ pub struct Mesh {
     pub wake: Notify,
     pub tincd: mpsc::UnboundedSender<Control>,
     pub tincd_status: supervisor::Shared,
-    /// Exchange services seen on the LAN (or through Serf), not yet answered.
-    pub lan: Mutex<HashSet<SocketAddr>>,
+    /// Exchange services seen on the LAN (or through Serf), not yet answered: bounded, and
+    /// what does not answer ages out (anyone on the LAN can announce them).
+    pub lan: Mutex<candidates::Candidates>,
     /// Our mDNS publication, redone when our address changes.
     pub mdns: Mutex<Option<lan::Lan>>,
     pub paths: tinc::Paths,
     pub settings: tinc::Settings,
     pub subnet: (Ipv4Addr, u8),
+    /// Why our VPN address is not settled (the subnet is full), if it is not: for the ready
+    /// line, and in `MESH_ERROR_FILE` for `cloudy-agent status`.
+    pub vpn_error: Mutex<Option<String>>,
 }
+
+/// The mesh's standing problem, while it lasts (`cloudy-agent status` prints it).
+pub const MESH_ERROR_FILE: &str = "/run/cloudy/mesh-error";
 
 /// What the mesh starts from.
 pub struct Start<'a> {
@@ -66,7 +73,9 @@ impl Mesh {
         let pubkey =
             tokio::task::spawn_blocking(move || tinc::ensure_keys(&pk_paths, &tincd)).await??;
         let subnet = s.seed.vpn_subnet();
-        let members = our_members(sys, &s, subnet, pubkey)?;
+        let (members, vpn_error) = our_members(sys, &s, subnet, pubkey)?;
+        // Whatever an earlier run left there is not news.
+        let _ = std::fs::remove_file(sys.path(MESH_ERROR_FILE));
         let settings = tinc::Settings {
             mode: s.seed.tinc_mode(),
             port: s.seed.tinc_port(),
@@ -92,12 +101,36 @@ impl Mesh {
             wake: Notify::new(),
             tincd: tx,
             tincd_status,
-            lan: Mutex::new(HashSet::new()),
+            lan: Mutex::new(candidates::Candidates::default()),
             mdns: Mutex::new(None),
             paths,
             settings,
             subnet,
+            vpn_error: Mutex::new(None),
         }))
+        .inspect(|m| m.set_vpn_error(vpn_error))
+    }
+
+    /// Records (or clears, with None) why our VPN address is not settled.
+    pub fn set_vpn_error(&self, e: Option<String>) {
+        let mut cur = self.vpn_error.lock().unwrap();
+        if *cur == e {
+            return;
+        }
+        let written = match &e {
+            Some(e) => {
+                tracing::error!("{e}");
+                self.sys.write_atomic(MESH_ERROR_FILE, e.as_bytes(), 0o644)
+            }
+            None => match std::fs::remove_file(self.sys.path(MESH_ERROR_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = written {
+            tracing::warn!("{MESH_ERROR_FILE}: {e:#}");
+        }
+        *cur = e;
     }
 
     pub fn save_members(&self, ms: &Members) -> Result<()> {
@@ -111,7 +144,7 @@ fn our_members(
     s: &Start<'_>,
     subnet: (Ipv4Addr, u8),
     pubkey: String,
-) -> Result<Members> {
+) -> Result<(Members, Option<String>)> {
     let address = s
         .primary
         .and_then(|p| p.address)
@@ -138,9 +171,9 @@ fn our_members(
             m.vpn = fresh.vpn;
         }
     });
-    members.resolve_vpn_collision(subnet);
+    let vpn_error = members.settle_vpn(subnet).err().map(|e| e.to_string());
     save_members(sys, &members)?;
-    Ok(members)
+    Ok((members, vpn_error))
 }
 
 fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
