@@ -90,6 +90,7 @@ async fn server(root: &std::path::Path, key: &CommunityKey) -> SocketAddr {
         tincd_status: Default::default(),
         lan: Default::default(),
         mdns: Mutex::new(None),
+        vpn_error: Mutex::new(None),
         paths: tinc::Paths::new(&sys, "flood"),
         settings: tinc::Settings {
             mode: Default::default(),
