@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::catalog::Record;
-use crate::os::supervisor::Program;
+use crate::os::supervisor::{Log, Program};
 use crate::os::system::System;
 use crate::services::{
-    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Service,
-    ServiceError, Using,
+    own_dir, port_open, read_string, remove_file, render, write_if_changed, Configured, Context,
+    Env, Joined, Service, ServiceError, Using,
 };
 
 pub const USER: &str = "cloudy-tahoe";
@@ -137,8 +137,10 @@ impl Tahoe {
     }
 
     fn stored_furl(&self) -> Option<String> {
-        let text =
-            std::fs::read_to_string(self.node_dir().join("private/introducers.yaml")).ok()?;
+        let text = read_string(
+            &self.sys.state_dir(),
+            &self.node_dir().join("private/introducers.yaml"),
+        )?;
         text.lines()
             .find_map(|l| l.trim().strip_prefix("furl: "))
             .map(str::to_string)
@@ -259,14 +261,18 @@ impl Service for Tahoe {
             }
         };
         let ids = crate::services::ensure_user(USER, &self.state)?;
-        own_dir(&self.state, ids, 0o700)?;
+        // Every directory and file below through the link-refusing walk: they are the
+        // service user's to change.
+        let base = self.sys.state_dir();
+        own_dir(&base, &self.state, ids, 0o700)?;
         let node = self.node_dir();
-        own_dir(&node, ids, 0o700)?;
-        own_dir(&node.join("private"), ids, 0o700)?;
+        own_dir(&base, &node, ids, 0o700)?;
+        own_dir(&base, &node.join("private"), ids, 0o700)?;
         let nickname = format!("{}-{}", env.ctx.node, self.role.name());
         let mut changed = false;
         for (rel, text, private) in render_node(self.role, &nickname, vpn, furl.as_deref())? {
             changed |= write_if_changed(
+                &base,
                 &node.join(rel),
                 text.as_bytes(),
                 if private { 0o600 } else { 0o644 },
@@ -277,7 +283,7 @@ impl Service for Tahoe {
         if self.role == Role::Introducer && seen.vpn.is_some_and(|v| v != vpn) {
             // The FURL file keeps the location it was made with: a new one carries the new
             // address (storage nodes follow the introducer node to its new FURL).
-            let _ = std::fs::remove_file(self.introducer_furl_file());
+            let _ = remove_file(&base, &self.introducer_furl_file());
         }
         if changed {
             tracing::info!("{}: configuration rendered", self.role.name());
@@ -306,7 +312,10 @@ impl Service for Tahoe {
             ("PYTHONUNBUFFERED".into(), "1".into()),
         ];
         p.marker = Some(node);
-        p.log = Some(self.state.join(format!("{}.log", self.role.name())));
+        p.log = Some(Log::new(
+            self.sys.state_dir(),
+            self.state.join(format!("{}.log", self.role.name())),
+        ));
         Some(p)
     }
 
@@ -330,7 +339,7 @@ impl Service for Tahoe {
     fn record(&self, ctx: &Context) -> Option<Record> {
         match self.role {
             Role::Introducer => {
-                let furl = std::fs::read_to_string(self.introducer_furl_file()).ok()?;
+                let furl = read_string(&self.sys.state_dir(), &self.introducer_furl_file())?;
                 let mut r = ctx.vpn_record(
                     Role::Introducer.name(),
                     INTRODUCER_PORT,
@@ -345,7 +354,9 @@ impl Service for Tahoe {
                     STORAGE_PORT,
                     "Tahoe-LAFS storage node",
                 );
-                if let Ok(id) = std::fs::read_to_string(self.node_dir().join("my_nodeid")) {
+                if let Some(id) =
+                    read_string(&self.sys.state_dir(), &self.node_dir().join("my_nodeid"))
+                {
                     r.fields.insert("nodeid".into(), id.trim().to_string());
                 }
                 Some(r)
