@@ -526,6 +526,63 @@ mod tests {
         assert!(!c.contains("{{"));
     }
 
+    /// The attack through real `configure` (and real `syncthing generate`): the (compromised)
+    /// service user points peers.json's folder at a new directory under a root-owned one, or
+    /// swaps its home for a link to it. Root neither makes nor chowns anything there.
+    #[test]
+    fn the_service_cannot_steer_root_to_its_folder_or_through_a_link() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() || !Path::new(EXE).exists() {
+            eprintln!("SKIP the_service_cannot_steer_root_to_its_folder_or_through_a_link: needs root and {EXE}");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let s = Syncthing::new(&sys);
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let looks = || {
+            let m = std::fs::symlink_metadata(&etc).unwrap();
+            let names: Vec<_> = std::fs::read_dir(&etc)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            ((m.uid(), m.gid(), m.mode() & 0o7777), names)
+        };
+        let before = looks();
+        let env = Env {
+            sys: sys.clone(),
+            ctx: crate::services::test_context(),
+            catalog: vec![],
+            agent_exe: "/bin/true".into(),
+        };
+        assert_eq!(s.configure(&env).unwrap(), Configured::Changed);
+        for folder in [
+            etc.join("made"),
+            sys.path(SHARES_BASE).join("../etc/made"),
+            sys.path(SHARES_BASE),
+        ] {
+            // The service user's own file: it can write anything there.
+            std::fs::write(
+                s.peers_file(),
+                serde_json::json!({ "folder": folder, "devices": {} }).to_string(),
+            )
+            .unwrap();
+            let r = s.configure(&env);
+            assert!(r.is_err(), "{} refused: {r:?}", folder.display());
+            assert!(!etc.join("made").exists(), "nothing made under /etc");
+            assert_eq!(looks(), before, "the target is untouched");
+        }
+        std::fs::remove_file(s.peers_file()).unwrap();
+        // Its home swapped for a link.
+        std::fs::rename(s.home(), s.state.join("home.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, s.home()).unwrap();
+        *s.applied.lock().unwrap() = None;
+        assert!(s.configure(&env).is_err(), "a linked home is refused");
+        assert_eq!(looks(), before, "the target is untouched");
+    }
+
     #[test]
     fn malformed_peers_are_left_out() {
         let mut peers = Peers::default();

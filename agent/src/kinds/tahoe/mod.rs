@@ -499,6 +499,83 @@ mod tests {
         assert_ne!(m.uid(), 0, "owned by the service user");
     }
 
+    /// The attack: the (compromised) storage node swaps its `node/private` for a link to a
+    /// root-owned directory (standing in for /etc), and its `tahoe.cfg` for a link to a file
+    /// there. The next configure refuses (an error: the service fails), the target keeps its
+    /// owner and mode and gains no file, and no file is written through a link.
+    #[test]
+    fn a_swapped_in_link_does_not_hand_root_files_to_the_service() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_swapped_in_link_does_not_hand_root_files_to_the_service: needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let t = Tahoe::new(&sys, Role::Storage);
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0\n").unwrap();
+        let looks = || {
+            let m = std::fs::symlink_metadata(&etc).unwrap();
+            let p = std::fs::symlink_metadata(etc.join("passwd")).unwrap();
+            let mut names: Vec<_> = std::fs::read_dir(&etc)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            (
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (p.uid(), p.mode() & 0o7777),
+                std::fs::read(etc.join("passwd")).unwrap(),
+                names,
+            )
+        };
+        let before = looks();
+        let intro = |furl: &str| {
+            let mut r =
+                crate::services::test_context().vpn_record("tahoe-introducer", INTRODUCER_PORT, "");
+            r.fields.insert("furl".into(), furl.into());
+            r
+        };
+        let env = |furl: &str| Env {
+            sys: sys.clone(),
+            ctx: crate::services::test_context(),
+            catalog: vec![intro(furl)],
+            agent_exe: "/bin/true".into(),
+        };
+        assert_eq!(
+            t.configure(&env("pb://aaaa@tcp:10.99.0.1:3458/one"))
+                .unwrap(),
+            Configured::Changed
+        );
+        // The service user's moves, all within directories it owns.
+        let node = t.node_dir();
+        std::fs::rename(node.join("private"), node.join("private.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, node.join("private")).unwrap();
+        std::fs::remove_file(node.join("tahoe.cfg")).unwrap();
+        std::os::unix::fs::symlink(etc.join("passwd"), node.join("tahoe.cfg")).unwrap();
+        // Twice, as the manager does every second; a new introducer makes it write.
+        for furl in [
+            "pb://aaaa@tcp:10.99.0.1:3458/one",
+            "pb://bbbb@tcp:10.99.0.5:3458/two",
+        ] {
+            let r = t.configure(&env(furl));
+            assert!(r.is_err(), "refused, not followed: {r:?}");
+            assert_eq!(looks(), before, "the link's target is untouched");
+        }
+        // The storage node's own home swapped too (its state dir is its own).
+        std::fs::remove_file(node.join("private")).unwrap();
+        std::fs::rename(&node, t.state.join("node.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, &node).unwrap();
+        assert!(t
+            .configure(&env("pb://cccc@tcp:10.99.0.6:3458/three"))
+            .is_err());
+        assert_eq!(looks(), before, "the link's target is untouched");
+        assert!(t.record(&crate::services::test_context()).is_some());
+    }
+
     /// A client uses the grid the user joined, and a new join switches grids.
     #[test]
     fn client_follows_the_last_join() {
