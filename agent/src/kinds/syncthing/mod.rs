@@ -560,8 +560,8 @@ mod tests {
         assert_eq!(s.configure(&env).unwrap(), Configured::Changed);
         for folder in [
             etc.join("made"),
-            sys.path(SHARES_BASE).join("../etc/made"),
-            sys.path(SHARES_BASE),
+            sys.path("/srv").join("../etc/made"),
+            sys.path("/srv"),
         ] {
             // The service user's own file: it can write anything there.
             std::fs::write(
