@@ -674,7 +674,13 @@ mod tests {
         // The service's own move: its directory becomes a link to "/etc".
         std::os::unix::fs::symlink(&target, svc.join("private")).unwrap();
         let private = svc.join("private");
-        assert!(own_dir(&base, &private, ids, 0o700).is_err(), "own_dir");
+        let r = own_dir(&base, &private, ids, 0o700);
+        assert_eq!(
+            looks(&target),
+            before,
+            "own_dir left the link's target alone"
+        );
+        assert!(r.is_err(), "own_dir");
         assert!(own_dir(&base, &private.join("deeper"), ids, 0o700).is_err());
         assert!(
             write_if_changed(&base, &private.join("new"), b"x", 0o644, Some(ids)).is_err(),
@@ -729,8 +735,9 @@ mod tests {
         own_dir(&base, &svc, ids, 0o700).unwrap();
         let cfg = svc.join("tahoe.cfg");
         std::os::unix::fs::symlink(target.join("passwd"), &cfg).unwrap();
-        assert_eq!(read_file(&base, &cfg), None, "a link is not read");
-        assert!(write_if_changed(&base, &cfg, b"[node]\n", 0o600, Some(ids)).unwrap());
+        let r = write_if_changed(&base, &cfg, b"[node]\n", 0o600, Some(ids));
+        assert_eq!(looks(&target), before, "nothing written through the link");
+        assert!(r.unwrap());
         let m = std::fs::symlink_metadata(&cfg).unwrap();
         assert!(m.file_type().is_file(), "the link itself replaced");
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (ids.0, ids.1, 0o600));
@@ -745,6 +752,12 @@ mod tests {
             .is_file());
         assert_eq!(std::fs::read_to_string(&key).unwrap(), format!("{k}\n"));
         // A log that is a link is refused; a FIFO is neither read nor blocked on.
+        std::os::unix::fs::symlink(target.join("passwd"), svc.join("link")).unwrap();
+        assert_eq!(
+            read_file(&base, &svc.join("link")),
+            None,
+            "a link is not read"
+        );
         let dir = SafeDir::base(&base).unwrap().descend(&svc, false).unwrap();
         std::os::unix::fs::symlink(target.join("passwd"), svc.join("svc.log")).unwrap();
         assert!(dir.append("svc.log", 0o640).is_err());

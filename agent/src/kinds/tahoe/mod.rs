@@ -562,8 +562,8 @@ mod tests {
             "pb://bbbb@tcp:10.99.0.5:3458/two",
         ] {
             let r = t.configure(&env(furl));
-            assert!(r.is_err(), "refused, not followed: {r:?}");
             assert_eq!(looks(), before, "the link's target is untouched");
+            assert!(r.is_err(), "refused, not followed: {r:?}");
         }
         // The storage node's own home swapped too (its state dir is its own).
         std::fs::remove_file(node.join("private")).unwrap();
