@@ -209,6 +209,10 @@ pub struct Status {
     #[serde(default)]
     pub spawn_failures: u32,
     pub last_error: Option<String>,
+    /// What confines the running child, as the kernel reports it (`/proc/<pid>/status`):
+    /// `uid N, no_new_privs`, or `root`; None while not running.
+    #[serde(default)]
+    pub confinement: Option<String>,
 }
 
 impl Default for Status {
@@ -219,8 +223,26 @@ impl Default for Status {
             restarts: 0,
             spawn_failures: 0,
             last_error: None,
+            confinement: None,
         }
     }
+}
+
+/// What confines process `pid`, read from the kernel: its uid and whether it may gain
+/// privileges (`PR_SET_NO_NEW_PRIVS`).
+pub fn confinement(pid: u32) -> Option<String> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let uid = field("Uid:")?.split_whitespace().next()?.to_string();
+    let mut parts = vec![if uid == "0" {
+        "root".to_string()
+    } else {
+        format!("uid {uid}")
+    }];
+    if field("NoNewPrivs:") == Some("1") {
+        parts.push("no_new_privs".into());
+    }
+    Some(parts.join(", "))
 }
 
 pub type Shared = Arc<Mutex<Status>>;
@@ -298,6 +320,8 @@ fn record_start(p: &Program, status: &Shared, pid: u32, starts: u32) {
         let mut s = status.lock().unwrap();
         s.pid = pid;
         s.restarts = starts - 1;
+        // spawn returns once the child has exec'd: its uid and flags are final.
+        s.confinement = confinement(pid);
         if s.state != State::Running {
             s.state = State::Starting;
         }
@@ -510,6 +534,34 @@ mod tests {
         tx.send(Control::Stop).unwrap();
         task.await.unwrap();
         assert_eq!(status.lock().unwrap().state, State::Stopped);
+    }
+
+    /// A service user's program runs with no_new_privs, and the status says so.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_service_program_cannot_gain_privileges() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_service_program_cannot_gain_privileges: needs root (setuid)");
+            return;
+        }
+        let mut p = Program::new("sleep", "/bin/sleep").arg("30");
+        p.user = Some((65534, 65534));
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let t0 = Instant::now();
+        while status.lock().unwrap().pid == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = status.lock().unwrap().pid;
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(st.lines().any(|l| l == "NoNewPrivs:\t1"), "{st}");
+        assert_eq!(
+            status.lock().unwrap().confinement.as_deref(),
+            Some("uid 65534, no_new_privs")
+        );
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]
