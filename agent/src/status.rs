@@ -107,8 +107,8 @@ fn print_services(sys: &System) {
         }
     );
     println!(
-        "  {:<18} {:<9} {:>7} {:>8}  LAST ERROR",
-        "NAME", "STATE", "PID", "RESTARTS"
+        "  {:<18} {:<9} {:>7} {:>8}  {:<24}  LAST ERROR",
+        "NAME", "STATE", "PID", "RESTARTS", "CONFINEMENT"
     );
     for (name, s) in &f.services {
         let state = serde_json::to_value(s.state)
@@ -120,12 +120,19 @@ fn print_services(sys: &System) {
         } else {
             s.pid.to_string()
         };
+        // Shown while it runs: what the kernel says confines the process.
+        let confinement = s
+            .confinement
+            .as_deref()
+            .filter(|_| s.pid != 0)
+            .unwrap_or("-");
         println!(
-            "  {:<18} {:<9} {:>7} {:>8}  {}",
+            "  {:<18} {:<9} {:>7} {:>8}  {:<24}  {}",
             name,
             state,
             pid,
             s.restarts,
+            confinement,
             s.last_error.as_deref().unwrap_or("-")
         );
     }

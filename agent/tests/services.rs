@@ -204,6 +204,8 @@ fn tahoe_grid_forms_and_a_joined_client_reads_it() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(!uid.split_whitespace().nth(1).unwrap().eq("0"), "{uid}");
+    // ... and can never gain privileges (setuid programs, file capabilities).
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
     // The introducer's FURL travels in its record.
     let furl = wait_for("introducer record on n3", Duration::from_secs(30), || {
         cloud.nodes[2]
@@ -281,12 +283,13 @@ fn tahoe_grid_forms_and_a_joined_client_reads_it() {
         || get(&cloud.nodes[3], "tahoe-client"),
     );
 
-    // `status` shows each service's state.
+    // `status` shows each service's state, and its confinement.
     let st = agent_in(&cloud.nodes[3], &["status"]);
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(
-        st.lines()
-            .any(|l| l.contains("tahoe-client") && l.contains("running")),
+        st.lines().any(|l| l.contains("tahoe-client")
+            && l.contains("running")
+            && l.contains("no_new_privs")),
         "{st}"
     );
 

@@ -6,6 +6,8 @@
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+use crate::os::files::{FileError, SafeDir};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -81,10 +83,41 @@ pub struct Program {
     /// A pid file the child writes and refuses to start over (tincd): removed when stale.
     pub pidfile: Option<PathBuf>,
     /// Where the child's stdout and stderr go (appended); None: the agent's stderr.
-    pub log: Option<PathBuf>,
+    pub log: Option<Log>,
     /// Told when the child exits (after `Status` says so), e.g. to withdraw its records now
     /// rather than at the next health check.
     pub on_exit: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// A child's log file, in a directory its (unprivileged) user may write: opened by the agent
+/// through [`SafeDir`] from `base` (root's), so a link put in its place, or in place of a
+/// directory on the way, is refused rather than followed.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub base: PathBuf,
+    pub path: PathBuf,
+}
+
+impl Log {
+    pub fn new(base: impl Into<PathBuf>, path: impl Into<PathBuf>) -> Log {
+        Log {
+            base: base.into(),
+            path: path.into(),
+        }
+    }
+
+    /// Opened for appending (`O_APPEND|O_CREAT|O_NOFOLLOW`, 0640, made if missing).
+    pub fn open(&self) -> Result<std::fs::File, FileError> {
+        let dir = self.path.parent().unwrap_or(&self.base);
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FileError::Failed(format!("log {}", self.path.display())))?;
+        SafeDir::base(&self.base)?
+            .descend(dir, true)?
+            .append(name, 0o640)
+    }
 }
 
 impl Program {
@@ -119,10 +152,7 @@ impl Program {
             c.current_dir(d);
         }
         if let Some(log) = &self.log {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)?;
+            let f = log.open().map_err(std::io::Error::other)?;
             c.stdout(f.try_clone()?).stderr(f);
         }
         if let Some((uid, gid)) = self.user {
@@ -130,6 +160,7 @@ impl Program {
             c.uid(uid).gid(gid);
         }
         let parent = nix::unistd::getpid();
+        let confined = self.user.is_some();
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
         // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
@@ -137,6 +168,11 @@ impl Program {
                 // If the agent is killed, the child goes too, and the restarted agent starts
                 // clean. Set after the uid change, which would clear it.
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                // A service user's program, and all it runs, never gains privileges (no setuid
+                // or file capabilities): refuse to run at all rather than without it.
+                if confined {
+                    nix::sys::prctl::set_no_new_privs()?;
+                }
                 // The agent may have died between fork and prctl: then nobody would stop us.
                 if nix::unistd::getppid() != parent {
                     nix::libc::_exit(1);
@@ -173,6 +209,10 @@ pub struct Status {
     #[serde(default)]
     pub spawn_failures: u32,
     pub last_error: Option<String>,
+    /// What confines the running child, as the kernel reports it (`/proc/<pid>/status`):
+    /// `uid N, no_new_privs`, or `root`; None while not running.
+    #[serde(default)]
+    pub confinement: Option<String>,
 }
 
 impl Default for Status {
@@ -183,8 +223,26 @@ impl Default for Status {
             restarts: 0,
             spawn_failures: 0,
             last_error: None,
+            confinement: None,
         }
     }
+}
+
+/// What confines process `pid`, read from the kernel: its uid and whether it may gain
+/// privileges (`PR_SET_NO_NEW_PRIVS`).
+pub fn confinement(pid: u32) -> Option<String> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let uid = field("Uid:")?.split_whitespace().next()?.to_string();
+    let mut parts = vec![if uid == "0" {
+        "root".to_string()
+    } else {
+        format!("uid {uid}")
+    }];
+    if field("NoNewPrivs:") == Some("1") {
+        parts.push("no_new_privs".into());
+    }
+    Some(parts.join(", "))
 }
 
 pub type Shared = Arc<Mutex<Status>>;
@@ -262,6 +320,8 @@ fn record_start(p: &Program, status: &Shared, pid: u32, starts: u32) {
         let mut s = status.lock().unwrap();
         s.pid = pid;
         s.restarts = starts - 1;
+        // spawn returns once the child has exec'd: its uid and flags are final.
+        s.confinement = confinement(pid);
         if s.state != State::Running {
             s.state = State::Starting;
         }
@@ -474,6 +534,34 @@ mod tests {
         tx.send(Control::Stop).unwrap();
         task.await.unwrap();
         assert_eq!(status.lock().unwrap().state, State::Stopped);
+    }
+
+    /// A service user's program runs with no_new_privs, and the status says so.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_service_program_cannot_gain_privileges() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_service_program_cannot_gain_privileges: needs root (setuid)");
+            return;
+        }
+        let mut p = Program::new("sleep", "/bin/sleep").arg("30");
+        p.user = Some((65534, 65534));
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let t0 = Instant::now();
+        while status.lock().unwrap().pid == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = status.lock().unwrap().pid;
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(st.lines().any(|l| l == "NoNewPrivs:\t1"), "{st}");
+        assert_eq!(
+            status.lock().unwrap().confinement.as_deref(),
+            Some("uid 65534, no_new_privs")
+        );
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -453,6 +453,7 @@ mod tests {
                 restarts,
                 spawn_failures: 0,
                 last_error: Some("boom".into()),
+                confinement: None,
             })),
             ctl: None,
             config_error,

@@ -49,7 +49,8 @@ pub use cloudy_model::record::Origin as Context;
 
 /// Helpers every kind uses for its files, users and processes.
 pub use crate::os::files::{
-    alive, credential, ensure_user, exe, own_dir, port_open, render, render_xml, write_if_changed,
+    alive, credential, ensure_user, exe, own_dir, port_open, read_file, read_string, remove_file,
+    render, render_xml, write_file, write_if_changed, SafeDir,
 };
 
 /// A node's identity for tests of a record (a documentation address, not a real one).

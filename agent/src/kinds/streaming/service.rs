@@ -12,7 +12,7 @@ use super::health::Watch;
 use super::relay::Provider;
 use super::stream::{PROVIDER_FILE, STATE_DIR};
 use crate::catalog::Record;
-use crate::os::supervisor::Program;
+use crate::os::supervisor::{Log, Program};
 use crate::os::system::System;
 use crate::services::{
     ensure_user, own_dir, read_joined, state_dir, Configured, Context, Env, Joined, Service,
@@ -23,6 +23,8 @@ use cloudy_model::seed::streaming::{Config, Input};
 
 pub const NAME: &str = "streaming";
 pub const USER: &str = "cloudy-stream";
+/// Root's parent of [`STATE_DIR`], where the walk into it starts.
+const RUN_BASE: &str = "/run/cloudy";
 
 /// The gid of a group in the running system's /etc/group.
 fn group_id(name: &str) -> Option<u32> {
@@ -102,24 +104,31 @@ impl Service for Streaming {
         }
         let ids = self.ids()?;
         // Segments on tmpfs; the log (opened by the agent) under /var/lib/cloudy/streaming.
-        own_dir(&self.sys.path(STATE_DIR), ids, 0o755)?;
-        own_dir(&state_dir(&self.sys, NAME), ids, 0o750)?;
+        // Both the service user's: walked without following a link, from root's parents.
+        let segments = own_dir(
+            &self.sys.path(RUN_BASE),
+            &self.sys.path(STATE_DIR),
+            ids,
+            0o755,
+        )?;
+        own_dir(
+            &self.sys.state_dir(),
+            &state_dir(&self.sys, NAME),
+            ids,
+            0o750,
+        )?;
         // The stream process reads it on every choice of provider: no restart needed.
         let want = self.wanted_provider();
         let mut applied = self.provider.lock().unwrap();
         if applied.as_ref() != Some(&want) {
             let path = self.sys.path(PROVIDER_FILE);
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("provider");
             match &want {
-                Some(p) => self
-                    .sys
-                    .write_atomic(PROVIDER_FILE, format!("{p}\n").as_bytes(), 0o644)
-                    .map_err(crate::services::io_err(format!(
-                        "writing {}",
-                        path.display()
-                    )))?,
-                None => {
-                    let _ = std::fs::remove_file(&path);
-                }
+                Some(p) => segments.write(name, format!("{p}\n").as_bytes(), 0o644, None)?,
+                None => segments.remove(name)?,
             }
             *applied = Some(want);
         }
@@ -156,7 +165,10 @@ impl Service for Streaming {
             }
         }
         p.marker = Some(marker);
-        p.log = Some(state_dir(&self.sys, NAME).join("stream.log"));
+        p.log = Some(Log::new(
+            self.sys.state_dir(),
+            state_dir(&self.sys, NAME).join("stream.log"),
+        ));
         Some(p)
     }
 

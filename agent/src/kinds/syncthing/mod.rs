@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Record;
-use crate::os::supervisor::Program;
+use crate::os::supervisor::{Log, Program};
 use crate::os::system::System;
 use crate::services::{
-    credential, io_err, own_dir, port_open, render_xml, write_if_changed, Configured, Context, Env,
-    Joined, Service, ServiceError, UseRequest, Using,
+    credential, io_err, own_dir, port_open, read_file, read_string, render_xml, write_file,
+    Configured, Context, Env, Joined, SafeDir, Service, ServiceError, UseRequest, Using,
 };
 
 pub const NAME: &str = "syncthing";
@@ -28,6 +28,8 @@ pub const EXE_ENV: &str = "CLOUDY_SYNCTHING";
 pub const PORT: u16 = 22000;
 pub const GUI_PORT: u16 = 8384;
 pub const GUI_USER: &str = "cloudy";
+/// A shared folder named by `join --folder` lives below this (root's) directory.
+pub const SHARES_BASE: &str = "/srv";
 /// The one folder a community shares through a provider.
 pub const FOLDER_ID: &str = "cloudy-shared";
 const CONFIG: &str = include_str!("templates/syncthing-config.xml");
@@ -59,6 +61,10 @@ pub struct Peer {
 }
 
 pub struct Syncthing {
+    /// Root's `/var/lib/cloudy`: every walk into the service's own directories starts here.
+    base: PathBuf,
+    /// Root's `/srv`: a shared folder other than the default lives below it.
+    shares: PathBuf,
     state: PathBuf,
     exe: PathBuf,
     /// The config last written (Syncthing rewrites config.xml itself, so the file on disk is
@@ -75,6 +81,8 @@ fn device_ok(id: &str) -> bool {
 impl Syncthing {
     pub fn new(sys: &System) -> Syncthing {
         Syncthing {
+            base: sys.state_dir(),
+            shares: sys.path(SHARES_BASE),
             state: crate::services::state_dir(sys, NAME),
             exe: crate::services::exe(EXE_ENV, EXE),
             applied: Mutex::new(None),
@@ -94,39 +102,67 @@ impl Syncthing {
         self.state.join("shared")
     }
 
+    /// A shared folder other than the default: strictly below `/srv`, no `..` or `.`.
+    fn share_folder(&self, f: &Path) -> Result<PathBuf, ServiceError> {
+        let ok = f == self.default_folder()
+            || (f.starts_with(&self.shares)
+                && f != self.shares
+                && f.strip_prefix(&self.shares).is_ok_and(|r| {
+                    r.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                }));
+        if !ok {
+            return Err(ServiceError::Failed(format!(
+                "a shared folder must be below {} (not {})",
+                self.shares.display(),
+                f.display()
+            )));
+        }
+        Ok(f.to_path_buf())
+    }
+
+    /// Where the walk to a checked shared folder starts.
+    fn folder_base(&self, f: &Path) -> &Path {
+        if f.starts_with(&self.shares) {
+            &self.shares
+        } else {
+            &self.base
+        }
+    }
+
     pub fn device_id(&self) -> Option<String> {
-        let id = std::fs::read_to_string(self.state.join("device-id")).ok()?;
+        let id = read_string(&self.base, &self.state.join("device-id"))?;
         let id = id.trim();
         device_ok(id).then(|| id.to_string())
     }
 
     pub fn load_peers(&self) -> Peers {
-        std::fs::read(self.peers_file())
-            .ok()
+        read_file(&self.base, &self.peers_file())
             .and_then(|t| serde_json::from_slice(&t).ok())
             .unwrap_or_default()
     }
 
     fn save_peers(&self, p: &Peers) -> Result<(), ServiceError> {
-        crate::os::system::write_atomic(
+        Ok(write_file(
+            &self.base,
             &self.peers_file(),
             &serde_json::to_vec_pretty(p).expect("peers serialise"),
             0o644,
-        )
-        .map_err(io_err("writing the syncthing peers file"))
+        )?)
     }
 
     /// The service user, its directories, the device key and GUI credentials: made once.
     fn identity(&self) -> Result<(u32, u32), ServiceError> {
         let ids = crate::services::ensure_user(USER, &self.state)?;
-        own_dir(&self.state, ids, 0o700)?;
-        own_dir(&self.home(), ids, 0o700)?;
-        let hash_file = self.state.join("gui-password.bcrypt");
-        if self.device_id().is_some() && self.home().join("cert.pem").exists() && hash_file.exists()
+        let state = own_dir(&self.base, &self.state, ids, 0o700)?;
+        let home = own_dir(&self.base, &self.home(), ids, 0o700)?;
+        if self.device_id().is_some()
+            && home.read("cert.pem").is_some()
+            && state.read("gui-password.bcrypt").is_some()
         {
             return Ok(ids);
         }
-        let password = credential(&self.state.join("gui-password"), 16)?;
+        let password = credential(&self.base, &self.state.join("gui-password"), 16)?;
         let mut child = std::process::Command::new(&self.exe)
             .arg("generate")
             .arg(format!("--home={}", self.home().display()))
@@ -165,21 +201,19 @@ impl Syncthing {
             .ok_or_else(|| {
                 ServiceError::Failed(format!("syncthing generate: no device id in: {text}"))
             })?;
-        let config = std::fs::read_to_string(self.home().join("config.xml"))
-            .map_err(io_err("reading the generated syncthing config"))?;
+        let config = home
+            .read("config.xml")
+            .and_then(|c| String::from_utf8(c).ok())
+            .ok_or_else(|| {
+                ServiceError::Failed("syncthing generate wrote no readable config.xml".into())
+            })?;
         let hash = between(&config, "<password>", "</password>")
             .filter(|h| h.starts_with("$2"))
             .ok_or_else(|| {
                 ServiceError::Failed("syncthing generate wrote no GUI password hash".into())
             })?;
-        crate::os::system::write_atomic(&hash_file, hash.as_bytes(), 0o600)
-            .map_err(io_err("writing the GUI password hash"))?;
-        crate::os::system::write_atomic(
-            &self.state.join("device-id"),
-            format!("{id}\n").as_bytes(),
-            0o644,
-        )
-        .map_err(io_err("writing the device id"))?;
+        state.write("gui-password.bcrypt", hash.as_bytes(), 0o600, None)?;
+        state.write("device-id", format!("{id}\n").as_bytes(), 0o644, None)?;
         tracing::info!("syncthing: device id {id}");
         Ok(ids)
     }
@@ -257,16 +291,19 @@ impl Service for Syncthing {
     fn configure(&self, env: &Env) -> Result<Configured, ServiceError> {
         let ids = self.identity()?;
         let device_id = self.device_id().expect("identity made it");
-        let hash = std::fs::read_to_string(self.state.join("gui-password.bcrypt"))
-            .map_err(io_err("reading the GUI password hash"))?;
-        let api_key = credential(&self.state.join("api-key"), 16)?;
+        let hash = read_string(&self.base, &self.state.join("gui-password.bcrypt"))
+            .ok_or_else(|| ServiceError::Failed("no readable GUI password hash".into()))?;
+        let api_key = credential(&self.base, &self.state.join("api-key"), 16)?;
         let peers = self.load_peers();
-        let folder = peers
-            .folder
-            .clone()
-            .unwrap_or_else(|| self.default_folder());
-        if !folder.exists() {
-            own_dir(&folder, ids, 0o750)?;
+        // peers.json is in a directory the service user can write: its folder is checked
+        // again here, not trusted.
+        let folder = match &peers.folder {
+            Some(f) => self.share_folder(f)?,
+            None => self.default_folder(),
+        };
+        let base = self.folder_base(&folder);
+        if SafeDir::base(base)?.descend(&folder, false).is_err() {
+            own_dir(base, &folder, ids, 0o750)?;
         }
         let vpn = env.ctx.vpn;
         let config = render_config(
@@ -283,9 +320,8 @@ impl Service for Syncthing {
             return Ok(Configured::Unchanged);
         }
         // Written whatever the file holds now: Syncthing rewrites it in its own layout.
-        let path = self.home().join("config.xml");
-        let _ = std::fs::remove_file(&path);
-        write_if_changed(&path, config.as_bytes(), 0o600, Some(ids))?;
+        let home = SafeDir::base(&self.base)?.descend(&self.home(), false)?;
+        home.write("config.xml", config.as_bytes(), 0o600, Some(ids))?;
         tracing::info!(
             "syncthing: configuration rendered ({} peer device(s))",
             peers.devices.len()
@@ -312,7 +348,7 @@ impl Service for Syncthing {
             ("STNODEFAULTFOLDER".into(), "1".into()),
         ];
         p.marker = Some(home);
-        p.log = Some(self.state.join("syncthing.log"));
+        p.log = Some(Log::new(&self.base, self.state.join("syncthing.log")));
         Some(p)
     }
 
@@ -384,13 +420,10 @@ impl Service for Syncthing {
             let mut peers = self.load_peers();
             if let Some(f) = &u.folder {
                 let f = std::path::absolute(f).map_err(io_err("the folder path"))?;
-                if !f.exists() {
-                    own_dir(&f, ids, 0o750)?;
-                } else {
-                    // Syncthing must be able to write into it.
-                    std::os::unix::fs::chown(&f, Some(ids.0), Some(ids.1))
-                        .map_err(io_err(format!("chown {}", f.display())))?;
-                }
+                let f = self.share_folder(&f)?;
+                // Created or handed to the service user (Syncthing must write into it), never
+                // through a link.
+                own_dir(self.folder_base(&f), &f, ids, 0o750)?;
                 peers.folder = Some(f);
             }
             peers.devices.retain(|_, p| p.node_id != provider.node_id);
@@ -491,6 +524,63 @@ mod tests {
             "peer listed and in the folder"
         );
         assert!(!c.contains("{{"));
+    }
+
+    /// The attack through real `configure` (and real `syncthing generate`): the (compromised)
+    /// service user points peers.json's folder at a new directory under a root-owned one, or
+    /// swaps its home for a link to it. Root neither makes nor chowns anything there.
+    #[test]
+    fn the_service_cannot_steer_root_to_its_folder_or_through_a_link() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() || !Path::new(EXE).exists() {
+            eprintln!("SKIP the_service_cannot_steer_root_to_its_folder_or_through_a_link: needs root and {EXE}");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let s = Syncthing::new(&sys);
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let looks = || {
+            let m = std::fs::symlink_metadata(&etc).unwrap();
+            let names: Vec<_> = std::fs::read_dir(&etc)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            ((m.uid(), m.gid(), m.mode() & 0o7777), names)
+        };
+        let before = looks();
+        let env = Env {
+            sys: sys.clone(),
+            ctx: crate::services::test_context(),
+            catalog: vec![],
+            agent_exe: "/bin/true".into(),
+        };
+        assert_eq!(s.configure(&env).unwrap(), Configured::Changed);
+        for folder in [
+            etc.join("made"),
+            sys.path("/srv").join("../etc/made"),
+            sys.path("/srv"),
+        ] {
+            // The service user's own file: it can write anything there.
+            std::fs::write(
+                s.peers_file(),
+                serde_json::json!({ "folder": folder, "devices": {} }).to_string(),
+            )
+            .unwrap();
+            let r = s.configure(&env);
+            assert!(!etc.join("made").exists(), "nothing made under /etc");
+            assert_eq!(looks(), before, "the target is untouched");
+            assert!(r.is_err(), "{} refused: {r:?}", folder.display());
+        }
+        std::fs::remove_file(s.peers_file()).unwrap();
+        // Its home swapped for a link.
+        std::fs::rename(s.home(), s.state.join("home.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, s.home()).unwrap();
+        *s.applied.lock().unwrap() = None;
+        assert!(s.configure(&env).is_err(), "a linked home is refused");
+        assert_eq!(looks(), before, "the target is untouched");
     }
 
     #[test]

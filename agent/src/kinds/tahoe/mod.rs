@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::catalog::Record;
-use crate::os::supervisor::Program;
+use crate::os::supervisor::{Log, Program};
 use crate::os::system::System;
 use crate::services::{
-    own_dir, port_open, render, write_if_changed, Configured, Context, Env, Joined, Service,
-    ServiceError, Using,
+    own_dir, port_open, read_string, remove_file, render, write_if_changed, Configured, Context,
+    Env, Joined, Service, ServiceError, Using,
 };
 
 pub const USER: &str = "cloudy-tahoe";
@@ -137,8 +137,10 @@ impl Tahoe {
     }
 
     fn stored_furl(&self) -> Option<String> {
-        let text =
-            std::fs::read_to_string(self.node_dir().join("private/introducers.yaml")).ok()?;
+        let text = read_string(
+            &self.sys.state_dir(),
+            &self.node_dir().join("private/introducers.yaml"),
+        )?;
         text.lines()
             .find_map(|l| l.trim().strip_prefix("furl: "))
             .map(str::to_string)
@@ -259,14 +261,18 @@ impl Service for Tahoe {
             }
         };
         let ids = crate::services::ensure_user(USER, &self.state)?;
-        own_dir(&self.state, ids, 0o700)?;
+        // Every directory and file below through the link-refusing walk: they are the
+        // service user's to change.
+        let base = self.sys.state_dir();
+        own_dir(&base, &self.state, ids, 0o700)?;
         let node = self.node_dir();
-        own_dir(&node, ids, 0o700)?;
-        own_dir(&node.join("private"), ids, 0o700)?;
+        own_dir(&base, &node, ids, 0o700)?;
+        own_dir(&base, &node.join("private"), ids, 0o700)?;
         let nickname = format!("{}-{}", env.ctx.node, self.role.name());
         let mut changed = false;
         for (rel, text, private) in render_node(self.role, &nickname, vpn, furl.as_deref())? {
             changed |= write_if_changed(
+                &base,
                 &node.join(rel),
                 text.as_bytes(),
                 if private { 0o600 } else { 0o644 },
@@ -277,7 +283,7 @@ impl Service for Tahoe {
         if self.role == Role::Introducer && seen.vpn.is_some_and(|v| v != vpn) {
             // The FURL file keeps the location it was made with: a new one carries the new
             // address (storage nodes follow the introducer node to its new FURL).
-            let _ = std::fs::remove_file(self.introducer_furl_file());
+            let _ = remove_file(&base, &self.introducer_furl_file());
         }
         if changed {
             tracing::info!("{}: configuration rendered", self.role.name());
@@ -306,7 +312,10 @@ impl Service for Tahoe {
             ("PYTHONUNBUFFERED".into(), "1".into()),
         ];
         p.marker = Some(node);
-        p.log = Some(self.state.join(format!("{}.log", self.role.name())));
+        p.log = Some(Log::new(
+            self.sys.state_dir(),
+            self.state.join(format!("{}.log", self.role.name())),
+        ));
         Some(p)
     }
 
@@ -330,7 +339,7 @@ impl Service for Tahoe {
     fn record(&self, ctx: &Context) -> Option<Record> {
         match self.role {
             Role::Introducer => {
-                let furl = std::fs::read_to_string(self.introducer_furl_file()).ok()?;
+                let furl = read_string(&self.sys.state_dir(), &self.introducer_furl_file())?;
                 let mut r = ctx.vpn_record(
                     Role::Introducer.name(),
                     INTRODUCER_PORT,
@@ -345,7 +354,9 @@ impl Service for Tahoe {
                     STORAGE_PORT,
                     "Tahoe-LAFS storage node",
                 );
-                if let Ok(id) = std::fs::read_to_string(self.node_dir().join("my_nodeid")) {
+                if let Some(id) =
+                    read_string(&self.sys.state_dir(), &self.node_dir().join("my_nodeid"))
+                {
                     r.fields.insert("nodeid".into(), id.trim().to_string());
                 }
                 Some(r)
@@ -486,6 +497,83 @@ mod tests {
         let m = std::fs::metadata(t.node_dir().join("private/introducers.yaml")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o600);
         assert_ne!(m.uid(), 0, "owned by the service user");
+    }
+
+    /// The attack: the (compromised) storage node swaps its `node/private` for a link to a
+    /// root-owned directory (standing in for /etc), and its `tahoe.cfg` for a link to a file
+    /// there. The next configure refuses (an error: the service fails), the target keeps its
+    /// owner and mode and gains no file, and no file is written through a link.
+    #[test]
+    fn a_swapped_in_link_does_not_hand_root_files_to_the_service() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_swapped_in_link_does_not_hand_root_files_to_the_service: needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let sys = System::new(root.path());
+        let t = Tahoe::new(&sys, Role::Storage);
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0\n").unwrap();
+        let looks = || {
+            let m = std::fs::symlink_metadata(&etc).unwrap();
+            let p = std::fs::symlink_metadata(etc.join("passwd")).unwrap();
+            let mut names: Vec<_> = std::fs::read_dir(&etc)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            (
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (p.uid(), p.mode() & 0o7777),
+                std::fs::read(etc.join("passwd")).unwrap(),
+                names,
+            )
+        };
+        let before = looks();
+        let intro = |furl: &str| {
+            let mut r =
+                crate::services::test_context().vpn_record("tahoe-introducer", INTRODUCER_PORT, "");
+            r.fields.insert("furl".into(), furl.into());
+            r
+        };
+        let env = |furl: &str| Env {
+            sys: sys.clone(),
+            ctx: crate::services::test_context(),
+            catalog: vec![intro(furl)],
+            agent_exe: "/bin/true".into(),
+        };
+        assert_eq!(
+            t.configure(&env("pb://aaaa@tcp:10.99.0.1:3458/one"))
+                .unwrap(),
+            Configured::Changed
+        );
+        // The service user's moves, all within directories it owns.
+        let node = t.node_dir();
+        std::fs::rename(node.join("private"), node.join("private.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, node.join("private")).unwrap();
+        std::fs::remove_file(node.join("tahoe.cfg")).unwrap();
+        std::os::unix::fs::symlink(etc.join("passwd"), node.join("tahoe.cfg")).unwrap();
+        // Twice, as the manager does every second; a new introducer makes it write.
+        for furl in [
+            "pb://aaaa@tcp:10.99.0.1:3458/one",
+            "pb://bbbb@tcp:10.99.0.5:3458/two",
+        ] {
+            let r = t.configure(&env(furl));
+            assert_eq!(looks(), before, "the link's target is untouched");
+            assert!(r.is_err(), "refused, not followed: {r:?}");
+        }
+        // The storage node's own home swapped too (its state dir is its own).
+        std::fs::remove_file(node.join("private")).unwrap();
+        std::fs::rename(&node, t.state.join("node.old")).unwrap();
+        std::os::unix::fs::symlink(&etc, &node).unwrap();
+        assert!(t
+            .configure(&env("pb://cccc@tcp:10.99.0.6:3458/three"))
+            .is_err());
+        assert_eq!(looks(), before, "the link's target is untouched");
+        assert!(t.record(&crate::services::test_context()).is_some());
     }
 
     /// A client uses the grid the user joined, and a new join switches grids.
