@@ -127,6 +127,8 @@ pub struct Agent {
     pub share: Arc<Sharing>,
     pub prober: Arc<Prober>,
     pub seed_errors: Vec<String>,
+    /// The boot medium still holding a secret (see `secrets::medium_warnings`), as boot found it.
+    pub medium_warnings: Vec<String>,
     pub pidfile: PathBuf,
     pub views: Mutex<Vec<View>>,
 }
@@ -247,7 +249,7 @@ impl Agent {
             vpn: me.vpn.to_string(),
             tincd,
             seed_errors: self.seed_errors.clone(),
-            medium_warnings: crate::os::secrets::medium_warnings(&self.sys, &self.sys.load_seed()),
+            medium_warnings: self.medium_warnings.clone(),
             peers,
             scanned: scores.scanned,
             types,
@@ -657,6 +659,7 @@ mod idle_tests {
             share,
             prober,
             seed_errors: vec![],
+            medium_warnings: vec![],
             pidfile: dir.path().join("tincd.pid"),
             views: Mutex::new(vec![]),
         });

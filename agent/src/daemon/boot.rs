@@ -48,7 +48,8 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
                 None
             }
         };
-    errors.extend(scrub_boot_medium(sys, &loaded, stored));
+    let medium_warnings = scrub_boot_medium(sys, &loaded, stored);
+    errors.extend(medium_warnings.iter().cloned());
     let primary = match primary_network(seed, opts).await {
         Ok(p) => p,
         Err(e) => {
@@ -103,7 +104,11 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             }
         }
     };
-    super::node::run(mesh, seed, &community, opts).await
+    let said = super::node::Said {
+        seed_errors: loaded.errors.clone(),
+        medium_warnings,
+    };
+    super::node::run(mesh, seed, &community, opts, said).await
 }
 
 /// Hostname, node id, dashboard credential and ssh keys; a failure past the first two is

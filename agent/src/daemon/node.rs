@@ -16,11 +16,19 @@ use crate::services::builtin::{Declared, TincVpn};
 use crate::services::Service;
 use cloudy_model::seed::{Community, Seed};
 
+/// What boot found wrong with the seed and the boot medium, for the dashboard's node page (read
+/// once: the medium does not change under a running node).
+pub struct Said {
+    pub seed_errors: Vec<String>,
+    pub medium_warnings: Vec<String>,
+}
+
 pub async fn run(
     mesh: Arc<Mesh>,
     seed: &Seed,
     community: &Community,
     opts: &Options,
+    said: Said,
 ) -> Result<i32> {
     let listener = listen(seed.exchange_port()).await?;
     let share = publish::Sharing::new(
@@ -50,7 +58,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts);
+    start_control(&mesh, &share, seed, opts, said);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -141,7 +149,13 @@ fn start_serf(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, opts: &Options) {
 }
 
 /// The probe (first scan soon, then periodic), the control socket and the dashboard.
-fn start_control(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, seed: &Seed, opts: &Options) {
+fn start_control(
+    mesh: &Arc<Mesh>,
+    share: &Arc<publish::Sharing>,
+    seed: &Seed,
+    opts: &Options,
+    said: Said,
+) {
     let me = mesh.members.lock().unwrap().me().id.clone();
     let prober = Arc::new(crate::probe::Prober::new(
         mesh.sys.clone(),
@@ -152,7 +166,8 @@ fn start_control(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, seed: &Seed, o
         sys: mesh.sys.clone(),
         share: share.clone(),
         prober,
-        seed_errors: mesh.sys.load_seed().errors,
+        seed_errors: said.seed_errors,
+        medium_warnings: said.medium_warnings,
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
     });
