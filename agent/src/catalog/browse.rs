@@ -9,13 +9,23 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::publish::{revision, Sharing, MAX_PENDING, RECHECK, STALE, WRITE_EVERY};
+use super::publish::{revision, Sharing};
 use crate::catalog::{self, now_ms, Record, Source};
 use crate::mesh::exchange;
 use crate::mesh::lan::{Lan, Seen};
 use crate::mesh::serf::SerfMember;
 use crate::os::system::System;
+
+/// A claim not refreshed for this long is dropped (a source that went quiet).
+pub const STALE: Duration = Duration::from_secs(10);
+const WRITE_EVERY: Duration = Duration::from_secs(2);
+/// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
+const MAX_PENDING: usize = 256;
+/// How often waiting mDNS records are checked against the member list (a new node's records
+/// often arrive before its membership has).
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// Takes mDNS sightings into the catalog.
 pub async fn browse_lan(

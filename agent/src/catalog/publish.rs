@@ -20,16 +20,8 @@ use crate::os::system::System;
 use cloudy_model::record::Origin;
 
 pub const HEALTH: Duration = Duration::from_secs(1);
-/// A claim not refreshed for this long is dropped (a source that went quiet).
-pub const STALE: Duration = Duration::from_secs(10);
 /// Health check + goodbye or tag gossip + fetch: what the tests hold us to.
 pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
-pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(2);
-/// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
-pub(crate) const MAX_PENDING: usize = 256;
-/// How often waiting mDNS records are checked against the member list (a new node's records
-/// often arrive before its membership has).
-pub(crate) const RECHECK: Duration = Duration::from_millis(250);
 
 /// Where our own records come from: the services above this layer answer with the records of
 /// their healthy services. Called off the async thread (health checks may block briefly).
