@@ -88,25 +88,18 @@ pub enum Configured {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
     File(#[from] crate::os::files::FileError),
     #[error("{service} does not take that request")]
     Unsupported { service: String },
-    #[error("no {kind} provider in the catalog (is one published? see `cloudy-agent services --type {kind}`)")]
-    NoProvider { kind: String },
 }
 
+/// An I/O error with what was being done, as the file helpers report theirs.
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
-    let what = what.into();
-    move |source| ServiceError::Io { what, source }
+    let to_file = crate::os::files::io_err(what);
+    move |source| ServiceError::File(to_file(source))
 }
 
 /// Another member asks to use one of our services (over the exchange port, already authenticated
