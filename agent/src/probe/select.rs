@@ -66,7 +66,12 @@ pub fn rank(kind: Option<&str>, records: &[Record], scores: &Scores, me: &str) -
 pub fn choose(kind: &str, records: &[Record], scores: &Scores, me: &str) -> Option<Ranked> {
     rank(Some(kind), records, scores, me)
         .into_iter()
-        .find(|r| !r.local && r.probe.as_ref().is_some_and(|p| p.reachable))
+        .find(chosen)
+}
+
+/// A provider `choose` may take: another node's, probed and reached.
+fn chosen(r: &Ranked) -> bool {
+    !r.local && r.probe.as_ref().is_some_and(|p| p.reachable)
 }
 
 /// The provider a service uses when nobody names one (a Tahoe storage node's introducer):
@@ -179,20 +184,19 @@ pub fn lookup(
                 basis: Basis::Named,
             }
         }
-        None => match choose(kind, records, scores, me) {
+        None => match ranked.iter().find(|r| chosen(r)) {
             Some(best) => Pick {
-                ranked: best,
+                ranked: best.clone(),
                 basis: Basis::Scored,
             },
             None => {
-                let r = unscanned_choice(kind, records, me)
+                // The same order as `unscanned_choice`: `local` is `node_id == me`.
+                let r = ranked
+                    .iter()
+                    .min_by_key(|x| (x.local, x.record.node_id.clone(), x.record.port))
                     .ok_or_else(|| LookupError::None { kind: kind.into() })?;
-                let ranked = ranked
-                    .into_iter()
-                    .find(|x| x.record == r)
-                    .expect("the choice is one of the ranked records");
                 Pick {
-                    ranked,
+                    ranked: r.clone(),
                     basis: Basis::Unscanned,
                 }
             }
