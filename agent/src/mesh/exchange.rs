@@ -119,6 +119,15 @@ impl CommunityKey {
         m
     }
 
+    /// A key for one purpose, derived from the community key; `label` names the purpose, so
+    /// no two uses share a key.
+    pub fn subkey(&self, label: &[u8]) -> [u8; 32] {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
+        m.update(b"subkey|");
+        m.update(label);
+        m.finalize().into_bytes().into()
+    }
+
     /// Serf's gossip key (32 bytes, base64): only community members can take part.
     pub fn serf_key(&self) -> String {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
