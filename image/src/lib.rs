@@ -8,7 +8,8 @@
 //!   ([`stages::iso`], [`stages::sdcard`] or [`stages::pxe`]), [`stages::finish`] and
 //!   [`stages::verify`].
 //! - Inputs: [`board`] (hardware/*.toml), [`recipe`] (recipes/*.toml), both read through
-//!   [`config`]; [`seed`] checks a user's seed.
+//!   [`config`]; [`seed`] checks a user's seed; [`identify`] tells a Cloudy image from any
+//!   other file before `customise` changes it.
 //! - Helpers the stages share: [`cache`], [`cmd`] (logged commands), [`progress`], [`tools`]
 //!   (host tools), [`binfmt`], [`compress`], [`bmap`], [`qemu`], [`http`].
 
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod compress;
 pub mod config;
 pub mod http;
+pub mod identify;
 pub mod progress;
 pub mod qemu;
 pub mod recipe;

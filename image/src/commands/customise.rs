@@ -1,6 +1,11 @@
-//! `cloudy-image customise IMAGE --seed FILE`: a user's seed written into a built image without
-//! rebuilding it, where the node looks for it at boot: `/cloudy/cloudy.toml` on an ISO,
-//! `cloudy.toml` on an SD card's FAT partition.
+//! `cloudy-image customise IMAGE`: a user's seed written into (`--seed`), shown from
+//! (`--show`) or removed from (`--remove-seed`) a built image without rebuilding it, where the
+//! node looks for it at boot: `/cloudy/cloudy.toml` on an ISO, `cloudy.toml` on an SD card's
+//! FAT partition.
+//!
+//! Nothing is changed unless the file is a Cloudy image (`identify`), and a changed file is
+//! only ever replaced whole: the work is done on a temporary file beside the result, renamed
+//! over it at the end, so a failure leaves the input (and any `-o` output) as it was.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,18 +13,24 @@ use std::process::Command;
 
 use crate::cache;
 use crate::cmd::{self, CmdError, Log};
+use crate::identify::{self, Image, NotCloudy};
 use crate::progress::Step;
-use crate::stages::sdcard::{self, SdError};
 use crate::{bmap, compress};
+
+/// Where the node reads the seed on each kind of image.
+const ISO_SEED: &str = "/cloudy/cloudy.toml";
+const SD_SEED: &str = "::/cloudy.toml";
+/// The first bytes of every xz stream.
+const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedImageError {
     #[error("{0}\n  fix: correct the seed (`cloudy-agent seed check FILE` says the same), then run customise again; the image was not touched")]
     BadSeed(String),
-    #[error("{0}: not a Cloudy image (expected .iso, .img or .img.xz)")]
-    UnknownKind(String),
-    #[error("{0}")]
-    Sd(#[from] SdError),
+    #[error("{0}\n  fix: give a Cloudy image built by `cloudy-image build` (out/<board>/cloudy-<board>.iso, .img or .img.xz); nothing was changed")]
+    NotCloudy(#[from] NotCloudy),
+    #[error("{path}: not xz data, or a damaged .xz file\n  fix: give a Cloudy image built by `cloudy-image build`; nothing was changed")]
+    NotXz { path: String },
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
@@ -30,68 +41,379 @@ pub enum SeedImageError {
     },
 }
 
-/// `cloudy-image customise`: writes the seed, then updates `SHA256SUMS` beside the image.
-pub fn run(image: &Path, seed: &Path) -> anyhow::Result<()> {
-    let changed = write(image, seed, &Log::sink())?;
+/// What `customise` does to the seed inside the image.
+#[derive(Debug, Clone, Copy)]
+pub enum Edit<'a> {
+    /// Write this seed file (checked first).
+    Write(&'a Path),
+    /// Remove the seed: the node boots with the image's defaults.
+    Remove,
+}
+
+/// `cloudy-image customise IMAGE (--seed FILE | --remove-seed) [-o OUT]`: changes the image
+/// (or writes OUT), then updates `SHA256SUMS` beside what changed; says what it did to each
+/// file.
+pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
+    let done = apply(image, edit, out, &Log::sink())?;
+    let changed: Vec<PathBuf> = done.iter().map(|(f, _)| f.clone()).collect();
     update_sums(&changed)?;
-    for f in &changed {
+    for (_, what) in &done {
+        eprintln!("cloudy-image: {what}");
+    }
+    if done.is_empty() {
         eprintln!(
-            "cloudy-image: wrote the seed {} into {}",
-            seed.display(),
-            f.display()
+            "cloudy-image: {} holds no seed; nothing was changed",
+            image.display()
         );
     }
     Ok(())
 }
 
-/// Validates `seed` and writes it into `image` (replaced atomically). Returns the files
-/// changed, for SHA256SUMS.
-pub fn write(image: &Path, seed: &Path, log: &Log) -> Result<Vec<PathBuf>, SeedImageError> {
-    let text = fs::read_to_string(seed).map_err(|e| io("reading", seed, e))?;
-    crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
-    let name = image
+/// `cloudy-image customise IMAGE --show`: the seed inside, its secrets replaced by a note.
+pub fn show(image: &Path) -> anyhow::Result<()> {
+    match read_seed(image, &Log::sink())? {
+        Some(text) => print!("{}", redact(&text)),
+        None => eprintln!(
+            "cloudy-image: {} holds no seed; the node boots with the image's defaults",
+            image.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Validates the seed (when writing one), checks `image` is a Cloudy image, and writes the
+/// result to `out` (default: `image` itself), replaced atomically. Returns each file changed
+/// with a line saying what was done to it; nothing when there was nothing to remove.
+pub fn apply(
+    image: &Path,
+    edit: Edit,
+    out: Option<&Path>,
+    log: &Log,
+) -> Result<Vec<(PathBuf, String)>, SeedImageError> {
+    if let Edit::Write(seed) = edit {
+        let text = fs::read_to_string(seed).map_err(|e| io("reading the seed", seed, e))?;
+        crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
+    }
+    let target = out.unwrap_or(image);
+    let work = Work::open(image, target, log)?;
+    let result = edit_image(&work, image, target, edit, log);
+    work.clean();
+    result
+}
+
+/// The file the edit works on: the image itself, or a decompressed copy of an `.img.xz`.
+struct Work {
+    raw: PathBuf,
+    kind: Image,
+    xz: bool,
+    /// A decompressed copy this run made (removed at the end).
+    scratch: Option<PathBuf>,
+}
+
+impl Work {
+    fn open(image: &Path, target: &Path, log: &Log) -> Result<Work, SeedImageError> {
+        if !image.exists() {
+            identify::identify(image)?;
+        }
+        if !is_xz(image).map_err(|e| io("reading", image, e))? {
+            let kind = identify::identify(image)?;
+            return Ok(Work {
+                raw: image.to_path_buf(),
+                kind,
+                xz: false,
+                scratch: None,
+            });
+        }
+        let raw = scratch_path(target, "raw");
+        if let Err(e) = decompress(image, &raw, log) {
+            let _ = fs::remove_file(&raw);
+            return Err(match e {
+                SeedImageError::Cmd(_) => SeedImageError::NotXz {
+                    path: image.display().to_string(),
+                },
+                e => e,
+            });
+        }
+        let work = Work {
+            raw: raw.clone(),
+            kind: Image::Iso,
+            xz: true,
+            scratch: Some(raw.clone()),
+        };
+        match identify::identify(&raw) {
+            Ok(kind) => Ok(Work { kind, ..work }),
+            Err(e) => {
+                work.clean();
+                // Name the file the user gave, not the scratch copy.
+                Err(NotCloudy::Foreign {
+                    path: image.display().to_string(),
+                    found: format!(
+                        "xz data holding {}",
+                        match e {
+                            NotCloudy::Foreign { found, .. } => found,
+                            e => e.to_string(),
+                        }
+                    ),
+                }
+                .into())
+            }
+        }
+    }
+
+    fn clean(&self) {
+        if let Some(s) = &self.scratch {
+            let _ = fs::remove_file(s);
+        }
+    }
+}
+
+fn edit_image(
+    work: &Work,
+    image: &Path,
+    target: &Path,
+    edit: Edit,
+    log: &Log,
+) -> Result<Vec<(PathBuf, String)>, SeedImageError> {
+    if matches!(edit, Edit::Remove) && !has_seed(work)? {
+        return Ok(Vec::new());
+    }
+    let what = match edit {
+        Edit::Write(seed) => format!("wrote the seed {} into", seed.display()),
+        Edit::Remove => "removed the seed from".to_string(),
+    };
+    let step = Step::hidden();
+    let mut done = Vec::new();
+    // The new image, complete, under a temporary name (raw: the uncompressed one).
+    let tmp = if work.xz {
+        work.raw.clone()
+    } else {
+        cache::tmp_path(target)
+    };
+    let _ = fs::remove_file(cache::tmp_path(target));
+    match work.kind {
+        Image::Iso => {
+            let mut c = Command::new("xorriso");
+            c.arg("-indev").arg(&work.raw).arg("-outdev");
+            // xorriso writes a new ISO; for an .xz it goes beside the raw copy.
+            let iso_out = if work.xz {
+                scratch_path(target, "iso")
+            } else {
+                tmp.clone()
+            };
+            c.arg(&iso_out).args(["-boot_image", "any", "replay"]);
+            match edit {
+                Edit::Write(seed) => {
+                    c.arg("-map")
+                        .arg(seed)
+                        .arg(ISO_SEED)
+                        .args(["-chmod", "0644", ISO_SEED, "--"]);
+                }
+                Edit::Remove => {
+                    c.args(["-rm", ISO_SEED, "--"]);
+                }
+            }
+            c.arg("-commit");
+            if let Err(e) = cmd::run(&mut c, log, &step) {
+                let _ = fs::remove_file(&iso_out);
+                return Err(e.into());
+            }
+            if work.xz {
+                fs::rename(&iso_out, &work.raw).map_err(|e| io("renaming", &iso_out, e))?;
+            }
+        }
+        Image::Sd { fat_offset } => {
+            if !work.xz {
+                // A copy, so a failure part-way never leaves a half-changed card image.
+                fs::copy(&work.raw, &tmp).map_err(|e| io("copying", &work.raw, e))?;
+            }
+            let spec = format!("{}@@{fat_offset}", tmp.display());
+            let mut c = match edit {
+                Edit::Write(seed) => {
+                    let mut c = Command::new("mcopy");
+                    c.args(["-o", "-i", &spec]).arg(seed).arg(SD_SEED);
+                    c
+                }
+                Edit::Remove => {
+                    let mut c = Command::new("mdel");
+                    c.args(["-i", &spec, SD_SEED]);
+                    c
+                }
+            };
+            c.env("MTOOLS_SKIP_CHECK", "1");
+            if let Err(e) = cmd::run(&mut c, log, &step) {
+                if !work.xz {
+                    let _ = fs::remove_file(&tmp);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    if work.xz {
+        compress::xz(&work.raw, target, compress::SD_PRESET)
+            .map_err(|e| io("compressing", target, e))?;
+        done.push((target.to_path_buf(), format!("{what} {}", target.display())));
+    } else {
+        fs::rename(&tmp, target).map_err(|e| io("renaming", &tmp, e))?;
+        done.push((target.to_path_buf(), format!("{what} {}", target.display())));
+    }
+    // An SD image's block map lists checksums of its blocks: it is made again for the new
+    // image (an .img.xz always has one; a raw .img where the input had one).
+    if matches!(work.kind, Image::Sd { .. }) {
+        let (src_map, out_map) = if work.xz {
+            (bmap_of_xz(image), bmap_of_xz(target))
+        } else {
+            (
+                image.with_extension("img.bmap"),
+                target.with_extension("img.bmap"),
+            )
+        };
+        if work.xz || src_map.exists() {
+            let map = bmap::make(&work.raw_or(target))
+                .map_err(|e| io("mapping", &work.raw_or(target), e))?;
+            cache::write_atomic(&out_map, map.as_bytes())
+                .map_err(|e| io("writing", &out_map, e))?;
+            done.push((
+                out_map.clone(),
+                format!("regenerated the block map {}", out_map.display()),
+            ));
+        }
+    }
+    Ok(done)
+}
+
+impl Work {
+    /// The uncompressed result: the scratch copy of an .xz, else the written target.
+    fn raw_or(&self, target: &Path) -> PathBuf {
+        if self.xz {
+            self.raw.clone()
+        } else {
+            target.to_path_buf()
+        }
+    }
+}
+
+/// `cloudy-rpi4.img.xz` -> `cloudy-rpi4.img.bmap`, as `build` names them.
+fn bmap_of_xz(xz: &Path) -> PathBuf {
+    let name = xz
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let step = Step::hidden();
-    if name.ends_with(".iso") {
-        let tmp = cache::tmp_path(image);
-        let _ = fs::remove_file(&tmp);
-        let mut c = Command::new("xorriso");
-        c.arg("-indev")
-            .arg(image)
-            .arg("-outdev")
-            .arg(&tmp)
-            .args(["-boot_image", "any", "replay", "-map"])
-            .arg(seed)
-            .arg("/cloudy/cloudy.toml")
-            .args(["-chmod", "0644", "/cloudy/cloudy.toml", "--", "-commit"]);
-        cmd::run(&mut c, log, &step)?;
-        fs::rename(&tmp, image).map_err(|e| io("renaming", &tmp, e))?;
-        Ok(vec![image.to_path_buf()])
-    } else if name.ends_with(".img") {
-        sd_write(image, seed, log)?;
-        refresh_bmap(image)?;
-        Ok(vec![image.to_path_buf()])
-    } else if let Some(stem) = name.strip_suffix(".xz").filter(|s| s.ends_with(".img")) {
-        // Work on a decompressed copy; the .img.xz is replaced only when all went well.
-        let raw = image.with_file_name(format!(".{stem}.customise"));
-        decompress(image, &raw, log)?;
-        sd_write(&raw, seed, log)?;
-        compress::xz(&raw, image, compress::SD_PRESET).map_err(|e| io("compressing", image, e))?;
-        let bmap_path = image.with_file_name(format!("{}.bmap", stem));
-        cache::write_atomic(
-            &bmap_path,
-            bmap::make(&raw)
-                .map_err(|e| io("mapping", &raw, e))?
-                .as_bytes(),
-        )
-        .map_err(|e| io("writing", &bmap_path, e))?;
-        let _ = fs::remove_file(&raw);
-        Ok(vec![image.to_path_buf(), bmap_path])
-    } else {
-        Err(SeedImageError::UnknownKind(image.display().to_string()))
+    let stem = name.strip_suffix(".xz").unwrap_or(&name);
+    xz.with_file_name(format!("{stem}.bmap"))
+}
+
+fn has_seed(work: &Work) -> Result<bool, SeedImageError> {
+    Ok(match work.kind {
+        Image::Iso => identify::iso_has(&work.raw, ISO_SEED),
+        Image::Sd { fat_offset } => Command::new("mdir")
+            .args([
+                "-b",
+                "-i",
+                &format!("{}@@{fat_offset}", work.raw.display()),
+                SD_SEED,
+            ])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    })
+}
+
+/// The seed text inside `image`, if it holds one.
+pub fn read_seed(image: &Path, log: &Log) -> Result<Option<String>, SeedImageError> {
+    // Scratch files go to the temporary directory: showing never writes beside the image.
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    let scratch = std::env::temp_dir().join(format!("{}-{name}", std::process::id()));
+    let work = Work::open(image, &scratch, log)?;
+    let r = read_work_seed(&work, &scratch, log);
+    work.clean();
+    r
+}
+
+fn read_work_seed(
+    work: &Work,
+    scratch: &Path,
+    log: &Log,
+) -> Result<Option<String>, SeedImageError> {
+    if !has_seed(work)? {
+        return Ok(None);
     }
+    let step = Step::hidden();
+    let text = match work.kind {
+        Image::Iso => {
+            let to = scratch_path(scratch, "seed");
+            let mut c = Command::new("xorriso");
+            c.args(["-osirrox", "on", "-indev"])
+                .arg(&work.raw)
+                .args(["-extract", ISO_SEED])
+                .arg(&to);
+            let r = cmd::run(&mut c, log, &step)
+                .map_err(SeedImageError::from)
+                .and_then(|_| fs::read_to_string(&to).map_err(|e| io("reading", &to, e)));
+            let _ = fs::remove_file(&to);
+            r?
+        }
+        Image::Sd { fat_offset } => {
+            let mut c = Command::new("mtype");
+            c.args([
+                "-i",
+                &format!("{}@@{fat_offset}", work.raw.display()),
+                SD_SEED,
+            ])
+            .env("MTOOLS_SKIP_CHECK", "1");
+            cmd::run(&mut c, log, &step)?
+        }
+    };
+    Ok(Some(text))
+}
+
+/// The seed with every secret's value replaced (the community key, the dashboard's password
+/// hash, a Wi-Fi psk: whatever `is_secret_key` names), comments and layout kept. Text that is
+/// not TOML is not shown at all: any line of it could be a secret.
+pub fn redact(text: &str) -> String {
+    let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return "# (the seed in this image is not valid TOML; not shown, as it may hold secrets)\n"
+            .to_string();
+    };
+    redact_table(doc.as_table_mut());
+    doc.to_string()
+}
+
+fn redact_table(t: &mut dyn toml_edit::TableLike) {
+    for (k, item) in t.iter_mut() {
+        // Public keys that may log in are not secrets, and users check them here.
+        let secret = k.get() != "authorized_keys"
+            && (cloudy_model::seed::is_secret_key(k.get()) || k.get().contains("psk"));
+        if let Some(sub) = item.as_table_like_mut() {
+            redact_table(sub);
+        } else if let Some(arr) = item.as_array_of_tables_mut() {
+            for sub in arr.iter_mut() {
+                redact_table(sub);
+            }
+        } else if secret {
+            if let Some(v) = item.as_value_mut() {
+                let decor = v.decor().clone();
+                *v = toml_edit::Value::from("<redacted>");
+                *v.decor_mut() = decor;
+            }
+        }
+    }
+}
+
+fn is_xz(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let mut f = fs::File::open(path)?;
+    let n = f.read(&mut head)?;
+    Ok(n == head.len() && head == XZ_MAGIC)
+}
+
+/// A scratch file beside `target` (same file system, so renames are atomic).
+fn scratch_path(target: &Path, what: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.customise-{what}"))
 }
 
 /// `xz -dc` straight into a file: no shell, so any path is safe.
@@ -102,6 +424,7 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
         .args(["-dc", "-T0"])
         .arg(xz)
         .stdout(out)
+        .stderr(std::process::Stdio::null())
         .status()
         .map_err(|source| CmdError::Spawn {
             program: "xz".into(),
@@ -115,32 +438,6 @@ fn decompress(xz: &Path, to: &Path, log: &Log) -> Result<(), SeedImageError> {
             tail: String::new(),
         }
         .into());
-    }
-    Ok(())
-}
-
-fn sd_write(img: &Path, seed: &Path, log: &Log) -> Result<(), SeedImageError> {
-    let (_, off) = sdcard::layout(img)?;
-    let mut c = Command::new("mcopy");
-    c.args(["-o", "-i", &format!("{}@@{off}", img.display())])
-        .arg(seed)
-        .arg("::/cloudy.toml")
-        .env("MTOOLS_SKIP_CHECK", "1");
-    cmd::run(&mut c, log, &Step::hidden())?;
-    Ok(())
-}
-
-/// A raw .img next to its .bmap gets a fresh map (its checksums changed).
-fn refresh_bmap(img: &Path) -> Result<(), SeedImageError> {
-    let p = img.with_extension("img.bmap");
-    if p.exists() {
-        cache::write_atomic(
-            &p,
-            bmap::make(img)
-                .map_err(|e| io("mapping", img, e))?
-                .as_bytes(),
-        )
-        .map_err(|e| io("writing", &p, e))?;
     }
     Ok(())
 }
@@ -195,7 +492,9 @@ mod tests {
         fs::write(&img, b"not touched").unwrap();
         let seed = d.path().join("s.toml");
         fs::write(&seed, "version = 1\n[node]\nname = \"Bad Name!\"\n").unwrap();
-        let err = write(&img, &seed, &Log::sink()).unwrap_err().to_string();
+        let err = apply(&img, Edit::Write(&seed), None, &Log::sink())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node.name") && err.contains("fix:"), "{err}");
         assert_eq!(fs::read(&img).unwrap(), b"not touched");
     }

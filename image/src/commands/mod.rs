@@ -70,13 +70,24 @@ enum Command {
         #[arg(long)]
         install: bool,
     },
-    /// Write a seed into a built image (ISO, .img or .img.xz) without rebuilding it.
+    /// Write, show or remove the seed in a built image (ISO, .img or .img.xz) without rebuilding it.
+    #[command(group(clap::ArgGroup::new("action").required(true).args(["seed", "show", "remove_seed"])))]
     Customise {
-        /// The image to change (replaced atomically; SHA256SUMS beside it is updated).
+        /// The Cloudy image to change; anything else is refused and left as it was. Replaced
+        /// atomically unless -o is given; SHA256SUMS beside it is updated.
         image: PathBuf,
         /// The seed (cloudy.toml) to write; checked first, a bad one changes nothing.
+        #[arg(long, value_name = "FILE")]
+        seed: Option<PathBuf>,
+        /// Print the seed inside the image, its secrets (community key, password hash, psk) hidden.
+        #[arg(long, conflicts_with = "out")]
+        show: bool,
+        /// Remove the seed from the image: the node boots with the image's defaults.
         #[arg(long)]
-        seed: PathBuf,
+        remove_seed: bool,
+        /// Write the result to OUT (complete, under a temporary name until done) and leave IMAGE as it is.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        out: Option<PathBuf>,
     },
     /// List the boards in hardware/.
     Boards {
@@ -133,7 +144,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 verify::run(&opts, image)?;
             }
         }
-        Command::Customise { image, seed } => customise::run(&image, &seed)?,
+        Command::Customise {
+            image,
+            seed,
+            show,
+            remove_seed: _,
+            out,
+        } => match (seed, show) {
+            (_, true) => customise::show(&image)?,
+            (Some(seed), false) => {
+                customise::run(&image, customise::Edit::Write(&seed), out.as_deref())?
+            }
+            // the "action" group: the only other choice is --remove-seed
+            (None, false) => customise::run(&image, customise::Edit::Remove, out.as_deref())?,
+        },
         Command::Boards { source } => boards(source)?,
     }
     Ok(())
