@@ -12,7 +12,14 @@ use cloudy_model::seed;
 #[command(version, about)]
 struct Cli {
     /// Root of the node's filesystem; tests run several agents side by side with their own.
-    #[arg(long, global = true, default_value = "/", env = "CLOUDY_ROOT")]
+    /// Hidden: on a node it is always `/`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/",
+        env = "CLOUDY_ROOT",
+        hide = true
+    )]
     root: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -48,20 +55,25 @@ enum Command {
     },
     /// Probe the quality of every provider (or one type's) from this node now.
     Scan {
+        /// Only this service type (e.g. syncthing).
         #[arg(long = "type")]
         kind: Option<String>,
+        /// One JSON array of the probes instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// The best provider of a service type for this node, and why.
     Select {
+        /// The service type (tahoe-introducer, tahoe-storage, syncthing, streaming, ...).
         kind: String,
+        /// The choice and the ranking as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash on
     /// stdin and talks to the agent's control socket).
     Dashboard {
+        /// The HTTPS port to listen on (the seed's `[dashboard] port`).
         #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_PORT)]
         port: u16,
     },
@@ -72,7 +84,7 @@ enum Command {
     /// grid, `syncthing` shares a folder with the provider, `streaming` relays the provider's
     /// live stream (and serves it on here). Needs `cloudy-agent run` running.
     Join {
-        /// tahoe-lafs, syncthing or streaming.
+        /// What to join: tahoe-lafs (or tahoe-introducer), syncthing or streaming.
         kind: String,
         /// The provider's node name, node id (8+ digits) or IP; default: chosen from the catalog.
         provider: Option<String>,
@@ -92,16 +104,22 @@ enum Command {
     /// serves it over HTTP, ingesting it with ffmpeg (--source) or relaying it from a provider.
     #[command(hide = true)]
     Stream {
+        /// This node's name, announced with the stream.
         #[arg(long)]
         node: String,
+        /// This node's id, announced as the stream's origin or relay.
         #[arg(long)]
         node_id: String,
+        /// The HTTP port the stream is served on.
         #[arg(long)]
         port: Option<u16>,
+        /// A file or URL ffmpeg ingests (this node is the stream's source).
         #[arg(long)]
         source: Option<String>,
+        /// The stream's id.
         #[arg(long)]
         id: Option<String>,
+        /// The provider to relay the stream from (this node is a relay).
         #[arg(long)]
         provider: Option<String>,
     },
@@ -116,8 +134,11 @@ enum Command {
 enum NetCommand {
     /// Bring the VPN interface up with its address (ADDRESS/PREFIX).
     Up {
+        /// The VPN interface tincd made (e.g. cloudy).
         interface: String,
+        /// This node's VPN address, ADDRESS/PREFIX.
         address: String,
+        /// The interface's MAC address (tinc's switch mode).
         #[arg(long)]
         mac: Option<String>,
     },
@@ -126,7 +147,10 @@ enum NetCommand {
 #[derive(Subcommand)]
 enum SeedCommand {
     /// Validate a seed file; names the key, the problem and the fix.
-    Check { file: PathBuf },
+    Check {
+        /// The seed to check (cloudy.toml).
+        file: PathBuf,
+    },
     /// Read a password on stdin, print its Argon2 hash for `[dashboard] password_hash`.
     HashPassword,
 }
@@ -139,15 +163,76 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cloudy-agent: {e:#}");
+            eprintln!("cloudy-agent: {}", error_text(&e));
             1
         }
     };
     std::process::exit(code);
+}
+
+/// The command line; a mistyped command is never answered with a hidden one (`stream` is
+/// the agent's own, not for users), which clap would otherwise suggest.
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    let e = match cmd.try_get_matches_from_mut(args) {
+        Ok(m) => return Cli::from_arg_matches(&m),
+        Err(e) => e,
+    };
+    let hidden: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|c| c.is_hide_set())
+        .map(|c| c.get_name().to_string())
+        .collect();
+    let suggested: Vec<String> = match e.get(ContextKind::SuggestedSubcommand) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    if e.kind() != ErrorKind::InvalidSubcommand || !suggested.iter().any(|s| hidden.contains(s)) {
+        return Err(e);
+    }
+    let mut plain = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&cmd);
+    for kind in [ContextKind::InvalidSubcommand, ContextKind::Usage] {
+        if let Some(v) = e.get(kind) {
+            plain.insert(kind, v.clone());
+        }
+    }
+    let shown: Vec<String> = suggested
+        .into_iter()
+        .filter(|s| !hidden.contains(s))
+        .collect();
+    if !shown.is_empty() {
+        plain.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(shown),
+        );
+    }
+    Err(plain)
+}
+
+/// An error and its causes on one line, each said once: our errors often carry the I/O error
+/// in their own text too, and `{:#}` would print it a second time.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -206,7 +291,14 @@ fn run(cli: Cli) -> Result<i32> {
             folder,
             std::time::Duration::from_secs(wait),
         ),
-        Command::Services { kind, json } => status::services(&sys, kind.as_deref(), json),
+        Command::Services { kind, json } => {
+            let catalog = sys.path(cloudy_agent::catalog::CATALOG_FILE);
+            if !catalog.exists() {
+                eprintln!("cloudy-agent: {}", control::cli::no_catalog(&sys, &catalog));
+                return Ok(1);
+            }
+            status::services(&sys, kind.as_deref(), json)
+        }
         Command::Net {
             command:
                 NetCommand::Up {
@@ -227,7 +319,10 @@ fn run(cli: Cli) -> Result<i32> {
 
 fn seed_check(file: &std::path::Path) -> Result<i32> {
     match seed::read_file(file) {
-        Ok(_) => {
+        Ok(seed) => {
+            for w in seed.warnings() {
+                eprintln!("{}: warning: {w}", file.display());
+            }
             println!("{}: ok", file.display());
             Ok(0)
         }
@@ -279,4 +374,99 @@ fn stream(sys: System, node: String, node_id: String, config: streaming::Config)
     })
     .map_err(anyhow::Error::msg)?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument, option and subcommand of `cmd` and below without help text, as
+    /// `path: name`.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        let here = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for a in cmd.get_arguments() {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{here}: {}", a.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(format!("{here}: subcommand {}", sub.get_name()));
+            }
+            undocumented(sub, &here, out);
+        }
+    }
+
+    /// At 2293e0e `scan --type/--json`, `select <KIND>`, `seed check <FILE>`,
+    /// `dashboard --port`, `net up`'s arguments and the hidden `stream`'s options had no help.
+    #[test]
+    fn every_argument_option_and_subcommand_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    /// At 2293e0e `--root` (for tests) was in every command's help.
+    #[test]
+    fn root_is_hidden_from_users() {
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        assert!(!help.contains("--root"), "{help}");
+        let mut cmd = Cli::command();
+        cmd.build();
+        let status = cmd.find_subcommand_mut("status").unwrap();
+        assert!(!status.render_long_help().to_string().contains("--root"));
+        // still there for the tests
+        let cli = parse(["cloudy-agent", "--root", "/tmp/x", "status"]).unwrap();
+        assert_eq!(cli.root, PathBuf::from("/tmp/x"));
+    }
+
+    /// At 2293e0e `cloudy-agent strem` answered "a similar subcommand exists: 'stream'", the
+    /// hidden command the agent runs for itself.
+    #[test]
+    fn a_typo_never_suggests_the_hidden_stream() {
+        for typo in ["strem", "streem", "stream2", "stat"] {
+            let err = match parse(["cloudy-agent", typo]) {
+                Ok(_) => panic!("{typo} parsed"),
+                Err(e) => e.render().to_string(),
+            };
+            assert!(err.contains("unrecognized subcommand"), "{err}");
+            assert!(!err.contains("'stream'"), "{typo}: {err}");
+        }
+        let err = parse(["cloudy-agent", "statu"])
+            .err()
+            .unwrap()
+            .render()
+            .to_string();
+        assert!(
+            err.contains("'status'"),
+            "visible commands are still suggested: {err}"
+        );
+        // the hidden command itself still works
+        assert!(parse(["cloudy-agent", "stream", "--node", "a", "--node-id", "b"]).is_ok());
+    }
+
+    /// At 2293e0e errors whose text already held the I/O error printed it twice ("...: No such
+    /// file or directory (os error 2): No such file or directory (os error 2)").
+    #[test]
+    fn an_error_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading {path}: {source}")]
+        struct Read {
+            path: String,
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Read {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("loading the seed");
+        let text = error_text(&e);
+        assert_eq!(text.matches("entity not found").count(), 1, "{text}");
+        assert!(text.starts_with("loading the seed: reading /x: "), "{text}");
+    }
 }

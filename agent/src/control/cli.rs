@@ -62,14 +62,29 @@ pub fn scan(sys: &System, kind: Option<&str>, json: bool) -> anyhow::Result<i32>
     Ok(0)
 }
 
+/// Why there is no catalog at `path` and what to do: it exists only while `cloudy-agent run`
+/// runs with a community, and the usual reason is that no agent runs at all.
+pub fn no_catalog(sys: &System, path: &std::path::Path) -> String {
+    if std::os::unix::net::UnixStream::connect(sys.path(SOCKET)).is_ok() {
+        format!(
+            "the agent runs, but keeps no service catalog ({} is missing): this node has no community\n  fix: give it a seed with [community] (a name and the community's key); `cloudy-agent status` shows the seed in use",
+            path.display()
+        )
+    } else {
+        format!(
+            "the Cloudy agent is not running (no service catalog at {}, no answer on {})\n  fix: start it with `systemctl start cloudy-agent`; `systemctl status cloudy-agent` and `journalctl -u cloudy-agent` say why it stopped",
+            path.display(),
+            sys.path(SOCKET).display()
+        )
+    }
+}
+
 /// The catalog file's records and this node's id, for a scan without the agent.
 fn catalog_records(sys: &System) -> anyhow::Result<(Vec<Record>, String)> {
     let path = sys.path(crate::catalog::CATALOG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e}: the catalog exists while `cloudy-agent run` runs with a community",
-            path.display()
-        )
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(no_catalog(sys, &path)),
+        _ => anyhow::anyhow!("{}: {e}", path.display()),
     })?;
     let cat: crate::catalog::Catalog =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

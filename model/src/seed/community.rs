@@ -28,6 +28,20 @@ pub struct Community {
 }
 
 impl Community {
+    /// What is valid but probably not what the user meant: a `[community]` without a key
+    /// joins nothing (the node stays alone) unless an earlier seed's key is already kept on
+    /// the node. `seed check` and `customise` print these; the seed is still accepted.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.key.is_none() {
+            w.push(format!(
+                "key `community.key`: [community] {:?} has no key, so a new node stays alone (no VPN, no peers); only a node that kept the key of an earlier seed joins; fix: add key = \"...\" with the community's shared key (at least {MIN_COMMUNITY_KEY} characters; a new community: `openssl rand -base64 24`)",
+                self.name
+            ));
+        }
+        w
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         check_hostname(&self.name).map_err(|p| invalid("community.name", p, NAME_FIX))?;
         if let Some(key) = &self.key {

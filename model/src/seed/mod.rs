@@ -199,6 +199,16 @@ impl Seed {
     }
 }
 
+impl Seed {
+    /// Warnings about a valid seed (see `Community::warnings`), for `seed check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.community
+            .as_ref()
+            .map(Community::warnings)
+            .unwrap_or_default()
+    }
+}
+
 /// True for a key whose value must never be shown: the community key, the dashboard hash and
 /// anything named like a secret.
 pub fn is_secret_key(name: &str) -> bool {
