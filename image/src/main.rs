@@ -11,7 +11,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = commands::run(Cli::parse()) {
-        eprintln!("\ncloudy-image: error: {e:#}");
+        eprintln!("\ncloudy-image: error: {}", commands::error_text(&e));
         std::process::exit(1);
     }
 }

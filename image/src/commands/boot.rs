@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 use super::options::{board_dir, iso_path, Options};
-use crate::board::Board;
+use crate::board::{Board, Format};
 use crate::qemu::{Boot, Media, Vm};
 use crate::stages::iso;
 use crate::tools;
@@ -14,6 +14,18 @@ use crate::tools;
 /// owns the machine, so this opens nothing a node's users could reach).
 pub fn run(opts: &Options) -> Result<()> {
     let (board, _, _) = Board::find(&opts.source.join("hardware"), &opts.board)?;
+    if board.format != Format::Iso {
+        bail!(
+            "`cloudy-image boot` opens ISO images only, and {} makes {} images\n  fix: `cloudy-image verify --board {}` boots it in QEMU until the node is ready; `cloudy-image boards` lists the ISO boards",
+            board.name,
+            match board.format {
+                Format::Sdcard => "SD card",
+                Format::Pxe => "PXE",
+                Format::Iso => "ISO",
+            },
+            board.name
+        );
+    }
     tools::check(&tools::for_boot(&board))?;
     tools::check(&[tools::Tool {
         program: "xorriso",

@@ -52,7 +52,8 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
-    /// Open a built image in QEMU with its serial console (and a root shell) in this terminal.
+    /// Open a built ISO in QEMU with its serial console (and a root shell) in this terminal;
+    /// ISO boards only (`verify` boots SD and PXE boards).
     Boot {
         #[command(flatten)]
         common: Common,
@@ -64,6 +65,7 @@ enum Command {
         /// The image to boot (default: the board's last build under --out).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Firmware QEMU boots the image with (uefi: the OVMF UEFI firmware, PC boards).
         #[arg(long, value_enum, default_value = "bios")]
         firmware: Boot,
         /// PXE boards: install to a blank disk over the network, then boot that disk alone.
@@ -114,6 +116,21 @@ struct Common {
     /// QEMU accelerator. KVM only where a test boot proved it runs Debian kernels.
     #[arg(long, value_enum, default_value = "tcg")]
     accel: Accel,
+}
+
+/// An error and its causes on one line, each said once: many errors here carry the I/O
+/// error in their own text too, and `{:#}` would print it a second time.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 /// Runs one command line.
