@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cloudy_agent::kinds::streaming;
 use cloudy_agent::os::{network, system::System};
 use cloudy_agent::{control, daemon, dashboard, status};
-use cloudy_model::seed;
+use cloudy_model::{kinds, seed};
 
 /// The Cloudy node agent: applies the seed and brings the node into its microcloud.
 #[derive(Parser)]
@@ -244,8 +244,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Seed {
             command: SeedCommand::HashPassword,
         } => hash_password(),
-        Command::Scan { kind, json } => control::cli::scan(&sys, kind.as_deref(), json),
-        Command::Select { kind, json } => control::cli::select(&sys, &kind, json),
+        // Any name of a kind (`tahoe-lafs`) means the kind's own, as in the seed and `join`.
+        Command::Scan { kind, json } => {
+            control::cli::scan(&sys, kind.as_deref().map(kinds::canonical), json)
+        }
+        Command::Select { kind, json } => control::cli::select(&sys, kinds::canonical(&kind), json),
         Command::Dashboard { port } => serve_dashboard(&sys, port),
         Command::Run {
             manage_network,
@@ -297,7 +300,7 @@ fn run(cli: Cli) -> Result<i32> {
                 eprintln!("cloudy-agent: {}", control::cli::no_catalog(&sys, &catalog));
                 return Ok(1);
             }
-            status::services(&sys, kind.as_deref(), json)
+            status::services(&sys, kind.as_deref().map(kinds::canonical), json)
         }
         Command::Net {
             command:

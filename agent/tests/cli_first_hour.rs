@@ -80,3 +80,23 @@ fn seed_check_warns_that_a_community_without_a_key_leaves_the_node_alone() {
         "no warning with a key"
     );
 }
+
+/// At 2293e0e `join tahoe-introducer` (the name the seed and the catalog use) answered
+/// `cannot join "tahoe-introducer": choose one of tahoe-lafs, syncthing, streaming`.
+#[test]
+fn join_takes_the_seeds_names_and_lists_one_vocabulary() {
+    let d = tempfile::tempdir().unwrap();
+    let o = agent(d.path(), &["join", "ftp", "--wait", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("choose one of tahoe-introducer (or tahoe-lafs), streaming, syncthing"),
+        "{err}"
+    );
+    for name in ["tahoe-introducer", "tahoe-lafs"] {
+        // Known now: it fails further on (no agent runs here), not on the name.
+        let o = agent(d.path(), &["join", name, "--wait", "0"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("cannot join"), "{name}: {err}");
+    }
+}

@@ -137,6 +137,67 @@ pub const KINDS: &[Kind] = &[
     },
 ];
 
+/// Other names users give a kind, as (alias, kind): the Tahoe grid is joined as `tahoe-lafs`
+/// and served by its introducer, so each name is taken for the other wherever a user names a
+/// kind (`[services] enable`, `join`, `services --type`, `select`). A kind's `join` argument is
+/// an alias of it too (see `resolve`); an alias is never the name of another kind.
+pub const ALIASES: &[(&str, &str)] = &[("tahoe-lafs", "tahoe-introducer")];
+
+/// The kind a user means by `name`: its own name, its `join` argument or an alias.
+pub fn resolve(name: &str) -> Option<&'static Kind> {
+    find(name)
+        .or_else(|| KINDS.iter().find(|k| k.join.is_some_and(|j| j.arg == name)))
+        .or_else(|| {
+            ALIASES
+                .iter()
+                .find(|(a, _)| *a == name)
+                .and_then(|(_, k)| find(k))
+        })
+}
+
+/// `name` as the kind's own name when it is one of its other names, else as given.
+pub fn canonical(name: &str) -> &str {
+    resolve(name).map_or(name, |k| k.name)
+}
+
+/// A kind as messages list it: its name, then the other names it is known by
+/// (`tahoe-introducer (or tahoe-lafs)`).
+pub fn spelled(k: &Kind) -> String {
+    let mut others: Vec<&str> = ALIASES
+        .iter()
+        .filter(|(_, kind)| *kind == k.name)
+        .map(|(a, _)| *a)
+        .collect();
+    if let Some(j) = k.join.filter(|j| j.arg != k.name) {
+        if !others.contains(&j.arg) {
+            others.push(j.arg);
+        }
+    }
+    if others.is_empty() {
+        k.name.to_string()
+    } else {
+        format!("{} (or {})", k.name, others.join(", "))
+    }
+}
+
+/// The kinds a seed may enable, as messages list them.
+pub fn enableable_list() -> String {
+    KINDS
+        .iter()
+        .filter(|k| k.enable)
+        .map(spelled)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The kinds users can join, as messages list them.
+pub fn joinable_list() -> String {
+    joinable()
+        .map(|(k, _)| spelled(k))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The row of `name`, if this agent knows the kind.
 pub fn find(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -152,9 +213,10 @@ pub fn joinable() -> impl Iterator<Item = (&'static Kind, Join)> {
     KINDS.iter().filter_map(|k| k.join.map(|j| (k, j)))
 }
 
-/// The provider kind `cloudy-agent join <arg>` looks for, and how it is joined.
+/// The provider kind `cloudy-agent join <arg>` looks for, and how it is joined; `arg` may be
+/// any name of the kind (`tahoe-lafs` or `tahoe-introducer`).
 pub fn by_join_arg(arg: &str) -> Option<(&'static Kind, Join)> {
-    joinable().find(|(_, j)| j.arg == arg)
+    resolve(arg).and_then(|k| k.join.map(|j| (k, j)))
 }
 
 /// The probe's check for providers of `name` (TCP only for a kind not in the table).
@@ -245,6 +307,41 @@ mod tests {
         );
         assert_eq!(check("syncthing"), Check::Tls);
         assert_eq!(check("web"), Check::Tcp);
+    }
+
+    /// At 2293e0e `enable = ["tahoe-lafs"]` was an unknown service (choose from
+    /// tahoe-introducer, ...) while `join tahoe-introducer` was refused (choose one of
+    /// tahoe-lafs, ...): two vocabularies for one kind.
+    #[test]
+    fn one_vocabulary_with_aliases_both_ways() {
+        for (alias, kind) in ALIASES {
+            assert!(find(alias).is_none(), "alias {alias} is not another kind");
+            assert_eq!(resolve(alias).unwrap().name, *kind);
+        }
+        // the seed's names and the join names are each other's aliases
+        assert_eq!(resolve("tahoe-lafs").unwrap().name, "tahoe-introducer");
+        assert_eq!(
+            by_join_arg("tahoe-introducer").unwrap().1.local,
+            "tahoe-client"
+        );
+        assert_eq!(
+            by_join_arg("tahoe-lafs").unwrap().0.name,
+            "tahoe-introducer"
+        );
+        assert_eq!(by_join_arg("syncthing").unwrap().0.name, "syncthing");
+        assert!(by_join_arg("tahoe-storage").is_none());
+        assert!(by_join_arg("tahoe").is_none(), "the hand-published kind");
+        assert_eq!(canonical("tahoe-lafs"), "tahoe-introducer");
+        assert_eq!(canonical("web"), "web");
+        // every list names each kind once, with its other names
+        assert_eq!(
+            enableable_list(),
+            "tahoe-introducer (or tahoe-lafs), tahoe-storage, streaming, syncthing"
+        );
+        assert_eq!(
+            joinable_list(),
+            "tahoe-introducer (or tahoe-lafs), streaming, syncthing"
+        );
     }
 
     #[test]

@@ -45,10 +45,7 @@ pub fn join(
     let (kind, _) = kinds::by_join_arg(arg).ok_or_else(|| {
         anyhow!(
             "cannot join {arg:?}: choose one of {}",
-            kinds::joinable()
-                .map(|(_, j)| j.arg)
-                .collect::<Vec<_>>()
-                .join(", ")
+            kinds::joinable_list()
         )
     })?;
     let node = Node::read(sys)?;

@@ -479,6 +479,47 @@ mod tests {
             .join(name)
     }
 
+    /// At 2293e0e `enable = ["tahoe-lafs"]` (the name `join` uses) was an unknown service.
+    #[test]
+    fn enable_takes_every_name_of_a_kind_and_keeps_the_kinds_own() {
+        let s = Seed::parse(
+            "s.toml",
+            "version = 1\n[services]\nenable = [\"tahoe-lafs\", \"tahoe-storage\", \"syncthing\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.services.unwrap().enable,
+            ["tahoe-introducer", "tahoe-storage", "syncthing"]
+        );
+        let e = Seed::parse("s.toml", "version = 1\n[services]\nenable = [\"ftp\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown service \"ftp\""), "{e}");
+        assert!(e.contains("tahoe-introducer (or tahoe-lafs)"), "{e}");
+    }
+
+    /// At 2293e0e a `[community]` without a key passed `seed check` silently.
+    #[test]
+    fn a_community_without_a_key_is_valid_but_warned_about() {
+        let s = Seed::parse("s.toml", "version = 1\n[community]\nname = \"home\"\n").unwrap();
+        let w = s.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("stays alone") && w[0].contains("fix:"),
+            "{w:?}"
+        );
+        let s = Seed::parse(
+            "s.toml",
+            "version = 1\n[community]\nname = \"home\"\nkey = \"correct horse battery staple 42\"\n",
+        )
+        .unwrap();
+        assert!(s.warnings().is_empty());
+        assert!(Seed::parse("s.toml", "version = 1\n")
+            .unwrap()
+            .warnings()
+            .is_empty());
+    }
+
     #[test]
     fn good_fixtures_parse() {
         for f in [

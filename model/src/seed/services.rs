@@ -11,7 +11,8 @@ use crate::record::{check_service, MAX_PER_NODE};
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Services {
-    #[serde(default)]
+    /// Kind names; any other name of a kind (`tahoe-lafs`) is read as the kind's own.
+    #[serde(default, deserialize_with = "kind_names")]
     pub enable: Vec<String>,
     /// Services run by something else on this node that the agent only announces (until the
     /// agent runs them itself): published while something listens on the port.
@@ -32,6 +33,16 @@ pub struct Publish {
     pub fields: BTreeMap<String, String>,
 }
 
+/// The kind's own name for each name a user may give it; unknown names are kept for
+/// `validate` to report.
+fn kind_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Ok(names
+        .iter()
+        .map(|n| kinds::canonical(n).to_string())
+        .collect())
+}
+
 impl Services {
     pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(x) = self
@@ -42,10 +53,7 @@ impl Services {
             return Err(invalid(
                 "services.enable",
                 format!("unknown service {x:?}"),
-                format!(
-                    "choose from {}",
-                    kinds::enableable().collect::<Vec<_>>().join(", ")
-                ),
+                format!("choose from {}", kinds::enableable_list()),
             ));
         }
         if self.publish.len() > MAX_PER_NODE {
