@@ -7,10 +7,11 @@ OUT ?= out
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
 IMAGE_BIN := target/release/cloudy-image
 
-.PHONY: image boot test lint e2e bench deps tool fuzz
+.PHONY: image boot test lint e2e bench deps deps-build tool fuzz
 
-## image: install host tools, build the default board's ISO and boot it in QEMU until ready
-image: deps tool
+## image: install the host tools a build needs (only those), build the default board's ISO and
+## boot it in QEMU until ready
+image: deps-build tool
 	$(IMAGE_BIN) build --board $(BOARD) --recipe $(RECIPE) --out $(OUT)
 
 ## boot: open the built image in QEMU with its console (and a root shell) in this terminal
@@ -42,9 +43,13 @@ bench: deps tool
 	bench/agent.sh streaming
 	bench/agent.sh services
 
-## deps: the Debian packages the build and the tests need (root)
+## deps: the Debian packages the build and the tests need, and Tahoe-LAFS in /opt (root)
 deps:
-	ci/deps.sh
+	ci/deps.sh test
+
+## deps-build: only the Debian packages a build needs (root; what `make image` installs)
+deps-build:
+	ci/deps.sh build
 
 tool:
 	$(CARGO) build --release -p cloudy-image

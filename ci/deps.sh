@@ -1,25 +1,54 @@
 #!/usr/bin/env bash
-# Installs the Debian host packages cloudy-image and the tests need (`make deps`).
+# Installs the Debian host packages cloudy-image and the tests need.
+#   ci/deps.sh build   what `make image` needs: build an image and boot-check it in QEMU
+#   ci/deps.sh test    that, plus what the tests and benchmarks run on the host (`make deps`,
+#                      `make test`): tinc, avahi, serf, Syncthing, ffmpeg, Chromium, live-build,
+#                      bmap-tools, and Tahoe-LAFS from PyPI in /opt/cloudy/tahoe-lafs
 # Idempotent: a second run only checks. QEMU comes from bookworm-backports because the
 # machine's qemu-utils is from there and bookworm's qemu-system would conflict with it.
 set -euo pipefail
+
+set_name=${1:-test}
+case "$set_name" in
+  build | test) ;;
+  *) echo "usage: ci/deps.sh [build|test]  (default: test)" >&2; exit 2 ;;
+esac
 
 [ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (it installs Debian packages)" >&2; exit 1; }
 
 # Host compiler and the agent's target std (image/rust-std.sha256) must be the same version.
 RUSTC_WEB_VERSION=1.96.0+dfsg1-1~deb12u2
 
-pkgs=(
-  mmdebstrap arch-test debian-archive-keyring squashfs-tools xorriso isolinux syslinux-common
-  grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs
-  xz-utils zstd cpio ovmf live-build curl coreutils fdisk bmap-tools pxelinux ipxe-qemu
-  tinc iproute2 iputils-ping procps
-  avahi-daemon avahi-utils dbus serf python3-zeroconf
-  syncthing ffmpeg python3-venv python3-pip chromium chromium-driver
+# What `cloudy-image build` runs on the host (image/src/tools.rs checks them by board;
+# image/tests/deps.rs checks this list against it):
+# - the bootstrap: mmdebstrap, arch-test, the keyring, curl, python3-pip (`pip download` of the
+#   image's wheels);
+# - the layers and media: squashfs, xorriso, isolinux/syslinux, pxelinux, GRUB EFI, mtools,
+#   dosfstools, e2fsprogs, fdisk, xz;
+# - the agent's cross build: Debian's rustc with its target std, gcc and libc (amd64 boards,
+#   and the linker cargo needs for cloudy-image itself), the cross gcc and libc;
+# - the boot check: QEMU (below), OVMF for UEFI boards, ipxe-qemu (the NIC's option ROM, PXE).
+build_pkgs=(
+  mmdebstrap arch-test debian-archive-keyring curl coreutils python3-pip
+  squashfs-tools xorriso isolinux syslinux-common pxelinux
+  grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs fdisk xz-utils
+  ovmf ipxe-qemu
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
-  gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
+  gcc libc6-dev gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross
 )
+# What only the tests and benchmarks run on the host: several nodes in network namespaces
+# (tinc, iproute2, avahi, D-Bus, serf, the services), the dashboard's browser tests
+# (Chromium), the SD round trip (bmaptool), bench/build.sh's comparison (live-build), and
+# tools for looking inside images by hand (cpio, zstd).
+test_pkgs=(
+  tinc iproute2 iputils-ping procps
+  avahi-daemon avahi-utils dbus serf python3-zeroconf
+  syncthing ffmpeg python3-venv chromium chromium-driver
+  live-build bmap-tools cpio zstd
+)
+pkgs=("${build_pkgs[@]}")
+if [ "$set_name" = test ]; then pkgs+=("${test_pkgs[@]}"); fi
 backports=(qemu-system-x86 qemu-system-arm qemu-user-static)
 
 missing=()
@@ -55,8 +84,8 @@ install_tahoe() {
 }
 
 if [ ${#missing[@]} -eq 0 ]; then
-  install_tahoe
-  echo "deps: all host packages present"
+  if [ "$set_name" = test ]; then install_tahoe; fi
+  echo "deps: all host packages of the $set_name set present"
   exit 0
 fi
 echo "deps: installing ${missing[*]}"
@@ -75,5 +104,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q -o Acquire::Retries=3 || echo "deps: apt-get update reported errors (continuing; see above)" >&2
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 apt-get install -y -q --no-install-recommends -t bookworm-backports "${backports[@]}"
-install_tahoe
-echo "deps: done"
+if [ "$set_name" = test ]; then install_tahoe; fi
+echo "deps: done ($set_name set)"
