@@ -223,8 +223,16 @@ fn edit_image(
         }
         Image::Sd { fat_offset } => {
             if !work.xz {
-                // A copy, so a failure part-way never leaves a half-changed card image.
-                fs::copy(&work.raw, &tmp).map_err(|e| io("copying", &work.raw, e))?;
+                // A copy, so a failure part-way never leaves a half-changed card image; kept
+                // sparse (a card image is mostly holes, and its block map maps only data).
+                let mut c = Command::new("cp");
+                c.args(["--sparse=always", "--reflink=auto", "--"])
+                    .arg(&work.raw)
+                    .arg(&tmp);
+                if let Err(e) = cmd::run(&mut c, log, &step) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
             }
             let spec = format!("{}@@{fat_offset}", tmp.display());
             let mut c = match edit {
