@@ -10,3 +10,11 @@ pub fn check(file: &str, text: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// What `cloudy-agent seed check` warns about in a valid seed (a `[community]` without a key
+/// leaves a new node alone); empty for a seed that does not parse.
+pub fn warnings(file: &str, text: &str) -> Vec<String> {
+    Seed::parse(file, text)
+        .map(|s| s.warnings())
+        .unwrap_or_default()
+}

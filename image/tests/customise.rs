@@ -176,6 +176,11 @@ fn random_data_is_refused_and_left_byte_identical() {
         let f = d.path().join(name);
         fs::write(&f, &data).unwrap();
         assert_refused(&f, &s, "neither an ISO 9660 image");
+        // nor is anything written to -o
+        let out = d.path().join(format!("out-{name}"));
+        let o = cloudy_image(&[p("customise"), &f, p("--seed"), &s, p("-o"), &out]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(!out.exists() && !d.path().join(format!("out-{name}.tmp")).exists());
     }
     // .xz that is not xz data, and xz data that is not an image
     let f = d.path().join("random.img.xz");
@@ -305,6 +310,20 @@ fn an_img_xz_with_its_block_map_says_what_it_did_to_each_file() {
         "{}",
         text(&o)
     );
+}
+
+/// A seed whose `[community]` has no key is written (it is valid), with the same warning
+/// `cloudy-agent seed check` gives.
+#[test]
+fn a_keyless_community_is_written_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let img = iso(d.path(), "cloudy-pc.iso", true);
+    let s = d.path().join("alone.toml");
+    fs::write(&s, "version = 1\n[community]\nname = \"home\"\n").unwrap();
+    let o = cloudy_image(&[p("customise"), &img, p("--seed"), &s]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("warning") && t.contains("stays alone"), "{t}");
 }
 
 #[test]

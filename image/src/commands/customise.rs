@@ -54,6 +54,12 @@ pub enum Edit<'a> {
 /// (or writes OUT), then updates `SHA256SUMS` beside what changed; says what it did to each
 /// file.
 pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
+    if let Edit::Write(seed) = edit {
+        let text = fs::read_to_string(seed).unwrap_or_default();
+        for w in crate::seed::warnings(&seed.display().to_string(), &text) {
+            eprintln!("cloudy-image: {}: warning: {w}", seed.display());
+        }
+    }
     let done = apply(image, edit, out, &Log::sink())?;
     let changed: Vec<PathBuf> = done.iter().map(|(f, _)| f.clone()).collect();
     update_sums(&changed)?;
