@@ -118,6 +118,7 @@ struct Work {
 
 impl Work {
     fn open(image: &Path, target: &Path, log: &Log) -> Result<Work, SeedImageError> {
+        // A missing path is named as such before anything tries to read it.
         if !image.exists() {
             identify::identify(image)?;
         }
@@ -140,16 +141,15 @@ impl Work {
                 e => e,
             });
         }
-        let work = Work {
-            raw: raw.clone(),
-            kind: Image::Iso,
-            xz: true,
-            scratch: Some(raw.clone()),
-        };
         match identify::identify(&raw) {
-            Ok(kind) => Ok(Work { kind, ..work }),
+            Ok(kind) => Ok(Work {
+                raw: raw.clone(),
+                kind,
+                xz: true,
+                scratch: Some(raw),
+            }),
             Err(e) => {
-                work.clean();
+                let _ = fs::remove_file(&raw);
                 // Name the file the user gave, not the scratch copy.
                 Err(NotCloudy::Foreign {
                     path: image.display().to_string(),
@@ -188,7 +188,6 @@ fn edit_image(
         Edit::Remove => "removed the seed from".to_string(),
     };
     let step = Step::hidden();
-    let mut done = Vec::new();
     // The new image, complete, under a temporary name (raw: the uncompressed one).
     let tmp = if work.xz {
         work.raw.clone()
@@ -265,11 +264,10 @@ fn edit_image(
     if work.xz {
         compress::xz(&work.raw, target, compress::SD_PRESET)
             .map_err(|e| io("compressing", target, e))?;
-        done.push((target.to_path_buf(), format!("{what} {}", target.display())));
     } else {
         fs::rename(&tmp, target).map_err(|e| io("renaming", &tmp, e))?;
-        done.push((target.to_path_buf(), format!("{what} {}", target.display())));
     }
+    let mut done = vec![(target.to_path_buf(), format!("{what} {}", target.display()))];
     // An SD image's block map lists checksums of its blocks: it is made again for the new
     // image (an .img.xz always has one; a raw .img where the input had one).
     if matches!(work.kind, Image::Sd { .. }) {
