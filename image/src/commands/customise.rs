@@ -15,11 +15,44 @@ use crate::cache;
 use crate::cmd::{self, CmdError, Log};
 use crate::identify::{self, Image, NotCloudy};
 use crate::progress::Step;
+use crate::tools::Tool;
 use crate::{bmap, compress};
 
 /// Where the node reads the seed on each kind of image.
 const ISO_SEED: &str = "/cloudy/cloudy.toml";
 const SD_SEED: &str = "::/cloudy.toml";
+/// What customise runs; checked first, since a missing debugfs or xorriso would otherwise
+/// look like an image without Cloudy's markers.
+const TOOLS: [Tool; 7] = [
+    Tool {
+        program: "xorriso",
+        package: "xorriso",
+    },
+    Tool {
+        program: "mcopy",
+        package: "mtools",
+    },
+    Tool {
+        program: "mdel",
+        package: "mtools",
+    },
+    Tool {
+        program: "mdir",
+        package: "mtools",
+    },
+    Tool {
+        program: "mtype",
+        package: "mtools",
+    },
+    Tool {
+        program: "debugfs",
+        package: "e2fsprogs",
+    },
+    Tool {
+        program: "xz",
+        package: "xz-utils",
+    },
+];
 /// The first bytes of every xz stream.
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 
@@ -54,6 +87,7 @@ pub enum Edit<'a> {
 /// (or writes OUT), then updates `SHA256SUMS` beside what changed; says what it did to each
 /// file.
 pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
+    crate::tools::check(&TOOLS)?;
     if let Edit::Write(seed) = edit {
         let text = fs::read_to_string(seed).unwrap_or_default();
         for w in crate::seed::warnings(&seed.display().to_string(), &text) {
@@ -77,6 +111,7 @@ pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
 
 /// `cloudy-image customise IMAGE --show`: the seed inside, its secrets replaced by a note.
 pub fn show(image: &Path) -> anyhow::Result<()> {
+    crate::tools::check(&TOOLS)?;
     match read_seed(image, &Log::sink())? {
         Some(text) => print!("{}", redact(&text)),
         None => eprintln!(
