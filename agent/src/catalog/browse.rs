@@ -216,7 +216,9 @@ fn fetch(share: &Arc<Sharing>, f: &Following, id: String, addr: SocketAddr) {
         let member = share.members.lock().unwrap().members.get(&id).cloned();
         let got = match &member {
             Some(m) => exchange::fetch_services(addr, &share.key, m).await,
-            None => Err(exchange::ExchangeError::Refused(format!("{id} is not a member yet"))),
+            None => Err(exchange::ExchangeError::Refused(format!(
+                "{id} is not a member yet"
+            ))),
         };
         match got {
             Ok(records) => {

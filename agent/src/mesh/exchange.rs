@@ -336,7 +336,8 @@ impl Transcript {
         let derive = |dir: &[u8]| {
             let mut k = [0u8; 32];
             let info = [b"cloudy exchange v3 ".as_slice(), dir, b"|", &self.bytes()].concat();
-            hk.expand(&info, &mut k).expect("32 bytes are a valid HKDF length");
+            hk.expand(&info, &mut k)
+                .expect("32 bytes are a valid HKDF length");
             k
         };
         Some(SessionKeys {
@@ -551,7 +552,9 @@ async fn request(
         let sealed = c.recv_sealed(MAX_LINE).await.map_err(reset_is_closed)?;
         let reply = open(&keys.s2c, answer, &sealed)?;
         if reply.len() < SIGNER {
-            return Err(ExchangeError::Malformed("answer without a signature".into()));
+            return Err(ExchangeError::Malformed(
+                "answer without a signature".into(),
+            ));
         }
         let (who, rest) = reply.split_at(SIGNER);
         let signer = String::from_utf8_lossy(&who[..64]).into_owned();
@@ -594,7 +597,15 @@ pub async fn exchange(
     key: &CommunityKey,
     ours: &[Member],
 ) -> Result<Vec<Member>, ExchangeError> {
-    let a = request(addr, key, None, (b'C', b'S'), encode(ours).into_bytes(), None).await?;
+    let a = request(
+        addr,
+        key,
+        None,
+        (b'C', b'S'),
+        encode(ours).into_bytes(),
+        None,
+    )
+    .await?;
     let list = decode(&a.body)?;
     if !list
         .iter()
@@ -1049,7 +1060,10 @@ mod tests {
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
                 let srv = srv();
-                srv.members.lock().unwrap().merge(vec![member('c', "other")]);
+                srv.members
+                    .lock()
+                    .unwrap()
+                    .merge(vec![member('c', "other")]);
                 serve(
                     s,
                     srv.local(&sk),

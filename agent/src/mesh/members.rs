@@ -413,8 +413,7 @@ impl Members {
         let since = self.vpn_since;
         let lose = self.others().any(|m| {
             let seen = self.first_seen.get(&m.id).copied().unwrap_or(0);
-            m.vpn == mine
-                && (seen < since || (seen - since < VPN_GRACE_SECS && m.id < self.me))
+            m.vpn == mine && (seen < since || (seen - since < VPN_GRACE_SECS && m.id < self.me))
         });
         if !lose {
             return Ok(false);
@@ -460,8 +459,13 @@ pub(crate) mod tests {
     }
 
     /// `m` signed again by its owner's test key (after a change).
-    pub fn signed(mut m: Member) -> Member {
+    pub fn signed(m: Member) -> Member {
         let byte = m.id.chars().next().unwrap_or('0');
+        signed_as(m, byte)
+    }
+
+    /// `m` signed by the test key of `byte`.
+    pub fn signed_as(mut m: Member, byte: char) -> Member {
         m.sign(&key_of(byte));
         m
     }
@@ -542,7 +546,10 @@ pub(crate) mod tests {
     fn a_member_cannot_rewrite_another() {
         let mut ms = Members::new(member('c', "observer"));
         let a = member('a', "alice");
-        assert!(ms.merge(vec![a.clone()]).changed, "first sight pins A's node key");
+        assert!(
+            ms.merge(vec![a.clone()]).changed,
+            "first sight pins A's node key"
+        );
         // B rewrites A's record and signs it with its own key (A's signkey swapped for B's).
         let mut forged = a.clone();
         forged.address = "192.0.2.66".parse().unwrap();
@@ -555,7 +562,11 @@ pub(crate) mod tests {
         let mut forged2 = forged;
         forged2.signkey = a.signkey.clone();
         let m = ms.merge(vec![forged2]);
-        assert!(!m.changed && m.refused[0].contains("not signed"), "{:?}", m.refused);
+        assert!(
+            !m.changed && m.refused[0].contains("not signed"),
+            "{:?}",
+            m.refused
+        );
         assert_eq!(ms.members[&a.id].address, a.address);
         // A's own update still goes through.
         let mut a2 = a.clone();
@@ -577,13 +588,20 @@ pub(crate) mod tests {
         frozen.rev = u64::MAX;
         frozen.name = "frozen".into();
         let m = ms.merge(vec![signed(frozen.clone())]);
-        assert!(!m.changed && m.refused[0].contains("rev"), "{:?}", m.refused);
+        assert!(
+            !m.changed && m.refused[0].contains("rev"),
+            "{:?}",
+            m.refused
+        );
         frozen.sign(&key_of('b'));
         assert!(!ms.merge(vec![frozen]).changed);
         let mut a2 = a;
         a2.rev = 2;
         a2.name = "alice2".into();
-        assert!(ms.merge(vec![signed(a2.clone())]).changed, "A still updates");
+        assert!(
+            ms.merge(vec![signed(a2.clone())]).changed,
+            "A still updates"
+        );
         assert_eq!(ms.members[&a2.id].name, "alice2");
     }
 
@@ -614,7 +632,10 @@ pub(crate) mod tests {
         let mut squatter = member('0', "squatter");
         squatter.vpn = at_victim.me().vpn;
         assert!(at_victim.merge(vec![signed(squatter.clone())]).changed);
-        assert!(!at_victim.resolve_vpn_collision(subnet), "the victim kept its address");
+        assert!(
+            !at_victim.resolve_vpn_collision(subnet),
+            "the victim kept its address"
+        );
         assert_eq!(at_victim.me().vpn, squatter.vpn);
         // On the squatter's side (honest code), the victim was known first: it moves.
         let mut at_squatter = Members::new(squatter.clone());

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
+use crate::os::identity::NodeKey;
 use crate::os::network::Primary;
 use crate::os::supervisor::{self, Control};
-use crate::os::identity::NodeKey;
 use crate::os::system::System;
 use cloudy_model::seed::Seed;
 use exchange::CommunityKey;

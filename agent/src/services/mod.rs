@@ -200,7 +200,7 @@ impl Using {
             m,
             &req,
         ))
-            .map_err(|e| ServiceError::Failed(format!("asking {} ({addr}): {e}", provider.node)))
+        .map_err(|e| ServiceError::Failed(format!("asking {} ({addr}): {e}", provider.node)))
     }
 
     /// Records that `service` is joined, with its own content; the running agent starts it.
