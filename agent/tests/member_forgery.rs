@@ -21,7 +21,7 @@ use cloudy_model::record::Record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PEM: &str = "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAx2v0dQ+abcSECRETTINCKEY/def=\n-----END RSA PUBLIC KEY-----\n";
-const SERVER: char = 's';
+const SERVER: char = 'e';
 const A: char = 'a';
 const B: char = 'b';
 
