@@ -308,7 +308,7 @@ async fn a_relay_sees_nothing_in_clear() {
     });
 
     let bob = member(B, "bobhost");
-    let list = exchange::exchange(relay_addr, &key, &[bob.clone()])
+    let list = exchange::exchange(relay_addr, &key, std::slice::from_ref(&bob))
         .await
         .unwrap();
     assert!(
