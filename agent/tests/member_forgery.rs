@@ -74,6 +74,7 @@ impl Log {
 struct Server {
     addr: SocketAddr,
     members: Arc<Mutex<Members>>,
+    share: Arc<Sharing>,
     _dir: tempfile::TempDir,
 }
 
@@ -143,11 +144,15 @@ async fn server(key: &CommunityKey) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(cloudy_agent::daemon::serve::serve(
-        mesh, share, manager, listener,
+        mesh,
+        share.clone(),
+        manager,
+        listener,
     ));
     Server {
         addr,
         members,
+        share,
         _dir: dir,
     }
 }
@@ -250,14 +255,21 @@ async fn an_ask_in_another_members_name_is_refused() {
     );
 }
 
-/// The server's answers are its own: a services fetch expecting member A's records, answered
-/// by the server (a different node key), is refused. The old code could not tell who answered.
+/// The server's answers are its own: member B's server publishes a record in A's name, and
+/// a services fetch that expects A's records gets B's answer. The old code took it (the
+/// records named A, and the community-key MAC said only that some member answered). Now the
+/// answer must be signed by A's pinned node key: B's is refused.
 #[tokio::test(flavor = "current_thread")]
 async fn an_answer_from_another_member_is_refused() {
     let key = CommunityKey::derive("sants", "0123456789abcdef");
     let s = server(&key).await;
+    s.share.ours.lock().unwrap()[0].node_id = id(A);
     let got = exchange::fetch_services(s.addr, &key, &member(A, "alicehost")).await;
-    assert!(matches!(got, Err(ExchangeError::WrongSigner(_))), "{got:?}");
+    assert!(
+        matches!(got, Err(ExchangeError::WrongSigner(_))),
+        "an answer for A from another member was taken: {got:?}"
+    );
+    s.share.ours.lock().unwrap()[0].node_id = id(SERVER);
     let got = exchange::fetch_services(s.addr, &key, &member(SERVER, "serverhost"))
         .await
         .unwrap();
