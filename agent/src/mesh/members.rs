@@ -70,7 +70,7 @@ pub enum MemberError {
     BadSignature { id: String },
     #[error("member list full ({MAX_MEMBERS})")]
     Full,
-    #[error("VPN subnet {subnet} is full: all {hosts} of its addresses are taken by other members, so this node keeps {kept}, which a member with a lower id also claims; make [tinc] subnet larger in every member's seed")]
+    #[error("VPN subnet {subnet} is full: all {hosts} of its addresses are taken by other members, so this node keeps {kept}, which a member that had it first also claims; make [tinc] subnet larger in every member's seed")]
     SubnetFull {
         subnet: String,
         hosts: u64,
@@ -378,7 +378,12 @@ impl Members {
     /// is taken again.
     fn overtake(&mut self, m: &Member) {
         let cur = self.me();
-        if m.rev < cur.rev || m.signkey != cur.signkey || !m.signature_ok() || m.rev >= MAX_REV {
+        if m == cur
+            || m.rev < cur.rev
+            || m.signkey != cur.signkey
+            || m.rev >= MAX_REV
+            || !m.signature_ok()
+        {
             return;
         }
         let mut me = cur.clone();
@@ -643,6 +648,26 @@ pub(crate) mod tests {
         at_squatter.vpn_since = now_secs() + 10;
         assert!(at_squatter.resolve_vpn_collision(subnet));
         assert_ne!(at_squatter.me().vpn, squatter.vpn);
+    }
+
+    /// A node that lost its list starts again at revision 1, below the record members hold:
+    /// when that record (ours, signed by our key) comes back, we go above it.
+    #[test]
+    fn our_own_older_record_coming_back_is_overtaken() {
+        let mut old = member('a', "one");
+        old.rev = 40;
+        let old = signed(old);
+        let mut ms = Members::signed(member('a', "one"), key_of('a'));
+        ms.merge(vec![ms.me().clone()]);
+        assert_eq!(ms.me().rev, 1, "our own record as it is changes nothing");
+        ms.merge(vec![old.clone()]);
+        assert_eq!(ms.me().rev, 41);
+        assert!(ms.me().signature_ok());
+        let mut forged = old;
+        forged.rev = 90;
+        forged.sign(&key_of('b'));
+        ms.merge(vec![forged]);
+        assert_eq!(ms.me().rev, 41, "not for a record signed by another key");
     }
 
     #[test]
