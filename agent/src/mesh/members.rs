@@ -342,6 +342,13 @@ impl Members {
                 self.overtake(&m);
                 continue;
             }
+            // Nothing newer under the same keys (what every round mostly brings): no need to
+            // check a signature for a record we would not take.
+            if self.members.get(&m.id).is_some_and(|cur| {
+                cur.rev >= m.rev && cur.signkey == m.signkey && cur.pubkey == m.pubkey
+            }) {
+                continue;
+            }
             if let Err(e) = m.validate() {
                 out.refused.push(format!("{}: {e}", m.id));
                 continue;
