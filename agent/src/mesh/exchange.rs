@@ -61,8 +61,8 @@ pub const PROTOCOL: u32 = 3;
 /// 1024 members of ~1.4 KiB each (a tinc key, a node key and a signature), with room to
 /// spare; the sealed body is binary, so no encoding grows it.
 pub const MAX_LINE: usize = 2 << 20;
-/// Every line before the peer has proved the key (hello, challenge, proof), and the request of
-/// a services or scores fetch (an empty body): ~200 bytes each.
+/// Every line before the peer has proved the key (hello, challenge, proof): ~200 bytes each.
+/// (The sealed request of a services or scores fetch is empty: its tag only.)
 pub const MAX_PREAUTH: usize = 512;
 /// The whole exchange.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -1114,6 +1114,46 @@ mod tests {
         let got = fetch_services(addr, &k, &member('c', "other")).await;
         let _ = srv.await.unwrap();
         assert!(matches!(got, Err(ExchangeError::WrongSigner(_))), "{got:?}");
+    }
+
+    /// The fuzzer's entry: `serve_all` over an in-memory stream, fed raw bytes (here a few
+    /// shapes of garbage, before and after a valid hello); it answers with an error, never a
+    /// panic, and never reaches the handlers.
+    #[tokio::test(flavor = "current_thread")]
+    async fn serve_all_takes_raw_bytes_from_any_stream() {
+        let hello = format!(
+            "{{\"v\":3,\"hello\":\"{}\",\"eph\":\"{}\"}}\n",
+            "0".repeat(32),
+            hex(&[7u8; 32])
+        );
+        for input in [
+            b"\n".to_vec(),
+            vec![0xff; 600],
+            [hello.as_bytes(), b"{\"v\":3,\"proof\":\"00\"}\n"].concat(),
+            [hello.as_bytes(), &[0, 0, 0, 16], &[1; 16]].concat(),
+            format!(
+                "{{\"v\":3,\"hello\":\"{}\",\"eph\":\"{}\"}}\n",
+                "0".repeat(32),
+                "0".repeat(64)
+            )
+            .into_bytes(),
+        ] {
+            let (mut peer, ours) = tokio::io::duplex(1 << 16);
+            peer.write_all(&input).await.unwrap();
+            drop(peer);
+            let srv = srv();
+            let k = CommunityKey::derive("c", "0123456789abcdef");
+            let r = serve_all(
+                ours,
+                srv.local(&k),
+                |_| panic!("never merged"),
+                || panic!("never fetched"),
+                |_| panic!("never asked"),
+                || panic!("never scored"),
+            )
+            .await;
+            assert!(r.is_err(), "{input:?}");
+        }
     }
 
     #[test]

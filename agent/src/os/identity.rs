@@ -173,6 +173,9 @@ impl PartialEq for NodeKey {
 /// Checks a hex ed25519 signature by the hex public key `public` over `msg`. Strict
 /// verification: no malleable or small-order forms.
 pub fn signature_ok(public: &str, msg: &[u8], sig: &str) -> bool {
+    if public.len() != 64 || sig.len() != 128 {
+        return false;
+    }
     let Some(k) = unhex(public).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
         return false;
     };
@@ -196,9 +199,10 @@ pub fn is_node_key(s: &str) -> bool {
             })
 }
 
-/// Lowercase or uppercase hex to bytes; None for anything else.
+/// Lowercase or uppercase hex to bytes; None for anything else (`from_str_radix` alone would
+/// take a sign, so one value would have several spellings).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
