@@ -60,7 +60,7 @@ pub async fn serve(
                     )
                     .map_err(|e| e.to_string())
             };
-            let local = exchange::Local {
+            let local = exchange::Server {
                 key: &mesh.key,
                 node: &mesh.node_key,
                 members: &mesh.members,

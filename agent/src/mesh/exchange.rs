@@ -669,7 +669,7 @@ pub async fn ask_service(
 /// `members` gives the node keys pinned for each member (an ask is taken only under the
 /// asker's).
 #[derive(Clone, Copy)]
-pub struct Local<'a> {
+pub struct Server<'a> {
     pub key: &'a CommunityKey,
     pub node: &'a NodeKey,
     pub members: &'a Mutex<Members>,
@@ -680,7 +680,7 @@ pub struct Local<'a> {
 /// peer that fails the proof gets nothing but our nonce and ephemeral key.
 pub async fn serve(
     stream: TcpStream,
-    local: Local<'_>,
+    local: Server<'_>,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
@@ -692,7 +692,7 @@ pub async fn serve(
 /// stream will do (a fuzzer drives it with raw bytes through `tokio::io::duplex`).
 pub async fn serve_all<S: AsyncRead + AsyncWrite>(
     stream: S,
-    local: Local<'_>,
+    local: Server<'_>,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
@@ -856,8 +856,8 @@ mod tests {
     }
 
     impl Srv {
-        fn local<'a>(&'a self, key: &'a CommunityKey) -> Local<'a> {
-            Local {
+        fn local<'a>(&'a self, key: &'a CommunityKey) -> Server<'a> {
+            Server {
                 key,
                 node: &self.node,
                 members: &self.members,
