@@ -18,6 +18,7 @@ use cloudy_agent::catalog::publish::Sharing;
 use cloudy_agent::mesh::exchange::{self, CommunityKey};
 use cloudy_agent::mesh::members::{Member, Members};
 use cloudy_agent::mesh::{tinc, Mesh};
+use cloudy_agent::os::identity::NodeKey;
 use cloudy_agent::os::system::System;
 use cloudy_agent::registry::manager::Manager;
 use cloudy_agent::registry::published::Local;
@@ -28,8 +29,14 @@ const PEM: &str =
 const FLOOD: usize = 70;
 const EACH: usize = 2 << 20;
 
+/// The node key of the test member whose id is `id_byte` repeated.
+fn key_of(id_byte: char) -> NodeKey {
+    NodeKey::from_seed([id_byte as u8; 32])
+}
+
+/// A member record signed by its own node key (protocol 3).
 fn member(id_byte: char, name: &str) -> Member {
-    Member {
+    let mut m = Member {
         id: std::iter::repeat_n(id_byte, 32).collect(),
         name: name.into(),
         address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
@@ -38,7 +45,11 @@ fn member(id_byte: char, name: &str) -> Member {
         vpn: Ipv4Addr::new(10, 99, 0, id_byte as u8),
         pubkey: PEM.into(),
         rev: 1,
-    }
+        signkey: String::new(),
+        sig: String::new(),
+    };
+    m.sign(&key_of(id_byte));
+    m
 }
 
 /// Every line the agent logs, kept for the test to count.
@@ -78,11 +89,15 @@ fn rss_kib() -> u64 {
 /// The agent's exchange server over a mesh of one node (this test's), on 127.0.0.1.
 async fn server(root: &std::path::Path, key: &CommunityKey) -> SocketAddr {
     let sys = System::new(root);
-    let members = Arc::new(Mutex::new(Members::new(member('a', "server"))));
+    let members = Arc::new(Mutex::new(Members::signed(
+        member('a', "server"),
+        key_of('a'),
+    )));
     let (tincd, _) = tokio::sync::mpsc::unbounded_channel();
     let mesh = Arc::new(Mesh {
         sys: sys.clone(),
         key: key.clone(),
+        node_key: key_of('a'),
         members: members.clone(),
         changed: Default::default(),
         wake: Default::default(),

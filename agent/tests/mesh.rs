@@ -284,6 +284,7 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
     let mut first_key: Vec<Option<Vec<u8>>> = vec![None; 3];
     let mut kills_with_key = 0;
     let mut first_id: Vec<Option<String>> = vec![None; 3];
+    let mut first_node_key: Vec<Option<Vec<u8>>> = vec![None; 3];
     for round in 0..20 {
         let i = round % 3;
         let node = &mut cloud.nodes[i];
@@ -304,6 +305,17 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
                 first_id[i].get_or_insert(id.clone()),
                 &id,
                 "node id changed"
+            );
+        }
+        // The node signing key: made once, whole or not at all, never replaced.
+        if let Ok(k) = std::fs::read(node.root.join("var/lib/cloudy/node.key")) {
+            assert_eq!(k.len(), 65, "a whole key file: {k:?}");
+            let first = first_node_key[i].get_or_insert(k.clone());
+            assert_eq!(
+                *first,
+                k,
+                "node {} signing key replaced after kill {round}",
+                i + 1
             );
         }
     }
@@ -348,6 +360,20 @@ fn sigkill_at_random_points_of_first_boot_converges_with_the_same_keys() {
         }
         if let Some(id) = &first_id[i] {
             assert_eq!(&n.node_id(), id);
+        }
+        // Every member pinned this node's own signing key (the one in its node.key).
+        let sys = cloudy_agent::os::system::System::new(&n.root);
+        let public = cloudy_agent::os::identity::NodeKey::load(&sys)
+            .unwrap()
+            .public_hex();
+        for o in &cloud.nodes {
+            assert_eq!(
+                o.members()["members"][n.node_id()]["signkey"],
+                public.as_str(),
+                "node {}'s key as pinned by {}",
+                i + 1,
+                o.root.display()
+            );
         }
         // One tincd per node: a leftover from a killed agent would hold the port.
         let ours = std::fs::read_dir("/proc")

@@ -212,7 +212,15 @@ fn replace(share: &Sharing, id: &str, records: Vec<Record>, now: u64) {
 fn fetch(share: &Arc<Sharing>, f: &Following, id: String, addr: SocketAddr) {
     let (share, inflight, fetched) = (share.clone(), f.inflight.clone(), f.fetched.clone());
     tokio::spawn(async move {
-        match exchange::fetch_services(addr, &share.key, &id).await {
+        // The answer must be signed by the node key we pinned for `id`.
+        let member = share.members.lock().unwrap().members.get(&id).cloned();
+        let got = match &member {
+            Some(m) => exchange::fetch_services(addr, &share.key, m).await,
+            None => Err(exchange::ExchangeError::Refused(format!(
+                "{id} is not a member yet"
+            ))),
+        };
+        match got {
             Ok(records) => {
                 // The revision of what we got, not of the tag we saw: if the two differ (the
                 // member changed meanwhile), the next poll fetches again.

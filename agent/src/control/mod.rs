@@ -267,23 +267,26 @@ impl Agent {
 
     /// Asks up to `MAX_VIEWS` members for their own probe summary (exchange port, community key).
     pub async fn refresh_views(&self) {
-        let targets: Vec<(String, std::net::SocketAddr)> = {
+        let targets: Vec<(crate::mesh::members::Member, std::net::SocketAddr)> = {
             let ms = self.share.members.lock().unwrap();
             ms.others()
                 .filter(|m| !m.address.is_unspecified())
                 .take(MAX_VIEWS)
                 .map(|m| {
                     (
-                        m.name.clone(),
+                        m.clone(),
                         std::net::SocketAddr::new(m.address, m.exchange_port),
                     )
                 })
                 .collect()
         };
         let key = self.share.key.clone();
-        let got = futures_util::future::join_all(targets.into_iter().map(|(name, addr)| {
+        let got = futures_util::future::join_all(targets.into_iter().map(|(m, addr)| {
             let key = key.clone();
-            async move { (name, crate::mesh::exchange::fetch_scores(addr, &key).await) }
+            async move {
+                let r = crate::mesh::exchange::fetch_scores(addr, &key, &m).await;
+                (m.name, r)
+            }
         }))
         .await;
         let now = crate::catalog::now_ms();

@@ -38,7 +38,8 @@ pub async fn serve(
             let m2 = mesh.clone();
             let ours = move || share.ours.lock().unwrap().clone();
             // A member asks to use one of our services: known members only, as they are in
-            // our list (their VPN address is ours to know, not theirs to claim).
+            // our list (their VPN address is ours to know, not theirs to claim); the exchange
+            // took the ask only under the node key pinned for `node_id`.
             let ask = move |a: exchange::ServiceAsk| {
                 let from = {
                     let ms = m2.members.lock().unwrap();
@@ -59,9 +60,14 @@ pub async fn serve(
                     )
                     .map_err(|e| e.to_string())
             };
+            let local = exchange::Server {
+                key: &mesh.key,
+                node: &mesh.node_key,
+                members: &mesh.members,
+            };
             exchange::serve_all(
                 stream,
-                &mesh.key,
+                local,
                 move |theirs| {
                     let mut ms = m.members.lock().unwrap();
                     let merged = ms.merge(theirs);

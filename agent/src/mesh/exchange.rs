@@ -1,16 +1,29 @@
 //! The exchange protocol, on the exchange port (6655): two members swap their member lists over
-//! TCP, each side proving it holds the community key before it learns anything. Nothing
-//! received is run; lists are parsed strictly, bounded in size and merged by `members`.
+//! TCP, each side proving it holds the community key before it learns anything, and every
+//! body after that sealed. Nothing received is run; lists are parsed strictly, bounded in size
+//! and merged by `members`, where each record must carry its own member's signature.
 //!
 //! ```text
-//! client -> server  {"v":2,"hello":NC}            NC, NS: 16 random bytes, hex
-//! server -> client  {"v":2,"nonce":NS}
-//! client -> server  {"v":2,"proof":HMAC(K, "K" NC NS WANT)}       (WANT: "" for a list swap)
-//! client -> server  {"v":2,"body":LIST,"mac":HMAC(K, "C" NC NS LIST)}
-//! server -> client  {"v":2,"body":LIST,"mac":HMAC(K, "S" NC NS LIST)}   (only if the MAC held)
+//! client -> server  {"v":3,"hello":NC,"eph":XC}          NC, NS: 16 random bytes, hex
+//! server -> client  {"v":3,"nonce":NS,"eph":XS}          XC, XS: ephemeral X25519 keys, hex
+//! client -> server  {"v":3,"proof":HMAC(K, "K" NC|NS|WANT|XC|XS)}   (WANT: "" for a list swap)
+//! client -> server  LEN(4, big-endian) SEAL(k_cs, role ask, REQUEST)
+//! server -> client  LEN SEAL(k_sc, role answer, NODEKEY_S SIG_S BODY)   (only if all held)
 //! ```
-//! K = HMAC-SHA256(community key, "cloudy join v1" + community name). Fresh nonces on both
-//! sides stop replays; the role byte stops a reflected answer passing as a request.
+//! K = HMAC-SHA256(community key, "cloudy join v1" + community name). From the handshake
+//! both sides derive k_cs and k_sc: HKDF-SHA256 (salt NC NS) over K's "exchange v3" subkey and
+//! the X25519 secret of XC and XS, one key per direction (so a reflected message does not
+//! open); SEAL is ChaCha20-Poly1305 with the role byte as associated data, one message per
+//! key, so the nonce is zero. The AEAD tag replaces the MACs of protocol 2: only a holder of
+//! K opens or makes a body, and with the ephemeral keys a recorded session stays closed to
+//! whoever later learns K. A relay or the LAN sees the hello, the challenge and the proof
+//! (nonces, ephemeral keys and one MAC) and the sizes; no member, record or request.
+//!
+//! The community key admits a node; it does not let it speak for another. Every answer is
+//! signed by the answering node's own key (ed25519, `NODEKEY_S` in hex and `SIG_S` over the
+//! role, NC NS XC XS and BODY), so a client knows which member answered: a services, scores
+//! or ask request names the member it expects, and an answer signed by any other key is
+//! refused. A list swap's answer must come from a key that signs one record of the list.
 //!
 //! Until the peer has proved the key, everything it sends is small: the hello and the proof
 //! are lines of at most `MAX_PREAUTH` bytes and must come within `HANDSHAKE`; only then does
@@ -18,37 +31,38 @@
 //! sends the proof and the request back to back, so the proof costs no round trip. A peer
 //! without the key makes the server hold a short line for a few seconds, never 2 MiB.
 //!
-//! The same handshake fetches a member's service records (no size limit of Serf tags):
-//! the hello carries `"want":"services"`, the request body is empty, the reply body is the
-//! member's records as JSON, and the role bytes are `Q`/`R` so neither kind of message can
-//! stand in for the other.
+//! Request kinds, by the hello's `want` (role bytes ask/answer):
+//! - none: a list swap (`C`/`S`), our list for theirs.
+//! - `services`: a member's service records (`Q`/`R`), empty request.
+//! - `scores`: a member's probe summary (`P`/`V`), empty request.
+//! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
+//!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
+//!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
 //!
-//! A member's probe summary (its own view of every provider's score) travels the same way with
-//! `"want":"scores"`, an empty request body and role bytes `P`/`V`.
-//!
-//! And it carries a service request (`"want":"ask"`): a member asks another member's agent to
-//! let it use a service (e.g. Syncthing: add my device, share the folder with it). The request
-//! body is a `ServiceAsk`, the reply a `ServiceAnswer`, role bytes `A`/`B`; the server checks
-//! the asker's node id against its member list before the service sees the request.
+//! Protocol 2 (the same handshake, bodies in clear under MACs) is refused with an error that
+//! says to update: a member that cannot sign its record cannot be told apart from a forger.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::mesh::members::{Member, MAX_MEMBERS};
-use crate::os::identity::{hex, random_bytes};
+use crate::mesh::members::{Member, Members, MAX_MEMBERS};
+use crate::os::identity::{self, hex, random_bytes, NodeKey};
 use cloudy_model::record::{self, Record};
 
-/// 2: the proof of the key before the request (1 had none: a keyless peer could send 2 MiB).
-pub const PROTOCOL: u32 = 2;
-/// 1024 members of ~1.2 KiB each, with room to spare.
+/// 3: bodies sealed, answers and requests signed by node keys (2 had them in clear under
+/// community-key MACs; 1 had no proof before the request).
+pub const PROTOCOL: u32 = 3;
+/// 1024 members of ~1.4 KiB each (a tinc key, a node key and a signature), with room to
+/// spare; the sealed body is binary, so no encoding grows it.
 pub const MAX_LINE: usize = 2 << 20;
-/// Every line before the peer has proved the key (hello, challenge, proof), and the request of
-/// a services or scores fetch (an empty body): ~100 bytes each.
+/// Every line before the peer has proved the key (hello, challenge, proof): ~200 bytes each.
+/// (The sealed request of a services or scores fetch is empty: its tag only.)
 pub const MAX_PREAUTH: usize = 512;
 /// The whole exchange.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +70,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const HANDSHAKE: Duration = Duration::from_secs(3);
 /// The role byte of the proof of the key; no other message uses it.
 const PROOF: u8 = b'K';
+/// The Poly1305 tag on every sealed body.
+const TAG: usize = 16;
+/// A node key and a signature in hex, before an answer's body.
+const SIGNER: usize = 64 + 128;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -65,7 +83,7 @@ pub enum ExchangeError {
     Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,
-    #[error("peer closed the connection (it may not share our community key)")]
+    #[error("peer closed the connection (it may not share our community key, or run an agent older than exchange protocol {PROTOCOL})")]
     Closed,
     #[error("message longer than allowed")]
     TooLong,
@@ -73,6 +91,10 @@ pub enum ExchangeError {
     Malformed(String),
     #[error("wrong community key (MAC check failed)")]
     BadMac,
+    #[error("the peer speaks exchange protocol {0}, this node {PROTOCOL}: update the older node's agent (cloudy-agent) so both speak {PROTOCOL}")]
+    Version(u32),
+    #[error("not signed by the node key of {0}")]
+    WrongSigner(String),
     #[error("more than {MAX_MEMBERS} members offered")]
     TooMany,
     #[error("{0}")]
@@ -211,6 +233,9 @@ struct Hello {
     hello: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     want: Option<String>,
+    /// Absent only from a protocol 2 hello, which is refused by its `v`.
+    #[serde(default)]
+    eph: String,
 }
 
 const WANT_SERVICES: &str = "services";
@@ -225,7 +250,7 @@ const MAX_ASK: usize = 4096;
 pub struct ServiceAsk {
     /// The service's record type, e.g. `syncthing`.
     pub service: String,
-    /// The asker's node id; must be a member.
+    /// The asker's node id; must be a member, and the request signed by its pinned node key.
     pub node_id: String,
     #[serde(default)]
     pub fields: std::collections::BTreeMap<String, String>,
@@ -245,6 +270,7 @@ struct ServiceAnswer {
 struct Challenge {
     v: u32,
     nonce: String,
+    eph: String,
 }
 
 /// The client holds the key: sent before the request, which may be large.
@@ -255,16 +281,13 @@ struct Proof {
     proof: String,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Signed {
-    v: u32,
-    body: String,
-    mac: String,
+fn nonce_ok(n: &str) -> bool {
+    n.len() == 32 && identity::unhex(n).is_some()
 }
 
-fn nonce_ok(n: &str) -> bool {
-    n.len() == 32 && unhex(n).is_some()
+fn x25519_public(h: &str) -> Option<x25519_dalek::PublicKey> {
+    let b: [u8; 32] = identity::unhex(h)?.try_into().ok()?;
+    Some(x25519_dalek::PublicKey::from(b))
 }
 
 fn line<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -273,14 +296,122 @@ fn line<T: Serialize>(msg: &T) -> Vec<u8> {
     line
 }
 
-struct Conn {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
+/// What both sides know once the challenge is out: the nonces and the ephemeral keys, in a
+/// fixed form every signature and key derivation covers.
+struct Transcript {
+    nc: String,
+    ns: String,
+    xc: String,
+    xs: String,
 }
 
-impl Conn {
-    fn new(s: TcpStream) -> Self {
-        let (r, w) = s.into_split();
+impl Transcript {
+    fn bytes(&self) -> Vec<u8> {
+        [&self.nc, "|", &self.ns, "|", &self.xc, "|", &self.xs]
+            .concat()
+            .into_bytes()
+    }
+
+    /// The proof of the key binds the request kind and both ephemeral keys.
+    fn proof_body(&self, want: &str) -> String {
+        [want, "|", &self.xc, "|", &self.xs].concat()
+    }
+
+    /// One sealing key per direction from the community key and the X25519 secret; None when
+    /// the peer's ephemeral key made a secret that is not one (a low-order point).
+    fn keys(
+        &self,
+        key: &CommunityKey,
+        ours: &x25519_dalek::StaticSecret,
+        theirs: &x25519_dalek::PublicKey,
+    ) -> Option<SessionKeys> {
+        let shared = ours.diffie_hellman(theirs);
+        if !shared.was_contributory() {
+            return None;
+        }
+        let mut ikm = key.subkey(b"exchange v3").to_vec();
+        ikm.extend_from_slice(shared.as_bytes());
+        let salt = [self.nc.as_bytes(), self.ns.as_bytes()].concat();
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), &ikm);
+        let derive = |dir: &[u8]| {
+            let mut k = [0u8; 32];
+            let info = [b"cloudy exchange v3 ".as_slice(), dir, b"|", &self.bytes()].concat();
+            hk.expand(&info, &mut k)
+                .expect("32 bytes are a valid HKDF length");
+            k
+        };
+        Some(SessionKeys {
+            c2s: derive(b"c2s"),
+            s2c: derive(b"s2c"),
+        })
+    }
+
+    fn answer_msg(&self, role: u8, body: &[u8]) -> Vec<u8> {
+        [
+            b"cloudy exchange answer v3|".as_slice(),
+            &[role],
+            b"|",
+            &self.bytes(),
+            b"|",
+            body,
+        ]
+        .concat()
+    }
+
+    fn ask_msg(&self, body: &[u8]) -> Vec<u8> {
+        [
+            b"cloudy exchange ask v3|".as_slice(),
+            &self.bytes(),
+            b"|",
+            body,
+        ]
+        .concat()
+    }
+}
+
+struct SessionKeys {
+    c2s: [u8; 32],
+    s2c: [u8; 32],
+}
+
+fn seal(key: &[u8; 32], role: u8, msg: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    // Each key seals one message (it is fresh per connection and direction): nonce zero.
+    chacha20poly1305::ChaCha20Poly1305::new(key.into())
+        .encrypt(&Default::default(), Payload { msg, aad: &[role] })
+        .expect("sealing a bounded message")
+}
+
+fn open(key: &[u8; 32], role: u8, sealed: &[u8]) -> Result<Vec<u8>, ExchangeError> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    chacha20poly1305::ChaCha20Poly1305::new(key.into())
+        .decrypt(
+            &Default::default(),
+            Payload {
+                msg: sealed,
+                aad: &[role],
+            },
+        )
+        .map_err(|_| ExchangeError::BadMac)
+}
+
+fn frame(sealed: &[u8]) -> Vec<u8> {
+    let mut f = u32::try_from(sealed.len())
+        .expect("bodies are bounded far below 4 GiB")
+        .to_be_bytes()
+        .to_vec();
+    f.extend_from_slice(sealed);
+    f
+}
+
+struct Conn<S> {
+    r: BufReader<tokio::io::ReadHalf<S>>,
+    w: tokio::io::WriteHalf<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    fn new(s: S) -> Self {
+        let (r, w) = tokio::io::split(s);
         Conn {
             r: BufReader::new(r),
             w,
@@ -316,66 +447,125 @@ impl Conn {
         }
         serde_json::from_slice(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))
     }
+
+    /// One sealed frame of at most `max` bytes of plaintext; its length is checked before a
+    /// byte of it is held.
+    async fn recv_sealed(&mut self, max: usize) -> Result<Vec<u8>, ExchangeError> {
+        let mut len = [0u8; 4];
+        self.r.read_exact(&mut len).await.map_err(eof_is_closed)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max + TAG {
+            return Err(ExchangeError::TooLong);
+        }
+        if len < TAG {
+            return Err(ExchangeError::BadMac);
+        }
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf).await.map_err(eof_is_closed)?;
+        Ok(buf)
+    }
+}
+
+fn eof_is_closed(e: std::io::Error) -> ExchangeError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ExchangeError::Closed
+    } else {
+        e.into()
+    }
 }
 
 fn encode(members: &[Member]) -> String {
     serde_json::to_string(members).expect("members serialise")
 }
 
-fn decode(body: &str) -> Result<Vec<Member>, ExchangeError> {
+fn decode(body: &[u8]) -> Result<Vec<Member>, ExchangeError> {
     let list: Vec<Member> =
-        serde_json::from_str(body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     if list.len() > MAX_MEMBERS {
         return Err(ExchangeError::TooMany);
     }
     Ok(list)
 }
 
-/// Client side of every request: hello (with what we want), the peer's challenge, our body
-/// signed with role byte `ask`, and the reply checked under role byte `answer`; gives the reply
-/// body. Roles differ per request kind so an answer of one kind never passes for another.
+/// A signed answer: who signed it (hex node key) and the body.
+struct Answer {
+    signer: String,
+    body: Vec<u8>,
+}
+
+/// Client side of every request: hello (with what we want and our ephemeral key), the peer's
+/// challenge, the proof and our sealed request (`sign` makes its signature prefix, if the
+/// kind has one), and the sealed reply opened and its signature checked. Roles differ per
+/// request kind so an answer of one kind never passes for another.
 async fn request(
     addr: SocketAddr,
     key: &CommunityKey,
     want: Option<&str>,
     (ask, answer): (u8, u8),
-    body: String,
-) -> Result<String, ExchangeError> {
+    body: Vec<u8>,
+    sign: Option<&NodeKey>,
+) -> Result<Answer, ExchangeError> {
     tokio::time::timeout(TIMEOUT, async {
         let mut c = Conn::new(TcpStream::connect(addr).await?);
+        let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
         let nc = hex(&random_bytes::<16>());
+        let xc = hex(x25519_dalek::PublicKey::from(&eph).as_bytes());
         c.send(&Hello {
             v: PROTOCOL,
             hello: nc.clone(),
             want: want.map(String::from),
+            eph: xc.clone(),
         })
         .await?;
-        let ch: Challenge = c.recv(MAX_PREAUTH).await?;
-        if ch.v != PROTOCOL || !nonce_ok(&ch.nonce) {
-            return Err(ExchangeError::Malformed("bad challenge".into()));
+        let ch: Challenge = c.recv(MAX_PREAUTH).await.map_err(reset_is_closed)?;
+        if ch.v != PROTOCOL {
+            return Err(ExchangeError::Version(ch.v));
         }
-        // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
-        // From here a reset is the server turning our proof away, before reading our body.
+        let theirs = x25519_public(&ch.eph);
+        let (true, Some(theirs)) = (nonce_ok(&ch.nonce), theirs) else {
+            return Err(ExchangeError::Malformed("bad challenge".into()));
+        };
+        let t = Transcript {
+            nc,
+            ns: ch.nonce,
+            xc,
+            xs: ch.eph,
+        };
+        let keys = t
+            .keys(key, &eph, &theirs)
+            .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
         let proof = Proof {
             v: PROTOCOL,
-            proof: key.sign(PROOF, &nc, &ch.nonce, want.unwrap_or("")),
+            proof: key.sign(PROOF, &t.nc, &t.ns, &t.proof_body(want.unwrap_or(""))),
         };
-        let mac = key.sign(ask, &nc, &ch.nonce, &body);
-        let req = Signed {
-            v: PROTOCOL,
-            body,
-            mac,
+        let plain = match sign {
+            Some(k) => [k.sign_hex(&t.ask_msg(&body)).into_bytes(), body].concat(),
+            None => body,
         };
-        let mut lines = line(&proof);
-        lines.extend(line(&req));
-        c.w.write_all(&lines)
+        // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
+        // From here a reset is the server turning our proof away, before reading our body.
+        let mut out = line(&proof);
+        out.extend(frame(&seal(&keys.c2s, ask, &plain)));
+        c.w.write_all(&out)
             .await
             .map_err(|e| reset_is_closed(e.into()))?;
-        let reply: Signed = c.recv(MAX_LINE).await.map_err(reset_is_closed)?;
-        if !key.verify(answer, &nc, &ch.nonce, &reply.body, &reply.mac) {
-            return Err(ExchangeError::BadMac);
+        let sealed = c.recv_sealed(MAX_LINE).await.map_err(reset_is_closed)?;
+        let reply = open(&keys.s2c, answer, &sealed)?;
+        if reply.len() < SIGNER {
+            return Err(ExchangeError::Malformed(
+                "answer without a signature".into(),
+            ));
         }
-        Ok(reply.body)
+        let (who, rest) = reply.split_at(SIGNER);
+        let signer = String::from_utf8_lossy(&who[..64]).into_owned();
+        let sig = String::from_utf8_lossy(&who[64..]).into_owned();
+        if !identity::signature_ok(&signer, &t.answer_msg(answer, rest), &sig) {
+            return Err(ExchangeError::WrongSigner("the answering node".into()));
+        }
+        Ok(Answer {
+            signer,
+            body: rest.to_vec(),
+        })
     })
     .await
     .map_err(|_| ExchangeError::Timeout)?
@@ -391,126 +581,182 @@ fn reset_is_closed(e: ExchangeError) -> ExchangeError {
     }
 }
 
+/// The answer came from `from` (its pinned node key signed it), or an error.
+fn answered_by(a: &Answer, from: &Member) -> Result<(), ExchangeError> {
+    if a.signer != from.signkey || from.signkey.is_empty() {
+        return Err(ExchangeError::WrongSigner(from.id.clone()));
+    }
+    Ok(())
+}
+
 /// Client side: sends our list to the exchange service at `addr`, returns the peer's list.
+/// Whoever answers must sign with the node key of a record in its own list (its own), so an
+/// answer is always some member's word; each record is still checked by `Members::merge`.
 pub async fn exchange(
     addr: SocketAddr,
     key: &CommunityKey,
     ours: &[Member],
 ) -> Result<Vec<Member>, ExchangeError> {
-    let reply = request(addr, key, None, (b'C', b'S'), encode(ours)).await?;
-    decode(&reply)
+    let a = request(
+        addr,
+        key,
+        None,
+        (b'C', b'S'),
+        encode(ours).into_bytes(),
+        None,
+    )
+    .await?;
+    let list = decode(&a.body)?;
+    if !list
+        .iter()
+        .any(|m| m.signkey == a.signer && m.signature_ok())
+    {
+        return Err(ExchangeError::WrongSigner(
+            "any member of the list it sent".into(),
+        ));
+    }
+    Ok(list)
 }
 
-/// Client side of a services fetch: the records the member at `addr` publishes, each
-/// checked and all of them that member's (`node_id`).
+/// Client side of a services fetch: the records the member `from` publishes at `addr`, signed
+/// by its pinned node key, each checked and all of them that member's.
 pub async fn fetch_services(
     addr: SocketAddr,
     key: &CommunityKey,
-    node_id: &str,
+    from: &Member,
 ) -> Result<Vec<Record>, ExchangeError> {
-    let reply = request(addr, key, Some(WANT_SERVICES), (b'Q', b'R'), String::new()).await?;
-    Ok(cloudy_model::record::parse_list(reply.as_bytes(), node_id)?)
+    let a = request(addr, key, Some(WANT_SERVICES), (b'Q', b'R'), vec![], None).await?;
+    answered_by(&a, from)?;
+    Ok(cloudy_model::record::parse_list(&a.body, &from.id)?)
 }
 
-/// Client side of a scores fetch: the member's probe summary, checked by `probe`.
+/// Client side of a scores fetch: the probe summary of member `from`, signed by its pinned
+/// node key; checked by `probe`.
 pub async fn fetch_scores(
     addr: SocketAddr,
     key: &CommunityKey,
+    from: &Member,
 ) -> Result<Vec<cloudy_model::summary::Summary>, ExchangeError> {
-    let reply = request(addr, key, Some(WANT_SCORES), (b'P', b'V'), String::new()).await?;
-    cloudy_model::summary::parse_summary(reply.as_bytes()).map_err(ExchangeError::Malformed)
+    let a = request(addr, key, Some(WANT_SCORES), (b'P', b'V'), vec![], None).await?;
+    answered_by(&a, from)?;
+    cloudy_model::summary::parse_summary(&a.body).map_err(ExchangeError::Malformed)
 }
 
-/// Client side of a service request: the provider's answer fields, or its refusal.
+/// Client side of a service request to member `to`: signed with our node key (`req.node_id`
+/// must be ours), answered under `to`'s pinned key; its answer fields, or its refusal.
 pub async fn ask_service(
     addr: SocketAddr,
     key: &CommunityKey,
+    node: &NodeKey,
+    to: &Member,
     req: &ServiceAsk,
 ) -> Result<std::collections::BTreeMap<String, String>, ExchangeError> {
-    let body = serde_json::to_string(req).expect("requests serialise");
-    let reply = request(addr, key, Some(WANT_ASK), (b'A', b'B'), body).await?;
-    if reply.len() > MAX_ASK {
+    let body = serde_json::to_vec(req).expect("requests serialise");
+    let a = request(addr, key, Some(WANT_ASK), (b'A', b'B'), body, Some(node)).await?;
+    answered_by(&a, to)?;
+    if a.body.len() > MAX_ASK {
         return Err(ExchangeError::TooLong);
     }
     let a: ServiceAnswer =
-        serde_json::from_str(&reply).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        serde_json::from_slice(&a.body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     match a.error {
         Some(e) => Err(ExchangeError::Refused(e)),
         None => Ok(a.fields),
     }
 }
 
+/// Who answers on our side: the community key admits peers, `node` signs our answers, and
+/// `members` gives the node keys pinned for each member (an ask is taken only under the
+/// asker's).
+#[derive(Clone, Copy)]
+pub struct Server<'a> {
+    pub key: &'a CommunityKey,
+    pub node: &'a NodeKey,
+    pub members: &'a Mutex<Members>,
+}
+
 /// Server side for one connection. `merge` takes the authenticated peer's list and returns
 /// ours (after merging) to send back; `services` gives our records for a services fetch. A
-/// peer that fails the MAC gets nothing but our nonce.
+/// peer that fails the proof gets nothing but our nonce and ephemeral key.
 pub async fn serve(
     stream: TcpStream,
-    key: &CommunityKey,
+    local: Server<'_>,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
 ) -> Result<usize, ExchangeError> {
-    serve_all(stream, key, merge, services, ask, || "[]".to_string()).await
+    serve_all(stream, local, merge, services, ask, || "[]".to_string()).await
 }
 
-/// `serve`, also answering a scores fetch with `scores` (our probe summary, JSON).
-pub async fn serve_all(
-    stream: TcpStream,
-    key: &CommunityKey,
+/// `serve`, also answering a scores fetch with `scores` (our probe summary, JSON). Any byte
+/// stream will do (a fuzzer drives it with raw bytes through `tokio::io::duplex`).
+pub async fn serve_all<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: Server<'_>,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
 ) -> Result<usize, ExchangeError> {
+    let key = local.key;
     let mut c = Conn::new(stream);
     let r = tokio::time::timeout(TIMEOUT, async {
         // Until the proof holds, only short lines, and only for HANDSHAKE.
-        let (hello, ns, (asked, answers), max) = tokio::time::timeout(HANDSHAKE, async {
+        let (hello, t, keys, (asked, answers), max) = tokio::time::timeout(HANDSHAKE, async {
             let hello: Hello = c.recv(MAX_PREAUTH).await?;
-            if hello.v != PROTOCOL || !nonce_ok(&hello.hello) {
-                return Err(ExchangeError::Malformed("bad hello".into()));
+            if hello.v != PROTOCOL {
+                return Err(ExchangeError::Version(hello.v));
             }
-            // The same signed request/answer for every kind; only the role bytes and the
-            // body (and so its bound) differ (the client side is `request`).
+            let theirs = x25519_public(&hello.eph);
+            let (true, Some(theirs)) = (nonce_ok(&hello.hello), theirs) else {
+                return Err(ExchangeError::Malformed("bad hello".into()));
+            };
+            // The same sealed, signed request/answer for every kind; only the role bytes and
+            // the body (and so its bound) differ (the client side is `request`).
             let (roles, max) = match hello.want.as_deref() {
                 None => ((b'C', b'S'), MAX_LINE),
-                Some(WANT_SERVICES) => ((b'Q', b'R'), MAX_PREAUTH),
-                // A JSON string in a JSON string: every byte escaped at worst to 6.
-                Some(WANT_ASK) => ((b'A', b'B'), MAX_PREAUTH + 6 * MAX_ASK),
-                Some(WANT_SCORES) => ((b'P', b'V'), MAX_PREAUTH),
+                Some(WANT_SERVICES) => ((b'Q', b'R'), 0),
+                Some(WANT_ASK) => ((b'A', b'B'), 128 + MAX_ASK),
+                Some(WANT_SCORES) => ((b'P', b'V'), 0),
                 Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
             };
-            let ns = hex(&random_bytes::<16>());
+            let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+            let t = Transcript {
+                nc: hello.hello.clone(),
+                ns: hex(&random_bytes::<16>()),
+                xc: hello.eph.clone(),
+                xs: hex(x25519_dalek::PublicKey::from(&eph).as_bytes()),
+            };
             c.send(&Challenge {
                 v: PROTOCOL,
-                nonce: ns.clone(),
+                nonce: t.ns.clone(),
+                eph: t.xs.clone(),
             })
             .await?;
             let proof: Proof = c.recv(MAX_PREAUTH).await?;
             let want = hello.want.as_deref().unwrap_or("");
-            if proof.v != PROTOCOL || !key.verify(PROOF, &hello.hello, &ns, want, &proof.proof) {
+            if proof.v != PROTOCOL
+                || !key.verify(PROOF, &t.nc, &t.ns, &t.proof_body(want), &proof.proof)
+            {
                 return Err(ExchangeError::BadMac);
             }
-            Ok((hello, ns, roles, max))
+            let keys = t
+                .keys(key, &eph, &theirs)
+                .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
+            Ok((hello, t, keys, roles, max))
         })
         .await
         .map_err(|_| ExchangeError::Timeout)??;
-        let req: Signed = c.recv(max).await?;
-        if !key.verify(asked, &hello.hello, &ns, &req.body, &req.mac) {
-            return Err(ExchangeError::BadMac);
-        }
+        let sealed = c.recv_sealed(max).await?;
+        let req = open(&keys.c2s, asked, &sealed)?;
         let (body, n) = match hello.want.as_deref() {
             None => {
-                let theirs = decode(&req.body)?;
+                let theirs = decode(&req)?;
                 let n = theirs.len();
                 (encode(&merge(theirs)), n)
             }
             Some(WANT_ASK) => {
-                if req.body.len() > MAX_ASK {
-                    return Err(ExchangeError::TooLong);
-                }
-                let asked: ServiceAsk = serde_json::from_str(&req.body)
-                    .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+                let asked = signed_ask(&t, &req, local.members)?;
                 let answer = match ask(asked) {
                     Ok(fields) => ServiceAnswer {
                         error: None,
@@ -526,26 +772,33 @@ pub async fn serve_all(
                     0,
                 )
             }
-            // Services and scores fetches carry no body.
-            _ if !req.body.is_empty() => return Err(ExchangeError::BadMac),
+            // Services and scores fetches carry no body (`max` was 0).
             Some(WANT_SERVICES) => (
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
             _ => (scores(), 0),
         };
-        let mac = key.sign(answers, &hello.hello, &ns, &body);
-        c.send(&Signed {
-            v: PROTOCOL,
-            body,
-            mac,
-        })
-        .await?;
+        let sig = local.node.sign_hex(&t.answer_msg(answers, body.as_bytes()));
+        let plain = [local.node.public_hex(), sig, body].concat();
+        c.w.write_all(&frame(&seal(&keys.s2c, answers, plain.as_bytes())))
+            .await?;
         Ok(n)
     })
     .await
     .map_err(|_| ExchangeError::Timeout)
     .and_then(|r| r);
+    if let Err(ExchangeError::Version(v)) = &r {
+        // Tell an older peer in a line it can log (it cannot open a sealed one).
+        let refusal = format!(
+            "{{\"v\":{PROTOCOL},\"error\":\"this member speaks exchange protocol {PROTOCOL}, you speak {v}: update cloudy-agent\"}}\n"
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            c.w.write_all(refusal.as_bytes()),
+        )
+        .await;
+    }
     if r.is_err() {
         // Our end first (FIN), so a client whose request we never read sees a close, not
         // only the reset that unread data brings.
@@ -554,10 +807,63 @@ pub async fn serve_all(
     r
 }
 
+/// An ask, taken only when the node key pinned for its `node_id` signed it in this session.
+fn signed_ask(
+    t: &Transcript,
+    req: &[u8],
+    members: &Mutex<Members>,
+) -> Result<ServiceAsk, ExchangeError> {
+    if req.len() < 128 || req.len() > 128 + MAX_ASK {
+        return Err(ExchangeError::TooLong);
+    }
+    let (sig, body) = req.split_at(128);
+    let asked: ServiceAsk =
+        serde_json::from_slice(body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    let pinned = members
+        .lock()
+        .unwrap()
+        .members
+        .get(&asked.node_id)
+        .map(|m| m.signkey.clone())
+        .unwrap_or_default();
+    let sig = String::from_utf8_lossy(sig);
+    if !identity::signature_ok(&pinned, &t.ask_msg(body), &sig) {
+        return Err(ExchangeError::WrongSigner(asked.node_id));
+    }
+    Ok(asked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::members::tests::member;
+    use crate::mesh::members::tests::{key_of, member};
+    use tokio::io::AsyncReadExt;
+
+    /// The server's side of a test: its list (itself, signed by its key `b`, and `a`), its
+    /// node key.
+    struct Srv {
+        members: Mutex<Members>,
+        node: NodeKey,
+    }
+
+    fn srv() -> Srv {
+        let mut ms = Members::signed(member('b', "server"), key_of('b'));
+        ms.merge(vec![member('a', "client")]);
+        Srv {
+            members: Mutex::new(ms),
+            node: key_of('b'),
+        }
+    }
+
+    impl Srv {
+        fn local<'a>(&'a self, key: &'a CommunityKey) -> Server<'a> {
+            Server {
+                key,
+                node: &self.node,
+                members: &self.members,
+            }
+        }
+    }
 
     async fn pair(
         server_key: CommunityKey,
@@ -573,9 +879,10 @@ mod tests {
         let g = got_theirs.clone();
         let server = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
+            let srv = srv();
             serve(
                 s,
-                &server_key,
+                srv.local(&server_key),
                 |_theirs| {
                     g.store(true, std::sync::atomic::Ordering::SeqCst);
                     vec![member('b', "server")]
@@ -636,17 +943,18 @@ mod tests {
             let sk = CommunityKey::derive("c", server);
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
                 serve(
                     s,
-                    &sk,
+                    srv.local(&sk),
                     |_| panic!("not a join"),
-                    || vec![record('a', "serf", 7946)],
+                    || vec![record('b', "serf", 7946)],
                     |_| panic!("not an ask"),
                 )
                 .await
             });
             let got =
-                fetch_services(addr, &CommunityKey::derive("c", client), &"a".repeat(32)).await;
+                fetch_services(addr, &CommunityKey::derive("c", client), &member('b', "s")).await;
             let s = srv.await.unwrap();
             if ok {
                 assert_eq!(got.unwrap()[0].port, 7946);
@@ -670,9 +978,10 @@ mod tests {
             let sk = CommunityKey::derive("c", "k0123456789abcdef");
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
                 serve(
                     s,
-                    &sk,
+                    srv.local(&sk),
                     |_| panic!("not a join"),
                     Vec::new,
                     move |a| {
@@ -689,13 +998,161 @@ mod tests {
                 node_id: "a".repeat(32),
                 fields: [("device_id".to_string(), "D".to_string())].into(),
             };
-            let got = ask_service(addr, &CommunityKey::derive("c", client), &req).await;
+            let got = ask_service(
+                addr,
+                &CommunityKey::derive("c", client),
+                &key_of('a'),
+                &member('b', "s"),
+                &req,
+            )
+            .await;
             let _ = srv.await.unwrap();
             match expect {
                 "ok" => assert_eq!(got.unwrap()["folder"], "yes"),
                 "bad" => assert!(got.is_err()),
                 e => assert_eq!(got.unwrap_err().to_string(), e),
             }
+        }
+    }
+
+    /// A protocol 2 peer (what today's main speaks) is refused with an error that says to
+    /// update, on both sides: the server's error, and a line the older client can read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn protocol_2_is_refused_with_a_clear_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("{{\"v\":2,\"hello\":\"{}\"}}\n", "0".repeat(32)).as_bytes())
+                .await
+                .unwrap();
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got).await;
+            got
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let srv = srv();
+        let r = serve(
+            s,
+            srv.local(&CommunityKey::derive("c", "0123456789abcdef")),
+            |_| panic!("never merged"),
+            || panic!("never fetched"),
+            |_| panic!("never asked"),
+        )
+        .await;
+        assert!(matches!(r, Err(ExchangeError::Version(2))), "{r:?}");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("protocol 2") && e.contains("update"), "{e}");
+        let told = client.await.unwrap();
+        assert!(told.contains("update cloudy-agent"), "{told}");
+    }
+
+    /// Defect 4: `ServiceAsk.node_id` was not bound to the caller; on the old code any key
+    /// holder could ask in A's name (e.g. to drop A's Syncthing device) and the service saw
+    /// the request. Now B's ask in A's name, signed by B's key, never reaches the service.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_ask_in_another_members_name_is_refused() {
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        for (signer, ok) in [('a', true), ('c', false)] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = k.clone();
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
+                srv.members
+                    .lock()
+                    .unwrap()
+                    .merge(vec![member('c', "other")]);
+                serve(
+                    s,
+                    srv.local(&sk),
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    |a| Ok([("as".to_string(), a.node_id)].into()),
+                )
+                .await
+            });
+            let req = ServiceAsk {
+                service: "syncthing".into(),
+                node_id: "a".repeat(32),
+                fields: Default::default(),
+            };
+            let got = ask_service(addr, &k, &key_of(signer), &member('b', "s"), &req).await;
+            let s = srv.await.unwrap();
+            if ok {
+                assert_eq!(got.unwrap()["as"], "a".repeat(32));
+            } else {
+                assert!(matches!(s, Err(ExchangeError::WrongSigner(_))), "{s:?}");
+                assert!(got.is_err());
+            }
+        }
+    }
+
+    /// An answer signed by a key other than the one pinned for the member we asked is
+    /// refused: a member cannot answer for another.
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_are_bound_to_the_member_asked() {
+        use crate::catalog::tests::record;
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let sk = k.clone();
+        let srv = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let srv = srv();
+            serve(
+                s,
+                srv.local(&sk),
+                |_| panic!("not a join"),
+                || vec![record('c', "serf", 1)],
+                |_| panic!("not an ask"),
+            )
+            .await
+        });
+        // We expect member c's records, but b (the server) answers.
+        let got = fetch_services(addr, &k, &member('c', "other")).await;
+        let _ = srv.await.unwrap();
+        assert!(matches!(got, Err(ExchangeError::WrongSigner(_))), "{got:?}");
+    }
+
+    /// The fuzzer's entry: `serve_all` over an in-memory stream, fed raw bytes (here a few
+    /// shapes of garbage, before and after a valid hello); it answers with an error, never a
+    /// panic, and never reaches the handlers.
+    #[tokio::test(flavor = "current_thread")]
+    async fn serve_all_takes_raw_bytes_from_any_stream() {
+        let hello = format!(
+            "{{\"v\":3,\"hello\":\"{}\",\"eph\":\"{}\"}}\n",
+            "0".repeat(32),
+            hex(&[7u8; 32])
+        );
+        for input in [
+            b"\n".to_vec(),
+            vec![0xff; 600],
+            [hello.as_bytes(), b"{\"v\":3,\"proof\":\"00\"}\n"].concat(),
+            [hello.as_bytes(), &[0, 0, 0, 16], &[1; 16]].concat(),
+            format!(
+                "{{\"v\":3,\"hello\":\"{}\",\"eph\":\"{}\"}}\n",
+                "0".repeat(32),
+                "0".repeat(64)
+            )
+            .into_bytes(),
+        ] {
+            let (mut peer, ours) = tokio::io::duplex(1 << 16);
+            peer.write_all(&input).await.unwrap();
+            drop(peer);
+            let srv = srv();
+            let k = CommunityKey::derive("c", "0123456789abcdef");
+            let r = serve_all(
+                ours,
+                srv.local(&k),
+                |_| panic!("never merged"),
+                || panic!("never fetched"),
+                |_| panic!("never asked"),
+                || panic!("never scored"),
+            )
+            .await;
+            assert!(r.is_err(), "{input:?}");
         }
     }
 
@@ -725,9 +1182,10 @@ mod tests {
             let _ = s.write_all(&junk).await;
         });
         let (s, _) = l.accept().await.unwrap();
+        let srv = srv();
         let r = serve(
             s,
-            &CommunityKey::derive("c", "0123456789abcdef"),
+            srv.local(&CommunityKey::derive("c", "0123456789abcdef")),
             |_| vec![],
             Vec::new,
             |_| Err("no".into()),
@@ -745,9 +1203,10 @@ mod tests {
         let client = peer(l.local_addr().unwrap());
         let (s, _) = l.accept().await.unwrap();
         let t = std::time::Instant::now();
+        let srv = srv();
         let r = serve(
             s,
-            &CommunityKey::derive("c", "0123456789abcdef"),
+            srv.local(&CommunityKey::derive("c", "0123456789abcdef")),
             |_| panic!("never merged"),
             || panic!("never fetched"),
             |_| panic!("never asked"),
@@ -780,6 +1239,7 @@ mod tests {
                     v: PROTOCOL,
                     hello: nc,
                     want: None,
+                    eph: hex(&[9u8; 32]),
                 })
                 .await
                 .unwrap();
@@ -806,7 +1266,7 @@ mod tests {
         let (r, took) = served_while(|addr| {
             tokio::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
-                let _ = s.write_all(b"{\"v\":2,\"hello\":").await;
+                let _ = s.write_all(b"{\"v\":3,\"hello\":").await;
                 std::future::pending::<()>().await;
             })
         })
@@ -817,11 +1277,12 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_full_member_list_passes_after_the_proof() {
+        // Records as large as real ones: a 4096-bit tinc key, a node key, a signature.
         let big: Vec<Member> = (0..MAX_MEMBERS)
             .map(|i| Member {
                 id: format!("{i:032x}"),
                 pubkey: "k".repeat(1100),
-                ..member('a', "m")
+                ..member('b', "m")
             })
             .collect();
         assert!(encode(&big).len() > 1 << 20, "a large list");
@@ -831,11 +1292,15 @@ mod tests {
         let (sk, back) = (k.clone(), big.clone());
         let srv = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
+            let srv = srv();
             serve(
                 s,
-                &sk,
+                srv.local(&sk),
                 move |theirs| {
                     assert_eq!(theirs.len(), MAX_MEMBERS);
+                    // The answerer's own record (key `b`) is in what it sends.
+                    let mut back = back;
+                    back[0] = member('b', "server");
                     back
                 },
                 Vec::new,

@@ -91,7 +91,7 @@ pub async fn reconcile(mesh: Arc<Mesh>) {
             let settled = ms.settle_vpn(mesh.subnet);
             if let Ok(true) = settled {
                 tracing::warn!(
-                    "VPN address taken by a member with a lower id; moved to {}",
+                    "VPN address held by a member that had it first (as we knew it); moved to {}",
                     ms.me().vpn
                 );
                 mesh.wake.notify_one();

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
+use crate::os::identity::NodeKey;
 use crate::os::network::Primary;
 use crate::os::supervisor::{self, Control};
 use crate::os::system::System;
@@ -27,6 +28,8 @@ use members::{vpn_candidate, Member, Members, MEMBERS_FILE};
 pub struct Mesh {
     pub sys: System,
     pub key: CommunityKey,
+    /// Our own signing key: our record, our requests and our answers carry its signature.
+    pub node_key: NodeKey,
     pub members: Arc<Mutex<Members>>,
     /// Something changed: rerender tinc config and save the list.
     pub changed: Notify,
@@ -73,7 +76,8 @@ impl Mesh {
         let pubkey =
             tokio::task::spawn_blocking(move || tinc::ensure_keys(&pk_paths, &tincd)).await??;
         let subnet = s.seed.vpn_subnet();
-        let (members, vpn_error) = our_members(sys, &s, subnet, pubkey)?;
+        let node_key = NodeKey::ensure(sys).context("the node signing key")?;
+        let (members, vpn_error) = our_members(sys, &s, subnet, pubkey, &node_key)?;
         // Whatever an earlier run left there is not news.
         let _ = std::fs::remove_file(sys.path(MESH_ERROR_FILE));
         let settings = tinc::Settings {
@@ -96,6 +100,7 @@ impl Mesh {
         Ok(Arc::new(Mesh {
             sys: sys.clone(),
             key: CommunityKey::derive(s.community, s.key),
+            node_key,
             members: Arc::new(Mutex::new(members)),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -144,6 +149,7 @@ fn our_members(
     s: &Start<'_>,
     subnet: (Ipv4Addr, u8),
     pubkey: String,
+    node_key: &NodeKey,
 ) -> Result<(Members, Option<String>)> {
     let address = s
         .primary
@@ -158,8 +164,12 @@ fn our_members(
         vpn: vpn_candidate(s.node_id, subnet, 0),
         pubkey: pubkey.clone(),
         rev: 1,
+        signkey: String::new(),
+        sig: String::new(),
     };
     let mut members = load_members(sys, s.node_id).unwrap_or_else(|| Members::new(fresh.clone()));
+    // Signs our record as it stands (a list from before node keys had none).
+    members.set_signer(node_key.clone());
     members.update_me(|m| {
         m.name = fresh.name.clone();
         m.address = fresh.address;
@@ -190,8 +200,14 @@ fn load_members(sys: &System, node_id: &str) -> Option<Members> {
     match serde_json::from_str::<Members>(&text) {
         Ok(ms) if ms.me == node_id && ms.members.contains_key(node_id) => {
             // Re-check what was stored: the file is ours, but the records came from peers.
+            // Records without a signature (stored by an agent before protocol 3) go; the
+            // members themselves send signed ones again.
             let mut clean = Members::new(ms.members[node_id].clone());
+            clean.first_seen = ms.first_seen;
+            clean.vpn_since = ms.vpn_since;
             clean.merge(ms.members.into_values().collect());
+            let known: Vec<String> = clean.members.keys().cloned().collect();
+            clean.first_seen.retain(|id, _| known.contains(id));
             Some(clean)
         }
         Ok(_) => None,

@@ -177,11 +177,19 @@ pub fn render(
     let mut out = Rendered::default();
     let hosts = paths.confdir.join("hosts");
     std::fs::create_dir_all(&hosts).map_err(io_err(&hosts))?;
-    out.reload |= write_if_changed(
-        &paths.confdir.join("tinc.conf"),
-        &tinc_conf(paths, settings, members)?,
-        0o644,
-    )?;
+    let conf_path = paths.confdir.join("tinc.conf");
+    let conf = tinc_conf(paths, settings, members)?;
+    // A new Name (an older agent named us with 8 hex digits of the id) takes a restart:
+    // tincd reads its Name only at start. The old host files go below, as strangers.
+    let name_line = |c: &str| {
+        c.lines()
+            .find(|l| l.starts_with("Name ="))
+            .map(str::to_owned)
+    };
+    if let Ok(old) = std::fs::read_to_string(&conf_path) {
+        out.restart |= name_line(&old) != name_line(&conf);
+    }
+    out.reload |= write_if_changed(&conf_path, &conf, 0o644)?;
     let mut wanted = Vec::new();
     for m in members.members.values() {
         let name = m.tinc_name();
@@ -343,6 +351,43 @@ mod tests {
         (dir, paths, settings)
     }
 
+    /// A node upgraded from names with 8 hex digits of the id: its old host files are dropped
+    /// (a host file for a name nobody has would let its key holder in), tincd restarts under
+    /// the new Name, and a second id with the same 8-digit prefix gets a file of its own.
+    #[test]
+    fn old_short_names_are_replaced() {
+        let (_d, paths, settings) = setup();
+        let hosts = paths.confdir.join("hosts");
+        std::fs::create_dir_all(&hosts).unwrap();
+        std::fs::write(
+            paths.confdir.join("tinc.conf"),
+            "Name = one_aaaaaaaa\nConnectTo = two_bbbbbbbb\n",
+        )
+        .unwrap();
+        std::fs::write(hosts.join("one_aaaaaaaa"), "old").unwrap();
+        std::fs::write(hosts.join("two_bbbbbbbb"), "old").unwrap();
+        let mut ms = Members::new(member('a', "one"));
+        let two = member('b', "two");
+        let mut twin = crate::mesh::members::tests::member('c', "two");
+        twin.id = format!("{}{}", "b".repeat(8), "c".repeat(24));
+        ms.merge(vec![
+            two.clone(),
+            crate::mesh::members::tests::signed_as(twin.clone(), 'c'),
+        ]);
+        let r = render(&paths, &settings, &ms).unwrap();
+        assert!(r.restart, "a new Name takes a restart");
+        let mut names: Vec<String> = std::fs::read_dir(&hosts)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [ms.me().tinc_name(), two.tinc_name(), twin.tinc_name()],
+            "old files gone, one file per member"
+        );
+    }
+
     #[test]
     fn render_writes_only_changes_and_drops_strangers() {
         let (_d, paths, settings) = setup();
@@ -358,11 +403,14 @@ mod tests {
         );
         let conf = std::fs::read_to_string(paths.confdir.join("tinc.conf")).unwrap();
         assert!(
-            conf.contains("Name = one_aaaaaaaa\n") && conf.contains("ConnectTo = two_bbbbbbbb\n"),
+            conf.contains(&format!("Name = one_{}\n", "a".repeat(32)))
+                && conf.contains(&format!("ConnectTo = two_{}\n", "b".repeat(32))),
             "{conf}"
         );
         assert!(conf.contains("Mode = switch\n"));
-        let host = std::fs::read_to_string(paths.confdir.join("hosts/two_bbbbbbbb")).unwrap();
+        let host =
+            std::fs::read_to_string(paths.confdir.join(format!("hosts/two_{}", "b".repeat(32))))
+                .unwrap();
         assert!(
             host.starts_with("Address = 192.0.2.1 655\n")
                 && host.ends_with("-----END RSA PUBLIC KEY-----\n")

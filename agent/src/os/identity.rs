@@ -8,6 +8,9 @@ pub const FALLBACK_NAME: &str = "cloudy";
 
 /// Node id, dashboard credential and key files live here (`System::state_dir`).
 pub const NODE_ID_FILE: &str = "/var/lib/cloudy/node-id";
+/// The node's own signing key (ed25519 seed, hex): it signs our member record, our requests
+/// and our answers in the exchange, so the community key alone cannot speak for this node.
+pub const NODE_KEY_FILE: &str = "/var/lib/cloudy/node.key";
 pub const DASHBOARD_HASH_FILE: &str = "/var/lib/cloudy/dashboard.hash";
 pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
 
@@ -25,6 +28,8 @@ pub enum IdentityError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path} is not a node signing key (64 hex digits); members have pinned the key it held, so a new one would not be accepted as this node: restore the file, or remove it together with {NODE_ID_FILE} to join as a new node")]
+    BadNodeKey { path: String },
     #[error("setting the kernel hostname to {name:?}: {source}")]
     SetHostname {
         name: String,
@@ -97,6 +102,113 @@ pub fn node_id(sys: &System) -> Result<String, IdentityError> {
             source,
         })?;
     Ok(id)
+}
+
+/// This node's ed25519 signing key. Members pin its public half on first sight, as they pin
+/// tinc keys: a record or request for our id is taken only with our signature.
+#[derive(Clone)]
+pub struct NodeKey(ed25519_dalek::SigningKey);
+
+impl NodeKey {
+    /// Made on first boot (0600) and kept for life, like the node id. A damaged file is an
+    /// error, never replaced: members would refuse the new key as a forgery of us.
+    pub fn ensure(sys: &System) -> Result<NodeKey, IdentityError> {
+        match Self::load(sys) {
+            Err(IdentityError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            r => return r,
+        }
+        let seed = random_bytes::<32>();
+        sys.write_atomic(NODE_KEY_FILE, format!("{}\n", hex(&seed)).as_bytes(), 0o600)
+            .map_err(|source| IdentityError::Write {
+                path: NODE_KEY_FILE.into(),
+                source,
+            })?;
+        Ok(NodeKey::from_seed(seed))
+    }
+
+    /// The stored key; a missing file is a `Read` error with `NotFound`.
+    pub fn load(sys: &System) -> Result<NodeKey, IdentityError> {
+        let path = sys.path(NODE_KEY_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| IdentityError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let bad = || IdentityError::BadNodeKey {
+            path: path.display().to_string(),
+        };
+        let bytes = unhex(text.trim()).ok_or_else(bad)?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        Ok(NodeKey::from_seed(seed))
+    }
+
+    pub fn from_seed(seed: [u8; 32]) -> NodeKey {
+        NodeKey(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// The public key, hex (64 digits): what a member record carries and members pin.
+    pub fn public_hex(&self) -> String {
+        hex(self.0.verifying_key().as_bytes())
+    }
+
+    /// An ed25519 signature over `msg`, hex (128 digits).
+    pub fn sign_hex(&self, msg: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        hex(&self.0.sign(msg).to_bytes())
+    }
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeKey({})", self.public_hex())
+    }
+}
+
+impl PartialEq for NodeKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.verifying_key() == o.0.verifying_key()
+    }
+}
+
+/// Checks a hex ed25519 signature by the hex public key `public` over `msg`. Strict
+/// verification: no malleable or small-order forms.
+pub fn signature_ok(public: &str, msg: &[u8], sig: &str) -> bool {
+    if public.len() != 64 || sig.len() != 128 {
+        return false;
+    }
+    let Some(k) = unhex(public).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+        return false;
+    };
+    let Some(s) = unhex(sig).and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
+        return false;
+    };
+    let Ok(k) = ed25519_dalek::VerifyingKey::from_bytes(&k) else {
+        return false;
+    };
+    k.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&s))
+        .is_ok()
+}
+
+/// Whether `s` is a usable ed25519 public key in hex.
+pub fn is_node_key(s: &str) -> bool {
+    s.len() == 64
+        && unhex(s)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .is_some_and(|b| {
+                ed25519_dalek::VerifyingKey::from_bytes(&b).is_ok_and(|k| !k.is_weak())
+            })
+}
+
+/// Lowercase or uppercase hex to bytes; None for anything else (`from_str_radix` alone would
+/// take a sign, so one value would have several spellings).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 pub fn is_node_id(s: &str) -> bool {
@@ -308,6 +420,26 @@ mod tests {
             .modified()
             .unwrap();
         assert_eq!(before, after, "second run rewrites nothing");
+    }
+
+    #[test]
+    fn node_key_is_made_once_private_and_never_silently_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let k = NodeKey::ensure(&sys).unwrap();
+        assert_eq!(NodeKey::ensure(&sys).unwrap(), k, "kept across boots");
+        let path = sys.path(NODE_KEY_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sig = k.sign_hex(b"m");
+        assert!(signature_ok(&k.public_hex(), b"m", &sig));
+        assert!(!signature_ok(&k.public_hex(), b"n", &sig));
+        assert!(is_node_key(&k.public_hex()));
+        std::fs::write(&path, "damaged\n").unwrap();
+        let e = NodeKey::ensure(&sys).unwrap_err();
+        assert!(matches!(e, IdentityError::BadNodeKey { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "damaged\n");
     }
 
     #[test]

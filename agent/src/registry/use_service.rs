@@ -78,6 +78,8 @@ pub fn join(
 pub struct Node {
     ctx: Context,
     key: CommunityKey,
+    /// Signs our service requests: a provider takes one only under our pinned node key.
+    node_key: crate::os::identity::NodeKey,
     members: Members,
 }
 
@@ -95,9 +97,12 @@ impl Node {
                 .context("reading the member list (is `cloudy-agent run` running?)")?,
         )
         .context("parsing the member list")?;
+        let node_key = crate::os::identity::NodeKey::load(sys)
+            .context("the node signing key (has `cloudy-agent run` run?)")?;
         Ok(Node {
             ctx: members.origin(&community.name),
             key: CommunityKey::derive(&community.name, &key),
+            node_key,
             members,
         })
     }
@@ -127,6 +132,7 @@ pub fn join_provider(
         sys: sys.clone(),
         ctx: node.ctx.clone(),
         key: node.key.clone(),
+        node_key: node.node_key.clone(),
         members: node.members.clone(),
         folder,
     };

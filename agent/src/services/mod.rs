@@ -164,6 +164,8 @@ pub struct Using {
     pub ctx: Context,
     pub members: Members,
     pub key: crate::mesh::exchange::CommunityKey,
+    /// Signs our requests to providers (see `exchange::ask_service`).
+    pub node_key: crate::os::identity::NodeKey,
     /// Where the user wants shared data (e.g. Syncthing's folder); None: the service's default.
     pub folder: Option<PathBuf>,
 }
@@ -191,8 +193,14 @@ impl Using {
             node_id: self.ctx.node_id.clone(),
             fields,
         };
-        rt.block_on(crate::mesh::exchange::ask_service(addr, &self.key, &req))
-            .map_err(|e| ServiceError::Failed(format!("asking {} ({addr}): {e}", provider.node)))
+        rt.block_on(crate::mesh::exchange::ask_service(
+            addr,
+            &self.key,
+            &self.node_key,
+            m,
+            &req,
+        ))
+        .map_err(|e| ServiceError::Failed(format!("asking {} ({addr}): {e}", provider.node)))
     }
 
     /// Records that `service` is joined, with its own content; the running agent starts it.
