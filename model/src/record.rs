@@ -427,7 +427,10 @@ mod tests {
         // A typed field, even one of the type: doorbells carry none.
         let mut t = txt(&record('a', "syncthing", 1));
         t.push(("f.device_id".into(), b"MFZWI3D".to_vec()));
-        assert_eq!(from(&t, 1).unwrap_err(), bad("f.device_id", "unknown TXT key"));
+        assert_eq!(
+            from(&t, 1).unwrap_err(),
+            bad("f.device_id", "unknown TXT key")
+        );
         // A version 1 record, a time with a sign or leading zero, a revision that is not hex.
         let mut t = txt(&record('a', "syncthing", 1));
         t[0].1 = b"1".to_vec();

@@ -108,7 +108,9 @@ mod tests {
         let evil = "</txt-record><txt-record>evil=1 & \"q\"";
         assert!(sync(&sys, &[(r.clone(), evil.into())]).unwrap());
         let text = std::fs::read_to_string(d.join("cloudy-web-8080.service")).unwrap();
-        assert!(text.contains("mac=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;"));
+        assert!(
+            text.contains("mac=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;")
+        );
         assert_eq!(text.matches("<txt-record>").count(), r.to_txt("ab").len());
         assert!(!sync(&sys, &[(r, evil.into())]).unwrap(), "no rewrite");
         assert!(sync(&sys, &[]).unwrap());

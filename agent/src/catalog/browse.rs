@@ -235,7 +235,11 @@ pub async fn browse_lan(
 }
 
 /// A member's records over its exchange port: their revision and those we take.
-async fn fetch_records(share: &Sharing, id: &str, addr: SocketAddr) -> Option<(String, Vec<Record>)> {
+async fn fetch_records(
+    share: &Sharing,
+    id: &str,
+    addr: SocketAddr,
+) -> Option<(String, Vec<Record>)> {
     match exchange::fetch_services(addr, &share.key, id).await {
         Ok(records) => {
             // The revision of what we got, not of the doorbell or tag we saw: if the two
@@ -384,4 +388,156 @@ fn write(sys: &System, c: &catalog::Catalog) -> std::io::Result<()> {
     let tmp = dir.join(format!(".catalog.json.tmp-{}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec(c).expect("catalog serialises"))?;
     std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::record;
+    use crate::mesh::exchange::CommunityKey;
+    use crate::mesh::members::{tests::member, Members};
+
+    /// We are 'a'; 'b' is a member at 10.213.0.1, the address `record` gives.
+    fn share() -> (tempfile::TempDir, Arc<Sharing>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ms = Members::new(member('a', "n0"));
+        let mut b = member('b', "n1");
+        b.address = "10.213.0.1".parse().unwrap();
+        ms.members.insert(b.id.clone(), b);
+        let share = Sharing::new(
+            System::new(dir.path()),
+            CommunityKey::derive("sants", "0123456789abcdef"),
+            "sants".into(),
+            Arc::new(Mutex::new(ms)),
+            vec![],
+        );
+        (dir, share)
+    }
+
+    const NAME: &str = "n1 web 80._cloudy._tcp.local.";
+
+    #[test]
+    fn a_replayed_doorbell_is_ignored_and_a_goodbye_only_asks() {
+        let (_d, share) = share();
+        let r = record('b', "web", 80);
+        let mut bells = Doorbells::default();
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 100),
+            0,
+            0,
+        );
+        assert_eq!(
+            bells.due(0),
+            vec![("b".repeat(32), "10.213.0.1:6655".parse().unwrap())]
+        );
+        assert_eq!(
+            bells.fetched(
+                &"b".repeat(32),
+                Some(("00000000000a".into(), vec![r.clone()]))
+            ),
+            Some(vec![r.clone()])
+        );
+        assert_eq!(
+            bells.live(1000).len(),
+            1,
+            "a live doorbell keeps the records fresh"
+        );
+        // The same doorbell again (another service of the node, or mDNS repeating): nothing.
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 100),
+            2000,
+            2000,
+        );
+        assert!(bells.due(2000).is_empty());
+        // An older doorbell, validly signed once (a replay): not even a fetch.
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000b", 99),
+            2000,
+            2000,
+        );
+        assert!(bells.due(2000).is_empty());
+        assert_eq!(bells.bells[&"b".repeat(32)].rev, "00000000000a");
+        // A goodbye withdraws nothing; it asks the member, once a second however many come.
+        for name in [NAME, NAME, "n1 tincvpn 655._cloudy._tcp.local."] {
+            bells.goodbye(name);
+            bells.ring(
+                &share,
+                NAME.into(),
+                Doorbell::of(&r, "00000000000a", 100),
+                2000,
+                2000,
+            );
+        }
+        assert_eq!(bells.live(2000).len(), 1);
+        assert_eq!(bells.due(2000).len(), 1);
+        assert!(bells.due(2500).is_empty(), "one fetch in flight");
+        // The fetch failed: the records stay until the doorbells stop moving.
+        assert_eq!(bells.fetched(&"b".repeat(32), None), None);
+        bells.goodbye(NAME);
+        assert!(bells.due(2500).is_empty(), "rate-bound");
+        assert_eq!(bells.due(3000).len(), 1);
+        assert_eq!(bells.live(3000).len(), 1);
+        assert!(bells.live(LIVE.as_millis() as u64 + 1).is_empty(), "silent");
+        // A newer doorbell with another revision makes us fetch; until then the held records
+        // are known to be outdated and are no longer refreshed.
+        bells.fetched(&"b".repeat(32), None);
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000c", 110),
+            5000,
+            5000,
+        );
+        assert!(bells.live(5000).is_empty());
+        assert_eq!(bells.due(5000).len(), 1);
+    }
+
+    #[test]
+    fn doorbells_of_strangers_wait_bounded_and_not_for_ever() {
+        let (_d, share) = share();
+        let mut bells = Doorbells::default();
+        let mut r = record('c', "web", 80);
+        bells.ring(
+            &share,
+            "x".into(),
+            Doorbell::of(&r, "00000000000a", 1),
+            0,
+            0,
+        );
+        r.node_id = "b".repeat(32);
+        r.ip = "10.213.0.9".parse().unwrap();
+        bells.ring(
+            &share,
+            "y".into(),
+            Doorbell::of(&r, "00000000000a", 1),
+            0,
+            0,
+        );
+        assert!(
+            bells.due(0).is_empty(),
+            "not a member, or not at its address"
+        );
+        assert_eq!(bells.pending.len(), 2);
+        for i in 0..2 * MAX_PENDING {
+            bells.ring(
+                &share,
+                format!("z{i}"),
+                Doorbell::of(&r, "00000000000a", 1),
+                0,
+                0,
+            );
+        }
+        assert_eq!(bells.pending.len(), MAX_PENDING);
+        let late = LIVE.as_millis() as u64 + 1;
+        for (f, (d, heard)) in std::mem::take(&mut bells.pending) {
+            bells.ring(&share, f, d, heard, late);
+        }
+        assert!(bells.pending.is_empty(), "forgotten after LIVE");
+    }
 }

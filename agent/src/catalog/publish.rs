@@ -119,7 +119,11 @@ impl Sharing {
 
 /// Our Serf tags: pointers only (node id, records' revision, exchange port), never a field of
 /// a record, so no capability rides on Serf's gossip.
-pub(crate) fn serf_tags(id: &str, rev: &str, exchange_port: Option<u16>) -> BTreeMap<String, String> {
+pub(crate) fn serf_tags(
+    id: &str,
+    rev: &str,
+    exchange_port: Option<u16>,
+) -> BTreeMap<String, String> {
     let mut t = BTreeMap::from([("id".into(), id.to_string()), ("s".into(), rev.to_string())]);
     if let Some(p) = exchange_port {
         t.insert("j".into(), p.to_string());
@@ -128,7 +132,12 @@ pub(crate) fn serf_tags(id: &str, rev: &str, exchange_port: Option<u16>) -> BTre
 }
 
 /// Our records' doorbells at revision `rev` and time `ts`, signed.
-pub(crate) fn doorbells(mdns: &MdnsKey, records: &[Record], rev: &str, ts: u64) -> Vec<(Doorbell, String)> {
+pub(crate) fn doorbells(
+    mdns: &MdnsKey,
+    records: &[Record],
+    rev: &str,
+    ts: u64,
+) -> Vec<(Doorbell, String)> {
     records
         .iter()
         .map(|r| {
@@ -164,10 +173,12 @@ pub async fn publish(share: Arc<Sharing>, exchange_port: u16, local: Arc<dyn Loc
                 let rev = revision(&ours);
                 stamp = next_stamp(stamp);
                 rung = tokio::time::Instant::now();
-                if let Err(e) = avahi::sync(&share.sys, &doorbells(&share.mdns, &ours, &rev, stamp)) {
+                if let Err(e) = avahi::sync(&share.sys, &doorbells(&share.mdns, &ours, &rev, stamp))
+                {
                     tracing::warn!("avahi service files: {e}");
                 }
-                share.serf.lock().unwrap().tags = serf_tags(&ctx.node_id, &rev, Some(exchange_port));
+                share.serf.lock().unwrap().tags =
+                    serf_tags(&ctx.node_id, &rev, Some(exchange_port));
             }
             if changed {
                 let now = now_ms();
@@ -229,4 +240,88 @@ pub(crate) fn revision(records: &[Record]) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(serde_json::to_vec(records).expect("records serialise"));
     crate::os::identity::hex(&d[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::record;
+    use cloudy_model::kinds::KINDS;
+
+    /// A valid value for every typed field of the kinds table (a new field must add one).
+    fn sample(field: &str) -> &'static str {
+        match field {
+            "vpn" => "10.213.0.1",
+            "furl" => "pb://tubid7xq@10.213.0.1:3456/swissnumSECRET",
+            "nodeid" => "v0-nodeidPUBLIC",
+            "stream_id" => "streamID",
+            "playlist" => "/stream/streamID/index.m3u8",
+            "origin" => "0123456789abcdef0123456789abcdef",
+            "hops" => "7",
+            "upstream" => "89abcdef,01234567",
+            "device_id" => "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD",
+            other => panic!("no sample value for field {other}: add one"),
+        }
+    }
+
+    /// Defect 12 (second half): on 2293e0e a record's typed fields, the introducer's FURL among
+    /// them, went into its mDNS TXT as `f.<field>` in clear. Now neither a TXT record (the
+    /// Avahi file as written) nor a Serf tag holds any field value, of any kind in the table.
+    #[test]
+    fn no_field_of_any_kind_reaches_a_txt_record_or_a_serf_tag() {
+        let mdns = MdnsKey::new(&CommunityKey::derive("sants", "0123456789abcdef"));
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let mut records = Vec::new();
+        for (i, k) in KINDS.iter().enumerate() {
+            let mut r = record('a', k.name, 1000 + i as u16);
+            for f in k.fields {
+                r.fields.insert(f.name.into(), sample(f.name).into());
+            }
+            r.validate().unwrap();
+            records.push(r);
+        }
+        assert!(records.iter().any(|r| r
+            .fields
+            .keys()
+            .any(|f| cloudy_model::kinds::is_capability(&r.kind, f))));
+        let rev = revision(&records);
+        avahi::sync(&sys, &doorbells(&mdns, &records, &rev, 1_800_000_000)).unwrap();
+        let mut published = String::new();
+        for e in std::fs::read_dir(sys.path(avahi::SERVICES_DIR)).unwrap() {
+            published += &std::fs::read_to_string(e.unwrap().path()).unwrap();
+        }
+        assert_eq!(published.matches("<service-group>").count(), KINDS.len());
+        for (_, v) in serf_tags(&records[0].node_id, &rev, Some(6655)) {
+            published += &v;
+        }
+        for r in &records {
+            for (f, v) in &r.fields {
+                // Values that are also the record's own parts (a VPN address that is the
+                // record's IP) are not secret by being a field, and a short one ("7" hops)
+                // shows by chance; the keys are checked below for those.
+                if *v != r.ip.to_string() && v.len() >= 8 {
+                    assert!(
+                        !published.contains(v.as_str()),
+                        "{}'s {f} published: {published}",
+                        r.kind
+                    );
+                }
+            }
+        }
+        assert!(!published.contains("SECRET"));
+        let keys: std::collections::BTreeSet<&str> = published
+            .split("<txt-record>")
+            .skip(1)
+            .map(|t| t.split('=').next().unwrap())
+            .collect();
+        let doorbell = ["id", "ip", "mac", "mc", "n", "s", "t", "ts", "v"];
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            doorbell,
+            "TXT keys: pointers only"
+        );
+        let tags = serf_tags(&records[0].node_id, &rev, Some(6655));
+        assert_eq!(tags.keys().collect::<Vec<_>>(), ["id", "j", "s"]);
+    }
 }
