@@ -147,12 +147,15 @@ impl Doorbells {
         out
     }
 
-    /// A fetch ended: on success its records are the member's mDNS view from now on.
+    /// A fetch ended: on success its records are the member's mDNS view from now on, and
+    /// their revision the one its doorbells must name to keep them fresh (the fetch, fresh by
+    /// its handshake, outranks a doorbell that named another).
     fn fetched(&mut self, id: &str, got: Option<(String, Vec<Record>)>) -> Option<Vec<Record>> {
         let b = self.bells.get_mut(id)?;
         b.inflight = false;
         let got = got?;
         let records = got.1.clone();
+        b.rev = got.0.clone();
         b.held = Some(got);
         Some(records)
     }
@@ -496,6 +499,12 @@ mod tests {
         );
         assert!(bells.live(5000).is_empty());
         assert_eq!(bells.due(5000).len(), 1);
+        // The fetch says otherwise (a doorbell signed with another revision): it wins.
+        bells.fetched(
+            &"b".repeat(32),
+            Some(("00000000000a".into(), vec![r.clone()])),
+        );
+        assert_eq!(bells.live(5000).len(), 1);
     }
 
     #[test]
