@@ -237,6 +237,13 @@ zc.close()
     );
     let st = forger.wait().unwrap();
     assert!(st.success(), "the goodbyes were not sent");
+    // And the real doorbells keep node 1's records through several refreshes (each one a
+    // goodbye and a new announcement from avahi-daemon, then a fetch), with no gap.
+    holds(
+        "node 1's service left node 2's catalog between doorbell refreshes",
+        Duration::from_secs(25),
+        || entry(&cloud.nodes[1], 8001).is_some(),
+    );
 }
 
 /// Defect 12, second half. On 2293e0e every typed field of a record went into its TXT record
