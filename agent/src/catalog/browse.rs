@@ -101,6 +101,13 @@ impl Doorbells {
             inflight: false,
             next_fetch: 0,
         });
+        if now.saturating_sub(b.moved) > LIVE.as_millis() as u64 {
+            // Silent for `LIVE`: forget its time (it may have restarted with its clock behind)
+            // and what we fetched (so a replay now cannot make those records fresh again: it
+            // names a revision we no longer hold, and only makes us fetch).
+            b.newest = 0;
+            b.held = None;
+        }
         if d.ts < b.newest {
             tracing::debug!(
                 "mDNS: {fullname}: a doorbell older than {}'s newest (replayed?), ignored",
@@ -505,6 +512,18 @@ mod tests {
             Some(("00000000000a".into(), vec![r.clone()])),
         );
         assert_eq!(bells.live(5000).len(), 1);
+        // Silent for longer than LIVE (dead, or restarted with its clock behind): an older
+        // doorbell is heard again, but only to fetch; nothing held is refreshed by it.
+        let later = 5000 + LIVE.as_millis() as u64 + 1;
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 50),
+            later,
+            later,
+        );
+        assert!(bells.live(later).is_empty(), "nothing held any more");
+        assert_eq!(bells.due(later).len(), 1);
     }
 
     #[test]
