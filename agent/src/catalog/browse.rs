@@ -58,7 +58,7 @@ struct Bell {
     moved: u64,
     /// The revision its newest doorbells name.
     rev: String,
-    /// Its exchange service, at the address its doorbells came from.
+    /// Its exchange service.
     addr: SocketAddr,
     /// The revision and records of our last fetch from it.
     held: Option<(String, Vec<Record>)>,
@@ -82,7 +82,7 @@ impl Doorbells {
     /// A doorbell with a valid MAC, first heard at `heard`. Heeded now if it is from a member
     /// at its address; else it waits (bounded, at most `LIVE`) for the member list.
     fn ring(&mut self, share: &Sharing, fullname: String, d: Doorbell, heard: u64, now: u64) {
-        let Some(port) = share.member_port(&d.node_id, d.ip) else {
+        let Some(addr) = share.member_exchange(&d.node_id, d.ip) else {
             let fits = self.pending.len() < MAX_PENDING || self.pending.contains_key(&fullname);
             if fits && now.saturating_sub(heard) <= LIVE.as_millis() as u64 {
                 self.pending.insert(fullname, (d, heard));
@@ -90,7 +90,6 @@ impl Doorbells {
             return;
         };
         self.pending.remove(&fullname);
-        let addr = SocketAddr::new(d.ip, port);
         let b = self.bells.entry(d.node_id.clone()).or_insert_with(|| Bell {
             newest: 0,
             moved: now,

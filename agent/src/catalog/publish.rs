@@ -100,12 +100,12 @@ impl Sharing {
     /// A record claiming to be from `node_id` at `ip`: true if that is a member other than us
     /// and the address is one of its own.
     pub(crate) fn by_member(&self, r: &Record) -> bool {
-        self.member_port(&r.node_id, r.ip).is_some()
+        self.member_exchange(&r.node_id, r.ip).is_some()
     }
 
-    /// The exchange port of `node_id` if it is a member other than us and `ip` is one of its
-    /// addresses.
-    pub(crate) fn member_port(&self, node_id: &str, ip: IpAddr) -> Option<u16> {
+    /// The exchange service of `node_id` (at its primary address, where members swap lists)
+    /// if it is a member other than us and `ip` is one of its addresses.
+    pub(crate) fn member_exchange(&self, node_id: &str, ip: IpAddr) -> Option<SocketAddr> {
         let ms = self.members.lock().unwrap();
         if node_id == ms.me {
             return None;
@@ -113,7 +113,7 @@ impl Sharing {
         ms.members
             .get(node_id)
             .filter(|m| m.address == ip || IpAddr::V4(m.vpn) == ip)
-            .map(|m| m.exchange_port)
+            .map(|m| SocketAddr::new(m.address, m.exchange_port))
     }
 }
 
