@@ -49,7 +49,8 @@ pub struct Sharing {
     pub members: Arc<Mutex<Members>>,
     /// Check health and publish now (a supervised process exited or turned healthy).
     pub recheck: Arc<Notify>,
-    /// What we publish now; served to Serf peers over the exchange port.
+    /// What we publish now; served over the exchange port to members whose Serf tag or mDNS
+    /// doorbell of ours told them to fetch.
     pub ours: Mutex<Vec<Record>>,
     pub catalog: Mutex<Live>,
     pub serf: Arc<Mutex<Desired>>,
