@@ -206,6 +206,10 @@ pub async fn browse_lan(
                                         tracing::debug!("mDNS: {fullname}: not signed with our community key");
                                         continue;
                                     }
+                                    // Our own, heard back from our avahi-daemon.
+                                    if d.node_id == share.members.lock().unwrap().me {
+                                        continue;
+                                    }
                                     bells.ring(&share, fullname, d, now, now);
                                 }
                                 Err(e) => tracing::debug!("mDNS: {fullname}: {e}"),
