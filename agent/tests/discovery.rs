@@ -160,7 +160,12 @@ print(json.dumps(out))
             .find(|s| s["txt"]["t"] == "syncthing")
             .unwrap_or_else(|| panic!("python-zeroconf did not see n1's syncthing: {got:?}"));
         assert_eq!(sync["port"], 22000);
-        assert_eq!(sync["txt"]["f.device_id"], device);
+        // Changed on purpose (issue 13, defects 9 and 12): the TXT record is a doorbell
+        // (kind, node, port, revision, time, MAC) and carries no field of the record; the
+        // device id reached node 2 above through the exchange.
+        assert!(sync["txt"].get("f.device_id").is_none(), "{sync}");
+        assert_eq!(sync["txt"]["s"].as_str().unwrap().len(), 12);
+        assert!(sync["txt"]["ts"].as_str().unwrap().parse::<u64>().is_ok());
         assert_eq!(sync["txt"]["n"], "n1");
         assert_eq!(sync["txt"]["ip"], "10.213.0.1");
         assert_eq!(sync["txt"]["mac"].as_str().unwrap().len(), 32);
@@ -173,7 +178,9 @@ print(json.dumps(out))
     }
 
     // 5. Hostile records on the LAN: forged MAC, broken UTF-8, over-long TXT, shell text in a
-    //    typed field. None gets in; a correctly signed control record does.
+    //    typed field, a record of the old TXT form. None gets in, and since the doorbells
+    //    only make browsers fetch, neither does a correctly signed one for a service the
+    //    node does not list.
     hostile_mdns(&cloud);
 
     // 4. Node 3's web service stops: it leaves every catalog (its own included) in time.
@@ -206,6 +213,12 @@ print(json.dumps(out))
 
 /// Publishes crafted `_cloudy._tcp` records from node 2's namespace with python-zeroconf (a
 /// second mDNS responder beside avahi-daemon) and checks what the catalogs make of them.
+///
+/// Changed on purpose (issue 13, defect 9): before, the correctly signed record on port 9000
+/// was a control that had to arrive in every catalog. A TXT record is now a doorbell that
+/// only makes a browser fetch node 2's own list over the exchange port, so a signed doorbell
+/// for a service node 2 does not list must stay out as well; node 2's real service staying
+/// in is the control.
 fn hostile_mdns(cloud: &Cloud) {
     let n2 = &cloud.nodes[1];
     let script = r#"
@@ -213,30 +226,35 @@ import hmac, hashlib, json, socket, sys, time
 from zeroconf import Zeroconf, ServiceInfo
 key, community, node_id = sys.argv[1].encode(), sys.argv[2], sys.argv[3]
 k = hmac.new(key, b"cloudy join v1" + community.encode(), hashlib.sha256).digest()
-def rec(port, t="web", d="control", fields=None):
-    return {"type": t, "description": d, "node": "n2", "node_id": node_id, "host": "n2.local",
-            "ip": "10.213.0.2", "port": port, "microcloud": community, "fields": fields or {}}
-def mac(r):
-    c = json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode()
-    return hmac.new(k, b"service record v1|" + c, hashlib.sha256).hexdigest()[:32]
-def txt(r, m):
-    t = {b"v": b"1", b"t": r["type"].encode(), b"d": r["description"].encode(), b"n": b"n2",
-         b"id": node_id.encode(), b"h": b"n2.local", b"ip": b"10.213.0.2", b"mc": community.encode()}
-    for fk, fv in r["fields"].items():
-        t[("f." + fk).encode()] = fv.encode()
-    t[b"mac"] = m.encode()
-    return t
-good = rec(9000)
+mdns = hmac.new(k, b"subkey|" + b"mdns doorbell v2", hashlib.sha256).digest()
+def bell(port, t="web"):
+    return {"type": t, "node": "n2", "node_id": node_id, "ip": "10.213.0.2", "port": port,
+            "microcloud": community, "rev": "0123456789ab", "ts": int(time.time())}
+def mac(d):
+    c = json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+    return hmac.new(mdns, b"doorbell v2|" + c, hashlib.sha256).hexdigest()[:32]
+def txt(d, m):
+    return {b"v": b"2", b"t": d["type"].encode(), b"n": b"n2", b"id": node_id.encode(),
+            b"ip": b"10.213.0.2", b"mc": community.encode(), b"s": d["rev"].encode(),
+            b"ts": str(d["ts"]).encode(), b"mac": m.encode()}
+good = bell(9000)
 records = [(9000, txt(good, mac(good)))]
-forged = rec(9001)
+forged = bell(9001)
 records.append((9001, txt(forged, "0" * 32)))
-broken = rec(9002)
-t = txt(broken, mac(broken)); t[b"d"] = b"ok\xff\xfe"; records.append((9002, t))
-big = rec(9003)
-t = txt(big, mac(big)); t[b"f.x"] = b"A" * 250; t[b"f.y"] = b"B" * 250; t[b"f.z"] = b"C" * 250; t[b"f.w"] = b"D" * 250
+broken = bell(9002)
+t = txt(broken, mac(broken)); t[b"n"] = b"ok\xff\xfe"; records.append((9002, t))
+big = bell(9003)
+t = txt(big, mac(big)); t[b"x"] = b"A" * 250; t[b"y"] = b"B" * 250; t[b"z"] = b"C" * 250; t[b"w"] = b"D" * 250
 records.append((9003, t))
-shell = rec(9004, t="streaming", d="<script>x</script>", fields={"stream_id": "a; rm -rf / #"})
-records.append((9004, txt(shell, mac(shell))))
+shell = bell(9004, t="streaming")
+t = txt(shell, mac(shell)); t[b"f.stream_id"] = b"a; rm -rf / #"; records.append((9004, t))
+# The old form, signed as it was: a whole record in the TXT.
+old = {"type": "web", "description": "old", "node": "n2", "node_id": node_id, "host": "n2.local",
+       "ip": "10.213.0.2", "port": 9005, "microcloud": community, "fields": {}}
+c = json.dumps(old, separators=(",", ":"), ensure_ascii=False).encode()
+m = hmac.new(k, b"service record v1|" + c, hashlib.sha256).hexdigest()[:32]
+records.append((9005, {b"v": b"1", b"t": b"web", b"d": b"old", b"n": b"n2", b"id": node_id.encode(),
+                       b"h": b"n2.local", b"ip": b"10.213.0.2", b"mc": community.encode(), b"mac": m.encode()}))
 zc = Zeroconf(interfaces=["10.213.0.2"])
 infos = [ServiceInfo("_cloudy._tcp.local.", "hostile %d._cloudy._tcp.local." % p,
                      addresses=[socket.inet_aton("10.213.0.2")], port=p, properties=props,
@@ -269,22 +287,11 @@ zc.close()
         );
         return;
     }
-    let took = wait_for(
-        "the signed control record arrives",
-        Duration::from_secs(6),
-        || {
-            cloud
-                .nodes
-                .iter()
-                .filter(|n| n.i != 2)
-                .all(|n| n.services().iter().any(|s| s["port"] == 9000))
-        },
-    );
-    // The others were sent together with it; give stragglers a moment more.
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for every browser to resolve them, fetch, and settle.
+    std::thread::sleep(Duration::from_secs(4));
     for node in &cloud.nodes {
         let list = node.services();
-        for port in 9001..=9004 {
+        for port in 9000..=9005 {
             assert!(
                 !list.iter().any(|s| s["port"] == port),
                 "node {} took hostile record on port {port}: {list:?}",
@@ -292,12 +299,17 @@ zc.close()
             );
         }
         assert!(
+            list.iter().any(|s| s["port"] == 8002),
+            "node {} lost node 2's real service: {list:?}",
+            node.i
+        );
+        assert!(
             node.child.is_some() && node.rss_kib().is_some(),
             "agent {} died",
             node.i
         );
     }
-    eprintln!("hostile mDNS records refused everywhere; the signed control arrived in {took:?}");
+    eprintln!("hostile mDNS records refused everywhere; node 2's real service kept");
     let _ = child.kill();
     let _ = child.wait();
 }

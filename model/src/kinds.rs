@@ -49,6 +49,10 @@ pub struct Join {
 pub struct Field {
     pub name: &'static str,
     pub syntax: fn(&str) -> bool,
+    /// Knowing the value grants access (a Tahoe FURL is a bearer capability): it travels only
+    /// inside the authenticated exchange, never in an mDNS TXT record or a Serf tag, which
+    /// anyone on the LAN or in the gossip can read.
+    pub capability: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,12 +78,28 @@ const fn kind(name: &'static str, enable: bool, fields: &'static [Field], check:
 }
 
 const fn field(name: &'static str, syntax: fn(&str) -> bool) -> Field {
-    Field { name, syntax }
+    Field {
+        name,
+        syntax,
+        capability: false,
+    }
+}
+
+const fn capability(name: &'static str, syntax: fn(&str) -> bool) -> Field {
+    Field {
+        name,
+        syntax,
+        capability: true,
+    }
 }
 
 /// Every kind this agent knows. Records of other types are still carried (a newer node's
 /// service), with no typed fields and the TCP check.
 pub const KINDS: &[Kind] = &[
+    // Which fields are capabilities: only the introducer's FURL (its swissnum admits anyone to
+    // the grid). The others name public things: a VPN address, a Tahoe node id and a
+    // Syncthing device id are hashes of public keys (a device still has to be accepted by its
+    // peer), and a stream's id, playlist path, hops and relays are what any viewer is shown.
     // The community VPN itself, published by every node while tincd runs.
     kind("tincvpn", false, &[field("vpn", is_ipv4)], Check::Tcp),
     kind("serf", false, &[], Check::Tcp),
@@ -91,7 +111,7 @@ pub const KINDS: &[Kind] = &[
         ..kind(
             "tahoe-introducer",
             true,
-            &[field("furl", is_furl)],
+            &[capability("furl", is_furl)],
             Check::Tahoe,
         )
     },
@@ -224,6 +244,11 @@ pub fn check(name: &str) -> Check {
     find(name).map_or(Check::Tcp, |k| k.check)
 }
 
+/// Whether `key` is a capability field of `kind` (see `Field::capability`).
+pub fn is_capability(kind: &str, key: &str) -> bool {
+    find(kind).is_some_and(|k| k.fields.iter().any(|f| f.name == key && f.capability))
+}
+
 /// Checks a typed field of a record of `kind`.
 pub fn check_field(kind: &str, key: &str, value: &str) -> Result<(), &'static str> {
     let f = find(kind)
@@ -351,5 +376,12 @@ mod tests {
         assert!(check_field("streaming", "hops", "16").is_err());
         assert!(check_field("syncthing", "furl", "pb://a@b/c").is_err());
         assert!(check_field("web", "x", "y").is_err());
+    }
+
+    #[test]
+    fn the_introducer_furl_is_a_capability() {
+        assert!(is_capability("tahoe-introducer", "furl"));
+        assert!(!is_capability("syncthing", "device_id"));
+        assert!(!is_capability("web", "furl"));
     }
 }

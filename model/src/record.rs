@@ -112,32 +112,102 @@ impl Record {
         r.validate()?;
         Ok(r)
     }
+}
 
-    /// TXT strings for DNS-SD: short keys keep each under 255 bytes.
+/// What a node rings on mDNS for one of its services: no record, only enough to say "node N
+/// offers kind K on port P, and its records now hash to REV", signed with a time.
+///
+/// mDNS is readable and writable by anyone on the LAN, so it carries no per-kind field (no
+/// capability such as a Tahoe FURL, nor anything else a record holds) and is never taken
+/// into the catalog itself: a fresh, signed doorbell whose revision differs from what a
+/// browser holds makes it fetch the node's records over the authenticated exchange port, and
+/// only those records enter the catalog. A replayed doorbell can at most cause a fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Doorbell {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub node: String,
+    pub node_id: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub microcloud: String,
+    /// A hash of all the node's current records (Serf's `s` tag carries the same).
+    pub rev: String,
+    /// The publisher's clock in unix seconds, never going back while it runs: browsers take
+    /// only a doorbell newer than the newest they saw from that node.
+    pub ts: u64,
+}
+
+/// TXT format version of a doorbell (version 1 carried the whole record).
+const TXT_VERSION: &str = "2";
+/// The revision is 12 hex digits (6 bytes of SHA-256).
+pub const REV_LEN: usize = 12;
+
+impl Doorbell {
+    /// The doorbell of `r` at revision `rev` and time `ts`.
+    pub fn of(r: &Record, rev: &str, ts: u64) -> Doorbell {
+        Doorbell {
+            kind: r.kind.clone(),
+            node: r.node.clone(),
+            node_id: r.node_id.clone(),
+            ip: r.ip,
+            port: r.port,
+            microcloud: r.microcloud.clone(),
+            rev: rev.into(),
+            ts,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if !is_kind(&self.kind) {
+            return Err(bad("type", "not 1-24 of [a-z0-9-] starting with a letter"));
+        }
+        check_hostname(&self.node).map_err(|_| bad("node", "not a node name"))?;
+        if !is_node_id(&self.node_id) {
+            return Err(bad("node_id", "not 32 lowercase hex digits"));
+        }
+        let ip = self.ip;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+            return Err(bad("ip", "not reachable from another node"));
+        }
+        if self.port == 0 {
+            return Err(bad("port", "0"));
+        }
+        check_hostname(&self.microcloud).map_err(|_| bad("microcloud", "not a community name"))?;
+        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if self.rev.len() != REV_LEN || !self.rev.bytes().all(hex) {
+            return Err(bad("s", "not 12 lowercase hex digits"));
+        }
+        Ok(())
+    }
+
+    /// The bytes a doorbell's MAC covers: its JSON with fields in a fixed order.
+    pub fn canonical(&self) -> String {
+        serde_json::to_string(self).expect("doorbells serialise")
+    }
+
+    /// TXT strings for DNS-SD (the port is the SRV record's).
     pub fn to_txt(&self, mac: &str) -> Vec<(String, String)> {
-        let mut t = vec![
-            ("v".to_string(), "1".to_string()),
+        vec![
+            ("v".to_string(), TXT_VERSION.to_string()),
             ("t".into(), self.kind.clone()),
-            ("d".into(), self.description.clone()),
             ("n".into(), self.node.clone()),
             ("id".into(), self.node_id.clone()),
-            ("h".into(), self.host.clone()),
             ("ip".into(), self.ip.to_string()),
             ("mc".into(), self.microcloud.clone()),
-        ];
-        for (k, v) in &self.fields {
-            t.push((format!("f.{k}"), v.clone()));
-        }
-        t.push(("mac".into(), mac.into()));
-        t
+            ("s".into(), self.rev.clone()),
+            ("ts".into(), self.ts.to_string()),
+            ("mac".into(), mac.into()),
+        ]
     }
 
     /// Parses TXT key/value pairs as found on the wire (values are raw bytes, maybe not UTF-8)
-    /// and the SRV port. Returns the record and the MAC it carried, still to be checked.
+    /// and the SRV port. Returns the doorbell and the MAC it carried, still to be checked.
     pub fn from_txt(
         pairs: &[(&str, Option<&[u8]>)],
         port: u16,
-    ) -> Result<(Record, String), RecordError> {
+    ) -> Result<(Doorbell, String), RecordError> {
         let total: usize = pairs
             .iter()
             .map(|(k, v)| k.len() + v.map_or(0, |v| v.len()) + 2)
@@ -153,33 +223,33 @@ impl Record {
                 return Err(bad(k, "given twice"));
             }
         }
-        if m.get("v") != Some(&"1") {
-            return Err(bad("v", "not a version 1 record"));
+        if m.remove("v") != Some(TXT_VERSION) {
+            return Err(bad("v", "not a version 2 doorbell"));
         }
         let mut take = |k: &str| m.remove(k).ok_or_else(|| bad(k, "missing"));
-        let mut r = Record {
+        let ts = take("ts")?;
+        let d = Doorbell {
             kind: take("t")?.into(),
-            description: take("d")?.into(),
             node: take("n")?.into(),
             node_id: take("id")?.into(),
-            host: take("h")?.into(),
             ip: take("ip")?
                 .parse()
                 .map_err(|_| bad("ip", "not an address"))?,
             port,
             microcloud: take("mc")?.into(),
-            fields: BTreeMap::new(),
+            rev: take("s")?.into(),
+            ts: ts
+                .parse()
+                .ok()
+                .filter(|t: &u64| t.to_string() == ts)
+                .ok_or_else(|| bad("ts", "not a decimal number"))?,
         };
         let mac = take("mac")?.to_string();
-        m.remove("v");
-        for (k, v) in m {
-            let f = k
-                .strip_prefix("f.")
-                .ok_or_else(|| bad(k, "unknown TXT key"))?;
-            r.fields.insert(f.into(), v.into());
+        if let Some(k) = m.keys().next() {
+            return Err(bad(k, "unknown TXT key"));
         }
-        r.validate()?;
-        Ok((r, mac))
+        d.validate()?;
+        Ok((d, mac))
     }
 }
 
@@ -296,31 +366,40 @@ mod tests {
         }
     }
 
+    fn bell(r: &Record) -> Doorbell {
+        Doorbell::of(r, "0123456789ab", 1_800_000_000)
+    }
+
     fn txt(r: &Record) -> Vec<(String, Vec<u8>)> {
-        r.to_txt("00ff")
+        bell(r)
+            .to_txt("00ff")
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect()
     }
 
-    fn from(pairs: &[(String, Vec<u8>)], port: u16) -> Result<(Record, String), RecordError> {
+    fn from(pairs: &[(String, Vec<u8>)], port: u16) -> Result<(Doorbell, String), RecordError> {
         let p: Vec<(&str, Option<&[u8]>)> = pairs
             .iter()
             .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
             .collect();
-        Record::from_txt(&p, port)
+        Doorbell::from_txt(&p, port)
     }
 
     #[test]
-    fn txt_round_trip_with_typed_fields() {
-        let mut r = record('a', "syncthing", 22000);
-        r.fields.insert(
-            "device_id".into(),
-            "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD".into(),
-        );
-        let (back, mac) = from(&txt(&r), 22000).unwrap();
-        assert_eq!(back, r);
+    fn txt_round_trip_carries_no_typed_field() {
+        let mut r = record('a', "tahoe-introducer", 3456);
+        r.fields
+            .insert("furl".into(), "pb://tubid@10.0.0.1:3456/swissnum".into());
+        r.validate().unwrap();
+        let (back, mac) = from(&txt(&r), 3456).unwrap();
+        assert_eq!(back, bell(&r));
         assert_eq!(mac, "00ff");
+        let all: String = txt(&r)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8(v).unwrap()))
+            .collect();
+        assert!(!all.contains("swissnum") && !all.contains("f."), "{all}");
         assert_eq!(Record::parse_json(r.canonical().as_bytes()).unwrap(), r);
     }
 
@@ -335,7 +414,7 @@ mod tests {
         t[2].1 = vec![b'o', 0xff, 0xfe, b'k'];
         assert_eq!(
             from(&t, 1).unwrap_err(),
-            bad("d", "not UTF-8"),
+            bad("n", "not UTF-8"),
             "broken UTF-8 is refused, not repaired"
         );
         // A field another type has, an unknown key, a duplicate, a missing MAC.
@@ -344,6 +423,25 @@ mod tests {
         assert!(r.validate().is_err());
         let mut t = txt(&record('a', "syncthing", 1));
         t.push(("rm".into(), b"-rf /".to_vec()));
+        assert!(from(&t, 1).is_err());
+        // A typed field, even one of the type: doorbells carry none.
+        let mut t = txt(&record('a', "syncthing", 1));
+        t.push(("f.device_id".into(), b"MFZWI3D".to_vec()));
+        assert_eq!(
+            from(&t, 1).unwrap_err(),
+            bad("f.device_id", "unknown TXT key")
+        );
+        // A version 1 record, a time with a sign or leading zero, a revision that is not hex.
+        let mut t = txt(&record('a', "syncthing", 1));
+        t[0].1 = b"1".to_vec();
+        assert!(from(&t, 1).is_err());
+        for ts in ["+5", "05", "-1", "", "18446744073709551616"] {
+            let mut t = txt(&record('a', "syncthing", 1));
+            t[7].1 = ts.as_bytes().to_vec();
+            assert_eq!(from(&t, 1).unwrap_err(), bad("ts", "not a decimal number"));
+        }
+        let mut t = txt(&record('a', "syncthing", 1));
+        t[6].1 = b"0123456789aG".to_vec();
         assert!(from(&t, 1).is_err());
         let mut t = txt(&record('a', "syncthing", 1));
         t.push(("t".into(), b"serf".to_vec()));
@@ -386,7 +484,7 @@ mod tests {
     fn html_and_shell_text_in_a_description_is_kept_as_data() {
         let mut r = record('a', "serf", 7946);
         r.description = "<script>alert(1)</script> $(rm -rf /) `id` && | ; \"'".into();
-        let (back, _) = from(&txt(&r), 7946).unwrap();
+        let back = Record::parse_json(r.canonical().as_bytes()).unwrap();
         assert_eq!(back.description, r.description, "stored byte for byte");
     }
 

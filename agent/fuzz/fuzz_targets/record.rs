@@ -1,9 +1,9 @@
-//! Service records as they arrive from the network: DNS-SD TXT pairs (raw bytes, maybe not
-//! UTF-8) and JSON lists fetched from a member. Neither parser may panic, and whatever either
+//! Service records as they arrive from the network: DNS-SD TXT pairs of a doorbell (raw bytes,
+//! maybe not UTF-8) and JSON lists fetched from a member. Neither parser may panic, and whatever either
 //! accepts must pass validation and survive a round trip unchanged.
 #![no_main]
 
-use cloudy_model::record::{parse_list, Record};
+use cloudy_model::record::{parse_list, Doorbell, Record};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,14 +30,14 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect();
-        if let Ok((r, mac)) = Record::from_txt(&pairs, port) {
-            r.validate().expect("accepted records are valid");
+        if let Ok((r, mac)) = Doorbell::from_txt(&pairs, port) {
+            r.validate().expect("accepted doorbells are valid");
             let txt: Vec<(String, String)> = r.to_txt(&mac);
             let back: Vec<(&str, Option<&[u8]>)> = txt
                 .iter()
                 .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
                 .collect();
-            let (again, _) = Record::from_txt(&back, port).expect("round trip");
+            let (again, _) = Doorbell::from_txt(&back, port).expect("round trip");
             assert_eq!(again, r);
         }
     } else {

@@ -1,6 +1,8 @@
-//! Our records as Avahi service files (`/etc/avahi/services/cloudy-*.service`): the image
+//! Our doorbells as Avahi service files (`/etc/avahi/services/cloudy-*.service`): the image
 //! runs the real avahi-daemon, which picks the files up by inotify and announces them (and
 //! sends goodbyes when a file goes). Only files named `cloudy-*` are ours to write or remove.
+//! A file holds a doorbell (kind, node, port, revision, time, MAC), never a record's fields:
+//! `avahi-browse` still shows what a node offers, and nothing a record would admit to.
 //!
 //! All records share one DNS-SD type, `_cloudy._tcp` (service type names like
 //! `tahoe-introducer` are longer than DNS-SD's 15-character limit); the Cloudy type is the
@@ -9,9 +11,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use cloudy_model::record::Doorbell;
 use serde::Serialize;
 
-use crate::catalog::Record;
 use crate::os::files::{render_xml, FileError};
 use crate::os::system::{write_atomic, System};
 
@@ -21,15 +23,15 @@ pub const DNSSD_TYPE: &str = "_cloudy._tcp";
 const SERVICE: &str = include_str!("templates/cloudy.service");
 
 /// Instance name: unique per node and service, made only of validated parts.
-pub fn instance(r: &Record) -> String {
-    format!("{} {} {}", r.node, r.kind, r.port)
+pub fn instance(d: &Doorbell) -> String {
+    format!("{} {} {}", d.node, d.kind, d.port)
 }
 
-fn file_name(r: &Record) -> String {
-    format!("cloudy-{}-{}.service", r.kind, r.port)
+fn file_name(d: &Doorbell) -> String {
+    format!("cloudy-{}-{}.service", d.kind, d.port)
 }
 
-pub fn render(r: &Record, mac: &str) -> Result<String, FileError> {
+pub fn render(r: &Doorbell, mac: &str) -> Result<String, FileError> {
     #[derive(Serialize)]
     struct Service<'a> {
         name: String,
@@ -55,9 +57,9 @@ pub fn render(r: &Record, mac: &str) -> Result<String, FileError> {
     render_xml("cloudy.service", SERVICE, &service)
 }
 
-/// Makes the directory hold exactly our current records' files. Returns whether anything
+/// Makes the directory hold exactly our current doorbells' files. Returns whether anything
 /// changed (avahi-daemon reloads on its own).
-pub fn sync(sys: &System, records: &[(Record, String)]) -> std::io::Result<bool> {
+pub fn sync(sys: &System, records: &[(Doorbell, String)]) -> std::io::Result<bool> {
     let dir = sys.path(SERVICES_DIR);
     std::fs::create_dir_all(&dir)?;
     let mut want = BTreeSet::new();
@@ -93,6 +95,8 @@ mod tests {
     use super::*;
     use crate::catalog::tests::record;
 
+    // The doorbell carries no description any more (records travel only by the exchange), so
+    // the escaping is checked on the MAC, the one value that is not validated to a syntax.
     #[test]
     fn files_follow_the_records_and_escape_everything() {
         let dir = tempfile::tempdir().unwrap();
@@ -100,13 +104,15 @@ mod tests {
         let d = sys.path(SERVICES_DIR);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("ssh.service"), "not ours").unwrap();
-        let mut r = record('a', "web", 8080);
-        r.description = "</txt-record><txt-record>evil=1 & \"q\"".into();
-        assert!(sync(&sys, &[(r.clone(), "ab".into())]).unwrap());
+        let r = Doorbell::of(&record('a', "web", 8080), "0123456789ab", 1);
+        let evil = "</txt-record><txt-record>evil=1 & \"q\"";
+        assert!(sync(&sys, &[(r.clone(), evil.into())]).unwrap());
         let text = std::fs::read_to_string(d.join("cloudy-web-8080.service")).unwrap();
-        assert!(text.contains("d=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;"));
+        assert!(
+            text.contains("mac=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;")
+        );
         assert_eq!(text.matches("<txt-record>").count(), r.to_txt("ab").len());
-        assert!(!sync(&sys, &[(r, "ab".into())]).unwrap(), "no rewrite");
+        assert!(!sync(&sys, &[(r, evil.into())]).unwrap(), "no rewrite");
         assert!(sync(&sys, &[]).unwrap());
         assert!(!d.join("cloudy-web-8080.service").exists(), "withdrawn");
         assert!(d.join("ssh.service").exists(), "other files are not ours");

@@ -1,44 +1,198 @@
-//! Everyone else's records into the catalog, while `run` lives:
+//! Everyone else's records into the catalog, while `run` lives. Records enter the catalog
+//! only from an authenticated fetch over a member's exchange port; mDNS and Serf only say when
+//! to fetch:
 //!
-//! - mDNS `_cloudy._tcp` records are taken only with a valid MAC under the community key,
-//!   from a known member, at that member's address;
+//! - an mDNS `_cloudy._tcp` doorbell is heeded only with a valid MAC under the community's
+//!   mDNS key, from a known member at that member's address, and not older than the newest
+//!   doorbell seen from that member. One naming a revision other than the one we hold, or a
+//!   goodbye, makes us fetch that member's records (at most once a second per member). So a
+//!   replayed doorbell can at most cause a fetch, and never brings back an old record; a
+//!   forged goodbye withdraws nothing the member still lists;
 //! - Serf members (gossip under the community key) whose revision tag changed are asked for
-//!   their records over the exchange port (community-key handshake);
+//!   their records the same way;
 //! - claims no source refreshes within `STALE` expire; the catalog is written for the CLI.
+//!
+//! Why not trust a fresh doorbell's contents instead, with a tight time window? The window
+//! would need every node's clock to agree (a Pi without RTC before NTP does not) and would
+//! still let a replay within it pass; a fetch is fresh by its handshake's nonces whatever the
+//! clocks say. The doorbell's time is the publisher's own, only compared with the publisher's
+//! earlier doorbells; the liveness window (`LIVE`) is measured on our clock, from when that
+//! time last moved forward.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::publish::{revision, Sharing};
+use super::publish::{revision, Sharing, REFRESH};
 use crate::catalog::{self, now_ms, Record, Source};
 use crate::mesh::exchange;
 use crate::mesh::lan::{Lan, Seen};
 use crate::mesh::serf::SerfMember;
 use crate::os::system::System;
+use cloudy_model::record::Doorbell;
 
 /// A claim not refreshed for this long is dropped (a source that went quiet).
 pub const STALE: Duration = Duration::from_secs(10);
 const WRITE_EVERY: Duration = Duration::from_secs(2);
-/// Records from nodes not (yet) known as members wait here, bounded, to be checked again.
+/// Doorbells from nodes not (yet) known as members wait here, bounded, to be checked again.
 const MAX_PENDING: usize = 256;
-/// How often waiting mDNS records are checked against the member list (a new node's records
-/// often arrive before its membership has).
+/// How often waiting doorbells are checked against the member list (a new node's doorbells
+/// often arrive before its membership has), wanted fetches started and claims refreshed.
 const RECHECK: Duration = Duration::from_millis(250);
+/// A member's mDNS-fetched records are kept fresh while its doorbells' time moved forward
+/// within this long (three refreshes lost, and some slack); after it, they go stale.
+pub const LIVE: Duration = Duration::from_secs(3 * REFRESH.as_secs() + 5);
+/// Fetches from one member over mDNS are at least this far apart: a flood of replayed
+/// doorbells or forged goodbyes costs each member one fetch a second, however many arrive.
+pub const FETCH_GAP: Duration = Duration::from_secs(1);
+/// Instances (service names) heard from members, to know whose records a goodbye concerns.
+const MAX_INSTANCES: usize = catalog::MAX_ENTRIES;
 
-/// Takes mDNS sightings into the catalog.
+/// What browsing mDNS knows of one member.
+#[derive(Debug)]
+struct Bell {
+    /// The newest doorbell time seen from it (its clock, seconds).
+    newest: u64,
+    /// When that time last moved forward (our clock, ms).
+    moved: u64,
+    /// The revision its newest doorbells name.
+    rev: String,
+    /// Its exchange service.
+    addr: SocketAddr,
+    /// The revision and records of our last fetch from it.
+    held: Option<(String, Vec<Record>)>,
+    want: bool,
+    inflight: bool,
+    /// No fetch before this (our clock, ms).
+    next_fetch: u64,
+}
+
+/// The mDNS side of the catalog: doorbells in, fetches out.
+#[derive(Default)]
+struct Doorbells {
+    bells: HashMap<String, Bell>,
+    /// Instance full name -> member id.
+    instances: HashMap<String, String>,
+    /// Doorbells of nodes not known (yet) at their address: full name -> (doorbell, seen).
+    pending: HashMap<String, (Doorbell, u64)>,
+}
+
+impl Doorbells {
+    /// A doorbell with a valid MAC, first heard at `heard`. Heeded now if it is from a member
+    /// at its address; else it waits (bounded, at most `LIVE`) for the member list.
+    fn ring(&mut self, share: &Sharing, fullname: String, d: Doorbell, heard: u64, now: u64) {
+        let Some(addr) = share.member_exchange(&d.node_id, d.ip) else {
+            let fits = self.pending.len() < MAX_PENDING || self.pending.contains_key(&fullname);
+            if fits && now.saturating_sub(heard) <= LIVE.as_millis() as u64 {
+                self.pending.insert(fullname, (d, heard));
+            }
+            return;
+        };
+        self.pending.remove(&fullname);
+        let b = self.bells.entry(d.node_id.clone()).or_insert_with(|| Bell {
+            newest: 0,
+            moved: now,
+            rev: d.rev.clone(),
+            addr,
+            held: None,
+            want: true,
+            inflight: false,
+            next_fetch: 0,
+        });
+        if now.saturating_sub(b.moved) > LIVE.as_millis() as u64 {
+            // Silent for `LIVE`: forget its time (it may have restarted with its clock behind)
+            // and what we fetched (so a replay now cannot make those records fresh again: it
+            // names a revision we no longer hold, and only makes us fetch).
+            b.newest = 0;
+            b.held = None;
+        }
+        if d.ts < b.newest {
+            tracing::debug!(
+                "mDNS: {fullname}: a doorbell older than {}'s newest (replayed?), ignored",
+                d.node
+            );
+            return;
+        }
+        if d.ts > b.newest {
+            b.newest = d.ts;
+            b.moved = now;
+            b.rev = d.rev.clone();
+        }
+        b.addr = addr;
+        if b.held.as_ref().map(|(r, _)| r) != Some(&b.rev) {
+            b.want = true;
+        }
+        if self.instances.len() < MAX_INSTANCES || self.instances.contains_key(&fullname) {
+            self.instances.insert(fullname, d.node_id);
+        }
+    }
+
+    /// A goodbye, which anyone on the LAN can send: it withdraws nothing by itself, it only
+    /// makes us ask the member what it still offers.
+    fn goodbye(&mut self, fullname: &str) {
+        self.pending.remove(fullname);
+        if let Some(id) = self.instances.remove(fullname) {
+            if let Some(b) = self.bells.get_mut(&id) {
+                b.want = true;
+            }
+        }
+    }
+
+    /// Members to fetch from now, each marked in flight and rate-bound.
+    fn due(&mut self, now: u64) -> Vec<(String, SocketAddr)> {
+        let mut out = Vec::new();
+        for (id, b) in &mut self.bells {
+            if b.want && !b.inflight && now >= b.next_fetch {
+                b.want = false;
+                b.inflight = true;
+                b.next_fetch = now + FETCH_GAP.as_millis() as u64;
+                out.push((id.clone(), b.addr));
+            }
+        }
+        out
+    }
+
+    /// A fetch ended: on success its records are the member's mDNS view from now on, and
+    /// their revision the one its doorbells must name to keep them fresh (the fetch, fresh by
+    /// its handshake, outranks a doorbell that named another).
+    fn fetched(&mut self, id: &str, got: Option<(String, Vec<Record>)>) -> Option<Vec<Record>> {
+        let b = self.bells.get_mut(id)?;
+        b.inflight = false;
+        let got = got?;
+        let records = got.1.clone();
+        b.rev = got.0.clone();
+        b.held = Some(got);
+        Some(records)
+    }
+
+    /// The records to refresh: those of members whose doorbells are live and name the
+    /// revision we hold (records known to be outdated are left to go stale).
+    fn live(&self, now: u64) -> Vec<(String, Vec<Record>)> {
+        self.bells
+            .iter()
+            .filter(|(_, b)| now.saturating_sub(b.moved) <= LIVE.as_millis() as u64)
+            .filter_map(|(id, b)| match &b.held {
+                Some((rev, recs)) if *rev == b.rev => Some((id.clone(), recs.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Takes mDNS doorbells as reasons to fetch members' records into the catalog.
 pub async fn browse_lan(
     share: Arc<Sharing>,
     lan: &Lan,
 ) -> Result<(), crate::mesh::lan::DiscoveryError> {
     let mut seen = lan.browse(&format!("{}.local.", crate::catalog::avahi::DNSSD_TYPE))?;
     tokio::spawn(async move {
-        // Instances present on the LAN now, and records waiting for their node to be known.
-        let mut present: HashMap<String, Record> = HashMap::new();
-        let mut pending: HashMap<String, (Record, String)> = HashMap::new();
+        let mut bells = Doorbells::default();
+        let (done_tx, mut done) =
+            tokio::sync::mpsc::unbounded_channel::<(String, Option<(String, Vec<Record>)>)>();
         let mut tick = tokio::time::interval(RECHECK);
         loop {
+            let now = now_ms();
             tokio::select! {
                 ev = seen.recv() => {
                     let Some(ev) = ev else { return };
@@ -46,72 +200,83 @@ pub async fn browse_lan(
                         Seen::Resolved { fullname, port, txt } => {
                             let pairs: Vec<(&str, Option<&[u8]>)> =
                                 txt.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-                            match Record::from_txt(&pairs, port) {
-                                Ok((r, mac)) => {
-                                    if !share.key.record_mac_ok(&r, &mac) || r.microcloud != share.community {
+                            match Doorbell::from_txt(&pairs, port) {
+                                Ok((d, mac)) => {
+                                    if !share.mdns.verify(&d, &mac) || d.microcloud != share.community {
                                         tracing::debug!("mDNS: {fullname}: not signed with our community key");
                                         continue;
                                     }
-                                    if pending.len() < MAX_PENDING {
-                                        pending.insert(fullname, (r, mac));
+                                    // Our own, heard back from our avahi-daemon.
+                                    if d.node_id == share.members.lock().unwrap().me {
+                                        continue;
                                     }
+                                    bells.ring(&share, fullname, d, now, now);
                                 }
                                 Err(e) => tracing::debug!("mDNS: {fullname}: {e}"),
                             }
                         }
-                        Seen::Removed(fullname) => {
-                            pending.remove(&fullname);
-                            if let Some(r) = present.remove(&fullname) {
-                                if share.catalog.lock().unwrap().withdraw(&r.key(), Source::Mdns) {
-                                    share.changed.notify_one();
-                                }
-                            }
-                        }
+                        Seen::Removed(fullname) => bells.goodbye(&fullname),
+                    }
+                }
+                Some((id, got)) = done.recv() => {
+                    if let Some(records) = bells.fetched(&id, got) {
+                        replace(&share, &id, Source::Mdns, records, now);
                     }
                 }
                 _ = tick.tick() => {
-                    // Refresh what mDNS still holds; re-adds a claim that expired meanwhile.
-                    let now = now_ms();
-                    let mut c = share.catalog.lock().unwrap();
-                    let mut changed = false;
-                    for r in present.values() {
-                        changed |= c.upsert(r.clone(), Source::Mdns, now);
+                    // Doorbells of members we know now are heeded; the rest wait, a while.
+                    for (f, (d, heard)) in std::mem::take(&mut bells.pending) {
+                        bells.ring(&share, f, d, heard, now);
                     }
-                    if changed {
-                        share.changed.notify_one();
+                    // Refresh what live doorbells still vouch for; re-adds a claim that
+                    // expired meanwhile.
+                    for (id, records) in bells.live(now) {
+                        replace(&share, &id, Source::Mdns, records, now);
                     }
                 }
             }
-            // Sightings of members we know now go in; the rest keep waiting.
-            let ready: Vec<String> = pending
-                .iter()
-                .filter(|(_, (r, _))| share.by_member(r))
-                .map(|(f, _)| f.clone())
-                .collect();
-            for f in ready {
-                let (r, _) = pending.remove(&f).expect("listed");
-                let key = r.key();
-                if let Some(old) = present.insert(f, r.clone()) {
-                    if old.key() != key {
-                        share
-                            .catalog
-                            .lock()
-                            .unwrap()
-                            .withdraw(&old.key(), Source::Mdns);
-                    }
-                }
-                if share
-                    .catalog
-                    .lock()
-                    .unwrap()
-                    .upsert(r, Source::Mdns, now_ms())
-                {
-                    share.changed.notify_one();
-                }
+            for (id, addr) in bells.due(now_ms()) {
+                let (share, done) = (share.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let got = fetch_records(&share, &id, addr).await;
+                    let _ = done.send((id, got));
+                });
             }
         }
     });
     Ok(())
+}
+
+/// A member's records over its exchange port: their revision and those we take.
+async fn fetch_records(
+    share: &Sharing,
+    id: &str,
+    addr: SocketAddr,
+) -> Option<(String, Vec<Record>)> {
+    // The answer must be signed by the node key we pinned for `id`.
+    let member = share.members.lock().unwrap().members.get(id).cloned();
+    let got = match &member {
+        Some(m) => exchange::fetch_services(addr, &share.key, m).await,
+        None => Err(exchange::ExchangeError::Refused(format!(
+            "{id} is not a member yet"
+        ))),
+    };
+    match got {
+        Ok(records) => {
+            // The revision of what we got, not of the doorbell or tag we saw: if the two
+            // differ (the member changed meanwhile), the next one makes us fetch again.
+            let rev = revision(&records);
+            let records = records
+                .into_iter()
+                .filter(|r| r.microcloud == share.community && share.by_member(r))
+                .collect();
+            Some((rev, records))
+        }
+        Err(e) => {
+            tracing::debug!("services of {addr}: {e}");
+            None
+        }
+    }
 }
 
 /// node id -> the revision we hold and its records
@@ -149,7 +314,7 @@ pub async fn follow_serf(
             alive.insert(id.clone());
             if let Some((_, records)) = f.have.get(id).filter(|(r, _)| r == rev) {
                 // Refreshes, and re-adds records that expired while polls ran late.
-                replace(&share, id, records.clone(), now);
+                replace(&share, id, Source::Serf, records.clone(), now);
                 continue;
             }
             if f.inflight.lock().unwrap().insert(id.clone()) {
@@ -165,7 +330,7 @@ pub async fn follow_serf(
             .collect();
         for id in gone {
             f.have.remove(&id);
-            replace(&share, &id, Vec::new(), now);
+            replace(&share, &id, Source::Serf, Vec::new(), now);
         }
     }
 }
@@ -196,13 +361,13 @@ fn member_port(
     }
 }
 
-/// Makes Serf's view of `id` exactly `records`.
-fn replace(share: &Sharing, id: &str, records: Vec<Record>, now: u64) {
+/// Makes `source`'s view of `id` exactly `records`.
+fn replace(share: &Sharing, id: &str, source: Source, records: Vec<Record>, now: u64) {
     if share
         .catalog
         .lock()
         .unwrap()
-        .replace_node(id, Source::Serf, records, now)
+        .replace_node(id, source, records, now)
     {
         share.changed.notify_one();
     }
@@ -212,27 +377,9 @@ fn replace(share: &Sharing, id: &str, records: Vec<Record>, now: u64) {
 fn fetch(share: &Arc<Sharing>, f: &Following, id: String, addr: SocketAddr) {
     let (share, inflight, fetched) = (share.clone(), f.inflight.clone(), f.fetched.clone());
     tokio::spawn(async move {
-        // The answer must be signed by the node key we pinned for `id`.
-        let member = share.members.lock().unwrap().members.get(&id).cloned();
-        let got = match &member {
-            Some(m) => exchange::fetch_services(addr, &share.key, m).await,
-            None => Err(exchange::ExchangeError::Refused(format!(
-                "{id} is not a member yet"
-            ))),
-        };
-        match got {
-            Ok(records) => {
-                // The revision of what we got, not of the tag we saw: if the two differ (the
-                // member changed meanwhile), the next poll fetches again.
-                let rev = revision(&records);
-                let records: Vec<Record> = records
-                    .into_iter()
-                    .filter(|r| r.microcloud == share.community && share.by_member(r))
-                    .collect();
-                replace(&share, &id, records.clone(), now_ms());
-                fetched.lock().unwrap().insert(id.clone(), (rev, records));
-            }
-            Err(e) => tracing::debug!("services of {addr}: {e}"),
+        if let Some((rev, records)) = fetch_records(&share, &id, addr).await {
+            replace(&share, &id, Source::Serf, records.clone(), now_ms());
+            fetched.lock().unwrap().insert(id.clone(), (rev, records));
         }
         inflight.lock().unwrap().remove(&id);
     });
@@ -262,4 +409,174 @@ fn write(sys: &System, c: &catalog::Catalog) -> std::io::Result<()> {
     let tmp = dir.join(format!(".catalog.json.tmp-{}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec(c).expect("catalog serialises"))?;
     std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::record;
+    use crate::mesh::exchange::CommunityKey;
+    use crate::mesh::members::{tests::member, Members};
+
+    /// We are 'a'; 'b' is a member at 10.213.0.1, the address `record` gives.
+    fn share() -> (tempfile::TempDir, Arc<Sharing>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ms = Members::new(member('a', "n0"));
+        let mut b = member('b', "n1");
+        b.address = "10.213.0.1".parse().unwrap();
+        ms.members.insert(b.id.clone(), b);
+        let share = Sharing::new(
+            System::new(dir.path()),
+            CommunityKey::derive("sants", "0123456789abcdef"),
+            "sants".into(),
+            Arc::new(Mutex::new(ms)),
+            vec![],
+        );
+        (dir, share)
+    }
+
+    const NAME: &str = "n1 web 80._cloudy._tcp.local.";
+
+    #[test]
+    fn a_replayed_doorbell_is_ignored_and_a_goodbye_only_asks() {
+        let (_d, share) = share();
+        let r = record('b', "web", 80);
+        let mut bells = Doorbells::default();
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 100),
+            0,
+            0,
+        );
+        assert_eq!(
+            bells.due(0),
+            vec![("b".repeat(32), "10.213.0.1:6655".parse().unwrap())]
+        );
+        assert_eq!(
+            bells.fetched(
+                &"b".repeat(32),
+                Some(("00000000000a".into(), vec![r.clone()]))
+            ),
+            Some(vec![r.clone()])
+        );
+        assert_eq!(
+            bells.live(1000).len(),
+            1,
+            "a live doorbell keeps the records fresh"
+        );
+        // The same doorbell again (another service of the node, or mDNS repeating): nothing.
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 100),
+            2000,
+            2000,
+        );
+        assert!(bells.due(2000).is_empty());
+        // An older doorbell, validly signed once (a replay): not even a fetch.
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000b", 99),
+            2000,
+            2000,
+        );
+        assert!(bells.due(2000).is_empty());
+        assert_eq!(bells.bells[&"b".repeat(32)].rev, "00000000000a");
+        // A goodbye withdraws nothing; it asks the member, once a second however many come.
+        for name in [NAME, NAME, "n1 tincvpn 655._cloudy._tcp.local."] {
+            bells.goodbye(name);
+            bells.ring(
+                &share,
+                NAME.into(),
+                Doorbell::of(&r, "00000000000a", 100),
+                2000,
+                2000,
+            );
+        }
+        assert_eq!(bells.live(2000).len(), 1);
+        assert_eq!(bells.due(2000).len(), 1);
+        assert!(bells.due(2500).is_empty(), "one fetch in flight");
+        // The fetch failed: the records stay until the doorbells stop moving.
+        assert_eq!(bells.fetched(&"b".repeat(32), None), None);
+        bells.goodbye(NAME);
+        assert!(bells.due(2500).is_empty(), "rate-bound");
+        assert_eq!(bells.due(3000).len(), 1);
+        assert_eq!(bells.live(3000).len(), 1);
+        assert!(bells.live(LIVE.as_millis() as u64 + 1).is_empty(), "silent");
+        // A newer doorbell with another revision makes us fetch; until then the held records
+        // are known to be outdated and are no longer refreshed.
+        bells.fetched(&"b".repeat(32), None);
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000c", 110),
+            5000,
+            5000,
+        );
+        assert!(bells.live(5000).is_empty());
+        assert_eq!(bells.due(5000).len(), 1);
+        // The fetch says otherwise (a doorbell signed with another revision): it wins.
+        bells.fetched(
+            &"b".repeat(32),
+            Some(("00000000000a".into(), vec![r.clone()])),
+        );
+        assert_eq!(bells.live(5000).len(), 1);
+        // Silent for longer than LIVE (dead, or restarted with its clock behind): an older
+        // doorbell is heard again, but only to fetch; nothing held is refreshed by it.
+        let later = 5000 + LIVE.as_millis() as u64 + 1;
+        bells.ring(
+            &share,
+            NAME.into(),
+            Doorbell::of(&r, "00000000000a", 50),
+            later,
+            later,
+        );
+        assert!(bells.live(later).is_empty(), "nothing held any more");
+        assert_eq!(bells.due(later).len(), 1);
+    }
+
+    #[test]
+    fn doorbells_of_strangers_wait_bounded_and_not_for_ever() {
+        let (_d, share) = share();
+        let mut bells = Doorbells::default();
+        let mut r = record('c', "web", 80);
+        bells.ring(
+            &share,
+            "x".into(),
+            Doorbell::of(&r, "00000000000a", 1),
+            0,
+            0,
+        );
+        r.node_id = "b".repeat(32);
+        r.ip = "10.213.0.9".parse().unwrap();
+        bells.ring(
+            &share,
+            "y".into(),
+            Doorbell::of(&r, "00000000000a", 1),
+            0,
+            0,
+        );
+        assert!(
+            bells.due(0).is_empty(),
+            "not a member, or not at its address"
+        );
+        assert_eq!(bells.pending.len(), 2);
+        for i in 0..2 * MAX_PENDING {
+            bells.ring(
+                &share,
+                format!("z{i}"),
+                Doorbell::of(&r, "00000000000a", 1),
+                0,
+                0,
+            );
+        }
+        assert_eq!(bells.pending.len(), MAX_PENDING);
+        let late = LIVE.as_millis() as u64 + 1;
+        for (f, (d, heard)) in std::mem::take(&mut bells.pending) {
+            bells.ring(&share, f, d, heard, late);
+        }
+        assert!(bells.pending.is_empty(), "forgotten after LIVE");
+    }
 }

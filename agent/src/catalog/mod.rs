@@ -4,6 +4,7 @@
 pub mod avahi;
 pub mod browse;
 pub mod publish;
+pub mod signing;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -121,26 +121,6 @@ impl CommunityKey {
         hex(&m.finalize().into_bytes()[..8])
     }
 
-    /// Signs a service record for mDNS, where anyone on the LAN can send one: only key holders
-    /// can make a record we accept. 128 bits are plenty for a tag checked online.
-    pub fn record_mac(&self, r: &Record) -> String {
-        hex(&self.record_hmac(r).finalize().into_bytes()[..16])
-    }
-
-    pub fn record_mac_ok(&self, r: &Record, mac_hex: &str) -> bool {
-        match unhex(mac_hex) {
-            Some(tag) if tag.len() == 16 => self.record_hmac(r).verify_truncated_left(&tag).is_ok(),
-            _ => false,
-        }
-    }
-
-    fn record_hmac(&self, r: &Record) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
-        m.update(b"service record v1|");
-        m.update(r.canonical().as_bytes());
-        m
-    }
-
     /// A key for one purpose, derived from the community key; `label` names the purpose, so
     /// no two uses share a key.
     pub fn subkey(&self, label: &[u8]) -> [u8; 32] {
@@ -1158,15 +1138,7 @@ mod tests {
 
     #[test]
     fn record_macs_and_derived_keys() {
-        use crate::catalog::tests::record;
         let k = CommunityKey::derive("c", "0123456789abcdef");
-        let r = record('a', "serf", 1);
-        let mac = k.record_mac(&r);
-        assert!(k.record_mac_ok(&r, &mac));
-        let mut r2 = r.clone();
-        r2.port = 2;
-        assert!(!k.record_mac_ok(&r2, &mac), "covers the port");
-        assert!(!CommunityKey::derive("c", "0123456789abcdeX").record_mac_ok(&r, &mac));
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(k.serf_key().len(), 44, "32 bytes in base64");
