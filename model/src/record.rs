@@ -139,6 +139,16 @@ pub struct Doorbell {
     pub ts: u64,
 }
 
+/// What vouches for a doorbell: `mac`, under the community's mDNS key (only members make
+/// one: strangers' doorbells are dropped before any lookup), and `sig`, by the publishing
+/// node's own key as its member record pins it (no member can ring in another's name, e.g.
+/// with a time far ahead that would make browsers ignore the real doorbells).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seals {
+    pub mac: String,
+    pub sig: String,
+}
+
 /// TXT format version of a doorbell (version 1 carried the whole record).
 const TXT_VERSION: &str = "2";
 /// The revision is 12 hex digits (6 bytes of SHA-256).
@@ -187,8 +197,14 @@ impl Doorbell {
         serde_json::to_string(self).expect("doorbells serialise")
     }
 
+    /// The bytes the publishing node's own key signs (`sig`): the canonical form under a label
+    /// no other signature of a node uses.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        [&b"cloudy doorbell v2|"[..], self.canonical().as_bytes()].concat()
+    }
+
     /// TXT strings for DNS-SD (the port is the SRV record's).
-    pub fn to_txt(&self, mac: &str) -> Vec<(String, String)> {
+    pub fn to_txt(&self, seals: &Seals) -> Vec<(String, String)> {
         vec![
             ("v".to_string(), TXT_VERSION.to_string()),
             ("t".into(), self.kind.clone()),
@@ -198,16 +214,17 @@ impl Doorbell {
             ("mc".into(), self.microcloud.clone()),
             ("s".into(), self.rev.clone()),
             ("ts".into(), self.ts.to_string()),
-            ("mac".into(), mac.into()),
+            ("mac".into(), seals.mac.clone()),
+            ("sig".into(), seals.sig.clone()),
         ]
     }
 
     /// Parses TXT key/value pairs as found on the wire (values are raw bytes, maybe not UTF-8)
-    /// and the SRV port. Returns the doorbell and the MAC it carried, still to be checked.
+    /// and the SRV port. Returns the doorbell and the seals it carried, still to be checked.
     pub fn from_txt(
         pairs: &[(&str, Option<&[u8]>)],
         port: u16,
-    ) -> Result<(Doorbell, String), RecordError> {
+    ) -> Result<(Doorbell, Seals), RecordError> {
         let total: usize = pairs
             .iter()
             .map(|(k, v)| k.len() + v.map_or(0, |v| v.len()) + 2)
@@ -244,12 +261,15 @@ impl Doorbell {
                 .filter(|t: &u64| t.to_string() == ts)
                 .ok_or_else(|| bad("ts", "not a decimal number"))?,
         };
-        let mac = take("mac")?.to_string();
+        let seals = Seals {
+            mac: take("mac")?.to_string(),
+            sig: take("sig")?.to_string(),
+        };
         if let Some(k) = m.keys().next() {
             return Err(bad(k, "unknown TXT key"));
         }
         d.validate()?;
-        Ok((d, mac))
+        Ok((d, seals))
     }
 }
 
@@ -372,13 +392,16 @@ mod tests {
 
     fn txt(r: &Record) -> Vec<(String, Vec<u8>)> {
         bell(r)
-            .to_txt("00ff")
+            .to_txt(&Seals {
+                mac: "00ff".into(),
+                sig: "ee".into(),
+            })
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect()
     }
 
-    fn from(pairs: &[(String, Vec<u8>)], port: u16) -> Result<(Doorbell, String), RecordError> {
+    fn from(pairs: &[(String, Vec<u8>)], port: u16) -> Result<(Doorbell, Seals), RecordError> {
         let p: Vec<(&str, Option<&[u8]>)> = pairs
             .iter()
             .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
@@ -392,9 +415,9 @@ mod tests {
         r.fields
             .insert("furl".into(), "pb://tubid@10.0.0.1:3456/swissnum".into());
         r.validate().unwrap();
-        let (back, mac) = from(&txt(&r), 3456).unwrap();
+        let (back, seals) = from(&txt(&r), 3456).unwrap();
         assert_eq!(back, bell(&r));
-        assert_eq!(mac, "00ff");
+        assert_eq!((seals.mac.as_str(), seals.sig.as_str()), ("00ff", "ee"));
         let all: String = txt(&r)
             .into_iter()
             .map(|(k, v)| format!("{k}={}", String::from_utf8(v).unwrap()))

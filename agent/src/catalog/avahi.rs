@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use cloudy_model::record::Doorbell;
+use cloudy_model::record::{Doorbell, Seals};
 use serde::Serialize;
 
 use crate::os::files::{render_xml, FileError};
@@ -31,7 +31,7 @@ fn file_name(d: &Doorbell) -> String {
     format!("cloudy-{}-{}.service", d.kind, d.port)
 }
 
-pub fn render(r: &Doorbell, mac: &str) -> Result<String, FileError> {
+pub fn render(r: &Doorbell, seals: &Seals) -> Result<String, FileError> {
     #[derive(Serialize)]
     struct Service<'a> {
         name: String,
@@ -49,7 +49,7 @@ pub fn render(r: &Doorbell, mac: &str) -> Result<String, FileError> {
         dnssd_type: DNSSD_TYPE,
         port: r.port,
         txt: r
-            .to_txt(mac)
+            .to_txt(seals)
             .into_iter()
             .map(|(key, value)| Txt { key, value })
             .collect(),
@@ -59,15 +59,15 @@ pub fn render(r: &Doorbell, mac: &str) -> Result<String, FileError> {
 
 /// Makes the directory hold exactly our current doorbells' files. Returns whether anything
 /// changed (avahi-daemon reloads on its own).
-pub fn sync(sys: &System, records: &[(Doorbell, String)]) -> std::io::Result<bool> {
+pub fn sync(sys: &System, records: &[(Doorbell, Seals)]) -> std::io::Result<bool> {
     let dir = sys.path(SERVICES_DIR);
     std::fs::create_dir_all(&dir)?;
     let mut want = BTreeSet::new();
     let mut changed = false;
-    for (r, mac) in records {
+    for (r, seals) in records {
         let name = file_name(r);
         let path = dir.join(&name);
-        let text = render(r, mac).map_err(std::io::Error::other)?;
+        let text = render(r, seals).map_err(std::io::Error::other)?;
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             write_atomic(&path, text.as_bytes(), 0o644)?;
             changed = true;
@@ -106,13 +106,17 @@ mod tests {
         std::fs::write(d.join("ssh.service"), "not ours").unwrap();
         let r = Doorbell::of(&record('a', "web", 8080), "0123456789ab", 1);
         let evil = "</txt-record><txt-record>evil=1 & \"q\"";
-        assert!(sync(&sys, &[(r.clone(), evil.into())]).unwrap());
+        let seals = Seals {
+            mac: evil.into(),
+            sig: "ab".into(),
+        };
+        assert!(sync(&sys, &[(r.clone(), seals.clone())]).unwrap());
         let text = std::fs::read_to_string(d.join("cloudy-web-8080.service")).unwrap();
         assert!(
             text.contains("mac=&lt;/txt-record&gt;&lt;txt-record&gt;evil=1 &amp; &quot;q&quot;")
         );
-        assert_eq!(text.matches("<txt-record>").count(), r.to_txt("ab").len());
-        assert!(!sync(&sys, &[(r, evil.into())]).unwrap(), "no rewrite");
+        assert_eq!(text.matches("<txt-record>").count(), r.to_txt(&seals).len());
+        assert!(!sync(&sys, &[(r, seals)]).unwrap(), "no rewrite");
         assert!(sync(&sys, &[]).unwrap());
         assert!(!d.join("cloudy-web-8080.service").exists(), "withdrawn");
         assert!(d.join("ssh.service").exists(), "other files are not ours");

@@ -68,6 +68,9 @@ struct Bell {
     next_fetch: u64,
 }
 
+/// A doorbell and its publisher's signature (checked once we know the publisher's pinned key).
+type Signed = (Doorbell, String);
+
 /// The mDNS side of the catalog: doorbells in, fetches out.
 #[derive(Default)]
 struct Doorbells {
@@ -75,21 +78,38 @@ struct Doorbells {
     /// Instance full name -> member id.
     instances: HashMap<String, String>,
     /// Doorbells of nodes not known (yet) at their address: full name -> (doorbell, seen).
-    pending: HashMap<String, (Doorbell, u64)>,
+    pending: HashMap<String, (Signed, u64)>,
 }
 
 impl Doorbells {
     /// A doorbell with a valid MAC, first heard at `heard`. Heeded now if it is from a member
-    /// at its address; else it waits (bounded, at most `LIVE`) for the member list.
-    fn ring(&mut self, share: &Sharing, fullname: String, d: Doorbell, heard: u64, now: u64) {
-        let Some(addr) = share.member_exchange(&d.node_id, d.ip) else {
+    /// at its address and signed by that member's pinned node key; else it waits (bounded, at
+    /// most `LIVE`) for the member list.
+    fn ring(&mut self, share: &Sharing, fullname: String, bell: Signed, heard: u64, now: u64) {
+        let Some(addr) = share.member_exchange(&bell.0.node_id, bell.0.ip) else {
             let fits = self.pending.len() < MAX_PENDING || self.pending.contains_key(&fullname);
             if fits && now.saturating_sub(heard) <= LIVE.as_millis() as u64 {
-                self.pending.insert(fullname, (d, heard));
+                self.pending.insert(fullname, (bell, heard));
             }
             return;
         };
         self.pending.remove(&fullname);
+        let (d, sig) = bell;
+        // The community's MAC says a member made it; only this signature says which. Without
+        // it any member could ring for another with a time far ahead, and browsers would then
+        // ignore the real doorbells until they forgot that member.
+        let by_owner = share
+            .members
+            .lock()
+            .unwrap()
+            .signed_by(&d.node_id, &d.signed_bytes(), &sig);
+        if !by_owner {
+            tracing::debug!(
+                "mDNS: {fullname}: not signed by {}'s own node key, ignored",
+                d.node
+            );
+            return;
+        }
         let b = self.bells.entry(d.node_id.clone()).or_insert_with(|| Bell {
             newest: 0,
             moved: now,
@@ -201,8 +221,8 @@ pub async fn browse_lan(
                             let pairs: Vec<(&str, Option<&[u8]>)> =
                                 txt.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
                             match Doorbell::from_txt(&pairs, port) {
-                                Ok((d, mac)) => {
-                                    if !share.mdns.verify(&d, &mac) || d.microcloud != share.community {
+                                Ok((d, seals)) => {
+                                    if !share.mdns.verify(&d, &seals.mac) || d.microcloud != share.community {
                                         tracing::debug!("mDNS: {fullname}: not signed with our community key");
                                         continue;
                                     }
@@ -210,7 +230,7 @@ pub async fn browse_lan(
                                     if d.node_id == share.members.lock().unwrap().me {
                                         continue;
                                     }
-                                    bells.ring(&share, fullname, d, now, now);
+                                    bells.ring(&share, fullname, (d, seals.sig), now, now);
                                 }
                                 Err(e) => tracing::debug!("mDNS: {fullname}: {e}"),
                             }
@@ -416,7 +436,10 @@ mod tests {
     use super::*;
     use crate::catalog::tests::record;
     use crate::mesh::exchange::CommunityKey;
-    use crate::mesh::members::{tests::member, Members};
+    use crate::mesh::members::{
+        tests::{key_of, member},
+        Members,
+    };
 
     /// We are 'a'; 'b' is a member at 10.213.0.1, the address `record` gives.
     fn share() -> (tempfile::TempDir, Arc<Sharing>) {
@@ -437,18 +460,23 @@ mod tests {
 
     const NAME: &str = "n1 web 80._cloudy._tcp.local.";
 
+    /// The doorbell of `r`, signed by its node's (test) key.
+    fn bell(r: &Record, rev: &str, ts: u64) -> Signed {
+        signed_as(r, rev, ts, r.node_id.chars().next().unwrap())
+    }
+
+    fn signed_as(r: &Record, rev: &str, ts: u64, by: char) -> Signed {
+        let d = Doorbell::of(r, rev, ts);
+        let sig = key_of(by).sign_hex(&d.signed_bytes());
+        (d, sig)
+    }
+
     #[test]
     fn a_replayed_doorbell_is_ignored_and_a_goodbye_only_asks() {
         let (_d, share) = share();
         let r = record('b', "web", 80);
         let mut bells = Doorbells::default();
-        bells.ring(
-            &share,
-            NAME.into(),
-            Doorbell::of(&r, "00000000000a", 100),
-            0,
-            0,
-        );
+        bells.ring(&share, NAME.into(), bell(&r, "00000000000a", 100), 0, 0);
         assert_eq!(
             bells.due(0),
             vec![("b".repeat(32), "10.213.0.1:6655".parse().unwrap())]
@@ -469,7 +497,7 @@ mod tests {
         bells.ring(
             &share,
             NAME.into(),
-            Doorbell::of(&r, "00000000000a", 100),
+            bell(&r, "00000000000a", 100),
             2000,
             2000,
         );
@@ -478,7 +506,7 @@ mod tests {
         bells.ring(
             &share,
             NAME.into(),
-            Doorbell::of(&r, "00000000000b", 99),
+            bell(&r, "00000000000b", 99),
             2000,
             2000,
         );
@@ -490,7 +518,7 @@ mod tests {
             bells.ring(
                 &share,
                 NAME.into(),
-                Doorbell::of(&r, "00000000000a", 100),
+                bell(&r, "00000000000a", 100),
                 2000,
                 2000,
             );
@@ -511,7 +539,7 @@ mod tests {
         bells.ring(
             &share,
             NAME.into(),
-            Doorbell::of(&r, "00000000000c", 110),
+            bell(&r, "00000000000c", 110),
             5000,
             5000,
         );
@@ -529,7 +557,7 @@ mod tests {
         bells.ring(
             &share,
             NAME.into(),
-            Doorbell::of(&r, "00000000000a", 50),
+            bell(&r, "00000000000a", 50),
             later,
             later,
         );
@@ -537,40 +565,52 @@ mod tests {
         assert_eq!(bells.due(later).len(), 1);
     }
 
+    /// A member (any holder of the community key can make the MAC) rings in another
+    /// member's name with a time far ahead. Before doorbells carried the publisher's own
+    /// signature, browsers took it as that member's newest and then ignored its real
+    /// doorbells, so its records went stale; now it is ignored and the real ones still count.
+    #[test]
+    fn a_doorbell_in_another_members_name_is_ignored() {
+        let (_d, share) = share();
+        share.members.lock().unwrap().merge(vec![member('c', "n2")]);
+        let r = record('b', "web", 80);
+        let mut bells = Doorbells::default();
+        for forged in [
+            signed_as(&r, "00000000000f", u64::MAX / 2, 'c'),
+            (
+                Doorbell::of(&r, "00000000000f", u64::MAX / 2),
+                String::new(),
+            ),
+            (
+                Doorbell::of(&r, "00000000000f", u64::MAX / 2),
+                "ab".repeat(64),
+            ),
+        ] {
+            bells.ring(&share, NAME.into(), forged, 0, 0);
+        }
+        assert!(bells.due(0).is_empty(), "no fetch on a forged doorbell");
+        assert!(!bells.bells.contains_key(&"b".repeat(32)));
+        bells.ring(&share, NAME.into(), bell(&r, "00000000000a", 100), 0, 0);
+        assert_eq!(bells.due(0).len(), 1, "the member's own doorbell is heeded");
+        assert_eq!(bells.bells[&"b".repeat(32)].newest, 100);
+    }
+
     #[test]
     fn doorbells_of_strangers_wait_bounded_and_not_for_ever() {
         let (_d, share) = share();
         let mut bells = Doorbells::default();
         let mut r = record('c', "web", 80);
-        bells.ring(
-            &share,
-            "x".into(),
-            Doorbell::of(&r, "00000000000a", 1),
-            0,
-            0,
-        );
+        bells.ring(&share, "x".into(), bell(&r, "00000000000a", 1), 0, 0);
         r.node_id = "b".repeat(32);
         r.ip = "10.213.0.9".parse().unwrap();
-        bells.ring(
-            &share,
-            "y".into(),
-            Doorbell::of(&r, "00000000000a", 1),
-            0,
-            0,
-        );
+        bells.ring(&share, "y".into(), bell(&r, "00000000000a", 1), 0, 0);
         assert!(
             bells.due(0).is_empty(),
             "not a member, or not at its address"
         );
         assert_eq!(bells.pending.len(), 2);
         for i in 0..2 * MAX_PENDING {
-            bells.ring(
-                &share,
-                format!("z{i}"),
-                Doorbell::of(&r, "00000000000a", 1),
-                0,
-                0,
-            );
+            bells.ring(&share, format!("z{i}"), bell(&r, "00000000000a", 1), 0, 0);
         }
         assert_eq!(bells.pending.len(), MAX_PENDING);
         let late = LIVE.as_millis() as u64 + 1;

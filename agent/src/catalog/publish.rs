@@ -19,7 +19,7 @@ use crate::mesh::exchange::CommunityKey;
 use crate::mesh::members::Members;
 use crate::mesh::serf::{self, Desired};
 use crate::os::system::System;
-use cloudy_model::record::{Doorbell, Origin};
+use cloudy_model::record::{Doorbell, Origin, Seals};
 
 pub const HEALTH: Duration = Duration::from_secs(1);
 /// Health check + goodbye or tag gossip + fetch: what the tests hold us to.
@@ -132,19 +132,24 @@ pub(crate) fn serf_tags(
     t
 }
 
-/// Our records' doorbells at revision `rev` and time `ts`, signed.
+/// Our records' doorbells at revision `rev` and time `ts`, with the community's MAC and our
+/// node key's signature (`sign`).
 pub(crate) fn doorbells(
     mdns: &MdnsKey,
+    sign: impl Fn(&[u8]) -> Option<String>,
     records: &[Record],
     rev: &str,
     ts: u64,
-) -> Vec<(Doorbell, String)> {
+) -> Vec<(Doorbell, Seals)> {
     records
         .iter()
         .map(|r| {
             let d = Doorbell::of(r, rev, ts);
-            let mac = mdns.sign(&d);
-            (d, mac)
+            let seals = Seals {
+                mac: mdns.sign(&d),
+                sig: sign(&d.signed_bytes()).unwrap_or_default(),
+            };
+            (d, seals)
         })
         .collect()
 }
@@ -174,8 +179,11 @@ pub async fn publish(share: Arc<Sharing>, exchange_port: u16, local: Arc<dyn Loc
                 let rev = revision(&ours);
                 stamp = next_stamp(stamp);
                 rung = tokio::time::Instant::now();
-                if let Err(e) = avahi::sync(&share.sys, &doorbells(&share.mdns, &ours, &rev, stamp))
-                {
+                let bells = {
+                    let ms = share.members.lock().unwrap();
+                    doorbells(&share.mdns, |m| ms.sign_mine(m), &ours, &rev, stamp)
+                };
+                if let Err(e) = avahi::sync(&share.sys, &bells) {
                     tracing::warn!("avahi service files: {e}");
                 }
                 share.serf.lock().unwrap().tags =
@@ -287,7 +295,8 @@ mod tests {
             .keys()
             .any(|f| cloudy_model::kinds::is_capability(&r.kind, f))));
         let rev = revision(&records);
-        avahi::sync(&sys, &doorbells(&mdns, &records, &rev, 1_800_000_000)).unwrap();
+        let sign = |m: &[u8]| Some(crate::mesh::members::tests::key_of('a').sign_hex(m));
+        avahi::sync(&sys, &doorbells(&mdns, sign, &records, &rev, 1_800_000_000)).unwrap();
         let mut published = String::new();
         for e in std::fs::read_dir(sys.path(avahi::SERVICES_DIR)).unwrap() {
             published += &std::fs::read_to_string(e.unwrap().path()).unwrap();
@@ -316,7 +325,7 @@ mod tests {
             .skip(1)
             .map(|t| t.split('=').next().unwrap())
             .collect();
-        let doorbell = ["id", "ip", "mac", "mc", "n", "s", "t", "ts", "v"];
+        let doorbell = ["id", "ip", "mac", "mc", "n", "s", "sig", "t", "ts", "v"];
         assert_eq!(
             keys.into_iter().collect::<Vec<_>>(),
             doorbell,

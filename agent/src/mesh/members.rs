@@ -283,6 +283,19 @@ impl Members {
         self.signer = Some(key);
     }
 
+    /// `msg` signed by our node key, hex; None before the key is set (a list only a test
+    /// makes).
+    pub fn sign_mine(&self, msg: &[u8]) -> Option<String> {
+        self.signer.as_ref().map(|k| k.sign_hex(msg))
+    }
+
+    /// Whether `sig` over `msg` is by the node key pinned for member `id`.
+    pub fn signed_by(&self, id: &str, msg: &[u8], sig: &str) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| crate::os::identity::signature_ok(&m.signkey, msg, sig))
+    }
+
     pub fn me(&self) -> &Member {
         &self.members[&self.me]
     }
