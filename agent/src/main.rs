@@ -59,11 +59,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash on
-    /// stdin and talks to the agent's control socket).
+    /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash and
+    /// the HTTPS certificate on stdin and talks to the agent's control socket).
     Dashboard {
+        /// Plain HTTP: redirects to the HTTPS port only.
         #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_PORT)]
         port: u16,
+        #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_HTTPS_PORT)]
+        https_port: u16,
     },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
@@ -161,7 +164,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => hash_password(),
         Command::Scan { kind, json } => control::cli::scan(&sys, kind.as_deref(), json),
         Command::Select { kind, json } => control::cli::select(&sys, &kind, json),
-        Command::Dashboard { port } => serve_dashboard(&sys, port),
+        Command::Dashboard { port, https_port } => serve_dashboard(&sys, port, https_port),
         Command::Run {
             manage_network,
             tincd,
@@ -248,17 +251,17 @@ fn hash_password() -> Result<i32> {
 }
 
 /// The dashboard, as the unprivileged process the agent starts: the hash comes on stdin.
-fn serve_dashboard(sys: &System, port: u16) -> Result<i32> {
-    let mut hash = String::new();
-    std::io::stdin().read_line(&mut hash)?;
-    anyhow::ensure!(
-        cloudy_model::names::is_password_hash(hash.trim()),
-        "the dashboard needs an Argon2 password hash on stdin"
-    );
+fn serve_dashboard(sys: &System, port: u16, https_port: u16) -> Result<i32> {
+    let handover =
+        dashboard::Handover::read(std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(dashboard::serve(port, sys.path(control::SOCKET), hash))
+    let ports = dashboard::Ports {
+        http: port,
+        https: https_port,
+    };
+    rt.block_on(dashboard::serve(ports, sys.path(control::SOCKET), handover))
         .context("serving the dashboard")?;
     Ok(0)
 }
