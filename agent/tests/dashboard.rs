@@ -565,3 +565,328 @@ fn check_refused(path: &str, r: &web::Reply) {
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+/// `cloudy-agent status` on a node: what it printed, and its exit code.
+fn status(n: &microcloud::Node) -> (String, i32) {
+    let o = Command::new(microcloud::agent())
+        .arg("--root")
+        .arg(&n.root)
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+/// The certificate fingerprint `cloudy-agent status` prints (`AB:CD:...`).
+fn status_fingerprint(n: &microcloud::Node) -> String {
+    let (out, _) = status(n);
+    out.lines()
+        .find_map(|l| l.split_once("certificate SHA-256 "))
+        .map(|(_, f)| f.trim().to_string())
+        .unwrap_or_else(|| panic!("no fingerprint in status:\n{out}"))
+}
+
+/// A one-node community with a known dashboard password (the dashboard runs once the node is in
+/// its community) and a console file that stands for the node's console.
+fn one_node(tag: &str) -> Cloud {
+    let mut cloud = open_cloud(tag, 1);
+    let h = hash(PASSWORD);
+    cloud.write_seed_text(
+        1,
+        microcloud::KEY,
+        &format!(
+            "peers = []\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+        ),
+    );
+    let console = cloud.nodes[0].root.join("dev/console");
+    std::fs::create_dir_all(console.parent().unwrap()).unwrap();
+    std::fs::write(&console, "").unwrap();
+    cloud
+}
+
+const HTTP: &str = "10.213.0.1:8080";
+const HTTPS: &str = "10.213.0.1:8443";
+
+/// HTTPS with the node's certificate: plain HTTP answers only redirects (no form, no API, no
+/// cookie); a client pinning the fingerprint `status` prints gets in, one pinning another is
+/// refused at the handshake; the session cookie is Secure; the certificate outlives a restart;
+/// a damaged key stops HTTPS with an error naming the file, the node itself runs on.
+/// The old code served everything, login form and API included, on plain HTTP at 8080 only,
+/// with a cookie without `Secure`, and had no certificate to print.
+#[test]
+fn dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects() {
+    let test = "dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects";
+    if !microcloud::available(test) {
+        return;
+    }
+    let mut cloud = one_node("ph");
+    cloud.start_all();
+    let n1 = &cloud.nodes[0];
+    let ns = n1.ns.clone();
+    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
+
+    // The fingerprint: in status, on the console, and that of the certificate served and stored.
+    let pin = status_fingerprint(n1);
+    let console = std::fs::read_to_string(n1.root.join("dev/console")).unwrap();
+    assert!(
+        console.contains(&pin),
+        "fingerprint on the console:\n{console}"
+    );
+    let served = web::tls::served_certificate(&ns, HTTPS);
+    assert_eq!(
+        web::tls::fingerprint(&served),
+        pin,
+        "status names the served certificate"
+    );
+    let key = n1.root.join("var/lib/cloudy/dashboard.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the key is a secret");
+    }
+
+    // Plain HTTP: a 308 to the same host's HTTPS port for everything, and nothing else.
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/services?type=web"),
+        ("GET", "/api/state"),
+        ("POST", "/api/scan"),
+        ("GET", "/nope"),
+    ] {
+        let r = web::request(
+            &ns,
+            HTTP,
+            method,
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!("user=admin&password={}", web::urlencode(PASSWORD)).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 308, "{method} {path}: {}", r.text());
+        assert_eq!(
+            r.header("location"),
+            Some(format!("https://10.213.0.1:8443{path}").as_str()),
+            "{method} {path}"
+        );
+        assert!(r.cookie().is_none(), "{method} {path}: no cookie over HTTP");
+        assert!(r.body.is_empty(), "{method} {path}: {}", r.text());
+    }
+
+    // HTTPS pinning the fingerprint: the login page, a login with a Secure cookie, the API.
+    let login = web::tls::get(&ns, HTTPS, &pin, "/login", None);
+    assert_eq!(login.status, 200);
+    assert!(login.text().contains("<form"));
+    let r = web::tls::post_form(
+        &ns,
+        HTTPS,
+        &pin,
+        "/login",
+        None,
+        &format!("user=admin&password={}", web::urlencode(PASSWORD)),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let set = r.header("set-cookie").unwrap().to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.split("; ").any(|a| a == flag), "{flag} in {set}");
+    }
+    let cookie = r.cookie().unwrap();
+    let s = web::tls::get(&ns, HTTPS, &pin, "/api/state", Some(&cookie)).json();
+    assert_eq!(s["node"], "n1");
+    // The session cookie is no key to the plain port: it only redirects.
+    let r = web::get(&ns, HTTP, "/api/state", Some(&cookie));
+    assert_eq!(r.status, 308);
+    assert!(r.body.is_empty());
+
+    // Another fingerprint: no connection at all.
+    let mut wrong = pin.clone();
+    wrong.replace_range(0..2, if &pin[0..2] == "00" { "11" } else { "00" });
+    let e = web::tls::connect_in(&ns, HTTPS, &wrong)
+        .err()
+        .expect("a client pinning another certificate is refused");
+    eprintln!("pinning another fingerprint: {e}");
+
+    // Restart: the same certificate, not a new one.
+    let cloud_node = &mut cloud.nodes[0];
+    cloud_node.kill();
+    cloud_node.start();
+    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
+    assert_eq!(status_fingerprint(cloud_node), pin, "kept across restarts");
+    assert_eq!(
+        web::tls::fingerprint(&web::tls::served_certificate(&ns, HTTPS)),
+        pin
+    );
+    assert_eq!(web::tls::get(&ns, HTTPS, &pin, "/login", None).status, 200);
+
+    // A damaged key: never replaced; HTTPS off, the HTTP port and status say which file and
+    // how to fix it; the node itself (its control socket) runs on.
+    cloud_node.kill();
+    let damaged = b"-----BEGIN PRIVATE KEY-----\nnot a key\n".to_vec();
+    std::fs::write(&key, &damaged).unwrap();
+    cloud_node.start();
+    web::wait_up(&ns, HTTP, Duration::from_secs(30));
+    let r = web::get(&ns, HTTP, "/login", None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains(&key.display().to_string()),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("remove"),
+        "says how to fix it: {}",
+        r.text()
+    );
+    assert!(!r.text().contains("<form"));
+    assert!(
+        web::connect_in(&ns, HTTPS).is_err(),
+        "no HTTPS without a certificate"
+    );
+    let (out, code) = status(cloud_node);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("dashboard:  OFF") || out.contains("dashboard.key"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), damaged, "left as it was");
+    let console = std::fs::read_to_string(cloud_node.root.join("dev/console")).unwrap();
+    assert!(
+        console.contains("dashboard OFF") && console.contains(&key.display().to_string()),
+        "{console}"
+    );
+    let o = Command::new(microcloud::agent())
+        .arg("--root")
+        .arg(&cloud_node.root)
+        .args(["scan"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the agent still answers: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A passive observer on the wire between a browser and the node: a relay outside the node's
+/// namespace that copies every byte either way, on both dashboard ports.
+struct Tap {
+    at: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn tap(ns: &str, target: &str) -> Tap {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ns, target, all) = (ns.to_string(), target.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(client) = c else { continue };
+            let Ok(server) = web::connect_in(&ns, &target) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        all.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    Tap { at, seen }
+}
+
+/// The attack: a user types the node's dashboard address (`http://<node>:8080/`, as README
+/// said), the browser follows redirects, gets the login page and posts the form to the page's
+/// own origin; an observer on the wire reads everything that passes. The client pins the
+/// fingerprint `status` prints when the page is HTTPS.
+/// On the old code (main 8eedc01, like 2293e0e) the login page came over plain HTTP and the
+/// form went back in clear: the observer read `password=...` and the session cookie. Now plain
+/// HTTP only redirects and the password and cookie cross the wire inside TLS only.
+#[test]
+fn a_wire_observer_never_sees_the_password_or_the_session() {
+    let test = "a_wire_observer_never_sees_the_password_or_the_session";
+    if !microcloud::available(test) {
+        return;
+    }
+    let mut cloud = one_node("pw");
+    cloud.start_all();
+    let n1 = &cloud.nodes[0];
+    let ns = n1.ns.clone();
+    web::wait_up(&ns, HTTP, Duration::from_secs(30));
+    // The old agent serves no HTTPS port; the new one has it up by the time HTTP is.
+    std::thread::sleep(Duration::from_millis(500));
+    let taps = [(8080u16, tap(&ns, HTTP)), (8443u16, tap(&ns, HTTPS))];
+    let via = |port: u16| -> std::net::TcpStream {
+        let t = &taps
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("a tapped port")
+            .1;
+        std::net::TcpStream::connect(t.at).unwrap()
+    };
+    // One request as a browser makes it, through the tap.
+    let fetch = |url: &str, method: &str, body: &str| -> web::Reply {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = hostport.rsplit_once(':').unwrap();
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        let port: u16 = port.parse().unwrap();
+        if scheme == "https" {
+            let mut s = web::tls::over(via(port), host, &status_fingerprint(n1)).unwrap();
+            web::exchange(&mut s, hostport, method, path, &headers, body.as_bytes()).unwrap()
+        } else {
+            let mut s = via(port);
+            web::exchange(&mut s, hostport, method, path, &headers, body.as_bytes()).unwrap()
+        }
+    };
+    let mut url = format!("http://{HTTP}/login");
+    let mut page = fetch(&url, "GET", "");
+    for _ in 0..5 {
+        if !(300..400).contains(&page.status) {
+            break;
+        }
+        url = page.header("location").unwrap().to_string();
+        page = fetch(&url, "GET", "");
+    }
+    assert_eq!(page.status, 200, "{url}: {}", page.text());
+    assert!(page.text().contains("action=\"/login\""), "{}", page.text());
+    let origin = &url[..url.find("/login").unwrap()];
+    let form = format!("user=admin&password={}", web::urlencode(PASSWORD));
+    let answer = fetch(&format!("{origin}/login"), "POST", &form);
+    assert_eq!(answer.status, 303, "logged in: {}", answer.text());
+    let cookie = answer.cookie().expect("a session cookie");
+    let token = cookie.split_once('=').unwrap().1.to_string();
+    eprintln!("logged in from {url}");
+
+    let seen: Vec<u8> = taps
+        .iter()
+        .flat_map(|(_, t)| t.seen.lock().unwrap().clone())
+        .collect();
+    assert!(!seen.is_empty(), "the observer saw the traffic");
+    let found = |needle: &str| seen.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        !found(&web::urlencode(PASSWORD)) && !found(PASSWORD),
+        "the observer on the wire read the password ({} bytes seen)",
+        seen.len()
+    );
+    assert!(!found(&token), "the observer read the session cookie");
+}

@@ -15,9 +15,14 @@ pub const CERT_FILE: &str = "/var/lib/cloudy/dashboard.crt";
 pub const KEY_FILE: &str = "/var/lib/cloudy/dashboard.key";
 
 /// How to get a working certificate back, for every error that needs the operator.
-const FIX: &str = "remove /var/lib/cloudy/dashboard.crt and /var/lib/cloudy/dashboard.key and \
-                   restart the agent to make a new certificate (its fingerprint changes: \
-                   browsers that pinned the old one must pin the new one)";
+fn fix(sys: &System) -> String {
+    format!(
+        "remove {} and {} and restart the agent to make a new certificate (its fingerprint \
+         changes: browsers that pinned the old one must pin the new one)",
+        sys.path(CERT_FILE).display(),
+        sys.path(KEY_FILE).display()
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertificateError {
@@ -26,10 +31,18 @@ pub enum CertificateError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is damaged ({why}); the agent does not replace it by itself; fix: {FIX}")]
-    Damaged { path: String, why: String },
-    #[error("{present} exists but {missing} does not; fix: put {missing} back, or {FIX}")]
-    HalfMissing { present: String, missing: String },
+    #[error("{path} is damaged ({why}); the agent does not replace it by itself; fix: {fix}")]
+    Damaged {
+        path: String,
+        why: String,
+        fix: String,
+    },
+    #[error("{present} exists but {missing} does not; fix: put {missing} back, or {fix}")]
+    HalfMissing {
+        present: String,
+        missing: String,
+        fix: String,
+    },
     #[error("making the certificate: {0}")]
     Make(#[from] rcgen::Error),
 }
@@ -77,6 +90,7 @@ pub fn ensure(sys: &System, names: &[String]) -> Result<(Certificate, Origin), C
             return Err(CertificateError::HalfMissing {
                 present: present.display().to_string(),
                 missing: missing.display().to_string(),
+                fix: fix(sys),
             });
         }
     }
@@ -110,6 +124,7 @@ pub fn load(sys: &System) -> Result<Certificate, CertificateError> {
             std::io::ErrorKind::InvalidData => CertificateError::Damaged {
                 path: p.display().to_string(),
                 why: "not text".into(),
+                fix: fix(sys),
             },
             _ => CertificateError::Io {
                 path: p.display().to_string(),
@@ -121,6 +136,7 @@ pub fn load(sys: &System) -> Result<Certificate, CertificateError> {
     let damaged = |p: &Path, why: String| CertificateError::Damaged {
         path: p.display().to_string(),
         why,
+        fix: fix(sys),
     };
     let der = cert_der(&cert_pem).map_err(|why| damaged(&cert_path, why))?;
     let key = rcgen::KeyPair::from_pem(&key_pem)
@@ -162,20 +178,31 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-/// The stored certificate's fingerprint for `status`, without the key: None when there is no
-/// certificate yet, the error text when it does not parse.
+/// The stored certificate's fingerprint for `status`: None when there is none yet, the error
+/// when the pair is damaged. Without the right to read the key (not root) the certificate alone
+/// is checked.
 pub fn stored_fingerprint(sys: &System) -> Option<Result<String, String>> {
-    let path = sys.path(CERT_FILE);
-    let pem = match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
-        Ok(p) => p,
-    };
-    Some(
-        cert_der(&pem)
-            .map(|der| fingerprint(&der))
-            .map_err(|why| format!("{} is damaged ({why}); fix: {FIX}", path.display())),
-    )
+    let (cert_path, key_path) = (sys.path(CERT_FILE), sys.path(KEY_FILE));
+    if !cert_path.exists() && !key_path.exists() {
+        return None;
+    }
+    match load(sys) {
+        Ok(c) => Some(Ok(c.fingerprint)),
+        Err(CertificateError::Io { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && path == key_path.display().to_string() =>
+        {
+            let pem = std::fs::read_to_string(&cert_path).unwrap_or_default();
+            Some(cert_der(&pem).map(|der| fingerprint(&der)).map_err(|why| {
+                format!(
+                    "{} is damaged ({why}); fix: {}",
+                    cert_path.display(),
+                    fix(sys)
+                )
+            }))
+        }
+        Err(e) => Some(Err(e.to_string())),
+    }
 }
 
 #[cfg(test)]
