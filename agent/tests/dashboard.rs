@@ -2,12 +2,18 @@
 //! runs Syncthing (the service wrapper) and node 2 has a web listener whose description is a
 //! `<script>`. Headless Chromium
 //! (Debian's, driven over WebDriver by raw JSON calls to chromedriver inside node 1's
-//! namespace) logs in to node 1's dashboard, sees every type's providers, presses "Scan
+//! namespace) logs in to node 1's dashboard over HTTPS, the node's certificate pinned by its
+//! fingerprint, sees every type's providers, presses "Scan
 //! quality" and sees the scores change, presses "Join" (node 1 then shares a folder with node
 //! 2's Syncthing). Screenshots go to
 //! target/tmp/dashboard-screenshots (printed). Also: a wrong password is refused, no route
 //! answers without a session, and the hostile description is shown as text, its script not run.
 //! Needs root, tinc, serf, syncthing, chromium and chromium-driver.
+//!
+//! Beside it, on one node: HTTPS pinned by the fingerprint `status` prints, plain HTTP only
+//! redirecting, the Secure cookie, the certificate kept across a restart and a damaged key
+//! (`dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects`), and the attack
+//! of an observer on the wire reading a login (`a_wire_observer_never_sees_the_password_or_the_session`).
 
 mod microcloud;
 mod web;
@@ -80,7 +86,8 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn start(ns: &str, profile: &std::path::Path) -> Driver {
+    /// Chromium with `args` beside the usual headless ones.
+    fn start(ns: &str, profile: &std::path::Path, args: &[String]) -> Driver {
         let port = 9515;
         let child = Command::new("ip")
             .args([
@@ -96,14 +103,25 @@ impl Driver {
             .expect("chromedriver");
         let addr = format!("127.0.0.1:{port}");
         web::wait_up(ns, &addr, Duration::from_secs(20));
+        let mut all: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+        ]
+        .map(String::from)
+        .to_vec();
+        all.push(format!("--user-data-dir={}", profile.display()));
+        all.extend(args.iter().cloned());
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": ["--headless", "--no-sandbox", "--disable-gpu",
-                         "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                         format!("--user-data-dir={}", profile.display())]
+                "args": all
             }
         }}});
         let r = web::request(
@@ -310,8 +328,31 @@ fn chromium_logs_in_scans_and_joins() {
         .args(["-n", &ns, "link", "set", "lo", "up"])
         .status()
         .unwrap();
-    let addr = "10.213.0.1:8080";
+    // The dashboard is HTTPS with the node's own certificate; 8080 only redirects.
+    let addr = HTTPS;
     web::wait_up(&ns, addr, Duration::from_secs(30));
+    let pin = status_fingerprint(n1);
+    let served = web::tls::served_certificate(&ns, addr);
+    assert_eq!(
+        web::tls::fingerprint(&served),
+        pin,
+        "the certificate served is the one status names"
+    );
+    let stored = std::fs::read_to_string(n1.root.join("var/lib/cloudy/dashboard.crt")).unwrap();
+    {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(stored.as_bytes()).unwrap();
+        assert_eq!(der.as_ref(), &served[..], "and the one stored");
+    }
+    // Chromium pins a certificate by the SHA-256 of its public key (SubjectPublicKeyInfo).
+    let spki = {
+        use base64::Engine;
+        use sha2::Digest;
+        let der = rustls::pki_types::CertificateDer::from(served.clone());
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        let spki = cert.subject_public_key_info();
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki.as_ref()))
+    };
     wait_for(
         "node 1 knows node 2's services",
         Duration::from_secs(120),
@@ -336,36 +377,46 @@ fn chromium_logs_in_scans_and_joins() {
         "/api/select?type=web",
         "/api/nope",
     ] {
-        let r = web::get(&ns, addr, path, None);
+        let r = web::tls::get(&ns, addr, &pin, path, None);
         check_refused(path, &r);
-        let r = web::get(
+        let r = web::tls::get(
             &ns,
             addr,
+            &pin,
             path,
             Some("cloudy_session=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"),
         );
         check_refused(path, &r);
     }
     for path in ["/scan", "/join", "/logout", "/api/scan", "/api/join"] {
-        let r = web::post_form(&ns, addr, path, None, "type=web&provider=n2%3A8002");
+        let r = web::tls::post_form(&ns, addr, &pin, path, None, "type=web&provider=n2%3A8002");
         check_refused(path, &r);
     }
-    let login = web::get(&ns, addr, "/login", None);
+    let login = web::tls::get(&ns, addr, &pin, "/login", None);
     assert_eq!(login.status, 200);
     assert!(login
         .header("content-security-policy")
         .unwrap()
         .contains("default-src 'none'"));
-    // A wrong password over plain HTTP: refused, no cookie.
-    let r = web::post_form(&ns, addr, "/login", None, "user=admin&password=wrong");
+    // A wrong password: refused, no cookie. Over plain HTTP nothing is even checked: a
+    // redirect, no cookie.
+    let r = web::tls::post_form(&ns, addr, &pin, "/login", None, "user=admin&password=wrong");
     assert_eq!(r.status, 401);
+    assert!(r.cookie().is_none());
+    let r = web::post_form(&ns, HTTP, "/login", None, "user=admin&password=wrong");
+    assert_eq!(r.status, 308);
     assert!(r.cookie().is_none());
 
     // 2. Chromium: a wrong password first, then the right one.
-    let driver = Driver::start(&ns, &dir.path().join("chromium-profile"));
-    let base = format!("http://{addr}");
-    driver.go(&format!("{base}/services"));
-    assert!(driver.url().ends_with("/login"), "{}", driver.url());
+    let driver = Driver::start(
+        &ns,
+        &dir.path().join("chromium-profile"),
+        &[format!("--ignore-certificate-errors-spki-list={spki}")],
+    );
+    let base = format!("https://{addr}");
+    // The address typed by hand, plain HTTP: the browser ends on the HTTPS login page.
+    driver.go(&format!("http://{HTTP}/services"));
+    assert_eq!(driver.url(), format!("{base}/login"));
     driver.shot("01-login");
     driver.type_in("#password", "not the password");
     driver.click("#submit");
@@ -488,8 +539,8 @@ fn chromium_logs_in_scans_and_joins() {
     driver.shot("07-node");
 
     // 8. The API gives the same, with a session.
-    let cookie = web::login(&ns, addr, PASSWORD);
-    let s = web::get(&ns, addr, "/api/state", Some(&cookie)).json();
+    let cookie = web::tls::login(&ns, addr, &pin, PASSWORD);
+    let s = web::tls::get(&ns, addr, &pin, "/api/state", Some(&cookie)).json();
     assert_eq!(s["node"], "n1");
     assert_eq!(s["types"], json!(["syncthing", "tincvpn", "web"]));
     let web_row = s["providers"]
@@ -509,7 +560,8 @@ fn chromium_logs_in_scans_and_joins() {
         "n2's Syncthing selected again",
         Duration::from_secs(60),
         || {
-            sel = web::get(&ns, addr, "/api/select?type=syncthing", Some(&cookie)).json();
+            sel =
+                web::tls::get(&ns, addr, &pin, "/api/select?type=syncthing", Some(&cookie)).json();
             sel["best"]["provider"] == "n2:22000"
         },
     );
@@ -548,8 +600,29 @@ fn chromium_logs_in_scans_and_joins() {
         Some(web_uid.as_str()),
         "dashboard runs as cloudy-web: {uid_line}"
     );
-    eprintln!("test done in {:?}", t0.elapsed());
     drop(driver);
+
+    // A Chromium that pins another key does not get the login page: the pin is what let the
+    // first one in, not a blanket exception.
+    let other = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"another key"))
+    };
+    let driver = Driver::start(
+        &ns,
+        &dir.path().join("chromium-profile-2"),
+        &[format!("--ignore-certificate-errors-spki-list={other}")],
+    );
+    driver.go(&format!("{base}/login"));
+    driver.shot("08-other-pin");
+    assert_eq!(
+        driver.eval("return document.querySelector('#password') === null;"),
+        true,
+        "no login form behind a certificate that is not pinned"
+    );
+    drop(driver);
+    eprintln!("test done in {:?}", t0.elapsed());
 }
 
 fn check_refused(path: &str, r: &web::Reply) {
