@@ -655,11 +655,7 @@ fn status(n: &microcloud::Node) -> (String, i32) {
 
 /// The certificate fingerprint `cloudy-agent status` prints (`AB:CD:...`).
 fn status_fingerprint(n: &microcloud::Node) -> String {
-    let (out, _) = status(n);
-    out.lines()
-        .find_map(|l| l.split_once("certificate SHA-256 "))
-        .map(|(_, f)| f.trim().to_string())
-        .unwrap_or_else(|| panic!("no fingerprint in status:\n{out}"))
+    web::tls::status_fingerprint(&n.root)
 }
 
 /// A one-node community with a known dashboard password (the dashboard runs once the node is in

@@ -212,6 +212,21 @@ pub fn post_form(
     request(ns, addr, pin, "POST", path, &h, form.as_bytes()).unwrap()
 }
 
+pub fn post_json(
+    ns: &str,
+    addr: &str,
+    pin: &str,
+    path: &str,
+    cookie: Option<&str>,
+    json: &str,
+) -> Reply {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(c) = cookie {
+        h.push(("Cookie", c));
+    }
+    request(ns, addr, pin, "POST", path, &h, json.as_bytes()).unwrap()
+}
+
 /// Logs in; the session cookie (`name=value`).
 pub fn login(ns: &str, addr: &str, pin: &str, password: &str) -> String {
     let r = post_form(
@@ -224,4 +239,19 @@ pub fn login(ns: &str, addr: &str, pin: &str, password: &str) -> String {
     );
     assert_eq!(r.status, 303, "login refused: {}", r.text());
     r.cookie().expect("a session cookie")
+}
+
+/// The certificate fingerprint `cloudy-agent status` prints for the node at `root`.
+pub fn status_fingerprint(root: &std::path::Path) -> String {
+    let o = std::process::Command::new(crate::microcloud::agent())
+        .arg("--root")
+        .arg(root)
+        .arg("status")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .find_map(|l| l.split_once("certificate SHA-256 "))
+        .map(|(_, f)| f.trim().to_string())
+        .unwrap_or_else(|| panic!("no fingerprint in status:\n{out}"))
 }
