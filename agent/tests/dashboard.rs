@@ -536,6 +536,11 @@ fn chromium_logs_in_scans_and_joins() {
         driver.text("#managed")
     );
     assert_eq!(driver.text("#seed-errors"), "None.");
+    assert_eq!(
+        driver.text("#fingerprint"),
+        pin,
+        "the node page shows the fingerprint"
+    );
     driver.shot("07-node");
 
     // 8. The API gives the same, with a session.
@@ -775,8 +780,7 @@ fn dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects() {
     let mut wrong = pin.clone();
     wrong.replace_range(0..2, if &pin[0..2] == "00" { "11" } else { "00" });
     let e = web::tls::connect_in(&ns, HTTPS, &wrong)
-        .err()
-        .expect("a client pinning another certificate is refused");
+        .expect_err("a client pinning another certificate is refused");
     eprintln!("pinning another fingerprint: {e}");
 
     // Restart: the same certificate, not a new one.

@@ -497,16 +497,14 @@ async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 /// `cloudy-agent dashboard`: serves until killed. Without a usable certificate the HTTPS port
 /// stays closed and the HTTP port says why (never the dashboard in clear).
 pub async fn serve(ports: Ports, control: PathBuf, handover: Handover) -> std::io::Result<()> {
-    let web = Arc::new(Web {
-        auth: Auth::new(handover.hash),
-        control,
-    });
     let tls = match handover.tls {
-        Tls::Pem { cert, key } => tls::config(&cert, &key).map_err(|e| e.to_string()),
+        Tls::Pem { cert, key } => tls::config(&cert, &key)
+            .map_err(|e| e.to_string())
+            .map(|c| (c, cert)),
         Tls::Broken { error } => Err(error),
     };
     let plain = bind(ports.http).await?;
-    let config = match tls {
+    let (config, cert) = match tls {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("dashboard: no HTTPS: {e}");
@@ -517,6 +515,14 @@ pub async fn serve(ports: Ports, control: PathBuf, handover: Handover) -> std::i
             .await;
         }
     };
+    let fingerprint = crate::os::certificate::cert_der(&cert)
+        .map(|der| crate::os::certificate::fingerprint(&der))
+        .unwrap_or_default();
+    let web = Arc::new(Web {
+        auth: Auth::new(handover.hash),
+        control,
+        fingerprint,
+    });
     let secure = tls::TlsListener::new(bind(ports.https).await?, config)?;
     tracing::info!(
         "dashboard on https port {} (http port {} redirects)",
