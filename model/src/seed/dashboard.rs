@@ -61,3 +61,30 @@ impl Dashboard {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_port_is_a_port_of_its_own() {
+        let d = |port, https_port| Dashboard {
+            password_hash: None,
+            port,
+            https_port,
+        };
+        assert!(d(None, None).validate().is_ok());
+        assert!(d(Some(80), Some(443)).validate().is_ok());
+        assert_eq!(
+            d(None, Some(0)).validate().unwrap_err().key,
+            "dashboard.https_port"
+        );
+        for (port, https) in [(Some(8443), None), (None, Some(8080)), (Some(9), Some(9))] {
+            assert_eq!(
+                d(port, https).validate().unwrap_err().key,
+                "dashboard.https_port",
+                "{port:?} {https:?}: one port cannot be both"
+            );
+        }
+    }
+}
