@@ -197,7 +197,7 @@ fn dashboard_certificate(mesh: &Arc<Mesh>, https_port: u16) -> Result<Certificat
             me.vpn.to_string(),
         ]
     };
-    let line = match certificate::ensure(&mesh.sys, &names) {
+    let (certificate, shown) = match certificate::ensure(&mesh.sys, &names) {
         Ok((c, origin)) => {
             let made = match origin {
                 Origin::Made => "made on this boot",
@@ -208,23 +208,18 @@ fn dashboard_certificate(mesh: &Arc<Mesh>, https_port: u16) -> Result<Certificat
                 names[0], c.fingerprint
             );
             tracing::info!("{}", line.trim_start_matches("cloudy: "));
-            Ok((c, line))
+            (Ok(c), line)
         }
         Err(e) => {
             tracing::error!("dashboard certificate: {e}");
-            Err((
-                e.to_string(),
-                format!("cloudy: dashboard OFF: no usable HTTPS certificate: {e}"),
-            ))
+            let line = format!("cloudy: dashboard OFF: no usable HTTPS certificate: {e}");
+            (Err(e.to_string()), line)
         }
-    };
-    let shown = match &line {
-        Ok((_, l)) | Err((_, l)) => l.clone(),
     };
     // The console's operator must see it whatever the log level; stdout reaches the journal.
     if let Some(console) = identity::console_path(&mesh.sys) {
         let _ = identity::show_on_console(&console, &format!("\n{shown}\n\n"));
     }
     println!("{shown}");
-    line.map(|(c, _)| c).map_err(|(e, _)| e)
+    certificate
 }
