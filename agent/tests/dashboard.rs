@@ -689,7 +689,8 @@ const HTTPS: &str = "10.213.0.1:8443";
 /// refused at the handshake; the session cookie is Secure; the certificate outlives a restart;
 /// a damaged key stops HTTPS with an error naming the file, the node itself runs on.
 /// The old code served everything, login form and API included, on plain HTTP at 8080 only,
-/// with a cookie without `Secure`, and had no certificate to print.
+/// with a cookie without `Secure`, and had no certificate to print: this test failed with
+/// "dashboard at 10.213.0.1:8443 not up in 30s".
 #[test]
 fn dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects() {
     let test = "dashboard_is_https_with_a_pinned_certificate_and_http_only_redirects";
@@ -891,8 +892,9 @@ fn tap(ns: &str, target: &str) -> Tap {
 /// said), the browser follows redirects, gets the login page and posts the form to the page's
 /// own origin; an observer on the wire reads everything that passes. The client pins the
 /// fingerprint `status` prints when the page is HTTPS.
-/// On the old code (main 8eedc01, like 2293e0e) the login page came over plain HTTP and the
-/// form went back in clear: the observer read `password=...` and the session cookie. Now plain
+/// On the old code (2293e0e and main 8eedc01, run with CLOUDY_AGENT_BIN=<old agent>) the login
+/// page came over plain HTTP and the form went back in clear: this test failed with "the
+/// observer on the wire read the password (2301 bytes seen)". Now plain
 /// HTTP only redirects and the password and cookie cross the wire inside TLS only.
 #[test]
 fn a_wire_observer_never_sees_the_password_or_the_session() {
