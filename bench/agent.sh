@@ -15,7 +15,7 @@
 #            Needs root, tinc, avahi-daemon and serf.
 #            CLOUDY_BENCH_SIZES=10,50 (default), CLOUDY_BENCH_PATHS=lan,serf (default).
 # probe      a scan of 100 providers listening on loopback (the CLI's own scan, no agent), the
-#            dashboard's p50/p99 latency under 50 concurrent keep-alive clients (a release
+#            dashboard's p50/p99 latency under 50 concurrent keep-alive HTTPS clients (a release
 #            agent in a network namespace), and the RSS of the agent and its dashboard.
 #            Needs root, tinc and serf for the dashboard part.
 # services   four nodes (real tincd and serf): n1 a Tahoe-LAFS introducer and Syncthing, n2 and

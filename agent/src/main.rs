@@ -70,12 +70,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash on
-    /// stdin and talks to the agent's control socket).
+    /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash and
+    /// the HTTPS certificate on stdin and talks to the agent's control socket).
     Dashboard {
-        /// The HTTPS port to listen on (the seed's `[dashboard] port`).
+        /// The plain-HTTP port (the seed's `[dashboard] port`): it only redirects to HTTPS.
         #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_PORT)]
         port: u16,
+        /// The HTTPS port (the seed's `[dashboard] https_port`): the dashboard itself.
+        #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_HTTPS_PORT)]
+        https_port: u16,
     },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
@@ -249,7 +252,7 @@ fn run(cli: Cli) -> Result<i32> {
             control::cli::scan(&sys, kind.as_deref().map(kinds::canonical), json)
         }
         Command::Select { kind, json } => control::cli::select(&sys, kinds::canonical(&kind), json),
-        Command::Dashboard { port } => serve_dashboard(&sys, port),
+        Command::Dashboard { port, https_port } => serve_dashboard(&sys, port, https_port),
         Command::Run {
             manage_network,
             tincd,
@@ -346,17 +349,17 @@ fn hash_password() -> Result<i32> {
 }
 
 /// The dashboard, as the unprivileged process the agent starts: the hash comes on stdin.
-fn serve_dashboard(sys: &System, port: u16) -> Result<i32> {
-    let mut hash = String::new();
-    std::io::stdin().read_line(&mut hash)?;
-    anyhow::ensure!(
-        cloudy_model::names::is_password_hash(hash.trim()),
-        "the dashboard needs an Argon2 password hash on stdin"
-    );
+fn serve_dashboard(sys: &System, port: u16, https_port: u16) -> Result<i32> {
+    let handover =
+        dashboard::Handover::read(std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(dashboard::serve(port, sys.path(control::SOCKET), hash))
+    let ports = dashboard::Ports {
+        http: port,
+        https: https_port,
+    };
+    rt.block_on(dashboard::serve(ports, sys.path(control::SOCKET), handover))
         .context("serving the dashboard")?;
     Ok(0)
 }

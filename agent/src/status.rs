@@ -66,6 +66,17 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    let certificate = crate::os::certificate::stored_fingerprint(sys);
+    match &certificate {
+        None => {
+            println!("dashboard:  (no certificate yet: made when the node joins its community)")
+        }
+        Some(Ok(f)) => println!(
+            "dashboard:  https port {}, certificate SHA-256 {f}",
+            loaded.seed.dashboard_https_port()
+        ),
+        Some(Err(e)) => println!("dashboard:  OFF: {e}"),
+    }
     let mesh_error = std::fs::read_to_string(sys.path(crate::mesh::MESH_ERROR_FILE)).ok();
     if let Some(e) = &mesh_error {
         println!("mesh error: {}", e.trim());
@@ -80,11 +91,14 @@ pub fn print(sys: &System) -> Result<i32> {
             c.entries.len()
         );
     }
-    Ok(if loaded.errors.is_empty() && mesh_error.is_none() {
-        0
-    } else {
-        1
-    })
+    let certificate_ok = !matches!(certificate, Some(Err(_)));
+    Ok(
+        if loaded.errors.is_empty() && mesh_error.is_none() && certificate_ok {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 /// Each service the agent runs (and tincd): state, pid, restarts, last error.

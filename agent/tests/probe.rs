@@ -181,10 +181,18 @@ fn select_picks_the_fast_provider_and_the_dashboard_lists_it_first() {
     );
 
     // 2. The dashboard of node 1: the API and the page list n2 first.
-    let addr = "10.213.0.1:8080";
+    // HTTPS, the node's certificate pinned by the fingerprint its status prints.
+    let addr = "10.213.0.1:8443";
     web::wait_up(&n1.ns, addr, Duration::from_secs(20));
-    let cookie = web::login(&n1.ns, addr, PASSWORD);
-    let api = web::get(&n1.ns, addr, "/api/services?type=streaming", Some(&cookie));
+    let pin = web::tls::status_fingerprint(&n1.root);
+    let cookie = web::tls::login(&n1.ns, addr, &pin, PASSWORD);
+    let api = web::tls::get(
+        &n1.ns,
+        addr,
+        &pin,
+        "/api/services?type=streaming",
+        Some(&cookie),
+    );
     assert_eq!(api.status, 200);
     let list = api.json();
     let nodes: Vec<&str> = list
@@ -194,7 +202,13 @@ fn select_picks_the_fast_provider_and_the_dashboard_lists_it_first() {
         .map(|r| r["record"]["node"].as_str().unwrap())
         .collect();
     assert_eq!(nodes, ["n2", "n3"], "API order");
-    let page = web::get(&n1.ns, addr, "/services?type=streaming", Some(&cookie));
+    let page = web::tls::get(
+        &n1.ns,
+        addr,
+        &pin,
+        "/services?type=streaming",
+        Some(&cookie),
+    );
     assert_eq!(page.status, 200);
     let html = page.text();
     let (a, b) = (
@@ -212,9 +226,9 @@ fn select_picks_the_fast_provider_and_the_dashboard_lists_it_first() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r = web::post_json(&n1.ns, addr, "/api/scan", Some(&cookie), "{}");
+    let r = web::tls::post_json(&n1.ns, addr, &pin, "/api/scan", Some(&cookie), "{}");
     assert_eq!(r.status, 200, "{}", r.text());
-    let node = web::get(&n1.ns, addr, "/api/node", Some(&cookie)).json();
+    let node = web::tls::get(&n1.ns, addr, &pin, "/api/node", Some(&cookie)).json();
     let n2view = node["views"]
         .as_array()
         .unwrap()
@@ -352,27 +366,28 @@ fn bench_probe() {
     }
     cloud.start_all();
     let ns = cloud.nodes[0].ns.clone();
-    let addr = "10.213.0.1:8080";
+    // HTTPS, as a browser reaches it (TLS session per keep-alive connection).
+    let addr = "10.213.0.1:8443";
     web::wait_up(&ns, addr, Duration::from_secs(30));
     wait_for("node 1 sees node 2", Duration::from_secs(60), || {
         cloud.nodes[0].services().len() >= 2
     });
-    let cookie = web::login(&ns, addr, PASSWORD);
+    let pin = web::tls::status_fingerprint(&cloud.nodes[0].root);
+    let cookie = web::tls::login(&ns, addr, &pin, PASSWORD);
     let clients = 50;
     let per_client = 40;
     let t_all = Instant::now();
     let lat: Vec<f64> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..clients)
             .map(|c| {
-                let (ns, cookie) = (ns.clone(), cookie.clone());
+                let (ns, cookie, pin) = (ns.clone(), cookie.clone(), pin.clone());
                 s.spawn(move || {
                     use std::os::fd::AsRawFd;
                     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
                     // This thread lives in the node's namespace for the whole run.
                     assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-                    let stream = std::net::TcpStream::connect(addr).unwrap();
-                    let mut w = stream.try_clone().unwrap();
-                    let mut r = BufReader::new(stream);
+                    let tcp = std::net::TcpStream::connect(addr).unwrap();
+                    let mut r = BufReader::new(web::tls::over(tcp, "10.213.0.1", &pin).unwrap());
                     let mut out = Vec::new();
                     for k in 0..per_client {
                         let path = if (c + k) % 2 == 0 {
@@ -382,10 +397,11 @@ fn bench_probe() {
                         };
                         let t = Instant::now();
                         write!(
-                            w,
+                            r.get_mut(),
                             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
                         )
                         .unwrap();
+                        r.get_mut().flush().unwrap();
                         let mut len = 0usize;
                         let mut status = String::new();
                         loop {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
 use crate::mesh::{gossip, serf, Mesh};
+use crate::os::certificate::{self, Certificate, Origin};
+use crate::os::identity;
 use crate::os::supervisor::Control;
 use crate::registry::manager::Manager;
 use crate::registry::published::Local;
@@ -172,9 +174,52 @@ fn start_control(
         views: Mutex::new(Vec::new()),
     });
     crate::control::start(agent);
-    crate::dashboard::supervise(
-        mesh.sys.clone(),
-        opts.agent_exe.clone(),
-        seed.dashboard_port(),
-    );
+    let ports = crate::dashboard::Ports {
+        http: seed.dashboard_port(),
+        https: seed.dashboard_https_port(),
+    };
+    let certificate = dashboard_certificate(mesh, ports.https);
+    crate::dashboard::supervise(mesh.sys.clone(), opts.agent_exe.clone(), ports, certificate);
+}
+
+/// The dashboard's certificate, made on first boot for the names and addresses known now, and
+/// its fingerprint shown on the console every boot (it is public; the operator compares it with
+/// what the browser shows). A damaged one is an error for the console and the dashboard's HTTP
+/// port, and is left for the operator: the rest of the node runs on.
+fn dashboard_certificate(mesh: &Arc<Mesh>, https_port: u16) -> Result<Certificate, String> {
+    let names = {
+        let ms = mesh.members.lock().unwrap();
+        let me = ms.me();
+        vec![
+            me.name.clone(),
+            format!("{}.local", me.name),
+            me.address.to_string(),
+            me.vpn.to_string(),
+        ]
+    };
+    let (certificate, shown) = match certificate::ensure(&mesh.sys, &names) {
+        Ok((c, origin)) => {
+            let made = match origin {
+                Origin::Made => "made on this boot",
+                Origin::Kept => "kept",
+            };
+            let line = format!(
+                "cloudy: dashboard https://{}:{https_port}/ certificate SHA-256 {} ({made})",
+                names[0], c.fingerprint
+            );
+            tracing::info!("{}", line.trim_start_matches("cloudy: "));
+            (Ok(c), line)
+        }
+        Err(e) => {
+            tracing::error!("dashboard certificate: {e}");
+            let line = format!("cloudy: dashboard OFF: no usable HTTPS certificate: {e}");
+            (Err(e.to_string()), line)
+        }
+    };
+    // The console's operator must see it whatever the log level; stdout reaches the journal.
+    if let Some(console) = identity::console_path(&mesh.sys) {
+        let _ = identity::show_on_console(&console, &format!("\n{shown}\n\n"));
+    }
+    println!("{shown}");
+    certificate
 }

@@ -258,15 +258,16 @@ pub fn token(cookie_header: &str) -> Option<&str> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// `Secure`: the browser sends it back over HTTPS only, never to the plain-HTTP port.
 pub fn set_cookie(token: &str) -> String {
     format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_TTL.as_secs()
     )
 }
 
 pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 #[cfg(test)]
@@ -302,6 +303,10 @@ mod tests {
         assert_eq!(Auth::delay(1), Duration::from_millis(500));
         assert_eq!(Auth::delay(30), MAX_DELAY);
         assert!(set_cookie(&tok).contains("HttpOnly; SameSite=Strict"));
+        // The old cookie had no `Secure`: a browser would send it to the plain-HTTP port.
+        for c in [set_cookie(&tok), clear_cookie()] {
+            assert!(c.split("; ").any(|a| a == "Secure"), "{c}");
+        }
     }
 
     /// Parallel tries of one address: `MAX_PENDING` admitted, the rest refused at once, and

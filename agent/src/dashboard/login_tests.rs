@@ -29,6 +29,7 @@ async fn serve() -> SocketAddr {
     let web = Arc::new(Web {
         auth: Auth::new(node_cost_hash(RIGHT)),
         control: "/nonexistent/control.sock".into(),
+        fingerprint: String::new(),
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

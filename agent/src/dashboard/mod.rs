@@ -1,5 +1,7 @@
-//! The node's dashboard: HTTP on the node's addresses (axum, one thread), run by the root agent
-//! as the unprivileged `cloudy-agent dashboard` (user `cloudy-web` where the image made it).
+//! The node's dashboard: HTTPS on the node's addresses with the node's own certificate (axum and
+//! rustls, one thread; `tls`), its plain-HTTP port answering only redirects (`redirect`). It is
+//! run by the root agent as the unprivileged `cloudy-agent dashboard` (user `cloudy-web` where
+//! the image made it), which gets the password hash, certificate and key on stdin (`Handover`).
 //! It holds no state of the node: every page and `/api` answer comes from the agent's typed
 //! control socket (`control`). Nothing but the login page answers without a session.
 //!
@@ -14,6 +16,8 @@ pub mod html;
 #[cfg(test)]
 mod login_tests;
 mod node;
+pub mod redirect;
+pub mod tls;
 pub mod web;
 
 use axum::extract::{ConnectInfo, Form, Query, Request, State as AxState};
@@ -22,7 +26,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -444,34 +449,115 @@ async fn api_join(AxState(web): AxState<Shared>, Json(b): Json<ApiJoin>) -> Resp
     }
 }
 
-/// `cloudy-agent dashboard`: serves until killed. The password hash comes on stdin.
-pub async fn serve(port: u16, control: PathBuf, hash: String) -> std::io::Result<()> {
-    let web = Arc::new(Web {
-        auth: Auth::new(hash),
-        control,
-    });
-    // Both families on one socket where the kernel allows it, else IPv4 only.
-    let listener = match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
-        .await
-    {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await?,
+/// What the agent hands the dashboard process on its stdin (one JSON document): secrets the
+/// unprivileged process could not read from /var/lib/cloudy itself.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    /// The Argon2 PHC hash of the admin password.
+    pub hash: String,
+    pub tls: Tls,
+}
+
+/// The certificate and key (PEM), or why there are none.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Tls {
+    Pem { cert: String, key: String },
+    Broken { error: String },
+}
+
+impl Handover {
+    /// Reads and checks it (the dashboard's side).
+    pub fn read(r: impl std::io::Read) -> Result<Handover, String> {
+        let h: Handover =
+            serde_json::from_reader(r).map_err(|e| format!("the handover on stdin: {e}"))?;
+        if !cloudy_model::names::is_password_hash(h.hash.trim()) {
+            return Err("the dashboard needs an Argon2 password hash on stdin".into());
+        }
+        Ok(h)
+    }
+}
+
+/// The dashboard's two ports: plain HTTP (redirects only) and HTTPS.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub https: u16,
+}
+
+/// Both families on one socket where the kernel allows it, else IPv4 only.
+async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await,
+    }
+}
+
+/// `cloudy-agent dashboard`: serves until killed. Without a usable certificate the HTTPS port
+/// stays closed and the HTTP port says why (never the dashboard in clear).
+pub async fn serve(ports: Ports, control: PathBuf, handover: Handover) -> std::io::Result<()> {
+    let tls = match handover.tls {
+        Tls::Pem { cert, key } => tls::config(&cert, &key)
+            .map_err(|e| e.to_string())
+            .map(|c| (c, cert)),
+        Tls::Broken { error } => Err(error),
     };
-    tracing::info!("dashboard on port {port}");
-    axum::serve(
-        listener,
+    let plain = bind(ports.http).await?;
+    let (config, cert) = match tls {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("dashboard: no HTTPS: {e}");
+            return axum::serve(
+                plain,
+                redirect::broken(e).layer(middleware::from_fn(headers)),
+            )
+            .await;
+        }
+    };
+    let fingerprint = crate::os::certificate::cert_der(&cert)
+        .map(|der| crate::os::certificate::fingerprint(&der))
+        .unwrap_or_default();
+    let web = Arc::new(Web {
+        auth: Auth::new(handover.hash),
+        control,
+        fingerprint,
+    });
+    let secure = tls::TlsListener::new(bind(ports.https).await?, config)?;
+    tracing::info!(
+        "dashboard on https port {} (http port {} redirects)",
+        ports.https,
+        ports.http
+    );
+    let plain = axum::serve(
+        plain,
+        redirect::router(ports.https).layer(middleware::from_fn(headers)),
+    );
+    // `tap_io` only so that axum hands the handlers the client's address (`ConnectInfo`) as
+    // it does for a TcpListener.
+    let secure = axum::serve(
+        axum::serve::ListenerExt::tap_io(secure, |_| {}),
         router(web).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    );
+    tokio::select! {
+        r = plain.into_future() => r,
+        r = secure.into_future() => r,
+    }
 }
 
 /// Runs `cloudy-agent dashboard` as `cloudy-web` (when that user exists), handing it the
-/// password hash on stdin, and restarts it if it dies. It dies with the agent.
-pub fn supervise(sys: crate::os::system::System, exe: PathBuf, port: u16) {
+/// password hash and the certificate on stdin, and restarts it if it dies. It dies with the
+/// agent.
+pub fn supervise(
+    sys: crate::os::system::System,
+    exe: PathBuf,
+    ports: Ports,
+    certificate: Result<crate::os::certificate::Certificate, String>,
+) {
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(1);
         loop {
-            match run_child(&sys, &exe, port).await {
+            match run_child(&sys, &exe, ports, &certificate).await {
                 Ok(st) => tracing::warn!("dashboard exited ({st}); restarting"),
                 Err(e) => tracing::error!("dashboard: {e}"),
             }
@@ -484,14 +570,31 @@ pub fn supervise(sys: crate::os::system::System, exe: PathBuf, port: u16) {
 async fn run_child(
     sys: &crate::os::system::System,
     exe: &std::path::Path,
-    port: u16,
+    ports: Ports,
+    certificate: &Result<crate::os::certificate::Certificate, String>,
 ) -> std::io::Result<std::process::ExitStatus> {
     use tokio::io::AsyncWriteExt;
     let hash = std::fs::read_to_string(sys.path(crate::os::identity::DASHBOARD_HASH_FILE))?;
+    let handover = Handover {
+        hash: hash.trim().to_string(),
+        tls: match certificate {
+            Ok(c) => Tls::Pem {
+                cert: c.cert_pem.clone(),
+                key: c.key_pem.clone(),
+            },
+            Err(e) => Tls::Broken { error: e.clone() },
+        },
+    };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--root")
         .arg(sys.root())
-        .args(["dashboard", "--port", &port.to_string()])
+        .args([
+            "dashboard",
+            "--port",
+            &ports.http.to_string(),
+            "--https-port",
+            &ports.https.to_string(),
+        ])
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true);
     match control::web_ids() {
@@ -513,8 +616,9 @@ async fn run_child(
     }
     let mut child = cmd.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(hash.trim().as_bytes()).await?;
-        stdin.write_all(b"\n").await?;
+        let text = serde_json::to_vec(&handover).map_err(std::io::Error::other)?;
+        stdin.write_all(&text).await?;
+        // Closed here: the dashboard reads to the end.
     }
     child.wait().await
 }

@@ -25,6 +25,7 @@ pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {
             ("address", Html::text(&s.address)),
             ("vpn", Html::text(&s.vpn)),
             ("tincd", Html::text(&tincd)),
+            ("fingerprint", Html::text(&web.fingerprint)),
             ("seed_errors", seed_errors(&s)),
             ("medium_warnings", medium_warnings(&s)),
             ("peers", peers(&s)),

@@ -14,6 +14,9 @@ use crate::control::{self, Reply, Request as Ask, State};
 pub struct Web {
     pub auth: Auth,
     pub control: PathBuf,
+    /// The served certificate's SHA-256 fingerprint (`AB:CD:...`), for the node page: the
+    /// user compares it with what the browser shows.
+    pub fingerprint: String,
 }
 
 pub(crate) type Shared = Arc<Web>;

@@ -2,6 +2,7 @@
 //! every child process, links and addresses (rtnetlink), the node's identity, secrets, file
 //! helpers and one HTTP client. Imports only `cloudy-model`.
 
+pub mod certificate;
 pub mod files;
 pub mod http;
 pub mod identity;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -68,6 +70,18 @@ pub fn request(
     body: &[u8],
 ) -> std::io::Result<Reply> {
     let mut s = connect_in(ns, addr)?;
+    exchange(&mut s, addr, method, path, headers, body)
+}
+
+/// One request on an open connection (plain or TLS), `Host: host`.
+pub fn exchange(
+    s: &mut (impl Read + Write),
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

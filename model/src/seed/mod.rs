@@ -18,7 +18,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub use community::{Community, DEFAULT_EXCHANGE_PORT, MIN_COMMUNITY_KEY};
-pub use dashboard::{Dashboard, DEFAULT_DASHBOARD_PORT};
+pub use dashboard::{Dashboard, DEFAULT_DASHBOARD_HTTPS_PORT, DEFAULT_DASHBOARD_PORT};
 pub use invalid::Invalid;
 pub use network::Network;
 pub use node::Node;
@@ -189,6 +189,13 @@ impl Seed {
             .as_ref()
             .and_then(|d| d.port)
             .unwrap_or(DEFAULT_DASHBOARD_PORT)
+    }
+
+    pub fn dashboard_https_port(&self) -> u16 {
+        self.dashboard
+            .as_ref()
+            .and_then(|d| d.https_port)
+            .unwrap_or(DEFAULT_DASHBOARD_HTTPS_PORT)
     }
 
     pub fn exchange_port(&self) -> u16 {
