@@ -9,3 +9,4 @@ pub mod network;
 pub mod secrets;
 pub mod supervisor;
 pub mod system;
+pub mod wifi;

@@ -10,7 +10,7 @@ use crate::names::check_ifname;
 /// The interface wpa_supplicant@ drives unless the seed names another.
 pub const DEFAULT_WIFI_INTERFACE: &str = "wlan0";
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Wifi {
     /// The network's name, 1 to 32 bytes.
@@ -28,6 +28,21 @@ pub struct Wifi {
     pub hidden: bool,
     /// The wireless interface, `wlan0` unless the board names it otherwise.
     pub interface: Option<String>,
+}
+
+/// Without the passphrase: a `{:?}` in a log line must not carry it.
+impl std::fmt::Debug for Wifi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "(secret)");
+        f.debug_struct("Wifi")
+            .field("ssid", &self.ssid)
+            .field("psk", &hidden(&self.psk))
+            .field("psk_hash", &hidden(&self.psk_hash))
+            .field("country", &self.country)
+            .field("hidden", &self.hidden)
+            .field("interface", &self.interface)
+            .finish()
+    }
 }
 
 impl Wifi {
@@ -128,6 +143,11 @@ mod tests {
         let open = Wifi { psk: None, ..ok() };
         open.validate().unwrap();
         assert_eq!(ok().interface(), "wlan0");
+        let debug = format!("{:?}", ok());
+        assert!(
+            !debug.contains("horse") && debug.contains("(secret)"),
+            "{debug}"
+        );
     }
 
     #[test]
