@@ -1,4 +1,4 @@
-//! `[wifi]`: the wireless network a node without Ethernet (Pi 3 A+, Zero 2 W) joins, through
+//! `[wifi]`: the wireless network a node without Ethernet (a Pi 3 A+) or away from a cable joins, through
 //! wpa_supplicant under systemd-networkd. The passphrase is a secret like the community key:
 //! never quoted in an error, moved off the boot medium once stored.
 
