@@ -285,10 +285,23 @@ impl Seed {
 impl Seed {
     /// Warnings about a valid seed (see `Community::warnings`), for `seed check`.
     pub fn warnings(&self) -> Vec<String> {
-        self.community
+        let mut w = self
+            .community
             .as_ref()
             .map(Community::warnings)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // At 2293e0e `interface = "wlan0"` passed silently on images that could not join any
+        // Wi-Fi: a wireless link without [wifi] (and none stored from an earlier seed) stays
+        // down.
+        let iface = self.network.as_ref().and_then(|n| n.interface.as_deref());
+        if let Some(i) = iface.filter(|i| i.starts_with("wl")) {
+            if self.wifi.is_none() {
+                w.push(format!(
+                    "network.interface {i:?} is a wireless link but the seed has no [wifi]: the node joins no Wi-Fi network on it; fix: add [wifi] with ssid, psk and country"
+                ));
+            }
+        }
+        w
     }
 }
 
@@ -679,6 +692,22 @@ mod tests {
             .unwrap()
             .warnings()
             .is_empty());
+    }
+
+    /// Issue 18: at 2293e0e `network.interface = "wlan0"` passed `seed check` without a word,
+    /// though nothing could join a Wi-Fi network.
+    #[test]
+    fn a_wireless_interface_without_wifi_is_warned_about() {
+        let s = Seed::parse("s.toml", "version = 1\n[network]\ninterface = \"wlan0\"\n").unwrap();
+        let w = s.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("[wifi]") && w[0].contains("fix:"), "{w:?}");
+        let s = Seed::parse(
+            "s.toml",
+            "version = 1\n[network]\ninterface = \"wlan0\"\n[wifi]\nssid = \"a\"\npsk = \"12345678\"\ncountry = \"ES\"\n",
+        )
+        .unwrap();
+        assert!(s.warnings().is_empty());
     }
 
     #[test]
