@@ -201,3 +201,39 @@ fn a_hostile_ssid_is_refused_and_the_rest_applies() {
     );
     assert!(!root.path().join("etc/wpa_supplicant").exists());
 }
+
+/// A section that is skipped keeps its secret on the medium: it was never stored, and the
+/// scrub of the valid sections' secrets must not lose it. (Reading the seed section by section
+/// made this case possible; before, a bad section meant no scrub at all.)
+#[test]
+fn a_skipped_sections_secret_is_not_scrubbed_away() {
+    let root = tempfile::tempdir().unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$NwZ4byZvLV+H8Rqc8Q0s8w$8dRbbGgPfDasaEPgPJZsneNCEuYXxPOlNn9Qkm2lYnQ";
+    let seed = medium(
+        root.path(),
+        &format!(
+            "version = 1\n[dashboard]\npassword_hash = \"{hash}\"\n[wifi]\nssid = \"Casa\"\npsk = \"{PASS}\"\ncountry = \"Spain\"\n"
+        ),
+    );
+    let out = agent(root.path(), &["run", "--once"]);
+    assert!(out.status.success(), "{}", everything_said(&out));
+    assert!(!everything_said(&out).contains(PASS));
+    let r = ready(&out);
+    let errs = r["seed_errors"].as_array().unwrap();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].as_str().unwrap().contains("wifi.country"),
+        "{errs:?}"
+    );
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r}");
+    let after = std::fs::read_to_string(&seed).unwrap();
+    assert!(
+        !after.contains("NwZ4byZvLV"),
+        "the stored hash left the medium:\n{after}"
+    );
+    assert!(
+        after.contains(PASS),
+        "the skipped section's passphrase was lost:\n{after}"
+    );
+    assert!(!root.path().join("var/lib/cloudy/wifi.json").exists());
+}

@@ -218,7 +218,7 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String>
                 .as_ref()
                 .is_some_and(|w| w.psk.is_some() || w.psk_hash.is_some());
         if on_boot_medium && has_secret && stored {
-            match secrets::scrub_seed(src) {
+            match secrets::scrub_seed_keeping(src, &loaded.skipped) {
                 Ok(true) => {
                     tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
                 }

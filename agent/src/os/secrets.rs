@@ -66,11 +66,26 @@ pub fn scrub_seed(path: &Path) -> Result<bool, SecretError> {
     scrub_seed_with(path, crate::os::system::write_atomic)
 }
 
+/// `scrub_seed`, leaving alone the secrets of the seed's `skipped` sections: a section that
+/// was refused (`Loaded::skipped`) never had its secret stored, and removing it would lose it.
+pub fn scrub_seed_keeping(path: &Path, skipped: &[String]) -> Result<bool, SecretError> {
+    scrub(path, crate::os::system::write_atomic, skipped)
+}
+
 /// `scrub_seed` with the write it uses (tests make it fail like a read-only medium).
 pub fn scrub_seed_with(
     path: &Path,
     write: impl Fn(&Path, &[u8], u32) -> std::io::Result<()>,
 ) -> Result<bool, SecretError> {
+    scrub(path, write, &[])
+}
+
+fn scrub(
+    path: &Path,
+    write: impl Fn(&Path, &[u8], u32) -> std::io::Result<()>,
+    skipped: &[String],
+) -> Result<bool, SecretError> {
+    let kept = |table: &str| skipped.iter().any(|s| s == table);
     let io = |source| SecretError::Io {
         path: path.display().to_string(),
         source,
@@ -80,7 +95,7 @@ pub fn scrub_seed_with(
         path: path.display().to_string(),
     })?;
     let mut removed: Vec<String> = Vec::new();
-    for (table, key) in SEED_SECRETS {
+    for (table, key) in SEED_SECRETS.iter().filter(|(t, _)| !kept(t)) {
         let Some(item) = doc.get_mut(table) else {
             continue;
         };
@@ -105,7 +120,7 @@ pub fn scrub_seed_with(
         .unwrap_or(0o644);
     write(path, scrubbed.as_bytes(), mode).map_err(io)?;
     let after = std::fs::read_to_string(path).map_err(io)?;
-    if let Some(what) = holds_secret(&after, &removed) {
+    if let Some(what) = holds_secret_except(&after, &removed, skipped) {
         return Err(SecretError::StillThere {
             path: path.display().to_string(),
             what,
@@ -136,9 +151,18 @@ fn remove_inline(t: &mut toml_edit::InlineTable, key: &str, removed: &mut Vec<St
 /// What of the seed's secrets a seed's text still holds: a secret key the TOML parser finds, or
 /// one of `values` anywhere in the text (a comment included). None when clean.
 pub fn holds_secret(text: &str, values: &[String]) -> Option<String> {
+    holds_secret_except(text, values, &[])
+}
+
+/// `holds_secret`, not counting the secret keys of the `skipped` sections (see
+/// [`scrub_seed_keeping`]).
+pub fn holds_secret_except(text: &str, values: &[String], skipped: &[String]) -> Option<String> {
     match toml::from_str::<toml::Table>(text) {
         Ok(t) => {
-            for (table, key) in SEED_SECRETS {
+            for (table, key) in SEED_SECRETS
+                .iter()
+                .filter(|(t, _)| !skipped.iter().any(|s| s == t))
+            {
                 let there = t
                     .get(*table)
                     .and_then(|v| v.as_table())
@@ -181,7 +205,7 @@ pub fn medium_warnings(sys: &System, loaded: &cloudy_model::seed::Loaded) -> Vec
         .filter(|s| !s.is_empty())
         .collect();
     let found = if loaded.source.as_deref() == Some(path.as_path()) {
-        holds_secret(&text, &stored)
+        holds_secret_except(&text, &stored, &loaded.skipped)
     } else {
         stored
             .iter()

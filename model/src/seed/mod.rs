@@ -144,6 +144,7 @@ impl Seed {
                 ..Seed::default()
             },
             errors: Vec::new(),
+            skipped: Vec::new(),
         };
         for (name, item) in doc.as_table().iter() {
             let at = doc
@@ -187,6 +188,7 @@ impl Seed {
             };
             if let Err(e) = r {
                 p.errors.push(e);
+                p.skipped.push(name.to_string());
             }
         }
         Ok(p)
@@ -518,6 +520,8 @@ pub struct Partial {
     pub seed: Seed,
     /// One error per bad section, in the order of the file.
     pub errors: Vec<SeedError>,
+    /// The names of the bad sections (their secrets were not taken: see the agent's scrub).
+    pub skipped: Vec<String>,
 }
 
 /// One top-level item of the seed, read on its own.
@@ -564,6 +568,8 @@ pub struct Loaded {
     pub seed: Seed,
     pub source: Option<PathBuf>,
     pub errors: Vec<String>,
+    /// The sections of the seed at `source` that were refused and left out.
+    pub skipped: Vec<String>,
 }
 
 pub fn read_file(path: &Path) -> Result<Seed, SeedError> {
@@ -625,6 +631,7 @@ pub fn load(root: &Path, cmdline: &str) -> Loaded {
             Ok(p) => {
                 loaded.seed = std::mem::take(&mut loaded.seed).layer(p.seed);
                 loaded.source = Some(path);
+                loaded.skipped = p.skipped;
                 loaded.errors.extend(p.errors.iter().map(|e| {
                     format!("{e} (this section skipped: the image's default for it applies; the seed's other sections apply)")
                 }));
@@ -852,6 +859,7 @@ authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleE
             "{e}"
         );
         assert!(e.contains("section skipped"), "{e}");
+        assert_eq!(loaded.skipped, ["dashboard"]);
         assert!(!e.contains("correct horse"), "{e}");
     }
 
