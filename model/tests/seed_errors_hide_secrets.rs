@@ -32,6 +32,14 @@ fn check(case: &str, text: &str, wants_line: bool) {
     if wants_line {
         assert!(shown.contains("line"), "{case}: no line in {shown}");
     }
+    // Section by section (what a booting node reads), the same errors are hidden the same way.
+    if let Ok(p) = cloudy_model::seed::Seed::parse_sections("my-seed.toml", text) {
+        assert!(!p.errors.is_empty(), "{case}: no error section by section");
+        for e in &p.errors {
+            assert_hidden(case, &e.to_string());
+            assert_hidden(case, &format!("{e:?}"));
+        }
+    }
     let direct = Seed::parse("my-seed.toml", text).expect_err(case);
     assert_hidden(case, &direct.to_string());
     assert_hidden(case, &format!("{direct:?}"));
@@ -105,6 +113,37 @@ fn seed_errors_never_quote_a_secret() {
             "plain password where a hash goes",
             format!("version = 1\n[dashboard]\npassword_hash = \"{k}\"\n"),
             false,
+        ),
+        // [wifi] (issue 18): its passphrase and hashed key are secrets like the community key.
+        (
+            "wifi passphrase too short",
+            format!("version = 1\n[wifi]\nssid = \"home\"\ncountry = \"ES\"\npsk = \"{}\"\n", &k[..7]),
+            false,
+        ),
+        (
+            "wifi passphrase with a newline",
+            format!("version = 1\n[wifi]\nssid = \"home\"\ncountry = \"ES\"\npsk = \"{k}\\n\"\n"),
+            false,
+        ),
+        (
+            "wifi passphrase of the wrong type",
+            format!("version = 1\n[wifi]\nssid = \"home\"\ncountry = \"ES\"\npsk = {NUMBER}\n"),
+            true,
+        ),
+        (
+            "wifi hashed key not hex",
+            format!("version = 1\n[wifi]\nssid = \"home\"\ncountry = \"ES\"\npsk_hash = \"{k}\"\n"),
+            false,
+        ),
+        (
+            "wifi passphrase then a bad country",
+            format!("version = 1\n[wifi]\nssid = \"home\"\npsk = \"{k}\"\ncountry = \"Spain\"\n"),
+            false,
+        ),
+        (
+            "wifi passphrase then an unknown key",
+            format!("version = 1\n[wifi]\nssid = \"home\"\npsk = \"{k}\"\ncountry = \"ES\"\nchannel = 6\n"),
+            true,
         ),
         (
             "version error beside a secret",

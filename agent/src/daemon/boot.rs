@@ -12,6 +12,7 @@ use crate::os::identity::{self, Credential};
 use crate::os::network::{Net, Primary};
 use crate::os::secrets;
 use crate::os::system::System;
+use crate::os::wifi;
 use cloudy_model::seed::{self, Community, Loaded, Seed};
 
 pub fn run(sys: &System, opts: &Options) -> Result<i32> {
@@ -48,6 +49,21 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
                 None
             }
         };
+    // Before the network: the seed may name the Wi-Fi link as its primary interface.
+    // Only a passphrase that is stored may leave the medium; a radio that fails to start is
+    // reported, and the stored copy serves the next boot.
+    match wifi::settle(sys, seed.wifi.as_ref()) {
+        Ok(Some(w)) => {
+            if let Err(e) = wifi::configure(sys, &w) {
+                errors.push(format!("wifi: {e}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            errors.push(format!("wifi: {e}"));
+            stored = false;
+        }
+    }
     let medium_warnings = scrub_boot_medium(sys, &loaded, stored);
     errors.extend(medium_warnings.iter().cloned());
     let primary = match primary_network(seed, opts).await {
@@ -196,9 +212,13 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String>
             || seed
                 .dashboard
                 .as_ref()
-                .is_some_and(|d| d.password_hash.is_some());
+                .is_some_and(|d| d.password_hash.is_some())
+            || seed
+                .wifi
+                .as_ref()
+                .is_some_and(|w| w.psk.is_some() || w.psk_hash.is_some());
         if on_boot_medium && has_secret && stored {
-            match secrets::scrub_seed(src) {
+            match secrets::scrub_seed_keeping(src, &loaded.skipped) {
                 Ok(true) => {
                     tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
                 }

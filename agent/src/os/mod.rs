@@ -10,3 +10,4 @@ pub mod network;
 pub mod secrets;
 pub mod supervisor;
 pub mod system;
+pub mod wifi;

@@ -1,4 +1,4 @@
-//! Secrets the seed carries (community key, dashboard hash) move off the boot medium, which any
+//! Secrets the seed carries (community key, dashboard hash, Wi-Fi passphrase) move off the boot medium, which any
 //! card reader can open, into /var/lib/cloudy with mode 0600.
 
 use std::path::Path;
@@ -48,9 +48,15 @@ pub fn community_key(sys: &System, from_seed: Option<&str>) -> Result<Option<Str
 }
 
 /// Where a seed keeps its secrets: (table, key).
-pub const SEED_SECRETS: &[(&str, &str)] = &[("community", "key"), ("dashboard", "password_hash")];
+pub const SEED_SECRETS: &[(&str, &str)] = &[
+    ("community", "key"),
+    ("dashboard", "password_hash"),
+    ("wifi", "psk"),
+    ("wifi", "psk_hash"),
+];
 
-/// Removes `key` from `[community]` and `password_hash` from `[dashboard]` in a seed file, once
+/// Removes `key` from `[community]`, `password_hash` from `[dashboard]` and `psk`/`psk_hash`
+/// from `[wifi]` in a seed file, once
 /// their values are stored, however the file writes them (section, inline table, dotted or
 /// quoted key, multi-line string). The document is edited with `toml_edit`, so the rest of the
 /// file keeps the user's comments, order and layout; it is written atomically, then read back
@@ -60,11 +66,26 @@ pub fn scrub_seed(path: &Path) -> Result<bool, SecretError> {
     scrub_seed_with(path, crate::os::system::write_atomic)
 }
 
+/// `scrub_seed`, leaving alone the secrets of the seed's `skipped` sections: a section that
+/// was refused (`Loaded::skipped`) never had its secret stored, and removing it would lose it.
+pub fn scrub_seed_keeping(path: &Path, skipped: &[String]) -> Result<bool, SecretError> {
+    scrub(path, crate::os::system::write_atomic, skipped)
+}
+
 /// `scrub_seed` with the write it uses (tests make it fail like a read-only medium).
 pub fn scrub_seed_with(
     path: &Path,
     write: impl Fn(&Path, &[u8], u32) -> std::io::Result<()>,
 ) -> Result<bool, SecretError> {
+    scrub(path, write, &[])
+}
+
+fn scrub(
+    path: &Path,
+    write: impl Fn(&Path, &[u8], u32) -> std::io::Result<()>,
+    skipped: &[String],
+) -> Result<bool, SecretError> {
+    let kept = |table: &str| skipped.iter().any(|s| s == table);
     let io = |source| SecretError::Io {
         path: path.display().to_string(),
         source,
@@ -74,7 +95,7 @@ pub fn scrub_seed_with(
         path: path.display().to_string(),
     })?;
     let mut removed: Vec<String> = Vec::new();
-    for (table, key) in SEED_SECRETS {
+    for (table, key) in SEED_SECRETS.iter().filter(|(t, _)| !kept(t)) {
         let Some(item) = doc.get_mut(table) else {
             continue;
         };
@@ -99,7 +120,7 @@ pub fn scrub_seed_with(
         .unwrap_or(0o644);
     write(path, scrubbed.as_bytes(), mode).map_err(io)?;
     let after = std::fs::read_to_string(path).map_err(io)?;
-    if let Some(what) = holds_secret(&after, &removed) {
+    if let Some(what) = holds_secret_except(&after, &removed, skipped) {
         return Err(SecretError::StillThere {
             path: path.display().to_string(),
             what,
@@ -130,9 +151,18 @@ fn remove_inline(t: &mut toml_edit::InlineTable, key: &str, removed: &mut Vec<St
 /// What of the seed's secrets a seed's text still holds: a secret key the TOML parser finds, or
 /// one of `values` anywhere in the text (a comment included). None when clean.
 pub fn holds_secret(text: &str, values: &[String]) -> Option<String> {
+    holds_secret_except(text, values, &[])
+}
+
+/// `holds_secret`, not counting the secret keys of the `skipped` sections (see
+/// [`scrub_seed_keeping`]).
+pub fn holds_secret_except(text: &str, values: &[String], skipped: &[String]) -> Option<String> {
     match toml::from_str::<toml::Table>(text) {
         Ok(t) => {
-            for (table, key) in SEED_SECRETS {
+            for (table, key) in SEED_SECRETS
+                .iter()
+                .filter(|(t, _)| !skipped.iter().any(|s| s == t))
+            {
                 let there = t
                     .get(*table)
                     .and_then(|v| v.as_table())
@@ -171,10 +201,11 @@ pub fn medium_warnings(sys: &System, loaded: &cloudy_model::seed::Loaded) -> Vec
         .iter()
         .filter_map(|f| std::fs::read_to_string(sys.path(f)).ok())
         .map(|s| s.trim().to_string())
+        .chain(crate::os::wifi::stored_secrets(sys))
         .filter(|s| !s.is_empty())
         .collect();
     let found = if loaded.source.as_deref() == Some(path.as_path()) {
-        holds_secret(&text, &stored)
+        holds_secret_except(&text, &stored, &loaded.skipped)
     } else {
         stored
             .iter()
@@ -315,6 +346,39 @@ mod tests {
             );
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Issue 18: at 2293e0e `[wifi]` was no section at all (the seed was refused) and nothing
+    /// took a Wi-Fi passphrase off the card; now `psk` and `psk_hash` go like the community key,
+    /// the rest of `[wifi]` stays so the next boot joins with the stored passphrase.
+    #[test]
+    fn scrub_removes_the_wifi_passphrase() {
+        let pass = "WIFI-PASS-DO-NOT-LEAVE";
+        let hash = "9f".repeat(32);
+        for (before, after) in [
+            (
+                format!("version = 1\n[wifi]\nssid = \"Casa\"\npsk = \"{pass}\"  # from the router\ncountry = \"ES\"\n"),
+                "version = 1\n[wifi]\nssid = \"Casa\"\ncountry = \"ES\"\n".to_string(),
+            ),
+            (
+                format!("version = 1\nwifi = {{ ssid = \"Casa\", country = \"ES\", psk_hash = \"{hash}\" }}\n"),
+                "version = 1\nwifi = { ssid = \"Casa\", country = \"ES\" }\n".to_string(),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("cloudy.toml");
+            std::fs::write(&p, &before).unwrap();
+            cloudy_model::seed::Seed::parse("before", &before).unwrap();
+            assert!(scrub_seed(&p).unwrap(), "{before}");
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert_eq!(text, after);
+            assert!(!text.contains(pass) && !text.contains(&hash));
+            let seed = cloudy_model::seed::Seed::parse("after", &text).unwrap();
+            let w = seed.wifi.unwrap();
+            assert_eq!((w.psk, w.psk_hash), (None, None));
+            let held = holds_secret(&before, &[]).unwrap();
+            assert!(held.starts_with("[wifi] psk"), "{held}");
+        }
     }
 
     /// A medium the agent cannot write (a read-only FAT or ISO) keeps its secrets: the scrub

@@ -13,6 +13,7 @@ pub mod services;
 pub mod ssh;
 pub mod streaming;
 pub mod tinc;
+pub mod wifi;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use node::Node;
 pub use services::{Publish, Services};
 pub use ssh::Ssh;
 pub use tinc::{Tinc, TincMode, DEFAULT_NETNAME, DEFAULT_TINC_PORT, DEFAULT_VPN_SUBNET};
+pub use wifi::Wifi;
 
 use crate::names::parse_cidr;
 
@@ -67,6 +69,8 @@ pub struct Seed {
     pub node: Node,
     pub community: Option<Community>,
     pub network: Option<Network>,
+    /// The Wi-Fi network to join (`wpa_supplicant` under systemd-networkd).
+    pub wifi: Option<Wifi>,
     pub tinc: Option<Tinc>,
     pub services: Option<Services>,
     pub dashboard: Option<Dashboard>,
@@ -84,6 +88,30 @@ impl Seed {
     }
 
     fn parse_unredacted(file: &str, text: &str) -> Result<Seed, SeedError> {
+        let partial = Seed::sections_unredacted(file, text)?;
+        match partial.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(partial.seed),
+        }
+    }
+
+    /// The seed section by section: every section that is valid, and an error for each one that
+    /// is not (left out, so the image's default for it stands). Only a seed that cannot be read
+    /// as a whole (TOML syntax, a missing or foreign version) is an `Err`: then nothing of it is
+    /// trustworthy. A typo in `[dashboard]` must not cost the node its `[ssh]` keys and its
+    /// `[community]`, or nobody can reach it to fix the typo.
+    pub fn parse_sections(file: &str, text: &str) -> Result<Partial, SeedError> {
+        let secrets = secret_values(text);
+        match Seed::sections_unredacted(file, text) {
+            Ok(mut p) => {
+                p.errors = p.errors.into_iter().map(|e| redact(e, &secrets)).collect();
+                Ok(p)
+            }
+            Err(e) => Err(redact(e, &secrets)),
+        }
+    }
+
+    fn sections_unredacted(file: &str, text: &str) -> Result<Partial, SeedError> {
         // Check the version before the schema so an old or future seed gets the right message.
         let raw: toml::Table = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
         match raw.get("version") {
@@ -105,9 +133,65 @@ impl Seed {
                 })
             }
         }
-        let seed: Seed = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
-        seed.validate(file)?;
-        Ok(seed)
+        // The spanned document, so each section's errors still name their line in `text`.
+        let doc = toml_edit::ImDocument::parse(text).map_err(|e| SeedError::Parse {
+            file: file.into(),
+            message: format!("line unknown: {}", e.message()),
+        })?;
+        let mut p = Partial {
+            seed: Seed {
+                version: SEED_VERSION,
+                ..Seed::default()
+            },
+            errors: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for (name, item) in doc.as_table().iter() {
+            let at = doc
+                .as_table()
+                .get_key_value(name)
+                .and_then(|(k, _)| k.span())
+                .map(|s| s.start);
+            let s = Section {
+                file,
+                text,
+                name,
+                item,
+                at,
+            };
+            let r = match name {
+                "version" => Ok(()),
+                "node" => s.read(Node::validate).map(|v| p.seed.node = v),
+                "community" => s
+                    .read(Community::validate)
+                    .map(|v| p.seed.community = Some(v)),
+                "network" => s.read(Network::validate).map(|v| p.seed.network = Some(v)),
+                "wifi" => s.read(Wifi::validate).map(|v| p.seed.wifi = Some(v)),
+                "tinc" => s.read(Tinc::validate).map(|v| p.seed.tinc = Some(v)),
+                "services" => s
+                    .read(Services::validate)
+                    .map(|v| p.seed.services = Some(v)),
+                "streaming" => s
+                    .read(streaming::Config::validate)
+                    .map(|v| p.seed.streaming = Some(v)),
+                "dashboard" => s
+                    .read(Dashboard::validate)
+                    .map(|v| p.seed.dashboard = Some(v)),
+                "ssh" => s.read(Ssh::validate).map(|v| p.seed.ssh = Some(v)),
+                _ => Err(s.error(
+                    at,
+                    &format!(
+                        "unknown section `{name}`; fix: use one of {}",
+                        SECTIONS.join(", ")
+                    ),
+                )),
+            };
+            if let Err(e) = r {
+                p.errors.push(e);
+                p.skipped.push(name.to_string());
+            }
+        }
+        Ok(p)
     }
 
     /// Every section's checks, in the order of the file.
@@ -116,6 +200,7 @@ impl Seed {
             Some(self.node.validate()),
             self.community.as_ref().map(Community::validate),
             self.network.as_ref().map(Network::validate),
+            self.wifi.as_ref().map(Wifi::validate),
             self.tinc.as_ref().map(Tinc::validate),
             self.services.as_ref().map(Services::validate),
             self.streaming.as_ref().map(streaming::Config::validate),
@@ -142,7 +227,7 @@ impl Seed {
         macro_rules! section {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        section!(community, network, tinc, services, dashboard, ssh, streaming);
+        section!(community, network, wifi, tinc, services, dashboard, ssh, streaming);
         self
     }
 
@@ -209,10 +294,23 @@ impl Seed {
 impl Seed {
     /// Warnings about a valid seed (see `Community::warnings`), for `seed check`.
     pub fn warnings(&self) -> Vec<String> {
-        self.community
+        let mut w = self
+            .community
             .as_ref()
             .map(Community::warnings)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // At 2293e0e `interface = "wlan0"` passed silently on images that could not join any
+        // Wi-Fi: a wireless link without [wifi] (and none stored from an earlier seed) stays
+        // down.
+        let iface = self.network.as_ref().and_then(|n| n.interface.as_deref());
+        if let Some(i) = iface.filter(|i| i.starts_with("wl")) {
+            if self.wifi.is_none() {
+                w.push(format!(
+                    "network.interface {i:?} is a wireless link but the seed has no [wifi]: the node joins no Wi-Fi network on it; fix: add [wifi] with ssid, psk and country"
+                ));
+            }
+        }
+        w
     }
 }
 
@@ -229,6 +327,8 @@ pub fn is_secret_key(name: &str) -> bool {
         "hash",
         "credential",
         "private",
+        "psk",
+        "passphrase",
     ]
     .iter()
     .any(|w| n.contains(w))
@@ -238,18 +338,21 @@ pub fn is_secret_key(name: &str) -> bool {
 /// puts in its `Display`. A problem about a secret key's value is not shown at all (serde's
 /// type errors quote the value).
 fn parse_error(file: &str, text: &str, e: &toml::de::Error) -> SeedError {
-    let problem = e
-        .message()
+    error_at(file, text, e.message(), e.span().map(|s| s.start))
+}
+
+fn error_at(file: &str, text: &str, problem: &str, at: Option<usize>) -> SeedError {
+    let problem = problem
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
     let mut message = String::new();
-    if let Some(span) = e.span() {
-        let (line, column) = line_column(text, span.start);
+    if let Some(start) = at {
+        let (line, column) = line_column(text, start);
         message.push_str(&format!("line {line}, column {column}: "));
-        if let Some(path) = key_at(text, span.start) {
+        if let Some(path) = key_at(text, start) {
             message.push_str(&format!("key `{}`: ", path.join(".")));
             if path.iter().any(|k| is_secret_key(k)) {
                 message.push_str("invalid value (not shown: the key holds a secret)");
@@ -404,12 +507,76 @@ fn redact(e: SeedError, secrets: &[String]) -> SeedError {
     }
 }
 
+/// The seed's sections, as the README documents them.
+const SECTIONS: &[&str] = &[
+    "node",
+    "community",
+    "network",
+    "wifi",
+    "tinc",
+    "services",
+    "streaming",
+    "dashboard",
+    "ssh",
+];
+
+/// A seed read section by section (`Seed::parse_sections`).
+#[derive(Debug, Default)]
+pub struct Partial {
+    /// The valid sections; a bad one is absent.
+    pub seed: Seed,
+    /// One error per bad section, in the order of the file.
+    pub errors: Vec<SeedError>,
+    /// The names of the bad sections (their secrets were not taken: see the agent's scrub).
+    pub skipped: Vec<String>,
+}
+
+/// One top-level item of the seed, read on its own.
+struct Section<'a> {
+    file: &'a str,
+    text: &'a str,
+    name: &'a str,
+    item: &'a toml_edit::Item,
+    /// Where its key starts in `text`, for errors that carry no span of their own.
+    at: Option<usize>,
+}
+
+impl Section<'_> {
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        validate: impl Fn(&T) -> Result<(), Invalid>,
+    ) -> Result<T, SeedError> {
+        use serde::de::IntoDeserializer;
+        let value = self.item.clone().into_value().map_err(|_| {
+            self.error(
+                self.at,
+                &format!("`{}` must be a table, like [{}]", self.name, self.name),
+            )
+        })?;
+        let v = T::deserialize(value.into_deserializer())
+            .map_err(|e| self.error(e.span().map(|s| s.start).or(self.at), e.message()))?;
+        validate(&v).map_err(|i| SeedError::Invalid {
+            file: self.file.into(),
+            key: i.key.into(),
+            problem: i.problem,
+            fix: i.fix,
+        })?;
+        Ok(v)
+    }
+
+    fn error(&self, at: Option<usize>, problem: &str) -> SeedError {
+        error_at(self.file, self.text, problem, at)
+    }
+}
+
 /// What was loaded, from where, and what went wrong on the way.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub seed: Seed,
     pub source: Option<PathBuf>,
     pub errors: Vec<String>,
+    /// The sections of the seed at `source` that were refused and left out.
+    pub skipped: Vec<String>,
 }
 
 pub fn read_file(path: &Path) -> Result<Seed, SeedError> {
@@ -419,6 +586,16 @@ pub fn read_file(path: &Path) -> Result<Seed, SeedError> {
         source,
     })?;
     Seed::parse(&file, &text)
+}
+
+/// As [`read_file`], section by section (see [`Seed::parse_sections`]).
+pub fn read_sections(path: &Path) -> Result<Partial, SeedError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    Seed::parse_sections(&file, &text)
 }
 
 /// `cloudy.seed=PATH` on the kernel command line names a seed file on the node.
@@ -457,14 +634,18 @@ pub fn load(root: &Path, cmdline: &str) -> Loaded {
         candidates.push(under(root, &p));
     }
     if let Some(path) = candidates.into_iter().find(|p| p.exists()) {
-        match read_file(&path) {
-            Ok(s) => {
-                loaded.seed = std::mem::take(&mut loaded.seed).layer(s);
+        match read_sections(&path) {
+            Ok(p) => {
+                loaded.seed = std::mem::take(&mut loaded.seed).layer(p.seed);
                 loaded.source = Some(path);
+                loaded.skipped = p.skipped;
+                loaded.errors.extend(p.errors.iter().map(|e| {
+                    format!("{e} (this section skipped: the image's default for it applies; the seed's other sections apply)")
+                }));
             }
-            Err(e) => loaded
-                .errors
-                .push(format!("{e} (booting on the image defaults)")),
+            Err(e) => loaded.errors.push(format!(
+                "{e} (the seed as a whole cannot be read: none of it applies, booting on the image defaults)"
+            )),
         }
     }
     loaded
@@ -525,6 +706,22 @@ mod tests {
             .unwrap()
             .warnings()
             .is_empty());
+    }
+
+    /// Issue 18: at 2293e0e `network.interface = "wlan0"` passed `seed check` without a word,
+    /// though nothing could join a Wi-Fi network.
+    #[test]
+    fn a_wireless_interface_without_wifi_is_warned_about() {
+        let s = Seed::parse("s.toml", "version = 1\n[network]\ninterface = \"wlan0\"\n").unwrap();
+        let w = s.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("[wifi]") && w[0].contains("fix:"), "{w:?}");
+        let s = Seed::parse(
+            "s.toml",
+            "version = 1\n[network]\ninterface = \"wlan0\"\n[wifi]\nssid = \"a\"\npsk = \"12345678\"\ncountry = \"ES\"\n",
+        )
+        .unwrap();
+        assert!(s.warnings().is_empty());
     }
 
     #[test]
@@ -616,6 +813,133 @@ mod tests {
         assert_eq!(loaded.seed.node.name.as_deref(), Some("cloudy"));
         assert_eq!(loaded.errors.len(), 1);
         assert!(loaded.errors[0].contains("node.name"));
+    }
+
+    const ONE_BAD_SECTION: &str = "version = 1
+
+[node]
+name = \"pi-kitchen\"
+
+[community]
+name = \"sants\"
+key = \"correct horse battery staple 42\"
+
+[dashboard]
+prot = 8443
+
+[ssh]
+authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExampleExa me@laptop\"]
+";
+
+    /// Issue 18 defect 4. At 2293e0e a typo in `[dashboard]` threw the whole seed away
+    /// (`seed: (none; image defaults)`), `[ssh]` and `[community]` with it, so the node could
+    /// not be reached to fix the typo. Now the bad section alone is skipped and named.
+    #[test]
+    fn one_bad_section_skips_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            DEFAULTS_PATH,
+            "version = 1\n[node]\nname = \"cloudy\"\n[dashboard]\nport = 8080\n",
+        );
+        write(dir.path(), SEED_PATHS[0], ONE_BAD_SECTION);
+        let loaded = load(dir.path(), "");
+        assert_eq!(
+            loaded.source.as_deref(),
+            Some(under(dir.path(), SEED_PATHS[0]).as_path())
+        );
+        let s = &loaded.seed;
+        assert_eq!(s.node.name.as_deref(), Some("pi-kitchen"));
+        let c = s.community.as_ref().expect("[community] applied");
+        assert_eq!(c.name, "sants");
+        assert_eq!(
+            s.ssh.as_ref().expect("[ssh] applied").authorized_keys.len(),
+            1
+        );
+        // The bad section is left out: the image's default for it stands.
+        assert_eq!(s.dashboard_port(), 8080);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let e = &loaded.errors[0];
+        assert!(e.contains("line 11") && e.contains("dashboard.prot"), "{e}");
+        assert!(
+            e.contains("unknown field `prot`") && e.contains("port"),
+            "{e}"
+        );
+        assert!(e.contains("section skipped"), "{e}");
+        assert_eq!(loaded.skipped, ["dashboard"]);
+        assert!(!e.contains("correct horse"), "{e}");
+    }
+
+    /// Every bad section is reported, each with its line; a section the agent does not know is
+    /// one of them.
+    #[test]
+    fn every_bad_section_is_reported_in_file_order() {
+        let p = Seed::parse_sections(
+            "s.toml",
+            "version = 1\n[node]\nname = \"Bad Name\"\n[wlan]\nssid = \"x\"\n[tinc]\nmode = \"bridge\"\n[network]\ninterface = \"eth1\"\n",
+        )
+        .unwrap();
+        let errors: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("node.name"), "{errors:?}");
+        assert!(
+            errors[1].contains("line 4")
+                && errors[1].contains("unknown section `wlan`")
+                && errors[1].contains("wifi"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].contains("tinc.mode") && errors[2].contains("line 7"),
+            "{errors:?}"
+        );
+        assert_eq!(p.seed.network.unwrap().interface.as_deref(), Some("eth1"));
+        assert!(p.seed.tinc.is_none() && p.seed.node.name.is_none());
+        // `seed check` (Seed::parse) still refuses the file, with the first error.
+        assert!(Seed::parse("s.toml", "version = 1\n[wlan]\n").is_err());
+    }
+
+    /// A seed that is not TOML at all, or of another version, cannot be read section by
+    /// section: nothing of it applies, and the error says so in words.
+    #[test]
+    fn a_seed_that_does_not_parse_falls_back_whole_and_says_so() {
+        for text in [
+            "version = 1\n[ssh]\nauthorized_keys = [\"ssh-ed25519 AAAA\"\n[community\n",
+            "version = 2\n[node]\nname = \"pi\"\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), SEED_PATHS[1], text);
+            let loaded = load(dir.path(), "");
+            assert_eq!(loaded.source, None);
+            assert_eq!(loaded.seed.node.name, None);
+            assert_eq!(loaded.errors.len(), 1);
+            let e = &loaded.errors[0];
+            assert!(
+                e.contains("the seed as a whole cannot be read") && e.contains("image defaults"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wifi_section_parses_and_layers() {
+        let s = Seed::parse(
+            "s.toml",
+            "version = 1\n[wifi]\nssid = \"Casa \\\"Nostra\\\"\"\npsk = \"correct horse\"\ncountry = \"ES\"\nhidden = true\n",
+        )
+        .unwrap();
+        let w = s.wifi.clone().unwrap();
+        assert_eq!(w.ssid, "Casa \"Nostra\"");
+        assert!(w.hidden);
+        assert_eq!(w.interface(), "wlan0");
+        let over = Seed::default().layer(s);
+        assert_eq!(over.wifi, Some(w));
+        let e = Seed::parse("s.toml", "version = 1\n[wifi]\nssid = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing field `country`") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]
