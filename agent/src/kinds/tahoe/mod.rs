@@ -306,6 +306,8 @@ impl Service for Tahoe {
             .arg("--allow-stdin-close")
             .arg(&node);
         p.user = Some(ids);
+        // Its node directory, its HOME (Python's caches) and its log all live here.
+        p.writable = vec![self.state.clone()];
         p.cwd = Some(self.state.clone());
         p.env = vec![
             ("HOME".into(), self.state.to_string_lossy().into_owned()),
