@@ -296,7 +296,8 @@ fn tahoe_grid_forms_and_a_joined_client_reads_it() {
             && l.contains("running")
             && l.contains("no_new_privs")
             && l.contains("ro-root")
-            && l.contains(&own)),
+            && l.contains(&own)
+            && l.contains("hidden: ")),
         "{st}"
     );
 

@@ -82,6 +82,9 @@ pub struct Program {
     pub user: Option<(u32, u32)>,
     /// For a program with a `user`: the only directories it may write (each must exist).
     pub writable: Vec<PathBuf>,
+    /// For a program with a `user`: directories it does not see at all (an empty tmpfs in
+    /// their place, holding only the mount points of its writable directories below them).
+    pub hidden: Vec<PathBuf>,
     /// Sent on `Control::Reload`, in order.
     pub reload: Vec<Signal>,
     /// A process whose command line holds this exact argument (and whose program name is
@@ -137,6 +140,7 @@ impl Program {
             cwd: None,
             user: None,
             writable: Vec::new(),
+            hidden: Vec::new(),
             reload: Vec::new(),
             marker: None,
             pidfile: None,
@@ -159,7 +163,7 @@ impl Program {
         // Made before the fork: the child only makes system calls with it.
         let sandbox = self
             .user
-            .map(|u| sandbox::Sandbox::new(u, &self.writable, self.cwd.as_deref()))
+            .map(|u| sandbox::Sandbox::new(u, &self.writable, &self.hidden, self.cwd.as_deref()))
             .transpose()
             .map_err(std::io::Error::other)?;
         match &sandbox {
@@ -183,7 +187,7 @@ impl Program {
         // Not `Command::uid`: std would change the user before pre_exec, and mounting needs
         // root. The sandbox drops the groups, then the gid, then the uid itself.
         let parent = nix::unistd::getpid();
-        // SAFETY: the child runs only system calls (unshare, mount, mount_setattr, chdir,
+        // SAFETY: the child runs only system calls (unshare, mount, mount_setattr, mkdir, chdir,
         // setgroups, setgid, setuid, prctl, getppid, _exit), all async-signal-safe, on memory
         // allocated before the fork (the sandbox's C strings); nothing allocates or locks.
         // nix does not wrap _exit(2): libc's, through nix's re-export.
@@ -599,10 +603,12 @@ mod tests {
     /// The attack: a compromised service process writes outside its own directory, to plant
     /// files where others (or root) will find them: into a world-writable directory
     /// (`/var/tmp`), into a directory its user owns but that is not its own (another service's,
-    /// a share it was once given), or into the shared `/tmp`. The old code (2293e0e) ran it
-    /// with only its uid and no_new_privs: all three writes succeeded (`escaped /var/tmp`,
-    /// `escaped other`, and the file appeared in the real /tmp). Now the tree is read-only
-    /// but its own directory, and its /tmp is a tmpfs nobody else sees.
+    /// a share it was once given), or into the shared `/tmp`; and it reads what lies beside
+    /// its directory in the agent's state (a readable file there). The old code (today's
+    /// main, 8eedc01) ran it with only its uid and no_new_privs: the writes succeeded
+    /// (`escaped /var/tmp`, `escaped other`, the file appeared in the real /tmp) and the
+    /// read too. Now the tree is read-only but its own directory, its /tmp is a tmpfs nobody
+    /// else sees, and the state directory around its own is an empty tmpfs.
     #[tokio::test(flavor = "current_thread")]
     async fn a_service_program_writes_nothing_but_its_own_directory() {
         if !nix::unistd::geteuid().is_root() {
@@ -616,7 +622,11 @@ mod tests {
             .tempdir_in("/var/tmp")
             .unwrap();
         std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (own, other) = (top.path().join("own"), top.path().join("other"));
+        // `base` stands for /var/lib/cloudy: root's, with the service's directory inside.
+        let base = top.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(base.join("beside"), "not yours\n").unwrap();
+        let (own, other) = (base.join("own"), top.path().join("other"));
         for d in [&own, &other] {
             std::fs::create_dir(d).unwrap();
             std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
@@ -636,14 +646,18 @@ mod tests {
              echo x 2>/dev/null > {vartmp} && echo 'escaped /var/tmp' >> report
              echo x 2>/dev/null > {other}/planted && echo 'escaped other' >> report
              echo x 2>/dev/null > {tmp} || echo 'no /tmp' >> report
+             cat {base}/beside 2>/dev/null && echo 'read beside' >> report
+             [ \"$(ls {base})\" = own ] || echo \"sees $(ls {base} | tr '\\n' ' ')\" >> report
              touch done; exec sleep 30",
             vartmp = vartmp.display(),
             other = other.display(),
             tmp = tmp.display(),
+            base = base.display(),
         );
         let mut p = Program::new("attacker", "/bin/sh").arg("-c").arg(script);
         p.user = Some((65534, 65534));
         p.writable = vec![own.clone()];
+        p.hidden = vec![base.clone()];
         p.cwd = Some(own.clone());
         let status: Shared = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -671,8 +685,9 @@ mod tests {
         assert_eq!(
             confinement,
             format!(
-                "uid 65534, no_new_privs, ro-root, rw: {}, tmpfs: /tmp /dev/shm",
-                own.display()
+                "uid 65534, no_new_privs, ro-root, rw: {}, tmpfs: /tmp /dev/shm, hidden: {}",
+                own.display(),
+                base.display()
             )
         );
     }
