@@ -25,7 +25,7 @@ for t in "$@"; do
         -max_total_time="$time" -max_len="$len" -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else
-        result="crash (see agent/fuzz/artifacts/$n/, $log)"
+        result="crash (reproducer in agent/fuzz/artifacts/$n/, log agent/fuzz/$log)"
         failed=1
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
