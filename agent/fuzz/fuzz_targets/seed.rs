@@ -44,7 +44,9 @@ fn only_after_secret_keys(text: &str) -> bool {
         let key = key.trim();
         let value = value.trim_start();
         is_secret_key(key)
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             && value.starts_with('"')
             && !value.starts_with("\"\"\"")
             && !value[1..].contains(['"', '\''])
@@ -72,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => only_after_secret_keys(text),
             };
             if sound {
-                assert!(!shown.contains(CANARY), "the error quotes a secret: {shown}");
+                assert!(
+                    !shown.contains(CANARY),
+                    "the error quotes a secret: {shown}"
+                );
             }
         }
     }
