@@ -223,13 +223,14 @@ impl Sandbox {
                 Some(c"mode=1777"),
             )?;
         }
-        // After the binds: a directory entered before would stay on the read-only mount.
-        if let Some(d) = &self.cwd {
-            nix::unistd::chdir(d.as_c_str())?;
-        }
         nix::unistd::setgroups(&[])?;
         nix::unistd::setgid(Gid::from_raw(self.gid))?;
         nix::unistd::setuid(Uid::from_raw(self.uid))?;
+        // After the binds (a directory entered before would stay on the read-only mount), and
+        // as the service user, as std would: it must be a directory that user may enter.
+        if let Some(d) = &self.cwd {
+            nix::unistd::chdir(d.as_c_str())?;
+        }
         Ok(())
     }
 }
