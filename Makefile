@@ -54,6 +54,12 @@ deps-build:
 tool:
 	$(CARGO) build --release -p cloudy-image
 
-## fuzz: 10 minutes of cargo-fuzz on the agent's record parsers (needs nightly + cargo-fuzz)
+## fuzz: cargo-fuzz on each target FUZZ_TIME seconds (default 600), one after the other, then a
+## table (target / runs / result); fails on a crash (needs nightly + cargo-fuzz). A target is
+## one line here, NAME:MAX_LEN, with agent/fuzz/fuzz_targets/NAME.rs and seeds in seeds/NAME.
+FUZZ_TIME ?= 600
+FUZZ_TARGETS += record:4096
+FUZZ_TARGETS += control:16384
+FUZZ_TARGETS += seed:65536
 fuzz:
-	cd agent/fuzz && cargo +nightly fuzz run record corpus/record seeds/record -- -max_total_time=600 -max_len=4096
+	FUZZ_TIME=$(FUZZ_TIME) agent/fuzz/run.sh $(FUZZ_TARGETS)

@@ -283,13 +283,21 @@ fn tahoe_grid_forms_and_a_joined_client_reads_it() {
         || get(&cloud.nodes[3], "tahoe-client"),
     );
 
-    // `status` shows each service's state, and its confinement.
+    // `status` shows each service's state, and its confinement: the whole tree read-only but
+    // its own directory (as its mount namespace says).
     let st = agent_in(&cloud.nodes[3], &["status"]);
     let st = String::from_utf8_lossy(&st.stdout);
+    let own = format!(
+        "rw: {}/var/lib/cloudy/tahoe-client,",
+        cloud.nodes[3].root.display()
+    );
     assert!(
         st.lines().any(|l| l.contains("tahoe-client")
             && l.contains("running")
-            && l.contains("no_new_privs")),
+            && l.contains("no_new_privs")
+            && l.contains("ro-root")
+            && l.contains(&own)
+            && l.contains("hidden: ")),
         "{st}"
     );
 

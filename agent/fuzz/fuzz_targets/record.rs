@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         }
     } else {
         if let Ok(r) = Record::parse_json(rest) {
-            assert_eq!(Record::parse_json(r.canonical().as_bytes()).expect("round trip"), r);
+            assert_eq!(
+                Record::parse_json(r.canonical().as_bytes()).expect("round trip"),
+                r
+            );
         }
         let _ = parse_list(rest, "0123456789abcdef0123456789abcdef");
     }

@@ -56,6 +56,31 @@ pub enum Request {
     State {},
 }
 
+impl Request {
+    /// A request line as it came off the socket (at most `MAX_REQUEST` bytes, maybe without
+    /// its newline), parsed strictly and checked: the request to act on, or the error reply.
+    /// Touches nothing: the fuzzer (`agent/fuzz`, target `control`) calls it on any bytes.
+    pub fn parse_line(line: &[u8]) -> Result<Request, Reply> {
+        let req: Request =
+            serde_json::from_slice(line).map_err(|e| error(format!("malformed request: {e}")))?;
+        req.check().map_err(error)?;
+        Ok(req)
+    }
+
+    /// What no request may carry, whoever sent it: a kind that is not a service type.
+    pub fn check(&self) -> Result<(), String> {
+        let kind = match self {
+            Request::Scan { kind } => kind.as_deref(),
+            Request::Select { kind } | Request::Join { kind, .. } => Some(kind.as_str()),
+            Request::State {} => None,
+        };
+        match kind {
+            Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
@@ -170,21 +195,15 @@ impl Agent {
     }
 
     pub async fn handle(&self, req: Request) -> Reply {
+        // Checked again here: a request need not have come through `parse_line`.
+        if let Err(e) = req.check() {
+            return error(e);
+        }
         match req {
-            Request::Scan { kind } => {
-                if let Some(k) = &kind {
-                    if !kind_ok(k) {
-                        return error(format!("{k:?} is not a service type"));
-                    }
-                }
-                Reply::Scanned {
-                    scores: self.scan(kind.as_deref()).await,
-                }
-            }
+            Request::Scan { kind } => Reply::Scanned {
+                scores: self.scan(kind.as_deref()).await,
+            },
             Request::Select { kind } => {
-                if !kind_ok(&kind) {
-                    return error(format!("{kind:?} is not a service type"));
-                }
                 let records = self.records();
                 let mut scores = self.prober.scores.lock().unwrap().clone();
                 let unprobed = records.iter().any(|r| {
@@ -199,9 +218,6 @@ impl Agent {
                 }
             }
             Request::Join { kind, provider } => {
-                if !kind_ok(&kind) {
-                    return error(format!("{kind:?} is not a service type"));
-                }
                 let records = self.records();
                 let scores = self.prober.scores.lock().unwrap().clone();
                 join(
@@ -432,9 +448,9 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
             };
             idle.remove(id);
             let reply = match read {
-                Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+                Ok(Ok(_)) => match Request::parse_line(&line) {
                     Ok(req) => agent.handle(req).await,
-                    Err(e) => error(format!("malformed request: {e}")),
+                    Err(reply) => reply,
                 },
                 Ok(Err(e)) => error(e.to_string()),
                 Err(_) => error(format!(
@@ -605,6 +621,21 @@ mod tests {
             "unknown fields refused"
         );
         assert!(!kind_ok("../x") && !kind_ok("a b") && kind_ok("tahoe-storage"));
+        // As the socket reads them: a bad kind is refused before anything acts on it.
+        assert!(Request::parse_line(b"{\"op\":\"state\"}\n").is_ok());
+        for bad in [
+            r#"{"op":"scan","kind":"../x"}"#,
+            r#"{"op":"join","kind":"a b","provider":null}"#,
+            r#"{"op":"shell","cmd":"id"}"#,
+        ] {
+            assert!(
+                matches!(
+                    Request::parse_line(bad.as_bytes()),
+                    Err(Reply::Error { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -2,7 +2,11 @@
 //! on reloads (a signal) and restarts, clears out a copy left behind by an agent that was
 //! killed, and records what happened (state, pid, restarts, last error) for `status`.
 //!
-//! One supervisor for every child: tincd and each service's program are a `Program`.
+//! One supervisor for every child: tincd and each service's program are a `Program`. A program
+//! run as a service user is confined ([`sandbox`]): no new privileges, and nothing writable but
+//! its own directories.
+
+pub mod sandbox;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -73,8 +77,14 @@ pub struct Program {
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Run as this uid/gid (supplementary groups dropped); None: as the agent.
+    /// Run as this uid/gid (supplementary groups dropped), confined: `no_new_privs`, the whole
+    /// tree read-only but `writable`, a private `/tmp`. None: as the agent, unconfined.
     pub user: Option<(u32, u32)>,
+    /// For a program with a `user`: the only directories it may write (each must exist).
+    pub writable: Vec<PathBuf>,
+    /// For a program with a `user`: directories it does not see at all (an empty tmpfs in
+    /// their place, holding only the mount points of its writable directories below them).
+    pub hidden: Vec<PathBuf>,
     /// Sent on `Control::Reload`, in order.
     pub reload: Vec<Signal>,
     /// A process whose command line holds this exact argument (and whose program name is
@@ -129,6 +139,8 @@ impl Program {
             env: Vec::new(),
             cwd: None,
             user: None,
+            writable: Vec::new(),
+            hidden: Vec::new(),
             reload: Vec::new(),
             marker: None,
             pidfile: None,
@@ -148,29 +160,48 @@ impl Program {
             .envs(self.env.iter().cloned())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        if let Some(d) = &self.cwd {
-            c.current_dir(d);
+        // Made before the fork: the child only makes system calls with it.
+        let sandbox = self
+            .user
+            .map(|u| sandbox::Sandbox::new(u, &self.writable, &self.hidden, self.cwd.as_deref()))
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        match &sandbox {
+            // The sandbox enters it once its own mounts are in place.
+            Some(s) => {
+                if let Some(t) = s.tmpdir() {
+                    c.env("TMPDIR", t);
+                }
+            }
+            None => {
+                if let Some(d) = &self.cwd {
+                    c.current_dir(d);
+                }
+            }
         }
         if let Some(log) = &self.log {
+            // Opened by the agent, before the fork: the file need not be writable inside.
             let f = log.open().map_err(std::io::Error::other)?;
             c.stdout(f.try_clone()?).stderr(f);
         }
-        if let Some((uid, gid)) = self.user {
-            // std sets the gid, drops supplementary groups, then the uid, before pre_exec.
-            c.uid(uid).gid(gid);
-        }
+        // Not `Command::uid`: std would change the user before pre_exec, and mounting needs
+        // root. The sandbox drops the groups, then the gid, then the uid itself.
         let parent = nix::unistd::getpid();
-        let confined = self.user.is_some();
-        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch only the child.
+        // SAFETY: the child runs only system calls (unshare, mount, mount_setattr, mkdir, chdir,
+        // setgroups, setgid, setuid, prctl, getppid, _exit), all async-signal-safe, on memory
+        // allocated before the fork (the sandbox's C strings); nothing allocates or locks.
         // nix does not wrap _exit(2): libc's, through nix's re-export.
         unsafe {
             c.pre_exec(move || {
+                if let Some(s) = &sandbox {
+                    s.enter()?;
+                }
                 // If the agent is killed, the child goes too, and the restarted agent starts
                 // clean. Set after the uid change, which would clear it.
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 // A service user's program, and all it runs, never gains privileges (no setuid
                 // or file capabilities): refuse to run at all rather than without it.
-                if confined {
+                if sandbox.is_some() {
                     nix::sys::prctl::set_no_new_privs()?;
                 }
                 // The agent may have died between fork and prctl: then nobody would stop us.
@@ -209,8 +240,9 @@ pub struct Status {
     #[serde(default)]
     pub spawn_failures: u32,
     pub last_error: Option<String>,
-    /// What confines the running child, as the kernel reports it (`/proc/<pid>/status`):
-    /// `uid N, no_new_privs`, or `root`; None while not running.
+    /// What confines the running child, as the kernel reports it (`/proc/<pid>/status` and
+    /// `mountinfo`): `uid N, no_new_privs, ro-root, rw: <dirs>, tmpfs: /tmp`, or `root`; None
+    /// while not running.
     #[serde(default)]
     pub confinement: Option<String>,
 }
@@ -228,8 +260,9 @@ impl Default for Status {
     }
 }
 
-/// What confines process `pid`, read from the kernel: its uid and whether it may gain
-/// privileges (`PR_SET_NO_NEW_PRIVS`).
+/// What confines process `pid`, read from the kernel: its uid, whether it may gain privileges
+/// (`PR_SET_NO_NEW_PRIVS`), and what its mount namespace lets it write
+/// (`uid 998, no_new_privs, ro-root, rw: /var/lib/cloudy/tahoe, tmpfs: /tmp /dev/shm`).
 pub fn confinement(pid: u32) -> Option<String> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
@@ -242,6 +275,7 @@ pub fn confinement(pid: u32) -> Option<String> {
     if field("NoNewPrivs:") == Some("1") {
         parts.push("no_new_privs".into());
     }
+    parts.extend(sandbox::describe(pid));
     Some(parts.join(", "))
 }
 
@@ -556,10 +590,130 @@ mod tests {
         let pid = status.lock().unwrap().pid;
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(st.lines().any(|l| l == "NoNewPrivs:\t1"), "{st}");
+        // Since the read-only root, the column also says what the program may write (here
+        // nothing but its private tmpfs): it used to end at `no_new_privs`.
         assert_eq!(
             status.lock().unwrap().confinement.as_deref(),
-            Some("uid 65534, no_new_privs")
+            Some("uid 65534, no_new_privs, ro-root, tmpfs: /tmp /dev/shm")
         );
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
+    }
+
+    /// The attack: a compromised service process writes outside its own directory, to plant
+    /// files where others (or root) will find them: into a world-writable directory
+    /// (`/var/tmp`), into a directory its user owns but that is not its own (another service's,
+    /// a share it was once given), or into the shared `/tmp`; and it reads what lies beside
+    /// its directory in the agent's state (a readable file there). The old code (today's
+    /// main, 8eedc01) ran it with only its uid and no_new_privs: the writes succeeded
+    /// (`escaped /var/tmp`, `escaped other`, the file appeared in the real /tmp) and the
+    /// read too. Now the tree is read-only but its own directory, its /tmp is a tmpfs nobody
+    /// else sees, and the state directory around its own is an empty tmpfs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_service_program_writes_nothing_but_its_own_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_service_program_writes_nothing_but_its_own_directory: needs root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        // Not below /tmp, so that /tmp itself is made private (as on a node).
+        let top = tempfile::Builder::new()
+            .prefix("cloudy-confine-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // `base` stands for /var/lib/cloudy: root's, with the service's directory inside.
+        let base = top.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(base.join("beside"), "not yours\n").unwrap();
+        let (own, other) = (base.join("own"), top.path().join("other"));
+        for d in [&own, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        let tag = top
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let (vartmp, tmp) = (
+            PathBuf::from(format!("/var/tmp/{tag}.planted")),
+            PathBuf::from(format!("/tmp/{tag}.planted")),
+        );
+        let script = format!(
+            "echo mine > own.txt || echo own-failed >> report
+             echo x 2>/dev/null > {vartmp} && echo 'escaped /var/tmp' >> report
+             echo x 2>/dev/null > {other}/planted && echo 'escaped other' >> report
+             echo x 2>/dev/null > {tmp} || echo 'no /tmp' >> report
+             cat {base}/beside 2>/dev/null && echo 'read beside' >> report
+             [ \"$(ls {base})\" = own ] || echo \"sees $(ls {base} | tr '\\n' ' ')\" >> report
+             touch done; exec sleep 30",
+            vartmp = vartmp.display(),
+            other = other.display(),
+            tmp = tmp.display(),
+            base = base.display(),
+        );
+        let mut p = Program::new("attacker", "/bin/sh").arg("-c").arg(script);
+        p.user = Some((65534, 65534));
+        p.writable = vec![own.clone()];
+        p.hidden = vec![base.clone()];
+        p.cwd = Some(own.clone());
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let t0 = Instant::now();
+        while !own.join("done").exists() {
+            let err = status.lock().unwrap().last_error.clone();
+            assert!(t0.elapsed() < Duration::from_secs(10), "never ran: {err:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let confinement = status.lock().unwrap().confinement.clone().unwrap();
+        tx.send(Control::Stop).unwrap();
+        task.await.unwrap();
+        let report = std::fs::read_to_string(own.join("report")).unwrap_or_default();
+        let planted = [&vartmp, &other.join("planted"), &tmp].map(|p| (p.exists(), p.clone()));
+        for (_, p) in &planted {
+            let _ = std::fs::remove_file(p);
+        }
+        assert_eq!(report, "", "the service wrote outside its own directory");
+        assert!(planted.iter().all(|(e, _)| !e), "{planted:?}");
+        assert_eq!(
+            std::fs::read_to_string(own.join("own.txt")).unwrap(),
+            "mine\n"
+        );
+        assert_eq!(
+            confinement,
+            format!(
+                "uid 65534, no_new_privs, ro-root, rw: {}, tmpfs: /tmp /dev/shm, hidden: {}",
+                own.display(),
+                base.display()
+            )
+        );
+    }
+
+    /// A writable directory that is missing is a failure to start (retried), not a program
+    /// that runs and cannot write where it expects.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_missing_writable_directory_fails_the_start() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_missing_writable_directory_fails_the_start: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Program::new("sleep", "/bin/sleep").arg("30");
+        p.user = Some((65534, 65534));
+        p.writable = vec![dir.path().join("missing")];
+        let status: Shared = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, status.clone(), rx));
+        let t0 = Instant::now();
+        while status.lock().unwrap().spawn_failures == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let err = status.lock().unwrap().last_error.clone().unwrap();
+        assert!(err.contains("missing"), "{err}");
         tx.send(Control::Stop).unwrap();
         task.await.unwrap();
     }

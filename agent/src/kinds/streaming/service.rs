@@ -158,6 +158,11 @@ impl Service for Streaming {
             Some(Input::Device(_)) => (ids.0, group_id("video").unwrap_or(ids.1)),
             _ => ids,
         });
+        // Segments (its own and ffmpeg's) go to its tmpfs directory; the log is opened by the
+        // agent, so its directory stays read-only.
+        p.writable = vec![self.sys.path(STATE_DIR)];
+        // Nothing of the agent's state is its business (the catalog it reads is in /run).
+        p.hidden = vec![self.sys.state_dir()];
         p.cwd = Some(self.sys.path(STATE_DIR));
         for var in ["CLOUDY_FFMPEG", "CLOUDY_LOG"] {
             if let Ok(v) = std::env::var(var) {

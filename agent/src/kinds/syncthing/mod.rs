@@ -341,6 +341,13 @@ impl Service for Syncthing {
             .arg("--no-restart")
             .arg("--no-upgrade");
         p.user = Some(ids);
+        // Its home, the default folder, and the shares under the fixed base, whose folders
+        // come and go with the peers file while it runs: the base itself (root's, so only the
+        // folders made for it there are its to write). Made now if missing, as root's.
+        std::fs::create_dir_all(&self.shares).ok()?;
+        p.writable = vec![self.state.clone(), self.shares.clone()];
+        // The agent's state around its own (node keys, other services) it does not even see.
+        p.hidden = vec![self.base.clone()];
         p.cwd = Some(self.state.clone());
         p.env = vec![
             ("HOME".into(), self.state.to_string_lossy().into_owned()),

@@ -306,6 +306,10 @@ impl Service for Tahoe {
             .arg("--allow-stdin-close")
             .arg(&node);
         p.user = Some(ids);
+        // Its node directory, its HOME (Python's caches) and its log all live here.
+        p.writable = vec![self.state.clone()];
+        // The agent's state around it (node keys, other services) it does not even see.
+        p.hidden = vec![self.sys.state_dir()];
         p.cwd = Some(self.state.clone());
         p.env = vec![
             ("HOME".into(), self.state.to_string_lossy().into_owned()),
