@@ -61,5 +61,6 @@ FUZZ_TIME ?= 600
 FUZZ_TARGETS += record:4096
 FUZZ_TARGETS += control:16384
 FUZZ_TARGETS += seed:65536
+FUZZ_TARGETS += exchange:65536
 fuzz:
 	FUZZ_TIME=$(FUZZ_TIME) agent/fuzz/run.sh $(FUZZ_TARGETS)

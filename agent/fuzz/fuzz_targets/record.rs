@@ -30,15 +30,15 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect();
-        if let Ok((r, mac)) = Doorbell::from_txt(&pairs, port) {
+        if let Ok((r, seals)) = Doorbell::from_txt(&pairs, port) {
             r.validate().expect("accepted doorbells are valid");
-            let txt: Vec<(String, String)> = r.to_txt(&mac);
+            let txt: Vec<(String, String)> = r.to_txt(&seals);
             let back: Vec<(&str, Option<&[u8]>)> = txt
                 .iter()
                 .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
                 .collect();
-            let (again, _) = Doorbell::from_txt(&back, port).expect("round trip");
-            assert_eq!(again, r);
+            let (again, seals_again) = Doorbell::from_txt(&back, port).expect("round trip");
+            assert_eq!((again, seals_again), (r, seals));
         }
     } else {
         if let Ok(r) = Record::parse_json(rest) {

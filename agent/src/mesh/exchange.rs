@@ -486,69 +486,105 @@ async fn request(
     sign: Option<&NodeKey>,
 ) -> Result<Answer, ExchangeError> {
     tokio::time::timeout(TIMEOUT, async {
-        let mut c = Conn::new(TcpStream::connect(addr).await?);
-        let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
-        let nc = hex(&random_bytes::<16>());
-        let xc = hex(x25519_dalek::PublicKey::from(&eph).as_bytes());
-        c.send(&Hello {
-            v: PROTOCOL,
-            hello: nc.clone(),
-            want: want.map(String::from),
-            eph: xc.clone(),
-        })
-        .await?;
-        let ch: Challenge = c.recv(MAX_PREAUTH).await.map_err(reset_is_closed)?;
-        if ch.v != PROTOCOL {
-            return Err(ExchangeError::Version(ch.v));
-        }
-        let theirs = x25519_public(&ch.eph);
-        let (true, Some(theirs)) = (nonce_ok(&ch.nonce), theirs) else {
-            return Err(ExchangeError::Malformed("bad challenge".into()));
-        };
-        let t = Transcript {
-            nc,
-            ns: ch.nonce,
-            xc,
-            xs: ch.eph,
-        };
-        let keys = t
-            .keys(key, &eph, &theirs)
-            .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
-        let proof = Proof {
-            v: PROTOCOL,
-            proof: key.sign(PROOF, &t.nc, &t.ns, &t.proof_body(want.unwrap_or(""))),
-        };
-        let plain = match sign {
-            Some(k) => [k.sign_hex(&t.ask_msg(&body)).into_bytes(), body].concat(),
-            None => body,
-        };
-        // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
-        // From here a reset is the server turning our proof away, before reading our body.
-        let mut out = line(&proof);
-        out.extend(frame(&seal(&keys.c2s, ask, &plain)));
-        c.w.write_all(&out)
-            .await
-            .map_err(|e| reset_is_closed(e.into()))?;
-        let sealed = c.recv_sealed(MAX_LINE).await.map_err(reset_is_closed)?;
-        let reply = open(&keys.s2c, answer, &sealed)?;
-        if reply.len() < SIGNER {
-            return Err(ExchangeError::Malformed(
-                "answer without a signature".into(),
-            ));
-        }
-        let (who, rest) = reply.split_at(SIGNER);
-        let signer = String::from_utf8_lossy(&who[..64]).into_owned();
-        let sig = String::from_utf8_lossy(&who[64..]).into_owned();
-        if !identity::signature_ok(&signer, &t.answer_msg(answer, rest), &sig) {
-            return Err(ExchangeError::WrongSigner("the answering node".into()));
-        }
-        Ok(Answer {
-            signer,
-            body: rest.to_vec(),
-        })
+        let s = TcpStream::connect(addr).await?;
+        request_over(s, key, want, (ask, answer), body, sign).await
     })
     .await
     .map_err(|_| ExchangeError::Timeout)?
+}
+
+/// The fuzzer's client: a request of kind `want` (None: a list swap) whose body is `body`, as
+/// the agent would send it, over any byte stream; gives the answer's body. Not for the agent:
+/// its requests go through the typed functions below.
+#[doc(hidden)]
+pub async fn request_raw<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    key: &CommunityKey,
+    want: Option<&str>,
+    body: Vec<u8>,
+    sign: Option<&NodeKey>,
+) -> Result<Vec<u8>, ExchangeError> {
+    let roles = match want {
+        None => (b'C', b'S'),
+        Some(WANT_SERVICES) => (b'Q', b'R'),
+        Some(WANT_SCORES) => (b'P', b'V'),
+        Some(WANT_ASK) => (b'A', b'B'),
+        Some(_) => (b'?', b'!'),
+    };
+    tokio::time::timeout(TIMEOUT, request_over(stream, key, want, roles, body, sign))
+        .await
+        .map_err(|_| ExchangeError::Timeout)?
+        .map(|a| a.body)
+}
+
+async fn request_over<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    key: &CommunityKey,
+    want: Option<&str>,
+    (ask, answer): (u8, u8),
+    body: Vec<u8>,
+    sign: Option<&NodeKey>,
+) -> Result<Answer, ExchangeError> {
+    let mut c = Conn::new(stream);
+    let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+    let nc = hex(&random_bytes::<16>());
+    let xc = hex(x25519_dalek::PublicKey::from(&eph).as_bytes());
+    c.send(&Hello {
+        v: PROTOCOL,
+        hello: nc.clone(),
+        want: want.map(String::from),
+        eph: xc.clone(),
+    })
+    .await?;
+    let ch: Challenge = c.recv(MAX_PREAUTH).await.map_err(reset_is_closed)?;
+    if ch.v != PROTOCOL {
+        return Err(ExchangeError::Version(ch.v));
+    }
+    let theirs = x25519_public(&ch.eph);
+    let (true, Some(theirs)) = (nonce_ok(&ch.nonce), theirs) else {
+        return Err(ExchangeError::Malformed("bad challenge".into()));
+    };
+    let t = Transcript {
+        nc,
+        ns: ch.nonce,
+        xc,
+        xs: ch.eph,
+    };
+    let keys = t
+        .keys(key, &eph, &theirs)
+        .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
+    let proof = Proof {
+        v: PROTOCOL,
+        proof: key.sign(PROOF, &t.nc, &t.ns, &t.proof_body(want.unwrap_or(""))),
+    };
+    let plain = match sign {
+        Some(k) => [k.sign_hex(&t.ask_msg(&body)).into_bytes(), body].concat(),
+        None => body,
+    };
+    // The proof and the request in one write (two would wait on Nagle and a delayed ACK).
+    // From here a reset is the server turning our proof away, before reading our body.
+    let mut out = line(&proof);
+    out.extend(frame(&seal(&keys.c2s, ask, &plain)));
+    c.w.write_all(&out)
+        .await
+        .map_err(|e| reset_is_closed(e.into()))?;
+    let sealed = c.recv_sealed(MAX_LINE).await.map_err(reset_is_closed)?;
+    let reply = open(&keys.s2c, answer, &sealed)?;
+    if reply.len() < SIGNER {
+        return Err(ExchangeError::Malformed(
+            "answer without a signature".into(),
+        ));
+    }
+    let (who, rest) = reply.split_at(SIGNER);
+    let signer = String::from_utf8_lossy(&who[..64]).into_owned();
+    let sig = String::from_utf8_lossy(&who[64..]).into_owned();
+    if !identity::signature_ok(&signer, &t.answer_msg(answer, rest), &sig) {
+        return Err(ExchangeError::WrongSigner("the answering node".into()));
+    }
+    Ok(Answer {
+        signer,
+        body: rest.to_vec(),
+    })
 }
 
 fn reset_is_closed(e: ExchangeError) -> ExchangeError {

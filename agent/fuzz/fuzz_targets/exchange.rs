@@ -1,0 +1,114 @@
+//! The exchange port (6655) as an attacker or a hostile member meets it, three ways, picked by
+//! the first byte:
+//!
+//! - 0: a stranger's raw bytes into the server (`serve_all` over an in-memory stream). Without
+//!   the community key nothing may reach a handler (each panics if called);
+//! - 1: a member's authenticated request whose body is the fuzzer's: a member list swap, a
+//!   service request (signed by the member's node key), a services or scores fetch. The server
+//!   runs the agent's own `Members::merge` on whatever list it gets, and must answer or refuse;
+//! - 2: a hostile server's raw bytes into the client (`request_raw`).
+//!
+//! Nothing may panic, hang (the clock is paused, so a stall is a timeout) or grow unbounded.
+#![no_main]
+
+use std::sync::Mutex;
+
+use cloudy_agent::mesh::exchange::{request_raw, serve_all, CommunityKey, Server};
+use cloudy_agent::mesh::members::{Member, Members};
+use cloudy_agent::os::identity::NodeKey;
+use libfuzzer_sys::fuzz_target;
+use tokio::io::AsyncWriteExt;
+
+const PEM: &str = "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAx2v0dQ+abc/def=\n-----END RSA PUBLIC KEY-----\n";
+
+fn member(byte: u8, name: &str, key: &NodeKey) -> Member {
+    let mut m = Member {
+        id: std::iter::repeat_n(char::from(byte), 32).collect(),
+        name: name.into(),
+        address: format!("192.0.2.{byte}").parse().unwrap(),
+        tinc_port: 655,
+        exchange_port: 6655,
+        vpn: format!("10.99.0.{byte}").parse().unwrap(),
+        pubkey: PEM.into(),
+        rev: 1,
+        signkey: String::new(),
+        sig: String::new(),
+    };
+    m.sign(key);
+    m
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let key = CommunityKey::derive("sants", "0123456789abcdef");
+    let (server_key, client_key) = (NodeKey::from_seed([b'a'; 32]), NodeKey::from_seed([b'b'; 32]));
+    let members = Mutex::new(Members::signed(member(b'a', "server", &server_key), server_key.clone()));
+    members
+        .lock()
+        .unwrap()
+        .merge(vec![member(b'b', "client", &client_key)]);
+    let local = Server {
+        key: &key,
+        node: &server_key,
+        members: &members,
+    };
+    rt.block_on(async {
+        match sel % 3 {
+            0 => {
+                let (mut peer, ours) = tokio::io::duplex(1 << 16);
+                let _ = peer.write_all(rest).await;
+                drop(peer);
+                let r = serve_all(
+                    ours,
+                    local,
+                    |_| panic!("a list merged without the key"),
+                    || panic!("records served without the key"),
+                    |_| panic!("an ask taken without the key"),
+                    || panic!("scores served without the key"),
+                )
+                .await;
+                assert!(r.is_err(), "a stranger's bytes passed the proof");
+            }
+            1 => {
+                let want = match (sel / 3) % 4 {
+                    0 => None,
+                    1 => Some("ask"),
+                    2 => Some("services"),
+                    _ => Some("scores"),
+                };
+                let (c, s) = tokio::io::duplex(1 << 16);
+                let server = serve_all(
+                    s,
+                    local,
+                    |list| {
+                        let mut ms = members.lock().unwrap();
+                        ms.merge(list);
+                        ms.list()
+                    },
+                    Vec::new,
+                    |a| Ok([("service".to_string(), a.service)].into()),
+                    || "[]".to_string(),
+                );
+                let client = request_raw(c, &key, want, rest.to_vec(), Some(&client_key));
+                let _ = tokio::join!(server, client);
+                let ms = members.lock().unwrap();
+                assert!(ms.list().len() <= cloudy_agent::mesh::members::MAX_MEMBERS);
+                assert_eq!(ms.me().signkey, server_key.public_hex(), "our record is ours");
+            }
+            _ => {
+                let (mut hostile, c) = tokio::io::duplex(1 << 16);
+                let _ = hostile.write_all(rest).await;
+                drop(hostile);
+                let r = request_raw(c, &key, None, b"[]".to_vec(), None).await;
+                assert!(r.is_err(), "a keyless server's bytes were taken as an answer");
+            }
+        }
+    });
+});
