@@ -19,7 +19,8 @@ use cloudy_agent::os::identity::NodeKey;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
 
-const PEM: &str = "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAx2v0dQ+abc/def=\n-----END RSA PUBLIC KEY-----\n";
+const PEM: &str =
+    "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAx2v0dQ+abc/def=\n-----END RSA PUBLIC KEY-----\n";
 
 fn member(byte: u8, name: &str, key: &NodeKey) -> Member {
     let mut m = Member {
@@ -48,8 +49,14 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .unwrap();
     let key = CommunityKey::derive("sants", "0123456789abcdef");
-    let (server_key, client_key) = (NodeKey::from_seed([b'a'; 32]), NodeKey::from_seed([b'b'; 32]));
-    let members = Mutex::new(Members::signed(member(b'a', "server", &server_key), server_key.clone()));
+    let (server_key, client_key) = (
+        NodeKey::from_seed([b'a'; 32]),
+        NodeKey::from_seed([b'b'; 32]),
+    );
+    let members = Mutex::new(Members::signed(
+        member(b'a', "server", &server_key),
+        server_key.clone(),
+    ));
     members
         .lock()
         .unwrap()
@@ -100,14 +107,21 @@ fuzz_target!(|data: &[u8]| {
                 let _ = tokio::join!(server, client);
                 let ms = members.lock().unwrap();
                 assert!(ms.list().len() <= cloudy_agent::mesh::members::MAX_MEMBERS);
-                assert_eq!(ms.me().signkey, server_key.public_hex(), "our record is ours");
+                assert_eq!(
+                    ms.me().signkey,
+                    server_key.public_hex(),
+                    "our record is ours"
+                );
             }
             _ => {
                 let (mut hostile, c) = tokio::io::duplex(1 << 16);
                 let _ = hostile.write_all(rest).await;
                 drop(hostile);
                 let r = request_raw(c, &key, None, b"[]".to_vec(), None).await;
-                assert!(r.is_err(), "a keyless server's bytes were taken as an answer");
+                assert!(
+                    r.is_err(),
+                    "a keyless server's bytes were taken as an answer"
+                );
             }
         }
     });
