@@ -5,10 +5,12 @@
 //! - `kinds`: the one table of service kinds
 //! - `record`: the service record, its limits, its TXT and JSON forms
 //! - `summary`: a member's probe summary, as it travels between members
+//! - `rating`: a user's rating of a provider, its limits and its signed form
 //! - `seed`: the user's `cloudy.toml`, a file per section
 
 pub mod kinds;
 pub mod names;
+pub mod rating;
 pub mod record;
 pub mod seed;
 pub mod summary;
