@@ -70,6 +70,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rate a provider you used, 1-5 stars: signed by this node and shared with the members;
+    /// once 3 nodes rated a provider, `select` and `join` weigh it in (README, "Ratings").
+    Rate {
+        /// The service type (syncthing, tahoe-introducer, streaming, ...).
+        kind: String,
+        /// The provider as `select` names it (`node:port`), or its node name or id.
+        provider: String,
+        /// 1 (bad) to 5 (very good).
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=5))]
+        stars: u8,
+        /// A short comment for other users (at most 280 characters, one line).
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// The web dashboard (the agent starts it as user cloudy-web; reads the password hash and
     /// the HTTPS certificate on stdin and talks to the agent's control socket).
     Dashboard {
@@ -252,6 +266,18 @@ fn run(cli: Cli) -> Result<i32> {
             control::cli::scan(&sys, kind.as_deref().map(kinds::canonical), json)
         }
         Command::Select { kind, json } => control::cli::select(&sys, kinds::canonical(&kind), json),
+        Command::Rate {
+            kind,
+            provider,
+            stars,
+            comment,
+        } => control::cli::rate(
+            &sys,
+            kinds::canonical(&kind),
+            &provider,
+            stars,
+            comment.as_deref(),
+        ),
         Command::Dashboard { port, https_port } => serve_dashboard(&sys, port, https_port),
         Command::Run {
             manage_network,

@@ -102,6 +102,44 @@ async fn local_scan(sys: &System, kind: Option<&str>) -> anyhow::Result<Scores> 
     Ok(prober.scan(&records, kind).await)
 }
 
+/// `cloudy-agent rate <type> <provider> <stars>`: through the running agent only (it signs
+/// with the node key and serves the rating to the members).
+pub fn rate(
+    sys: &System,
+    kind: &str,
+    provider: &str,
+    stars: u8,
+    comment: Option<&str>,
+) -> anyhow::Result<i32> {
+    let req = Request::Rate {
+        kind: kind.into(),
+        provider: provider.into(),
+        stars,
+        comment: comment.unwrap_or_default().into(),
+    };
+    // Checked here too, so a bad comment is said before the agent is asked.
+    req.check().map_err(|e| anyhow::anyhow!(e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(call(&sys.path(SOCKET), &req)) {
+        Ok(Reply::Rated { message, .. }) => {
+            println!("{message}");
+            Ok(0)
+        }
+        Ok(Reply::Error { message }) => {
+            eprintln!("{message}");
+            Ok(1)
+        }
+        Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+        Err(CallError::Connect(..)) => Err(anyhow::anyhow!(
+            "the Cloudy agent is not running (no answer on {}): a rating is signed and shared by the running agent",
+            sys.path(SOCKET).display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `cloudy-agent select <type>`: the best provider for this node and why.
 pub fn select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -124,9 +162,14 @@ pub fn select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
                 if unprobed {
                     scores = local_scan(sys, Some(kind)).await?;
                 }
+                // A damaged ratings file is said, and the choice made on the probe alone.
+                let ratings = crate::probe::ratings::Ratings::load(sys).unwrap_or_else(|e| {
+                    eprintln!("warning: {e}");
+                    Default::default()
+                });
                 Ok((
-                    select::choose(kind, &records, &scores, &me),
-                    select::rank(Some(kind), &records, &scores, &me),
+                    select::choose(kind, &records, &scores, &ratings, &me),
+                    select::rank(Some(kind), &records, &scores, &ratings, &me),
                 ))
             }
             Err(e) => Err(e.into()),

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::catalog::publish::Sharing;
 use crate::catalog::Record;
 use crate::os::system::System;
+use crate::probe::ratings::{Book, Ratings};
 use crate::probe::select::{self, Ranked};
 use crate::probe::{Prober, Scores};
 use crate::registry::use_service;
@@ -54,6 +55,15 @@ pub enum Request {
     },
     /// Everything the dashboard shows.
     State {},
+    /// This node's user rates `provider` (as `join` names one) of `kind`: 1-5 stars, an
+    /// optional comment; signed by our node key and fetched by the members.
+    Rate {
+        kind: String,
+        provider: String,
+        stars: u8,
+        #[serde(default)]
+        comment: String,
+    },
 }
 
 impl Request {
@@ -73,6 +83,16 @@ impl Request {
             Request::Scan { kind } => kind.as_deref(),
             Request::Select { kind } | Request::Join { kind, .. } => Some(kind.as_str()),
             Request::State {} => None,
+            Request::Rate {
+                kind,
+                stars,
+                comment,
+                ..
+            } => {
+                cloudy_model::rating::check_stars(*stars).map_err(|e| e.to_string())?;
+                cloudy_model::rating::check_comment(comment).map_err(|e| e.to_string())?;
+                Some(kind.as_str())
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -97,6 +117,11 @@ pub enum Reply {
         message: String,
     },
     State(Box<State>),
+    Rated {
+        /// The provider's `node:port`.
+        provider: String,
+        message: String,
+    },
     Error {
         message: String,
     },
@@ -124,6 +149,9 @@ pub struct State {
     pub providers: Vec<Ranked>,
     /// Other members' own probe summaries.
     pub views: Vec<View>,
+    /// Users' comments, per provider (`node:port`), newest first.
+    #[serde(default)]
+    pub comments: std::collections::BTreeMap<String, Vec<cloudy_model::rating::Rating>>,
     /// The services this agent runs (`cloudy-agent status`'s list): name -> state.
     #[serde(default)]
     pub managed: std::collections::BTreeMap<String, crate::os::supervisor::Status>,
@@ -156,6 +184,8 @@ pub struct Agent {
     pub medium_warnings: Vec<String>,
     pub pidfile: PathBuf,
     pub views: Mutex<Vec<View>>,
+    /// User ratings, ours and the members'.
+    pub ratings: Arc<Book>,
 }
 
 impl Agent {
@@ -212,9 +242,11 @@ impl Agent {
                 if unprobed {
                     scores = self.scan(Some(&kind)).await;
                 }
+                let ratings = self.ratings.snapshot();
                 Reply::Selected {
-                    best: select::choose(&kind, &records, &scores, &self.prober.me).map(Box::new),
-                    ranked: select::rank(Some(&kind), &records, &scores, &self.prober.me),
+                    best: select::choose(&kind, &records, &scores, &ratings, &self.prober.me)
+                        .map(Box::new),
+                    ranked: select::rank(Some(&kind), &records, &scores, &ratings, &self.prober.me),
                 }
             }
             Request::Join { kind, provider } => {
@@ -226,18 +258,67 @@ impl Agent {
                     provider.as_deref(),
                     &records,
                     &scores,
+                    &self.ratings.snapshot(),
                     &self.prober.me,
                 )
                 .await
             }
             Request::State {} => Reply::State(Box::new(self.state())),
+            Request::Rate {
+                kind,
+                provider,
+                stars,
+                comment,
+            } => self.rate(&kind, &provider, stars, &comment),
+        }
+    }
+
+    /// A rating of a provider the user names as for `join` (`node:port`, node name, id).
+    fn rate(&self, kind: &str, provider: &str, stars: u8, comment: &str) -> Reply {
+        let records = self.records();
+        let Some(r) = records
+            .iter()
+            .find(|r| r.kind == kind && select::provider_id(r) == provider)
+            .cloned()
+            .or_else(|| select::find_provider(kind, &records, provider))
+        else {
+            return error(format!(
+                "no {kind} provider {provider:?} in the catalog (`cloudy-agent services --type {kind}`)"
+            ));
+        };
+        let id = select::provider_id(&r);
+        if r.node_id == self.prober.me {
+            return error(format!(
+                "{id} is this node itself: a node cannot rate itself"
+            ));
+        }
+        match self.ratings.rate(&r.node_id, kind, stars, comment) {
+            Ok(_) => {
+                tracing::info!("rated {id} ({kind}): {stars}/5");
+                Reply::Rated {
+                    message: format!("rated {id} ({kind}) {stars}/5"),
+                    provider: id,
+                }
+            }
+            Err(e) => error(format!("rating {id}: {e}")),
         }
     }
 
     fn state(&self) -> State {
         let records = self.records();
         let scores = self.prober.scores.lock().unwrap().clone();
-        let ranked = select::rank(None, &records, &scores, &self.prober.me);
+        let ratings = self.ratings.snapshot();
+        let ranked = select::rank(None, &records, &scores, &ratings, &self.prober.me);
+        let comments = ranked
+            .iter()
+            .map(|r| {
+                (
+                    r.provider.clone(),
+                    ratings.comments(&r.record.node_id, &r.record.kind),
+                )
+            })
+            .filter(|(_, c)| !c.is_empty())
+            .collect();
         let mut types: Vec<String> = records.iter().map(|r| r.kind.clone()).collect();
         types.sort();
         types.dedup();
@@ -271,6 +352,7 @@ impl Agent {
             types,
             providers: ranked,
             views: self.views.lock().unwrap().clone(),
+            comments,
             managed: std::fs::read(self.sys.path(crate::services::STATE_FILE))
                 .ok()
                 .and_then(|b| {
@@ -345,9 +427,10 @@ pub async fn join(
     provider: Option<&str>,
     records: &[Record],
     scores: &Scores,
+    ratings: &Ratings,
     me: &str,
 ) -> Reply {
-    let pick = match select::lookup(kind, provider, records, scores, me) {
+    let pick = match select::lookup(kind, provider, records, scores, ratings, me) {
         Ok(p) => p,
         Err(e) => {
             let provider = match &e {
@@ -644,7 +727,7 @@ mod tests {
         let sys = System::new("/nonexistent");
         let r = record('b', "web", 8080);
         let rs = vec![r.clone()];
-        match join(&sys, "web", Some("n1:8080"), &rs, &Scores::default(), "x").await {
+        match join(&sys, "web", Some("n1:8080"), &rs, &Scores::default(), &Ratings::default(), "x").await {
             Reply::Joined {
                 ok,
                 provider,
@@ -658,7 +741,7 @@ mod tests {
         }
         assert_eq!(joinable("tahoe-introducer"), Some("tahoe-lafs"));
         assert_eq!(joinable("syncthing"), Some("syncthing"));
-        match join(&sys, "web", None, &rs, &Scores::default(), "x").await {
+        match join(&sys, "web", None, &rs, &Scores::default(), &Ratings::default(), "x").await {
             Reply::Joined { message, .. } => assert!(message.contains("scan first")),
             other => panic!("{other:?}"),
         }
@@ -696,6 +779,11 @@ mod idle_tests {
             medium_warnings: vec![],
             pidfile: dir.path().join("tincd.pid"),
             views: Mutex::new(vec![]),
+            ratings: Arc::new(Book::open(
+                sys.clone(),
+                "a".repeat(32),
+                crate::mesh::members::tests::key_of('a'),
+            )),
         });
         tokio::spawn(serve(agent));
         let path = sys.path(SOCKET);

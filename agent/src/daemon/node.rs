@@ -49,10 +49,16 @@ pub async fn run(
         local.clone(),
         vec![("tincd".into(), mesh.tincd_status.clone())],
     );
+    let ratings = Arc::new(crate::probe::ratings::Book::open(
+        mesh.sys.clone(),
+        mesh.members.lock().unwrap().me().id.clone(),
+        mesh.node_key.clone(),
+    ));
     tokio::spawn(super::serve::serve(
         mesh.clone(),
         share.clone(),
         manager.clone(),
+        ratings.clone(),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
@@ -60,7 +66,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said);
+    start_control(&mesh, &share, seed, opts, said, &ratings);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -157,8 +163,10 @@ fn start_control(
     seed: &Seed,
     opts: &Options,
     said: Said,
+    ratings: &Arc<crate::probe::ratings::Book>,
 ) {
     let me = mesh.members.lock().unwrap().me().id.clone();
+    let ratings = ratings.clone();
     let prober = Arc::new(crate::probe::Prober::new(
         mesh.sys.clone(),
         me,
@@ -172,7 +180,9 @@ fn start_control(
         medium_warnings: said.medium_warnings,
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
+        ratings: ratings.clone(),
     });
+    tokio::spawn(ratings.follow(share.clone()));
     crate::control::start(agent);
     let ports = crate::dashboard::Ports {
         http: seed.dashboard_port(),

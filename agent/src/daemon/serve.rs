@@ -1,6 +1,6 @@
 //! The exchange server: answers members on the exchange port, each request kind through the
-//! one signed request/answer path (`exchange::serve_all`): member lists, our records, our probe
-//! summary, and requests to use one of our services.
+//! one signed request/answer path (`exchange::serve_rated`): member lists, our records, our
+//! probe summary, our users' ratings, and requests to use one of our services.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,9 +26,11 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
+    ratings: Arc<crate::probe::ratings::Book>,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
+        let ratings = ratings.clone();
         let mesh = mesh.clone();
         let share = share.clone();
         let manager = manager.clone();
@@ -65,7 +67,7 @@ pub async fn serve(
                 node: &mesh.node_key,
                 members: &mesh.members,
             };
-            exchange::serve_all(
+            exchange::serve_rated(
                 stream,
                 local,
                 move |theirs| {
@@ -83,6 +85,7 @@ pub async fn serve(
                 ours,
                 ask,
                 move || summary,
+                move || ratings.ours_json(),
             )
             .await
         }

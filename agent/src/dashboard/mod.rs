@@ -642,6 +642,8 @@ mod tests {
             record: r,
             probe: None,
             local: false,
+            rating: None,
+            blended: None,
         })
         .into_string();
         assert!(!row.contains("<script"), "{row}");

@@ -35,6 +35,8 @@
 //! - none: a list swap (`C`/`S`), our list for theirs.
 //! - `services`: a member's service records (`Q`/`R`), empty request.
 //! - `scores`: a member's probe summary (`P`/`V`), empty request.
+//! - `ratings`: the user ratings a member gave (`G`/`H`), empty request; each rating is also
+//!   signed by the rater's node key, and taken only as that member's (`probe::ratings`).
 //! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
 //!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
 //!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
@@ -221,6 +223,7 @@ struct Hello {
 const WANT_SERVICES: &str = "services";
 const WANT_ASK: &str = "ask";
 const WANT_SCORES: &str = "scores";
+const WANT_RATINGS: &str = "ratings";
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -508,6 +511,7 @@ pub async fn request_raw<S: AsyncRead + AsyncWrite>(
         None => (b'C', b'S'),
         Some(WANT_SERVICES) => (b'Q', b'R'),
         Some(WANT_SCORES) => (b'P', b'V'),
+        Some(WANT_RATINGS) => (b'G', b'H'),
         Some(WANT_ASK) => (b'A', b'B'),
         Some(_) => (b'?', b'!'),
     };
@@ -658,6 +662,19 @@ pub async fn fetch_scores(
     cloudy_model::summary::parse_summary(&a.body).map_err(ExchangeError::Malformed)
 }
 
+/// Client side of a ratings fetch: the ratings member `from` gave, its answer signed by its
+/// pinned node key, the list bounded and each rating in form (`cloudy_model::rating`); whose
+/// they are and their own signatures `probe::ratings` checks.
+pub async fn fetch_ratings(
+    addr: SocketAddr,
+    key: &CommunityKey,
+    from: &Member,
+) -> Result<Vec<cloudy_model::rating::Rating>, ExchangeError> {
+    let a = request(addr, key, Some(WANT_RATINGS), (b'G', b'H'), vec![], None).await?;
+    answered_by(&a, from)?;
+    cloudy_model::rating::parse_list(&a.body).map_err(|e| ExchangeError::Malformed(e.to_string()))
+}
+
 /// Client side of a service request to member `to`: signed with our node key (`req.node_id`
 /// must be ours), answered under `to`'s pinned key; its answer fields, or its refusal.
 pub async fn ask_service(
@@ -714,6 +731,20 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
 ) -> Result<usize, ExchangeError> {
+    serve_rated(stream, local, merge, services, ask, scores, || "[]".into()).await
+}
+
+/// `serve_all`, also answering a ratings fetch with `ratings` (the ratings our users gave,
+/// JSON).
+pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: Server<'_>,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
+    scores: impl FnOnce() -> String,
+    ratings: impl FnOnce() -> String,
+) -> Result<usize, ExchangeError> {
     let key = local.key;
     let mut c = Conn::new(stream);
     let r = tokio::time::timeout(TIMEOUT, async {
@@ -734,6 +765,7 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
                 Some(WANT_SERVICES) => ((b'Q', b'R'), 0),
                 Some(WANT_ASK) => ((b'A', b'B'), 128 + MAX_ASK),
                 Some(WANT_SCORES) => ((b'P', b'V'), 0),
+                Some(WANT_RATINGS) => ((b'G', b'H'), 0),
                 Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
             };
             let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
@@ -793,6 +825,7 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
+            Some(WANT_RATINGS) => (ratings(), 0),
             _ => (scores(), 0),
         };
         let sig = local.node.sign_hex(&t.answer_msg(answers, body.as_bytes()));

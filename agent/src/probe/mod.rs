@@ -14,6 +14,7 @@
 pub mod checks;
 
 pub use checks::{Check, MAX_BODY, MAX_STREAM};
+pub mod ratings;
 pub mod select;
 
 pub use crate::os::http::Rate;

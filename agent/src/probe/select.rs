@@ -1,10 +1,12 @@
 //! Choosing a provider of a service type for this node: the catalog's providers of that type,
-//! ranked by this node's probe scores (best first; ties to the lower latency, then the name).
-//! Providers on this node itself are never chosen: joining yourself gains nothing.
+//! ranked by this node's probe scores blended with the users' ratings once enough nodes rated
+//! (`ratings::blend`; best first; ties to the lower latency, then the name). Providers on this
+//! node itself are never chosen: joining yourself gains nothing.
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Record;
+use crate::probe::ratings::{blend, Aggregate, Ratings};
 use crate::probe::{Probe, Scores};
 
 /// One provider of a type with what this node measured of it (None: not probed yet).
@@ -17,9 +19,17 @@ pub struct Ranked {
     pub provider: String,
     /// The record is this node's own.
     pub local: bool,
+    /// What users say of it (mean stars and how many nodes rated).
+    #[serde(default)]
+    pub rating: Option<Aggregate>,
+    /// What it is ranked by: the probe's technical score, blended with `rating` once enough
+    /// nodes rated (`ratings::blend`); None until probed.
+    #[serde(default)]
+    pub blended: Option<f64>,
 }
 
 impl Ranked {
+    /// The probe's technical score.
     pub fn score(&self) -> Option<u8> {
         self.probe.as_ref().map(|p| p.score)
     }
@@ -31,15 +41,27 @@ pub fn provider_id(r: &Record) -> String {
 
 /// Every provider of `kind` (all types when None), best first: probed ones by score, then
 /// unprobed ones, then this node's own.
-pub fn rank(kind: Option<&str>, records: &[Record], scores: &Scores, me: &str) -> Vec<Ranked> {
+pub fn rank(
+    kind: Option<&str>,
+    records: &[Record],
+    scores: &Scores,
+    ratings: &Ratings,
+    me: &str,
+) -> Vec<Ranked> {
     let mut v: Vec<Ranked> = records
         .iter()
         .filter(|r| kind.is_none_or(|k| r.kind == k))
-        .map(|r| Ranked {
-            record: r.clone(),
-            probe: scores.of(r).cloned(),
-            provider: provider_id(r),
-            local: r.node_id == me,
+        .map(|r| {
+            let probe = scores.of(r).cloned();
+            let rating = ratings.of(&r.node_id, &r.kind);
+            Ranked {
+                blended: probe.as_ref().map(|p| blend(p.score, rating.as_ref())),
+                record: r.clone(),
+                probe,
+                provider: provider_id(r),
+                local: r.node_id == me,
+                rating,
+            }
         })
         .collect();
     v.sort_by(|a, b| {
@@ -47,7 +69,8 @@ pub fn rank(kind: Option<&str>, records: &[Record], scores: &Scores, me: &str) -
             (
                 x.record.kind.clone(),
                 x.local,
-                std::cmp::Reverse(x.score().map(i16::from).unwrap_or(-1)),
+                // Hundredths of a point: a blend is rarely whole.
+                std::cmp::Reverse(x.blended.map(|b| (b * 100.0).round() as i64).unwrap_or(-1)),
                 x.probe
                     .as_ref()
                     .and_then(|p| p.rtt_ms)
@@ -63,8 +86,14 @@ pub fn rank(kind: Option<&str>, records: &[Record], scores: &Scores, me: &str) -
 }
 
 /// The best provider of `kind` for this node: the top of `rank` if it was probed and reached.
-pub fn choose(kind: &str, records: &[Record], scores: &Scores, me: &str) -> Option<Ranked> {
-    rank(Some(kind), records, scores, me)
+pub fn choose(
+    kind: &str,
+    records: &[Record],
+    scores: &Scores,
+    ratings: &Ratings,
+    me: &str,
+) -> Option<Ranked> {
+    rank(Some(kind), records, scores, ratings, me)
         .into_iter()
         .find(chosen)
 }
@@ -82,8 +111,9 @@ pub fn choose_provider(
     catalog: &[Record],
     me: &str,
     scores: &Scores,
+    ratings: &Ratings,
 ) -> Option<Record> {
-    if let Some(best) = choose(kind, catalog, scores, me) {
+    if let Some(best) = choose(kind, catalog, scores, ratings, me) {
         return Some(best.record);
     }
     unscanned_choice(kind, catalog, me)
@@ -165,9 +195,10 @@ pub fn lookup(
     name: Option<&str>,
     records: &[Record],
     scores: &Scores,
+    ratings: &Ratings,
     me: &str,
 ) -> Result<Pick, LookupError> {
-    let ranked = rank(Some(kind), records, scores, me);
+    let ranked = rank(Some(kind), records, scores, ratings, me);
     let pick = match name {
         Some(n) => {
             // An exact `node:port` first: a node may offer a kind on several ports.
@@ -215,7 +246,20 @@ pub fn why(r: &Ranked) -> String {
     let Some(p) = &r.probe else {
         return "not probed yet".into();
     };
-    let mut parts = vec![format!("score {}", p.score)];
+    let mut parts = vec![match (&r.rating, r.blended) {
+        (Some(a), Some(b)) if a.counts() => format!(
+            "score {b:.0} (technical {}, rated {:.1}/5 by {} nodes)",
+            p.score, a.mean, a.count
+        ),
+        (Some(a), _) => format!(
+            "score {} (rated {:.1}/5 by {} node(s): counts from {})",
+            p.score,
+            a.mean,
+            a.count,
+            crate::probe::ratings::MIN_RATERS
+        ),
+        _ => format!("score {}", p.score),
+    }];
     if let Some(ms) = p.rtt_ms {
         parts.push(format!(
             "connect {ms:.1} ms (median of {}/{})",
@@ -285,14 +329,17 @@ mod tests {
         );
         let all = vec![slow, good.clone(), mine, new, other];
         let me = "c".repeat(32);
-        let r = rank(Some("syncthing"), &all, &s, &me);
+        let r = rank(Some("syncthing"), &all, &s, &Ratings::default(), &me);
         let names: Vec<&str> = r.iter().map(|x| x.record.node.as_str()).collect();
         assert_eq!(names, ["good", "slow", "n1", "me"]);
-        let best = choose("syncthing", &all, &s, &me).unwrap();
+        let best = choose("syncthing", &all, &s, &Ratings::default(), &me).unwrap();
         assert_eq!(best.record, good);
         assert_eq!(best.provider, "good:22000");
         assert!(why(&best).contains("score 95"));
-        assert!(choose("streaming", &all, &s, &me).is_none(), "never probed");
+        assert!(
+            choose("streaming", &all, &s, &Ratings::default(), &me).is_none(),
+            "never probed"
+        );
     }
 
     #[test]
@@ -313,17 +360,21 @@ mod tests {
         let me = "a".repeat(32);
         let none = crate::probe::Scores::default();
         assert_eq!(
-            choose_provider("syncthing", &cat, &me, &none).unwrap().node,
+            choose_provider("syncthing", &cat, &me, &none, &Ratings::default())
+                .unwrap()
+                .node,
             "nb"
         );
         assert_eq!(
-            choose_provider("syncthing", &cat[1..2], &me, &none)
+            choose_provider("syncthing", &cat[1..2], &me, &none, &Ratings::default())
                 .unwrap()
                 .node,
             "na",
             "ourselves if nobody else"
         );
-        assert!(choose_provider("tahoe-introducer", &cat, &me, &none).is_none());
+        assert!(
+            choose_provider("tahoe-introducer", &cat, &me, &none, &Ratings::default()).is_none()
+        );
         // Once probed, the best score wins over the lowest id.
         let mut scored = crate::probe::Scores::default();
         let probe = |r: &Record, score: u8| crate::probe::Probe {
@@ -340,7 +391,7 @@ mod tests {
         };
         scored.merge(None, vec![probe(&cat[0], 90), probe(&cat[2], 40)], 1);
         assert_eq!(
-            choose_provider("syncthing", &cat, &me, &scored)
+            choose_provider("syncthing", &cat, &me, &scored, &Ratings::default())
                 .unwrap()
                 .node,
             "nc"
@@ -358,7 +409,15 @@ mod tests {
         let b = record('b', "syncthing", 22001);
         let all = vec![a, b.clone()];
         let me = "c".repeat(32);
-        let p = lookup("syncthing", Some("n1:22001"), &all, &Scores::default(), &me).unwrap();
+        let p = lookup(
+            "syncthing",
+            Some("n1:22001"),
+            &all,
+            &Scores::default(),
+            &Ratings::default(),
+            &me,
+        )
+        .unwrap();
         assert_eq!(
             p.ranked.record, b,
             "the port the user chose, not the first of the node"
@@ -372,7 +431,15 @@ mod tests {
         let a = record('a', "syncthing", 22000);
         let b = record('b', "syncthing", 22000);
         let all = vec![b, a.clone()];
-        let p = lookup("syncthing", None, &all, &Scores::default(), &"c".repeat(32)).unwrap();
+        let p = lookup(
+            "syncthing",
+            None,
+            &all,
+            &Scores::default(),
+            &Ratings::default(),
+            &"c".repeat(32),
+        )
+        .unwrap();
         assert_eq!(p.ranked.record, a);
         assert!(p.note().unwrap().contains("scan first"));
         let own = lookup(
@@ -380,12 +447,99 @@ mod tests {
             None,
             &all[1..],
             &Scores::default(),
+            &Ratings::default(),
             &"a".repeat(32),
         );
         assert!(matches!(own, Err(LookupError::Itself { .. })));
         assert!(matches!(
-            lookup("web", None, &all, &Scores::default(), "x"),
+            lookup(
+                "web",
+                None,
+                &all,
+                &Scores::default(),
+                &Ratings::default(),
+                "x"
+            ),
             Err(LookupError::None { .. })
         ));
+    }
+
+    /// Ratings by `n` nodes of `provider`'s syncthing, all `stars`.
+    fn rated_by(n: usize, provider: &Record, stars: u8) -> Ratings {
+        use crate::mesh::members::tests::{key_of, member};
+        let mut rs = Ratings::default();
+        for c in ['d', 'e', 'f', '9'].into_iter().take(n) {
+            let mut own = Ratings::default();
+            let r = own
+                .rate(
+                    &key_of(c),
+                    &c.to_string().repeat(32),
+                    &provider.node_id,
+                    "syncthing",
+                    stars,
+                    "",
+                    1,
+                )
+                .unwrap();
+            rs.take(&member(c, "rater"), vec![r]);
+        }
+        rs
+    }
+
+    /// Close technical scores (80 vs 78): three 5-star ratings of the second and one-star
+    /// ones of the first turn the choice; with two raters, the probe alone decides.
+    #[test]
+    fn ratings_turn_a_close_choice_only_from_three_raters() {
+        let a = record('a', "syncthing", 22000);
+        let b = record('b', "syncthing", 22000);
+        let mut s = Scores::default();
+        s.merge(None, vec![probed(&a, 80, 1.0), probed(&b, 78, 1.0)], 1);
+        let all = vec![a.clone(), b.clone()];
+        let me = "c".repeat(32);
+        let none = Ratings::default();
+        assert_eq!(choose("syncthing", &all, &s, &none, &me).unwrap().record, a);
+
+        let mut three = rated_by(3, &b, 5);
+        for (k, v) in rated_by(3, &a, 1).by {
+            three.by.insert(k, v);
+        }
+        let best = choose("syncthing", &all, &s, &three, &me).unwrap();
+        assert_eq!(best.record, b);
+        // 0.8 * 78 + 0.2 * 100; both parts shown.
+        assert_eq!(best.blended, Some(0.8 * 78.0 + 20.0));
+        assert_eq!(best.score(), Some(78));
+        assert_eq!(best.rating.as_ref().unwrap().count, 3);
+        assert!(
+            why(&best).contains("technical 78, rated 5.0/5 by 3 nodes"),
+            "{}",
+            why(&best)
+        );
+        let p = lookup("syncthing", None, &all, &s, &three, &me).unwrap();
+        assert_eq!(p.ranked.record, b, "join uses them too");
+
+        let two = rated_by(2, &b, 5);
+        let best = choose("syncthing", &all, &s, &two, &me).unwrap();
+        assert_eq!(best.record, a, "two raters do not count");
+        assert_eq!(best.blended, Some(80.0));
+    }
+
+    /// Far apart technically (90 vs 40), even unanimous ratings do not turn the choice.
+    #[test]
+    fn ratings_do_not_outweigh_a_clear_technical_difference() {
+        let a = record('a', "syncthing", 22000);
+        let b = record('b', "syncthing", 22000);
+        let mut s = Scores::default();
+        s.merge(None, vec![probed(&a, 90, 1.0), probed(&b, 40, 1.0)], 1);
+        let mut rs = rated_by(3, &b, 5);
+        for (k, v) in rated_by(3, &a, 1).by {
+            rs.by.insert(k, v);
+        }
+        let all = vec![a.clone(), b];
+        assert_eq!(
+            choose("syncthing", &all, &s, &rs, &"c".repeat(32))
+                .unwrap()
+                .record,
+            a
+        );
     }
 }

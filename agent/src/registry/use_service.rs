@@ -60,6 +60,7 @@ pub fn join(
         provider,
         &records,
         &crate::probe::load_scores(sys),
+        &crate::probe::ratings::Ratings::load(sys).unwrap_or_default(),
         &node.ctx.node_id,
     )?;
     let mut lines: Vec<String> = pick.note().into_iter().collect();

@@ -132,6 +132,7 @@ impl Tahoe {
             &all,
             &env.ctx.node_id,
             &scores,
+            &crate::probe::ratings::Ratings::load(&env.sys).unwrap_or_default(),
         )
         .map(|r| pick(&r))
     }
