@@ -721,13 +721,55 @@ mod tests {
         }
     }
 
+    /// A rate request as the socket reads it: stars 1-5, a comment bounded and without
+    /// control characters, refused before anything signs it.
+    #[test]
+    fn rate_requests_are_checked() {
+        let ok = r#"{"op":"rate","kind":"syncthing","provider":"n2:22000","stars":4,"comment":"<b>ok</b>"}"#;
+        assert!(matches!(
+            Request::parse_line(ok.as_bytes()),
+            Ok(Request::Rate { stars: 4, .. })
+        ));
+        let long = format!(
+            r#"{{"op":"rate","kind":"syncthing","provider":"n2","stars":4,"comment":"{}"}}"#,
+            "x".repeat(10 * 1024)
+        );
+        for bad in [
+            r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":0}"#,
+            r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":6}"#,
+            r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":300}"#,
+            r#"{"op":"rate","kind":"../x","provider":"n2","stars":3}"#,
+            r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":3,"comment":"a\nb"}"#,
+            r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":3,"rater":"x"}"#,
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    Request::parse_line(bad.as_bytes()),
+                    Err(Reply::Error { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn join_names_the_provider_and_says_what_is_missing() {
         use crate::catalog::tests::record;
         let sys = System::new("/nonexistent");
         let r = record('b', "web", 8080);
         let rs = vec![r.clone()];
-        match join(&sys, "web", Some("n1:8080"), &rs, &Scores::default(), &Ratings::default(), "x").await {
+        match join(
+            &sys,
+            "web",
+            Some("n1:8080"),
+            &rs,
+            &Scores::default(),
+            &Ratings::default(),
+            "x",
+        )
+        .await
+        {
             Reply::Joined {
                 ok,
                 provider,
@@ -741,7 +783,17 @@ mod tests {
         }
         assert_eq!(joinable("tahoe-introducer"), Some("tahoe-lafs"));
         assert_eq!(joinable("syncthing"), Some("syncthing"));
-        match join(&sys, "web", None, &rs, &Scores::default(), &Ratings::default(), "x").await {
+        match join(
+            &sys,
+            "web",
+            None,
+            &rs,
+            &Scores::default(),
+            &Ratings::default(),
+            "x",
+        )
+        .await
+        {
             Reply::Joined { message, .. } => assert!(message.contains("scan first")),
             other => panic!("{other:?}"),
         }

@@ -1138,6 +1138,49 @@ mod tests {
         }
     }
 
+    /// A ratings fetch: the member's list, under its pinned key; another member's answer is
+    /// refused, and so is a list past the bounds (1000 ratings).
+    #[tokio::test(flavor = "current_thread")]
+    async fn ratings_are_fetched_from_the_member_asked_and_bounded() {
+        use cloudy_model::rating::Rating;
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        let one = Rating {
+            rater: "b".repeat(32),
+            provider: "a".repeat(32),
+            kind: "syncthing".into(),
+            stars: 4,
+            comment: "<script>x</script>".into(),
+            seq: 1,
+            sig: "0".repeat(128),
+        };
+        for (n, ask, ok) in [(1, 'b', true), (1, 'c', false), (1000, 'b', false)] {
+            let list = serde_json::to_string(&vec![one.clone(); n]).unwrap();
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = k.clone();
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
+                serve_rated(
+                    s,
+                    srv.local(&sk),
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    |_| panic!("not an ask"),
+                    || panic!("not scores"),
+                    move || list,
+                )
+                .await
+            });
+            let got = fetch_ratings(addr, &k, &member(ask, "m")).await;
+            let _ = srv.await.unwrap();
+            match ok {
+                true => assert_eq!(got.unwrap(), vec![one.clone()]),
+                false => assert!(got.is_err(), "{n} {ask}"),
+            }
+        }
+    }
+
     /// An answer signed by a key other than the one pinned for the member we asked is
     /// refused: a member cannot answer for another.
     #[tokio::test(flavor = "current_thread")]
