@@ -6,10 +6,11 @@
 //! control socket (`control`). Nothing but the login page answers without a session.
 //!
 //! Pages: `/login`, `/services?type=T` (a tab per type: score | description | host | IP | port
-//! | microcloud | action, best first; "Scan quality" and "Join"), `/node` (tinc peers,
+//! | microcloud | rating | action, best first; "Scan quality", "Join" and "Rate"), `/node` (tinc peers,
 //! services, seed errors, other nodes' views). API: `GET /api/state`, `GET /api/services[?type=T]`,
 //! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
-//! `POST /api/join {"type":T,"provider":P?}`. No JavaScript: forms and links.
+//! `POST /api/join {"type":T,"provider":P?}`, `POST /api/rate {"type":T,"provider":P,"stars":S,
+//! "comment":C?}`. No JavaScript: forms and links.
 
 pub mod auth;
 pub mod html;
@@ -54,6 +55,7 @@ pub fn router(web: Shared) -> Router {
         .route("/node", get(node_page))
         .route("/scan", post(scan_form))
         .route("/join", post(join_form))
+        .route("/rate", post(rate_form))
         .route("/logout", post(logout))
         .route("/api/state", get(api_state))
         .route("/api/services", get(api_services))
@@ -61,6 +63,7 @@ pub fn router(web: Shared) -> Router {
         .route("/api/select", get(api_select))
         .route("/api/scan", post(api_scan))
         .route("/api/join", post(api_join))
+        .route("/api/rate", post(api_rate))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(web.clone(), require_session))
         .with_state(web);
@@ -208,8 +211,10 @@ fn score_cell(r: &Ranked) -> Html {
             h.push("<td class=\"score none\" title=\"not probed yet\">–</td>");
         }
         (Some(p), false) => {
+            // The blend when ratings count; the title says both parts (`select::why`).
+            let shown = r.blended.map_or(p.score, |b| b.round() as u8);
             h.push("<td class=\"score ")
-                .push(match p.score {
+                .push(match shown {
                     70.. => "good",
                     40..=69 => "fair",
                     _ => "bad",
@@ -217,14 +222,60 @@ fn score_cell(r: &Ranked) -> Html {
                 .push("\" title=\"")
                 .text_in(&select::why(r))
                 .push("\">")
-                .text_in(&p.score.to_string())
+                .text_in(&shown.to_string())
                 .push("</td>");
         }
     }
     h
 }
 
-fn provider_row(r: &Ranked) -> Html {
+/// What users say: mean stars and how many nodes rated, and the latest comments (escaped).
+fn rating_cell(r: &Ranked, comments: &[cloudy_model::rating::Rating]) -> Html {
+    let mut h = Html::raw("<td class=\"rating\">");
+    match &r.rating {
+        Some(a) => {
+            h.text_in(&format!("{:.1}/5 ({} node(s))", a.mean, a.count));
+            if !a.counts() {
+                h.push(" <small>(counts from ")
+                    .text_in(&crate::probe::ratings::MIN_RATERS.to_string())
+                    .push(")</small>");
+            }
+        }
+        None => {
+            h.push("–");
+        }
+    }
+    for c in comments.iter().take(3) {
+        h.push("<br><q class=\"comment\">")
+            .text_in(&c.comment)
+            .push("</q>");
+    }
+    h.push("</td>");
+    h
+}
+
+/// The rating form, next to Join: 1-5 stars and a short comment.
+fn rate_form_html(r: &Ranked) -> Html {
+    let mut h = Html::raw(
+        "<form method=\"post\" action=\"/rate\" class=\"rate\"><input type=\"hidden\" name=\"type\" value=\"",
+    );
+    h.text_in(&r.record.kind)
+        .push("\"><input type=\"hidden\" name=\"provider\" value=\"")
+        .text_in(&r.provider)
+        .push("\"><select name=\"stars\" aria-label=\"stars\">");
+    // Static markup only (`Html::push` takes no runtime text): five options, best first.
+    h.push(
+        "<option value=\"5\">★★★★★</option><option value=\"4\">★★★★</option>\
+         <option value=\"3\">★★★</option><option value=\"2\">★★</option>\
+         <option value=\"1\">★</option>",
+    );
+    h.push("</select><input type=\"text\" name=\"comment\" maxlength=\"")
+        .text_in(&cloudy_model::rating::MAX_COMMENT.to_string())
+        .push("\" placeholder=\"comment (optional)\" aria-label=\"comment\"><button type=\"submit\" class=\"rate\">Rate</button></form>");
+    h
+}
+
+fn provider_row(r: &Ranked, comments: &[cloudy_model::rating::Rating]) -> Html {
     let rec = &r.record;
     let mut h = Html::raw("<tr data-provider=\"");
     h.text_in(&r.provider).push("\">");
@@ -239,7 +290,9 @@ fn provider_row(r: &Ranked) -> Html {
         .text_in(&rec.port.to_string())
         .push("</td><td>")
         .text_in(&rec.microcloud)
-        .push("</td><td>");
+        .push("</td>");
+    h.html(&rating_cell(r, comments));
+    h.push("<td>");
     if r.local {
         h.push("–");
     } else {
@@ -250,6 +303,7 @@ fn provider_row(r: &Ranked) -> Html {
         .push("\"><input type=\"hidden\" name=\"provider\" value=\"")
         .text_in(&r.provider)
         .push("\"><button type=\"submit\" class=\"join\">Join</button></form>");
+        h.html(&rate_form_html(r));
     }
     h.push("</td></tr>\n");
     h
@@ -284,7 +338,11 @@ async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>
     };
     let mut rows = Html::default();
     for r in s.providers.iter().filter(|r| r.record.kind == kind) {
-        rows.html(&provider_row(r));
+        let comments = s
+            .comments
+            .get(&r.provider)
+            .map_or(&[][..], |c| c.as_slice());
+        rows.html(&provider_row(r, comments));
     }
     let body = render(
         html::SERVICES,
@@ -361,6 +419,82 @@ async fn join_form(AxState(web): AxState<Shared>, Form(f): Form<JoinForm>) -> Re
         ],
     );
     page("Join", &s, &f.kind, body)
+}
+
+#[derive(Deserialize)]
+struct RateForm {
+    #[serde(rename = "type")]
+    kind: String,
+    provider: String,
+    stars: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// The rating form's POST (behind the session, like Join; the SameSite=Strict cookie keeps
+/// other sites' forms out). The agent checks and signs.
+async fn rate_form(AxState(web): AxState<Shared>, Form(f): Form<RateForm>) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (ok, message) = match f.stars.trim().parse::<u8>() {
+        Err(_) => (false, "stars must be a number from 1 to 5".to_string()),
+        Ok(stars) => match ask(
+            &web,
+            Ask::Rate {
+                kind: f.kind.clone(),
+                provider: f.provider,
+                stars,
+                comment: f.comment,
+            },
+        )
+        .await
+        {
+            Ok(Reply::Rated { message, .. }) => (true, message),
+            Ok(Reply::Error { message }) => (false, message),
+            Ok(other) => (false, format!("unexpected reply {other:?}")),
+            Err(r) => return r,
+        },
+    };
+    let back = format!("/services?type={}", url_component(&f.kind));
+    let body = render(
+        html::MESSAGE,
+        &[
+            ("class", Html::raw(if ok { "" } else { " err" })),
+            ("message", Html::text(&message)),
+            ("back", Html::text(&back)),
+        ],
+    );
+    page("Rate", &s, &f.kind, body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiRate {
+    #[serde(rename = "type")]
+    kind: String,
+    provider: String,
+    stars: u8,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn api_rate(AxState(web): AxState<Shared>, Json(b): Json<ApiRate>) -> Response {
+    match ask(
+        &web,
+        Ask::Rate {
+            kind: b.kind,
+            provider: b.provider,
+            stars: b.stars,
+            comment: b.comment,
+        },
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn api_state(AxState(web): AxState<Shared>) -> Response {
@@ -637,14 +771,17 @@ mod tests {
         r.host = evil.into();
         r.microcloud = evil.into();
         r.kind = evil.into();
-        let row = provider_row(&Ranked {
-            provider: select::provider_id(&r),
-            record: r,
-            probe: None,
-            local: false,
-            rating: None,
-            blended: None,
-        })
+        let row = provider_row(
+            &Ranked {
+                provider: select::provider_id(&r),
+                record: r,
+                probe: None,
+                local: false,
+                rating: None,
+                blended: None,
+            },
+            &[],
+        )
         .into_string();
         assert!(!row.contains("<script"), "{row}");
         assert!(
@@ -653,5 +790,50 @@ mod tests {
         );
         assert!(row.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
         assert_eq!(url_component("a b&c"), "a%20b%26c");
+    }
+
+    /// A member's comment is shown as text: `<script>` and quotes cannot leave it; the row
+    /// has the rating form next to Join and shows both parts of the score.
+    #[test]
+    fn a_rating_comment_is_escaped_and_the_row_has_the_form() {
+        let evil = "<script>alert(1)</script>\"'&";
+        let r = record('a', "web", 80);
+        let c = cloudy_model::rating::Rating {
+            rater: "b".repeat(32),
+            provider: r.node_id.clone(),
+            kind: "web".into(),
+            stars: 1,
+            comment: evil.into(),
+            seq: 1,
+            sig: "0".repeat(128),
+        };
+        let row = provider_row(
+            &Ranked {
+                provider: select::provider_id(&r),
+                record: r,
+                probe: None,
+                local: false,
+                rating: Some(crate::probe::ratings::Aggregate {
+                    mean: 1.0,
+                    count: 3,
+                }),
+                blended: None,
+            },
+            &[c],
+        )
+        .into_string();
+        assert!(!row.contains("<script"), "{row}");
+        assert!(
+            row.contains(
+                "<q class=\"comment\">&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;</q>"
+            ),
+            "{row}"
+        );
+        assert!(row.contains("1.0/5 (3 node(s))"), "{row}");
+        assert!(
+            row.contains("action=\"/rate\"") && row.contains("name=\"stars\""),
+            "{row}"
+        );
+        assert!(row.contains("maxlength=\"280\""), "{row}");
     }
 }
