@@ -54,11 +54,11 @@ pub async fn run(
         mesh.members.lock().unwrap().me().id.clone(),
         mesh.node_key.clone(),
     ));
-    tokio::spawn(super::serve::serve(
+    tokio::spawn(super::serve::serve_rated(
         mesh.clone(),
         share.clone(),
         manager.clone(),
-        ratings.clone(),
+        Some(ratings.clone()),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));

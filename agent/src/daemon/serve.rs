@@ -26,7 +26,17 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
-    ratings: Arc<crate::probe::ratings::Book>,
+    listener: tokio::net::TcpListener,
+) {
+    serve_rated(mesh, share, manager, None, listener).await
+}
+
+/// `serve`, answering ratings fetches with the ratings our users gave (none without a book).
+pub async fn serve_rated(
+    mesh: Arc<Mesh>,
+    share: Arc<Sharing>,
+    manager: Arc<Manager>,
+    ratings: Option<Arc<crate::probe::ratings::Book>>,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
@@ -85,7 +95,7 @@ pub async fn serve(
                 ours,
                 ask,
                 move || summary,
-                move || ratings.ours_json(),
+                move || ratings.map_or_else(|| "[]".into(), |b| b.ours_json()),
             )
             .await
         }

@@ -233,7 +233,7 @@ impl Ratings {
             .filter(|r| r.provider == provider && r.kind == kind && !r.comment.is_empty())
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.seq.cmp(&a.seq));
+        v.sort_by_key(|r| std::cmp::Reverse(r.seq));
         v
     }
 
