@@ -8,6 +8,7 @@
 #![no_main]
 
 use cloudy_agent::control::{Reply, Request};
+use cloudy_agent::probe::ratings::Ratings;
 use cloudy_agent::probe::select;
 use cloudy_agent::probe::Scores;
 use cloudy_model::record::Record;
@@ -33,15 +34,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Request::parse_line(&line).ok().as_ref(), Some(&req));
             let records = catalog();
             let scores = Scores::default();
+            let ratings = Ratings::default();
             match &req {
                 Request::Join { kind, provider } => {
-                    let _ = select::lookup(kind, provider.as_deref(), &records, &scores, ME);
+                    let _ =
+                        select::lookup(kind, provider.as_deref(), &records, &scores, &ratings, ME);
                 }
                 Request::Select { kind } => {
-                    let _ = select::choose(kind, &records, &scores, ME);
-                    let _ = select::rank(Some(kind), &records, &scores, ME);
+                    let _ = select::choose(kind, &records, &scores, &ratings, ME);
+                    let _ = select::rank(Some(kind), &records, &scores, &ratings, ME);
                 }
-                Request::Scan { .. } | Request::State {} => {}
+                Request::Rate { .. } | Request::Scan { .. } | Request::State {} => {}
             }
         }
         Err(reply) => {
