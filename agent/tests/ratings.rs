@@ -3,9 +3,12 @@
 //! them alike. A rating given with `cloudy-agent rate` on node 4 must reach node 1 within
 //! 10 s over the exchange port; once three nodes (1, 4, 5) rated node 1's first choice low
 //! and the other high, node 1's `select` turns to the other; with one rater it does not.
-//! Needs root, tinc and serf; skips, saying why, without them.
+//! Node 5 rates through its dashboard's Rate form (HTTPS, logged in), and node 1's services
+//! page shows the rating and the comment, escaped. Needs root, tinc and serf; skips, saying
+//! why, without them.
 
 mod microcloud;
+mod web;
 
 use microcloud::{discovery_available, listen_in, Cloud};
 use serde_json::Value;
@@ -14,6 +17,31 @@ use std::time::{Duration, Instant};
 
 /// The bound for a rating to reach another member.
 const WITHIN: Duration = Duration::from_secs(10);
+const PASSWORD: &str = "ratings test password";
+const EVIL: &str = "<script>alert(1)</script> slow";
+
+fn hash(password: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new(microcloud::agent())
+        .args(["seed", "hash-password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// The dashboard of `node`: its address, pinned certificate and a session cookie.
+fn dashboard(node: &microcloud::Node) -> (String, String, String) {
+    let addr = format!("{}:8443", node.lan());
+    web::wait_up(&node.ns, &addr, Duration::from_secs(20));
+    let pin = web::tls::status_fingerprint(&node.root);
+    let cookie = web::tls::login(&node.ns, &addr, &pin, PASSWORD);
+    (addr, pin, cookie)
+}
 
 fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
@@ -81,6 +109,13 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
         return;
     }
     let mut cloud = Cloud::new("rt", 5);
+    // The dashboard's unprivileged user must reach the control socket (tempdirs are 0700).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let top = cloud.nodes[0].root.parent().unwrap();
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let h = hash(PASSWORD);
     for i in 1..=5 {
         let peers = if i == 1 { "" } else { "\"10.213.0.1:6655\"" };
         let publish = if i == 2 || i == 3 {
@@ -91,7 +126,9 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
         cloud.write_seed_text(
             i,
             microcloud::KEY,
-            &format!("peers = [{peers}]\n{publish}[network]\ninterface = \"eth0\"\n"),
+            &format!(
+                "peers = [{peers}]\n{publish}[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+            ),
         );
         // Scans only when the test asks (select scans unprobed providers).
         cloud.nodes[i - 1]
@@ -134,12 +171,7 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
     // 1. A rating on node 4 reaches node 1 within 10 s.
     let n4 = &cloud.nodes[3];
     let t = Instant::now();
-    rate(
-        n4,
-        &format!("{first}:8080"),
-        "1",
-        "<script>alert(1)</script> slow",
-    );
+    rate(n4, &format!("{first}:8080"), "1", EVIL);
     let took = wait_for("n4's rating on n1", WITHIN, || {
         raters_of(n1, &first_id).contains(&n4.node_id())
     });
@@ -150,11 +182,59 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
 
     // 2. Three raters (n1 itself, n4, n5): the choice turns.
     rate(n4, &format!("{other}:8080"), "5", "fine");
-    for i in [1, 5] {
-        let n = &cloud.nodes[i - 1];
-        rate(n, &format!("{first}:8080"), "1", "slow");
-        rate(n, &format!("{other}:8080"), "5", "fine");
+    rate(n1, &format!("{first}:8080"), "1", "slow");
+    rate(n1, &format!("{other}:8080"), "5", "fine");
+    // Node 5 through its dashboard's Rate form. Without a session the form is refused (sent
+    // to the login page) and nothing is rated.
+    let n5 = &cloud.nodes[4];
+    let (addr, pin, cookie) = dashboard(n5);
+    let form = |provider: &str, stars: &str, comment: &str| {
+        format!(
+            "type=web&provider={}&stars={stars}&comment={}",
+            web::urlencode(provider),
+            web::urlencode(comment)
+        )
+    };
+    let r = web::tls::post_form(
+        &n5.ns,
+        &addr,
+        &pin,
+        "/rate",
+        None,
+        &form(&format!("{first}:8080"), "5", "x"),
+    );
+    assert!(r.status == 303 || r.status == 307, "{}", r.status);
+    assert!(
+        !raters_of(n5, &first_id).contains(&n5.node_id()),
+        "no rating without a session"
+    );
+    let page = web::tls::get(&n5.ns, &addr, &pin, "/services?type=web", Some(&cookie)).text();
+    assert!(
+        page.contains("action=\"/rate\""),
+        "the form next to Join: {page}"
+    );
+    for (p, stars, c) in [(first.as_str(), "1", "slow"), (other, "5", "fine")] {
+        let r = web::tls::post_form(
+            &n5.ns,
+            &addr,
+            &pin,
+            "/rate",
+            Some(&cookie),
+            &form(&format!("{p}:8080"), stars, c),
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("rated "), "{}", r.text());
     }
+    // A 10 KiB comment through the form: refused, said.
+    let r = web::tls::post_form(
+        &n5.ns,
+        &addr,
+        &pin,
+        "/rate",
+        Some(&cookie),
+        &form(&format!("{first}:8080"), "3", &"x".repeat(10 * 1024)),
+    );
+    assert!(r.text().contains("280 allowed"), "{}", r.text());
     wait_for("three raters of each on n1", WITHIN, || {
         raters_of(n1, &first_id).len() == 3 && raters_of(n1, &other_id).len() == 3
     });
@@ -176,7 +256,21 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    // The comment travels as text (the dashboard escapes it).
+    // The comment travels as text, and node 1's dashboard shows it escaped, with both parts.
     let text = std::fs::read_to_string(n1.root.join("var/lib/cloudy/ratings.json")).unwrap();
-    assert!(text.contains("<script>alert(1)</script> slow"));
+    assert!(text.contains(EVIL));
+    let (addr, pin, cookie) = dashboard(n1);
+    let page = web::tls::get(&n1.ns, &addr, &pin, "/services?type=web", Some(&cookie)).text();
+    assert!(!page.contains("<script"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt; slow"),
+        "{page}"
+    );
+    assert!(
+        page.contains("5.0/5 (3 node(s))") && page.contains("1.0/5 (3 node(s))"),
+        "{page}"
+    );
+    let api = web::tls::get(&n1.ns, &addr, &pin, "/api/services?type=web", Some(&cookie)).json();
+    assert_eq!(api[0]["record"]["node"], other, "{api:#}");
+    assert_eq!(api[0]["rating"]["count"], 3, "{api:#}");
 }
