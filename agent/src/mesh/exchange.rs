@@ -21,8 +21,8 @@
 //!
 //! The community key admits a node; it does not let it speak for another. Every answer is
 //! signed by the answering node's own key (ed25519, `NODEKEY_S` in hex and `SIG_S` over the
-//! role, NC NS XC XS and BODY), so a client knows which member answered: a services, scores
-//! or ask request names the member it expects, and an answer signed by any other key is
+//! role, NC NS XC XS and BODY), so a client knows which member answered: a services, scores,
+//! ratings or ask request names the member it expects, and an answer signed by any other key is
 //! refused. A list swap's answer must come from a key that signs one record of the list.
 //!
 //! Until the peer has proved the key, everything it sends is small: the hello and the proof

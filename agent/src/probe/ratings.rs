@@ -175,6 +175,13 @@ impl Ratings {
         let mut taken = Taken::default();
         let mut fresh: BTreeMap<Key, Rating> = BTreeMap::new();
         for r in list.into_iter().take(MAX_PER_RATER) {
+            // The form first: nothing of a rating out of form reaches the log.
+            if let Err(e) = r.check() {
+                taken
+                    .refused
+                    .push(format!("a rating from {} out of form: {e}", from.name));
+                continue;
+            }
             if r.rater != from.id {
                 taken.refused.push(format!(
                     "a rating in the name of {} sent by {}",
@@ -480,6 +487,16 @@ mod tests {
                 .rate(&key_of('a'), &id('a'), &id('b'), "syncthing", 3, &c, 1)
                 .is_err());
         }
+        // Nor from a member: signed by A, but out of form (10 KiB, a control character).
+        for c in ["x".repeat(10 * 1024), "a\u{1b}b".into()] {
+            let mut r = signed('a', 'b', 3, 1);
+            r.comment = c;
+            r.sig = key_of('a').sign_hex(&r.signed_bytes());
+            let t = rs.take(&member('a', "alice"), vec![r]);
+            assert!(t.refused[0].contains("out of form"), "{t:?}");
+            assert!(!t.refused[0].contains('\u{1b}'), "{t:?}");
+        }
+        assert!(rs.is_empty());
         // Markup is kept as text (the dashboard escapes it).
         rs.rate(
             &key_of('a'),
