@@ -28,7 +28,8 @@ pub const RATING_WEIGHT: f64 = 0.2;
 pub const MIN_RATERS: usize = 3;
 /// How often members' ratings are fetched.
 pub const POLL: Duration = Duration::from_secs(3);
-/// Members asked per round (the exchange server takes 8 connections per address anyway).
+/// Members asked per round; a larger community is asked in turns, the next window each round
+/// (so with 1024 members each is asked every 16 rounds, 48 s).
 const MAX_ASKED: usize = 64;
 
 /// What the users say of one provider's kind.
@@ -292,6 +293,8 @@ pub struct Book {
     pub me: String,
     pub node: NodeKey,
     pub ratings: Mutex<Ratings>,
+    /// Rounds of `poll` so far: where the next window of members starts.
+    round: std::sync::atomic::AtomicUsize,
 }
 
 impl Book {
@@ -307,6 +310,7 @@ impl Book {
             me,
             node,
             ratings: Mutex::new(ratings),
+            round: Default::default(),
         }
     }
 
@@ -350,11 +354,20 @@ impl Book {
             std::collections::BTreeSet<String>,
         ) = {
             let ms = share.members.lock().unwrap();
+            let others: Vec<&Member> = ms.others().collect();
+            let n = others.len().max(1);
+            let round = self
+                .round
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let start = round.wrapping_mul(MAX_ASKED) % n;
             (
-                ms.others()
+                others
+                    .iter()
+                    .cycle()
+                    .skip(start)
+                    .take(MAX_ASKED.min(others.len()))
                     .filter(|m| !m.address.is_unspecified())
-                    .take(MAX_ASKED)
-                    .map(|m| (m.clone(), SocketAddr::new(m.address, m.exchange_port)))
+                    .map(|m| ((*m).clone(), SocketAddr::new(m.address, m.exchange_port)))
                     .collect(),
                 ms.members.keys().cloned().collect(),
             )
