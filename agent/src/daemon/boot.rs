@@ -124,7 +124,7 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         seed_errors: loaded.errors.clone(),
         medium_warnings,
     };
-    super::node::run(mesh, seed, &community, opts, said).await
+    super::node::run(mesh, seed, &community, &key, opts, said).await
 }
 
 /// Hostname, node id, dashboard credential and ssh keys; a failure past the first two is

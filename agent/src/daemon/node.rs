@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
+use crate::mesh::invite::{self, Invites};
 use crate::mesh::{gossip, serf, Mesh};
 use crate::os::certificate::{self, Certificate, Origin};
 use crate::os::identity;
@@ -29,10 +30,20 @@ pub async fn run(
     mesh: Arc<Mesh>,
     seed: &Seed,
     community: &Community,
+    key: &str,
     opts: &Options,
     said: Said,
 ) -> Result<i32> {
     let listener = listen(seed.exchange_port()).await?;
+    // A damaged invitations file is reported and set aside: the node runs on without
+    // invitations rather than not at all.
+    let invites = match Invites::load(mesh.sys.path(invite::INVITES_FILE), &community.name, key) {
+        Ok(i) => Some(Arc::new(i)),
+        Err(e) => {
+            tracing::error!("invitations: {e}");
+            None
+        }
+    };
     let share = publish::Sharing::new(
         mesh.sys.clone(),
         mesh.key.clone(),
@@ -53,6 +64,7 @@ pub async fn run(
         mesh.clone(),
         share.clone(),
         manager.clone(),
+        invites.clone(),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
@@ -60,7 +72,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said);
+    start_control(&mesh, &share, seed, opts, said, invites);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -157,6 +169,7 @@ fn start_control(
     seed: &Seed,
     opts: &Options,
     said: Said,
+    invites: Option<Arc<Invites>>,
 ) {
     let me = mesh.members.lock().unwrap().me().id.clone();
     let prober = Arc::new(crate::probe::Prober::new(
@@ -172,6 +185,8 @@ fn start_control(
         medium_warnings: said.medium_warnings,
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
+        invites,
+        exchange_port: seed.exchange_port(),
     });
     crate::control::start(agent);
     let ports = crate::dashboard::Ports {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::catalog::publish::Sharing;
+use crate::mesh::invite::Invites;
 use crate::mesh::{exchange, Mesh};
 use crate::registry::manager::Manager;
 use crate::services::UseRequest;
@@ -26,10 +27,12 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
+    invites: Option<Arc<Invites>>,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
         let mesh = mesh.clone();
+        let invites = invites.clone();
         let share = share.clone();
         let manager = manager.clone();
         async move {
@@ -65,9 +68,10 @@ pub async fn serve(
                 node: &mesh.node_key,
                 members: &mesh.members,
             };
-            exchange::serve_all(
+            exchange::serve_invites(
                 stream,
                 local,
+                invites.as_deref().map(|i| (i, peer.ip())),
                 move |theirs| {
                     let mut ms = m.members.lock().unwrap();
                     let merged = ms.merge(theirs);
