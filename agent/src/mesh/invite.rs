@@ -24,7 +24,9 @@ use crate::os::identity::{hex, random_bytes};
 use crate::os::system::write_atomic;
 
 pub const INVITES_FILE: &str = "/var/lib/cloudy/invites.json";
-pub const PREFIX: &str = "cloudy1:";
+pub use cloudy_model::seed::community::{
+    INVITE_MANY_PREFIX as MANY_PREFIX, INVITE_PREFIX as PREFIX,
+};
 /// Outstanding tokens kept at once: bounds the file and the listing.
 pub const MAX_INVITES: usize = 64;
 /// Redeem attempts one address may make per `ATTEMPT_WINDOW`, whatever their outcome.
@@ -53,6 +55,9 @@ pub enum InviteError {
 pub struct Token {
     secret: [u8; 16],
     pub addrs: Vec<String>,
+    /// Made for more than one node: its text says so (`MANY_PREFIX`), so `cloudy-image`
+    /// keeps it off a PXE bundle.
+    pub many: bool,
 }
 
 impl std::fmt::Debug for Token {
@@ -66,15 +71,18 @@ impl Token {
         Token {
             secret: random_bytes::<16>(),
             addrs,
+            many: false,
         }
     }
 
     /// Parses a token; the error never repeats the text, which is a secret.
     pub fn parse(s: &str) -> Result<Self, InviteError> {
-        let rest = s
-            .trim()
-            .strip_prefix(PREFIX)
-            .ok_or(InviteError::Malformed("it does not start with cloudy1:"))?;
+        let s = s.trim();
+        let (many, rest) = match (s.strip_prefix(PREFIX), s.strip_prefix(MANY_PREFIX)) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err(InviteError::Malformed("it does not start with cloudy1:")),
+        };
         let (secret, addrs) = rest
             .split_once('@')
             .ok_or(InviteError::Malformed("no @ before the addresses"))?;
@@ -95,7 +103,11 @@ impl Token {
         {
             return Err(InviteError::Malformed("an address is not host:port"));
         }
-        Ok(Token { secret, addrs })
+        Ok(Token {
+            secret,
+            addrs,
+            many,
+        })
     }
 
     /// Public: names the token in listings and in the redeemer's hello; a hash, so it does not
@@ -122,7 +134,8 @@ impl std::fmt::Display for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{PREFIX}{}@{}",
+            "{}{}@{}",
+            if self.many { MANY_PREFIX } else { PREFIX },
             URL_SAFE_NO_PAD.encode(self.secret),
             self.addrs.join(",")
         )
@@ -243,7 +256,8 @@ impl Invites {
             cloudy_model::names::check_hostname(n)
                 .map_err(|p| InviteError::Invalid(format!("name {n:?}: {p}")))?;
         }
-        let token = Token::new(addrs.into_iter().take(MAX_ADDRS).collect());
+        let mut token = Token::new(addrs.into_iter().take(MAX_ADDRS).collect());
+        token.many = uses > 1;
         let mut list = self.list.lock().unwrap();
         let t = now();
         list.retain(|i| i.expires > t && i.uses_left > 0);
@@ -370,6 +384,10 @@ mod tests {
         let secret = s[PREFIX.len()..].split('@').next().unwrap().to_string();
         assert_eq!(secret.len(), 22);
         assert!(!format!("{t:?}").contains(&secret));
+        let mut many = t.clone();
+        many.many = true;
+        assert!(many.to_string().starts_with(MANY_PREFIX));
+        assert_eq!(Token::parse(&many.to_string()).unwrap(), many);
         let bad = s.replace('@', "#");
         let e = Token::parse(&bad).unwrap_err().to_string();
         assert!(!e.contains(&secret), "the error echoes the secret: {e}");
