@@ -60,6 +60,8 @@ const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 pub enum SeedImageError {
     #[error("{0}\n  fix: correct the seed (`cloudy-agent seed check FILE` says the same), then run customise again; the image was not touched")]
     BadSeed(String),
+    #[error("{0}\n  the image was not touched")]
+    LanSecret(String),
     #[error("{0}\n  fix: give a Cloudy image built by `cloudy-image build` (out/<board>/cloudy-<board>.iso, .img or .img.xz); nothing was changed")]
     NotCloudy(#[from] NotCloudy),
     #[error("{path}: not xz data, or a damaged .xz file\n  fix: give a Cloudy image built by `cloudy-image build`; nothing was changed")]
@@ -133,13 +135,29 @@ pub fn apply(
 ) -> Result<Vec<(PathBuf, String)>, SeedImageError> {
     if let Edit::Write(seed) = edit {
         let text = fs::read_to_string(seed).map_err(|e| io("reading the seed", seed, e))?;
-        crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
+        let name = seed.display().to_string();
+        crate::seed::check(&name, &text).map_err(SeedImageError::BadSeed)?;
+        if in_pxe_bundle(out.unwrap_or(image)) {
+            crate::seed::check_for_lan(&name, &text).map_err(SeedImageError::LanSecret)?;
+        }
     }
     let target = out.unwrap_or(image);
     let work = Work::open(image, target, log)?;
     let result = edit_image(&work, image, target, edit, log);
     work.clean();
     result
+}
+
+/// A PXE bundle's live ISO: its directory holds the bundle's boot script, and everything
+/// in it is served to the LAN.
+fn in_pxe_bundle(iso: &Path) -> bool {
+    let dir = iso.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    dir.join("boot.ipxe").exists()
 }
 
 /// The file the edit works on: the image itself, or a decompressed copy of an `.img.xz`.
@@ -544,6 +562,47 @@ mod tests {
             .to_string();
         assert!(err.contains("node.name") && err.contains("fix:"), "{err}");
         assert_eq!(fs::read(&img).unwrap(), b"not touched");
+    }
+
+    /// A PXE bundle serves `cloudy.iso` to the whole LAN. The old code wrote a seed holding
+    /// the community key into it as into any ISO, so anyone on the LAN could fetch the key.
+    #[test]
+    fn a_secret_is_refused_for_a_pxe_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("boot.ipxe"), b"#!ipxe\n").unwrap();
+        let img = d.path().join("cloudy.iso");
+        fs::write(&img, b"not touched").unwrap();
+        let seed = d.path().join("s.toml");
+        for (text, says) in [
+            (
+                "version = 1\n[community]\nname = \"lab\"\nkey = \"0123456789abcdef0123\"\n",
+                "community key",
+            ),
+            (
+                "version = 1\n[community]\nname = \"lab\"\ninvite = \"cloudy1m:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655\"\n",
+                "several nodes",
+            ),
+        ] {
+            fs::write(&seed, text).unwrap();
+            let err = apply(&img, Edit::Write(&seed), None, &Log::sink())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains("single-use invitation"), "{err}");
+            assert!(!err.contains("0123456789abcdef0123") && !err.contains("AAAAAAAA"), "{err}");
+            assert_eq!(fs::read(&img).unwrap(), b"not touched");
+        }
+        // The same seeds are fine for a lone ISO (the user's own medium); a single-use
+        // invitation passes the bundle's check (it then fails here only on the fake image).
+        assert!(!in_pxe_bundle(Path::new("/nonexistent/cloudy.iso")));
+        fs::write(
+            &seed,
+            "version = 1\n[community]\nname = \"lab\"\ninvite = \"cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655\"\n",
+        )
+        .unwrap();
+        let err = apply(&img, Edit::Write(&seed), None, &Log::sink())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("PXE"), "{err}");
     }
 
     #[test]
