@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
                     let _ = select::choose(kind, &records, &scores, ME);
                     let _ = select::rank(Some(kind), &records, &scores, ME);
                 }
-                Request::Scan { .. } | Request::State {} => {}
+                Request::Scan { .. }
+                | Request::State {}
+                | Request::Invite { .. }
+                | Request::Invitations {}
+                | Request::Revoke { .. } => {}
             }
         }
         Err(reply) => {

@@ -290,8 +290,8 @@ async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> 
         );
     }
     tracing::info!("invitation redeemed: joined {:?}", got.community);
-    Ok(secrets::community_key(sys, Some(&got.key))?
-        .ok_or_else(|| anyhow::anyhow!("the community key was not stored"))?)
+    secrets::community_key(sys, Some(&got.key))?
+        .ok_or_else(|| anyhow::anyhow!("the community key was not stored"))
 }
 
 async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {

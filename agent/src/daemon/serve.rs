@@ -27,6 +27,16 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
+    listener: tokio::net::TcpListener,
+) {
+    serve_invites(mesh, share, manager, None, listener).await
+}
+
+/// `serve`, also redeeming `invites` for nodes that hold a token and no key.
+pub async fn serve_invites(
+    mesh: Arc<Mesh>,
+    share: Arc<Sharing>,
+    manager: Arc<Manager>,
     invites: Option<Arc<Invites>>,
     listener: tokio::net::TcpListener,
 ) {
