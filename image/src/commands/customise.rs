@@ -111,6 +111,69 @@ pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cloudy-image customise IMAGE --invite TOKEN [--community NAME]`: the image's seed (or a
+/// new one) with `[community] invite = TOKEN` in place of any key, written like `--seed`.
+pub fn run_invite(
+    image: &Path,
+    token: &str,
+    community: Option<&str>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    crate::tools::check(&TOOLS)?;
+    let inside = read_seed(image, &Log::sink())?;
+    let text = with_invite(inside.as_deref(), token, community)?;
+    let seed = scratch_path(out.unwrap_or(image), "seed.toml");
+    let _ = fs::remove_file(&seed);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The token is a secret: the scratch seed is for our eyes only.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&seed)?
+            .write_all(text.as_bytes())?;
+    }
+    let r = run(image, Edit::Write(&seed), out);
+    let _ = fs::remove_file(&seed);
+    r
+}
+
+/// `seed` (or an empty one) with `[community] invite = token` (and `name`, if given), its
+/// `key` removed: an invitation replaces it. The token never appears in an error.
+pub fn with_invite(
+    seed: Option<&str>,
+    token: &str,
+    community: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut doc: toml_edit::DocumentMut = seed
+        .unwrap_or("version = 1\n")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the seed inside the image does not parse as TOML"))?;
+    if doc
+        .get("community")
+        .and_then(|c| c.as_table_like())
+        .is_none()
+    {
+        doc["community"] = toml_edit::table();
+    }
+    let c = doc["community"]
+        .as_table_like_mut()
+        .ok_or_else(|| anyhow::anyhow!("[community] in the image's seed is not a table"))?;
+    if let Some(n) = community {
+        c.insert("name", toml_edit::value(n));
+    }
+    if c.get("name").is_none() {
+        anyhow::bail!(
+            "the seed inside names no community\n  fix: add --community NAME (the name the inviting member's community has)"
+        );
+    }
+    c.remove("key");
+    c.insert("invite", toml_edit::value(token.trim()));
+    Ok(doc.to_string())
+}
+
 /// `cloudy-image customise IMAGE --show`: the seed inside, its secrets replaced by a note.
 pub fn show(image: &Path) -> anyhow::Result<()> {
     crate::tools::check(&TOOLS)?;
@@ -603,6 +666,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("PXE"), "{err}");
+    }
+
+    #[test]
+    fn an_invitation_replaces_the_key_and_keeps_the_rest() {
+        let token = "cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655";
+        let seed = "version = 1\n# mine\n[node]\nname = \"b\"\n[community]\nname = \"lab\"\nkey = \"0123456789abcdef0\"\n";
+        let out = with_invite(Some(seed), token, None).unwrap();
+        assert!(
+            out.contains("# mine") && out.contains(token) && !out.contains("0123456789abcdef0")
+        );
+        crate::seed::check("x", &out).unwrap();
+        let err = with_invite(None, token, None).unwrap_err().to_string();
+        assert!(
+            err.contains("--community") && !err.contains("AAAA"),
+            "{err}"
+        );
+        let out = with_invite(None, token, Some("lab")).unwrap();
+        crate::seed::check("x", &out).unwrap();
     }
 
     #[test]
