@@ -5,9 +5,11 @@
 //! (ci/netns-microcloud.sh); needs root, `ip netns` and Debian's `tinc`.
 
 mod microcloud;
+#[allow(dead_code)]
+mod web;
 
 use microcloud::{agent, available, Cloud, KEY};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// `cloudy-agent invite ARGS` on node `i` (through its control socket, which opens just after
@@ -105,4 +107,97 @@ fn a_node_joins_with_an_invitation_and_a_used_or_wrong_one_is_refused() {
     assert!(!cloud.nodes[0]
         .member_ids()
         .contains(&cloud.nodes[2].node_id()));
+}
+
+const PASSWORD: &str = "invite test password";
+const HTTPS: &str = "10.213.0.1:8443";
+
+fn hash(password: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new(agent())
+        .args(["seed", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// The text of the element `<TAG id="ID">...</TAG>` in a page.
+fn element(page: &str, open: &str, close: &str) -> Option<String> {
+    let start = page.find(open)? + open.len();
+    let len = page[start..].find(close)?;
+    Some(page[start..start + len].to_string())
+}
+
+/// Node 1's dashboard (HTTPS, its certificate pinned) makes an invitation, shown with a QR code
+/// as inline SVG; node 2 joins with it; the list then shows it used up, and revoking it works.
+#[test]
+fn an_invitation_made_in_the_dashboard_lets_a_node_join() {
+    if !available("an_invitation_made_in_the_dashboard_lets_a_node_join") {
+        return;
+    }
+    let mut cloud = Cloud::new("id", 2);
+    // The dashboard's unprivileged user must reach the control socket (tempdirs are 0700).
+    use std::os::unix::fs::PermissionsExt;
+    let top = cloud.nodes[0].root.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = hash(PASSWORD);
+    cloud.write_seed_text(
+        1,
+        KEY,
+        &format!(
+            "peers = []\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+        ),
+    );
+    cloud.nodes[0].start();
+    let ns = cloud.nodes[0].ns.clone();
+    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
+    let pin = web::tls::status_fingerprint(&cloud.nodes[0].root);
+    let cookie = web::tls::login(&ns, HTTPS, &pin, PASSWORD);
+    let r = web::tls::post_form(
+        &ns,
+        HTTPS,
+        &pin,
+        "/invite",
+        Some(&cookie),
+        "name=&expires=1h&uses=1",
+    );
+    let page = r.text();
+    assert_eq!(r.status, 200, "{page}");
+    let token = element(&page, "<code id=\"token\">", "</code>")
+        .unwrap_or_else(|| panic!("no token on the page:\n{page}"));
+    assert!(token.starts_with("cloudy1:"), "{token}");
+    let qr = element(&page, "<div id=\"qr\">", "</div>").unwrap();
+    assert!(qr.contains("<svg") && !qr.contains("<script"), "{qr}");
+    let id = element(&page, "Invitation ", ",").unwrap();
+
+    invited_seed(&cloud, 2, &token);
+    let r2 = cloud.nodes[1].start();
+    assert!(r2["errors"].as_array().unwrap().is_empty(), "{r2}");
+    cloud.wait_members(&[1, 2], Duration::from_secs(20));
+
+    let list = web::tls::get(&ns, HTTPS, &pin, "/invite", Some(&cookie)).text();
+    let rows = element(&list, "<tbody>", "</tbody>").unwrap();
+    assert!(rows.contains(&id) && rows.contains("<td>0</td>"), "{rows}");
+    assert!(!list.contains(&token), "a token is shown again:\n{list}");
+    let r = web::tls::post_form(
+        &ns,
+        HTTPS,
+        &pin,
+        "/invite/revoke",
+        Some(&cookie),
+        &format!("id={id}"),
+    );
+    let after = r.text();
+    assert!(after.contains("Revoked"), "{after}");
+    assert!(!element(&after, "<tbody>", "</tbody>")
+        .unwrap()
+        .contains(&id));
+    // Without a session: the login page, no invitation.
+    let r = web::tls::post_form(&ns, HTTPS, &pin, "/invite", None, "name=&expires=1h&uses=1");
+    assert!(!r.text().contains("id=\"token\""), "{}", r.text());
 }
