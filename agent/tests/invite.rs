@@ -5,7 +5,6 @@
 //! (ci/netns-microcloud.sh); needs root, `ip netns` and Debian's `tinc`.
 
 mod microcloud;
-#[allow(dead_code)]
 mod web;
 
 use microcloud::{agent, available, Cloud, KEY};
