@@ -510,7 +510,9 @@ fn redact_table(t: &mut dyn toml_edit::TableLike) {
     for (k, item) in t.iter_mut() {
         // Public keys that may log in are not secrets, and users check them here.
         let secret = k.get() != "authorized_keys"
-            && (cloudy_model::seed::is_secret_key(k.get()) || k.get().contains("psk"));
+            && (cloudy_model::seed::is_secret_key(k.get())
+                || k.get().contains("psk")
+                || k.get() == "invite");
         if let Some(sub) = item.as_table_like_mut() {
             redact_table(sub);
         } else if let Some(arr) = item.as_array_of_tables_mut() {
@@ -677,6 +679,8 @@ mod tests {
             out.contains("# mine") && out.contains(token) && !out.contains("0123456789abcdef0")
         );
         crate::seed::check("x", &out).unwrap();
+        // `--show` hides it like the key.
+        assert!(!redact(&out).contains("AAAAAAAA"), "{}", redact(&out));
         let err = with_invite(None, token, None).unwrap_err().to_string();
         assert!(
             err.contains("--community") && !err.contains("AAAA"),
