@@ -69,7 +69,7 @@ pub enum Request {
 
 /// An invitation lives at most this long; longer is a standing key by another name.
 pub const MAX_INVITE_S: u64 = 30 * 86400;
-/// Uses of one invitation at most: more nodes at once are for approval.
+/// Uses of one invitation at most: one leaked token admits a bounded number of nodes.
 pub const MAX_INVITE_USES: u32 = 100;
 
 impl Request {
