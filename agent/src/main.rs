@@ -94,6 +94,29 @@ enum Command {
         #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_HTTPS_PORT)]
         https_port: u16,
     },
+    /// Make an invitation: a short token that lets a new node join this node's community
+    /// once (it fetches the community key over the exchange port); shown once, stored only as
+    /// a hash. Needs `cloudy-agent run` running.
+    Invite {
+        /// Only a node of this name may use it.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long it stays valid: 90s, 30m, 24h or 7d (at most 30 days).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// How many nodes may use it (a PXE bundle takes only 1).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Print a seed snippet (`[community] name = ..., invite = "..."`) instead of the token.
+        #[arg(long)]
+        seed: bool,
+        /// List the outstanding invitations (ids, expiry, uses left) instead of making one.
+        #[arg(long, conflicts_with_all = ["name", "seed", "revoke"])]
+        list: bool,
+        /// Revoke the invitation with this id instead of making one.
+        #[arg(long, conflicts_with_all = ["name", "seed"])]
+        revoke: Option<String>,
+    },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
     Status,
@@ -295,6 +318,28 @@ fn run(cli: Cli) -> Result<i32> {
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&sys),
+        Command::Invite {
+            name,
+            expires,
+            uses,
+            seed,
+            list,
+            revoke,
+        } => {
+            let what = if list {
+                control::cli::InviteOp::List
+            } else if let Some(id) = revoke {
+                control::cli::InviteOp::Revoke(id)
+            } else {
+                control::cli::InviteOp::Make {
+                    name,
+                    expires,
+                    uses,
+                    seed,
+                }
+            };
+            control::cli::invite(&sys, what)
+        }
         Command::Stream {
             node,
             node_id,

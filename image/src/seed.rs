@@ -11,6 +11,19 @@ pub fn check(file: &str, text: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The check for a seed served to a whole LAN (a PXE bundle's `cloudy.iso` goes out over
+/// TFTP/HTTP to whoever asks): a valid seed that carries no secret another machine could use,
+/// neither the community key nor an invitation several nodes may use.
+pub fn check_for_lan(file: &str, text: &str) -> Result<(), String> {
+    let seed = Seed::parse(file, text).map_err(|e| e.to_string())?;
+    match seed.community.as_ref().and_then(|c| c.lan_secret()) {
+        None => Ok(()),
+        Some(what) => Err(format!(
+            "{file}: a PXE bundle is served to anyone on the LAN, and this seed holds {what}, which anyone who fetches it could use to join\n  fix: leave the key out and give the bundle a single-use invitation instead (`cloudy-agent invite --uses 1 --seed` on a member; the first node to boot spends it, so whoever fetches the bundle later holds nothing)"
+        )),
+    }
+}
+
 /// What `cloudy-agent seed check` warns about in a valid seed (a `[community]` without a key
 /// leaves a new node alone); empty for a seed that does not parse.
 pub fn warnings(file: &str, text: &str) -> Vec<String> {

@@ -44,7 +44,12 @@ fuzz_target!(|data: &[u8]| {
                     let _ = select::choose(kind, &records, &scores, &ratings, ME);
                     let _ = select::rank(Some(kind), &records, &scores, &ratings, ME);
                 }
-                Request::Rate { .. } | Request::Scan { .. } | Request::State {} => {}
+                Request::Rate { .. }
+                | Request::Scan { .. }
+                | Request::State {}
+                | Request::Invite { .. }
+                | Request::Invitations {}
+                | Request::Revoke { .. } => {}
             }
         }
         Err(reply) => {

@@ -65,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         key: &key,
         node: &server_key,
         members: &members,
+        invites: None,
     };
     rt.block_on(async {
         match sel % 3 {

@@ -200,3 +200,86 @@ pub fn select(sys: &System, kind: &str, json: bool) -> anyhow::Result<i32> {
         }
     }
 }
+
+/// What `cloudy-agent invite` does.
+pub enum InviteOp {
+    Make {
+        name: Option<String>,
+        expires: String,
+        uses: u32,
+        seed: bool,
+    },
+    List,
+    Revoke(String),
+}
+
+/// `cloudy-agent invite`: through the running agent, which alone holds the invitations.
+pub fn invite(sys: &System, op: InviteOp) -> anyhow::Result<i32> {
+    let req = match &op {
+        InviteOp::Make {
+            name,
+            expires,
+            uses,
+            ..
+        } => Request::Invite {
+            name: name.clone(),
+            expires_s: crate::mesh::invite::parse_duration(expires)
+                .map_err(|e| anyhow::anyhow!("--expires {e}"))?
+                .as_secs(),
+            uses: *uses,
+        },
+        InviteOp::List => Request::Invitations {},
+        InviteOp::Revoke(id) => Request::Revoke { id: id.clone() },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply = rt
+        .block_on(call(&sys.path(SOCKET), &req))
+        .map_err(|e| match e {
+            CallError::Connect(..) => anyhow::anyhow!(
+                "the Cloudy agent is not running (no answer on {}): invitations are made by the running agent\n  fix: start it with `systemctl start cloudy-agent`",
+                sys.path(SOCKET).display()
+            ),
+            e => e.into(),
+        })?;
+    match (reply, op) {
+        (
+            Reply::Invited {
+                token,
+                snippet,
+                id,
+                expires,
+            },
+            InviteOp::Make { seed, .. },
+        ) => {
+            if seed {
+                print!("{snippet}");
+            } else {
+                println!("{token}");
+            }
+            eprintln!("invitation {id}, valid until {expires} (unix time); `cloudy-agent invite --revoke {id}` withdraws it");
+        }
+        (Reply::Invitations { list }, _) => {
+            println!("{:<16} {:>10} {:>4}  NAME", "ID", "EXPIRES", "USES");
+            for i in list {
+                println!(
+                    "{:<16} {:>10} {:>4}  {}",
+                    i.id,
+                    i.expires,
+                    i.uses_left,
+                    i.name.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        (Reply::Revoked { found }, InviteOp::Revoke(id)) => {
+            if !found {
+                anyhow::bail!("no invitation {id} here (`cloudy-agent invite --list` shows them)");
+            }
+            println!("revoked {id}");
+        }
+        (Reply::Error { message }, _) => anyhow::bail!(message),
+        (other, _) => anyhow::bail!("unexpected reply {other:?}"),
+    }
+    Ok(0)
+}

@@ -64,7 +64,23 @@ pub enum Request {
         #[serde(default)]
         comment: String,
     },
+    /// A new invitation (see `mesh::invite`): valid `expires_s` seconds for `uses` nodes, only
+    /// a node named `name` if given.
+    Invite {
+        name: Option<String>,
+        expires_s: u64,
+        uses: u32,
+    },
+    /// The outstanding invitations (hashes only: a token is shown once, when made).
+    Invitations {},
+    /// Revokes invitation `id`.
+    Revoke { id: String },
 }
+
+/// An invitation lives at most this long; longer is a standing key by another name.
+pub const MAX_INVITE_S: u64 = 30 * 86400;
+/// Uses of one invitation at most: one leaked token admits a bounded number of nodes.
+pub const MAX_INVITE_USES: u32 = 100;
 
 impl Request {
     /// A request line as it came off the socket (at most `MAX_REQUEST` bytes, maybe without
@@ -82,7 +98,33 @@ impl Request {
         let kind = match self {
             Request::Scan { kind } => kind.as_deref(),
             Request::Select { kind } | Request::Join { kind, .. } => Some(kind.as_str()),
-            Request::State {} => None,
+            Request::State {} | Request::Invitations {} => None,
+            Request::Invite {
+                name,
+                expires_s,
+                uses,
+            } => {
+                if let Some(n) = name {
+                    cloudy_model::names::check_hostname(n)
+                        .map_err(|p| format!("name {n:?}: {p}"))?;
+                }
+                if !(60..=MAX_INVITE_S).contains(expires_s) {
+                    return Err(format!(
+                        "expires: between 1 minute and {} days",
+                        MAX_INVITE_S / 86400
+                    ));
+                }
+                if !(1..=MAX_INVITE_USES).contains(uses) {
+                    return Err(format!("uses: between 1 and {MAX_INVITE_USES}"));
+                }
+                None
+            }
+            Request::Revoke { id } => {
+                if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("{id:?} is not an invitation id"));
+                }
+                None
+            }
             Request::Rate {
                 kind,
                 stars,
@@ -121,6 +163,18 @@ pub enum Reply {
         /// The provider's `node:port`.
         provider: String,
         message: String,
+    /// A new invitation: the token (shown once), its id, and the token as a seed snippet.
+    Invited {
+        token: String,
+        id: String,
+        snippet: String,
+        expires: u64,
+    },
+    Invitations {
+        list: Vec<crate::mesh::invite::Invitation>,
+    },
+    Revoked {
+        found: bool,
     },
     Error {
         message: String,
@@ -186,6 +240,10 @@ pub struct Agent {
     pub views: Mutex<Vec<View>>,
     /// User ratings, ours and the members'.
     pub ratings: Arc<Book>,
+    /// Our invitations (None: this node has no community to invite to).
+    pub invites: Option<Arc<crate::mesh::invite::Invites>>,
+    /// Our exchange port, for the addresses an invitation names.
+    pub exchange_port: u16,
 }
 
 impl Agent {
@@ -264,6 +322,20 @@ impl Agent {
                 .await
             }
             Request::State {} => Reply::State(Box::new(self.state())),
+            Request::Invite {
+                name,
+                expires_s,
+                uses,
+            } => self.invite(name, expires_s, uses),
+            Request::Invitations {} => match &self.invites {
+                Some(i) => Reply::Invitations { list: i.list() },
+                None => Reply::Invitations { list: vec![] },
+            },
+            Request::Revoke { id } => match self.invites.as_ref().map(|i| i.revoke(&id)) {
+                Some(Ok(found)) => Reply::Revoked { found },
+                Some(Err(e)) => error(e.to_string()),
+                None => Reply::Revoked { found: false },
+            },
             Request::Rate {
                 kind,
                 provider,
@@ -272,6 +344,36 @@ impl Agent {
             } => self.rate(&kind, &provider, stars, &comment),
         }
     }
+
+    /// A new invitation naming our address (the one our member record gives) at our exchange
+    /// port: where a new node on the LAN reaches us before it has the VPN.
+    fn invite(&self, name: Option<String>, expires_s: u64, uses: u32) -> Reply {
+        let Some(invites) = &self.invites else {
+            return error("this node is in no community yet: create or join one first".into());
+        };
+        let me = self.share.members.lock().unwrap().me().clone();
+        let addr = |ip: std::net::IpAddr| std::net::SocketAddr::new(ip, self.exchange_port);
+        let addrs = vec![addr(me.address).to_string()];
+        match invites.create(addrs, name, Duration::from_secs(expires_s), uses) {
+            Ok(t) => {
+                let id = t.id();
+                let expires = invites
+                    .list()
+                    .iter()
+                    .find(|i| i.id == id)
+                    .map(|i| i.expires)
+                    .unwrap_or(0);
+                Reply::Invited {
+                    snippet: t.seed_snippet(&invites.community),
+                    token: t.to_string(),
+                    id,
+                    expires,
+                }
+            }
+            Err(e) => error(e.to_string()),
+        }
+    }
+
 
     /// A rating of a provider the user names as for `join` (`node:port`, node name, id).
     fn rate(&self, kind: &str, provider: &str, stars: u8, comment: &str) -> Reply {
@@ -753,6 +855,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn invite_requests_are_bounded() {
+        let ok = r#"{"op":"invite","name":"b","expires_s":86400,"uses":1}"#;
+        assert!(Request::parse_line(ok.as_bytes()).is_ok());
+        for bad in [
+            r#"{"op":"invite","name":"../b","expires_s":86400,"uses":1}"#,
+            r#"{"op":"invite","name":null,"expires_s":86400,"uses":0}"#,
+            r#"{"op":"invite","name":null,"expires_s":99999999,"uses":1}"#,
+            r#"{"op":"invite","name":null,"expires_s":86400,"uses":1,"key":"x"}"#,
+            r#"{"op":"revoke","id":"../../etc"}"#,
+        ] {
+            assert!(
+                matches!(
+                    Request::parse_line(bad.as_bytes()),
+                    Err(Reply::Error { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn join_names_the_provider_and_says_what_is_missing() {
         use crate::catalog::tests::record;
@@ -836,6 +959,8 @@ mod idle_tests {
                 "a".repeat(32),
                 crate::mesh::members::tests::key_of('a'),
             )),
+            invites: None,
+            exchange_port: 6655,
         });
         tokio::spawn(serve(agent));
         let path = sys.path(SOCKET);

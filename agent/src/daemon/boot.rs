@@ -64,8 +64,6 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             stored = false;
         }
     }
-    let medium_warnings = scrub_boot_medium(sys, &loaded, stored);
-    errors.extend(medium_warnings.iter().cloned());
     let primary = match primary_network(seed, opts).await {
         Ok(p) => p,
         Err(e) => {
@@ -73,6 +71,26 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             None
         }
     };
+    // An invitation in place of the key: redeemed once the network is up; until it has been,
+    // the token stays on the medium (the next boot tries again), the other secrets go.
+    let mut keep = loaded.skipped.clone();
+    let invite = seed
+        .community
+        .as_ref()
+        .and_then(|c| c.invite.as_deref().map(|t| (c, t)));
+    let community_key = match (community_key, invite) {
+        (None, Some((c, token))) => match redeem_invite(sys, c, token, &me.name).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errors.push(format!("invitation: {e:#}"));
+                keep.push("community".into());
+                None
+            }
+        },
+        (k, _) => k,
+    };
+    let medium_warnings = scrub_boot_medium(sys, &loaded, &keep, stored);
+    errors.extend(medium_warnings.iter().cloned());
     let mut ready = ready_line(sys, &loaded, &me, primary.as_ref());
     let community = community(seed, community_key, &mut errors);
     let mesh = match &community {
@@ -124,7 +142,7 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         seed_errors: loaded.errors.clone(),
         medium_warnings,
     };
-    super::node::run(mesh, seed, &community, opts, said).await
+    super::node::run(mesh, seed, &community, &key, opts, said).await
 }
 
 /// Hostname, node id, dashboard credential and ssh keys; a failure past the first two is
@@ -204,11 +222,14 @@ fn show_password(sys: &System, password: &str) -> Result<()> {
 /// The boot medium is readable by anyone holding the card: scrub secrets once `stored`, then
 /// check the medium and say loudly, on the console, when a secret is still there (a read-only
 /// medium, a rewrite that did not take). Returns the warnings for the ready line.
-fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String> {
+fn scrub_boot_medium(sys: &System, loaded: &Loaded, keep: &[String], stored: bool) -> Vec<String> {
     if let Some(src) = &loaded.source {
         let seed = &loaded.seed;
         let on_boot_medium = seed::SEED_PATHS.iter().any(|p| sys.path(p) == *src);
-        let has_secret = seed.community.as_ref().is_some_and(|c| c.key.is_some())
+        let has_secret = seed
+            .community
+            .as_ref()
+            .is_some_and(|c| c.key.is_some() || c.invite.is_some())
             || seed
                 .dashboard
                 .as_ref()
@@ -218,7 +239,7 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String>
                 .as_ref()
                 .is_some_and(|w| w.psk.is_some() || w.psk_hash.is_some());
         if on_boot_medium && has_secret && stored {
-            match secrets::scrub_seed_keeping(src, &loaded.skipped) {
+            match secrets::scrub_seed_keeping(src, keep) {
                 Ok(true) => {
                     tracing::info!("moved secrets from {} into /var/lib/cloudy", src.display())
                 }
@@ -233,6 +254,44 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, stored: bool) -> Vec<String>
         eprintln!("cloudy: {w}");
     }
     warnings
+}
+
+/// Redeems the seed's invitation at the inviting member, a few times while it may not be up
+/// yet, and stores the key it gives like a seed's. A refusal (used, expired, wrong) is final:
+/// the error says why, never the token.
+async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> Result<String> {
+    use crate::mesh::exchange::{self, ExchangeError};
+    let token = crate::mesh::invite::Token::parse(token)?;
+    let mut wait = Duration::from_secs(2);
+    let mut tries = 0;
+    let got = loop {
+        tries += 1;
+        match exchange::redeem(&token, name).await {
+            Ok(r) => break r,
+            Err(e @ ExchangeError::Refused(_)) => {
+                return Err(anyhow::anyhow!("the inviting member {e}"));
+            }
+            Err(e) if tries >= 6 => {
+                return Err(anyhow::anyhow!(
+                    "no inviting member answered at {} ({e}): is it up and on this LAN?",
+                    token.addrs.join(", ")
+                ))
+            }
+            Err(e) => tracing::warn!("redeeming the invitation: {e}; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    };
+    if got.community != c.name {
+        anyhow::bail!(
+            "the invitation is for community {:?}, the seed names {:?}: fix [community] name",
+            got.community,
+            c.name
+        );
+    }
+    tracing::info!("invitation redeemed: joined {:?}", got.community);
+    secrets::community_key(sys, Some(&got.key))?
+        .ok_or_else(|| anyhow::anyhow!("the community key was not stored"))
 }
 
 async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
+use crate::mesh::invite::{self, Invites};
 use crate::mesh::{gossip, serf, Mesh};
 use crate::os::certificate::{self, Certificate, Origin};
 use crate::os::identity;
@@ -29,10 +30,20 @@ pub async fn run(
     mesh: Arc<Mesh>,
     seed: &Seed,
     community: &Community,
+    key: &str,
     opts: &Options,
     said: Said,
 ) -> Result<i32> {
     let listener = listen(seed.exchange_port()).await?;
+    // A damaged invitations file is reported and set aside: the node runs on without
+    // invitations rather than not at all.
+    let invites = match Invites::load(mesh.sys.path(invite::INVITES_FILE), &community.name, key) {
+        Ok(i) => Some(Arc::new(i)),
+        Err(e) => {
+            tracing::error!("invitations: {e}");
+            None
+        }
+    };
     let share = publish::Sharing::new(
         mesh.sys.clone(),
         mesh.key.clone(),
@@ -54,11 +65,12 @@ pub async fn run(
         mesh.members.lock().unwrap().me().id.clone(),
         mesh.node_key.clone(),
     ));
-    tokio::spawn(super::serve::serve_rated(
+    tokio::spawn(super::serve::serve_full(
         mesh.clone(),
         share.clone(),
         manager.clone(),
         Some(ratings.clone()),
+        invites.clone(),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
@@ -66,7 +78,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said, &ratings);
+    start_control(&mesh, &share, seed, opts, said, &ratings, invites);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -164,6 +176,7 @@ fn start_control(
     opts: &Options,
     said: Said,
     ratings: &Arc<crate::probe::ratings::Book>,
+    invites: Option<Arc<Invites>>,
 ) {
     let me = mesh.members.lock().unwrap().me().id.clone();
     let ratings = ratings.clone();
@@ -181,6 +194,8 @@ fn start_control(
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
         ratings: ratings.clone(),
+        invites,
+        exchange_port: seed.exchange_port(),
     });
     tokio::spawn(ratings.follow(share.clone()));
     crate::control::start(agent);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::catalog::publish::Sharing;
+use crate::mesh::invite::Invites;
 use crate::mesh::{exchange, Mesh};
 use crate::registry::manager::Manager;
 use crate::services::UseRequest;
@@ -28,20 +29,23 @@ pub async fn serve(
     manager: Arc<Manager>,
     listener: tokio::net::TcpListener,
 ) {
-    serve_rated(mesh, share, manager, None, listener).await
+    serve_full(mesh, share, manager, None, None, listener).await
 }
 
-/// `serve`, answering ratings fetches with the ratings our users gave (none without a book).
-pub async fn serve_rated(
+/// `serve`, answering ratings fetches with the ratings our users gave (none without a book)
+/// and redeeming `invites` for nodes that hold a token and no key.
+pub async fn serve_full(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
     ratings: Option<Arc<crate::probe::ratings::Book>>,
+    invites: Option<Arc<Invites>>,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
         let ratings = ratings.clone();
         let mesh = mesh.clone();
+        let invites = invites.clone();
         let share = share.clone();
         let manager = manager.clone();
         async move {
@@ -76,6 +80,7 @@ pub async fn serve_rated(
                 key: &mesh.key,
                 node: &mesh.node_key,
                 members: &mesh.members,
+                invites: invites.as_deref().map(|i| (i, peer.ip())),
             };
             exchange::serve_rated(
                 stream,

@@ -53,6 +53,22 @@ impl Html {
     }
 }
 
+/// `text` as a QR code, inline SVG drawn by the `qrcode` crate: its markup is fixed
+/// attributes and a path of numbers (the text only sets which modules are dark), so it is safe
+/// as is; inline, it needs nothing from the CSP (no `img-src`, no script). Empty for text too
+/// long for a QR code.
+pub fn qr_svg(text: &str) -> Html {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => Html(
+            code.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .quiet_zone(true)
+                .build(),
+        ),
+        Err(_) => Html::default(),
+    }
+}
+
 /// Fills a template's `{{name}}` slots; a slot without a value stays empty.
 pub fn render(template: &'static str, slots: &[(&str, Html)]) -> Html {
     let mut out = String::with_capacity(template.len() + 1024);
@@ -80,6 +96,7 @@ pub const LOGIN: &str = include_str!("templates/login.html");
 pub const SERVICES: &str = include_str!("templates/services.html");
 pub const NODE: &str = include_str!("templates/node.html");
 pub const MESSAGE: &str = include_str!("templates/message.html");
+pub const INVITE: &str = include_str!("templates/invite.html");
 
 #[cfg(test)]
 mod tests {

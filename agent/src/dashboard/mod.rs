@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod html;
+mod invite;
 #[cfg(test)]
 mod login_tests;
 mod node;
@@ -53,6 +54,11 @@ pub fn router(web: Shared) -> Router {
         .route("/", get(|| async { Redirect::to("/services") }))
         .route("/services", get(services_page))
         .route("/node", get(node_page))
+        .route(
+            "/invite",
+            get(invite::invite_page).post(invite::invite_form),
+        )
+        .route("/invite/revoke", post(invite::revoke_form))
         .route("/scan", post(scan_form))
         .route("/join", post(join_form))
         .route("/rate", post(rate_form))

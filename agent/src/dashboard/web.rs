@@ -61,6 +61,11 @@ pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response
         tabs.push("on");
     }
     tabs.push("\">Node</a>");
+    tabs.push("<a href=\"/invite\" class=\"");
+    if active == "/invite" {
+        tabs.push("on");
+    }
+    tabs.push("\">Invite</a>");
     let doc = render(
         html::LAYOUT,
         &[

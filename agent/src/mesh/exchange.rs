@@ -53,6 +53,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::mesh::invite::{Invites, Refusal, Token};
 use crate::mesh::members::{Member, Members, MAX_MEMBERS};
 use crate::os::identity::{self, hex, random_bytes, NodeKey};
 use cloudy_model::record::{self, Record};
@@ -218,12 +219,22 @@ struct Hello {
     /// Absent only from a protocol 2 hello, which is refused by its `v`.
     #[serde(default)]
     eph: String,
+    /// A redeem hello's invitation id (`invite::Token::id`); no other kind has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tok: Option<String>,
 }
 
 const WANT_SERVICES: &str = "services";
 const WANT_ASK: &str = "ask";
 const WANT_SCORES: &str = "scores";
 const WANT_RATINGS: &str = "ratings";
+/// A node without the community key redeems an invitation (see `redeem`).
+const WANT_REDEEM: &str = "redeem";
+/// Role bytes of a redeem's sealed request (the redeemer's name) and answer (name and key).
+const REDEEM_ASK: u8 = b'I';
+const REDEEM_ANSWER: u8 = b'J';
+/// A redeem answer: the community's name and key, sealed; ~300 bytes in hex.
+const MAX_REDEEM_LINE: usize = 2048;
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -538,6 +549,7 @@ async fn request_over<S: AsyncRead + AsyncWrite>(
         hello: nc.clone(),
         want: want.map(String::from),
         eph: xc.clone(),
+        tok: None,
     })
     .await?;
     let ch: Challenge = c.recv(MAX_PREAUTH).await.map_err(reset_is_closed)?;
@@ -706,6 +718,9 @@ pub struct Server<'a> {
     pub key: &'a CommunityKey,
     pub node: &'a NodeKey,
     pub members: &'a Mutex<Members>,
+    /// Our invitations, and the peer's address (for its attempt count): a node holding a
+    /// token and no key may redeem one. None: no redeem is served.
+    pub invites: Option<(&'a Invites, std::net::IpAddr)>,
 }
 
 /// Server side for one connection. `merge` takes the authenticated peer's list and returns
@@ -735,7 +750,8 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
 }
 
 /// `serve_all`, also answering a ratings fetch with `ratings` (the ratings our users gave,
-/// JSON).
+/// JSON), and redeeming invitations for a hello that wants `redeem` when `local.invites` is
+/// set (without it such a hello is refused like any unknown request).
 pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
     stream: S,
     local: Server<'_>,
@@ -749,8 +765,19 @@ pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
     let mut c = Conn::new(stream);
     let r = tokio::time::timeout(TIMEOUT, async {
         // Until the proof holds, only short lines, and only for HANDSHAKE.
-        let (hello, t, keys, (asked, answers), max) = tokio::time::timeout(HANDSHAKE, async {
-            let hello: Hello = c.recv(MAX_PREAUTH).await?;
+        let deadline = tokio::time::Instant::now() + HANDSHAKE;
+        let hello: Hello = tokio::time::timeout_at(deadline, c.recv(MAX_PREAUTH))
+            .await
+            .map_err(|_| ExchangeError::Timeout)??;
+        if hello.want.as_deref() == Some(WANT_REDEEM) {
+            let Some((invites, ip)) = local.invites else {
+                return Err(ExchangeError::Malformed("unknown request".into()));
+            };
+            return redeem_serve(&mut c, hello, invites, ip, deadline)
+                .await
+                .map(|()| 0);
+        }
+        let (hello, t, keys, (asked, answers), max) = tokio::time::timeout_at(deadline, async {
             if hello.v != PROTOCOL {
                 return Err(ExchangeError::Version(hello.v));
             }
@@ -856,6 +883,240 @@ pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
     r
 }
 
+/// A redeem's lines after the hello, both ways: the challenge (`nonce`, `eph`), the proof and
+/// the sealed request (`proof`, `sealed`), and the answer (`sealed`) or a refusal (`refused`,
+/// in clear: a short reason the redeemer shows; it tells nothing of the community).
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemLine {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eph: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proof: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemAsk {
+    name: String,
+}
+
+/// What a redeemed invitation gives: the community to join, as a seed's `[community]` would.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redeemed {
+    pub community: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for Redeemed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redeemed({}, key ..)", self.community)
+    }
+}
+
+/// The redeem handshake, server side. It is the member handshake with the token's stored hash
+/// in place of the community key: the redeemer names the invitation (`tok`, a hash of the
+/// token), proves it holds the token with an HMAC under the hash over both nonces and both
+/// ephemeral keys, and seals its name; only then is the invitation used, and its answer is
+/// the community's name and key sealed under keys from the hash and the X25519 secret (so a
+/// recorded session stays closed to whoever later learns the token). Every line is
+/// `MAX_PREAUTH` or less and all of it within the handshake's deadline, as for a stranger.
+async fn redeem_serve<S: AsyncRead + AsyncWrite>(
+    c: &mut Conn<S>,
+    hello: Hello,
+    invites: &Invites,
+    ip: std::net::IpAddr,
+    deadline: tokio::time::Instant,
+) -> Result<(), ExchangeError> {
+    let refuse = |r: Refusal| RedeemLine {
+        v: PROTOCOL,
+        refused: Some(r.to_string()),
+        ..Default::default()
+    };
+    if hello.v != PROTOCOL {
+        return Err(ExchangeError::Version(hello.v));
+    }
+    let theirs = x25519_public(&hello.eph);
+    let id = hello.tok.clone().unwrap_or_default();
+    let (true, Some(theirs), true) = (
+        nonce_ok(&hello.hello),
+        theirs,
+        id.len() == 16 && identity::unhex(&id).is_some(),
+    ) else {
+        return Err(ExchangeError::Malformed("bad hello".into()));
+    };
+    if !invites.attempt(ip) {
+        c.send(&refuse(Refusal::TooMany)).await?;
+        return Err(ExchangeError::Refused(Refusal::TooMany.to_string()));
+    }
+    let Some(hash) = invites.hash_of(&id) else {
+        c.send(&refuse(Refusal::Unknown)).await?;
+        return Err(ExchangeError::Refused(Refusal::Unknown.to_string()));
+    };
+    let key = CommunityKey(hash);
+    let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+    let t = Transcript {
+        nc: hello.hello.clone(),
+        ns: hex(&random_bytes::<16>()),
+        xc: hello.eph.clone(),
+        xs: hex(x25519_dalek::PublicKey::from(&eph).as_bytes()),
+    };
+    c.send(&RedeemLine {
+        v: PROTOCOL,
+        nonce: Some(t.ns.clone()),
+        eph: Some(t.xs.clone()),
+        ..Default::default()
+    })
+    .await?;
+    let req: RedeemLine = tokio::time::timeout_at(deadline, c.recv(MAX_PREAUTH))
+        .await
+        .map_err(|_| ExchangeError::Timeout)??;
+    let proof = req.proof.unwrap_or_default();
+    if req.v != PROTOCOL
+        || !key.verify(
+            PROOF,
+            &t.nc,
+            &t.ns,
+            &t.proof_body(&redeem_want(&id)),
+            &proof,
+        )
+    {
+        c.send(&refuse(Refusal::Wrong)).await?;
+        return Err(ExchangeError::Refused(Refusal::Wrong.to_string()));
+    }
+    let keys = t
+        .keys(&key, &eph, &theirs)
+        .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
+    let sealed = req
+        .sealed
+        .as_deref()
+        .and_then(identity::unhex)
+        .ok_or_else(|| ExchangeError::Malformed("no sealed request".into()))?;
+    let ask: RedeemAsk = serde_json::from_slice(&open(&keys.c2s, REDEEM_ASK, &sealed)?)
+        .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    match invites.take(&id, &ask.name) {
+        Err(r) => {
+            tracing::info!("invitation {id}: refused {} ({ip}): {r}", ask.name);
+            c.send(&refuse(r.clone())).await?;
+            Err(ExchangeError::Refused(r.to_string()))
+        }
+        Ok((community, key)) => {
+            tracing::info!("invitation {id}: redeemed by {} ({ip})", ask.name);
+            let body = serde_json::to_vec(&Redeemed { community, key }).expect("serialises");
+            c.send(&RedeemLine {
+                v: PROTOCOL,
+                sealed: Some(hex(&seal(&keys.s2c, REDEEM_ANSWER, &body))),
+                ..Default::default()
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// The proof of a redeem binds the kind and the invitation it names.
+fn redeem_want(id: &str) -> String {
+    [WANT_REDEEM, ":", id].concat()
+}
+
+/// Redeems `token` at each of its addresses in turn, as a node named `name`: the community's
+/// name and key, or the first refusal (`ExchangeError::Refused`, a reason to show), or the
+/// last address's error.
+pub async fn redeem(token: &Token, name: &str) -> Result<Redeemed, ExchangeError> {
+    let mut last = ExchangeError::Malformed("the token has no address".into());
+    for a in &token.addrs {
+        let r = tokio::time::timeout(TIMEOUT, async {
+            let s = TcpStream::connect(a.as_str()).await?;
+            redeem_over(s, token, name).await
+        })
+        .await
+        .map_err(|_| ExchangeError::Timeout)
+        .and_then(|r| r);
+        match r {
+            Ok(r) => return Ok(r),
+            Err(e @ ExchangeError::Refused(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!("redeeming at {a}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The redeem handshake, client side, over any stream (see `redeem_serve`).
+pub async fn redeem_over<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    token: &Token,
+    name: &str,
+) -> Result<Redeemed, ExchangeError> {
+    let mut c = Conn::new(stream);
+    let id = token.id();
+    let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+    let nc = hex(&random_bytes::<16>());
+    let xc = hex(x25519_dalek::PublicKey::from(&eph).as_bytes());
+    c.send(&Hello {
+        v: PROTOCOL,
+        hello: nc.clone(),
+        want: Some(WANT_REDEEM.into()),
+        eph: xc.clone(),
+        tok: Some(id.clone()),
+    })
+    .await?;
+    let ch: RedeemLine = c.recv(MAX_REDEEM_LINE).await.map_err(reset_is_closed)?;
+    if let Some(r) = ch.refused {
+        return Err(ExchangeError::Refused(r));
+    }
+    if ch.v != PROTOCOL {
+        return Err(ExchangeError::Version(ch.v));
+    }
+    let (Some(ns), Some(xs)) = (ch.nonce, ch.eph) else {
+        return Err(ExchangeError::Malformed("bad challenge".into()));
+    };
+    let (true, Some(theirs)) = (nonce_ok(&ns), x25519_public(&xs)) else {
+        return Err(ExchangeError::Malformed("bad challenge".into()));
+    };
+    let t = Transcript { nc, ns, xc, xs };
+    let key = CommunityKey(token.hash());
+    let keys = t
+        .keys(&key, &eph, &theirs)
+        .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
+    let ask = serde_json::to_vec(&RedeemAsk { name: name.into() }).expect("serialises");
+    c.send(&RedeemLine {
+        v: PROTOCOL,
+        proof: Some(key.sign(PROOF, &t.nc, &t.ns, &t.proof_body(&redeem_want(&id)))),
+        sealed: Some(hex(&seal(&keys.c2s, REDEEM_ASK, &ask))),
+        ..Default::default()
+    })
+    .await
+    .map_err(reset_is_closed)?;
+    let a: RedeemLine = c.recv(MAX_REDEEM_LINE).await.map_err(reset_is_closed)?;
+    if let Some(r) = a.refused {
+        return Err(ExchangeError::Refused(r));
+    }
+    let sealed = a
+        .sealed
+        .as_deref()
+        .and_then(identity::unhex)
+        .ok_or_else(|| ExchangeError::Malformed("no answer".into()))?;
+    let got: Redeemed = serde_json::from_slice(&open(&keys.s2c, REDEEM_ANSWER, &sealed)?)
+        .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    cloudy_model::names::check_hostname(&got.community)
+        .map_err(|e| ExchangeError::Malformed(format!("community name: {e}")))?;
+    if got.key.chars().count() < cloudy_model::seed::MIN_COMMUNITY_KEY {
+        return Err(ExchangeError::Malformed("community key too short".into()));
+    }
+    Ok(got)
+}
+
 /// An ask, taken only when the node key pinned for its `node_id` signed it in this session.
 fn signed_ask(
     t: &Transcript,
@@ -910,6 +1171,7 @@ mod tests {
                 key,
                 node: &self.node,
                 members: &self.members,
+                invites: None,
             }
         }
     }
@@ -1324,6 +1586,7 @@ mod tests {
                     hello: nc,
                     want: None,
                     eph: hex(&[9u8; 32]),
+                    tok: None,
                 })
                 .await
                 .unwrap();
@@ -1395,5 +1658,256 @@ mod tests {
         let got = exchange(addr, &k, &big).await.unwrap();
         assert_eq!(got.len(), MAX_MEMBERS);
         assert_eq!(srv.await.unwrap().unwrap(), MAX_MEMBERS);
+    }
+
+    /// One redeem served by `inv` on loopback, through a relay that records every byte both
+    /// ways (as the LAN would see them): the redeemer's result, the server's, and the bytes.
+    async fn redeem_seen(
+        inv: std::sync::Arc<Invites>,
+        token: Token,
+        name: &str,
+    ) -> (
+        Result<Redeemed, ExchangeError>,
+        Result<usize, ExchangeError>,
+        Vec<u8>,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, peer) = l.accept().await.unwrap();
+            let srv = srv();
+            let key = CommunityKey::derive("lab", "0123456789abcdef");
+            serve_all(
+                s,
+                Server {
+                    invites: Some((&inv, peer.ip())),
+                    ..srv.local(&key)
+                },
+                |_| panic!("no list swap"),
+                || panic!("no services"),
+                |_| panic!("no ask"),
+                || panic!("no scores"),
+            )
+            .await
+        });
+        // The relay: the redeemer talks to it, it to the server, and it keeps all it passes.
+        let (ours, relay) = tokio::io::duplex(4096);
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            let up = TcpStream::connect(addr).await.unwrap();
+            let (mut ur, mut uw) = tokio::io::split(up);
+            let (mut rr, mut rw) = tokio::io::split(relay);
+            let s3 = s2.clone();
+            let a = async move {
+                let mut b = [0u8; 1024];
+                while let Ok(n @ 1..) = rr.read(&mut b).await {
+                    s2.lock().unwrap().extend_from_slice(&b[..n]);
+                    if uw.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let b = async move {
+                let mut b = [0u8; 1024];
+                while let Ok(n @ 1..) = ur.read(&mut b).await {
+                    s3.lock().unwrap().extend_from_slice(&b[..n]);
+                    if rw.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(a, b);
+        });
+        let got = redeem_over(ours, &token, name).await;
+        let served = server.await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        (got, served, seen)
+    }
+
+    fn invites() -> (tempfile::TempDir, std::sync::Arc<Invites>) {
+        let dir = tempfile::tempdir().unwrap();
+        let inv =
+            Invites::load(dir.path().join("invites.json"), "lab", "0123456789abcdef").unwrap();
+        (dir, std::sync::Arc::new(inv))
+    }
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[tokio::test]
+    async fn an_invitation_gives_the_key_once_and_never_in_clear() {
+        let (_d, inv) = invites();
+        let t = inv
+            .create(vec!["127.0.0.1:1".into()], None, DAY, 1)
+            .unwrap();
+        let (got, served, seen) = redeem_seen(inv.clone(), t.clone(), "newnode").await;
+        let got = got.unwrap();
+        assert_eq!(
+            (got.community.as_str(), got.key.as_str()),
+            ("lab", "0123456789abcdef")
+        );
+        served.unwrap();
+        // What a relay or the LAN saw: no key, in any spelling, and not the community's name.
+        let seen = String::from_utf8_lossy(&seen).into_owned();
+        for secret in [
+            "0123456789abcdef",
+            &hex(b"0123456789abcdef"),
+            "MDEyMzQ1Njc4OWFiY2RlZg",
+        ] {
+            assert!(!seen.contains(secret), "the key crossed in clear: {seen}");
+        }
+        assert!(!seen.contains("lab\""), "{seen}");
+        // The same token again: refused, with a reason the redeemer can show.
+        let (again, _, _) = redeem_seen(inv.clone(), t, "newnode").await;
+        match again {
+            Err(ExchangeError::Refused(r)) => assert!(r.contains("already used"), "{r}"),
+            r => panic!("a used token was not refused: {r:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_unknown_and_misnamed_invitations_are_refused_clearly() {
+        let (_d, inv) = invites();
+        let old = inv
+            .create(vec!["127.0.0.1:1".into()], None, Duration::from_secs(0), 1)
+            .unwrap();
+        let refused = |r: Result<Redeemed, ExchangeError>| match r {
+            Err(ExchangeError::Refused(r)) => r,
+            r => panic!("not refused: {r:?}"),
+        };
+        let (r, _, seen) = redeem_seen(inv.clone(), old, "n").await;
+        assert!(refused(r).contains("expired"));
+        assert!(!String::from_utf8_lossy(&seen).contains("0123456789abcdef"));
+        // A token this node never made (a stranger's guess): unknown, and nothing else said.
+        let stranger = Token::new(vec!["127.0.0.1:1".into()]);
+        let (r, _, seen) = redeem_seen(inv.clone(), stranger, "n").await;
+        assert!(refused(r).contains("unknown"));
+        let seen = String::from_utf8_lossy(&seen).into_owned();
+        assert!(
+            !seen.contains("nonce") && !seen.contains("0123456789abcdef"),
+            "{seen}"
+        );
+        let bound = inv
+            .create(vec!["127.0.0.1:1".into()], Some("alice".into()), DAY, 1)
+            .unwrap();
+        let (r, _, _) = redeem_seen(inv.clone(), bound.clone(), "mallory").await;
+        assert!(refused(r).contains("\"alice\""));
+        // The refused name did not use it up.
+        let (r, _, _) = redeem_seen(inv.clone(), bound, "alice").await;
+        assert_eq!(r.unwrap().community, "lab");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_for_a_known_invitation_is_refused() {
+        let (_d, inv) = invites();
+        let t = inv
+            .create(vec!["127.0.0.1:1".into()], None, DAY, 1)
+            .unwrap();
+        // A redeemer that knows the invitation's id (it crossed the LAN in a hello) but not
+        // its secret: it proves under a hash of its own.
+        let wrong = Token::new(vec!["127.0.0.1:1".into()]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let inv2 = inv.clone();
+        let server = tokio::spawn(async move {
+            let (s, peer) = l.accept().await.unwrap();
+            let srv = srv();
+            let key = CommunityKey::derive("lab", "0123456789abcdef");
+            serve_all(
+                s,
+                Server {
+                    invites: Some((&inv2, peer.ip())),
+                    ..srv.local(&key)
+                },
+                |_| vec![],
+                Vec::new,
+                |_| Err(String::new()),
+                String::new,
+            )
+            .await
+        });
+        let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+        let nc = hex(&random_bytes::<16>());
+        let xc = hex(x25519_dalek::PublicKey::from(&eph).as_bytes());
+        c.send(&Hello {
+            v: PROTOCOL,
+            hello: nc.clone(),
+            want: Some(WANT_REDEEM.into()),
+            eph: xc.clone(),
+            tok: Some(t.id()),
+        })
+        .await
+        .unwrap();
+        let ch: RedeemLine = c.recv(MAX_REDEEM_LINE).await.unwrap();
+        let tr = Transcript {
+            nc,
+            ns: ch.nonce.unwrap(),
+            xc,
+            xs: ch.eph.unwrap(),
+        };
+        let key = CommunityKey(wrong.hash());
+        c.send(&RedeemLine {
+            v: PROTOCOL,
+            proof: Some(key.sign(PROOF, &tr.nc, &tr.ns, &tr.proof_body(&redeem_want(&t.id())))),
+            sealed: Some(String::new()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let a: RedeemLine = c.recv(MAX_REDEEM_LINE).await.unwrap();
+        assert_eq!(a.refused.as_deref(), Some("wrong invitation token"));
+        assert!(a.sealed.is_none());
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(ExchangeError::Refused(_))
+        ));
+        // The real token still works: a wrong guess does not use it up.
+        let (r, _, _) = redeem_seen(inv, t, "n").await;
+        assert_eq!(r.unwrap().key, "0123456789abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_member_server_without_invitations_refuses_a_redeem() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let srv = srv();
+            let key = CommunityKey::derive("lab", "0123456789abcdef");
+            serve(
+                s,
+                srv.local(&key),
+                |_| vec![],
+                Vec::new,
+                |_| Err(String::new()),
+            )
+            .await
+        });
+        let t = Token::new(vec![addr.to_string()]);
+        let r = redeem(&t, "n").await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(ExchangeError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn redeem_attempts_are_limited_per_address() {
+        let (_d, inv) = invites();
+        for _ in 0..crate::mesh::invite::MAX_ATTEMPTS {
+            let (r, _, _) =
+                redeem_seen(inv.clone(), Token::new(vec!["127.0.0.1:1".into()]), "n").await;
+            assert!(
+                matches!(r, Err(ExchangeError::Refused(ref m)) if m.contains("unknown")),
+                "{r:?}"
+            );
+        }
+        let (r, _, _) = redeem_seen(inv.clone(), Token::new(vec!["127.0.0.1:1".into()]), "n").await;
+        assert!(
+            matches!(r, Err(ExchangeError::Refused(ref m)) if m.contains("too many")),
+            "{r:?}"
+        );
     }
 }

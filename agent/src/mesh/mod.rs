@@ -5,6 +5,7 @@
 pub mod candidates;
 pub mod exchange;
 pub mod gossip;
+pub mod invite;
 pub mod lan;
 pub mod members;
 pub mod serf;

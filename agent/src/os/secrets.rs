@@ -50,6 +50,7 @@ pub fn community_key(sys: &System, from_seed: Option<&str>) -> Result<Option<Str
 /// Where a seed keeps its secrets: (table, key).
 pub const SEED_SECRETS: &[(&str, &str)] = &[
     ("community", "key"),
+    ("community", "invite"),
     ("dashboard", "password_hash"),
     ("wifi", "psk"),
     ("wifi", "psk_hash"),
@@ -271,6 +272,33 @@ mod tests {
         assert_eq!(seed.community.unwrap().key, None);
         assert!(!scrub_seed(&p).unwrap(), "second scrub changes nothing");
     }
+
+    /// An invitation token is a secret like the key: gone from the medium once redeemed, and
+    /// kept while it is not (boot passes `community` to keep). The old code scrubbed only
+    /// `key`, so a redeemed token stayed on the card for anyone to read.
+    #[test]
+    fn scrub_removes_an_invitation_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cloudy.toml");
+        let token = "cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655";
+        let text = format!("[community]\nname = \"sants\"\ninvite = \"{token}\"\n[dashboard]\npassword_hash = \"$y$j9T$abc\"\n");
+        std::fs::write(&p, &text).unwrap();
+        assert!(scrub_seed_keeping(&p, &["community".into()]).unwrap());
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert!(after.contains(token) && !after.contains("$y$"), "{after}");
+        std::fs::write(&p, &text).unwrap();
+        assert!(scrub_seed(&p).unwrap());
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            !after.contains("cloudy1:") && after.contains("sants"),
+            "{after}"
+        );
+        assert_eq!(
+            holds_secret(&text, &[]).as_deref(),
+            Some("[community] invite")
+        );
+    }
+
     const KEY: &str = "K3Y-DO-NOT-LEAVE-0123456789";
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$NwZ4byZvLV+H8Rqc8Q0s8w$8dRbbGgPfDasaEPgPJZsneNCEuYXxPOlNn9Qkm2lYnQ";
 

@@ -95,6 +95,11 @@ impl<'a> Build<'a> {
     fn start(opts: &'a Options) -> Result<Build<'a>> {
         let (board, _, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
         let recipe = Recipe::load(&opts.recipe)?;
+        // The recipe's seed is baked into every image; a PXE bundle's goes to the whole LAN.
+        if board.format == Format::Pxe {
+            crate::seed::check_for_lan(&recipe.path.display().to_string(), &recipe.seed_text)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
         tools::check(&tools::for_build(
             &board,
             opts.verify,

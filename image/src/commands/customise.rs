@@ -60,6 +60,8 @@ const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 pub enum SeedImageError {
     #[error("{0}\n  fix: correct the seed (`cloudy-agent seed check FILE` says the same), then run customise again; the image was not touched")]
     BadSeed(String),
+    #[error("{0}\n  the image was not touched")]
+    LanSecret(String),
     #[error("{0}\n  fix: give a Cloudy image built by `cloudy-image build` (out/<board>/cloudy-<board>.iso, .img or .img.xz); nothing was changed")]
     NotCloudy(#[from] NotCloudy),
     #[error("{path}: not xz data, or a damaged .xz file\n  fix: give a Cloudy image built by `cloudy-image build`; nothing was changed")]
@@ -109,6 +111,69 @@ pub fn run(image: &Path, edit: Edit, out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cloudy-image customise IMAGE --invite TOKEN [--community NAME]`: the image's seed (or a
+/// new one) with `[community] invite = TOKEN` in place of any key, written like `--seed`.
+pub fn run_invite(
+    image: &Path,
+    token: &str,
+    community: Option<&str>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    crate::tools::check(&TOOLS)?;
+    let inside = read_seed(image, &Log::sink())?;
+    let text = with_invite(inside.as_deref(), token, community)?;
+    let seed = scratch_path(out.unwrap_or(image), "seed.toml");
+    let _ = fs::remove_file(&seed);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The token is a secret: the scratch seed is for our eyes only.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&seed)?
+            .write_all(text.as_bytes())?;
+    }
+    let r = run(image, Edit::Write(&seed), out);
+    let _ = fs::remove_file(&seed);
+    r
+}
+
+/// `seed` (or an empty one) with `[community] invite = token` (and `name`, if given), its
+/// `key` removed: an invitation replaces it. The token never appears in an error.
+pub fn with_invite(
+    seed: Option<&str>,
+    token: &str,
+    community: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut doc: toml_edit::DocumentMut = seed
+        .unwrap_or("version = 1\n")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the seed inside the image does not parse as TOML"))?;
+    if doc
+        .get("community")
+        .and_then(|c| c.as_table_like())
+        .is_none()
+    {
+        doc["community"] = toml_edit::table();
+    }
+    let c = doc["community"]
+        .as_table_like_mut()
+        .ok_or_else(|| anyhow::anyhow!("[community] in the image's seed is not a table"))?;
+    if let Some(n) = community {
+        c.insert("name", toml_edit::value(n));
+    }
+    if c.get("name").is_none() {
+        anyhow::bail!(
+            "the seed inside names no community\n  fix: add --community NAME (the name the inviting member's community has)"
+        );
+    }
+    c.remove("key");
+    c.insert("invite", toml_edit::value(token.trim()));
+    Ok(doc.to_string())
+}
+
 /// `cloudy-image customise IMAGE --show`: the seed inside, its secrets replaced by a note.
 pub fn show(image: &Path) -> anyhow::Result<()> {
     crate::tools::check(&TOOLS)?;
@@ -133,13 +198,29 @@ pub fn apply(
 ) -> Result<Vec<(PathBuf, String)>, SeedImageError> {
     if let Edit::Write(seed) = edit {
         let text = fs::read_to_string(seed).map_err(|e| io("reading the seed", seed, e))?;
-        crate::seed::check(&seed.display().to_string(), &text).map_err(SeedImageError::BadSeed)?;
+        let name = seed.display().to_string();
+        crate::seed::check(&name, &text).map_err(SeedImageError::BadSeed)?;
+        if in_pxe_bundle(out.unwrap_or(image)) {
+            crate::seed::check_for_lan(&name, &text).map_err(SeedImageError::LanSecret)?;
+        }
     }
     let target = out.unwrap_or(image);
     let work = Work::open(image, target, log)?;
     let result = edit_image(&work, image, target, edit, log);
     work.clean();
     result
+}
+
+/// A PXE bundle's live ISO: its directory holds the bundle's boot script, and everything
+/// in it is served to the LAN.
+fn in_pxe_bundle(iso: &Path) -> bool {
+    let dir = iso.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    dir.join("boot.ipxe").exists()
 }
 
 /// The file the edit works on: the image itself, or a decompressed copy of an `.img.xz`.
@@ -429,7 +510,9 @@ fn redact_table(t: &mut dyn toml_edit::TableLike) {
     for (k, item) in t.iter_mut() {
         // Public keys that may log in are not secrets, and users check them here.
         let secret = k.get() != "authorized_keys"
-            && (cloudy_model::seed::is_secret_key(k.get()) || k.get().contains("psk"));
+            && (cloudy_model::seed::is_secret_key(k.get())
+                || k.get().contains("psk")
+                || k.get() == "invite");
         if let Some(sub) = item.as_table_like_mut() {
             redact_table(sub);
         } else if let Some(arr) = item.as_array_of_tables_mut() {
@@ -544,6 +627,67 @@ mod tests {
             .to_string();
         assert!(err.contains("node.name") && err.contains("fix:"), "{err}");
         assert_eq!(fs::read(&img).unwrap(), b"not touched");
+    }
+
+    /// A PXE bundle serves `cloudy.iso` to the whole LAN. The old code wrote a seed holding
+    /// the community key into it as into any ISO, so anyone on the LAN could fetch the key.
+    #[test]
+    fn a_secret_is_refused_for_a_pxe_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("boot.ipxe"), b"#!ipxe\n").unwrap();
+        let img = d.path().join("cloudy.iso");
+        fs::write(&img, b"not touched").unwrap();
+        let seed = d.path().join("s.toml");
+        for (text, says) in [
+            (
+                "version = 1\n[community]\nname = \"lab\"\nkey = \"0123456789abcdef0123\"\n",
+                "community key",
+            ),
+            (
+                "version = 1\n[community]\nname = \"lab\"\ninvite = \"cloudy1m:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655\"\n",
+                "several nodes",
+            ),
+        ] {
+            fs::write(&seed, text).unwrap();
+            let err = apply(&img, Edit::Write(&seed), None, &Log::sink())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains("single-use invitation"), "{err}");
+            assert!(!err.contains("0123456789abcdef0123") && !err.contains("AAAAAAAA"), "{err}");
+            assert_eq!(fs::read(&img).unwrap(), b"not touched");
+        }
+        // The same seeds are fine for a lone ISO (the user's own medium); a single-use
+        // invitation passes the bundle's check (it then fails here only on the fake image).
+        assert!(!in_pxe_bundle(Path::new("/nonexistent/cloudy.iso")));
+        fs::write(
+            &seed,
+            "version = 1\n[community]\nname = \"lab\"\ninvite = \"cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655\"\n",
+        )
+        .unwrap();
+        let err = apply(&img, Edit::Write(&seed), None, &Log::sink())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("PXE"), "{err}");
+    }
+
+    #[test]
+    fn an_invitation_replaces_the_key_and_keeps_the_rest() {
+        let token = "cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655";
+        let seed = "version = 1\n# mine\n[node]\nname = \"b\"\n[community]\nname = \"lab\"\nkey = \"0123456789abcdef0\"\n";
+        let out = with_invite(Some(seed), token, None).unwrap();
+        assert!(
+            out.contains("# mine") && out.contains(token) && !out.contains("0123456789abcdef0")
+        );
+        crate::seed::check("x", &out).unwrap();
+        // `--show` hides it like the key.
+        assert!(!redact(&out).contains("AAAAAAAA"), "{}", redact(&out));
+        let err = with_invite(None, token, None).unwrap_err().to_string();
+        assert!(
+            err.contains("--community") && !err.contains("AAAA"),
+            "{err}"
+        );
+        let out = with_invite(None, token, Some("lab")).unwrap();
+        crate::seed::check("x", &out).unwrap();
     }
 
     #[test]

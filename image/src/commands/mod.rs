@@ -73,7 +73,7 @@ enum Command {
         install: bool,
     },
     /// Write, show or remove the seed in a built image (ISO, .img or .img.xz) without rebuilding it.
-    #[command(group(clap::ArgGroup::new("action").required(true).args(["seed", "show", "remove_seed"])))]
+    #[command(group(clap::ArgGroup::new("action").required(true).args(["seed", "show", "remove_seed", "invite"])))]
     Customise {
         /// The Cloudy image to change; anything else is refused and left as it was. Replaced
         /// atomically unless -o is given; SHA256SUMS beside it is updated.
@@ -87,6 +87,13 @@ enum Command {
         /// Remove the seed from the image: the node boots with the image's defaults.
         #[arg(long)]
         remove_seed: bool,
+        /// Put an invitation (`cloudy-agent invite` on a member) into the image's seed in place
+        /// of a key: the node redeems it at first boot. The rest of the seed inside is kept.
+        #[arg(long, value_name = "TOKEN", conflicts_with_all = ["seed", "show", "remove_seed"])]
+        invite: Option<String>,
+        /// With --invite: the community's name, when the seed inside names none.
+        #[arg(long, value_name = "NAME", requires = "invite")]
+        community: Option<String>,
         /// Write the result to OUT (complete, under a temporary name until done) and leave IMAGE as it is.
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         out: Option<PathBuf>,
@@ -166,8 +173,16 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             show,
             remove_seed: _,
+            invite,
+            community,
             out,
         } => match (seed, show) {
+            _ if invite.is_some() => customise::run_invite(
+                &image,
+                invite.as_deref().unwrap_or_default(),
+                community.as_deref(),
+                out.as_deref(),
+            )?,
             (_, true) => customise::show(&image)?,
             (Some(seed), false) => {
                 customise::run(&image, customise::Edit::Write(&seed), out.as_deref())?

@@ -25,6 +25,35 @@ pub struct Community {
     pub peers: Vec<String>,
     /// Port this node's exchange service listens on.
     pub port: Option<u16>,
+    /// An invitation token (`cloudy-agent invite`) in place of the key: at boot the node
+    /// redeems it at the inviting member for the community key, keeps the key like a seed's,
+    /// and the token is removed from the medium. A secret: never echoed in an error.
+    pub invite: Option<String>,
+}
+
+/// What a single-use invitation token starts with (`cloudy1:SECRET@HOST:PORT,...`).
+pub const INVITE_PREFIX: &str = "cloudy1:";
+/// What a token several nodes may use starts with: it says so, so a tool can refuse to put it
+/// where a whole LAN reads it (the inviter enforces the count either way).
+pub const INVITE_MANY_PREFIX: &str = "cloudy1m:";
+
+impl Community {
+    /// What a medium served to a whole LAN (a PXE bundle) must not carry: the key, or an
+    /// invitation more than one node may use. A single-use invitation is spent by the first
+    /// node that boots, so whoever else fetches it holds nothing. None, or why not.
+    pub fn lan_secret(&self) -> Option<&'static str> {
+        if self.key.is_some() {
+            Some("the community key (`[community] key`)")
+        } else if self
+            .invite
+            .as_deref()
+            .is_some_and(|t| !t.starts_with(INVITE_PREFIX))
+        {
+            Some("an invitation several nodes may use (`[community] invite`, made with --uses above 1)")
+        } else {
+            None
+        }
+    }
 }
 
 impl Community {
@@ -33,7 +62,7 @@ impl Community {
     /// the node. `seed check` and `customise` print these; the seed is still accepted.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if self.key.is_none() {
+        if self.key.is_none() && self.invite.is_none() {
             w.push(format!(
                 "key `community.key`: [community] {:?} has no key, so a new node stays alone (no VPN, no peers); only a node that kept the key of an earlier seed joins; fix: add key = \"...\" with the community's shared key (at least {MIN_COMMUNITY_KEY} characters; a new community: `openssl rand -base64 24`)",
                 self.name
@@ -50,6 +79,27 @@ impl Community {
                     "community.key",
                     format!("{} characters is too short", key.chars().count()),
                     "use at least 16 random characters, e.g. from `openssl rand -base64 24`",
+                ));
+            }
+        }
+        if let Some(t) = &self.invite {
+            // The token's shape only; its text is never repeated (it is a secret).
+            let shape = t
+                .strip_prefix(INVITE_PREFIX)
+                .or_else(|| t.strip_prefix(INVITE_MANY_PREFIX))
+                .and_then(|r| r.split_once('@'));
+            let ok = shape.is_some_and(|(secret, addrs)| {
+                secret.len() == 22
+                    && secret
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && addrs.split(',').all(|a| check_endpoint(a).is_ok())
+            });
+            if !ok {
+                return Err(invalid(
+                    "community.invite",
+                    "not an invitation token".into(),
+                    "paste the whole token `cloudy-agent invite` printed on a member: cloudy1:...@host:port",
                 ));
             }
         }
@@ -70,5 +120,38 @@ impl Community {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_invite(t: &str) -> Community {
+        Community {
+            name: "lab".into(),
+            invite: Some(t.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_invitation_is_checked_without_being_echoed() {
+        let good = "cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655";
+        assert!(with_invite(good).validate().is_ok());
+        assert!(with_invite(good).warnings().is_empty());
+        assert_eq!(with_invite(good).lan_secret(), None);
+        let many = "cloudy1m:AAAAAAAAAAAAAAAAAAAAAA@10.0.0.1:6655";
+        assert!(with_invite(many).validate().is_ok());
+        assert!(with_invite(many).lan_secret().is_some());
+        let bad = "cloudy1:SECRETSECRETSECRET@nowhere";
+        let e = format!("{:?}", with_invite(bad).validate().unwrap_err());
+        assert!(!e.contains("SECRETSECRET"), "{e}");
+        let keyed = Community {
+            name: "lab".into(),
+            key: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert!(keyed.lan_secret().unwrap().contains("key"));
     }
 }
