@@ -163,6 +163,7 @@ pub enum Reply {
         /// The provider's `node:port`.
         provider: String,
         message: String,
+    },
     /// A new invitation: the token (shown once), its id, and the token as a seed snippet.
     Invited {
         token: String,
@@ -373,7 +374,6 @@ impl Agent {
             Err(e) => error(e.to_string()),
         }
     }
-
 
     /// A rating of a provider the user names as for `join` (`node:port`, node name, id).
     fn rate(&self, kind: &str, provider: &str, stars: u8, comment: &str) -> Reply {
