@@ -35,6 +35,8 @@
 //! - none: a list swap (`C`/`S`), our list for theirs.
 //! - `services`: a member's service records (`Q`/`R`), empty request.
 //! - `scores`: a member's probe summary (`P`/`V`), empty request.
+//! - `info`: a member's node info (`I`/`J`), empty request; the answer must be about the
+//!   member whose pinned key signed it (`cloudy_model::info::parse_info`).
 //! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
 //!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
 //!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
@@ -221,6 +223,7 @@ struct Hello {
 const WANT_SERVICES: &str = "services";
 const WANT_ASK: &str = "ask";
 const WANT_SCORES: &str = "scores";
+const WANT_INFO: &str = "info";
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -508,6 +511,7 @@ pub async fn request_raw<S: AsyncRead + AsyncWrite>(
         None => (b'C', b'S'),
         Some(WANT_SERVICES) => (b'Q', b'R'),
         Some(WANT_SCORES) => (b'P', b'V'),
+        Some(WANT_INFO) => (b'I', b'J'),
         Some(WANT_ASK) => (b'A', b'B'),
         Some(_) => (b'?', b'!'),
     };
@@ -658,6 +662,29 @@ pub async fn fetch_scores(
     cloudy_model::summary::parse_summary(&a.body).map_err(ExchangeError::Malformed)
 }
 
+/// Client side of an info fetch: the node info of member `from`, signed by its pinned node key
+/// and about that member, with the time the TCP connect took (our latency to it: the cheapest
+/// real measure, taken on a connection we make anyway).
+pub async fn fetch_info(
+    addr: SocketAddr,
+    key: &CommunityKey,
+    from: &Member,
+) -> Result<(cloudy_model::info::NodeInfo, Duration), ExchangeError> {
+    let (a, rtt) = tokio::time::timeout(TIMEOUT, async {
+        let t0 = std::time::Instant::now();
+        let s = TcpStream::connect(addr).await?;
+        let rtt = t0.elapsed();
+        let a = request_over(s, key, Some(WANT_INFO), (b'I', b'J'), vec![], None).await?;
+        Ok::<_, ExchangeError>((a, rtt))
+    })
+    .await
+    .map_err(|_| ExchangeError::Timeout)??;
+    answered_by(&a, from)?;
+    let info = cloudy_model::info::parse_info(&a.body, &from.id)
+        .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    Ok((info, rtt))
+}
+
 /// Client side of a service request to member `to`: signed with our node key (`req.node_id`
 /// must be ours), answered under `to`'s pinned key; its answer fields, or its refusal.
 pub async fn ask_service(
@@ -714,6 +741,23 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
 ) -> Result<usize, ExchangeError> {
+    serve_with_info(stream, local, merge, services, ask, scores, || {
+        "{}".to_string()
+    })
+    .await
+}
+
+/// `serve_all`, also answering an info fetch with `info` (our node info, JSON).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_info<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: Server<'_>,
+    merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
+    services: impl FnOnce() -> Vec<Record>,
+    ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
+    scores: impl FnOnce() -> String,
+    info: impl FnOnce() -> String,
+) -> Result<usize, ExchangeError> {
     let key = local.key;
     let mut c = Conn::new(stream);
     let r = tokio::time::timeout(TIMEOUT, async {
@@ -734,6 +778,7 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
                 Some(WANT_SERVICES) => ((b'Q', b'R'), 0),
                 Some(WANT_ASK) => ((b'A', b'B'), 128 + MAX_ASK),
                 Some(WANT_SCORES) => ((b'P', b'V'), 0),
+                Some(WANT_INFO) => ((b'I', b'J'), 0),
                 Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
             };
             let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
@@ -793,6 +838,7 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
+            Some(WANT_INFO) => (info(), 0),
             _ => (scores(), 0),
         };
         let sig = local.node.sign_hex(&t.answer_msg(answers, body.as_bytes()));
@@ -1130,6 +1176,50 @@ mod tests {
         let got = fetch_services(addr, &k, &member('c', "other")).await;
         let _ = srv.await.unwrap();
         assert!(matches!(got, Err(ExchangeError::WrongSigner(_))), "{got:?}");
+    }
+
+    /// Node info (request kind `info`, new in issue 17): fetched from the member asked, under
+    /// its pinned key and about itself. An info that names another node (c's id, signed by
+    /// b's key) is refused whether we asked b (not b's own info) or c (not c's key).
+    #[tokio::test(flavor = "current_thread")]
+    async fn infos_are_bound_to_the_member_and_its_key() {
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        let info_of = |byte: char, name: &str| cloudy_model::info::NodeInfo {
+            id: byte.to_string().repeat(32),
+            name: name.into(),
+            version: "1".into(),
+            ..Default::default()
+        };
+        for (says, ask, ok) in [('b', 'b', true), ('c', 'b', false), ('c', 'c', false)] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = k.clone();
+            let body = info_of(says, "server").to_json();
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
+                serve_with_info(
+                    s,
+                    srv.local(&sk),
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    |_| panic!("not an ask"),
+                    || "[]".into(),
+                    move || body,
+                )
+                .await
+            });
+            let got = fetch_info(addr, &k, &member(ask, "server")).await;
+            let _ = srv.await.unwrap();
+            match got {
+                Ok((info, rtt)) => {
+                    assert!(ok, "{says} {ask}: {info:?}");
+                    assert_eq!(info.id, "b".repeat(32));
+                    assert!(rtt < TIMEOUT);
+                }
+                Err(e) => assert!(!ok, "{says} {ask}: {e}"),
+            }
+        }
     }
 
     /// The fuzzer's entry: `serve_all` over an in-memory stream, fed raw bytes (here a few
