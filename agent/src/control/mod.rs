@@ -54,6 +54,8 @@ pub enum Request {
     },
     /// Everything the dashboard shows.
     State {},
+    /// The Community map: every member's node info; with `node`, that node's 24-h trail.
+    Community { node: Option<String> },
 }
 
 impl Request {
@@ -73,6 +75,14 @@ impl Request {
             Request::Scan { kind } => kind.as_deref(),
             Request::Select { kind } | Request::Join { kind, .. } => Some(kind.as_str()),
             Request::State {} => None,
+            Request::Community { node } => {
+                return match node {
+                    Some(n) if !cloudy_model::names::is_node_id(n) => {
+                        Err(format!("{n:?} is not a node id"))
+                    }
+                    _ => Ok(()),
+                };
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -97,6 +107,7 @@ pub enum Reply {
         message: String,
     },
     State(Box<State>),
+    Community(Box<crate::probe::community::CommunityView>),
     Error {
         message: String,
     },
@@ -156,6 +167,8 @@ pub struct Agent {
     pub medium_warnings: Vec<String>,
     pub pidfile: PathBuf,
     pub views: Mutex<Vec<View>>,
+    /// Our node info and the members' (the Community map).
+    pub community: Arc<crate::probe::community::Community>,
 }
 
 impl Agent {
@@ -231,6 +244,13 @@ impl Agent {
                 .await
             }
             Request::State {} => Reply::State(Box::new(self.state())),
+            Request::Community { node } => {
+                let ms = self.share.members.lock().unwrap();
+                Reply::Community(Box::new(match node {
+                    Some(n) => self.community.view_of(&ms, &n),
+                    None => self.community.view(&ms),
+                }))
+            }
         }
     }
 
@@ -696,6 +716,7 @@ mod idle_tests {
             medium_warnings: vec![],
             pidfile: dir.path().join("tincd.pid"),
             views: Mutex::new(vec![]),
+            community: crate::probe::community::Community::new(),
         });
         tokio::spawn(serve(agent));
         let path = sys.path(SOCKET);

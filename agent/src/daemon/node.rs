@@ -41,6 +41,7 @@ pub async fn run(
         community.peers.clone(),
     );
     let local = local_services(&mesh, seed);
+    let community_info = crate::probe::community::Community::new();
     let manager = Manager::new(
         mesh.sys.clone(),
         opts.agent_exe.clone(),
@@ -53,6 +54,7 @@ pub async fn run(
         mesh.clone(),
         share.clone(),
         manager.clone(),
+        community_info.clone(),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
@@ -60,7 +62,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said);
+    start_control(&mesh, &share, seed, opts, said, community_info);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -157,6 +159,7 @@ fn start_control(
     seed: &Seed,
     opts: &Options,
     said: Said,
+    community: Arc<crate::probe::community::Community>,
 ) {
     let me = mesh.members.lock().unwrap().me().id.clone();
     let prober = Arc::new(crate::probe::Prober::new(
@@ -172,7 +175,34 @@ fn start_control(
         medium_warnings: said.medium_warnings,
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
+        community: community.clone(),
     });
+    // Our node info, regathered and the members' fetched (the Community map); our services
+    // are what we publish, each healthy ("up") while published.
+    let ours = share.clone();
+    tokio::spawn(crate::probe::community::run(
+        community,
+        mesh.sys.clone(),
+        mesh.key.clone(),
+        mesh.members.clone(),
+        agent.prober.clone(),
+        move || {
+            ours.ours
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| cloudy_model::info::ServiceInfo {
+                    kind: r.kind.clone(),
+                    port: r.port,
+                    state: "up".into(),
+                })
+                .collect()
+        },
+        crate::probe::community::Described {
+            location: seed.node.location.clone(),
+            contact: seed.node.contact.clone(),
+        },
+    ));
     crate::control::start(agent);
     let ports = crate::dashboard::Ports {
         http: seed.dashboard_port(),

@@ -1,6 +1,6 @@
 //! The exchange server: answers members on the exchange port, each request kind through the
 //! one signed request/answer path (`exchange::serve_all`): member lists, our records, our probe
-//! summary, and requests to use one of our services.
+//! summary, our node info, and requests to use one of our services.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,9 +26,11 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
+    community: Arc<crate::probe::community::Community>,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
+        let info = community.ours.lock().unwrap().clone();
         let mesh = mesh.clone();
         let share = share.clone();
         let manager = manager.clone();
@@ -65,7 +67,7 @@ pub async fn serve(
                 node: &mesh.node_key,
                 members: &mesh.members,
             };
-            exchange::serve_all(
+            exchange::serve_with_info(
                 stream,
                 local,
                 move |theirs| {
@@ -83,6 +85,7 @@ pub async fn serve(
                 ours,
                 ask,
                 move || summary,
+                move || info,
             )
             .await
         }
