@@ -50,7 +50,7 @@ pub async fn run(
         local.clone(),
         vec![("tincd".into(), mesh.tincd_status.clone())],
     );
-    tokio::spawn(super::serve::serve(
+    tokio::spawn(super::serve::serve_community(
         mesh.clone(),
         share.clone(),
         manager.clone(),

@@ -26,6 +26,17 @@ pub async fn serve(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
+    listener: tokio::net::TcpListener,
+) {
+    let nothing = crate::probe::community::Community::new();
+    serve_community(mesh, share, manager, nothing, listener).await
+}
+
+/// `serve`, answering info fetches with `community`'s node info.
+pub async fn serve_community(
+    mesh: Arc<Mesh>,
+    share: Arc<Sharing>,
+    manager: Arc<Manager>,
     community: Arc<crate::probe::community::Community>,
     listener: tokio::net::TcpListener,
 ) {

@@ -301,6 +301,8 @@ fn memory(sys: &System) -> (u64, u64) {
 }
 
 /// The state directory's file system (where a node keeps what it stores).
+// The block counts are u32 on some 32-bit targets the agent is built for.
+#[allow(clippy::unnecessary_cast)]
 fn disk(sys: &System) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(&sys.state_dir()).or_else(|_| nix::sys::statvfs::statvfs("/"))
     {
