@@ -3,7 +3,10 @@
 //! the answering node's key). Every node's `GET /api/community` (HTTPS, pinned, behind login)
 //! lists all five with their info, and the Community page's SVG has five node elements and the
 //! ten links between them, the latency each node measured to every other in the infos.
-//! Needs root, tinc and serf.
+//! Headless Chromium (over WebDriver, in node 1's namespace, the certificate pinned) logs in
+//! and opens the Community tab: five node elements and ten links in the rendered SVG, and a
+//! screenshot in target/tmp/community-screenshots. Needs root, tinc and serf (Chromium and
+//! chromedriver for that part; skipped with a line without them).
 //!
 //! `bench_community` (ignored; `bench/agent.sh community`): the time to render the Community
 //! page's map for a generated 100-node community, and the size of one node-info message.
@@ -195,6 +198,9 @@ fn five_nodes_see_five_nodes_on_the_map() {
             Some(&cookie),
         );
         assert_eq!(bad.status, 400);
+        if node.i == 1 {
+            chromium_sees_the_map(&ns, &addr, &ids);
+        }
     }
     eprintln!(
         "{test}: every node saw all {n} within {:?} of the members converging",
@@ -245,4 +251,190 @@ fn bench_community() {
         small.to_json().len()
     );
     assert!(times[runs / 2] <= 50.0, "render over 50 ms");
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver in a namespace, spoken to with plain WebDriver JSON (as in dashboard.rs).
+struct Driver {
+    ns: String,
+    addr: String,
+    session: String,
+    child: std::process::Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let path = format!("/session/{}", self.session);
+        let _ = web::request(&self.ns, &self.addr, "DELETE", &path, &[], b"");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let b = if method == "GET" {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let r = web::request(
+            &self.ns,
+            &self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            &[("Content-Type", "application/json")],
+            &b,
+        )
+        .unwrap();
+        let v = r.json();
+        assert_eq!(r.status, 200, "WebDriver {method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+}
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Chromium logs in to node 1 and opens the Community tab; the map's elements are counted in
+/// the page the browser rendered, and a screenshot is kept.
+fn chromium_sees_the_map(ns: &str, addr: &str, ids: &[String]) {
+    use base64::Engine;
+    use serde_json::json;
+    use sha2::Digest;
+    if !tool("chromium") || !tool("chromedriver") {
+        eprintln!("SKIP the Chromium part: chromium or chromedriver not installed");
+        return;
+    }
+    let served = web::tls::served_certificate(ns, addr);
+    let spki = {
+        let der = rustls::pki_types::CertificateDer::from(served.clone());
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+            cert.subject_public_key_info().as_ref(),
+        ))
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let port = 9516;
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "chromedriver",
+            &format!("--port={port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver");
+    let daddr = format!("127.0.0.1:{port}");
+    web::wait_up(ns, &daddr, Duration::from_secs(20));
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", "--window-size=1280,1400",
+                     format!("--user-data-dir={}", profile.path().display()),
+                     format!("--ignore-certificate-errors-spki-list={spki}")]
+        }
+    }}});
+    let r = web::request(
+        ns,
+        &daddr,
+        "POST",
+        "/session",
+        &[("Content-Type", "application/json")],
+        caps.to_string().as_bytes(),
+    )
+    .unwrap();
+    let v = r.json();
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+        .to_string();
+    let d = Driver {
+        ns: ns.into(),
+        addr: daddr,
+        session,
+        child,
+    };
+    let base = format!("https://{addr}");
+    d.call("POST", "/url", json!({"url": format!("{base}/login")}));
+    let pw = d.find("#password");
+    d.call(
+        "POST",
+        &format!("/element/{pw}/value"),
+        json!({"text": PASSWORD}),
+    );
+    let submit = d.find("#submit");
+    d.call("POST", &format!("/element/{submit}/click"), json!({}));
+    let t0 = Instant::now();
+    while !d
+        .call("GET", "/url", json!({}))
+        .as_str()
+        .unwrap()
+        .ends_with("/services")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "login in Chromium");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The tab, as a user reaches it.
+    let tab = d.find("nav.tabs a[href='/community']");
+    d.call("POST", &format!("/element/{tab}/click"), json!({}));
+    while !d
+        .call("GET", "/url", json!({}))
+        .as_str()
+        .unwrap()
+        .ends_with("/community")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the Community tab");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let counts = d.eval(
+        "const m = document.querySelector('#community-map'); \
+         return [m.querySelectorAll('g.node').length, m.querySelectorAll('g.link').length, \
+                 m.querySelectorAll('g.node.me').length, \
+                 [...m.querySelectorAll('g.node')].map(g => g.dataset.id).sort(), \
+                 m.getBoundingClientRect().width > 500, typeof window.pwned];",
+    );
+    assert_eq!(counts[0], 5, "five nodes drawn: {counts}");
+    assert_eq!(counts[1], 10, "ten links drawn: {counts}");
+    assert_eq!(counts[2], 1, "this node marked: {counts}");
+    assert_eq!(counts[3], json!(ids), "the five members: {counts}");
+    assert_eq!(counts[4], true, "the map is drawn wide: {counts}");
+    let b64 = d.call("GET", "/screenshot", json!({}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().unwrap())
+        .unwrap();
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("community-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let p = shots.join("community-5-nodes.png");
+    std::fs::write(&p, png).unwrap();
+    eprintln!("screenshot: {}", p.display());
 }
