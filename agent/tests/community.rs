@@ -108,7 +108,7 @@ fn five_nodes_see_five_nodes_on_the_map() {
             got == ids
                 && nodes.iter().all(|x| {
                     let peers = x["info"]["peers"].as_array().cloned().unwrap_or_default();
-                    peers.len() == n - 1 && peers.iter().all(|p| p["rtt_ms"].is_u64())
+                    peers.len() == n - 1 && peers.iter().all(|p| p["rtt_us"].is_u64())
                 })
         };
         while t0.elapsed() < Duration::from_secs(60) {

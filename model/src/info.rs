@@ -34,8 +34,9 @@ pub struct ServiceInfo {
 pub struct PeerInfo {
     pub id: String,
     pub name: String,
-    /// TCP connect time to the peer's exchange port, ms (None: not reached).
-    pub rtt_ms: Option<u32>,
+    /// TCP connect time to the peer's exchange port, microseconds (None: not reached): a LAN
+    /// or a VPN hop takes well under a millisecond.
+    pub rtt_us: Option<u32>,
     /// Mean of this node's probe scores of the peer's services, 0-100 (None: none probed).
     pub score: Option<u8>,
 }
@@ -203,7 +204,7 @@ pub mod tests {
                 .map(|p| PeerInfo {
                     id: id(p),
                     name: format!("node-{p}"),
-                    rtt_ms: Some(3),
+                    rtt_us: Some(3000),
                     score: Some(90),
                 })
                 .collect(),

@@ -83,7 +83,7 @@ pub fn rows(v: &CommunityView) -> Html {
             free(i.mem_free_kb, i.mem_total_kb),
             free(i.disk_free_kb, i.disk_total_kb),
             services(s),
-            s.rtt_ms.map(|r| format!("{r} ms")).unwrap_or_default(),
+            s.rtt_us.map(super::map::latency).unwrap_or_default(),
         ] {
             h.push("<td>").text_in(&c).push("</td>");
         }
@@ -141,7 +141,7 @@ pub(crate) async fn node_info_page(
             .push("<tr><td>")
             .text_in(&p.name)
             .push("</td><td>")
-            .text_in(&p.rtt_ms.map(|r| format!("{r} ms")).unwrap_or_default())
+            .text_in(&p.rtt_us.map(super::map::latency).unwrap_or_default())
             .push("</td><td>")
             .text_in(&p.score.map(|s| s.to_string()).unwrap_or_default())
             .push("</td></tr>");

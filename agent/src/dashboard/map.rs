@@ -65,6 +65,15 @@ impl Health {
     }
 }
 
+/// A latency in microseconds, as people read it ("0.21 ms", "12 ms").
+pub fn latency(us: u32) -> String {
+    if us < 10_000 {
+        format!("{:.2} ms", f64::from(us) / 1000.0)
+    } else {
+        format!("{} ms", us / 1000)
+    }
+}
+
 /// A link's colour by probe score (as the Services tab colours scores).
 fn score_colour(score: Option<u8>) -> &'static str {
     match score {
@@ -105,7 +114,7 @@ pub fn layout(v: &CommunityView) -> Layout {
     }
     let unlocated = located.iter().filter(|l| l.is_none()).count();
     // With nodes on the ring, the located ones go inside it; alone, they take the whole box.
-    let inner = if unlocated > 0 { ring * 0.6 } else { ring };
+    let inner = if unlocated > 0 { ring * 0.55 } else { ring };
     let span_lon = (lon1 - lon0).max(1e-6);
     let span_lat = (lat1 - lat0).max(1e-6);
     let mut order: Vec<usize> = (0..v.nodes.len())
@@ -130,11 +139,13 @@ pub fn layout(v: &CommunityView) -> Layout {
             } else {
                 0.0
             };
-            at[i] = (cx + x * inner * (W / H).min(1.6), cy + y * inner);
+            let wide = if unlocated > 0 { 1.0 } else { W / H };
+            at[i] = (cx + x * inner * wide, cy + y * inner);
         }
     }
     // Push apart what still overlaps (same coordinates, a located node on the ring).
-    let min = 2.0 * r + 2.0;
+    // A small map's labels sit under the circles: room for them too.
+    let min = 2.0 * r + if n <= LABELLED { 48.0 } else { 2.0 };
     for _ in 0..50 {
         let mut moved = false;
         for i in 0..at.len() {
@@ -167,7 +178,7 @@ pub fn layout(v: &CommunityView) -> Layout {
 struct Link {
     a: usize,
     b: usize,
-    rtt_ms: Option<u32>,
+    rtt_us: Option<u32>,
     score: Option<u8>,
 }
 
@@ -191,12 +202,12 @@ fn links(v: &CommunityView) -> Vec<Link> {
             let l = pairs.entry(key).or_insert(Link {
                 a: key.0,
                 b: key.1,
-                rtt_ms: None,
+                rtt_us: None,
                 score: None,
             });
             // The smaller latency and the lower score of the two directions: what a user of
             // the link gets at worst in score, at best in time.
-            l.rtt_ms = match (l.rtt_ms, p.rtt_ms) {
+            l.rtt_us = match (l.rtt_us, p.rtt_us) {
                 (Some(x), Some(y)) => Some(x.min(y)),
                 (x, y) => x.or(y),
             };
@@ -257,10 +268,7 @@ pub fn render(v: &CommunityView) -> Html {
     }
     for l in links.iter().filter(|_| !big) {
         let (a, b) = (lay.at[l.a], lay.at[l.b]);
-        let rtt = l
-            .rtt_ms
-            .map(|r| format!("{r} ms"))
-            .unwrap_or_else(|| "no latency".into());
+        let rtt = l.rtt_us.map(latency).unwrap_or_else(|| "no latency".into());
         let score = l
             .score
             .map(|s| format!("score {s}"))
@@ -438,14 +446,14 @@ pub fn generated(n: u32, now: u64) -> CommunityView {
                     .map(|p| PeerInfo {
                         id: id(p),
                         name: format!("node-{p}"),
-                        rtt_ms: Some(1 + (k + p) % 40),
+                        rtt_us: Some(100 + 997 * ((k + p) % 40)),
                         score: Some(((k * p) % 101) as u8),
                     })
                     .collect(),
                 location: None,
                 contact: Some(format!("ops-{k}@example.org")),
             },
-            rtt_ms: Some(3),
+            rtt_us: Some(3000),
             ok_at: if k % 11 == 5 { now - 600 } else { now },
             error: None,
         })
