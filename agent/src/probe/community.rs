@@ -343,3 +343,65 @@ pub async fn run(
         tokio::time::sleep(super::jittered(POLL)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::members::tests::{key_of, member};
+
+    fn seen(byte: char, ok_at: u64) -> Seen {
+        Seen {
+            info: NodeInfo {
+                id: byte.to_string().repeat(32),
+                name: format!("n{byte}"),
+                ..Default::default()
+            },
+            rtt_us: Some(200),
+            ok_at,
+            error: None,
+        }
+    }
+
+    /// Our info names every member as a peer with our latency to it; a member that left the
+    /// list leaves the map and its trail; a trail holds a day at most.
+    #[test]
+    fn the_view_follows_the_member_list_and_trails_are_bounded() {
+        let mut ms = Members::signed(member('a', "na"), key_of('a'));
+        ms.merge(vec![member('b', "nb"), member('c', "nc")]);
+        let c = Community::new();
+        let rtts = [("b".repeat(32), 250)].into();
+        let mine = gather(
+            &System::new("/"),
+            &ms,
+            &Scores::default(),
+            &rtts,
+            vec![],
+            &Described::default(),
+        );
+        assert_eq!(mine.validate(), Ok(()));
+        assert_eq!(mine.peers.len(), 2);
+        assert_eq!(mine.peers[0].rtt_us, Some(250));
+        assert!(mine.mem_total_kb > 0, "the kernel's figures");
+        c.set_mine(mine);
+        {
+            let mut s = c.seen.lock().unwrap();
+            for b in ['b', 'c', 'd'] {
+                s.insert(b.to_string().repeat(32), seen(b, 1000));
+            }
+        }
+        let ids: Vec<String> = c
+            .view(&ms)
+            .nodes
+            .iter()
+            .map(|n| n.info.name.clone())
+            .collect();
+        assert_eq!(ids, ["na", "nb", "nc"], "d is no member: not on the map");
+        for k in 0..(TRAIL_LEN as u64 + 50) {
+            c.sample(1000 + k * TRAIL_EVERY_S, &BTreeMap::new());
+            c.sample(1000 + k * TRAIL_EVERY_S + 1, &BTreeMap::new());
+        }
+        let t = c.view_of(&ms, &"b".repeat(32)).trail;
+        assert_eq!(t.len(), TRAIL_LEN, "one point per interval, a day of them");
+        assert!(c.view_of(&ms, &"e".repeat(32)).trail.is_empty());
+    }
+}
