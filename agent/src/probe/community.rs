@@ -18,10 +18,14 @@ use crate::os::system::System;
 use crate::probe::Scores;
 use cloudy_model::info::{NodeInfo, PeerInfo, ServiceInfo, MAX_INFO_PEERS};
 
-/// How often members are asked for their info.
+/// How often members are asked for their info: every 5 s in a small community, stretched by
+/// 200 ms a member up to 20 s, so that every member's exchange port (64 connections at once,
+/// shared with member-list swaps) serves a few infos a second, not a burst of a hundred.
 pub const POLL: Duration = Duration::from_secs(5);
+const POLL_MAX: Duration = Duration::from_secs(20);
+const POLL_PER_MEMBER: Duration = Duration::from_millis(200);
 /// Fetches at once (a 1000-member community is asked in rounds of this many).
-const AT_ONCE: usize = 16;
+const AT_ONCE: usize = 8;
 /// A member that answered within this is healthy on the map; older answers are stale.
 pub const FRESH_S: u64 = 30;
 
@@ -308,6 +312,11 @@ fn disk(sys: &System) -> (u64, u64) {
     }
 }
 
+/// The pause between rounds for a community of `members`.
+pub fn poll_every(members: u32) -> Duration {
+    (POLL_PER_MEMBER * members).clamp(POLL, POLL_MAX)
+}
+
 /// Our info regathered and members asked, every `POLL`, for as long as the agent runs.
 pub async fn run(
     community: Arc<Community>,
@@ -340,7 +349,8 @@ pub async fn run(
             .filter_map(|p| Some((p.id.clone(), p.score?)))
             .collect();
         community.sample(now_s(), &ours);
-        tokio::time::sleep(super::jittered(POLL)).await;
+        let n = members.lock().unwrap().members.len() as u32;
+        tokio::time::sleep(super::jittered(poll_every(n))).await;
     }
 }
 
@@ -403,5 +413,9 @@ mod tests {
         let t = c.view_of(&ms, &"b".repeat(32)).trail;
         assert_eq!(t.len(), TRAIL_LEN, "one point per interval, a day of them");
         assert!(c.view_of(&ms, &"e".repeat(32)).trail.is_empty());
+        assert_eq!(poll_every(5), POLL);
+        assert_eq!(poll_every(1024), POLL_MAX);
+        // A member is "late" (amber) only after FRESH_S: a round plus the fetches fit in it.
+        assert!(POLL_MAX.as_secs() * 5 / 4 < FRESH_S);
     }
 }
