@@ -226,6 +226,9 @@ fn bench_community() {
         .collect();
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let svg = map::render(&v).into_string();
+    // Kept for a look (a browser opens it as it is).
+    let keep = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("community-100.svg");
+    std::fs::write(&keep, &svg).unwrap();
     let info = v.nodes[1].info.to_json();
     let one = v.nodes[1].info.clone();
     let mut small = one.clone();
@@ -250,6 +253,7 @@ fn bench_community() {
         "| node-info message, 4 peers | {} bytes | - |",
         small.to_json().len()
     );
+    println!("| map of 100 nodes kept in | {} | - |", keep.display());
     assert!(times[runs / 2] <= 50.0, "render over 50 ms");
 }
 

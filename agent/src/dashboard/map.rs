@@ -262,7 +262,7 @@ pub fn render(v: &CommunityView) -> Html {
             let _ = write!(
                 o,
                 "<path class=\"links-bulk\" data-count=\"{count}\" d=\"{d}\" stroke=\"{colour}\" \
-                 stroke-width=\"0.5\" stroke-opacity=\"0.5\" fill=\"none\"/>"
+                 stroke-width=\"0.4\" stroke-opacity=\"0.2\" fill=\"none\"/>"
             );
         }
     }
