@@ -42,6 +42,7 @@ bench: deps tool
 	bench/boards.sh
 	bench/agent.sh streaming
 	bench/agent.sh services
+	bench/agent.sh community
 
 ## deps: the Debian packages the build and the tests need, and Tahoe-LAFS in /opt (root)
 deps:

@@ -3,7 +3,7 @@
 # ignored bench test of cloudy-agent with it and prints that bench's table. Exits non-zero
 # when the bench fails or skips itself (a missing tool: it then measured nothing).
 #
-#   bench/agent.sh NAME      NAME: mesh, discovery, probe, services or streaming
+#   bench/agent.sh NAME      NAME: mesh, discovery, probe, services, streaming or community
 #
 # mesh       nodes in network namespaces with real tincd: time from starting all agents at
 #            once to every member list complete and the VPN carrying pings, and the agent's
@@ -29,6 +29,9 @@
 #            streaming <provider>` to the first segment served by the joining node), and the
 #            memory of the source's agent, its stream process and ffmpeg.
 #            Needs root, tinc, serf and ffmpeg.
+# community  the time to render the Community tab's map (SVG) for a generated 100-node
+#            community (target <= 50 ms), its size, and the size of one node-info message.
+#            No root needed.
 #
 # The full test output is kept in $BENCH_LOG (default target/bench-NAME.log).
 set -euo pipefail
@@ -41,7 +44,7 @@ name=${1:-}
 case $name in
   -h | --help) usage; exit 0 ;;
   "") usage >&2; exit 2 ;;
-  mesh | discovery | probe | services | streaming) ;;
+  mesh | discovery | probe | services | streaming | community) ;;
   *) echo "bench/agent.sh: unknown bench '$name'" >&2; usage >&2; exit 2 ;;
 esac
 
@@ -50,7 +53,7 @@ cd "$(dirname "$0")/.."
 case $name in
   mesh) keep='^(\||agent:|targets:|SKIP|thread|test result)' ;;
   discovery) keep='^(\||agent:|targets:|bench:|SKIP|thread|test result)' ;;
-  probe | services) keep='^(\||SKIP|thread|test result)' ;;
+  probe | services | community) keep='^(\||SKIP|thread|test result)' ;;
   streaming) keep='^(\||SKIP|thread|test result|  left|  right)' ;;
 esac
 # discovery's rows are followed by a line of detail each.

@@ -4,12 +4,12 @@
 //! module imports only from layers below its own (`tests/layers.rs` holds every file to it):
 //!
 //! ```text
-//! cloudy-model  names, the kinds table, the service record, probe summary, the seed
+//! cloudy-model  names, the kinds table, the service record, probe summary, node info, the seed
 //! os            system paths, supervisor, network (rtnetlink), identity, secrets, files, http
 //! mesh          members, tinc, the exchange protocol, LAN discovery (mDNS), serf, gossip
 //! catalog       the live catalog, publishing (avahi files, serf tags), browsing (mDNS, serf)
 //! probe         each provider's quality from this node (score 0-100), checks per kind, and
-//!               select (ranking, the one provider lookup)
+//!               select (ranking, the one provider lookup), community (node infos: the map)
 //! services      the Service trait and the built-in services (the VPN, seed-declared ones)
 //! kinds         one folder per service kind (tahoe, syncthing, streaming), never importing
 //!               each other; the kinds table in cloudy-model says how the rest treats each

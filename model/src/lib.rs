@@ -4,10 +4,12 @@
 //! - `names`: the syntax of names (hostnames, node ids, kinds, interfaces, endpoints)
 //! - `kinds`: the one table of service kinds
 //! - `record`: the service record, its limits, its TXT and JSON forms
+//! - `info`: a node's info (its status for the Community map), as it travels between members
 //! - `summary`: a member's probe summary, as it travels between members
 //! - `rating`: a user's rating of a provider, its limits and its signed form
 //! - `seed`: the user's `cloudy.toml`, a file per section
 
+pub mod info;
 pub mod kinds;
 pub mod names;
 pub mod rating;

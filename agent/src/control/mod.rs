@@ -75,6 +75,8 @@ pub enum Request {
     Invitations {},
     /// Revokes invitation `id`.
     Revoke { id: String },
+    /// The Community map: every member's node info; with `node`, that node's 24-h trail.
+    Community { node: Option<String> },
 }
 
 /// An invitation lives at most this long; longer is a standing key by another name.
@@ -135,6 +137,14 @@ impl Request {
                 cloudy_model::rating::check_comment(comment).map_err(|e| e.to_string())?;
                 Some(kind.as_str())
             }
+            Request::Community { node } => {
+                return match node {
+                    Some(n) if !cloudy_model::names::is_node_id(n) => {
+                        Err(format!("{n:?} is not a node id"))
+                    }
+                    _ => Ok(()),
+                };
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -177,6 +187,7 @@ pub enum Reply {
     Revoked {
         found: bool,
     },
+    Community(Box<crate::probe::community::CommunityView>),
     Error {
         message: String,
     },
@@ -245,6 +256,8 @@ pub struct Agent {
     pub invites: Option<Arc<crate::mesh::invite::Invites>>,
     /// Our exchange port, for the addresses an invitation names.
     pub exchange_port: u16,
+    /// Our node info and the members' (the Community map).
+    pub community: Arc<crate::probe::community::Community>,
 }
 
 impl Agent {
@@ -343,6 +356,13 @@ impl Agent {
                 stars,
                 comment,
             } => self.rate(&kind, &provider, stars, &comment),
+            Request::Community { node } => {
+                let ms = self.share.members.lock().unwrap();
+                Reply::Community(Box::new(match node {
+                    Some(n) => self.community.view_of(&ms, &n),
+                    None => self.community.view(&ms),
+                }))
+            }
         }
     }
 
@@ -961,6 +981,7 @@ mod idle_tests {
             )),
             invites: None,
             exchange_port: 6655,
+            community: crate::probe::community::Community::new(),
         });
         tokio::spawn(serve(agent));
         let path = sys.path(SOCKET);

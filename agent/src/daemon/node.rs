@@ -60,17 +60,20 @@ pub async fn run(
         local.clone(),
         vec![("tincd".into(), mesh.tincd_status.clone())],
     );
-    let ratings = Arc::new(crate::probe::ratings::Book::open(
-        mesh.sys.clone(),
-        mesh.members.lock().unwrap().me().id.clone(),
-        mesh.node_key.clone(),
-    ));
+    let extras = super::serve::Extras {
+        ratings: Some(Arc::new(crate::probe::ratings::Book::open(
+            mesh.sys.clone(),
+            mesh.members.lock().unwrap().me().id.clone(),
+            mesh.node_key.clone(),
+        ))),
+        invites,
+        community: crate::probe::community::Community::new(),
+    };
     tokio::spawn(super::serve::serve_full(
         mesh.clone(),
         share.clone(),
         manager.clone(),
-        Some(ratings.clone()),
-        invites.clone(),
+        extras.clone(),
         listener,
     ));
     tokio::spawn(gossip::reconcile(mesh.clone()));
@@ -78,7 +81,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said, &ratings, invites);
+    start_control(&mesh, &share, seed, opts, said, extras);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -175,11 +178,11 @@ fn start_control(
     seed: &Seed,
     opts: &Options,
     said: Said,
-    ratings: &Arc<crate::probe::ratings::Book>,
-    invites: Option<Arc<Invites>>,
+    extras: super::serve::Extras,
 ) {
     let me = mesh.members.lock().unwrap().me().id.clone();
-    let ratings = ratings.clone();
+    let ratings = extras.ratings.clone().expect("a node's ratings book");
+    let community = extras.community.clone();
     let prober = Arc::new(crate::probe::Prober::new(
         mesh.sys.clone(),
         me,
@@ -194,10 +197,37 @@ fn start_control(
         pidfile: mesh.paths.pidfile.clone(),
         views: Mutex::new(Vec::new()),
         ratings: ratings.clone(),
-        invites,
+        invites: extras.invites,
         exchange_port: seed.exchange_port(),
+        community: community.clone(),
     });
     tokio::spawn(ratings.follow(share.clone()));
+    // Our node info, regathered and the members' fetched (the Community map); our services
+    // are what we publish, each healthy ("up") while published.
+    let ours = share.clone();
+    tokio::spawn(crate::probe::community::run(
+        community,
+        mesh.sys.clone(),
+        mesh.key.clone(),
+        mesh.members.clone(),
+        agent.prober.clone(),
+        move || {
+            ours.ours
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| cloudy_model::info::ServiceInfo {
+                    kind: r.kind.clone(),
+                    port: r.port,
+                    state: "up".into(),
+                })
+                .collect()
+        },
+        crate::probe::community::Described {
+            location: seed.node.location.clone(),
+            contact: seed.node.contact.clone(),
+        },
+    ));
     crate::control::start(agent);
     let ports = crate::dashboard::Ports {
         http: seed.dashboard_port(),

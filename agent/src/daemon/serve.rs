@@ -1,6 +1,6 @@
 //! The exchange server: answers members on the exchange port, each request kind through the
-//! one signed request/answer path (`exchange::serve_rated`): member lists, our records, our
-//! probe summary, our users' ratings, and requests to use one of our services.
+//! one signed request/answer path (`exchange::serve_node`): member lists, our records, our
+//! probe summary, our users' ratings, our node info, and requests to use one of our services.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,23 +29,41 @@ pub async fn serve(
     manager: Arc<Manager>,
     listener: tokio::net::TcpListener,
 ) {
-    serve_full(mesh, share, manager, None, None, listener).await
+    serve_full(mesh, share, manager, Extras::default(), listener).await
 }
 
-/// `serve`, answering ratings fetches with the ratings our users gave (none without a book)
-/// and redeeming `invites` for nodes that hold a token and no key.
+/// What a node serves beyond its lists and records: its users' ratings (none without a book),
+/// its invitations (redeemed for nodes that hold a token and no key), its node info.
+#[derive(Clone)]
+pub struct Extras {
+    pub ratings: Option<Arc<crate::probe::ratings::Book>>,
+    pub invites: Option<Arc<Invites>>,
+    pub community: Arc<crate::probe::community::Community>,
+}
+
+impl Default for Extras {
+    fn default() -> Self {
+        Extras {
+            ratings: None,
+            invites: None,
+            community: crate::probe::community::Community::new(),
+        }
+    }
+}
+
+/// `serve`, with `extras`.
 pub async fn serve_full(
     mesh: Arc<Mesh>,
     share: Arc<Sharing>,
     manager: Arc<Manager>,
-    ratings: Option<Arc<crate::probe::ratings::Book>>,
-    invites: Option<Arc<Invites>>,
+    extras: Extras,
     listener: tokio::net::TcpListener,
 ) {
     accept(listener, move |stream, peer| {
-        let ratings = ratings.clone();
+        let ratings = extras.ratings.clone();
+        let invites = extras.invites.clone();
+        let info = extras.community.ours.lock().unwrap().clone();
         let mesh = mesh.clone();
-        let invites = invites.clone();
         let share = share.clone();
         let manager = manager.clone();
         async move {
@@ -82,7 +100,7 @@ pub async fn serve_full(
                 members: &mesh.members,
                 invites: invites.as_deref().map(|i| (i, peer.ip())),
             };
-            exchange::serve_rated(
+            exchange::serve_node(
                 stream,
                 local,
                 move |theirs| {
@@ -100,7 +118,10 @@ pub async fn serve_full(
                 ours,
                 ask,
                 move || summary,
-                move || ratings.map_or_else(|| "[]".into(), |b| b.ours_json()),
+                exchange::Published {
+                    ratings: ratings.map_or_else(|| "[]".into(), |b| b.ours_json()),
+                    info,
+                },
             )
             .await
         }

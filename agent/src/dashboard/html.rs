@@ -29,6 +29,12 @@ impl Html {
         Html(s.to_string())
     }
 
+    /// Markup built in this crate from its own tags and numbers, every text in it through
+    /// `esc` (the Community map's SVG, `map`).
+    pub(crate) fn trusted(s: String) -> Html {
+        Html(s)
+    }
+
     pub fn text(s: &str) -> Html {
         Html(esc(s))
     }
@@ -97,6 +103,8 @@ pub const SERVICES: &str = include_str!("templates/services.html");
 pub const NODE: &str = include_str!("templates/node.html");
 pub const MESSAGE: &str = include_str!("templates/message.html");
 pub const INVITE: &str = include_str!("templates/invite.html");
+pub const COMMUNITY: &str = include_str!("templates/community.html");
+pub const COMMUNITY_NODE: &str = include_str!("templates/community_node.html");
 
 #[cfg(test)]
 mod tests {
@@ -113,7 +121,15 @@ mod tests {
             &[("a", Html::text("<b>")), ("b", Html::raw("<br>"))],
         );
         assert_eq!(h.into_string(), "<p>&lt;b&gt;</p><i><br></i>");
-        for t in [LAYOUT, LOGIN, SERVICES, NODE, MESSAGE] {
+        for t in [
+            LAYOUT,
+            LOGIN,
+            SERVICES,
+            NODE,
+            MESSAGE,
+            COMMUNITY,
+            COMMUNITY_NODE,
+        ] {
             assert!(!t.contains("<script"), "templates carry no script");
         }
     }

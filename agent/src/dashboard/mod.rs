@@ -7,16 +7,20 @@
 //!
 //! Pages: `/login`, `/services?type=T` (a tab per type: score | description | host | IP | port
 //! | microcloud | rating | action, best first; "Scan quality", "Join" and "Rate"), `/node` (tinc peers,
-//! services, seed errors, other nodes' views). API: `GET /api/state`, `GET /api/services[?type=T]`,
+//! services, seed errors, other nodes' views), `/community` (the map of every member, SVG) and
+//! `/community/node?id=ID` (a member's info and 24-h chart). API: `GET /api/state`,
+//! `GET /api/community`, `GET /api/services[?type=T]`,
 //! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
 //! `POST /api/join {"type":T,"provider":P?}`, `POST /api/rate {"type":T,"provider":P,"stars":S,
 //! "comment":C?}`. No JavaScript: forms and links.
 
 pub mod auth;
+pub(crate) mod community;
 pub mod html;
 mod invite;
 #[cfg(test)]
 mod login_tests;
+pub mod map;
 mod node;
 pub mod redirect;
 pub mod tls;
@@ -59,6 +63,9 @@ pub fn router(web: Shared) -> Router {
             get(invite::invite_page).post(invite::invite_form),
         )
         .route("/invite/revoke", post(invite::revoke_form))
+        .route("/community", get(community::community_page))
+        .route("/community/node", get(community::node_info_page))
+        .route("/api/community", get(community::api_community))
         .route("/scan", post(scan_form))
         .route("/join", post(join_form))
         .route("/rate", post(rate_form))

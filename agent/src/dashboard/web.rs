@@ -61,6 +61,11 @@ pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response
         tabs.push("on");
     }
     tabs.push("\">Node</a>");
+    tabs.push("<a href=\"/community\" class=\"");
+    if active == "/community" {
+        tabs.push("on");
+    }
+    tabs.push("\">Community</a>");
     tabs.push("<a href=\"/invite\" class=\"");
     if active == "/invite" {
         tabs.push("on");

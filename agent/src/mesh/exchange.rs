@@ -37,6 +37,8 @@
 //! - `scores`: a member's probe summary (`P`/`V`), empty request.
 //! - `ratings`: the user ratings a member gave (`G`/`H`), empty request; each rating is also
 //!   signed by the rater's node key, and taken only as that member's (`probe::ratings`).
+//! - `info`: a member's node info (`N`/`O`), empty request; the answer must be about the
+//!   member whose pinned key signed it (`cloudy_model::info::parse_info`).
 //! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
 //!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
 //!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
@@ -235,6 +237,7 @@ const REDEEM_ASK: u8 = b'I';
 const REDEEM_ANSWER: u8 = b'J';
 /// A redeem answer: the community's name and key, sealed; ~300 bytes in hex.
 const MAX_REDEEM_LINE: usize = 2048;
+const WANT_INFO: &str = "info";
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -523,6 +526,7 @@ pub async fn request_raw<S: AsyncRead + AsyncWrite>(
         Some(WANT_SERVICES) => (b'Q', b'R'),
         Some(WANT_SCORES) => (b'P', b'V'),
         Some(WANT_RATINGS) => (b'G', b'H'),
+        Some(WANT_INFO) => (b'N', b'O'),
         Some(WANT_ASK) => (b'A', b'B'),
         Some(_) => (b'?', b'!'),
     };
@@ -687,6 +691,29 @@ pub async fn fetch_ratings(
     cloudy_model::rating::parse_list(&a.body).map_err(|e| ExchangeError::Malformed(e.to_string()))
 }
 
+/// Client side of an info fetch: the node info of member `from`, signed by its pinned node key
+/// and about that member, with the time the TCP connect took (our latency to it: the cheapest
+/// real measure, taken on a connection we make anyway).
+pub async fn fetch_info(
+    addr: SocketAddr,
+    key: &CommunityKey,
+    from: &Member,
+) -> Result<(cloudy_model::info::NodeInfo, Duration), ExchangeError> {
+    let (a, rtt) = tokio::time::timeout(TIMEOUT, async {
+        let t0 = std::time::Instant::now();
+        let s = TcpStream::connect(addr).await?;
+        let rtt = t0.elapsed();
+        let a = request_over(s, key, Some(WANT_INFO), (b'N', b'O'), vec![], None).await?;
+        Ok::<_, ExchangeError>((a, rtt))
+    })
+    .await
+    .map_err(|_| ExchangeError::Timeout)??;
+    answered_by(&a, from)?;
+    let info = cloudy_model::info::parse_info(&a.body, &from.id)
+        .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    Ok((info, rtt))
+}
+
 /// Client side of a service request to member `to`: signed with our node key (`req.node_id`
 /// must be ours), answered under `to`'s pinned key; its answer fields, or its refusal.
 pub async fn ask_service(
@@ -746,20 +773,39 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
 ) -> Result<usize, ExchangeError> {
-    serve_rated(stream, local, merge, services, ask, scores, || "[]".into()).await
+    serve_node(
+        stream,
+        local,
+        merge,
+        services,
+        ask,
+        scores,
+        Published {
+            ratings: "[]".into(),
+            info: "{}".into(),
+        },
+    )
+    .await
 }
 
-/// `serve_all`, also answering a ratings fetch with `ratings` (the ratings our users gave,
-/// JSON), and redeeming invitations for a hello that wants `redeem` when `local.invites` is
-/// set (without it such a hello is refused like any unknown request).
-pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
+/// What we answer to the fetches that need nothing from the asker, made before the handshake:
+/// the ratings our users gave and our node info (JSON each).
+pub struct Published {
+    pub ratings: String,
+    pub info: String,
+}
+
+/// `serve_all`, also answering a ratings fetch and an info fetch from `published`, and
+/// redeeming invitations for a hello that wants `redeem` when `local.invites` is set (without
+/// it such a hello is refused like any unknown request).
+pub async fn serve_node<S: AsyncRead + AsyncWrite>(
     stream: S,
     local: Server<'_>,
     merge: impl FnOnce(Vec<Member>) -> Vec<Member>,
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
-    ratings: impl FnOnce() -> String,
+    published: Published,
 ) -> Result<usize, ExchangeError> {
     let key = local.key;
     let mut c = Conn::new(stream);
@@ -793,6 +839,7 @@ pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
                 Some(WANT_ASK) => ((b'A', b'B'), 128 + MAX_ASK),
                 Some(WANT_SCORES) => ((b'P', b'V'), 0),
                 Some(WANT_RATINGS) => ((b'G', b'H'), 0),
+                Some(WANT_INFO) => ((b'N', b'O'), 0),
                 Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
             };
             let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
@@ -852,7 +899,8 @@ pub async fn serve_rated<S: AsyncRead + AsyncWrite>(
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
-            Some(WANT_RATINGS) => (ratings(), 0),
+            Some(WANT_RATINGS) => (published.ratings, 0),
+            Some(WANT_INFO) => (published.info, 0),
             _ => (scores(), 0),
         };
         let sig = local.node.sign_hex(&t.answer_msg(answers, body.as_bytes()));
@@ -1423,14 +1471,17 @@ mod tests {
             let srv = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
                 let srv = srv();
-                serve_rated(
+                serve_node(
                     s,
                     srv.local(&sk),
                     |_| panic!("not a join"),
                     Vec::new,
                     |_| panic!("not an ask"),
                     || panic!("not scores"),
-                    move || list,
+                    Published {
+                        ratings: list,
+                        info: "{}".into(),
+                    },
                 )
                 .await
             });
@@ -1468,6 +1519,53 @@ mod tests {
         let got = fetch_services(addr, &k, &member('c', "other")).await;
         let _ = srv.await.unwrap();
         assert!(matches!(got, Err(ExchangeError::WrongSigner(_))), "{got:?}");
+    }
+
+    /// Node info (request kind `info`, new in issue 17): fetched from the member asked, under
+    /// its pinned key and about itself. An info that names another node (c's id, signed by
+    /// b's key) is refused whether we asked b (not b's own info) or c (not c's key).
+    #[tokio::test(flavor = "current_thread")]
+    async fn infos_are_bound_to_the_member_and_its_key() {
+        let k = CommunityKey::derive("c", "0123456789abcdef");
+        let info_of = |byte: char, name: &str| cloudy_model::info::NodeInfo {
+            id: byte.to_string().repeat(32),
+            name: name.into(),
+            version: "1".into(),
+            ..Default::default()
+        };
+        for (says, ask, ok) in [('b', 'b', true), ('c', 'b', false), ('c', 'c', false)] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = k.clone();
+            let body = info_of(says, "server").to_json();
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let srv = srv();
+                serve_node(
+                    s,
+                    srv.local(&sk),
+                    |_| panic!("not a join"),
+                    Vec::new,
+                    |_| panic!("not an ask"),
+                    || "[]".into(),
+                    Published {
+                        ratings: "[]".into(),
+                        info: body,
+                    },
+                )
+                .await
+            });
+            let got = fetch_info(addr, &k, &member(ask, "server")).await;
+            let _ = srv.await.unwrap();
+            match got {
+                Ok((info, rtt)) => {
+                    assert!(ok, "{says} {ask}: {info:?}");
+                    assert_eq!(info.id, "b".repeat(32));
+                    assert!(rtt < TIMEOUT);
+                }
+                Err(e) => assert!(!ok, "{says} {ask}: {e}"),
+            }
+        }
     }
 
     /// The fuzzer's entry: `serve_all` over an in-memory stream, fed raw bytes (here a few

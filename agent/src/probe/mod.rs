@@ -12,6 +12,7 @@
 //! one provider.
 
 pub mod checks;
+pub mod community;
 
 pub use checks::{Check, MAX_BODY, MAX_STREAM};
 pub mod ratings;

@@ -224,6 +224,12 @@ impl Seed {
         if other.node.name.is_some() {
             self.node.name = other.node.name;
         }
+        if other.node.location.is_some() {
+            self.node.location = other.node.location;
+        }
+        if other.node.contact.is_some() {
+            self.node.contact = other.node.contact;
+        }
         macro_rules! section {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
