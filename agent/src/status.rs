@@ -27,6 +27,24 @@ pub fn print(sys: &System) -> Result<i32> {
             id.trim()
         }
     );
+    let name = loaded
+        .seed
+        .node
+        .name
+        .as_deref()
+        .unwrap_or(identity::FALLBACK_NAME);
+    let addresses = addresses();
+    if addresses.is_empty() {
+        println!("addresses:  none yet (waiting for DHCP or the seed's [network])");
+    } else {
+        let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        println!("addresses:  {}", list.join(", "));
+    }
+    let https = loaded.seed.dashboard_https_port();
+    println!("url:        https://{name}.local:{https}/");
+    if let Some(a) = addresses.iter().find(|a| a.is_ipv4()) {
+        println!("            https://{a}:{https}/");
+    }
     match &loaded.source {
         Some(p) => println!("seed:       {}", p.display()),
         None => println!("seed:       (none; image defaults)"),
@@ -99,6 +117,22 @@ pub fn print(sys: &System) -> Result<i32> {
             1
         },
     )
+}
+
+/// This node's reachable addresses, asked of the kernel now (the agent need not run).
+fn addresses() -> Vec<std::net::IpAddr> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        match crate::os::network::Net::connect() {
+            Ok(net) => crate::os::issue::addresses(&net).await,
+            Err(_) => Vec::new(),
+        }
+    })
 }
 
 /// Each service the agent runs (and tincd): state, pid, restarts, last error.
