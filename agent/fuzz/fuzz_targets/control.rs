@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = select::choose(kind, &records, &scores, ME);
                     let _ = select::rank(Some(kind), &records, &scores, ME);
                 }
-                Request::Scan { .. } | Request::State {} => {}
+                Request::Scan { .. } | Request::State {} | Request::Ui { .. } => {}
             }
         }
         Err(reply) => {

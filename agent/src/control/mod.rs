@@ -54,6 +54,22 @@ pub enum Request {
     },
     /// Everything the dashboard shows.
     State {},
+    /// Where the dashboard's proxy reaches a local service's own web UI (`/ui/<service>/`).
+    Ui { service: String },
+}
+
+/// The local services whose own web UI the dashboard passes through, by the name in its path.
+pub const UI_SERVICES: [&str; 2] = ["syncthing", "tahoe"];
+
+/// A local service's web UI as the agent knows it: never an address a request named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiTarget {
+    pub addr: std::net::SocketAddr,
+    /// Sent as `X-API-Key` (Syncthing's): the dashboard's login stands for the service's.
+    pub api_key: Option<String>,
+    /// How to get at the files (the shared folder's path), for the dashboard's page.
+    pub note: String,
 }
 
 impl Request {
@@ -73,6 +89,12 @@ impl Request {
             Request::Scan { kind } => kind.as_deref(),
             Request::Select { kind } | Request::Join { kind, .. } => Some(kind.as_str()),
             Request::State {} => None,
+            Request::Ui { service } => {
+                if !UI_SERVICES.contains(&service.as_str()) {
+                    return Err(format!("{service:?} has no web UI here"));
+                }
+                None
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -97,6 +119,10 @@ pub enum Reply {
         message: String,
     },
     State(Box<State>),
+    /// None: the service does not run on this node.
+    Ui {
+        target: Option<UiTarget>,
+    },
     Error {
         message: String,
     },
@@ -231,6 +257,55 @@ impl Agent {
                 .await
             }
             Request::State {} => Reply::State(Box::new(self.state())),
+            Request::Ui { service } => Reply::Ui {
+                target: self.ui_target(&service),
+            },
+        }
+    }
+
+    /// The service's web UI on this node, where its kind configured it: Syncthing's GUI on our
+    /// VPN address, Tahoe's web port on loopback (the client's, else the storage node's).
+    fn ui_target(&self, service: &str) -> Option<UiTarget> {
+        use crate::kinds::{syncthing, tahoe};
+        use std::net::{Ipv4Addr, SocketAddr};
+        let open = |a: SocketAddr| {
+            std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
+        };
+        match service {
+            "syncthing" => {
+                let vpn = self.share.members.lock().unwrap().me().vpn;
+                let addr = SocketAddr::new(vpn.into(), syncthing::GUI_PORT);
+                let st = syncthing::Syncthing::new(&self.sys);
+                let key = std::fs::read_to_string(
+                    crate::services::state_dir(&self.sys, syncthing::NAME).join("api-key"),
+                )
+                .ok()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty());
+                let folder = st.load_peers().folder.unwrap_or(st.default_folder());
+                (key.is_some() && open(addr)).then(|| UiTarget {
+                    addr,
+                    api_key: key,
+                    note: format!(
+                        "The shared folder is {} on this node; Syncthing keeps it in step with \
+                         the nodes it is shared with. Open it with `ls {}` over SSH, or put \
+                         files in it there.",
+                        folder.display(),
+                        folder.display()
+                    ),
+                })
+            }
+            "tahoe" => [tahoe::CLIENT_WEB_PORT, tahoe::STORAGE_WEB_PORT]
+                .into_iter()
+                .map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p))
+                .find(|a| open(*a))
+                .map(|addr| UiTarget {
+                    addr,
+                    api_key: None,
+                    note: "Tahoe-LAFS's own web UI: upload and fetch files by their capability."
+                        .into(),
+                }),
+            _ => None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod html;
 #[cfg(test)]
 mod login_tests;
 mod node;
+pub mod proxy;
 pub mod redirect;
 pub mod tls;
 pub mod web;
@@ -61,6 +62,9 @@ pub fn router(web: Shared) -> Router {
         .route("/api/select", get(api_select))
         .route("/api/scan", post(api_scan))
         .route("/api/join", post(api_join))
+        .route("/ui/{service}", get(proxy::ui_root))
+        .route("/ui/{service}/", axum::routing::any(proxy::ui_index))
+        .route("/ui/{service}/{*rest}", axum::routing::any(proxy::ui_path))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(web.clone(), require_session))
         .with_state(web);
@@ -69,11 +73,17 @@ pub fn router(web: Shared) -> Router {
 
 /// Every answer: no caching, no framing, no scripts.
 async fn headers(req: Request, next: Next) -> Response {
+    // A service's own UI through the proxy runs its own scripts, still on this origin only.
+    let csp = if req.uri().path().starts_with("/ui/") {
+        proxy::UI_CSP
+    } else {
+        CSP
+    };
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -286,14 +296,15 @@ async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>
     for r in s.providers.iter().filter(|r| r.record.kind == kind) {
         rows.html(&provider_row(r));
     }
-    let body = render(
+    let mut body = proxy::links(&web, &s.managed).await;
+    body.html(&render(
         html::SERVICES,
         &[
             ("kind", Html::text(&kind)),
             ("scanned", Html::text(&ago(s.scanned))),
             ("rows", rows),
         ],
-    );
+    ));
     page(&kind, &s, &kind, body)
 }
 
