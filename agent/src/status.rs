@@ -84,6 +84,15 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    let foreign = std::fs::read_to_string(sys.path(crate::mesh::gossip::FOREIGN_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if foreign > 0 {
+        println!(
+            "lan:        a member with another key was seen: {foreign} node(s) on the LAN have another community key (check that every seed has the same [community] key)"
+        );
+    }
     let certificate = crate::os::certificate::stored_fingerprint(sys);
     match &certificate {
         None => {
