@@ -127,11 +127,11 @@ fn every_walkthrough_command_is_tested() {
     );
 }
 
-fn agent(args: &[&str], root: Option<&Path>) -> (String, i32) {
-    let mut c = Command::new(microcloud::agent());
-    if let Some(r) = root {
-        c.arg("--root").arg(r);
-    }
+/// `cloudy-agent --root ROOT ARGS` in the node's namespace: a shell on that node.
+fn agent(args: &[&str], node: &microcloud::Node) -> (String, i32) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &node.ns, &microcloud::agent(), "--root"])
+        .arg(&node.root);
     let o = c.args(args).output().unwrap();
     (
         format!(
@@ -264,6 +264,12 @@ fn the_walkthrough_in_namespaces() {
             .contains("kitchen:22000")
         },
     );
+    // `cloudy-agent join syncthing` from a shell on hall (the README's other way), first: once
+    // hall runs Syncthing itself, `join` without a provider would pick hall and refuse.
+    let (out, code) = agent(&["join", "syncthing"], &cloud.nodes[1]);
+    assert_eq!(code, 0, "cloudy-agent join syncthing on hall: {out}");
+
+    // And Join on kitchen's row of hall's dashboard: the same, again.
     let r = web::tls::post_form(
         &hns,
         h_https,
@@ -273,10 +279,6 @@ fn the_walkthrough_in_namespaces() {
         "type=syncthing&provider=kitchen%3A22000",
     );
     assert!(r.status < 400, "Join: {} {}", r.status, r.text());
-    // ... or `cloudy-agent join syncthing` from a shell on hall: the same, again.
-    let (out, code) = agent(&["join", "syncthing"], Some(&cloud.nodes[1].root));
-    assert_eq!(code, 0, "cloudy-agent join syncthing on hall: {out}");
-
     // A file put in kitchen's shared folder appears on hall.
     let kshared = cloud.nodes[0].root.join("var/lib/cloudy/syncthing/shared");
     let hshared = cloud.nodes[1].root.join("var/lib/cloudy/syncthing/shared");
@@ -310,13 +312,13 @@ fn the_walkthrough_in_namespaces() {
     );
 
     // `cloudy-agent status`: the addresses and the dashboard's URL; on kitchen, the stranger.
-    let (st, _) = agent(&["status"], Some(&cloud.nodes[1].root));
+    let (st, _) = agent(&["status"], &cloud.nodes[1]);
     assert!(st.contains("url:        https://hall.local:8443/"), "{st}");
     wait_for(
         "the stranger seen by kitchen",
         Duration::from_secs(20),
         || {
-            agent(&["status"], Some(&cloud.nodes[0].root))
+            agent(&["status"], &cloud.nodes[0])
                 .0
                 .contains("a member with another key was seen: 1 node(s)")
         },
