@@ -7,7 +7,8 @@
 //! (`/etc/issue.d/cloudy.issue`), hall joins kitchen's Syncthing from its dashboard, and a file
 //! put in kitchen's shared folder appears in hall's. A third node with another community key
 //! sits on the same LAN, as in the README's troubleshooting: kitchen's `status` must say
-//! "a member with another key was seen".
+//! "a member with another key was seen". Last, kitchen gets another address and its login
+//! screen must show it within seconds (issue 18, defect 3, through the real rtnetlink).
 //!
 //! On the old code (main at 4b7764b) the README had no walk-through (the first test failed at
 //! "no section"), no node wrote a login screen (the second failed reading
@@ -328,5 +329,30 @@ fn the_walkthrough_in_namespaces() {
             .log(1)
             .contains("a member with another key was seen on the LAN"),
         "kitchen's journal"
+    );
+
+    // The login screen follows the addresses (a new DHCP lease, say): the agent rewrites it.
+    let issue = cloud.nodes[0].root.join("etc/issue.d/cloudy.issue");
+    let st = Command::new("ip")
+        .args([
+            "-n",
+            &cloud.nodes[0].ns,
+            "addr",
+            "add",
+            "10.213.0.51/24",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for(
+        "the new address on the login screen",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&issue)
+                .unwrap_or_default()
+                .contains("10.213.0.51")
+        },
     );
 }
