@@ -9,7 +9,8 @@
 //! | microcloud | action, best first; "Scan quality" and "Join"), `/node` (tinc peers,
 //! services, seed errors, other nodes' views). API: `GET /api/state`, `GET /api/services[?type=T]`,
 //! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
-//! `POST /api/join {"type":T,"provider":P?}`. No JavaScript: forms and links.
+//! `POST /api/join {"type":T,"provider":P?}`. No JavaScript: forms and links. `/ui/<service>/`
+//! passes a local service's own web UI through, behind the same login (`proxy`).
 
 pub mod auth;
 pub mod html;
