@@ -38,19 +38,22 @@ pub fn render(screen: &Screen, addresses: &[IpAddr]) -> String {
         let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         out.push_str(&format!("  addresses: {}\n", list.join(", ")));
     }
-    out.push_str(&format!(
-        "  dashboard: https://{}.local:{}/\n",
-        plain(&screen.name),
-        screen.https_port
-    ));
-    if let Some(a) = addresses.iter().find(|a| a.is_ipv4()) {
-        out.push_str(&format!(
-            "             https://{a}:{}/  (when .local names do not resolve)\n",
-            screen.https_port
-        ));
-    }
     match &screen.certificate {
-        Ok(f) => out.push_str(&format!("  certificate SHA-256: {f}\n")),
+        Ok(f) => {
+            out.push_str(&format!(
+                "  dashboard: https://{}.local:{}/\n",
+                plain(&screen.name),
+                screen.https_port
+            ));
+            if let Some(a) = addresses.iter().find(|a| a.is_ipv4()) {
+                out.push_str(&format!(
+                    "             https://{a}:{}/  (when .local names do not resolve)\n",
+                    screen.https_port
+                ));
+            }
+            out.push_str(&format!("  certificate SHA-256: {f}\n"));
+        }
+        // No URL for a dashboard that is not there.
         Err(e) => out.push_str(&format!("  dashboard OFF: {}\n", plain(e))),
     }
     out.push_str(&format!("  {}\n", plain(&screen.seed)));
@@ -154,5 +157,9 @@ mod tests {
         assert!(text.contains("none yet"), "{text}");
         assert!(!text.contains('\\'), "{text}");
         assert!(text.contains("dashboard OFF"), "{text}");
+        assert!(
+            !text.contains("https://"),
+            "no URL for a dashboard that is off: {text}"
+        );
     }
 }
