@@ -184,6 +184,7 @@ fn start_control(
     let ports = crate::dashboard::Ports {
         http: seed.dashboard_port(),
         https: seed.dashboard_https_port(),
+        ui: seed.dashboard_ui_port(),
     };
     let certificate = dashboard_certificate(mesh, ports.https);
     tokio::spawn(crate::os::issue::keep(

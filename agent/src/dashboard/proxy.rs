@@ -219,12 +219,14 @@ async fn forward(
     resp
 }
 
-/// Links to the UIs of the services that run here (pid known), each with the agent's note on
+/// Links to the UIs (on their own origin, `https://<host>:<ui_port>/ui/<service>/`) of the services that run here (pid known), each with the agent's note on
 /// where its files are, for the services page.
 pub async fn links(
     web: &super::web::Web,
     managed: &std::collections::BTreeMap<String, crate::os::supervisor::Status>,
+    host: &str,
 ) -> super::html::Html {
+    let origin = super::csrf::origin(host, web.ui_port);
     let mut h = super::html::Html::default();
     for (s, label) in [
         ("syncthing", "Open Syncthing's own page"),
@@ -240,7 +242,9 @@ pub async fn links(
             Ok(Reply::Ui { target: Some(t) }) => t.note,
             _ => continue,
         };
-        h.push("<p class=\"ui\"><a href=\"/ui/")
+        h.push("<p class=\"ui\"><a href=\"")
+            .text_in(&origin)
+            .push("/ui/")
             .text_in(s)
             .push("/\">")
             .push(label)
