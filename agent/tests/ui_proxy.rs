@@ -6,6 +6,12 @@
 //! The old code (main at 4b7764b) had no such route: `/ui/syncthing/` answered the fallback's
 //! 404 "not found" with a session, and Syncthing's GUI was reachable only from a shell on the
 //! node. This test failed there at "logged in: Syncthing's GUI" (status 404).
+//!
+//! The UI runs on an origin of its own (`[dashboard] ui_port`, 8444): a script in it (an XSS
+//! through a peer's device name) must not be able to use the dashboard's API with the session
+//! cookie. Before that fix `/ui/` was served on the dashboard's port and a POST carrying
+//! `Origin: https://<host>:8444` and the session was accepted; now `/ui/` on 8443 is 404 and
+//! such a POST is refused 403 ("The attack" below).
 //! Needs root, tinc and syncthing.
 
 mod microcloud;
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "ui proxy test password";
 const HTTPS: &str = "10.213.0.1:8443";
+const UI: &str = "10.213.0.1:8444";
 
 fn hash(password: &str) -> String {
     use std::io::Write;
@@ -61,20 +68,35 @@ fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
     let n1 = &cloud.nodes[0];
     let ns = n1.ns.clone();
     web::wait_up(&ns, HTTPS, Duration::from_secs(30));
+    web::wait_up(&ns, UI, Duration::from_secs(30));
     let pin = web::tls::status_fingerprint(&n1.root);
 
-    // Not logged in: the login page, for the UI and anything below it.
+    // Not logged in: the dashboard's login page (on its own origin), for the UI and anything
+    // below it.
     for path in ["/ui/syncthing/", "/ui/syncthing/rest/system/version"] {
-        let r = web::tls::get(&ns, HTTPS, &pin, path, None);
+        let r = web::tls::get(&ns, UI, &pin, path, None);
         assert_eq!(r.status, 303, "{path}: {}", r.text());
-        assert_eq!(r.header("location"), Some("/login"), "{path}");
+        assert_eq!(
+            r.header("location"),
+            Some("https://10.213.0.1:8443/login"),
+            "{path}"
+        );
+    }
+    // The UI origin serves nothing else, and has no login page of its own.
+    for path in ["/", "/login", "/services", "/api/state"] {
+        let r = web::tls::get(&ns, UI, &pin, path, None);
+        assert_eq!(r.status, 404, "{path} on the UI origin: {}", r.text());
     }
 
     let cookie = web::tls::login(&ns, HTTPS, &pin, PASSWORD);
+    for path in ["/", "/login", "/services", "/api/state", "/node"] {
+        let r = web::tls::get(&ns, UI, &pin, path, Some(&cookie));
+        assert_eq!(r.status, 404, "{path} on the UI origin: {}", r.text());
+    }
     // Syncthing takes a moment after the node is up.
     let t0 = Instant::now();
     let page = loop {
-        let r = web::tls::get(&ns, HTTPS, &pin, "/ui/syncthing/", Some(&cookie));
+        let r = web::tls::get(&ns, UI, &pin, "/ui/syncthing/", Some(&cookie));
         if r.status == 200 || t0.elapsed() > Duration::from_secs(60) {
             break r;
         }
@@ -107,7 +129,7 @@ fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
     // or CSRF token needed), and only this node's Syncthing answers.
     let v = web::tls::get(
         &ns,
-        HTTPS,
+        UI,
         &pin,
         "/ui/syncthing/rest/system/version",
         Some(&cookie),
@@ -116,14 +138,84 @@ fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
     assert!(v.json()["version"].as_str().is_some(), "{}", v.text());
 
     // No other service, and no host of the request's choosing.
-    let r = web::tls::get(&ns, HTTPS, &pin, "/ui/evil.example/", Some(&cookie));
+    let r = web::tls::get(&ns, UI, &pin, "/ui/evil.example/", Some(&cookie));
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = web::tls::get(&ns, HTTPS, &pin, "/ui/tahoe/", Some(&cookie));
+    let r = web::tls::get(&ns, UI, &pin, "/ui/tahoe/", Some(&cookie));
     assert_eq!(r.status, 404, "tahoe does not run here: {}", r.text());
 
-    // The services page links the UI and says where the shared folder is.
+    // The dashboard's own origin no longer serves the UI.
+    for path in ["/ui/syncthing/", "/ui/syncthing/rest/system/version"] {
+        let r = web::tls::get(&ns, HTTPS, &pin, path, Some(&cookie));
+        assert_eq!(
+            r.status,
+            404,
+            "{path} on the dashboard's origin: {}",
+            r.text()
+        );
+    }
+
+    // The attack: a script on the UI origin posts to the dashboard with the session cookie
+    // (browsers send it: cookies are not port-isolated). Refused before any handler runs.
+    let post = |origin: &str, path: &str, body: &str, json: bool| {
+        let mut h = vec![
+            ("Cookie", cookie.as_str()),
+            ("Origin", origin),
+            (
+                "Content-Type",
+                if json {
+                    "application/json"
+                } else {
+                    "application/x-www-form-urlencoded"
+                },
+            ),
+        ];
+        if origin.is_empty() {
+            h.retain(|(k, _)| *k != "Origin");
+        }
+        web::tls::request(&ns, HTTPS, &pin, "POST", path, &h, body.as_bytes()).unwrap()
+    };
+    for (path, body, json) in [
+        ("/api/scan", "{}", true),
+        ("/api/join", "{\"type\":\"syncthing\"}", true),
+        ("/scan", "type=syncthing", false),
+        ("/join", "type=syncthing", false),
+        ("/logout", "", false),
+    ] {
+        let r = post("https://10.213.0.1:8444", path, body, json);
+        assert_eq!(r.status, 403, "{path} from the UI origin: {}", r.text());
+        let r = post("https://evil.example", path, body, json);
+        assert_eq!(r.status, 403, "{path} from another site: {}", r.text());
+    }
+    // The login too (no session needed to be refused).
+    let r = web::tls::request(
+        &ns,
+        HTTPS,
+        &pin,
+        "POST",
+        "/login",
+        &[
+            ("Origin", "https://10.213.0.1:8444"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("user=admin&password={}", web::urlencode(PASSWORD)).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "login from the UI origin: {}", r.text());
+    // The same POST from the dashboard's own origin, or from a client that sends no Origin
+    // (curl), works; the session still does (the refused /logout did not end it).
+    let r = post("https://10.213.0.1:8443", "/api/scan", "{}", true);
+    assert_eq!(r.status, 200, "own origin: {}", r.text());
+    let r = post("", "/api/scan", "{}", true);
+    assert_eq!(r.status, 200, "no Origin: {}", r.text());
+
+    // The services page links the UI on its own origin and says where the shared folder is.
     let r = web::tls::get(&ns, HTTPS, &pin, "/services", Some(&cookie));
-    assert!(r.text().contains("href=\"/ui/syncthing/\""), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("href=\"https://10.213.0.1:8444/ui/syncthing/\""),
+        "{}",
+        r.text()
+    );
     let folder = n1.root.join("var/lib/cloudy/syncthing/shared");
     assert!(
         r.text()

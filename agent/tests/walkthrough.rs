@@ -293,7 +293,7 @@ fn the_walkthrough_in_namespaces() {
             .as_deref()
             == Some("from the kitchen\n")
     });
-    // The tab links Syncthing's own page and names the folder.
+    // The tab links Syncthing's own page (on the UI origin, port 8444) and names the folder.
     let page = web::tls::get(
         &hns,
         h_https,
@@ -302,7 +302,8 @@ fn the_walkthrough_in_namespaces() {
         Some(&hcookie),
     );
     assert!(
-        page.text().contains("href=\"/ui/syncthing/\""),
+        page.text()
+            .contains("href=\"https://10.213.0.2:8444/ui/syncthing/\""),
         "{}",
         page.text()
     );
