@@ -6,7 +6,9 @@
 //! The browser's `Origin` header decides: it must be this listener's own origin,
 //! `https://<Host header's host>:<port>`. Without one (old browsers, curl), `Sec-Fetch-Site`
 //! must not be `cross-site` or `same-site`; without either the request passes (no browser
-//! sends a cross-origin POST with neither).
+//! sends a cross-origin POST with neither). `Origin: null` (what a browser sends under our
+//! `Referrer-Policy: no-referrer`, and from sandboxed frames) passes only with
+//! `Sec-Fetch-Site: same-origin`.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -29,6 +31,17 @@ pub fn allowed(method: &Method, h: &HeaderMap, port: u16) -> bool {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
     }
+    let fetch_site = h
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    // Our pages' `Referrer-Policy: no-referrer` makes a browser send `Origin: null` even on a
+    // same-origin form post; then only `Sec-Fetch-Site: same-origin` lets it pass.
+    if h.get(header::ORIGIN)
+        .is_some_and(|o| o.as_bytes().trim_ascii() == b"null")
+    {
+        return fetch_site.as_deref() == Some("same-origin");
+    }
     if let Some(o) = h.get(header::ORIGIN) {
         let Some(host) = h
             .get(header::HOST)
@@ -44,11 +57,8 @@ pub fn allowed(method: &Method, h: &HeaderMap, port: u16) -> bool {
         return o.eq_ignore_ascii_case(&origin(host, port))
             || (port == 443 && o.eq_ignore_ascii_case(&format!("https://{host}:443")));
     }
-    match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some(site) => !matches!(
-            site.trim().to_ascii_lowercase().as_str(),
-            "cross-site" | "same-site"
-        ),
+    match fetch_site.as_deref() {
+        Some(site) => !matches!(site, "cross-site" | "same-site"),
         None => true,
     }
 }
@@ -100,6 +110,7 @@ mod tests {
             "https://evil.example:8443",
             "https://10.0.0.1:8443.evil.example",
             "null",
+            "HTTPS://10.0.0.1:8444",
         ] {
             let mut m = h(&[host]);
             m.insert("origin", HeaderValue::from_str(bad).unwrap());
@@ -135,6 +146,24 @@ mod tests {
             &h(&[("host", "node.example"), ("origin", "https://node.example")]),
             443
         ));
+    }
+
+    #[test]
+    fn origin_null_passes_only_as_same_origin() {
+        let post = Method::POST;
+        let host = ("host", "10.0.0.1:8443");
+        let null = ("origin", "null");
+        assert!(allowed(
+            &post,
+            &h(&[host, null, ("sec-fetch-site", "same-origin")]),
+            8443
+        ));
+        assert!(!allowed(&post, &h(&[host, null]), 8443));
+        for site in ["same-site", "cross-site", "none"] {
+            let mut m = h(&[host, null]);
+            m.insert("sec-fetch-site", HeaderValue::from_str(site).unwrap());
+            assert!(!allowed(&post, &m, 8443), "{site}");
+        }
     }
 
     #[test]
