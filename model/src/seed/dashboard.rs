@@ -23,9 +23,9 @@ pub struct Dashboard {
     /// HTTPS port of the dashboard on the node's addresses (default 8443), with the node's own
     /// certificate (pinned by its fingerprint, which the console and `status` show).
     pub https_port: Option<u16>,
-    /// HTTPS port of the local services' own web UIs (`/ui/<service>/`, default `https_port`
-    /// + 1), same certificate and login: another origin than the dashboard, so a script in a
-    /// proxied UI cannot read the dashboard's answers.
+    /// HTTPS port of the local services' own web UIs (`/ui/<service>/`; default the port
+    /// after `https_port`), same certificate and login: another origin than the dashboard, so
+    /// a script in a proxied UI cannot read the dashboard's answers.
     pub ui_port: Option<u16>,
 }
 
