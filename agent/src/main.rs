@@ -93,6 +93,11 @@ enum Command {
         /// The HTTPS port (the seed's `[dashboard] https_port`): the dashboard itself.
         #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_HTTPS_PORT)]
         https_port: u16,
+        /// The HTTPS port of the services' own web UIs, `/ui/<service>/` (the seed's
+        /// `[dashboard] ui_port`, default https_port + 1): same certificate and login, another
+        /// origin than the dashboard's, so a UI's scripts cannot read the dashboard's answers.
+        #[arg(long, default_value_t = seed::DEFAULT_DASHBOARD_HTTPS_PORT + 1)]
+        ui_port: u16,
     },
     /// Make an invitation: a short token that lets a new node join this node's community
     /// once (it fetches the community key over the exchange port); shown once, stored only as
@@ -301,7 +306,11 @@ fn run(cli: Cli) -> Result<i32> {
             stars,
             comment.as_deref(),
         ),
-        Command::Dashboard { port, https_port } => serve_dashboard(&sys, port, https_port),
+        Command::Dashboard {
+            port,
+            https_port,
+            ui_port,
+        } => serve_dashboard(&sys, port, https_port, ui_port),
         Command::Run {
             manage_network,
             tincd,
@@ -420,7 +429,7 @@ fn hash_password() -> Result<i32> {
 }
 
 /// The dashboard, as the unprivileged process the agent starts: the hash comes on stdin.
-fn serve_dashboard(sys: &System, port: u16, https_port: u16) -> Result<i32> {
+fn serve_dashboard(sys: &System, port: u16, https_port: u16, ui_port: u16) -> Result<i32> {
     let handover =
         dashboard::Handover::read(std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -429,6 +438,7 @@ fn serve_dashboard(sys: &System, port: u16, https_port: u16) -> Result<i32> {
     let ports = dashboard::Ports {
         http: port,
         https: https_port,
+        ui: ui_port,
     };
     rt.block_on(dashboard::serve(ports, sys.path(control::SOCKET), handover))
         .context("serving the dashboard")?;

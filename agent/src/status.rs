@@ -27,6 +27,24 @@ pub fn print(sys: &System) -> Result<i32> {
             id.trim()
         }
     );
+    let name = loaded
+        .seed
+        .node
+        .name
+        .as_deref()
+        .unwrap_or(identity::FALLBACK_NAME);
+    let addresses = addresses();
+    if addresses.is_empty() {
+        println!("addresses:  none yet (waiting for DHCP or the seed's [network])");
+    } else {
+        let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        println!("addresses:  {}", list.join(", "));
+    }
+    let https = loaded.seed.dashboard_https_port();
+    println!("url:        https://{name}.local:{https}/");
+    if let Some(a) = addresses.iter().find(|a| a.is_ipv4()) {
+        println!("            https://{a}:{https}/");
+    }
     match &loaded.source {
         Some(p) => println!("seed:       {}", p.display()),
         None => println!("seed:       (none; image defaults)"),
@@ -66,6 +84,15 @@ pub fn print(sys: &System) -> Result<i32> {
             }
         }
     }
+    let foreign = std::fs::read_to_string(sys.path(crate::mesh::gossip::FOREIGN_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if foreign > 0 {
+        println!(
+            "lan:        a member with another key was seen: {foreign} node(s) on the LAN have another community key (check that every seed has the same [community] key)"
+        );
+    }
     let certificate = crate::os::certificate::stored_fingerprint(sys);
     match &certificate {
         None => {
@@ -99,6 +126,22 @@ pub fn print(sys: &System) -> Result<i32> {
             1
         },
     )
+}
+
+/// This node's reachable addresses, asked of the kernel now (the agent need not run).
+fn addresses() -> Vec<std::net::IpAddr> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        match crate::os::network::Net::connect() {
+            Ok(net) => crate::os::issue::addresses(&net).await,
+            Err(_) => Vec::new(),
+        }
+    })
 }
 
 /// Each service the agent runs (and tincd): state, pid, restarts, last error.

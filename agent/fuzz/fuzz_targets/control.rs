@@ -49,7 +49,8 @@ fuzz_target!(|data: &[u8]| {
                 | Request::State {}
                 | Request::Invite { .. }
                 | Request::Invitations {}
-                | Request::Revoke { .. } => {}
+                | Request::Revoke { .. }
+                | Request::Ui { .. } => {}
             }
         }
         Err(reply) => {

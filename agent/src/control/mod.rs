@@ -77,6 +77,22 @@ pub enum Request {
     Revoke { id: String },
     /// The Community map: every member's node info; with `node`, that node's 24-h trail.
     Community { node: Option<String> },
+    /// Where the dashboard's proxy reaches a local service's own web UI (`/ui/<service>/`).
+    Ui { service: String },
+}
+
+/// The local services whose own web UI the dashboard passes through, by the name in its path.
+pub const UI_SERVICES: [&str; 2] = ["syncthing", "tahoe"];
+
+/// A local service's web UI as the agent knows it: never an address a request named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiTarget {
+    pub addr: std::net::SocketAddr,
+    /// Sent as `X-API-Key` (Syncthing's): the dashboard's login stands for the service's.
+    pub api_key: Option<String>,
+    /// How to get at the files (the shared folder's path), for the dashboard's page.
+    pub note: String,
 }
 
 /// An invitation lives at most this long; longer is a standing key by another name.
@@ -145,6 +161,12 @@ impl Request {
                     _ => Ok(()),
                 };
             }
+            Request::Ui { service } => {
+                if !UI_SERVICES.contains(&service.as_str()) {
+                    return Err(format!("{service:?} has no web UI here"));
+                }
+                None
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -188,6 +210,10 @@ pub enum Reply {
         found: bool,
     },
     Community(Box<crate::probe::community::CommunityView>),
+    /// None: the service does not run on this node.
+    Ui {
+        target: Option<UiTarget>,
+    },
     Error {
         message: String,
     },
@@ -363,6 +389,9 @@ impl Agent {
                     None => self.community.view(&ms),
                 }))
             }
+            Request::Ui { service } => Reply::Ui {
+                target: self.ui_target(&service),
+            },
         }
     }
 
@@ -423,6 +452,52 @@ impl Agent {
                 }
             }
             Err(e) => error(format!("rating {id}: {e}")),
+        }
+    }
+
+    /// The service's web UI on this node, where its kind configured it: Syncthing's GUI on our
+    /// VPN address, Tahoe's web port on loopback (the client's, else the storage node's).
+    fn ui_target(&self, service: &str) -> Option<UiTarget> {
+        use crate::kinds::{syncthing, tahoe};
+        use std::net::{Ipv4Addr, SocketAddr};
+        let open = |a: SocketAddr| {
+            std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
+        };
+        match service {
+            "syncthing" => {
+                let vpn = self.share.members.lock().unwrap().me().vpn;
+                let addr = SocketAddr::new(vpn.into(), syncthing::GUI_PORT);
+                let st = syncthing::Syncthing::new(&self.sys);
+                let key = std::fs::read_to_string(
+                    crate::services::state_dir(&self.sys, syncthing::NAME).join("api-key"),
+                )
+                .ok()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty());
+                let folder = st.load_peers().folder.unwrap_or(st.default_folder());
+                (key.is_some() && open(addr)).then(|| UiTarget {
+                    addr,
+                    api_key: key,
+                    note: format!(
+                        "The shared folder is {} on this node; Syncthing keeps it in step with \
+                         the nodes it is shared with. Open it with `ls {}` over SSH, or put \
+                         files in it there.",
+                        folder.display(),
+                        folder.display()
+                    ),
+                })
+            }
+            "tahoe" => [tahoe::CLIENT_WEB_PORT, tahoe::STORAGE_WEB_PORT]
+                .into_iter()
+                .map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p))
+                .find(|a| open(*a))
+                .map(|addr| UiTarget {
+                    addr,
+                    api_key: None,
+                    note: "Tahoe-LAFS's own web UI: upload and fetch files by their capability."
+                        .into(),
+                }),
+            _ => None,
         }
     }
 

@@ -121,6 +121,8 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         return Ok(0);
     }
     let (Some((community, key)), Some(mesh)) = (community, mesh) else {
+        // A node alone still tells the person at its screen who it is and why nothing runs.
+        alone_screen(sys, seed, &me.name, &loaded.errors).await;
         services_need_a_community(seed)?;
         return Ok(0);
     };
@@ -143,6 +145,29 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         medium_warnings,
     };
     super::node::run(mesh, seed, &community, &key, opts, said).await
+}
+
+/// The login screen of a node without a community (written once: the agent exits after it).
+async fn alone_screen(sys: &System, seed: &Seed, name: &str, seed_errors: &[String]) {
+    use crate::os::issue;
+    let addrs = match crate::os::network::Net::connect() {
+        Ok(net) => issue::addresses(&net).await,
+        Err(_) => Vec::new(),
+    };
+    let screen = issue::Screen {
+        name: name.to_string(),
+        https_port: seed.dashboard_https_port(),
+        certificate: Err(
+            "no community: the node stays alone (set [community] name and key in the seed)".into(),
+        ),
+        seed: match seed_errors.len() {
+            0 => "seed: applied".to_string(),
+            n => format!("seed: {n} problem(s), the rest applied: see cloudy-agent status"),
+        },
+    };
+    if let Err(e) = issue::write(sys, &screen, &addrs) {
+        tracing::warn!("login screen: {e}");
+    }
 }
 
 /// Hostname, node id, dashboard credential and ssh keys; a failure past the first two is

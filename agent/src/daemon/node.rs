@@ -180,7 +180,14 @@ fn start_control(
     said: Said,
     extras: super::serve::Extras,
 ) {
-    let me = mesh.members.lock().unwrap().me().id.clone();
+    let (me, name) = {
+        let ms = mesh.members.lock().unwrap();
+        (ms.me().id.clone(), ms.me().name.clone())
+    };
+    let seed_line = match said.seed_errors.len() {
+        0 => "seed: applied".to_string(),
+        n => format!("seed: {n} problem(s), the rest applied: see cloudy-agent status"),
+    };
     let ratings = extras.ratings.clone().expect("a node's ratings book");
     let community = extras.community.clone();
     let prober = Arc::new(crate::probe::Prober::new(
@@ -232,8 +239,21 @@ fn start_control(
     let ports = crate::dashboard::Ports {
         http: seed.dashboard_port(),
         https: seed.dashboard_https_port(),
+        ui: seed.dashboard_ui_port(),
     };
     let certificate = dashboard_certificate(mesh, ports.https);
+    tokio::spawn(crate::os::issue::keep(
+        mesh.sys.clone(),
+        crate::os::issue::Screen {
+            name,
+            https_port: ports.https,
+            certificate: certificate
+                .as_ref()
+                .map(|c| c.fingerprint.clone())
+                .map_err(Clone::clone),
+            seed: seed_line,
+        },
+    ));
     crate::dashboard::supervise(mesh.sys.clone(), opts.agent_exe.clone(), ports, certificate);
 }
 

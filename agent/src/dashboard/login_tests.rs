@@ -30,6 +30,8 @@ async fn serve() -> SocketAddr {
         auth: Auth::new(node_cost_hash(RIGHT)),
         control: "/nonexistent/control.sock".into(),
         fingerprint: String::new(),
+        https_port: 8443,
+        ui_port: 8444,
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -12,16 +12,21 @@
 //! `GET /api/community`, `GET /api/services[?type=T]`,
 //! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
 //! `POST /api/join {"type":T,"provider":P?}`, `POST /api/rate {"type":T,"provider":P,"stars":S,
-//! "comment":C?}`. No JavaScript: forms and links.
+//! "comment":C?}`. No JavaScript: forms and links. `/ui/<service>/` passes a local service's
+//! own web UI through, behind the same login (`proxy`), on a listener of its own (`Ports::ui`):
+//! another origin, so the UI's scripts cannot read the dashboard's answers. Both origins refuse
+//! a state-changing request from any other origin (`csrf`).
 
 pub mod auth;
 pub(crate) mod community;
+pub mod csrf;
 pub mod html;
 mod invite;
 #[cfg(test)]
 mod login_tests;
 pub mod map;
 mod node;
+pub mod proxy;
 pub mod redirect;
 pub mod tls;
 pub mod web;
@@ -79,17 +84,60 @@ pub fn router(web: Shared) -> Router {
         .route("/api/rate", post(api_rate))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(web.clone(), require_session))
-        .with_state(web);
-    open.merge(closed).layer(middleware::from_fn(headers))
+        .with_state(web.clone());
+    let port = web.https_port;
+    open.merge(closed)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            csrf::guard(port, req, next)
+        }))
+        .layer(middleware::from_fn(headers))
+}
+
+/// The UI origin (`Ports::ui`): `/ui/<service>/...` and nothing else, behind the dashboard's
+/// session; without one, the browser goes to the dashboard's login on its own origin.
+pub fn ui_router(web: Shared) -> Router {
+    let port = web.ui_port;
+    Router::new()
+        .route("/ui/{service}", get(proxy::ui_root))
+        .route("/ui/{service}/", axum::routing::any(proxy::ui_index))
+        .route("/ui/{service}/{*rest}", axum::routing::any(proxy::ui_path))
+        .route_layer(middleware::from_fn_with_state(web.clone(), ui_session))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .with_state(web)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            csrf::guard(port, req, next)
+        }))
+        .layer(middleware::from_fn(headers))
+}
+
+async fn ui_session(AxState(web): AxState<Shared>, req: Request, next: Next) -> Response {
+    if session(&web, req.headers()).is_some() {
+        return next.run(req).await;
+    }
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(redirect::host_of)
+    else {
+        return (StatusCode::BAD_REQUEST, "a Host header is needed").into_response();
+    };
+    Redirect::to(&format!("{}/login", csrf::origin(host, web.https_port))).into_response()
 }
 
 /// Every answer: no caching, no framing, no scripts.
 async fn headers(req: Request, next: Next) -> Response {
+    // A service's own UI through the proxy runs its own scripts, still on this origin only.
+    let csp = if req.uri().path().starts_with("/ui/") {
+        proxy::UI_CSP
+    } else {
+        CSP
+    };
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -330,7 +378,11 @@ fn ago(ms: u64) -> String {
     format!("last scan {s} s ago")
 }
 
-async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>) -> Response {
+async fn services_page(
+    AxState(web): AxState<Shared>,
+    Query(q): Query<TypeQuery>,
+    h: HeaderMap,
+) -> Response {
     let s = match state(&web).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -357,14 +409,22 @@ async fn services_page(AxState(web): AxState<Shared>, Query(q): Query<TypeQuery>
             .map_or(&[][..], |c| c.as_slice());
         rows.html(&provider_row(r, comments));
     }
-    let body = render(
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(redirect::host_of);
+    let mut body = match host {
+        Some(host) => proxy::links(&web, &s.managed, host).await,
+        None => Html::default(),
+    };
+    body.html(&render(
         html::SERVICES,
         &[
             ("kind", Html::text(&kind)),
             ("scanned", Html::text(&ago(s.scanned))),
             ("rows", rows),
         ],
-    );
+    ));
     page(&kind, &s, &kind, body)
 }
 
@@ -626,11 +686,13 @@ impl Handover {
     }
 }
 
-/// The dashboard's two ports: plain HTTP (redirects only) and HTTPS.
+/// The dashboard's ports: plain HTTP (redirects only), HTTPS (the dashboard) and the services'
+/// own UIs (HTTPS, another origin).
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
     pub http: u16,
     pub https: u16,
+    pub ui: u16,
 }
 
 /// Both families on one socket where the kernel allows it, else IPv4 only.
@@ -669,12 +731,16 @@ pub async fn serve(ports: Ports, control: PathBuf, handover: Handover) -> std::i
         auth: Auth::new(handover.hash),
         control,
         fingerprint,
+        https_port: ports.https,
+        ui_port: ports.ui,
     });
-    let secure = tls::TlsListener::new(bind(ports.https).await?, config)?;
+    let secure = tls::TlsListener::new(bind(ports.https).await?, config.clone())?;
+    let uis = tls::TlsListener::new(bind(ports.ui).await?, config)?;
     tracing::info!(
-        "dashboard on https port {} (http port {} redirects)",
+        "dashboard on https port {} (http port {} redirects; services' UIs on https port {})",
         ports.https,
-        ports.http
+        ports.http,
+        ports.ui
     );
     let plain = axum::serve(
         plain,
@@ -684,11 +750,16 @@ pub async fn serve(ports: Ports, control: PathBuf, handover: Handover) -> std::i
     // it does for a TcpListener.
     let secure = axum::serve(
         axum::serve::ListenerExt::tap_io(secure, |_| {}),
-        router(web).into_make_service_with_connect_info::<SocketAddr>(),
+        router(web.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    );
+    let uis = axum::serve(
+        axum::serve::ListenerExt::tap_io(uis, |_| {}),
+        ui_router(web).into_make_service_with_connect_info::<SocketAddr>(),
     );
     tokio::select! {
         r = plain.into_future() => r,
         r = secure.into_future() => r,
+        r = uis.into_future() => r,
     }
 }
 
@@ -741,6 +812,8 @@ async fn run_child(
             &ports.http.to_string(),
             "--https-port",
             &ports.https.to_string(),
+            "--ui-port",
+            &ports.ui.to_string(),
         ])
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true);

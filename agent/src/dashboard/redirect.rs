@@ -56,7 +56,7 @@ fn redirect(req: &Request, https_port: u16) -> Response {
 
 /// The host of a Host header without its port: a name or IPv4 address of plain characters, or
 /// a bracketed IPv6 address. Anything else is refused (it would go into a Location).
-fn host_of(h: &str) -> Option<&str> {
+pub(crate) fn host_of(h: &str) -> Option<&str> {
     let host = if h.starts_with('[') {
         let end = h.find(']')?;
         let rest = &h[end + 1..];

@@ -17,6 +17,10 @@ pub struct Web {
     /// The served certificate's SHA-256 fingerprint (`AB:CD:...`), for the node page: the
     /// user compares it with what the browser shows.
     pub fingerprint: String,
+    /// The dashboard's HTTPS port: its origin is `https://<host>:<https_port>`.
+    pub https_port: u16,
+    /// The services' UIs' HTTPS port (`/ui/<service>/`), another origin.
+    pub ui_port: u16,
 }
 
 pub(crate) type Shared = Arc<Web>;

@@ -37,7 +37,29 @@ pub fn start_lan(mesh: &Arc<Mesh>, port: u16) -> Result<Lan> {
     let address = (!address.is_unspecified()).then_some(address);
     let (lan, found) = Lan::start(&name, &id, address, port, &mesh.key.tag())?;
     introduce(mesh, found, "on the LAN");
+    keep_foreign_count(mesh, lan.foreign.clone());
     Ok(lan)
+}
+
+/// How many nodes with another community key the LAN showed, for `cloudy-agent status`.
+pub const FOREIGN_FILE: &str = "/run/cloudy/foreign-keys";
+
+/// Writes the LAN's count of other-key join services to `FOREIGN_FILE` as it grows.
+fn keep_foreign_count(mesh: &Arc<Mesh>, count: Arc<std::sync::atomic::AtomicUsize>) {
+    let sys = mesh.sys.clone();
+    tokio::spawn(async move {
+        let mut written = 0;
+        loop {
+            let n = count.load(std::sync::atomic::Ordering::Relaxed);
+            if n != written {
+                match sys.write_atomic(FOREIGN_FILE, format!("{n}\n").as_bytes(), 0o644) {
+                    Ok(()) => written = n,
+                    Err(e) => tracing::warn!("{FOREIGN_FILE}: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
 }
 
 /// Exchange services found outside our member list (`via` mDNS or Serf): the next gossip

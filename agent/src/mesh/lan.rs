@@ -4,7 +4,10 @@
 //! a few failed dials, and `mesh::candidates` bounds how many records are kept and dialled.
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub const SERVICE_TYPE: &str = "_cloudy-join._tcp.local.";
@@ -21,7 +24,13 @@ pub struct Lan {
     port: u16,
     props: Vec<(String, String)>,
     published: Option<String>,
+    /// How many join services with another community's tag were heard: a wrong key is
+    /// otherwise silent (the nodes just never meet).
+    pub foreign: Arc<AtomicUsize>,
 }
+
+/// Foreign services remembered by name; more are still counted as this many.
+const MAX_FOREIGN: usize = 256;
 
 impl Lan {
     pub fn start(
@@ -42,7 +51,9 @@ impl Lan {
             port,
             props,
             published: None,
+            foreign: Arc::new(AtomicUsize::new(0)),
         };
+        let foreign = lan.foreign.clone();
         if let Some(address) = address {
             lan.publish(address)?;
         }
@@ -54,10 +65,26 @@ impl Lan {
         std::thread::Builder::new()
             .name("mdns-browse".into())
             .spawn(move || {
+                let mut seen_foreign = HashSet::new();
                 while let Ok(ev) = events.recv() {
                     let ServiceEvent::ServiceResolved(s) = ev else {
                         continue;
                     };
+                    let other = s
+                        .txt_properties
+                        .get_property_val_str("c")
+                        .is_some_and(|c| c != tag.as_str());
+                    if other
+                        && seen_foreign.len() < MAX_FOREIGN
+                        && seen_foreign.insert(s.get_fullname().to_string())
+                    {
+                        tracing::warn!(
+                            "a member with another key was seen on the LAN: {} (its community key differs from ours; \
+                             check that every seed has the same [community] key)",
+                            s.get_fullname()
+                        );
+                        foreign.store(seen_foreign.len(), Ordering::Relaxed);
+                    }
                     if s.txt_properties.get_property_val_str("c") != Some(tag.as_str())
                         || s.txt_properties.get_property_val_str("id") == Some(me.as_str())
                     {

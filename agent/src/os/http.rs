@@ -157,3 +157,37 @@ pub fn get_blocking(
             .map_err(|_| HttpError::Timeout)?
     })
 }
+
+/// Sends one request of any method to `addr` (the dashboard's proxy to a local service's UI)
+/// and reads the answer; a body over `limit` bytes is an error, not a cut-off page.
+pub async fn send(
+    addr: SocketAddr,
+    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    limit: usize,
+) -> Result<(hyper::http::response::Parts, bytes::Bytes), HttpError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(HttpError::Connect)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| HttpError::NotHttp(e.to_string()))?;
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| HttpError::NotHttp(e.to_string()));
+    let out = match resp {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map(|b| (parts, b.to_bytes()))
+                .map_err(|e| HttpError::Body(e.to_string()))
+        }
+        Err(e) => Err(e),
+    };
+    driver.abort();
+    out
+}

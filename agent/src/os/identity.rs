@@ -278,17 +278,57 @@ pub fn console_path(sys: &System) -> Option<std::path::PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Writes `text` to the console (never creating a file, never taking it as the controlling
-/// terminal).
+/// Writes `text` to every console the kernel writes to (never creating a file, never taking one
+/// as the controlling terminal). `/dev/console` is only the last `console=` of the command line:
+/// the serial port, where the build's verify stage reads. The screen a person looks at (`tty0`)
+/// is another, listed in `/sys/class/tty/console/active` beside it. Ok when one of them took it.
 pub fn show_on_console(console: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut last = Ok(());
+    let mut shown = false;
+    for dev in console_devices(console) {
+        match write_device(&dev, text) {
+            Ok(()) => shown = true,
+            Err(e) => last = Err(e),
+        }
+    }
+    if shown {
+        Ok(())
+    } else {
+        last
+    }
+}
+
+fn write_device(dev: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(console)?;
+        .open(dev)?;
     f.write_all(text.as_bytes())?;
     f.flush()
+}
+
+/// The devices behind `<root>/dev/console`: each name in `<root>/sys/class/tty/console/active`
+/// that exists under `<root>/dev`, else the console itself.
+pub fn console_devices(console: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let root = console
+        .parent()
+        .and_then(|dev| dev.parent())
+        .unwrap_or(std::path::Path::new("/"));
+    let active =
+        std::fs::read_to_string(root.join("sys/class/tty/console/active")).unwrap_or_default();
+    let mut out: Vec<std::path::PathBuf> = active
+        .split_whitespace()
+        // A name from sysfs is a device name; anything else is not followed.
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(|n| root.join("dev").join(n))
+        .filter(|p| p.exists())
+        .collect();
+    if out.is_empty() {
+        out.push(console.to_path_buf());
+    }
+    out
 }
 
 /// An Argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH`), what the seed's
@@ -504,5 +544,35 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    /// Issue 18, defect 3: the old code wrote the generated password to `/dev/console` alone,
+    /// which is the serial port (the last `console=`), never the screen. Now every active
+    /// console gets it. A private root stands in for `/`: plain files for the devices.
+    #[test]
+    fn the_password_goes_to_every_active_console() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        std::fs::create_dir_all(root.join("sys/class/tty/console")).unwrap();
+        for n in ["console", "tty0", "ttyS0"] {
+            std::fs::write(root.join("dev").join(n), "").unwrap();
+        }
+        std::fs::write(root.join("sys/class/tty/console/active"), "tty0 ttyS0\n").unwrap();
+        let sys = System::new(root);
+        let console = console_path(&sys).unwrap();
+        show_on_console(&console, "pw 123\n").unwrap();
+        for n in ["tty0", "ttyS0"] {
+            let got = std::fs::read_to_string(root.join("dev").join(n)).unwrap();
+            assert_eq!(got, "pw 123\n", "{n}");
+        }
+        // A name that is no device name is never followed out of /dev.
+        std::fs::write(root.join("sys/class/tty/console/active"), "../etc/x\n").unwrap();
+        assert_eq!(console_devices(&console), vec![console.clone()]);
     }
 }

@@ -6,6 +6,7 @@ pub mod certificate;
 pub mod files;
 pub mod http;
 pub mod identity;
+pub mod issue;
 pub mod network;
 pub mod secrets;
 pub mod supervisor;

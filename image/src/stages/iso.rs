@@ -119,11 +119,19 @@ fn stage_live(inp: &Inputs, stage: &Path) -> Result<(), IsoError> {
         &live.join("filesystem.module"),
         "filesystem.squashfs\ncloudy.squashfs\n",
     )?;
-    write(
-        &stage.join("cloudy/README.txt"),
-        "Put your seed here as cloudy.toml (see the Cloudy README); the node reads it at boot.\n",
-    )
+    // A written ISO is read-only: the seed goes in before, with customise.
+    write(&stage.join("cloudy/README.txt"), README_TXT)?;
+    write(&stage.join("cloudy/cloudy.toml.example"), SEED_EXAMPLE)
 }
+
+/// Every section and key of a seed, commented out: laid beside the seed on every medium.
+pub const SEED_EXAMPLE: &str = include_str!("cloudy.toml.example");
+
+const README_TXT: &str =
+    "This folder holds the node's seed, cloudy.toml, which the node reads at boot.\n\
+An ISO cannot be changed once written to a stick or disc: put your seed in the image file before\n\
+writing it, with `cloudy-image customise cloudy.iso --seed my.toml` (see the Cloudy README).\n\
+cloudy.toml.example beside this file lists every section and key, commented.\n";
 
 /// xorriso's arguments up to the boot options: it writes to the temporary name, renamed when done.
 fn xorriso_args(out: &Path) -> Vec<String> {

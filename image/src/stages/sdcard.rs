@@ -144,6 +144,10 @@ fn stage_firmware(
         &(cmdline(board, inp.disk_id, &board.console) + "\n"),
     )?;
     write(
+        &fat_dir.join("cloudy.toml.example"),
+        super::iso::SEED_EXAMPLE,
+    )?;
+    write(
         &fat_dir.join("cloudy.toml"),
         &format!("# Your Cloudy seed: edit it from any computer before the first boot.\n# Secrets in it are moved off this partition once the node has applied them.\n{}", inp.seed),
     )

@@ -289,6 +289,12 @@ impl Seed {
             .unwrap_or(DEFAULT_DASHBOARD_HTTPS_PORT)
     }
 
+    pub fn dashboard_ui_port(&self) -> u16 {
+        self.dashboard
+            .as_ref()
+            .map_or(DEFAULT_DASHBOARD_HTTPS_PORT + 1, Dashboard::ui_port)
+    }
+
     pub fn exchange_port(&self) -> u16 {
         self.community
             .as_ref()
