@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
                 | Request::Invite { .. }
                 | Request::Invitations {}
                 | Request::Revoke { .. }
-                | Request::Ui { .. } => {}
+                | Request::Ui { .. }
+                | Request::Community { .. } => {}
             }
         }
         Err(reply) => {
