@@ -440,7 +440,10 @@ fn chromium_logs_in_scans_and_joins() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(tabs, ["syncthing", "tincvpn", "web", "Node"]);
+    assert_eq!(
+        tabs,
+        ["syncthing", "tincvpn", "web", "Node", "Community", "Invite"]
+    );
     let want = [
         ("syncthing", vec!["n2:22000"]),
         ("tincvpn", vec!["n2:655", "n1:655"]),
