@@ -17,6 +17,7 @@ mod web;
 use microcloud::{discovery_available, Cloud};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use web::chromium::{tool, Driver};
 
 const PASSWORD: &str = "community test password";
 
@@ -257,72 +258,6 @@ fn bench_community() {
     assert!(times[runs / 2] <= 50.0, "render over 50 ms");
 }
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// chromedriver in a namespace, spoken to with plain WebDriver JSON (as in dashboard.rs).
-struct Driver {
-    ns: String,
-    addr: String,
-    session: String,
-    child: std::process::Child,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let path = format!("/session/{}", self.session);
-        let _ = web::request(&self.ns, &self.addr, "DELETE", &path, &[], b"");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Driver {
-    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let b = if method == "GET" {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let r = web::request(
-            &self.ns,
-            &self.addr,
-            method,
-            &format!("/session/{}{path}", self.session),
-            &[("Content-Type", "application/json")],
-            &b,
-        )
-        .unwrap();
-        let v = r.json();
-        assert_eq!(r.status, 200, "WebDriver {method} {path}: {v}");
-        v["value"].clone()
-    }
-
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            serde_json::json!({"using": "css selector", "value": css}),
-        );
-        v[ELEMENT].as_str().unwrap().to_string()
-    }
-
-    fn eval(&self, script: &str) -> serde_json::Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            serde_json::json!({"script": script, "args": []}),
-        )
-    }
-}
-
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Chromium logs in to node 1 and opens the Community tab; the map's elements are counted in
 /// the page the browser rendered, and a screenshot is kept.
 fn chromium_sees_the_map(ns: &str, addr: &str, ids: &[String]) {
@@ -342,52 +277,15 @@ fn chromium_sees_the_map(ns: &str, addr: &str, ids: &[String]) {
         ))
     };
     let profile = tempfile::tempdir().unwrap();
-    let port = 9516;
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "chromedriver",
-            &format!("--port={port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver");
-    let daddr = format!("127.0.0.1:{port}");
-    web::wait_up(ns, &daddr, Duration::from_secs(20));
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--no-first-run", "--window-size=1280,1400",
-                     format!("--user-data-dir={}", profile.path().display()),
-                     format!("--ignore-certificate-errors-spki-list={spki}")]
-        }
-    }}});
-    let r = web::request(
+    let d = Driver::start(
         ns,
-        &daddr,
-        "POST",
-        "/session",
-        &[("Content-Type", "application/json")],
-        caps.to_string().as_bytes(),
-    )
-    .unwrap();
-    let v = r.json();
-    let session = v["value"]["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-        .to_string();
-    let d = Driver {
-        ns: ns.into(),
-        addr: daddr,
-        session,
-        child,
-    };
+        profile.path(),
+        &[
+            "--window-size=1280,1400".to_string(),
+            format!("--ignore-certificate-errors-spki-list={spki}"),
+        ],
+        "community-screenshots",
+    );
     let base = format!("https://{addr}");
     d.call("POST", "/url", json!({"url": format!("{base}/login")}));
     let pw = d.find("#password");
@@ -432,13 +330,5 @@ fn chromium_sees_the_map(ns: &str, addr: &str, ids: &[String]) {
     assert_eq!(counts[2], 1, "this node marked: {counts}");
     assert_eq!(counts[3], json!(ids), "the five members: {counts}");
     assert_eq!(counts[4], true, "the map is drawn wide: {counts}");
-    let b64 = d.call("GET", "/screenshot", json!({}));
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_str().unwrap())
-        .unwrap();
-    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("community-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let p = shots.join("community-5-nodes.png");
-    std::fs::write(&p, png).unwrap();
-    eprintln!("screenshot: {}", p.display());
+    d.shot("community-5-nodes");
 }

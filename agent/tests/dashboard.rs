@@ -20,13 +20,12 @@ mod web;
 
 use microcloud::{discovery_available, Cloud};
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use web::chromium::{tool, Driver};
 
 const PASSWORD: &str = "dashboard test password";
 const HOSTILE: &str = "<script>document.title='pwned';window.pwned=1</script> & <b>friends</b>";
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
@@ -59,222 +58,6 @@ fn hash(password: &str) -> String {
     let o = c.wait_with_output().unwrap();
     assert!(o.status.success());
     String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-/// chromedriver in a namespace, spoken to with plain WebDriver JSON.
-struct Driver {
-    ns: String,
-    addr: String,
-    session: String,
-    child: Child,
-    shots: PathBuf,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = web::request(
-            &self.ns,
-            &self.addr,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            &[],
-            b"",
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Driver {
-    /// Chromium with `args` beside the usual headless ones.
-    fn start(ns: &str, profile: &std::path::Path, args: &[String]) -> Driver {
-        let port = 9515;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "chromedriver",
-                &format!("--port={port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver");
-        let addr = format!("127.0.0.1:{port}");
-        web::wait_up(ns, &addr, Duration::from_secs(20));
-        let mut all: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ]
-        .map(String::from)
-        .to_vec();
-        all.push(format!("--user-data-dir={}", profile.display()));
-        all.extend(args.iter().cloned());
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": all
-            }
-        }}});
-        let r = web::request(
-            ns,
-            &addr,
-            "POST",
-            "/session",
-            &[("Content-Type", "application/json")],
-            caps.to_string().as_bytes(),
-        )
-        .unwrap();
-        let v = r.json();
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_string();
-        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-        std::fs::create_dir_all(&shots).unwrap();
-        Driver {
-            ns: ns.into(),
-            addr,
-            session,
-            child,
-            shots,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let b = if method == "GET" {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let r = web::request(
-            &self.ns,
-            &self.addr,
-            method,
-            &format!("/session/{}{path}", self.session),
-            &[("Content-Type", "application/json")],
-            &b,
-        )
-        .unwrap();
-        let v = r.json();
-        assert!(
-            r.status == 200,
-            "WebDriver {method} {path}: {} {v}",
-            r.status
-        );
-        v["value"].clone()
-    }
-
-    fn go(&self, url: &str) {
-        self.call("POST", "/url", json!({ "url": url }));
-    }
-
-    fn url(&self) -> String {
-        self.call("GET", "/url", json!({}))
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            json!({"using": "css selector", "value": css}),
-        );
-        v[ELEMENT].as_str().unwrap().to_string()
-    }
-
-    fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/click"), json!({}));
-    }
-
-    fn type_in(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/clear"), json!({}));
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            json!({ "text": text }),
-        );
-    }
-
-    /// Runs a function in the page (WebDriver's own channel, not the page's scripts).
-    fn eval(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-    }
-
-    fn text(&self, css: &str) -> String {
-        self.eval(&format!(
-            "const e = document.querySelector({}); return e ? e.textContent : null;",
-            json!(css)
-        ))
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-    }
-
-    /// (provider, score text) of each row in the providers table, top to bottom.
-    fn rows(&self) -> Vec<(String, String)> {
-        let v = self.eval(
-            "return [...document.querySelectorAll('#providers tbody tr')].map(r => \
-             [r.dataset.provider, r.querySelector('td.score').textContent]);",
-        );
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p[0].as_str().unwrap().to_string(),
-                    p[1].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// Polls until the page shows what `ok` wants (a form post may still be loading).
-    fn wait_until(&self, what: &str, ok: impl Fn(&Driver) -> bool) {
-        let t0 = Instant::now();
-        while !ok(self) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "{what}: not within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn shot(&self, name: &str) {
-        use base64::Engine;
-        let b64 = self.call("GET", "/screenshot", json!({}));
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        let p = self.shots.join(format!("{name}.png"));
-        std::fs::write(&p, png).unwrap();
-        eprintln!("screenshot: {}", p.display());
-    }
-}
-
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 #[test]
@@ -412,6 +195,7 @@ fn chromium_logs_in_scans_and_joins() {
         &ns,
         &dir.path().join("chromium-profile"),
         &[format!("--ignore-certificate-errors-spki-list={spki}")],
+        "dashboard-screenshots",
     );
     let base = format!("https://{addr}");
     // The address typed by hand, plain HTTP: the browser ends on the HTTPS login page.
@@ -621,6 +405,7 @@ fn chromium_logs_in_scans_and_joins() {
         &ns,
         &dir.path().join("chromium-profile-2"),
         &[format!("--ignore-certificate-errors-spki-list={other}")],
+        "dashboard-screenshots",
     );
     driver.go(&format!("{base}/login"));
     driver.shot("08-other-pin");

@@ -14,6 +14,7 @@ use microcloud::{discovery_available, listen_in, Cloud};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use web::chromium::{tool, Driver};
 
 /// The bound for a rating to reach another member.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -287,6 +288,7 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
             "--ignore-certificate-errors-spki-list={}",
             spki(&n1.root)
         )],
+        "ratings-screenshots",
     );
     let base = format!("https://{addr}");
     driver.go(&format!("{base}/login"));
@@ -321,14 +323,6 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
     driver.shot("ratings-02-rated");
 }
 
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Chromium pins a certificate by the SHA-256 of its public key (SubjectPublicKeyInfo).
 fn spki(root: &std::path::Path) -> String {
     use base64::Engine;
@@ -340,200 +334,4 @@ fn spki(root: &std::path::Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
         cert.subject_public_key_info().as_ref(),
     ))
-}
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// chromedriver in a namespace, spoken to with plain WebDriver JSON (as in dashboard.rs).
-struct Driver {
-    ns: String,
-    addr: String,
-    session: String,
-    child: std::process::Child,
-    shots: std::path::PathBuf,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = web::request(
-            &self.ns,
-            &self.addr,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            &[],
-            b"",
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Driver {
-    fn start(ns: &str, profile: &std::path::Path, args: &[String]) -> Driver {
-        use std::process::Stdio;
-        let port = 9515;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "chromedriver",
-                &format!("--port={port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver");
-        let addr = format!("127.0.0.1:{port}");
-        web::wait_up(ns, &addr, Duration::from_secs(20));
-        let mut all: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ]
-        .map(String::from)
-        .to_vec();
-        all.push(format!("--user-data-dir={}", profile.display()));
-        all.extend(args.iter().cloned());
-        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": all}
-        }}});
-        let r = web::request(
-            ns,
-            &addr,
-            "POST",
-            "/session",
-            &[("Content-Type", "application/json")],
-            caps.to_string().as_bytes(),
-        )
-        .unwrap();
-        let v = r.json();
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_string();
-        let shots =
-            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ratings-screenshots");
-        std::fs::create_dir_all(&shots).unwrap();
-        Driver {
-            ns: ns.into(),
-            addr,
-            session,
-            child,
-            shots,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let b = if method == "GET" {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let r = web::request(
-            &self.ns,
-            &self.addr,
-            method,
-            &format!("/session/{}{path}", self.session),
-            &[("Content-Type", "application/json")],
-            &b,
-        )
-        .unwrap();
-        let v = r.json();
-        assert!(
-            r.status == 200,
-            "WebDriver {method} {path}: {} {v}",
-            r.status
-        );
-        v["value"].clone()
-    }
-
-    fn go(&self, url: &str) {
-        self.call("POST", "/url", serde_json::json!({ "url": url }));
-    }
-
-    fn url(&self) -> String {
-        self.call("GET", "/url", Value::Null)
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            serde_json::json!({"using": "css selector", "value": css}),
-        );
-        v[ELEMENT].as_str().unwrap().to_string()
-    }
-
-    fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call(
-            "POST",
-            &format!("/element/{e}/click"),
-            serde_json::json!({}),
-        );
-    }
-
-    fn type_in(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.call(
-            "POST",
-            &format!("/element/{e}/clear"),
-            serde_json::json!({}),
-        );
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            serde_json::json!({ "text": text }),
-        );
-    }
-
-    fn eval(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            serde_json::json!({"script": script, "args": []}),
-        )
-    }
-
-    fn text(&self, css: &str) -> String {
-        self.eval(&format!(
-            "const e = document.querySelector({}); return e ? e.textContent : null;",
-            serde_json::json!(css)
-        ))
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-    }
-
-    fn wait_until(&self, what: &str, ok: impl Fn(&Driver) -> bool) {
-        let t0 = Instant::now();
-        while !ok(self) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "{what}: not within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn shot(&self, name: &str) {
-        use base64::Engine;
-        let b64 = self.call("GET", "/screenshot", Value::Null);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        let p = self.shots.join(format!("{name}.png"));
-        std::fs::write(&p, png).unwrap();
-        eprintln!("screenshot: {}", p.display());
-    }
 }
