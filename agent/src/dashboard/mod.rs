@@ -482,16 +482,7 @@ async fn join_form(AxState(web): AxState<Shared>, Form(f): Form<JoinForm>) -> Re
         Ok(other) => (false, format!("unexpected reply {other:?}")),
         Err(r) => return r,
     };
-    let back = format!("/services?type={}", url_component(&f.kind));
-    let body = render(
-        html::MESSAGE,
-        &[
-            ("class", Html::raw(if ok { "" } else { " err" })),
-            ("message", Html::text(&message)),
-            ("back", Html::text(&back)),
-        ],
-    );
-    page("Join", &s, &f.kind, body)
+    outcome("Join", &s, &f.kind, ok, &message)
 }
 
 #[derive(Deserialize)]
@@ -530,16 +521,28 @@ async fn rate_form(AxState(web): AxState<Shared>, Form(f): Form<RateForm>) -> Re
             Err(r) => return r,
         },
     };
-    let back = format!("/services?type={}", url_component(&f.kind));
+    outcome("Rate", &s, &f.kind, ok, &message)
+}
+
+/// The page a form's POST answers with: what the agent said, and the way back to the kind's
+/// providers.
+fn outcome(
+    title: &str,
+    s: &crate::control::State,
+    kind: &str,
+    ok: bool,
+    message: &str,
+) -> Response {
+    let back = format!("/services?type={}", url_component(kind));
     let body = render(
         html::MESSAGE,
         &[
             ("class", Html::raw(if ok { "" } else { " err" })),
-            ("message", Html::text(&message)),
+            ("message", Html::text(message)),
             ("back", Html::text(&back)),
         ],
     );
-    page("Rate", &s, &f.kind, body)
+    page(title, s, kind, body)
 }
 
 #[derive(Deserialize)]
