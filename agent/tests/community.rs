@@ -14,26 +14,12 @@
 mod microcloud;
 mod web;
 
-use microcloud::{discovery_available, Cloud};
-use std::process::{Command, Stdio};
+use microcloud::{discovery_available, hash, Cloud};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use web::chromium::{tool, Driver};
 
 const PASSWORD: &str = "community test password";
-
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut c = Command::new(microcloud::agent())
-        .args(["seed", "hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
 
 /// The `<svg id="community-map">...</svg>` of a page.
 fn map_of(page: &str) -> &str {

@@ -18,23 +18,14 @@
 mod microcloud;
 mod web;
 
-use microcloud::{discovery_available, Cloud};
+use microcloud::{discovery_available, hash, wait_for, Cloud};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use web::chromium::{tool, Driver};
 
 const PASSWORD: &str = "dashboard test password";
 const HOSTILE: &str = "<script>document.title='pwned';window.pwned=1</script> & <b>friends</b>";
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    t0.elapsed()
-}
 
 /// A cloud whose node roots the dashboard's unprivileged user can reach (tempdirs are 0700):
 /// it must get to the agent's control socket.
@@ -44,20 +35,6 @@ fn open_cloud(tag: &str, n: usize) -> Cloud {
     let top = c.nodes[0].root.parent().unwrap();
     std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
     c
-}
-
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut c = Command::new(microcloud::agent())
-        .args(["seed", "hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod microcloud;
 
-use microcloud::{discovery_available, listen_in, Cloud};
+use microcloud::{discovery_available, listen_in, wait_for, Cloud};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -39,15 +39,6 @@ fn seen(services: &[Value]) -> Vec<(String, String, u64)> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
 }
 
 #[test]

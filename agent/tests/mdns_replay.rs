@@ -6,7 +6,7 @@
 
 mod microcloud;
 
-use microcloud::{discovery_available, listen_in, Cloud};
+use microcloud::{discovery_available, listen_in, wait_for, Cloud};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,15 +22,6 @@ fn zeroconf_available(test: &str) -> bool {
         eprintln!("SKIP {test}: python3-zeroconf not installed (apt-get install python3-zeroconf)");
     }
     ok
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
 }
 
 /// Node `i`'s seed: a `web` service on port 8000+i and `extra` publish tables.

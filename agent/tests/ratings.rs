@@ -10,7 +10,7 @@
 mod microcloud;
 mod web;
 
-use microcloud::{discovery_available, listen_in, Cloud};
+use microcloud::{discovery_available, hash, listen_in, wait_for, Cloud};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,20 +21,6 @@ const WITHIN: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "ratings test password";
 const EVIL: &str = "<script>alert(1)</script> slow";
 
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut c = Command::new(microcloud::agent())
-        .args(["seed", "hash-password"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
 /// The dashboard of `node`: its address, pinned certificate and a session cookie.
 fn dashboard(node: &microcloud::Node) -> (String, String, String) {
     let addr = format!("{}:8443", node.lan());
@@ -42,15 +28,6 @@ fn dashboard(node: &microcloud::Node) -> (String, String, String) {
     let pin = web::tls::status_fingerprint(&node.root);
     let cookie = web::tls::login(&node.ns, &addr, &pin, PASSWORD);
     (addr, pin, cookie)
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
 }
 
 fn agent(node: &microcloud::Node, args: &[&str]) -> std::process::Output {

@@ -97,15 +97,6 @@ fn status(port: u16) -> serde_json::Value {
     serde_json::from_slice(&body).unwrap_or_default()
 }
 
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
-}
-
 #[test]
 fn relay_chain_in_process() {
     let Some(ff) = ffmpeg() else { return };
@@ -426,7 +417,7 @@ fn hostile_providers_are_left_for_a_real_one() {
 
 mod microcloud;
 
-use microcloud::{available, Cloud, Node};
+use microcloud::{available, wait_for, Cloud, Node};
 use serde_json::Value;
 
 const PORT: u16 = streaming::DEFAULT_PORT;

@@ -17,27 +17,12 @@
 mod microcloud;
 mod web;
 
-use microcloud::Cloud;
-use std::process::{Command, Stdio};
+use microcloud::{hash, Cloud};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "ui proxy test password";
 const HTTPS: &str = "10.213.0.1:8443";
 const UI: &str = "10.213.0.1:8444";
-
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut c = Command::new(microcloud::agent())
-        .args(["seed", "hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {

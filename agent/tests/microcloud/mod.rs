@@ -583,3 +583,32 @@ impl Drop for Cloud {
         }
     }
 }
+
+/// The PHC hash of `password`, made by the agent's own `seed hash-password`.
+pub fn hash(password: &str) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new(agent())
+        .args(["seed", "hash-password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Polls `ok` until it holds, failing the test after `within`; how long it took.
+pub fn wait_for(
+    what: &str,
+    within: std::time::Duration,
+    mut ok: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
