@@ -4,7 +4,8 @@
 //! - 0: a stranger's raw bytes into the server (`serve_all` over an in-memory stream). Without
 //!   the community key nothing may reach a handler (each panics if called);
 //! - 1: a member's authenticated request whose body is the fuzzer's: a member list swap, a
-//!   service request (signed by the member's node key), a services or scores fetch. The server
+//!   service request (signed by the member's node key), a services, scores, ratings or info
+//!   fetch, or a redeem asked for as if it were a member's request. The server
 //!   runs the agent's own `Members::merge` on whatever list it gets, and must answer or refuse;
 //! - 2: a hostile server's raw bytes into the client (`request_raw`).
 //!
@@ -14,6 +15,7 @@
 use std::sync::Mutex;
 
 use cloudy_agent::mesh::exchange::{request_raw, serve_all, CommunityKey, Server};
+use cloudy_agent::mesh::invite::Invites;
 use cloudy_agent::mesh::members::{Member, Members};
 use cloudy_agent::os::identity::NodeKey;
 use libfuzzer_sys::fuzz_target;
@@ -37,6 +39,25 @@ fn member(byte: u8, name: &str, key: &NodeKey) -> Member {
     };
     m.sign(key);
     m
+}
+
+/// One outstanding invitation, made once: a stranger's redeem reaches the token checks.
+fn invites() -> &'static Invites {
+    static INVITES: std::sync::OnceLock<Invites> = std::sync::OnceLock::new();
+    INVITES.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("cloudy-fuzz-invites-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let i = Invites::load(path, "sants", "0123456789abcdef").unwrap();
+        i.create(
+            vec!["192.0.2.1:6655".into()],
+            None,
+            std::time::Duration::from_secs(3600),
+            1,
+        )
+        .unwrap();
+        i
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -73,9 +94,18 @@ fuzz_target!(|data: &[u8]| {
                 let (mut peer, ours) = tokio::io::duplex(1 << 16);
                 let _ = peer.write_all(rest).await;
                 drop(peer);
+                // A stranger may also try to redeem an invitation (from an address of its
+                // choosing, so the per-address attempt limit does not end the search).
+                let stranger = Server {
+                    invites: Some((
+                        invites(),
+                        std::net::IpAddr::from([10, 0, rest.len() as u8, sel]),
+                    )),
+                    ..local
+                };
                 let r = serve_all(
                     ours,
-                    local,
+                    stranger,
                     |_| panic!("a list merged without the key"),
                     || panic!("records served without the key"),
                     |_| panic!("an ask taken without the key"),
@@ -85,11 +115,14 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r.is_err(), "a stranger's bytes passed the proof");
             }
             1 => {
-                let want = match (sel / 3) % 4 {
+                let want = match (sel / 3) % 7 {
                     0 => None,
                     1 => Some("ask"),
                     2 => Some("services"),
-                    _ => Some("scores"),
+                    3 => Some("scores"),
+                    4 => Some("ratings"),
+                    5 => Some("info"),
+                    _ => Some("redeem"),
                 };
                 let (c, s) = tokio::io::duplex(1 << 16);
                 let server = serve_all(
