@@ -62,7 +62,7 @@ pub async fn serve_full(
     accept(listener, move |stream, peer| {
         let ratings = extras.ratings.clone();
         let invites = extras.invites.clone();
-        let info = extras.community.ours.lock().unwrap().clone();
+        let community = extras.community.clone();
         let mesh = mesh.clone();
         let share = share.clone();
         let manager = manager.clone();
@@ -118,9 +118,10 @@ pub async fn serve_full(
                 ours,
                 ask,
                 move || summary,
+                // Made only for the fetch that wants them, not on every connection.
                 exchange::Published {
-                    ratings: ratings.map_or_else(|| "[]".into(), |b| b.ours_json()),
-                    info,
+                    ratings: move || ratings.map_or_else(|| "[]".into(), |b| b.ours_json()),
+                    info: move || community.ours.lock().unwrap().clone(),
                 },
             )
             .await

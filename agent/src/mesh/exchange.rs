@@ -781,18 +781,18 @@ pub async fn serve_all<S: AsyncRead + AsyncWrite>(
         ask,
         scores,
         Published {
-            ratings: "[]".into(),
-            info: "{}".into(),
+            ratings: || "[]".into(),
+            info: || "{}".into(),
         },
     )
     .await
 }
 
-/// What we answer to the fetches that need nothing from the asker, made before the handshake:
-/// the ratings our users gave and our node info (JSON each).
-pub struct Published {
-    pub ratings: String,
-    pub info: String,
+/// What we answer to the fetches that need nothing from the asker: the ratings our users gave
+/// and our node info (JSON each), made only when a peer asks for them.
+pub struct Published<R, I> {
+    pub ratings: R,
+    pub info: I,
 }
 
 /// `serve_all`, also answering a ratings fetch and an info fetch from `published`, and
@@ -805,7 +805,7 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
     services: impl FnOnce() -> Vec<Record>,
     ask: impl FnOnce(ServiceAsk) -> Result<std::collections::BTreeMap<String, String>, String>,
     scores: impl FnOnce() -> String,
-    published: Published,
+    published: Published<impl FnOnce() -> String, impl FnOnce() -> String>,
 ) -> Result<usize, ExchangeError> {
     let key = local.key;
     let mut c = Conn::new(stream);
@@ -899,8 +899,8 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
-            Some(WANT_RATINGS) => (published.ratings, 0),
-            Some(WANT_INFO) => (published.info, 0),
+            Some(WANT_RATINGS) => ((published.ratings)(), 0),
+            Some(WANT_INFO) => ((published.info)(), 0),
             _ => (scores(), 0),
         };
         let sig = local.node.sign_hex(&t.answer_msg(answers, body.as_bytes()));
@@ -1479,8 +1479,8 @@ mod tests {
                     |_| panic!("not an ask"),
                     || panic!("not scores"),
                     Published {
-                        ratings: list,
-                        info: "{}".into(),
+                        ratings: move || list,
+                        info: || "{}".into(),
                     },
                 )
                 .await
@@ -1549,8 +1549,8 @@ mod tests {
                     |_| panic!("not an ask"),
                     || "[]".into(),
                     Published {
-                        ratings: "[]".into(),
-                        info: body,
+                        ratings: || "[]".into(),
+                        info: move || body,
                     },
                 )
                 .await
