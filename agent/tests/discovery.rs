@@ -94,6 +94,20 @@ fn five_nodes_find_every_service_and_lose_a_stopped_one() {
         "all {n} catalogs complete {took:?} after start ({:?} since the test began)",
         t0.elapsed()
     );
+    // The catalog may be complete through Serf before the mDNS path (a doorbell, then a
+    // fetch) has added its claim: wait for that claim too, then check it below.
+    let from_lan = |node: &microcloud::Node| {
+        node.services().iter().any(|s| {
+            s["port"] == 8001
+                && s["source"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "mdns"))
+        })
+    };
+    let t = std::time::Instant::now();
+    while !from_lan(&cloud.nodes[1]) && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let on2 = cloud.nodes[1].services();
     let st = on2.iter().find(|s| s["type"] == "syncthing").unwrap();
     assert_eq!(st["fields"]["device_id"], device);
