@@ -168,7 +168,8 @@ enum Command {
         #[arg(long)]
         provider: Option<String>,
     },
-    /// Network actions run by tinc-up.
+    /// Network actions run by tinc-up (internal: tincd calls it, users never need it).
+    #[command(hide = true)]
     Net {
         #[command(subcommand)]
         command: NetCommand,
@@ -404,13 +405,28 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn seed_check(file: &std::path::Path) -> Result<i32> {
-    match seed::read_file(file) {
-        Ok(seed) => {
-            for w in seed.warnings() {
+    // Section by section, as a node reads it: every bad section is named at once, not one per
+    // run, and the user learns that the node would still apply the others.
+    match seed::read_sections(file) {
+        Ok(partial) if partial.errors.is_empty() => {
+            for w in partial.seed.warnings() {
                 eprintln!("{}: warning: {w}", file.display());
             }
             println!("{}: ok", file.display());
             Ok(0)
+        }
+        Ok(partial) => {
+            for e in &partial.errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} bad section(s): [{}]; a node would leave them out (the image's defaults \
+                 stand for them) and apply the rest",
+                file.display(),
+                partial.skipped.len(),
+                partial.skipped.join("], [")
+            );
+            Ok(1)
         }
         Err(e) => {
             eprintln!("{e}");

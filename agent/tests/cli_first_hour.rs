@@ -100,3 +100,34 @@ fn join_takes_the_seeds_names_and_lists_one_vocabulary() {
         assert!(!err.contains("cannot join"), "{name}: {err}");
     }
 }
+
+/// Until this change `seed check` stopped at the first bad section: a seed with two typos took
+/// two runs to fix, and nothing said that a node would still apply the good sections.
+#[test]
+fn seed_check_names_every_bad_section_and_that_the_rest_applies() {
+    let d = tempfile::tempdir().unwrap();
+    let seed = d.path().join("cloudy.toml");
+    std::fs::write(
+        &seed,
+        "version = 1\n[node]\nname = \"kitchen\"\n[dashboard]\nprot = 8080\n[ssh]\nauthorized_keys = []\nshell = true\n",
+    )
+    .unwrap();
+    let o = agent(d.path(), &["seed", "check", seed.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("prot"), "{err}");
+    assert!(err.contains("shell"), "{err}");
+    assert!(err.contains("2 bad section(s): [dashboard], [ssh]"), "{err}");
+    assert!(err.contains("apply the rest"), "{err}");
+}
+
+/// `net` is what tincd's tinc-up runs; a user never needs it, so `--help` must not offer it.
+#[test]
+fn help_does_not_offer_the_internal_net_command() {
+    let d = tempfile::tempdir().unwrap();
+    let o = agent(d.path(), &["--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(out.contains("status"), "{out}");
+    assert!(!out.contains("\n  net "), "{out}");
+}
