@@ -117,7 +117,10 @@ fn seed_check_names_every_bad_section_and_that_the_rest_applies() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("prot"), "{err}");
     assert!(err.contains("shell"), "{err}");
-    assert!(err.contains("2 bad section(s): [dashboard], [ssh]"), "{err}");
+    assert!(
+        err.contains("2 bad section(s): [dashboard], [ssh]"),
+        "{err}"
+    );
     assert!(err.contains("apply the rest"), "{err}");
 }
 

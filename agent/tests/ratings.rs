@@ -263,7 +263,7 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
         profile.path(),
         &[format!(
             "--ignore-certificate-errors-spki-list={}",
-            spki(&n1.root)
+            web::chromium::spki(&n1.root)
         )],
         "ratings-screenshots",
     );
@@ -298,17 +298,4 @@ fn a_rating_reaches_another_node_and_turns_a_close_choice() {
     ));
     assert_eq!(bold, 0, "the comment's markup is text, not markup");
     driver.shot("ratings-02-rated");
-}
-
-/// Chromium pins a certificate by the SHA-256 of its public key (SubjectPublicKeyInfo).
-fn spki(root: &std::path::Path) -> String {
-    use base64::Engine;
-    use rustls::pki_types::pem::PemObject;
-    use sha2::Digest;
-    let pem = std::fs::read_to_string(root.join("var/lib/cloudy/dashboard.crt")).unwrap();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    let cert = webpki::EndEntityCert::try_from(&der).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
-        cert.subject_public_key_info().as_ref(),
-    ))
 }

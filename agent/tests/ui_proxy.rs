@@ -209,3 +209,137 @@ fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
         r.text()
     );
 }
+
+/// Tahoe-LAFS's web UI through the proxy, and the attack it opened: Tahoe serves the grid's
+/// files on the UI origin, beside Syncthing's GUI (to which the proxy adds Syncthing's API key).
+/// Before this change (main at 2c102b9) every `/ui/` page got the UI policy with
+/// `script-src 'unsafe-inline'`, so an HTML file anyone put into the grid ran its script when
+/// the user opened it, and could drive `/ui/syncthing/rest/...` (add a device, share a folder)
+/// as the user. This test failed there at the welcome page's policy; with the policy checks left
+/// out it failed at "a script in a grid file ran" (Chromium set the text to "ran"). Tahoe's own
+/// pages have no script; they now get a policy that runs none.
+/// Needs root, tinc, Tahoe-LAFS (/opt/cloudy/tahoe-lafs) and, for the browser part, Chromium.
+#[test]
+fn tahoes_pages_pass_through_and_a_grid_file_runs_no_script() {
+    let test = "tahoes_pages_pass_through_and_a_grid_file_runs_no_script";
+    if !microcloud::available(test) {
+        return;
+    }
+    let tahoe = std::env::var_os("CLOUDY_TAHOE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/cloudy/tahoe-lafs/bin/tahoe".into());
+    if !tahoe.exists() {
+        eprintln!("SKIP {test}: Tahoe-LAFS not installed (CI gets it from ci/deps.sh)");
+        return;
+    }
+    let mut cloud = Cloud::new("ut", 1);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let top = cloud.nodes[0].root.parent().unwrap();
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let h = hash(PASSWORD);
+    cloud.write_seed_text(
+        1,
+        microcloud::KEY,
+        &format!(
+            "peers = []\n[services]\nenable = [\"tahoe-introducer\", \"tahoe-storage\"]\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+        ),
+    );
+    cloud.start_all();
+    let n1 = &cloud.nodes[0];
+    let ns = n1.ns.clone();
+    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
+    web::wait_up(&ns, UI, Duration::from_secs(30));
+    let pin = web::tls::status_fingerprint(&n1.root);
+
+    let r = web::tls::get(&ns, UI, &pin, "/ui/tahoe/", None);
+    assert_eq!(r.status, 303, "not logged in: {}", r.text());
+    let cookie = web::tls::login(&ns, HTTPS, &pin, PASSWORD);
+    let t0 = Instant::now();
+    let page = loop {
+        let r = web::tls::get(&ns, UI, &pin, "/ui/tahoe/", Some(&cookie));
+        if r.status == 200 || t0.elapsed() > Duration::from_secs(120) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        page.status,
+        200,
+        "logged in: Tahoe's welcome page: {}\n{}",
+        page.text(),
+        cloud.log(1)
+    );
+    assert!(page.text().contains("Tahoe-LAFS"), "{}", page.text());
+    assert!(
+        page.header("content-security-policy")
+            .unwrap_or("")
+            .starts_with("default-src 'none'"),
+        "{:?}",
+        page.header("content-security-policy")
+    );
+
+    // A stranger's file in the grid: under 56 bytes Tahoe keeps it in the cap itself (a LIT
+    // cap), so one node with no storage peers can hold it.
+    let evil = b"<p id=p>safe</p><script>p.textContent='ran'</script>";
+    assert!(evil.len() < 56);
+    let put = web::tls::request(
+        &ns,
+        UI,
+        &pin,
+        "PUT",
+        "/ui/tahoe/uri",
+        &[("Cookie", cookie.as_str())],
+        evil,
+    )
+    .unwrap();
+    assert_eq!(put.status, 200, "PUT through the proxy: {}", put.text());
+    let cap = put.text().trim().to_string();
+    assert!(cap.starts_with("URI:LIT:"), "{cap}");
+    let path = format!("/ui/tahoe/named/{cap}/evil.html");
+    let got = web::tls::get(&ns, UI, &pin, &path, Some(&cookie));
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, evil.to_vec(), "the file comes back as it went in");
+    let csp = got.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.starts_with("default-src 'none'") && !csp.contains("script-src"),
+        "a grid file's policy: {csp}"
+    );
+
+    // The browser decides whether the script runs: Chromium opens the file as the user would.
+    use web::chromium::{tool, Driver};
+    if !["chromium", "chromedriver"].iter().all(|t| tool(t)) {
+        eprintln!("SKIP the Chromium part of {test}: chromium or chromedriver not installed");
+        return;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(
+        &ns,
+        profile.path(),
+        &[format!(
+            "--ignore-certificate-errors-spki-list={}",
+            web::chromium::spki(&n1.root)
+        )],
+        "ui-proxy-screenshots",
+    );
+    driver.go(&format!("https://{HTTPS}/login"));
+    driver.type_in("#password", PASSWORD);
+    driver.click("#submit");
+    driver.wait_until("the services page", |d| d.url().contains("/services"));
+    driver.go(&format!("https://{UI}/ui/tahoe/"));
+    driver.wait_until("Tahoe's welcome page", |d| {
+        d.eval("return document.body.textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .contains("Tahoe-LAFS")
+    });
+    driver.go(&format!("https://{UI}{path}"));
+    driver.wait_until("the grid file", |d| {
+        d.eval("return document.getElementById('p') !== null;") == serde_json::json!(true)
+    });
+    // Give a script that could run the time to.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = driver.eval("return document.getElementById('p').textContent;");
+    assert_eq!(text, "safe", "a script in a grid file ran");
+}

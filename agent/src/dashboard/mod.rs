@@ -129,7 +129,7 @@ async fn ui_session(AxState(web): AxState<Shared>, req: Request, next: Next) -> 
 async fn headers(req: Request, next: Next) -> Response {
     // A service's own UI through the proxy runs its own scripts, still on this origin only.
     let csp = if req.uri().path().starts_with("/ui/") {
-        proxy::UI_CSP
+        proxy::csp_for(req.uri().path())
     } else {
         CSP
     };

@@ -25,6 +25,22 @@ pub const UI_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline' 
                           font-src 'self' data:; connect-src 'self'; form-action 'self'; \
                           frame-ancestors 'none'; base-uri 'self'";
 
+/// Tahoe-LAFS's web UI has no script of its own, but it serves the grid's files on this origin:
+/// an HTML file a stranger put into the grid would otherwise run here, beside Syncthing's GUI,
+/// to which the proxy adds Syncthing's API key. Its pages run no script at all.
+pub const TAHOE_CSP: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; \
+                             img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; \
+                             base-uri 'none'";
+
+/// The policy for a path on the UI origin.
+pub fn csp_for(path: &str) -> &'static str {
+    if path == "/ui/tahoe" || path.starts_with("/ui/tahoe/") {
+        TAHOE_CSP
+    } else {
+        UI_CSP
+    }
+}
+
 /// Headers meaningful for one connection only (RFC 9110 7.6.1), never passed on.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -258,6 +274,17 @@ pub async fn links(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tahoe_pages_get_no_script_and_syncthing_keeps_its_own() {
+        for p in ["/ui/tahoe", "/ui/tahoe/", "/ui/tahoe/uri/URI:LIT:x"] {
+            assert_eq!(csp_for(p), TAHOE_CSP, "{p}");
+        }
+        assert!(!TAHOE_CSP.contains("script-src"));
+        assert!(TAHOE_CSP.starts_with("default-src 'none'"));
+        assert_eq!(csp_for("/ui/syncthing/"), UI_CSP);
+        assert_eq!(csp_for("/ui/tahoex/"), UI_CSP);
+    }
 
     #[test]
     fn hop_by_hop_and_what_connection_names_are_dropped() {

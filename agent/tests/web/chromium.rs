@@ -224,3 +224,16 @@ pub fn tool(name: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// Chromium pins a certificate by the SHA-256 of its public key (SubjectPublicKeyInfo).
+pub fn spki(root: &std::path::Path) -> String {
+    use base64::Engine;
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let pem = std::fs::read_to_string(root.join("var/lib/cloudy/dashboard.crt")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+        cert.subject_public_key_info().as_ref(),
+    ))
+}
