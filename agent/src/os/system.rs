@@ -44,7 +44,10 @@ impl System {
 
     /// The seed this node boots with (see `cloudy_model::seed::load`).
     pub fn load_seed(&self) -> cloudy_model::seed::Loaded {
-        cloudy_model::seed::load(&self.root, &self.cmdline())
+        let mut loaded = cloudy_model::seed::load(&self.root, &self.cmdline());
+        // What setup mode chose lies under the seed (`stored`).
+        crate::os::stored::layer(self, &mut loaded.seed, &mut loaded.errors);
+        loaded
     }
 
     pub fn state_dir(&self) -> PathBuf {
