@@ -95,7 +95,14 @@ async fn answer(web: &Shared, r: Result<Reply, String>) -> Response {
             message,
             community: Some(c),
             invitation,
-        }) => done(&c, &message, invitation.as_deref()),
+        }) => {
+            // The member's name, as its dashboard's header will show it.
+            let node = match ask(web, Ask::State {}).await {
+                Ok(Reply::State(s)) => s.node,
+                _ => String::new(),
+            };
+            done(&node, &c, &message, invitation.as_deref())
+        }
         Ok(Reply::SetupDone { message, .. }) => show(web, said(true, &message)).await,
         Ok(other) => show(web, said(false, &format!("unexpected reply {other:?}"))).await,
         Err(e) => show(web, said(false, &e)).await,
@@ -104,7 +111,7 @@ async fn answer(web: &Shared, r: Result<Reply, String>) -> Response {
 
 /// The node is a member now: what was done, the invitation for the next node (when the
 /// community was created here), and the way into the dashboard (the same session).
-fn done(community: &str, message: &str, invitation: Option<&Reply>) -> Response {
+fn done(node: &str, community: &str, message: &str, invitation: Option<&Reply>) -> Response {
     let mut body = Html::raw("<h2>Setup done</h2>");
     body.html(&said(true, message));
     if let Some(r) = invitation {
@@ -120,7 +127,7 @@ fn done(community: &str, message: &str, invitation: Option<&Reply>) -> Response 
         html::LAYOUT,
         &[
             ("title", Html::raw("Setup done")),
-            ("node", Html::default()),
+            ("node", Html::text(node)),
             ("community", Html::text(community)),
             (
                 "tabs",
