@@ -7,8 +7,9 @@ use crate::mesh::members::{Members, MEMBERS_FILE};
 use crate::os::identity;
 use crate::os::system::System;
 
-pub fn print(sys: &System) -> Result<i32> {
-    let loaded = sys.load_seed();
+/// `agent`: what the running agent answered on its control socket (`control::cli::agent_line`).
+pub fn print(sys: &System, agent: &str) -> Result<i32> {
+    let loaded = crate::os::stored::load_seed(sys);
     let id = std::fs::read_to_string(sys.path(identity::NODE_ID_FILE)).unwrap_or_default();
     println!(
         "node:       {}",
@@ -62,7 +63,7 @@ pub fn print(sys: &System) -> Result<i32> {
         ),
         Some(c) => println!("community:  {}", c.name),
     }
-    println!("agent:      {}", agent_line(sys));
+    println!("agent:      {agent}");
     if loaded.seed.community.is_some() {
         let pidfile = sys.path(&format!("/run/tinc.{}.pid", loaded.seed.netname()));
         let pid = std::fs::read_to_string(&pidfile)
@@ -130,37 +131,6 @@ pub fn print(sys: &System) -> Result<i32> {
             1
         },
     )
-}
-
-/// What the running agent says on its control socket: a member, setup mode, or not running.
-fn agent_line(sys: &System) -> String {
-    use crate::control::{Reply, Request};
-    let socket = sys.path(crate::control::SOCKET);
-    if !socket.exists() {
-        return "not running (no control socket)".into();
-    }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return "(cannot ask: no runtime)".into();
-    };
-    let asked = rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            crate::control::call(&socket, &Request::State {}),
-        )
-        .await
-    });
-    match asked {
-        Ok(Ok(Reply::State(s))) => format!("running, a member of {}", s.community),
-        Ok(Ok(Reply::Setup(_))) => {
-            "running, in setup mode (its dashboard creates or joins a community)".into()
-        }
-        Ok(Ok(other)) => format!("running, answered {other:?}"),
-        Ok(Err(e)) => format!("not answering on {}: {e}", socket.display()),
-        Err(_) => format!("not answering on {} within 3 s", socket.display()),
-    }
 }
 
 /// This node's reachable addresses, asked of the kernel now (the agent need not run).

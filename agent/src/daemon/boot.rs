@@ -32,7 +32,7 @@ struct Identity {
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
-    let loaded = sys.load_seed();
+    let loaded = crate::os::stored::load_seed(sys);
     for e in &loaded.errors {
         tracing::error!("seed: {e}");
     }
@@ -136,7 +136,7 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
                 node_id: me.node_id.clone(),
                 name_from_seed: from_seed,
                 address: primary.as_ref().and_then(|p| p.address),
-                seed_line: seed_line(&loaded.errors),
+                seed_line: super::front::seed_line(&loaded.errors),
             };
             let Some(joined) = super::setup::run(sys, opts, seed, at).await? else {
                 return Ok(0);
@@ -212,14 +212,6 @@ async fn member(
     super::node::run(mesh, seed, community, key, opts, said, front).await
 }
 
-/// The login screen's line on the seed.
-pub(super) fn seed_line(seed_errors: &[String]) -> String {
-    match seed_errors.len() {
-        0 => "seed: applied".to_string(),
-        n => format!("seed: {n} problem(s), the rest applied: see cloudy-agent status"),
-    }
-}
-
 /// The login screen of a node whose community has no key (written once: the agent exits
 /// after it).
 async fn alone_screen(sys: &System, seed: &Seed, name: &str, seed_errors: &[String]) {
@@ -234,7 +226,7 @@ async fn alone_screen(sys: &System, seed: &Seed, name: &str, seed_errors: &[Stri
         certificate: Err(
             "no community key: the node stays alone (set [community] key in the seed)".into(),
         ),
-        seed: seed_line(seed_errors),
+        seed: super::front::seed_line(seed_errors),
         setup: false,
     };
     if let Err(e) = issue::write(sys, &screen, &addrs) {
@@ -358,7 +350,7 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, keep: &[String], stored: boo
 /// the error says why, never the token.
 async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> Result<String> {
     let token = crate::mesh::invite::Token::parse(token)?;
-    let got = redeem(&token, name, 6).await?;
+    let got = super::setup::redeem(&token, name, 6).await?;
     if got.community != c.name {
         anyhow::bail!(
             "the invitation is for community {:?}, the seed names {:?}: fix [community] name",
@@ -369,37 +361,6 @@ async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> 
     tracing::info!("invitation redeemed: joined {:?}", got.community);
     secrets::community_key(sys, Some(&got.key))?
         .ok_or_else(|| anyhow::anyhow!("the community key was not stored"))
-}
-
-/// Redeems `token` at the inviting member for node `name`, trying `tries` times in all while
-/// it may not be up yet. A refusal (used, expired, unknown, another name) is final. The error
-/// says why, never the token. Boot (a seed's token) and setup mode (a pasted one) both use it.
-pub(super) async fn redeem(
-    token: &crate::mesh::invite::Token,
-    name: &str,
-    tries: u32,
-) -> Result<crate::mesh::exchange::Redeemed> {
-    use crate::mesh::exchange::{self, ExchangeError};
-    let mut wait = Duration::from_secs(2);
-    let mut tried = 0;
-    loop {
-        tried += 1;
-        match exchange::redeem(token, name).await {
-            Ok(r) => return Ok(r),
-            Err(e @ ExchangeError::Refused(_)) => {
-                return Err(anyhow::anyhow!("the inviting member {e}"));
-            }
-            Err(e) if tried >= tries => {
-                return Err(anyhow::anyhow!(
-                    "no inviting member answered at {} ({e}): is it up and on this LAN?",
-                    token.addrs.join(", ")
-                ))
-            }
-            Err(e) => tracing::warn!("redeeming the invitation: {e}; trying again"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
-    }
 }
 
 async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {

@@ -5,9 +5,11 @@
 //!
 //! `boot` applies the seed and prints the ready line; `node` runs the node in its community;
 //! `serve` answers members on the exchange port; `setup` is setup mode, for a node whose seed
-//! names no community: its dashboard creates or joins one, and the node starts in it.
+//! names no community: its dashboard creates or joins one, and the node starts in it; `front`
+//! holds what both start (the dashboard's ports and certificate, the login screen's lines).
 
 pub mod boot;
+pub mod front;
 pub mod node;
 pub mod options;
 pub mod ready;

@@ -10,8 +10,6 @@ use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
 use crate::mesh::invite::{self, Invites};
 use crate::mesh::{gossip, serf, Mesh};
-use crate::os::certificate::{self, Certificate, Origin};
-use crate::os::identity;
 use crate::os::supervisor::Control;
 use crate::registry::manager::Manager;
 use crate::registry::published::Local;
@@ -186,7 +184,7 @@ fn start_control(
         let ms = mesh.members.lock().unwrap();
         (ms.me().id.clone(), ms.me().name.clone())
     };
-    let seed_line = super::boot::seed_line(&said.seed_errors);
+    let seed_line = super::front::seed_line(&said.seed_errors);
     let ratings = extras.ratings.clone().expect("a node's ratings book");
     let community = extras.community.clone();
     let prober = Arc::new(crate::probe::Prober::new(
@@ -234,8 +232,8 @@ fn start_control(
             contact: seed.node.contact.clone(),
         },
     ));
-    let ports = ports(seed);
-    let certificate = dashboard_certificate(&mesh.sys, &names(mesh), ports.https);
+    let ports = super::front::ports(seed);
+    let certificate = super::front::dashboard_certificate(&mesh.sys, &names(mesh), ports.https);
     // Setup mode's socket and dashboard go on serving (the same browser session too): they
     // answer as the node from now on.
     let setup = front.is_some();
@@ -264,14 +262,6 @@ fn start_control(
     }
 }
 
-pub(super) fn ports(seed: &Seed) -> crate::dashboard::Ports {
-    crate::dashboard::Ports {
-        http: seed.dashboard_port(),
-        https: seed.dashboard_https_port(),
-        ui: seed.dashboard_ui_port(),
-    }
-}
-
 /// The names and addresses a member's certificate is made for.
 fn names(mesh: &Arc<Mesh>) -> Vec<String> {
     let ms = mesh.members.lock().unwrap();
@@ -282,40 +272,4 @@ fn names(mesh: &Arc<Mesh>) -> Vec<String> {
         me.address.to_string(),
         me.vpn.to_string(),
     ]
-}
-
-/// The dashboard's certificate, made on first boot for the names and addresses known now, and
-/// its fingerprint shown on the console every boot (it is public; the operator compares it with
-/// what the browser shows). A damaged one is an error for the console and the dashboard's HTTP
-/// port, and is left for the operator: the rest of the node runs on.
-pub(super) fn dashboard_certificate(
-    sys: &crate::os::system::System,
-    names: &[String],
-    https_port: u16,
-) -> Result<Certificate, String> {
-    let (certificate, shown) = match certificate::ensure(sys, names) {
-        Ok((c, origin)) => {
-            let made = match origin {
-                Origin::Made => "made on this boot",
-                Origin::Kept => "kept",
-            };
-            let line = format!(
-                "cloudy: dashboard https://{}:{https_port}/ certificate SHA-256 {} ({made})",
-                names[0], c.fingerprint
-            );
-            tracing::info!("{}", line.trim_start_matches("cloudy: "));
-            (Ok(c), line)
-        }
-        Err(e) => {
-            tracing::error!("dashboard certificate: {e}");
-            let line = format!("cloudy: dashboard OFF: no usable HTTPS certificate: {e}");
-            (Err(e.to_string()), line)
-        }
-    };
-    // The console's operator must see it whatever the log level; stdout reaches the journal.
-    if let Some(console) = identity::console_path(sys) {
-        let _ = identity::show_on_console(&console, &format!("\n{shown}\n\n"));
-    }
-    println!("{shown}");
-    certificate
 }

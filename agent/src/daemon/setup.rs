@@ -215,7 +215,7 @@ impl Front {
             Err(e) => return error(e.to_string()),
         };
         let name = self.at.lock().unwrap().name.clone();
-        let got = match super::boot::redeem(&token, &name, REDEEM_TRIES).await {
+        let got = match redeem(&token, &name, REDEEM_TRIES).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("setup: invitation not redeemed: {e:#}");
@@ -295,10 +295,10 @@ fn error(message: String) -> Reply {
 /// Setup mode: the control socket, the dashboard and the login screen, until the dashboard
 /// creates or joins a community (its `Joined`) or SIGTERM (None).
 pub async fn run(sys: &System, opts: &Options, seed: &Seed, at: Node) -> Result<Option<Joined>> {
-    let ports = super::node::ports(seed);
+    let ports = super::front::ports(seed);
     let mut names = vec![at.name.clone(), format!("{}.local", at.name)];
     names.extend(at.address.map(|a| a.to_string()));
-    let certificate = super::node::dashboard_certificate(sys, &names, ports.https);
+    let certificate = super::front::dashboard_certificate(sys, &names, ports.https);
     let line = issue::setup_line(&at.name, ports.https);
     let screen = Screen {
         name: at.name.clone(),
@@ -339,5 +339,36 @@ pub async fn run(sys: &System, opts: &Options, seed: &Seed, at: Node) -> Result<
         })),
         _ = term.recv() => Ok(None),
         _ = int.recv() => Ok(None),
+    }
+}
+
+/// Redeems `token` at the inviting member for node `name`, trying `tries` times in all while
+/// it may not be up yet. A refusal (used, expired, unknown, another name) is final. The error
+/// says why, never the token. Boot (a seed's token) and setup mode (a pasted one) both use it.
+pub(super) async fn redeem(
+    token: &crate::mesh::invite::Token,
+    name: &str,
+    tries: u32,
+) -> Result<crate::mesh::exchange::Redeemed> {
+    use crate::mesh::exchange::{self, ExchangeError};
+    let mut wait = Duration::from_secs(2);
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match exchange::redeem(token, name).await {
+            Ok(r) => return Ok(r),
+            Err(e @ ExchangeError::Refused(_)) => {
+                return Err(anyhow::anyhow!("the inviting member {e}"));
+            }
+            Err(e) if tried >= tries => {
+                return Err(anyhow::anyhow!(
+                    "no inviting member answered at {} ({e}): is it up and on this LAN?",
+                    token.addrs.join(", ")
+                ))
+            }
+            Err(e) => tracing::warn!("redeeming the invitation: {e}; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }

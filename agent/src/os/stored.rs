@@ -1,8 +1,8 @@
 //! What setup mode chose (issue 15), kept in /var/lib/cloudy for later boots as a seed's
 //! secrets are: the node's name, and the community it created or joined (its name and the
 //! exchange addresses it first reached; the key itself is kept where a seed's is,
-//! `secrets::COMMUNITY_KEY_FILE`). `System::load_seed` lays both under the seed: a seed that
-//! names the node or a community wins.
+//! `secrets::COMMUNITY_KEY_FILE`). `load_seed` lays both under the seed: a seed that names the
+//! node or a community wins.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,14 @@ pub struct Stored {
     /// lost its member list starts again.
     #[serde(default)]
     pub peers: Vec<String>,
+}
+
+/// The seed this node boots with (`System::load_seed`), with what setup mode chose under it:
+/// what boot, `status` and the "use a service" flow read.
+pub fn load_seed(sys: &System) -> cloudy_model::seed::Loaded {
+    let mut loaded = sys.load_seed();
+    layer(sys, &mut loaded.seed, &mut loaded.errors);
+    loaded
 }
 
 /// Lays the stored name and community under `seed` (only where the seed names none). A stored

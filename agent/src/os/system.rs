@@ -44,10 +44,7 @@ impl System {
 
     /// The seed this node boots with (see `cloudy_model::seed::load`).
     pub fn load_seed(&self) -> cloudy_model::seed::Loaded {
-        let mut loaded = cloudy_model::seed::load(&self.root, &self.cmdline());
-        // What setup mode chose lies under the seed (`stored`).
-        crate::os::stored::layer(self, &mut loaded.seed, &mut loaded.errors);
-        loaded
+        cloudy_model::seed::load(&self.root, &self.cmdline())
     }
 
     pub fn state_dir(&self) -> PathBuf {
