@@ -101,7 +101,7 @@ pub fn print(sys: &System, agent: &str) -> Result<i32> {
     let certificate = crate::os::certificate::stored_fingerprint(sys);
     match &certificate {
         None => {
-            println!("dashboard:  (no certificate yet: made when the node joins its community)")
+            println!("dashboard:  (no certificate yet: made when `cloudy-agent run` starts)")
         }
         Some(Ok(f)) => println!(
             "dashboard:  https port {}, certificate SHA-256 {f}",

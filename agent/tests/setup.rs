@@ -4,8 +4,8 @@
 //! the console's generated password cannot be read here). Node A creates a community in its
 //! setup page; B joins with an invitation made in A's Invite tab and pasted into B's setup
 //! page; A and B then mesh (tinc, member lists, catalogs). C's setup page refuses a used token,
-//! an expired one and one whose inviter does not answer, saying why; a cross-origin POST to a
-//! setup form is refused. B's agent restarted comes back a member. Screenshots of each step go
+//! an expired one, one bound to another name, an unknown one, one whose inviter does not answer
+//! and text that is no token, saying why; a cross-origin POST to a setup form is refused. B's agent restarted comes back a member. Screenshots of each step go
 //! to CARGO_TARGET_TMPDIR/setup-screenshots (docs/screens/ holds copies for the README). Needs
 //! root, tinc, avahi-daemon, serf, chromium and chromedriver; skips, saying why, without them.
 
@@ -174,6 +174,9 @@ fn setup_mode_creates_joins_refuses_and_survives_a_restart() {
     let short = short.lines().next().unwrap().trim().to_string();
     assert!(short.starts_with("cloudy1:"), "{short}");
     let short_made = Instant::now();
+    let named = agent(a, &["invite", "--name", "gamma"]);
+    let named = named.lines().next().unwrap().trim().to_string();
+    assert!(named.starts_with("cloudy1:"), "{named}");
 
     // 3. A's dashboard is the normal one now, in the same session: its Invite tab.
     d.click("#open-dashboard");
@@ -231,6 +234,19 @@ fn setup_mode_creates_joins_refuses_and_survives_a_restart() {
         "{said}"
     );
     d.shot("setup-6-c-used");
+    let said = join_with(&d, &urls[2], &named);
+    assert!(
+        said.contains("this invitation is for node \"gamma\""),
+        "{said}"
+    );
+    // Well formed, at A's address, but never made there (a fresh secret).
+    let unknown =
+        cloudy_agent::mesh::invite::Token::new(vec![format!("{}:6655", a.lan())]).to_string();
+    let said = join_with(&d, &urls[2], &unknown);
+    assert!(
+        said.contains("this invitation is unknown here (wrong token, or revoked)"),
+        "{said}"
+    );
     let said = join_with(&d, &urls[2], "cloudy1:AAAAAAAAAAAAAAAAAAAAAA@10.213.0.3:1");
     assert!(
         said.contains("no inviting member answered at 10.213.0.3:1")

@@ -291,6 +291,10 @@ pub struct SetupView {
     pub name_from_seed: bool,
     /// The address others on the LAN reach this node on, when known.
     pub address: Option<String>,
+    /// A community was created or joined and the node is starting in it (its mesh did not
+    /// start yet): the forms are off meanwhile.
+    #[serde(default)]
+    pub starting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

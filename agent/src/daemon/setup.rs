@@ -62,6 +62,8 @@ pub struct Front {
     joined: mpsc::Sender<Joining>,
     /// One setup action at a time (two tabs pressing Create at once make one community).
     busy: tokio::sync::Mutex<()>,
+    /// The community handed to boot, while the node is starting in it.
+    starting: Mutex<Option<String>>,
     /// The login screen while in setup mode, rewritten on a rename and stopped on install.
     screen: Mutex<(Screen, Option<tokio::task::JoinHandle<()>>)>,
 }
@@ -94,6 +96,7 @@ impl Front {
             node_id: at.node_id.clone(),
             name_from_seed: at.name_from_seed,
             address: at.address.map(|a| a.to_string()),
+            starting: self.starting.lock().unwrap().clone(),
         }
     }
 
@@ -103,6 +106,16 @@ impl Front {
         }
         if let Err(e) = req.check() {
             return error(e);
+        }
+        let starting = self.starting.lock().unwrap().clone();
+        if let (
+            Some(c),
+            Request::SetupName { .. } | Request::SetupCreate { .. } | Request::SetupJoin { .. },
+        ) = (&starting, &req)
+        {
+            return error(format!(
+                "community {c:?} is kept and this node is still starting in it: see `cloudy-agent status` and the agent's log"
+            ));
         }
         match req {
             Request::State {} => Reply::Setup(Box::new(self.view())),
@@ -262,6 +275,7 @@ impl Front {
         if self.joined.send(joining).await.is_err() {
             return Err("the agent is stopping: the community is kept for the next boot".into());
         }
+        *self.starting.lock().unwrap() = Some(c.name.clone());
         let waited = tokio::time::timeout(START_WITHIN, async {
             installed
                 .wait_for(Option::is_some)
@@ -317,6 +331,7 @@ pub async fn run(sys: &System, opts: &Options, seed: &Seed, at: Node) -> Result<
         at: Mutex::new(at),
         joined: tx,
         busy: tokio::sync::Mutex::new(()),
+        starting: Mutex::new(None),
         screen: Mutex::new((screen, None)),
     });
     front.show_screen();

@@ -26,6 +26,14 @@ async fn show(web: &Shared, message: Html) -> Response {
 }
 
 fn page(v: &SetupView, message: Html) -> Response {
+    if let Some(c) = &v.starting {
+        let mut body = Html::raw(
+            "<h2>Starting</h2><div class=\"msg\" id=\"message\">This node keeps community ",
+        );
+        body.text_in(c).push(" and is starting in it; this page becomes the dashboard once it runs. If it stays here, <code>cloudy-agent status</code> and the agent's log say why.</div><p><a href=\"/setup\">Reload</a></p>");
+        body.html(&message);
+        return layout(&v.node, body);
+    }
     let (name_off, name_note) = if v.name_from_seed {
         let h = Html::raw("<p class=\"why\" id=\"name-note\">The seed names this node: change <code>[node] name</code> in the seed to rename it.</p>");
         (Html::raw("disabled"), h)
@@ -196,6 +204,7 @@ mod tests {
             node_id: "0".repeat(32),
             name_from_seed: true,
             address: Some("10.0.0.5".into()),
+            starting: None,
         };
         let r = page(&v, said(false, "\"<b>refused</b>"));
         let body =
