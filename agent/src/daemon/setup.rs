@@ -21,7 +21,12 @@ use cloudy_model::seed::{Community, Seed};
 
 /// How long a create or join waits for the node to start in the community (tinc keys are made
 /// on the way) before it answers that the community is kept and the node is still starting.
-const START_WITHIN: Duration = Duration::from_secs(100);
+/// (The unit tests, which never start a node, wait a moment only.)
+const START_WITHIN: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(100)
+};
 /// A pasted token is tried twice (2 s apart): the person waits at the page, and a refusal or
 /// an inviter that is off is better said at once than after boot's minute of retries.
 const REDEEM_TRIES: u32 = 2;
@@ -385,5 +390,138 @@ pub(super) async fn redeem(
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn front(sys: &System, from_seed: bool) -> (Arc<Front>, mpsc::Receiver<Joining>) {
+        let (tx, rx) = mpsc::channel(1);
+        let screen = Screen {
+            name: "cloudy".into(),
+            https_port: 8443,
+            certificate: Ok("AB:CD".into()),
+            seed: "seed: applied".into(),
+            setup: true,
+        };
+        let f = Front {
+            sys: sys.clone(),
+            node: watch::Sender::new(None),
+            at: Mutex::new(Node {
+                name: "cloudy".into(),
+                node_id: "0".repeat(32),
+                name_from_seed: from_seed,
+                address: None,
+                seed_line: "seed: applied".into(),
+            }),
+            joined: tx,
+            busy: tokio::sync::Mutex::new(()),
+            starting: Mutex::new(None),
+            screen: Mutex::new((screen, None)),
+        };
+        (Arc::new(f), rx)
+    }
+
+    /// In setup mode the socket answers `State` with the setup view, turns away what needs a
+    /// community with the way to set the node up, and a rename is applied and kept.
+    #[tokio::test]
+    async fn setup_mode_answers_state_refuses_the_rest_and_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = System::new(d.path());
+        let (f, _rx) = front(&sys, false);
+        assert!(matches!(f.handle(Request::State {}).await, Reply::Setup(v) if v.node == "cloudy"));
+        match f.handle(Request::Scan { kind: None }).await {
+            Reply::Error { message } => assert!(
+                message.contains("setup mode: open https://cloudy.local:8443/"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match f
+            .handle(Request::SetupName {
+                name: "alpha".into(),
+            })
+            .await
+        {
+            Reply::SetupDone {
+                community: None, ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stored::node_name(&sys).unwrap().as_deref(), Some("alpha"));
+        assert_eq!(
+            std::fs::read_to_string(sys.path("/etc/hostname")).unwrap(),
+            "alpha\n"
+        );
+        assert!(matches!(f.handle(Request::State {}).await, Reply::Setup(v) if v.node == "alpha"));
+        // A bad name is refused before anything is written.
+        assert!(matches!(
+            f.handle(Request::SetupName {
+                name: "no spaces".into()
+            })
+            .await,
+            Reply::Error { .. }
+        ));
+        assert_eq!(stored::node_name(&sys).unwrap().as_deref(), Some("alpha"));
+    }
+
+    /// A seed that names the node keeps its name; a community handed to boot is kept, and
+    /// while the node starts in it no second one can be made.
+    #[tokio::test]
+    async fn a_seed_name_stays_and_one_community_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = System::new(d.path());
+        let (f, mut rx) = front(&sys, true);
+        match f
+            .handle(Request::SetupName {
+                name: "alpha".into(),
+            })
+            .await
+        {
+            Reply::Error { message } => assert!(message.contains("[node] name"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stored::node_name(&sys).unwrap(), None);
+        // Boot takes the community but the node never starts in it (no agent installed): the
+        // create gives up after START_WITHIN.
+        let creating = tokio::spawn({
+            let f = f.clone();
+            async move {
+                f.handle(Request::SetupCreate {
+                    community: "kitchen".into(),
+                })
+                .await
+            }
+        });
+        let handed = rx.recv().await.unwrap();
+        assert_eq!(handed.community.name, "kitchen");
+        assert!(handed.key.len() >= 40, "a 256-bit key, base64");
+        assert_eq!(
+            crate::os::secrets::community_key(&sys, None).unwrap(),
+            Some(handed.key.clone())
+        );
+        assert_eq!(stored::community(&sys).unwrap().unwrap().name, "kitchen");
+        match creating.await.unwrap() {
+            Reply::Error { message } => assert!(message.contains("is kept"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        match f
+            .handle(Request::SetupCreate {
+                community: "other".into(),
+            })
+            .await
+        {
+            Reply::Error { message } => {
+                assert!(message.contains("still starting"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            f.handle(Request::State {}).await,
+            Reply::Setup(v) if v.starting.as_deref() == Some("kitchen")
+        ));
+        assert_eq!(stored::community(&sys).unwrap().unwrap().name, "kitchen");
     }
 }
