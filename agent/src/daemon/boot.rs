@@ -1,5 +1,7 @@
 //! Boot: the seed applied (identity, secrets, network), the mesh started, the ready line printed
-//! once whatever happened on the way, then the node run in its community (`node`).
+//! once whatever happened on the way, then the node run in its community (`node`); a node whose
+//! seed names no community goes into setup mode (`setup`) and from there into the community its
+//! dashboard created or joined, through the same `member`.
 
 use anyhow::{Context, Result};
 use std::sync::Arc;
