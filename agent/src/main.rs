@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             daemon::run(&sys, &opts)
         }
-        Command::Status => status::print(&sys),
+        Command::Status => status::print(&sys, &control::cli::agent_line(&sys)),
         Command::Invite {
             name,
             expires,

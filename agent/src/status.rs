@@ -7,8 +7,9 @@ use crate::mesh::members::{Members, MEMBERS_FILE};
 use crate::os::identity;
 use crate::os::system::System;
 
-pub fn print(sys: &System) -> Result<i32> {
-    let loaded = sys.load_seed();
+/// `agent`: what the running agent answered on its control socket (`control::cli::agent_line`).
+pub fn print(sys: &System, agent: &str) -> Result<i32> {
+    let loaded = crate::os::stored::load_seed(sys);
     let id = std::fs::read_to_string(sys.path(identity::NODE_ID_FILE)).unwrap_or_default();
     println!(
         "node:       {}",
@@ -56,9 +57,13 @@ pub fn print(sys: &System) -> Result<i32> {
         println!("{w}");
     }
     match loaded.seed.community.as_ref() {
-        None => println!("community:  (none: this node stays alone)"),
+        None => println!(
+            "community:  (none yet) {}",
+            crate::os::issue::setup_line(name, https)
+        ),
         Some(c) => println!("community:  {}", c.name),
     }
+    println!("agent:      {agent}");
     if loaded.seed.community.is_some() {
         let pidfile = sys.path(&format!("/run/tinc.{}.pid", loaded.seed.netname()));
         let pid = std::fs::read_to_string(&pidfile)
@@ -96,7 +101,7 @@ pub fn print(sys: &System) -> Result<i32> {
     let certificate = crate::os::certificate::stored_fingerprint(sys);
     match &certificate {
         None => {
-            println!("dashboard:  (no certificate yet: made when the node joins its community)")
+            println!("dashboard:  (no certificate yet: made when `cloudy-agent run` starts)")
         }
         Some(Ok(f)) => println!(
             "dashboard:  https port {}, certificate SHA-256 {f}",

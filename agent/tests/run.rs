@@ -62,7 +62,9 @@ fn bad_seed_still_reaches_ready_and_says_why() {
     std::fs::create_dir_all(medium.parent().unwrap()).unwrap();
     std::fs::copy(fixture("bad-community-key.toml"), &medium).unwrap();
     let t0 = Instant::now();
-    let out = agent(root.path(), &["run"]);
+    // `--once` (changed with issue 15): a node in no community now stays up in setup mode,
+    // serving its dashboard, instead of exiting after the ready line this test checks.
+    let out = agent(root.path(), &["run", "--once"]);
     assert!(
         out.status.success(),
         "{}",
@@ -97,7 +99,9 @@ fn bad_seed_still_reaches_ready_and_says_why() {
 #[test]
 fn no_seed_reaches_ready_alone_with_a_fresh_identity() {
     let root = tempfile::tempdir().unwrap();
-    let out = agent(root.path(), &["run"]);
+    // `--once` (changed with issue 15): a node in no community now stays up in setup mode,
+    // serving its dashboard, instead of exiting after the ready line this test checks.
+    let out = agent(root.path(), &["run", "--once"]);
     assert!(out.status.success());
     let r = ready(&out);
     assert!(r["seed_errors"].as_array().unwrap().is_empty());
@@ -107,7 +111,7 @@ fn no_seed_reaches_ready_alone_with_a_fresh_identity() {
         stdout.contains("dashboard login: admin / "),
         "first boot shows the generated password"
     );
-    let again = agent(root.path(), &["run"]);
+    let again = agent(root.path(), &["run", "--once"]);
     assert_eq!(ready(&again)["node_id"], r["node_id"]);
     assert!(
         !String::from_utf8_lossy(&again.stdout).contains("dashboard login"),

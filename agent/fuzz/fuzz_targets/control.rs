@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
                 | Request::Invitations {}
                 | Request::Revoke { .. }
                 | Request::Ui { .. }
-                | Request::Community { .. } => {}
+                | Request::Community { .. }
+                | Request::SetupName { .. }
+                | Request::SetupCreate { .. }
+                | Request::SetupJoin { .. } => {}
             }
         }
         Err(reply) => {

@@ -283,3 +283,34 @@ pub fn invite(sys: &System, op: InviteOp) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+/// What the running agent says on its control socket, for `status`: a member, setup mode
+/// (where only setup's requests and `State` are answered), or not running.
+pub fn agent_line(sys: &System) -> String {
+    let socket = sys.path(SOCKET);
+    if !socket.exists() {
+        return "not running (no control socket)".into();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return "(cannot ask: no runtime)".into();
+    };
+    let asked = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            call(&socket, &Request::State {}),
+        )
+        .await
+    });
+    match asked {
+        Ok(Ok(Reply::State(s))) => format!("running, a member of {}", s.community),
+        Ok(Ok(Reply::Setup(_))) => {
+            "running, in setup mode (its dashboard creates or joins a community)".into()
+        }
+        Ok(Ok(other)) => format!("running, answered {other:?}"),
+        Ok(Err(e)) => format!("not answering on {}: {e}", socket.display()),
+        Err(_) => format!("not answering on {} within 3 s", socket.display()),
+    }
+}

@@ -79,6 +79,13 @@ pub enum Request {
     Community { node: Option<String> },
     /// Where the dashboard's proxy reaches a local service's own web UI (`/ui/<service>/`).
     Ui { service: String },
+    /// Setup mode (a node in no community yet, `daemon::setup`): names the node.
+    SetupName { name: String },
+    /// Setup mode: creates community `community`, with a new key; this node is its first
+    /// member.
+    SetupCreate { community: String },
+    /// Setup mode: joins the community an invitation token opens.
+    SetupJoin { token: String },
 }
 
 /// The local services whose own web UI the dashboard passes through, by the name in its path.
@@ -167,6 +174,23 @@ impl Request {
                 }
                 None
             }
+            Request::SetupName { name: n } | Request::SetupCreate { community: n } => {
+                let what = match self {
+                    Request::SetupName { .. } => "node name",
+                    _ => "community name",
+                };
+                cloudy_model::names::check_hostname(n).map_err(|p| {
+                    format!("{what} {n:?}: {p}; use letters, digits and '-', e.g. \"kitchen\"")
+                })?;
+                None
+            }
+            // Never repeated in an error: the token is a secret.
+            Request::SetupJoin { token } => {
+                crate::mesh::invite::Token::parse(token).map_err(|e| {
+                    format!("{e}; paste the whole token a member's Invite tab (or `cloudy-agent invite`) shows: cloudy1:...@host:port")
+                })?;
+                None
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -214,6 +238,15 @@ pub enum Reply {
     Ui {
         target: Option<UiTarget>,
     },
+    /// A node in setup mode answers `State` with this: it is in no community yet.
+    Setup(Box<SetupView>),
+    /// A setup action done. `community`: the node is now its member; `invitation`: the one
+    /// made for the next node when the community was created here (shown once).
+    SetupDone {
+        message: String,
+        community: Option<String>,
+        invitation: Option<Box<Reply>>,
+    },
     Error {
         message: String,
     },
@@ -247,6 +280,21 @@ pub struct State {
     /// The services this agent runs (`cloudy-agent status`'s list): name -> state.
     #[serde(default)]
     pub managed: std::collections::BTreeMap<String, crate::os::supervisor::Status>,
+}
+
+/// A node in setup mode, as its setup page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SetupView {
+    pub node: String,
+    pub node_id: String,
+    /// The seed names the node: the name is changed there, not in setup mode.
+    pub name_from_seed: bool,
+    /// The address others on the LAN reach this node on, when known.
+    pub address: Option<String>,
+    /// A community was created or joined and the node is starting in it (its mesh did not
+    /// start yet): the forms are off meanwhile.
+    #[serde(default)]
+    pub starting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -392,6 +440,12 @@ impl Agent {
             Request::Ui { service } => Reply::Ui {
                 target: self.ui_target(&service),
             },
+            Request::SetupName { .. } | Request::SetupCreate { .. } | Request::SetupJoin { .. } => {
+                error(format!(
+                    "this node is already a member of community {:?}: setup mode is over",
+                    self.share.community
+                ))
+            }
         }
     }
 
@@ -682,9 +736,26 @@ pub async fn join(
     }
 }
 
+/// What answers the socket: the node's `Agent`; before the node is in a community, setup
+/// mode's (`daemon::setup`), which hands over to the `Agent` once there is one.
+pub trait Answer: Send + Sync + 'static {
+    fn answer(&self, req: Request) -> futures_util::future::BoxFuture<'_, Reply>;
+}
+
+impl Answer for Agent {
+    fn answer(&self, req: Request) -> futures_util::future::BoxFuture<'_, Reply> {
+        Box::pin(self.handle(req))
+    }
+}
+
 /// Serves the control socket until the agent stops.
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
     let path = agent.sys.path(SOCKET);
+    serve_with(path, agent).await
+}
+
+/// Serves the control socket at `path` with `agent`'s answers until the agent stops.
+pub async fn serve_with(path: PathBuf, agent: Arc<dyn Answer>) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -729,7 +800,7 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<()> {
             idle.remove(id);
             let reply = match read {
                 Ok(Ok(_)) => match Request::parse_line(&line) {
-                    Ok(req) => agent.handle(req).await,
+                    Ok(req) => agent.answer(req).await,
                     Err(reply) => reply,
                 },
                 Ok(Err(e)) => error(e.to_string()),
@@ -845,14 +916,24 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Reply, CallError> {
 
 /// Starts the probe's periodic scans (the first soon after boot) and the control socket.
 pub fn start(agent: Arc<Agent>) {
+    start_socket(&agent.sys, agent.clone());
+    start_probe(agent);
+}
+
+/// The control socket, answered by `answer`.
+pub fn start_socket(sys: &System, answer: Arc<dyn Answer>) {
     // Before the socket is made: it is given to the user's group.
     ensure_web_user();
-    let a = agent.clone();
+    let path = sys.path(SOCKET);
     tokio::spawn(async move {
-        if let Err(e) = serve(a.clone()).await {
-            tracing::error!("control socket {}: {e}", a.sys.path(SOCKET).display());
+        if let Err(e) = serve_with(path.clone(), answer).await {
+            tracing::error!("control socket {}: {e}", path.display());
         }
     });
+}
+
+/// The probe's scans: the first soon, then periodic.
+pub fn start_probe(agent: Arc<Agent>) {
     tokio::spawn(async move {
         let first = std::env::var("CLOUDY_PROBE_FIRST_S")
             .ok()

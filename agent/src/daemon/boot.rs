@@ -1,5 +1,7 @@
 //! Boot: the seed applied (identity, secrets, network), the mesh started, the ready line printed
-//! once whatever happened on the way, then the node run in its community (`node`).
+//! once whatever happened on the way, then the node run in its community (`node`); a node whose
+//! seed names no community goes into setup mode (`setup`) and from there into the community its
+//! dashboard created or joined, through the same `member`.
 
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -32,7 +34,7 @@ struct Identity {
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
-    let loaded = sys.load_seed();
+    let loaded = crate::os::stored::load_seed(sys);
     for e in &loaded.errors {
         tracing::error!("seed: {e}");
     }
@@ -120,19 +122,88 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     if opts.once {
         return Ok(0);
     }
+    let said = super::node::Said {
+        seed_errors: loaded.errors.clone(),
+        medium_warnings,
+    };
     let (Some((community, key)), Some(mesh)) = (community, mesh) else {
-        // A node alone still tells the person at its screen who it is and why nothing runs.
-        alone_screen(sys, seed, &me.name, &loaded.errors).await;
         services_need_a_community(seed)?;
+        if seed.community.is_none() {
+            // No community named anywhere: setup mode, until the dashboard creates or joins
+            // one; then the node starts in it as if it had booted so.
+            let from_seed = seed.node.name.is_some()
+                && crate::os::stored::node_name(sys).ok().flatten() != seed.node.name;
+            let at = super::setup::Node {
+                name: me.name.clone(),
+                node_id: me.node_id.clone(),
+                name_from_seed: from_seed,
+                address: primary.as_ref().and_then(|p| p.address),
+                seed_line: super::front::seed_line(&loaded.errors),
+            };
+            let Some(joined) = super::setup::run(sys, opts, seed, at).await? else {
+                return Ok(0);
+            };
+            let mut seed = seed.clone();
+            seed.community = Some(joined.community.clone());
+            seed.node.name = Some(joined.name.clone());
+            let me = Identity {
+                name: joined.name.clone(),
+                ..me
+            };
+            let c = &joined.community;
+            let first = start_mesh(sys, opts, &seed, c, &joined.key, &me, primary.as_ref()).await;
+            let front = Some(joined.front.clone());
+            let primary = primary.as_ref();
+            return member(
+                sys,
+                opts,
+                &seed,
+                c,
+                &joined.key,
+                &me,
+                primary,
+                first,
+                said,
+                front,
+            )
+            .await;
+        }
+        // A community without its key: the node stays alone, and tells the person at its
+        // screen who it is and why nothing runs.
+        alone_screen(sys, seed, &me.name, &loaded.errors).await;
         return Ok(0);
     };
-    let mesh = match mesh {
+    let primary = primary.as_ref();
+    member(
+        sys, opts, seed, &community, &key, &me, primary, mesh, said, None,
+    )
+    .await
+}
+
+/// Starts the node in its community: the mesh (`first`, the first try, else tried again with
+/// a growing pause until it starts), then the node run in it until SIGTERM. Boot calls it for a
+/// seed's community, setup mode for the one it created or joined.
+#[allow(clippy::too_many_arguments)]
+async fn member(
+    sys: &System,
+    opts: &Options,
+    seed: &Seed,
+    community: &Community,
+    key: &str,
+    me: &Identity,
+    primary: Option<&Primary>,
+    first: Result<Arc<Mesh>>,
+    said: super::node::Said,
+    front: Option<Arc<super::setup::Front>>,
+) -> Result<i32> {
+    let mesh = match first {
         Ok(m) => m,
-        Err(_) => {
+        Err(e) => {
+            tracing::error!("mesh cannot start: {e:#}");
             let mut wait = Duration::from_secs(2);
             loop {
                 tokio::time::sleep(wait).await;
-                match start_mesh(sys, opts, seed, &community, &key, &me, primary.as_ref()).await {
+                match start_mesh(sys, opts, seed, community, key, me, primary).await {
                     Ok(m) => break m,
                     Err(e) => tracing::error!("mesh still cannot start: {e:#}"),
                 }
@@ -140,14 +211,11 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             }
         }
     };
-    let said = super::node::Said {
-        seed_errors: loaded.errors.clone(),
-        medium_warnings,
-    };
-    super::node::run(mesh, seed, &community, &key, opts, said).await
+    super::node::run(mesh, seed, community, key, opts, said, front).await
 }
 
-/// The login screen of a node without a community (written once: the agent exits after it).
+/// The login screen of a node whose community has no key (written once: the agent exits
+/// after it).
 async fn alone_screen(sys: &System, seed: &Seed, name: &str, seed_errors: &[String]) {
     use crate::os::issue;
     let addrs = match crate::os::network::Net::connect() {
@@ -158,12 +226,10 @@ async fn alone_screen(sys: &System, seed: &Seed, name: &str, seed_errors: &[Stri
         name: name.to_string(),
         https_port: seed.dashboard_https_port(),
         certificate: Err(
-            "no community: the node stays alone (set [community] name and key in the seed)".into(),
+            "no community key: the node stays alone (set [community] key in the seed)".into(),
         ),
-        seed: match seed_errors.len() {
-            0 => "seed: applied".to_string(),
-            n => format!("seed: {n} problem(s), the rest applied: see cloudy-agent status"),
-        },
+        seed: super::front::seed_line(seed_errors),
+        setup: false,
     };
     if let Err(e) = issue::write(sys, &screen, &addrs) {
         tracing::warn!("login screen: {e}");
@@ -285,28 +351,8 @@ fn scrub_boot_medium(sys: &System, loaded: &Loaded, keep: &[String], stored: boo
 /// yet, and stores the key it gives like a seed's. A refusal (used, expired, wrong) is final:
 /// the error says why, never the token.
 async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> Result<String> {
-    use crate::mesh::exchange::{self, ExchangeError};
     let token = crate::mesh::invite::Token::parse(token)?;
-    let mut wait = Duration::from_secs(2);
-    let mut tries = 0;
-    let got = loop {
-        tries += 1;
-        match exchange::redeem(&token, name).await {
-            Ok(r) => break r,
-            Err(e @ ExchangeError::Refused(_)) => {
-                return Err(anyhow::anyhow!("the inviting member {e}"));
-            }
-            Err(e) if tries >= 6 => {
-                return Err(anyhow::anyhow!(
-                    "no inviting member answered at {} ({e}): is it up and on this LAN?",
-                    token.addrs.join(", ")
-                ))
-            }
-            Err(e) => tracing::warn!("redeeming the invitation: {e}; trying again"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
-    };
+    let got = super::setup::redeem(&token, name, 6).await?;
     if got.community != c.name {
         anyhow::bail!(
             "the invitation is for community {:?}, the seed names {:?}: fix [community] name",

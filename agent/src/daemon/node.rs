@@ -10,8 +10,6 @@ use super::options::Options;
 use crate::catalog::{avahi, browse, publish};
 use crate::mesh::invite::{self, Invites};
 use crate::mesh::{gossip, serf, Mesh};
-use crate::os::certificate::{self, Certificate, Origin};
-use crate::os::identity;
 use crate::os::supervisor::Control;
 use crate::registry::manager::Manager;
 use crate::registry::published::Local;
@@ -33,6 +31,7 @@ pub async fn run(
     key: &str,
     opts: &Options,
     said: Said,
+    front: Option<Arc<super::setup::Front>>,
 ) -> Result<i32> {
     let listener = listen(seed.exchange_port()).await?;
     // A damaged invitations file is reported and set aside: the node runs on without
@@ -81,7 +80,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said, extras);
+    start_control(&mesh, &share, seed, opts, said, extras, front);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -179,15 +178,13 @@ fn start_control(
     opts: &Options,
     said: Said,
     extras: super::serve::Extras,
+    front: Option<Arc<super::setup::Front>>,
 ) {
     let (me, name) = {
         let ms = mesh.members.lock().unwrap();
         (ms.me().id.clone(), ms.me().name.clone())
     };
-    let seed_line = match said.seed_errors.len() {
-        0 => "seed: applied".to_string(),
-        n => format!("seed: {n} problem(s), the rest applied: see cloudy-agent status"),
-    };
+    let seed_line = super::front::seed_line(&said.seed_errors);
     let ratings = extras.ratings.clone().expect("a node's ratings book");
     let community = extras.community.clone();
     let prober = Arc::new(crate::probe::Prober::new(
@@ -235,13 +232,18 @@ fn start_control(
             contact: seed.node.contact.clone(),
         },
     ));
-    crate::control::start(agent);
-    let ports = crate::dashboard::Ports {
-        http: seed.dashboard_port(),
-        https: seed.dashboard_https_port(),
-        ui: seed.dashboard_ui_port(),
-    };
-    let certificate = dashboard_certificate(mesh, ports.https);
+    let ports = super::front::ports(seed);
+    let certificate = super::front::dashboard_certificate(&mesh.sys, &names(mesh), ports.https);
+    // Setup mode's socket and dashboard go on serving (the same browser session too): they
+    // answer as the node from now on.
+    let setup = front.is_some();
+    match front {
+        Some(f) => {
+            f.install(agent.clone());
+            crate::control::start_probe(agent);
+        }
+        None => crate::control::start(agent),
+    }
     tokio::spawn(crate::os::issue::keep(
         mesh.sys.clone(),
         crate::os::issue::Screen {
@@ -252,49 +254,22 @@ fn start_control(
                 .map(|c| c.fingerprint.clone())
                 .map_err(Clone::clone),
             seed: seed_line,
+            setup: false,
         },
     ));
-    crate::dashboard::supervise(mesh.sys.clone(), opts.agent_exe.clone(), ports, certificate);
+    if !setup {
+        crate::dashboard::supervise(mesh.sys.clone(), opts.agent_exe.clone(), ports, certificate);
+    }
 }
 
-/// The dashboard's certificate, made on first boot for the names and addresses known now, and
-/// its fingerprint shown on the console every boot (it is public; the operator compares it with
-/// what the browser shows). A damaged one is an error for the console and the dashboard's HTTP
-/// port, and is left for the operator: the rest of the node runs on.
-fn dashboard_certificate(mesh: &Arc<Mesh>, https_port: u16) -> Result<Certificate, String> {
-    let names = {
-        let ms = mesh.members.lock().unwrap();
-        let me = ms.me();
-        vec![
-            me.name.clone(),
-            format!("{}.local", me.name),
-            me.address.to_string(),
-            me.vpn.to_string(),
-        ]
-    };
-    let (certificate, shown) = match certificate::ensure(&mesh.sys, &names) {
-        Ok((c, origin)) => {
-            let made = match origin {
-                Origin::Made => "made on this boot",
-                Origin::Kept => "kept",
-            };
-            let line = format!(
-                "cloudy: dashboard https://{}:{https_port}/ certificate SHA-256 {} ({made})",
-                names[0], c.fingerprint
-            );
-            tracing::info!("{}", line.trim_start_matches("cloudy: "));
-            (Ok(c), line)
-        }
-        Err(e) => {
-            tracing::error!("dashboard certificate: {e}");
-            let line = format!("cloudy: dashboard OFF: no usable HTTPS certificate: {e}");
-            (Err(e.to_string()), line)
-        }
-    };
-    // The console's operator must see it whatever the log level; stdout reaches the journal.
-    if let Some(console) = identity::console_path(&mesh.sys) {
-        let _ = identity::show_on_console(&console, &format!("\n{shown}\n\n"));
-    }
-    println!("{shown}");
-    certificate
+/// The names and addresses a member's certificate is made for.
+fn names(mesh: &Arc<Mesh>) -> Vec<String> {
+    let ms = mesh.members.lock().unwrap();
+    let me = ms.me();
+    vec![
+        me.name.clone(),
+        format!("{}.local", me.name),
+        me.address.to_string(),
+        me.vpn.to_string(),
+    ]
 }

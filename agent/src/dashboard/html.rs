@@ -105,6 +105,7 @@ pub const MESSAGE: &str = include_str!("templates/message.html");
 pub const INVITE: &str = include_str!("templates/invite.html");
 pub const COMMUNITY: &str = include_str!("templates/community.html");
 pub const COMMUNITY_NODE: &str = include_str!("templates/community_node.html");
+pub const SETUP: &str = include_str!("templates/setup.html");
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +130,7 @@ mod tests {
             MESSAGE,
             COMMUNITY,
             COMMUNITY_NODE,
+            SETUP,
         ] {
             assert!(!t.contains("<script"), "templates carry no script");
         }

@@ -82,30 +82,38 @@ pub(crate) async fn invite_form(
         Err(r) => return r,
     };
     let made = match make(&web, &f).await {
-        Ok(Reply::Invited {
-            token,
-            snippet,
-            id,
-            expires,
-        }) => {
-            let mut h = Html::default();
-            h.push("<div class=\"msg\" id=\"made\"><p>Invitation ")
-                .text_in(&id)
-                .push(", valid until ")
-                .text_in(&when(expires))
-                .push(". Shown only now:</p><p><code id=\"token\">")
-                .text_in(&token)
-                .push("</code></p><div id=\"qr\">")
-                .html(&html::qr_svg(&token))
-                .push("</div><p>As a seed snippet:</p><pre id=\"snippet\">")
-                .text_in(&snippet)
-                .push("</pre></div>");
-            h
-        }
+        Ok(r @ Reply::Invited { .. }) => made(&r),
         Ok(other) => error(&format!("unexpected reply {other:?}")),
         Err(e) => error(&e),
     };
     show(&web, &s, made).await
+}
+
+/// A new invitation as the page shows it, once: the token, its QR code and a seed snippet
+/// (the Invite tab's, and the setup page's after a community is created).
+pub(crate) fn made(r: &Reply) -> Html {
+    let Reply::Invited {
+        token,
+        snippet,
+        id,
+        expires,
+    } = r
+    else {
+        return Html::default();
+    };
+    let mut h = Html::default();
+    h.push("<div class=\"msg\" id=\"made\"><p>Invitation ")
+        .text_in(id)
+        .push(", valid until ")
+        .text_in(&when(*expires))
+        .push(". Shown only now:</p><p><code id=\"token\">")
+        .text_in(token)
+        .push("</code></p><div id=\"qr\">")
+        .html(&html::qr_svg(token))
+        .push("</div><p>As a seed snippet:</p><pre id=\"snippet\">")
+        .text_in(snippet)
+        .push("</pre></div>");
+    h
 }
 
 async fn make(web: &Shared, f: &InviteForm) -> Result<Reply, String> {

@@ -8,8 +8,9 @@
 //! Pages: `/login`, `/services?type=T` (a tab per type: score | description | host | IP | port
 //! | microcloud | rating | action, best first; "Scan quality", "Join" and "Rate"), `/node` (tinc peers,
 //! services, seed errors, other nodes' views), `/community` (the map of every member, SVG) and
-//! `/community/node?id=ID` (a member's info and 24-h chart). API: `GET /api/state`,
-//! `GET /api/community`, `GET /api/services[?type=T]`,
+//! `/community/node?id=ID` (a member's info and 24-h chart); a node in no community yet has
+//! only `/setup` (name the node, create a community, join with an invitation; `setup`).
+//! API: `GET /api/state`, `GET /api/community`, `GET /api/services[?type=T]`,
 //! `GET /api/select?type=T`, `GET /api/node`, `POST /api/scan {"type":T?}`,
 //! `POST /api/join {"type":T,"provider":P?}`, `POST /api/rate {"type":T,"provider":P,"stars":S,
 //! "comment":C?}`. No JavaScript: forms and links. `/ui/<service>/` passes a local service's
@@ -28,6 +29,7 @@ pub mod map;
 mod node;
 pub mod proxy;
 pub mod redirect;
+mod setup;
 pub mod tls;
 pub mod web;
 
@@ -68,6 +70,10 @@ pub fn router(web: Shared) -> Router {
             get(invite::invite_page).post(invite::invite_form),
         )
         .route("/invite/revoke", post(invite::revoke_form))
+        .route("/setup", get(setup::setup_page))
+        .route("/setup/name", post(setup::name_form))
+        .route("/setup/create", post(setup::create_form))
+        .route("/setup/join", post(setup::join_form))
         .route("/community", get(community::community_page))
         .route("/community/node", get(community::node_info_page))
         .route("/api/community", get(community::api_community))

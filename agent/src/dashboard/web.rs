@@ -45,6 +45,8 @@ pub(crate) fn unavailable(message: &str) -> Response {
 pub(crate) async fn state(web: &Web) -> Result<State, Response> {
     match ask(web, Ask::State {}).await? {
         Reply::State(s) => Ok(*s),
+        // A node in no community yet has only its setup page.
+        Reply::Setup(_) => Err(axum::response::Redirect::to("/setup").into_response()),
         other => Err(unavailable(&format!("unexpected reply {other:?}"))),
     }
 }

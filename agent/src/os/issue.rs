@@ -23,6 +23,16 @@ pub struct Screen {
     pub certificate: Result<String, String>,
     /// One line on the seed: where it came from and how many of its sections were refused.
     pub seed: String,
+    /// The node is in no community yet: its dashboard offers to create or join one.
+    pub setup: bool,
+}
+
+/// What a node in setup mode says on its screen and in `cloudy-agent status`.
+pub fn setup_line(name: &str, https_port: u16) -> String {
+    format!(
+        "setup mode: open https://{}.local:{https_port}/ to create or join a community",
+        plain(name)
+    )
 }
 
 /// agetty treats a backslash as the start of an escape: text from the seed must not carry one.
@@ -55,6 +65,12 @@ pub fn render(screen: &Screen, addresses: &[IpAddr]) -> String {
         }
         // No URL for a dashboard that is not there.
         Err(e) => out.push_str(&format!("  dashboard OFF: {}\n", plain(e))),
+    }
+    if screen.setup && screen.certificate.is_ok() {
+        out.push_str(&format!(
+            "  {}\n",
+            setup_line(&screen.name, screen.https_port)
+        ));
     }
     out.push_str(&format!("  {}\n", plain(&screen.seed)));
     out.push_str("  more: cloudy-agent status\n\n");
@@ -121,7 +137,23 @@ mod tests {
             https_port: 8443,
             certificate: Ok("AB:CD".into()),
             seed: "seed: /run/live/medium/cloudy/cloudy.toml (applied)".into(),
+            setup: false,
         }
+    }
+
+    /// Issue 15: a node in no community says on its screen where to set it up.
+    #[test]
+    fn a_node_in_setup_mode_says_where_to_set_it_up() {
+        let mut s = screen();
+        assert!(!render(&s, &[]).contains("setup mode"));
+        s.setup = true;
+        let text = render(&s, &["10.0.0.5".parse().unwrap()]);
+        assert!(
+            text.contains(
+                "setup mode: open https://kitchen.local:8443/ to create or join a community"
+            ),
+            "{text}"
+        );
     }
 
     /// Issue 18, defect 3: the old code wrote no login screen at all, so a person at the node

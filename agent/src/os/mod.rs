@@ -9,6 +9,7 @@ pub mod identity;
 pub mod issue;
 pub mod network;
 pub mod secrets;
+pub mod stored;
 pub mod supervisor;
 pub mod system;
 pub mod wifi;

@@ -86,7 +86,7 @@ pub struct Node {
 
 impl Node {
     pub fn read(sys: &System) -> Result<Node> {
-        let seed = sys.load_seed().seed;
+        let seed = crate::os::stored::load_seed(sys).seed;
         let community = seed
             .community
             .as_ref()
