@@ -33,19 +33,6 @@ fn agent(node: &microcloud::Node, args: &[&str]) -> String {
     )
 }
 
-/// Chromium pins a certificate by the SHA-256 of its public key (SubjectPublicKeyInfo).
-fn spki(root: &std::path::Path) -> String {
-    use base64::Engine;
-    use rustls::pki_types::pem::PemObject;
-    use sha2::Digest;
-    let pem = std::fs::read_to_string(root.join("var/lib/cloudy/dashboard.crt")).unwrap();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    let cert = webpki::EndEntityCert::try_from(&der).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
-        cert.subject_public_key_info().as_ref(),
-    ))
-}
-
 fn body(d: &Driver) -> String {
     d.eval("return document.body.textContent;")
         .as_str()
@@ -130,7 +117,7 @@ fn setup_mode_creates_joins_refuses_and_survives_a_restart() {
         "{status}"
     );
 
-    let pins: Vec<String> = cloud.nodes.iter().map(|n| spki(&n.root)).collect();
+    let pins: Vec<String> = cloud.nodes.iter().map(|n| web::chromium::spki(&n.root)).collect();
     let profile = tempfile::tempdir().unwrap();
     // One browser on the LAN (in A's namespace) reaches all three dashboards.
     let d = Driver::start(
