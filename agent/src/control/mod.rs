@@ -79,6 +79,10 @@ pub enum Request {
     Community { node: Option<String> },
     /// Where the dashboard's proxy reaches a local service's own web UI (`/ui/<service>/`).
     Ui { service: String },
+    /// The pending nodes of our community heard on the LAN (`catalog::pending`).
+    Pending {},
+    /// Approves the pending nodes with these fingerprints (1 to 64, `ABCD-EFGH-IJKL-MNOP`).
+    Approve { fingerprints: Vec<String> },
 }
 
 /// The local services whose own web UI the dashboard passes through, by the name in its path.
@@ -167,6 +171,19 @@ impl Request {
                 }
                 None
             }
+            Request::Pending {} => None,
+            Request::Approve { fingerprints } => {
+                use crate::catalog::pending::MAX_APPROVE;
+                if fingerprints.is_empty() || fingerprints.len() > MAX_APPROVE {
+                    return Err(format!(
+                        "approve: name 1 to {MAX_APPROVE} fingerprints (each as the node's console shows it)"
+                    ));
+                }
+                for f in fingerprints {
+                    crate::mesh::pending::parse_fingerprint(f).map_err(|e| e.to_string())?;
+                }
+                None
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -213,6 +230,13 @@ pub enum Reply {
     /// None: the service does not run on this node.
     Ui {
         target: Option<UiTarget>,
+    },
+    Pending {
+        list: Vec<crate::catalog::pending::PendingNode>,
+    },
+    /// One outcome per fingerprint asked, in order.
+    Approved {
+        outcomes: Vec<crate::catalog::pending::Outcome>,
     },
     Error {
         message: String,
@@ -388,6 +412,24 @@ impl Agent {
                     Some(n) => self.community.view_of(&ms, &n),
                     None => self.community.view(&ms),
                 }))
+            }
+            Request::Pending {} => Reply::Pending {
+                list: self.share.pending.list(),
+            },
+            Request::Approve { fingerprints } => {
+                let fps: Vec<String> = fingerprints
+                    .iter()
+                    .filter_map(|f| crate::mesh::pending::parse_fingerprint(f).ok())
+                    .collect();
+                Reply::Approved {
+                    outcomes: crate::catalog::pending::approve(
+                        &self.sys,
+                        &self.share,
+                        self.exchange_port,
+                        &fps,
+                    )
+                    .await,
+                }
             }
             Request::Ui { service } => Reply::Ui {
                 target: self.ui_target(&service),
@@ -947,6 +989,29 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn approve_requests_are_bounded_and_checked() {
+        let ok = r#"{"op":"approve","fingerprints":["abcd-efgh-ijkl-mnop","ABCDEFGHIJKLMNOP"]}"#;
+        assert!(Request::parse_line(ok.as_bytes()).is_ok());
+        assert!(Request::parse_line(br#"{"op":"pending"}"#).is_ok());
+        let many = format!(
+            r#"{{"op":"approve","fingerprints":[{}]}}"#,
+            vec!["\"ABCD-EFGH-IJKL-MNOP\""; 65].join(",")
+        );
+        for bad in [
+            r#"{"op":"approve","fingerprints":[]}"#.to_string(),
+            r#"{"op":"approve","fingerprints":["ABCD-EFGH-IJKL-MNO1"]}"#.to_string(),
+            r#"{"op":"approve","fingerprints":["ABCD-EFGH-IJKL-MNOP"],"key":"x"}"#.to_string(),
+            r#"{"op":"pending","x":1}"#.to_string(),
+            many,
+        ] {
+            match Request::parse_line(bad.as_bytes()) {
+                Err(Reply::Error { message }) => assert!(!message.is_empty()),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

@@ -121,6 +121,41 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         return Ok(0);
     }
     let (Some((community, key)), Some(mesh)) = (community, mesh) else {
+        // A community's name with neither key nor invitation: pending until a member approves
+        // this node (`catalog::pending`), then a member like any other.
+        if let Some(c) = seed
+            .community
+            .as_ref()
+            .filter(|c| c.key.is_none() && c.invite.is_none())
+        {
+            use crate::catalog::pending::{wait_for_approval, Waiting};
+            let waiting = Waiting {
+                community: &c.name,
+                node_id: &me.node_id,
+                name: &me.name,
+                address: primary.as_ref().and_then(|p| p.address),
+                exchange_port: seed.exchange_port(),
+                https_port: seed.dashboard_https_port(),
+            };
+            let approved = wait_for_approval(sys, waiting).await?;
+            let mut c = c.clone();
+            c.peers.extend(approved.grant.peers);
+            let key = approved.grant.key;
+            let mut wait = Duration::from_secs(2);
+            let mesh = loop {
+                match start_mesh(sys, opts, seed, &c, &key, &me, primary.as_ref()).await {
+                    Ok(m) => break m,
+                    Err(e) => tracing::error!("mesh cannot start: {e:#}"),
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            };
+            let said = super::node::Said {
+                seed_errors: loaded.errors.clone(),
+                medium_warnings,
+            };
+            return super::node::run(mesh, seed, &c, &key, opts, said).await;
+        }
         // A node alone still tells the person at its screen who it is and why nothing runs.
         alone_screen(sys, seed, &me.name, &loaded.errors).await;
         services_need_a_community(seed)?;

@@ -8,6 +8,7 @@ pub mod gossip;
 pub mod invite;
 pub mod lan;
 pub mod members;
+pub mod pending;
 pub mod serf;
 pub mod tinc;
 
