@@ -26,6 +26,7 @@ mod invite;
 mod login_tests;
 pub mod map;
 mod node;
+mod pending;
 pub mod proxy;
 pub mod redirect;
 pub mod tls;
@@ -68,6 +69,8 @@ pub fn router(web: Shared) -> Router {
             get(invite::invite_page).post(invite::invite_form),
         )
         .route("/invite/revoke", post(invite::revoke_form))
+        .route("/pending", get(pending::pending_page))
+        .route("/pending/approve", post(pending::approve_form))
         .route("/community", get(community::community_page))
         .route("/community/node", get(community::node_info_page))
         .route("/api/community", get(community::api_community))
