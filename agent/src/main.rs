@@ -132,6 +132,14 @@ enum Command {
         #[arg(required = true, num_args = 1..=64)]
         fingerprints: Vec<String>,
     },
+    /// Replace the community key on every member reachable now. Members that are away get the
+    /// new key from any member when they come back; members named with --remove leave the
+    /// community and never get it. Needs `cloudy-agent run` running.
+    Rekey {
+        /// Remove this member (node name or node id) from the community first; repeatable.
+        #[arg(long, value_name = "NODE")]
+        remove: Vec<String>,
+    },
     /// List the pending nodes of this community heard on the LAN (fingerprint, address, since),
     /// to approve with `cloudy-agent approve`. Needs `cloudy-agent run` running.
     Pending {
@@ -346,6 +354,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Status => status::print(&sys),
         Command::Approve { fingerprints } => control::cli::approve(&sys, &fingerprints),
         Command::Pending { json } => control::cli::pending(&sys, json),
+        Command::Rekey { remove } => control::cli::rekey(&sys, &remove),
         Command::Invite {
             name,
             expires,

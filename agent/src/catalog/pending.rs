@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::avahi;
 use crate::catalog::now_ms;
-use crate::catalog::publish::Sharing;
 use crate::mesh::lan::{Lan, Seen};
+use crate::mesh::members::Members;
 use crate::mesh::pending::{self, Announcement, Approved, Grant};
 use crate::os::identity::{self, NodeKey};
 use crate::os::system::System;
@@ -121,8 +121,12 @@ impl Pending {
 }
 
 /// Browses pending announcements on the LAN (the mDNS socket of our exchange service) into
-/// `share.pending`, our community's only.
-pub fn browse(share: Arc<Sharing>, lan: &Lan) -> Result<(), crate::mesh::lan::DiscoveryError> {
+/// `pending`, those of `community` only.
+pub fn browse(
+    pending: Arc<Pending>,
+    community: String,
+    lan: &Lan,
+) -> Result<(), crate::mesh::lan::DiscoveryError> {
     let mut seen = lan.browse(&format!("{}.local.", pending::DNSSD_TYPE))?;
     tokio::spawn(async move {
         while let Some(ev) = seen.recv().await {
@@ -137,14 +141,12 @@ pub fn browse(share: Arc<Sharing>, lan: &Lan) -> Result<(), crate::mesh::lan::Di
                         .map(|(k, v)| (k.as_str(), v.as_deref()))
                         .collect();
                     match Announcement::from_txt(&pairs, port) {
-                        Ok(a) if a.community == share.community => {
-                            share.pending.heard(fullname, a, now_ms())
-                        }
+                        Ok(a) if a.community == community => pending.heard(fullname, a, now_ms()),
                         Ok(_) => {}
                         Err(e) => tracing::debug!("mDNS: {fullname}: {e}"),
                     }
                 }
-                Seen::Removed(fullname) => share.pending.gone(&fullname),
+                Seen::Removed(fullname) => pending.gone(&fullname),
             }
         }
     });
@@ -165,7 +167,8 @@ pub struct Outcome {
 /// node key and signed by ours, with our exchange address as its first peer.
 pub async fn approve(
     sys: &System,
-    share: &Sharing,
+    pending: &Pending,
+    (community, members): (&str, &Mutex<Members>),
     exchange_port: u16,
     fps: &[String],
 ) -> Vec<Outcome> {
@@ -188,9 +191,9 @@ pub async fn approve(
                 .collect()
         }
     };
-    let me = share.members.lock().unwrap().me().address;
+    let me = members.lock().unwrap().me().address;
     let grant = Grant {
-        community: share.community.clone(),
+        community: community.to_string(),
         key,
         peers: if me.is_unspecified() {
             Vec::new()
@@ -200,14 +203,9 @@ pub async fn approve(
     };
     let mut out = Vec::new();
     for fp in fps {
-        let addrs = share.pending.addresses(fp);
+        let addrs = pending.addresses(fp);
         if addrs.is_empty() {
-            let now: Vec<String> = share
-                .pending
-                .list()
-                .into_iter()
-                .map(|p| p.fingerprint)
-                .collect();
+            let now: Vec<String> = pending.list().into_iter().map(|p| p.fingerprint).collect();
             out.push(Outcome {
                 fingerprint: fp.clone(),
                 ok: false,
@@ -239,7 +237,7 @@ pub async fn approve(
         out.push(match ok {
             Some(a) => {
                 tracing::info!("approved pending node {fp} at {a}");
-                share.pending.forget(fp);
+                pending.forget(fp);
                 Outcome {
                     fingerprint: fp.clone(),
                     ok: true,

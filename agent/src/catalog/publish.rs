@@ -58,7 +58,7 @@ pub struct Sharing {
     /// Our probe summary (JSON), served to members over the exchange port.
     pub summary: Mutex<String>,
     /// Pending nodes of our community heard on the LAN, waiting for an approval.
-    pub pending: crate::catalog::pending::Pending,
+    pub pending: Arc<crate::catalog::pending::Pending>,
     pub(crate) changed: Notify,
 }
 

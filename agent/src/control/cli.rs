@@ -350,3 +350,22 @@ pub fn pending(sys: &System, json: bool) -> anyhow::Result<i32> {
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
 }
+
+/// `cloudy-agent rekey [--remove NODE]...`: each member's outcome on a line.
+pub fn rekey(sys: &System, remove: &[String]) -> anyhow::Result<i32> {
+    let req = Request::Rekey {
+        remove: remove.to_vec(),
+    };
+    req.check().map_err(|e| anyhow::anyhow!(e))?;
+    match ask(sys, &req, "the community key is replaced")? {
+        Reply::Rekeyed { serial, told } => {
+            println!("community key replaced (serial {serial})");
+            for t in told {
+                println!("  {} ({}): {}", t.node, t.node_id, t.message);
+            }
+            Ok(0)
+        }
+        Reply::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}

@@ -83,6 +83,12 @@ pub enum Request {
     Pending {},
     /// Approves the pending nodes with these fingerprints (1 to 64, `ABCD-EFGH-IJKL-MNOP`).
     Approve { fingerprints: Vec<String> },
+    /// Replaces the community key on every member reachable now, first removing the members
+    /// named (names or node ids) from the community (`mesh::rekey`).
+    Rekey {
+        #[serde(default)]
+        remove: Vec<String>,
+    },
 }
 
 /// The local services whose own web UI the dashboard passes through, by the name in its path.
@@ -172,6 +178,19 @@ impl Request {
                 None
             }
             Request::Pending {} => None,
+            Request::Rekey { remove } => {
+                if remove.len() > 64 {
+                    return Err("rekey: remove at most 64 members at once".into());
+                }
+                for r in remove {
+                    if cloudy_model::names::check_hostname(r).is_err()
+                        && !cloudy_model::names::is_node_id(r)
+                    {
+                        return Err(format!("{r:?} is neither a node name nor a node id"));
+                    }
+                }
+                None
+            }
             Request::Approve { fingerprints } => {
                 use crate::catalog::pending::MAX_APPROVE;
                 if fingerprints.is_empty() || fingerprints.len() > MAX_APPROVE {
@@ -233,6 +252,11 @@ pub enum Reply {
     },
     Pending {
         list: Vec<crate::catalog::pending::PendingNode>,
+    },
+    /// The new key's serial and how each member took it.
+    Rekeyed {
+        serial: u64,
+        told: Vec<crate::mesh::rekey::Told>,
     },
     /// One outcome per fingerprint asked, in order.
     Approved {
@@ -413,6 +437,7 @@ impl Agent {
                     None => self.community.view(&ms),
                 }))
             }
+            Request::Rekey { remove } => self.rekey(&remove).await,
             Request::Pending {} => Reply::Pending {
                 list: self.share.pending.list(),
             },
@@ -424,7 +449,8 @@ impl Agent {
                 Reply::Approved {
                     outcomes: crate::catalog::pending::approve(
                         &self.sys,
-                        &self.share,
+                        &self.share.pending,
+                        (&self.share.community, &self.share.members),
                         self.exchange_port,
                         &fps,
                     )
@@ -464,6 +490,25 @@ impl Agent {
             }
             Err(e) => error(e.to_string()),
         }
+    }
+
+    /// A new community key for every member reachable now (`mesh::rekey::roll`).
+    async fn rekey(&self, remove: &[String]) -> Reply {
+        let node = match crate::os::identity::NodeKey::load(&self.sys) {
+            Ok(k) => k,
+            Err(e) => return error(format!("our node key: {e}")),
+        };
+        let ids = {
+            let ms = self.share.members.lock().unwrap();
+            crate::mesh::rekey::resolve(&ms, remove)
+        };
+        let ids = match ids {
+            Ok(i) => i,
+            Err(e) => return error(e.to_string()),
+        };
+        let (serial, told) =
+            crate::mesh::rekey::roll(&self.share.key, &self.share.members, &node, &ids).await;
+        Reply::Rekeyed { serial, told }
     }
 
     /// A rating of a provider the user names as for `join` (`node:port`, node name, id).

@@ -71,6 +71,7 @@ pub fn router(web: Shared) -> Router {
         .route("/invite/revoke", post(invite::revoke_form))
         .route("/pending", get(pending::pending_page))
         .route("/pending/approve", post(pending::approve_form))
+        .route("/rekey", post(pending::rekey_form))
         .route("/community", get(community::community_page))
         .route("/community/node", get(community::node_info_page))
         .route("/api/community", get(community::api_community))

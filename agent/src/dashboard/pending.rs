@@ -136,6 +136,27 @@ pub(crate) async fn approve_form(
     show(&web, &s, said).await
 }
 
+pub(crate) async fn rekey_form(AxState(web): AxState<Shared>) -> Response {
+    let s = match state(&web).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let req = Ask::Rekey { remove: Vec::new() };
+    let said = match crate::control::call(&web.control, &req).await {
+        Ok(Reply::Rekeyed { serial, told }) => {
+            let mut h = message(true, &format!("Community key replaced (serial {serial})."));
+            for t in told {
+                h.html(&message(t.ok, &format!("{}: {}", t.node, t.message)));
+            }
+            h
+        }
+        Ok(Reply::Error { message: m }) => message(false, &m),
+        Ok(other) => message(false, &format!("unexpected reply {other:?}")),
+        Err(e) => message(false, &e.to_string()),
+    };
+    show(&web, &s, said).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
