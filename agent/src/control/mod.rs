@@ -508,6 +508,12 @@ impl Agent {
         };
         let (serial, told) =
             crate::mesh::rekey::roll(&self.share.key, &self.share.members, &node, &ids).await;
+        // Stored before we answer (the key ring's follower stores it too, a moment later).
+        if let Err(e) = crate::mesh::rekey::save(&self.sys, &self.share.key) {
+            return error(format!(
+                "the new key is in use but could not be stored: {e}"
+            ));
+        }
         Reply::Rekeyed { serial, told }
     }
 

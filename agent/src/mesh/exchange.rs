@@ -1066,11 +1066,16 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
             .await?;
             let proof: Proof = c.recv(MAX_PREAUTH).await?;
             let want = hello.want.as_deref().unwrap_or("");
-            // The current key, or a replaced one: within the overlap for any request, and
-            // for a `newkey` request always (answered only to a pinned member, below).
+            // The current key opens every request. A replaced one opens only requests a
+            // pinned member signs (checked below): `ask` and `rekey` within the overlap, so a
+            // member in the middle of a switch is not cut, and `newkey` always, so one that
+            // was away catches up. An unsigned request (a list swap, a fetch) under an old key
+            // could come from anyone who ever held it, and a list swap would make it a member.
+            let signed = matches!(want, WANT_ASK | WANT_REKEY | WANT_NEWKEY);
             let Some((secret, _)) = key
                 .accepting(want == WANT_NEWKEY)
                 .into_iter()
+                .filter(|(_, current)| *current || signed)
                 .find(|(k, _)| k.verify(PROOF, &t.nc, &t.ns, &t.proof_body(want), &proof.proof))
                 .filter(|_| proof.v == PROTOCOL)
             else {
@@ -2539,12 +2544,25 @@ mod tests {
         h.await.unwrap().unwrap();
         assert_eq!(k.current().serial, 1);
         assert_eq!(k.old()[0].key, OLD);
-        // Within the overlap a peer still on the old key swaps lists.
-        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        // Within the overlap a member still on the old key may hand over a rekey (signed),
+        // but nobody swaps lists under it: at first a list swap under the old key during the
+        // overlap made its holder, member or not, a member for good.
         let behind = CommunityKey::derive("c", OLD);
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
         assert!(exchange(addr, &behind, &[member('a', "client")])
             .await
-            .is_ok());
+            .is_err());
+        assert!(matches!(h.await.unwrap(), Err(ExchangeError::BadMac)));
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        send_rekey(
+            addr,
+            &behind,
+            &key_of('a'),
+            &member('b', "s"),
+            &rekey_msg('a', 1),
+        )
+        .await
+        .unwrap();
         h.await.unwrap().unwrap();
     }
 
