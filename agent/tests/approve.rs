@@ -7,10 +7,12 @@
 //! avahi-daemon in network namespaces (ci/netns-microcloud.sh); needs root.
 
 mod microcloud;
+mod web;
 
-use microcloud::{agent, discovery_available, wait_for, Cloud, KEY};
+use microcloud::{agent, discovery_available, hash, wait_for, Cloud, KEY};
 use std::process::{Command, Output};
 use std::time::Duration;
+use web::chromium::{tool, Driver};
 
 /// Node `i`'s seed: the community's name only (no key, no invitation).
 fn pending_seed(cloud: &Cloud, i: usize) {
@@ -215,4 +217,106 @@ fn a_strangers_approval_wins_once_and_the_node_never_joins_the_community() {
         .contains(&cloud.nodes[2].node_id()));
     let out = std::fs::read_to_string(cloud.nodes[2].out()).unwrap();
     assert!(out.contains("\"cloudy\":\"approved\""), "{out}");
+}
+
+const PASSWORD: &str = "approve test password";
+
+/// The SPKI hash of a node's dashboard certificate, for Chromium's pin.
+fn spki(root: &std::path::Path) -> String {
+    use base64::Engine;
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let pem = std::fs::read_to_string(root.join("var/lib/cloudy/dashboard.crt")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+        cert.subject_public_key_info().as_ref(),
+    ))
+}
+
+/// Chromium on node 1's dashboard: the Pending tab lists node 2 with its fingerprint, a typed
+/// fingerprint of no pending node is refused with a clear message, and the node's Approve
+/// button approves it: node 2 stores the key and meshes with node 1.
+#[test]
+fn the_dashboards_approve_button_approves_a_pending_node() {
+    let test = "the_dashboards_approve_button_approves_a_pending_node";
+    if !discovery_available(test) {
+        return;
+    }
+    if !["chromium", "chromedriver"].iter().all(|t| tool(t)) {
+        eprintln!("SKIP {test}: chromium or chromedriver not installed");
+        return;
+    }
+    let mut cloud = Cloud::new("ad", 2);
+    // The dashboard's unprivileged user must reach the control socket (tempdirs are 0700).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let top = cloud.nodes[0].root.parent().unwrap();
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let h = hash(PASSWORD);
+    cloud.write_seed_text(
+        1,
+        KEY,
+        &format!(
+            "peers = []\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+        ),
+    );
+    pending_seed(&cloud, 2);
+    for i in 1..=2 {
+        cloud.avahi(i, None);
+    }
+    cloud.nodes[0].start();
+    cloud.nodes[1].start();
+    let fp = pending_fingerprint(&cloud, 2);
+    wait_listed(&cloud, 1, &fp);
+
+    let n1 = &cloud.nodes[0];
+    let addr = format!("{}:8443", n1.lan());
+    web::wait_up(&n1.ns, &addr, Duration::from_secs(30));
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(
+        &n1.ns,
+        profile.path(),
+        &[format!(
+            "--ignore-certificate-errors-spki-list={}",
+            spki(&n1.root)
+        )],
+        "approve-screenshots",
+    );
+    let base = format!("https://{addr}");
+    driver.go(&format!("{base}/login"));
+    driver.type_in("#password", PASSWORD);
+    driver.click("#submit");
+    driver.wait_until("the services page", |d| d.url().contains("/services"));
+    driver.click("nav.tabs a[href=\"/pending\"]");
+    driver.wait_until("the Pending tab", |d| d.url().contains("/pending"));
+    let row = format!("tr[data-fingerprint=\"{fp}\"]");
+    assert!(driver.text(&row).contains(&fp));
+    driver.shot("approve-01-pending");
+
+    // A fingerprint of no pending node, typed.
+    driver.type_in("#approve-fingerprints", "AAAA-AAAA-AAAA-AAAA");
+    driver.click("#approve-typed");
+    driver.wait_until("the refusal", |d| {
+        d.eval("return document.body.textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .contains("no pending node with fingerprint AAAA-AAAA-AAAA-AAAA")
+    });
+    let msg = driver.text("#message");
+    assert!(msg.contains("console"), "{msg}");
+    assert_eq!(stored_key(&cloud, 2), "");
+    driver.shot("approve-02-wrong-fingerprint");
+
+    driver.click(&format!("{row} button.approve"));
+    driver.wait_until("the approval's answer", |d| {
+        d.eval("return document.body.textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .contains("approved the node at 10.213.0.2")
+    });
+    driver.shot("approve-03-approved");
+    assert_eq!(stored_key(&cloud, 2), KEY);
+    cloud.wait_members(&[1, 2], Duration::from_secs(40));
 }

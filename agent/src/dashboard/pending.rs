@@ -33,7 +33,9 @@ async fn show(web: &Shared, s: &State, said: Html) -> Response {
         rows.push("<tr><td colspan=\"5\">No pending node of this community is announced on the LAN.</td></tr>");
     }
     for p in &list {
-        rows.push("<tr><td><code class=\"fp\">")
+        rows.push("<tr data-fingerprint=\"")
+            .text_in(&p.fingerprint)
+            .push("\"><td><code class=\"fp\">")
             .text_in(&p.fingerprint)
             .push("</code></td><td>")
             .text_in(&p.address)
