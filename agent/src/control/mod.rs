@@ -1067,6 +1067,33 @@ mod tests {
     }
 
     #[test]
+    fn rekey_requests_are_checked() {
+        for ok in [
+            r#"{"op":"rekey"}"#,
+            r#"{"op":"rekey","remove":["n3","0123456789abcdef0123456789abcdef"]}"#,
+        ] {
+            assert!(Request::parse_line(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        let many = format!(
+            r#"{{"op":"rekey","remove":[{}]}}"#,
+            vec!["\"n3\""; 65].join(",")
+        );
+        for bad in [
+            r#"{"op":"rekey","remove":["not a name!"]}"#.to_string(),
+            r#"{"op":"rekey","key":"mine"}"#.to_string(),
+            many,
+        ] {
+            assert!(
+                matches!(
+                    Request::parse_line(bad.as_bytes()),
+                    Err(Reply::Error { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn invite_requests_are_bounded() {
         let ok = r#"{"op":"invite","name":"b","expires_s":86400,"uses":1}"#;
         assert!(Request::parse_line(ok.as_bytes()).is_ok());

@@ -247,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_or_foreign_history_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        for bad in [
+            &b"not json"[..],
+            br#"{"current":{"key":"k","serial":1},"old":[],"extra":1}"#,
+            br#"{"current":{"key":"k","serial":"one"}}"#,
+        ] {
+            sys.write_atomic(secrets::KEY_HISTORY_FILE, bad, 0o600)
+                .unwrap();
+            let k = ring(&sys, "c", "the key the seed gives us");
+            assert_eq!(k.current().serial, 0);
+            assert_eq!(k.current().key, "the key the seed gives us");
+            assert!(k.old().is_empty());
+        }
+    }
+
+    #[test]
     fn names_resolve_to_members_never_to_us() {
         let mut ms = Members::signed(member('a', "me"), key_of('a'));
         ms.merge(vec![member('b', "other")]);
