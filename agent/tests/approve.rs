@@ -319,4 +319,25 @@ fn the_dashboards_approve_button_approves_a_pending_node() {
     driver.shot("approve-03-approved");
     assert_eq!(stored_key(&cloud, 2), KEY);
     cloud.wait_members(&[1, 2], Duration::from_secs(40));
+
+    // The same tab's rekey button: both members move to a new key.
+    driver.click("#rekey");
+    driver.wait_until("the rekey's answer", |d| {
+        d.eval("return document.body.textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .contains("Community key replaced (serial 1)")
+    });
+    let page = driver
+        .eval("return document.body.textContent;")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(page.contains("n2: switched to the new key"), "{page}");
+    driver.shot("approve-04-rekeyed");
+    let new = stored_key(&cloud, 1);
+    assert_ne!(new, KEY);
+    wait_for("node 2 takes the new key", Duration::from_secs(5), || {
+        stored_key(&cloud, 2) == new
+    });
 }

@@ -340,8 +340,20 @@ pub async fn wait_for_approval(sys: &System, w: Waiting<'_>) -> Result<Approved>
                 let Ok((s, peer)) = acc else { continue };
                 let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
                 let (node, community, taken, tx) = (node.clone(), community.clone(), taken.clone(), tx.clone());
+                let sys = sys.clone();
                 tokio::spawn(async move {
-                    let claim = || !taken.swap(true, Ordering::SeqCst);
+                    // The key is stored before the approver hears "joined": one approval,
+                    // confirmed only once it is ours.
+                    let claim = |g: &Grant| {
+                        if taken.swap(true, Ordering::SeqCst) {
+                            return Err("this node was approved already (it takes one approval)".to_string());
+                        }
+                        crate::os::secrets::community_key(&sys, Some(&g.key)).map(|_| ()).map_err(|e| {
+                            taken.store(false, Ordering::SeqCst);
+                            tracing::error!("storing the community key: {e}");
+                            "the node could not store the key (see its log)".to_string()
+                        })
+                    };
                     match pending::serve(s, &node, &community, &claim).await {
                         Ok(a) => {
                             tracing::info!("approved by {peer} (node key {})", a.by);
@@ -355,8 +367,6 @@ pub async fn wait_for_approval(sys: &System, w: Waiting<'_>) -> Result<Approved>
         }
     };
     drop(listener);
-    crate::os::secrets::community_key(sys, Some(&approved.grant.key))
-        .context("storing the community key")?;
     if let Err(e) = avahi::pending(sys, None) {
         tracing::warn!("withdrawing the pending announcement: {e}");
     }

@@ -409,14 +409,15 @@ fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
 
 /// Pending side of one connection: our offer, then an approval that must open under our key,
 /// be signed by the node key it names, and grant `community` (ours, by name) a usable key. A
-/// refusal is told to the approver in clear (it says nothing of any key). `claim` is asked
-/// once a valid approval is in hand: false (another approval came first) refuses this one, so
-/// a pending node confirms exactly one approval.
+/// refusal is told to the approver in clear (it says nothing of any key). `claim` takes a
+/// valid grant before it is confirmed (it stores the key): an error (another approval came
+/// first, the key could not be stored) refuses this one, so a pending node confirms exactly
+/// one approval, and only once it holds the key.
 pub async fn serve<S: AsyncRead + AsyncWrite>(
     stream: S,
     node: &NodeKey,
     community: &str,
-    claim: &(dyn Fn() -> bool + Sync),
+    claim: &(dyn Fn(&Grant) -> Result<(), String> + Sync),
 ) -> Result<Approved, PendingError> {
     let mut c = Conn::new(stream);
     tokio::time::timeout(TIMEOUT, async {
@@ -438,23 +439,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite>(
         })
         .await?;
         let a = c.recv(MAX_LINE + 2 * MAX_GRANT).await?;
-        let got = open_approval(&a, &x, &nc, &ns, &xp, community).and_then(|g| {
-            if claim() {
-                Ok(g)
-            } else {
-                Err("this node was approved already (it takes one approval)".to_string())
-            }
-        });
+        let got = open_approval(&a, &x, &nc, &ns, &xp, community)
+            .and_then(|(g, xe)| claim(&g).map(|()| (g, xe)));
         match got {
             Ok((grant, xe)) => {
                 let by = a.by.clone().unwrap_or_default();
                 let t = transcript(&nc, &ns, &xp, &xe);
-                c.send(&Line {
-                    v: VERSION,
-                    joined: Some(node.sign_hex(&joined_msg(&t))),
-                    ..Default::default()
-                })
-                .await?;
+                // Taken (the key is ours now) whether or not the approver still listens.
+                let _ = c
+                    .send(&Line {
+                        v: VERSION,
+                        joined: Some(node.sign_hex(&joined_msg(&t))),
+                        ..Default::default()
+                    })
+                    .await;
                 let _ = c.w.shutdown().await;
                 Ok(Approved { grant, by })
             }
@@ -707,7 +705,7 @@ mod tests {
         let approver = NodeKey::from_seed([9; 32]);
         let fp = fp.to_string();
         let client = tokio::spawn(async move { approve_over(b, &fp, &g, &approver).await });
-        let served = serve(a, &pending, community, &|| true).await;
+        let served = serve(a, &pending, community, &|_| Ok(())).await;
         (served, client.await.unwrap())
     }
 
@@ -754,7 +752,8 @@ mod tests {
         let f = fp.clone();
         let client =
             tokio::spawn(async move { approve_over(b, &f, &grant("test"), &approver).await });
-        assert!(serve(a, &k, "test", &|| false).await.is_err());
+        let taken = |_: &Grant| Err("this node was approved already".to_string());
+        assert!(serve(a, &k, "test", &taken).await.is_err());
         let e = client.await.unwrap().unwrap_err().to_string();
         assert!(e.contains("approved already"), "{e}");
     }
@@ -772,7 +771,7 @@ mod tests {
             let (mut a, b) = tokio::io::duplex(16384);
             a.write_all(&input).await.unwrap();
             drop(a);
-            assert!(serve(b, &k, "test", &|| true).await.is_err());
+            assert!(serve(b, &k, "test", &|_| Ok(())).await.is_err());
         }
     }
 }
