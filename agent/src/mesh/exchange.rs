@@ -42,6 +42,15 @@
 //! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
 //!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
 //!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
+//! - `rekey`: a member hands over a new community key (`E`/`F`): `SIG_C` then a `Rekey` (key,
+//!   serial, removed members) signed by the pinned key of the member it names; adopted if
+//!   newer (`mesh::rekey`).
+//! - `newkey`: a member asks for the current key (`L`/`M`): `SIG_C` then its node id; answered
+//!   with a `Rekey` only to a member whose node key we pin and have not removed.
+//!
+//! The key is a shared ring (`CommunityKey`): the current key opens every request; a replaced
+//! one opens only the signed kinds (`ask` and `rekey` for `overlap()` after the switch,
+//! `newkey` always), never a list swap, so holding an old key never makes a node a member.
 //!
 //! Protocol 2 (the same handshake, bodies in clear under MACs) is refused with an error that
 //! says to update: a member that cannot sign its record cannot be told apart from a forger.
