@@ -122,6 +122,31 @@ enum Command {
         #[arg(long, conflicts_with_all = ["name", "seed"])]
         revoke: Option<String>,
     },
+    /// Approve pending nodes: nodes whose seed names this community but holds no key announce
+    /// themselves on the LAN and show a fingerprint on their console; each one named here is
+    /// sent the community key, sealed to its node key. Compare the fingerprint first: anyone on
+    /// the LAN can announce a node. Needs `cloudy-agent run` running.
+    Approve {
+        /// Fingerprints of the nodes to approve, as their consoles show them (ABCD-EFGH-IJKL-MNOP;
+        /// any case, dashes optional). `cloudy-agent pending` lists them.
+        #[arg(required = true, num_args = 1..=64)]
+        fingerprints: Vec<String>,
+    },
+    /// Replace the community key on every member reachable now. Members that are away get the
+    /// new key from any member when they come back; members named with --remove leave the
+    /// community and never get it. Needs `cloudy-agent run` running.
+    Rekey {
+        /// Remove this member (node name or node id) from the community first; repeatable.
+        #[arg(long, value_name = "NODE")]
+        remove: Vec<String>,
+    },
+    /// List the pending nodes of this community heard on the LAN (fingerprint, address, since),
+    /// to approve with `cloudy-agent approve`. Needs `cloudy-agent run` running.
+    Pending {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
     /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
     Status,
@@ -328,6 +353,9 @@ fn run(cli: Cli) -> Result<i32> {
             daemon::run(&sys, &opts)
         }
         Command::Status => status::print(&sys, &control::cli::agent_line(&sys)),
+        Command::Approve { fingerprints } => control::cli::approve(&sys, &fingerprints),
+        Command::Pending { json } => control::cli::pending(&sys, json),
+        Command::Rekey { remove } => control::cli::rekey(&sys, &remove),
         Command::Invite {
             name,
             expires,

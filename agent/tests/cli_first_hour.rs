@@ -61,7 +61,8 @@ fn seed_check_warns_that_a_community_without_a_key_leaves_the_node_alone() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "still a valid seed: {err}");
     assert!(
-        err.contains("warning") && err.contains("stays alone"),
+        // Issue 15: such a node no longer stays alone, it waits for a member's approval.
+        err.contains("warning") && err.contains("waits as a pending node"),
         "{err}"
     );
     assert!(

@@ -117,7 +117,11 @@ fn setup_mode_creates_joins_refuses_and_survives_a_restart() {
         "{status}"
     );
 
-    let pins: Vec<String> = cloud.nodes.iter().map(|n| web::chromium::spki(&n.root)).collect();
+    let pins: Vec<String> = cloud
+        .nodes
+        .iter()
+        .map(|n| web::chromium::spki(&n.root))
+        .collect();
     let profile = tempfile::tempdir().unwrap();
     // One browser on the LAN (in A's namespace) reaches all three dashboards.
     let d = Driver::start(

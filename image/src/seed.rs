@@ -19,7 +19,7 @@ pub fn check_for_lan(file: &str, text: &str) -> Result<(), String> {
     match seed.community.as_ref().and_then(|c| c.lan_secret()) {
         None => Ok(()),
         Some(what) => Err(format!(
-            "{file}: a PXE bundle is served to anyone on the LAN, and this seed holds {what}, which anyone who fetches it could use to join\n  fix: leave the key out and give the bundle a single-use invitation instead (`cloudy-agent invite --uses 1 --seed` on a member; the first node to boot spends it, so whoever fetches the bundle later holds nothing)"
+            "{file}: a PXE bundle is served to anyone on the LAN, and this seed holds {what}, which anyone who fetches it could use to join\n  fix: leave the secret out and keep only `[community] name`: each node that boots from the bundle then waits as a pending node and shows its key's fingerprint on its console; compare it and approve the node from a member (`cloudy-agent approve FINGERPRINT...`, or the Pending tab of a member's dashboard). For one node, a single-use invitation also works (`cloudy-agent invite --uses 1 --seed` on a member; the first node to boot spends it, so whoever fetches the bundle later holds nothing)"
         )),
     }
 }

@@ -323,7 +323,11 @@ fn a_keyless_community_is_written_with_a_warning() {
     let o = cloudy_image(&[p("customise"), &img, p("--seed"), &s]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("warning") && t.contains("stays alone"), "{t}");
+    // Issue 15: the node no longer stays alone; it waits for a member's approval.
+    assert!(
+        t.contains("warning") && t.contains("waits as a pending node"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
                 | Request::Community { .. }
                 | Request::SetupName { .. }
                 | Request::SetupCreate { .. }
-                | Request::SetupJoin { .. } => {}
+                | Request::SetupJoin { .. }
+                | Request::Pending {}
+                | Request::Approve { .. }
+                | Request::Rekey { .. } => {}
             }
         }
         Err(reply) => {

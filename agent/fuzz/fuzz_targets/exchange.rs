@@ -7,7 +7,13 @@
 //!   service request (signed by the member's node key), a services, scores, ratings or info
 //!   fetch, or a redeem asked for as if it were a member's request. The server
 //!   runs the agent's own `Members::merge` on whatever list it gets, and must answer or refuse;
-//! - 2: a hostile server's raw bytes into the client (`request_raw`).
+//! - 2: a hostile server's raw bytes into the client (`request_raw`);
+//! - a first byte of 0xF0 or more: the approve handshake of a pending node (`mesh::pending`):
+//!   a stranger's raw bytes into the pending node (even bytes), a hostile "pending node"'s
+//!   bytes into the approving member (odd bytes). Nothing may be approved.
+//!
+//! A member's request may also be a rekey (signed; the server's key switches only for a
+//! newer, well-formed key) or a newkey request.
 //!
 //! Nothing may panic, hang (the clock is paused, so a stall is a timeout) or grow unbounded.
 #![no_main]
@@ -88,6 +94,10 @@ fuzz_target!(|data: &[u8]| {
         members: &members,
         invites: None,
     };
+    if sel >= 0xF0 {
+        rt.block_on(pending(sel, rest, &server_key));
+        return;
+    }
     rt.block_on(async {
         match sel % 3 {
             0 => {
@@ -115,14 +125,16 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r.is_err(), "a stranger's bytes passed the proof");
             }
             1 => {
-                let want = match (sel / 3) % 7 {
+                let want = match (sel / 3) % 9 {
                     0 => None,
                     1 => Some("ask"),
                     2 => Some("services"),
                     3 => Some("scores"),
                     4 => Some("ratings"),
                     5 => Some("info"),
-                    _ => Some("redeem"),
+                    6 => Some("redeem"),
+                    7 => Some("rekey"),
+                    _ => Some("newkey"),
                 };
                 let (c, s) = tokio::io::duplex(1 << 16);
                 let server = serve_all(
@@ -160,3 +172,24 @@ fuzz_target!(|data: &[u8]| {
         }
     });
 });
+
+/// The approve handshake with hostile bytes on either side.
+async fn pending(sel: u8, rest: &[u8], node: &NodeKey) {
+    use cloudy_agent::mesh::pending::{approve_over, fingerprint, serve, Grant};
+    let (mut peer, ours) = tokio::io::duplex(1 << 16);
+    let _ = peer.write_all(rest).await;
+    drop(peer);
+    if sel % 2 == 0 {
+        let r = serve(ours, node, "sants", &|_| Ok(())).await;
+        assert!(r.is_err(), "a stranger's bytes approved a pending node");
+    } else {
+        let grant = Grant {
+            community: "sants".into(),
+            key: "0123456789abcdef".into(),
+            peers: Vec::new(),
+        };
+        let fp = fingerprint(&NodeKey::from_seed([b'p'; 32]).public_hex()).unwrap();
+        let r = approve_over(ours, &fp, &grant, node).await;
+        assert!(r.is_err(), "a keyless peer confirmed an approval");
+    }
+}

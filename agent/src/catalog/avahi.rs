@@ -32,9 +32,18 @@ fn file_name(d: &Doorbell) -> String {
 }
 
 pub fn render(r: &Doorbell, seals: &Seals) -> Result<String, FileError> {
+    render_service(&instance(r), DNSSD_TYPE, r.port, r.to_txt(seals))
+}
+
+fn render_service(
+    name: &str,
+    dnssd_type: &str,
+    port: u16,
+    txt: Vec<(String, String)>,
+) -> Result<String, FileError> {
     #[derive(Serialize)]
     struct Service<'a> {
-        name: String,
+        name: &'a str,
         dnssd_type: &'a str,
         port: u16,
         txt: Vec<Txt>,
@@ -45,16 +54,38 @@ pub fn render(r: &Doorbell, seals: &Seals) -> Result<String, FileError> {
         value: String,
     }
     let service = Service {
-        name: instance(r),
-        dnssd_type: DNSSD_TYPE,
-        port: r.port,
-        txt: r
-            .to_txt(seals)
+        name,
+        dnssd_type,
+        port,
+        txt: txt
             .into_iter()
             .map(|(key, value)| Txt { key, value })
             .collect(),
     };
     render_xml("cloudy.service", SERVICE, &service)
+}
+
+/// A pending node's announcement (`mesh::pending`), the one file of a node without a
+/// community: `sync` removes it like any `cloudy-*` file once the node publishes as a member.
+pub const PENDING_FILE: &str = "cloudy-pending.service";
+
+/// Writes (or, with None, removes) the pending announcement; `name` is the instance name.
+pub fn pending(
+    sys: &System,
+    a: Option<(&str, &crate::mesh::pending::Announcement)>,
+) -> std::io::Result<()> {
+    let dir = sys.path(SERVICES_DIR);
+    let path = dir.join(PENDING_FILE);
+    let Some((name, a)) = a else {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    };
+    std::fs::create_dir_all(&dir)?;
+    let text = render_service(name, crate::mesh::pending::DNSSD_TYPE, a.port, a.to_txt())
+        .map_err(std::io::Error::other)?;
+    write_atomic(&path, text.as_bytes(), 0o644)
 }
 
 /// Makes the directory hold exactly our current doorbells' files. Returns whether anything

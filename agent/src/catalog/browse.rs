@@ -206,6 +206,7 @@ pub async fn browse_lan(
     lan: &Lan,
 ) -> Result<(), crate::mesh::lan::DiscoveryError> {
     let mut seen = lan.browse(&format!("{}.local.", crate::catalog::avahi::DNSSD_TYPE))?;
+    crate::catalog::pending::browse(share.pending.clone(), share.community.clone(), lan)?;
     tokio::spawn(async move {
         let mut bells = Doorbells::default();
         let (done_tx, mut done) =

@@ -3,6 +3,7 @@
 
 pub mod avahi;
 pub mod browse;
+pub mod pending;
 pub mod publish;
 pub mod signing;
 

@@ -57,6 +57,8 @@ pub struct Sharing {
     pub bootstrap: Vec<String>,
     /// Our probe summary (JSON), served to members over the exchange port.
     pub summary: Mutex<String>,
+    /// Pending nodes of our community heard on the LAN, waiting for an approval.
+    pub pending: Arc<crate::catalog::pending::Pending>,
     pub(crate) changed: Notify,
 }
 
@@ -89,6 +91,7 @@ impl Sharing {
             })),
             bootstrap,
             summary: Mutex::new("[]".into()),
+            pending: Default::default(),
             changed: Notify::new(),
         })
     }

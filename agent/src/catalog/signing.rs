@@ -13,32 +13,41 @@ type HmacSha256 = Hmac<Sha256>;
 /// 128 bits: plenty for a tag checked online, and it keeps the TXT short.
 const MAC_LEN: usize = 16;
 
+/// The doorbell MAC's subkey follows the community key: after a rekey we sign under the new
+/// key at once and still take doorbells under the old one for the overlap.
 #[derive(Clone)]
-pub struct MdnsKey([u8; 32]);
+pub struct MdnsKey(CommunityKey);
+
+const LABEL: &[u8] = b"mdns doorbell v2";
 
 impl MdnsKey {
     pub fn new(key: &CommunityKey) -> MdnsKey {
-        MdnsKey(key.subkey(b"mdns doorbell v2"))
+        MdnsKey(key.clone())
     }
 
     pub fn sign(&self, d: &Doorbell) -> String {
-        crate::os::identity::hex(&self.hmac(d).finalize().into_bytes()[..MAC_LEN])
+        let k = self.0.subkey(LABEL);
+        crate::os::identity::hex(&hmac(&k, d).finalize().into_bytes()[..MAC_LEN])
     }
 
     /// Constant-time check of a MAC from the network.
     pub fn verify(&self, d: &Doorbell, mac_hex: &str) -> bool {
         match unhex(mac_hex) {
-            Some(tag) if tag.len() == MAC_LEN => self.hmac(d).verify_truncated_left(&tag).is_ok(),
+            Some(tag) if tag.len() == MAC_LEN => self
+                .0
+                .subkeys_accepted(LABEL)
+                .iter()
+                .any(|k| hmac(k, d).verify_truncated_left(&tag).is_ok()),
             _ => false,
         }
     }
+}
 
-    fn hmac(&self, d: &Doorbell) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
-        m.update(b"doorbell v2|");
-        m.update(d.canonical().as_bytes());
-        m
-    }
+fn hmac(key: &[u8; 32], d: &Doorbell) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(key).expect("32-byte key");
+    m.update(b"doorbell v2|");
+    m.update(d.canonical().as_bytes());
+    m
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

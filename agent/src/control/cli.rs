@@ -314,3 +314,89 @@ pub fn agent_line(sys: &System) -> String {
         Err(_) => format!("not answering on {} within 3 s", socket.display()),
     }
 }
+
+/// One request to the running agent, with the usual fix when it does not answer.
+fn ask(sys: &System, req: &Request, what: &str) -> anyhow::Result<Reply> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(call(&sys.path(SOCKET), req))
+        .map_err(|e| match e {
+            CallError::Connect(..) => anyhow::anyhow!(
+                "the Cloudy agent is not running (no answer on {}): {what} by the running agent\n  fix: start it with `systemctl start cloudy-agent`",
+                sys.path(SOCKET).display()
+            ),
+            e => e.into(),
+        })
+}
+
+/// `cloudy-agent approve FP...`: each fingerprint's outcome on a line; exit 1 if any failed.
+pub fn approve(sys: &System, fingerprints: &[String]) -> anyhow::Result<i32> {
+    let mut fps = Vec::new();
+    for f in fingerprints {
+        fps.push(crate::mesh::pending::parse_fingerprint(f)?);
+    }
+    let req = Request::Approve { fingerprints: fps };
+    match ask(sys, &req, "pending nodes are approved")? {
+        Reply::Approved { outcomes } => {
+            let mut failed = 0;
+            for o in &outcomes {
+                if o.ok {
+                    println!("{}: {}", o.fingerprint, o.message);
+                } else {
+                    failed += 1;
+                    eprintln!("{}: {}", o.fingerprint, o.message);
+                }
+            }
+            Ok(i32::from(failed > 0))
+        }
+        Reply::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// `cloudy-agent pending [--json]`.
+pub fn pending(sys: &System, json: bool) -> anyhow::Result<i32> {
+    match ask(sys, &Request::Pending {}, "pending nodes are listed")? {
+        Reply::Pending { list } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no pending node of this community is announced on the LAN");
+            } else {
+                println!(
+                    "{:<19}  {:<21}  {:<32}  SINCE (unix ms)",
+                    "FINGERPRINT", "ADDRESS", "NODE ID"
+                );
+                for p in list {
+                    println!(
+                        "{:<19}  {:<21}  {:<32}  {}",
+                        p.fingerprint, p.address, p.node_id, p.since
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Reply::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// `cloudy-agent rekey [--remove NODE]...`: each member's outcome on a line.
+pub fn rekey(sys: &System, remove: &[String]) -> anyhow::Result<i32> {
+    let req = Request::Rekey {
+        remove: remove.to_vec(),
+    };
+    req.check().map_err(|e| anyhow::anyhow!(e))?;
+    match ask(sys, &req, "the community key is replaced")? {
+        Reply::Rekeyed { serial, told } => {
+            println!("community key replaced (serial {serial})");
+            for t in told {
+                println!("  {} ({}): {}", t.node, t.node_id, t.message);
+            }
+            Ok(0)
+        }
+        Reply::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}

@@ -86,6 +86,16 @@ pub enum Request {
     SetupCreate { community: String },
     /// Setup mode: joins the community an invitation token opens.
     SetupJoin { token: String },
+    /// The pending nodes of our community heard on the LAN (`catalog::pending`).
+    Pending {},
+    /// Approves the pending nodes with these fingerprints (1 to 64, `ABCD-EFGH-IJKL-MNOP`).
+    Approve { fingerprints: Vec<String> },
+    /// Replaces the community key on every member reachable now, first removing the members
+    /// named (names or node ids) from the community (`mesh::rekey`).
+    Rekey {
+        #[serde(default)]
+        remove: Vec<String>,
+    },
 }
 
 /// The local services whose own web UI the dashboard passes through, by the name in its path.
@@ -191,6 +201,32 @@ impl Request {
                 })?;
                 None
             }
+            Request::Pending {} => None,
+            Request::Rekey { remove } => {
+                if remove.len() > 64 {
+                    return Err("rekey: remove at most 64 members at once".into());
+                }
+                for r in remove {
+                    if cloudy_model::names::check_hostname(r).is_err()
+                        && !cloudy_model::names::is_node_id(r)
+                    {
+                        return Err(format!("{r:?} is neither a node name nor a node id"));
+                    }
+                }
+                None
+            }
+            Request::Approve { fingerprints } => {
+                use crate::catalog::pending::MAX_APPROVE;
+                if fingerprints.is_empty() || fingerprints.len() > MAX_APPROVE {
+                    return Err(format!(
+                        "approve: name 1 to {MAX_APPROVE} fingerprints (each as the node's console shows it)"
+                    ));
+                }
+                for f in fingerprints {
+                    crate::mesh::pending::parse_fingerprint(f).map_err(|e| e.to_string())?;
+                }
+                None
+            }
         };
         match kind {
             Some(k) if !kind_ok(k) => Err(format!("{k:?} is not a service type")),
@@ -246,6 +282,18 @@ pub enum Reply {
         message: String,
         community: Option<String>,
         invitation: Option<Box<Reply>>,
+    },
+    Pending {
+        list: Vec<crate::catalog::pending::PendingNode>,
+    },
+    /// The new key's serial and how each member took it.
+    Rekeyed {
+        serial: u64,
+        told: Vec<crate::mesh::rekey::Told>,
+    },
+    /// One outcome per fingerprint asked, in order.
+    Approved {
+        outcomes: Vec<crate::catalog::pending::Outcome>,
     },
     Error {
         message: String,
@@ -437,6 +485,26 @@ impl Agent {
                     None => self.community.view(&ms),
                 }))
             }
+            Request::Rekey { remove } => self.rekey(&remove).await,
+            Request::Pending {} => Reply::Pending {
+                list: self.share.pending.list(),
+            },
+            Request::Approve { fingerprints } => {
+                let fps: Vec<String> = fingerprints
+                    .iter()
+                    .filter_map(|f| crate::mesh::pending::parse_fingerprint(f).ok())
+                    .collect();
+                Reply::Approved {
+                    outcomes: crate::catalog::pending::approve(
+                        &self.sys,
+                        &self.share.pending,
+                        (&self.share.community, &self.share.members),
+                        self.exchange_port,
+                        &fps,
+                    )
+                    .await,
+                }
+            }
             Request::Ui { service } => Reply::Ui {
                 target: self.ui_target(&service),
             },
@@ -476,6 +544,31 @@ impl Agent {
             }
             Err(e) => error(e.to_string()),
         }
+    }
+
+    /// A new community key for every member reachable now (`mesh::rekey::roll`).
+    async fn rekey(&self, remove: &[String]) -> Reply {
+        let node = match crate::os::identity::NodeKey::load(&self.sys) {
+            Ok(k) => k,
+            Err(e) => return error(format!("our node key: {e}")),
+        };
+        let ids = {
+            let ms = self.share.members.lock().unwrap();
+            crate::mesh::rekey::resolve(&ms, remove)
+        };
+        let ids = match ids {
+            Ok(i) => i,
+            Err(e) => return error(e.to_string()),
+        };
+        let (serial, told) =
+            crate::mesh::rekey::roll(&self.share.key, &self.share.members, &node, &ids).await;
+        // Stored before we answer (the key ring's follower stores it too, a moment later).
+        if let Err(e) = crate::mesh::rekey::save(&self.sys, &self.share.key) {
+            return error(format!(
+                "the new key is in use but could not be stored: {e}"
+            ));
+        }
+        Reply::Rekeyed { serial, told }
     }
 
     /// A rating of a provider the user names as for `join` (`node:port`, node name, id).
@@ -1020,6 +1113,56 @@ mod tests {
             r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":3,"comment":"a\nb"}"#,
             r#"{"op":"rate","kind":"syncthing","provider":"n2","stars":3,"rater":"x"}"#,
             long.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    Request::parse_line(bad.as_bytes()),
+                    Err(Reply::Error { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn approve_requests_are_bounded_and_checked() {
+        let ok = r#"{"op":"approve","fingerprints":["abcd-efgh-ijkl-mnop","ABCDEFGHIJKLMNOP"]}"#;
+        assert!(Request::parse_line(ok.as_bytes()).is_ok());
+        assert!(Request::parse_line(br#"{"op":"pending"}"#).is_ok());
+        let many = format!(
+            r#"{{"op":"approve","fingerprints":[{}]}}"#,
+            vec!["\"ABCD-EFGH-IJKL-MNOP\""; 65].join(",")
+        );
+        for bad in [
+            r#"{"op":"approve","fingerprints":[]}"#.to_string(),
+            r#"{"op":"approve","fingerprints":["ABCD-EFGH-IJKL-MNO1"]}"#.to_string(),
+            r#"{"op":"approve","fingerprints":["ABCD-EFGH-IJKL-MNOP"],"key":"x"}"#.to_string(),
+            r#"{"op":"pending","x":1}"#.to_string(),
+            many,
+        ] {
+            match Request::parse_line(bad.as_bytes()) {
+                Err(Reply::Error { message }) => assert!(!message.is_empty()),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rekey_requests_are_checked() {
+        for ok in [
+            r#"{"op":"rekey"}"#,
+            r#"{"op":"rekey","remove":["n3","0123456789abcdef0123456789abcdef"]}"#,
+        ] {
+            assert!(Request::parse_line(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        let many = format!(
+            r#"{{"op":"rekey","remove":[{}]}}"#,
+            vec!["\"n3\""; 65].join(",")
+        );
+        for bad in [
+            r#"{"op":"rekey","remove":["not a name!"]}"#.to_string(),
+            r#"{"op":"rekey","key":"mine"}"#.to_string(),
+            many,
         ] {
             assert!(
                 matches!(

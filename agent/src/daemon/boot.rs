@@ -128,6 +128,30 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     };
     let (Some((community, key)), Some(mesh)) = (community, mesh) else {
         services_need_a_community(seed)?;
+        // A community's name with neither key nor invitation: pending until a member approves
+        // this node (`catalog::pending`), then a member like any other.
+        if let Some(c) = seed
+            .community
+            .as_ref()
+            .filter(|c| c.key.is_none() && c.invite.is_none())
+        {
+            use crate::catalog::pending::{wait_for_approval, Waiting};
+            let waiting = Waiting {
+                community: &c.name,
+                node_id: &me.node_id,
+                name: &me.name,
+                address: primary.as_ref().and_then(|p| p.address),
+                exchange_port: seed.exchange_port(),
+                https_port: seed.dashboard_https_port(),
+            };
+            let approved = wait_for_approval(sys, waiting).await?;
+            let mut c = c.clone();
+            c.peers.extend(approved.grant.peers);
+            let key = approved.grant.key;
+            let first = start_mesh(sys, opts, seed, &c, &key, &me, primary.as_ref()).await;
+            let primary = primary.as_ref();
+            return member(sys, opts, seed, &c, &key, &me, primary, first, said, None).await;
+        }
         if seed.community.is_none() {
             // No community named anywhere: setup mode, until the dashboard creates or joins
             // one; then the node starts in it as if it had booted so.

@@ -27,6 +27,7 @@ mod invite;
 mod login_tests;
 pub mod map;
 mod node;
+mod pending;
 pub mod proxy;
 pub mod redirect;
 mod setup;
@@ -74,6 +75,9 @@ pub fn router(web: Shared) -> Router {
         .route("/setup/name", post(setup::name_form))
         .route("/setup/create", post(setup::create_form))
         .route("/setup/join", post(setup::join_form))
+        .route("/pending", get(pending::pending_page))
+        .route("/pending/approve", post(pending::approve_form))
+        .route("/rekey", post(pending::rekey_form))
         .route("/community", get(community::community_page))
         .route("/community/node", get(community::node_info_page))
         .route("/api/community", get(community::api_community))

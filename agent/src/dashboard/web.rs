@@ -77,6 +77,11 @@ pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response
         tabs.push("on");
     }
     tabs.push("\">Invite</a>");
+    tabs.push("<a href=\"/pending\" class=\"");
+    if active == "/pending" {
+        tabs.push("on");
+    }
+    tabs.push("\">Pending</a>");
     let doc = render(
         html::LAYOUT,
         &[

@@ -42,6 +42,15 @@
 //! - `ask`: a member asks to use one of our services (`A`/`B`), e.g. Syncthing: add my device.
 //!   The request is `SIG_C` then a `ServiceAsk`: its `node_id` member's pinned node key must
 //!   have signed it (over NC NS XC XS and the ask), so no member asks in another's name.
+//! - `rekey`: a member hands over a new community key (`E`/`F`): `SIG_C` then a `Rekey` (key,
+//!   serial, removed members) signed by the pinned key of the member it names; adopted if
+//!   newer (`mesh::rekey`).
+//! - `newkey`: a member asks for the current key (`L`/`M`): `SIG_C` then its node id; answered
+//!   with a `Rekey` only to a member whose node key we pin and have not removed.
+//!
+//! The key is a shared ring (`CommunityKey`): the current key opens every request; a replaced
+//! one opens only the signed kinds (`ask` and `rekey` for `overlap()` after the switch,
+//! `newkey` always), never a list swap, so holding an old key never makes a node a member.
 //!
 //! Protocol 2 (the same handshake, bodies in clear under MACs) is refused with an error that
 //! says to update: a member that cannot sign its record cannot be told apart from a forger.
@@ -108,42 +117,39 @@ pub enum ExchangeError {
     Refused(String),
 }
 
+/// One community key as the protocol uses it: K = HMAC-SHA256(key, "cloudy join v1" +
+/// community name), from which every purpose derives its own subkey.
 #[derive(Clone)]
-pub struct CommunityKey([u8; 32]);
+struct Secret([u8; 32]);
 
-impl CommunityKey {
-    pub fn derive(community: &str, key: &str) -> Self {
+impl Secret {
+    fn derive(community: &str, key: &str) -> Self {
         let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
         m.update(b"cloudy join v1");
         m.update(community.as_bytes());
-        CommunityKey(m.finalize().into_bytes().into())
+        Secret(m.finalize().into_bytes().into())
     }
 
-    /// Marks our community's mDNS records; a one-way value, so it tells nothing of the key.
-    pub fn tag(&self) -> String {
+    fn tag(&self) -> String {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         m.update(b"mdns tag");
         hex(&m.finalize().into_bytes()[..8])
     }
 
-    /// A key for one purpose, derived from the community key; `label` names the purpose, so
-    /// no two uses share a key.
-    pub fn subkey(&self, label: &[u8]) -> [u8; 32] {
+    fn subkey(&self, label: &[u8]) -> [u8; 32] {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         m.update(b"subkey|");
         m.update(label);
         m.finalize().into_bytes().into()
     }
 
-    /// Serf's gossip key (32 bytes, base64): only community members can take part.
-    pub fn serf_key(&self) -> String {
+    fn serf_key(&self) -> String {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         m.update(b"serf gossip");
         base64(&m.finalize().into_bytes())
     }
 
-    /// Token for Serf's local RPC, so other local users cannot steer it.
-    pub fn serf_rpc_auth(&self) -> String {
+    fn serf_rpc_auth(&self) -> String {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("32-byte key");
         m.update(b"serf rpc");
         hex(&m.finalize().into_bytes()[..16])
@@ -174,6 +180,207 @@ impl CommunityKey {
         };
         // verify_slice compares in constant time.
         self.mac(role, nc, ns, body).verify_slice(&tag).is_ok()
+    }
+}
+
+/// One generation of the community key: the key as a seed holds it and its rekey serial (0 for
+/// the key a seed or an invitation gave; each rekey counts up).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generation {
+    pub key: String,
+    pub serial: u64,
+    /// When it was replaced (unix seconds); 0 for the current one.
+    #[serde(default)]
+    pub retired: u64,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Generation({}, key ..)", self.serial)
+    }
+}
+
+impl Generation {
+    /// Which of two generations wins: the higher serial, and between two rekeys made at once
+    /// (one serial, two keys) the one whose key hashes higher, so every member picks the same.
+    pub fn newer_than(&self, o: &Generation) -> bool {
+        use sha2::Digest;
+        (self.serial, Sha256::digest(self.key.as_bytes()).as_slice())
+            > (o.serial, Sha256::digest(o.key.as_bytes()).as_slice())
+    }
+}
+
+/// Old generations kept, newest first: a member away through this many rekeys still gets the
+/// current key from anyone who pins it.
+pub const MAX_OLD_KEYS: usize = 4;
+
+/// How long after a rekey the old key still opens every request (members in flight, members
+/// that have not been told yet); after it, only a pinned member's `newkey` request.
+pub fn overlap() -> Duration {
+    std::env::var("CLOUDY_REKEY_OVERLAP_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(120))
+}
+
+struct Ring {
+    community: String,
+    current: (Generation, Secret),
+    /// Newest first, at most `MAX_OLD_KEYS`.
+    old: Vec<(Generation, Secret)>,
+    /// Serf's RPC token, from the key Serf started with: it keeps it for its lifetime.
+    serf_rpc: String,
+}
+
+/// The community key every task of a node shares: clones see one ring, so a rekey switches
+/// the exchange, the mDNS MAC and tag and Serf's gossip key for all of them at once, with the
+/// replaced keys kept for the overlap (and for members that come back).
+#[derive(Clone)]
+pub struct CommunityKey {
+    ring: std::sync::Arc<std::sync::RwLock<Ring>>,
+    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl CommunityKey {
+    pub fn derive(community: &str, key: &str) -> Self {
+        Self::with_history(
+            community,
+            Generation {
+                key: key.into(),
+                serial: 0,
+                retired: 0,
+            },
+            Vec::new(),
+        )
+    }
+
+    /// The current generation and the old ones (newest first) as stored.
+    pub fn with_history(community: &str, current: Generation, old: Vec<Generation>) -> Self {
+        let secret = Secret::derive(community, &current.key);
+        let ring = Ring {
+            community: community.into(),
+            serf_rpc: secret.serf_rpc_auth(),
+            current: (current, secret),
+            old: old
+                .into_iter()
+                .take(MAX_OLD_KEYS)
+                .map(|g| {
+                    let s = Secret::derive(community, &g.key);
+                    (g, s)
+                })
+                .collect(),
+        };
+        let serial = ring.current.0.serial;
+        CommunityKey {
+            ring: std::sync::Arc::new(std::sync::RwLock::new(ring)),
+            changed: std::sync::Arc::new(tokio::sync::watch::channel(serial).0),
+        }
+    }
+
+    fn secret(&self) -> Secret {
+        self.ring.read().unwrap().current.1.clone()
+    }
+
+    /// The keys a peer's proof may be under: the current one, the old ones within the overlap
+    /// (or all old ones kept, for a `newkey` request, which is answered only to pinned members).
+    fn accepting(&self, all_old: bool) -> Vec<(Secret, bool)> {
+        let r = self.ring.read().unwrap();
+        let now = crate::mesh::members::now_secs();
+        let overlap = overlap().as_secs();
+        std::iter::once((r.current.1.clone(), true))
+            .chain(
+                r.old
+                    .iter()
+                    .filter(|(g, _)| all_old || now < g.retired.saturating_add(overlap))
+                    .map(|(_, s)| (s.clone(), false)),
+            )
+            .collect()
+    }
+
+    pub fn community(&self) -> String {
+        self.ring.read().unwrap().community.clone()
+    }
+
+    /// The current generation (key and serial).
+    pub fn current(&self) -> Generation {
+        self.ring.read().unwrap().current.0.clone()
+    }
+
+    /// The old generations kept, newest first.
+    pub fn old(&self) -> Vec<Generation> {
+        self.ring
+            .read()
+            .unwrap()
+            .old
+            .iter()
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
+    /// Switches to `next` if it is newer than the current generation (which becomes the newest
+    /// old one); true if it did. Everything derived from the key follows at once; watchers
+    /// (`subscribe`) persist it and tell Serf.
+    pub fn adopt(&self, next: Generation) -> bool {
+        let mut r = self.ring.write().unwrap();
+        if !next.newer_than(&r.current.0) {
+            return false;
+        }
+        let secret = Secret::derive(&r.community, &next.key);
+        let mut old = std::mem::replace(&mut r.current, (next, secret));
+        old.0.retired = crate::mesh::members::now_secs();
+        r.old.insert(0, old);
+        r.old.truncate(MAX_OLD_KEYS);
+        let serial = r.current.0.serial;
+        drop(r);
+        self.changed.send_replace(serial);
+        true
+    }
+
+    /// Told the serial each time the key changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Marks our community's mDNS records; a one-way value, so it tells nothing of the key.
+    pub fn tag(&self) -> String {
+        self.secret().tag()
+    }
+
+    /// A key for one purpose, derived from the current community key; `label` names the
+    /// purpose, so no two uses share a key.
+    pub fn subkey(&self, label: &[u8]) -> [u8; 32] {
+        self.secret().subkey(label)
+    }
+
+    /// The subkeys for `label` a peer's value may be under: the current key's, then those of
+    /// old keys within the overlap.
+    pub fn subkeys_accepted(&self, label: &[u8]) -> Vec<[u8; 32]> {
+        self.accepting(false)
+            .into_iter()
+            .map(|(s, _)| s.subkey(label))
+            .collect()
+    }
+
+    /// Serf's gossip key (32 bytes, base64): only community members can take part.
+    pub fn serf_key(&self) -> String {
+        self.secret().serf_key()
+    }
+
+    /// The gossip keys of the old generations within the overlap (Serf keeps them installed).
+    pub fn serf_keys_old(&self) -> Vec<String> {
+        self.accepting(false)
+            .into_iter()
+            .filter(|(_, cur)| !cur)
+            .map(|(s, _)| s.serf_key())
+            .collect()
+    }
+
+    /// Token for Serf's local RPC, so other local users cannot steer it; from the key Serf
+    /// started with (it keeps it while it runs).
+    pub fn serf_rpc_auth(&self) -> String {
+        self.ring.read().unwrap().serf_rpc.clone()
     }
 }
 
@@ -238,6 +445,12 @@ const REDEEM_ANSWER: u8 = b'J';
 /// A redeem answer: the community's name and key, sealed; ~300 bytes in hex.
 const MAX_REDEEM_LINE: usize = 2048;
 const WANT_INFO: &str = "info";
+/// A member hands the community's new key to another (`rekey`; role bytes `E`/`F`).
+const WANT_REKEY: &str = "rekey";
+/// A member asks for the current key, its proof maybe under a replaced one (`newkey`; `L`/`M`).
+const WANT_NEWKEY: &str = "newkey";
+/// A rekey message: a key (at most 1024 bytes), a serial, removed node ids (32 hex each).
+const MAX_REKEY: usize = 1024 + 40 * MAX_MEMBERS + 256;
 /// A service request or answer is a few typed fields.
 const MAX_ASK: usize = 4096;
 
@@ -318,7 +531,7 @@ impl Transcript {
     /// the peer's ephemeral key made a secret that is not one (a low-order point).
     fn keys(
         &self,
-        key: &CommunityKey,
+        key: &Secret,
         ours: &x25519_dalek::StaticSecret,
         theirs: &x25519_dalek::PublicKey,
     ) -> Option<SessionKeys> {
@@ -528,6 +741,8 @@ pub async fn request_raw<S: AsyncRead + AsyncWrite>(
         Some(WANT_RATINGS) => (b'G', b'H'),
         Some(WANT_INFO) => (b'N', b'O'),
         Some(WANT_ASK) => (b'A', b'B'),
+        Some(WANT_REKEY) => (b'E', b'F'),
+        Some(WANT_NEWKEY) => (b'L', b'M'),
         Some(_) => (b'?', b'!'),
     };
     tokio::time::timeout(TIMEOUT, request_over(stream, key, want, roles, body, sign))
@@ -570,8 +785,9 @@ async fn request_over<S: AsyncRead + AsyncWrite>(
         xc,
         xs: ch.eph,
     };
+    let key = key.secret();
     let keys = t
-        .keys(key, &eph, &theirs)
+        .keys(&key, &eph, &theirs)
         .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
     let proof = Proof {
         v: PROTOCOL,
@@ -840,6 +1056,8 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
                 Some(WANT_SCORES) => ((b'P', b'V'), 0),
                 Some(WANT_RATINGS) => ((b'G', b'H'), 0),
                 Some(WANT_INFO) => ((b'N', b'O'), 0),
+                Some(WANT_REKEY) => ((b'E', b'F'), 128 + MAX_REKEY),
+                Some(WANT_NEWKEY) => ((b'L', b'M'), 128 + 128),
                 Some(_) => return Err(ExchangeError::Malformed("unknown request".into())),
             };
             let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
@@ -857,13 +1075,23 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
             .await?;
             let proof: Proof = c.recv(MAX_PREAUTH).await?;
             let want = hello.want.as_deref().unwrap_or("");
-            if proof.v != PROTOCOL
-                || !key.verify(PROOF, &t.nc, &t.ns, &t.proof_body(want), &proof.proof)
-            {
+            // The current key opens every request. A replaced one opens only requests a
+            // pinned member signs (checked below): `ask` and `rekey` within the overlap, so a
+            // member in the middle of a switch is not cut, and `newkey` always, so one that
+            // was away catches up. An unsigned request (a list swap, a fetch) under an old key
+            // could come from anyone who ever held it, and a list swap would make it a member.
+            let signed = matches!(want, WANT_ASK | WANT_REKEY | WANT_NEWKEY);
+            let Some((secret, _)) = key
+                .accepting(want == WANT_NEWKEY)
+                .into_iter()
+                .filter(|(_, current)| *current || signed)
+                .find(|(k, _)| k.verify(PROOF, &t.nc, &t.ns, &t.proof_body(want), &proof.proof))
+                .filter(|_| proof.v == PROTOCOL)
+            else {
                 return Err(ExchangeError::BadMac);
-            }
+            };
             let keys = t
-                .keys(key, &eph, &theirs)
+                .keys(&secret, &eph, &theirs)
                 .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
             Ok((hello, t, keys, roles, max))
         })
@@ -899,6 +1127,35 @@ pub async fn serve_node<S: AsyncRead + AsyncWrite>(
                 serde_json::to_string(&services()).expect("records serialise"),
                 0,
             ),
+            Some(WANT_REKEY) => {
+                let (from, msg) = signed_rekey(&t, &req, local.members)?;
+                let error = take_rekey(key, local.members, &from, msg).err();
+                if let Some(e) = &error {
+                    tracing::warn!("rekey from {from}: {e}");
+                }
+                let a = ServiceAnswer {
+                    error,
+                    fields: Default::default(),
+                };
+                (serde_json::to_string(&a).expect("answers serialise"), 0)
+            }
+            Some(WANT_NEWKEY) => {
+                let from = signed_newkey(&t, &req, local.members)?;
+                let g = key.current();
+                let ms = local.members.lock().unwrap();
+                tracing::info!(
+                    "{from} asks for the community key (we hold serial {})",
+                    g.serial
+                );
+                let msg = Rekey {
+                    from: ms.me.clone(),
+                    community: key.community(),
+                    key: g.key,
+                    serial: g.serial,
+                    removed: ms.removed.iter().cloned().collect(),
+                };
+                (serde_json::to_string(&msg).expect("serialises"), 0)
+            }
             Some(WANT_RATINGS) => ((published.ratings)(), 0),
             Some(WANT_INFO) => ((published.info)(), 0),
             _ => (scores(), 0),
@@ -1009,7 +1266,7 @@ async fn redeem_serve<S: AsyncRead + AsyncWrite>(
         c.send(&refuse(Refusal::Unknown)).await?;
         return Err(ExchangeError::Refused(Refusal::Unknown.to_string()));
     };
-    let key = CommunityKey(hash);
+    let key = Secret(hash);
     let eph = x25519_dalek::StaticSecret::from(random_bytes::<32>());
     let t = Transcript {
         nc: hello.hello.clone(),
@@ -1133,7 +1390,7 @@ pub async fn redeem_over<S: AsyncRead + AsyncWrite>(
         return Err(ExchangeError::Malformed("bad challenge".into()));
     };
     let t = Transcript { nc, ns, xc, xs };
-    let key = CommunityKey(token.hash());
+    let key = Secret(token.hash());
     let keys = t
         .keys(&key, &eph, &theirs)
         .ok_or_else(|| ExchangeError::Malformed("bad ephemeral key".into()))?;
@@ -1163,6 +1420,205 @@ pub async fn redeem_over<S: AsyncRead + AsyncWrite>(
         return Err(ExchangeError::Malformed("community key too short".into()));
     }
     Ok(got)
+}
+
+/// A new community key, as one member hands it to another (`rekey`) or answers a member that
+/// asks for it (`newkey`): the key, its serial, the node ids removed from the member list
+/// (they are not sent the key and are refused from now on), and who says so.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rekey {
+    pub from: String,
+    pub community: String,
+    pub key: String,
+    pub serial: u64,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+impl std::fmt::Debug for Rekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Rekey({} serial {} from {}, key .., removed {:?})",
+            self.community, self.serial, self.from, self.removed
+        )
+    }
+}
+
+impl Rekey {
+    /// Strict: a usable key, node ids in form, bounded.
+    pub fn check(&self, community: &str) -> Result<(), String> {
+        if self.community != community {
+            return Err(format!(
+                "a key for community {:?}, not ours",
+                self.community
+            ));
+        }
+        if self.key.chars().count() < cloudy_model::seed::MIN_COMMUNITY_KEY
+            || self.key.len() > 1024
+            || self.key.chars().any(char::is_control)
+        {
+            return Err("not a usable community key".into());
+        }
+        if !identity::is_node_id(&self.from)
+            || self.removed.len() > MAX_MEMBERS
+            || !self.removed.iter().all(|r| identity::is_node_id(r))
+        {
+            return Err("malformed node ids".into());
+        }
+        Ok(())
+    }
+
+    pub fn generation(&self) -> Generation {
+        Generation {
+            key: self.key.clone(),
+            serial: self.serial,
+            retired: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewkeyAsk {
+    from: String,
+}
+
+/// The request's signature prefix and body, the body signed in this session by the node key
+/// pinned for the member `id_of` names, that member not removed; else an error.
+fn signed_by_member<'a>(
+    t: &Transcript,
+    req: &'a [u8],
+    max: usize,
+    members: &Mutex<Members>,
+    id_of: impl FnOnce(&[u8]) -> Result<String, ExchangeError>,
+) -> Result<(String, &'a [u8]), ExchangeError> {
+    if req.len() < 128 || req.len() > 128 + max {
+        return Err(ExchangeError::TooLong);
+    }
+    let (sig, body) = req.split_at(128);
+    let id = id_of(body)?;
+    let ms = members.lock().unwrap();
+    if ms.removed.contains(&id) {
+        return Err(ExchangeError::Refused(format!(
+            "{id} was removed from the member list"
+        )));
+    }
+    let pinned = ms
+        .members
+        .get(&id)
+        .map(|m| m.signkey.clone())
+        .unwrap_or_default();
+    let sig = String::from_utf8_lossy(sig);
+    if id == ms.me || !identity::signature_ok(&pinned, &t.ask_msg(body), &sig) {
+        return Err(ExchangeError::WrongSigner(id));
+    }
+    Ok((id, body))
+}
+
+fn signed_rekey(
+    t: &Transcript,
+    req: &[u8],
+    members: &Mutex<Members>,
+) -> Result<(String, Rekey), ExchangeError> {
+    let mut msg = None;
+    let (from, _) = signed_by_member(t, req, MAX_REKEY, members, |b| {
+        let m: Rekey =
+            serde_json::from_slice(b).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        let from = m.from.clone();
+        msg = Some(m);
+        Ok(from)
+    })?;
+    Ok((from, msg.expect("parsed above")))
+}
+
+fn signed_newkey(
+    t: &Transcript,
+    req: &[u8],
+    members: &Mutex<Members>,
+) -> Result<String, ExchangeError> {
+    signed_by_member(t, req, 128, members, |b| {
+        let a: NewkeyAsk =
+            serde_json::from_slice(b).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        Ok(a.from)
+    })
+    .map(|(id, _)| id)
+}
+
+/// A member's rekey, checked: the removed leave our list, and the key is adopted if newer.
+fn take_rekey(
+    key: &CommunityKey,
+    members: &Mutex<Members>,
+    from: &str,
+    msg: Rekey,
+) -> Result<(), String> {
+    msg.check(&key.community())?;
+    {
+        let mut ms = members.lock().unwrap();
+        let removed: Vec<String> = msg
+            .removed
+            .iter()
+            .filter(|r| **r != ms.me)
+            .cloned()
+            .collect();
+        ms.remove(&removed);
+    }
+    if key.adopt(msg.generation()) {
+        tracing::info!(
+            "community key replaced (serial {}), from {from}",
+            msg.serial
+        );
+    }
+    Ok(())
+}
+
+/// Client side of a rekey: hands `msg` (the new key) to member `to`, under the key we hold
+/// now and signed by our node key; its answer signed by `to`'s pinned key.
+pub async fn send_rekey(
+    addr: SocketAddr,
+    key: &CommunityKey,
+    node: &NodeKey,
+    to: &Member,
+    msg: &Rekey,
+) -> Result<(), ExchangeError> {
+    let body = serde_json::to_vec(msg).expect("serialises");
+    let a = request(addr, key, Some(WANT_REKEY), (b'E', b'F'), body, Some(node)).await?;
+    answered_by(&a, to)?;
+    if a.body.len() > MAX_ASK {
+        return Err(ExchangeError::TooLong);
+    }
+    let a: ServiceAnswer =
+        serde_json::from_slice(&a.body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    match a.error {
+        Some(e) => Err(ExchangeError::Refused(e)),
+        None => Ok(()),
+    }
+}
+
+/// Client side of a newkey request: member `from`'s current key, asked as member `me` under
+/// the key we hold (maybe a replaced one), its answer signed by `from`'s pinned key.
+pub async fn fetch_newkey(
+    addr: SocketAddr,
+    key: &CommunityKey,
+    node: &NodeKey,
+    me: &str,
+    from: &Member,
+) -> Result<Rekey, ExchangeError> {
+    let body = serde_json::to_vec(&NewkeyAsk { from: me.into() }).expect("serialises");
+    let a = request(addr, key, Some(WANT_NEWKEY), (b'L', b'M'), body, Some(node)).await?;
+    answered_by(&a, from)?;
+    if a.body.len() > MAX_REKEY {
+        return Err(ExchangeError::TooLong);
+    }
+    let msg: Rekey =
+        serde_json::from_slice(&a.body).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    msg.check(&key.community())
+        .map_err(ExchangeError::Malformed)?;
+    if msg.from != from.id {
+        return Err(ExchangeError::WrongSigner(from.id.clone()));
+    }
+    Ok(msg)
 }
 
 /// An ask, taken only when the node key pinned for its `node_id` signed it in this session.
@@ -1944,7 +2400,7 @@ mod tests {
             xc,
             xs: ch.eph.unwrap(),
         };
-        let key = CommunityKey(wrong.hash());
+        let key = Secret(wrong.hash());
         c.send(&RedeemLine {
             v: PROTOCOL,
             proof: Some(key.sign(PROOF, &tr.nc, &tr.ns, &tr.proof_body(&redeem_want(&t.id())))),
@@ -2007,5 +2463,225 @@ mod tests {
             matches!(r, Err(ExchangeError::Refused(ref m)) if m.contains("too many")),
             "{r:?}"
         );
+    }
+
+    /// One connection served by `b` (members a and b, plus c when `with_c`), under `key`; `a`
+    /// removed first when `a_removed`.
+    async fn serve_rekeyed(
+        key: CommunityKey,
+        a_removed: bool,
+    ) -> (
+        SocketAddr,
+        tokio::task::JoinHandle<Result<usize, ExchangeError>>,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let srv = srv();
+            if a_removed {
+                srv.members.lock().unwrap().remove(&["a".repeat(32)]);
+            }
+            serve(
+                s,
+                srv.local(&key),
+                |_| vec![member('b', "server")],
+                Vec::new,
+                |_| Err("no".into()),
+            )
+            .await
+        });
+        (addr, h)
+    }
+
+    fn rekey_msg(from: char, serial: u64) -> Rekey {
+        Rekey {
+            from: from.to_string().repeat(32),
+            community: "c".into(),
+            key: format!("the community key number {serial}"),
+            serial,
+            removed: Vec::new(),
+        }
+    }
+
+    const OLD: &str = "0123456789abcdef";
+
+    /// A key replaced long ago (past any overlap), and the new one current.
+    fn rekeyed_long_ago() -> CommunityKey {
+        CommunityKey::with_history(
+            "c",
+            rekey_msg('a', 1).generation(),
+            vec![Generation {
+                key: OLD.into(),
+                serial: 0,
+                retired: 1,
+            }],
+        )
+    }
+
+    /// A pinned member's rekey switches the server's key (every clone of it); a rekey signed
+    /// by a key that is not the named member's is refused and changes nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_members_rekey_switches_the_key_and_a_forged_one_does_not() {
+        let k = CommunityKey::derive("c", OLD);
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        // 'c' signs a message naming 'a': refused.
+        let forged = send_rekey(
+            addr,
+            &k,
+            &key_of('c'),
+            &member('b', "s"),
+            &rekey_msg('a', 1),
+        )
+        .await;
+        assert!(forged.is_err());
+        assert!(matches!(
+            h.await.unwrap(),
+            Err(ExchangeError::WrongSigner(_))
+        ));
+        assert_eq!(k.current().serial, 0);
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        send_rekey(
+            addr,
+            &k,
+            &key_of('a'),
+            &member('b', "s"),
+            &rekey_msg('a', 1),
+        )
+        .await
+        .unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(k.current().serial, 1);
+        assert_eq!(k.old()[0].key, OLD);
+        // Within the overlap a member still on the old key may hand over a rekey (signed),
+        // but nobody swaps lists under it: at first a list swap under the old key during the
+        // overlap made its holder, member or not, a member for good.
+        let behind = CommunityKey::derive("c", OLD);
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        assert!(exchange(addr, &behind, &[member('a', "client")])
+            .await
+            .is_err());
+        assert!(matches!(h.await.unwrap(), Err(ExchangeError::BadMac)));
+        let (addr, h) = serve_rekeyed(k.clone(), false).await;
+        send_rekey(
+            addr,
+            &behind,
+            &key_of('a'),
+            &member('b', "s"),
+            &rekey_msg('a', 1),
+        )
+        .await
+        .unwrap();
+        h.await.unwrap().unwrap();
+    }
+
+    /// Past the overlap, the old key opens nothing but a pinned member's `newkey` request,
+    /// which gets the current key; a node that only holds the old key and is no member, or
+    /// was removed, is refused. (Before rekeys, any holder of the key was a member for good.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_the_overlap_the_old_key_only_fetches_the_new_one_for_members() {
+        let old = CommunityKey::derive("c", OLD);
+        let (addr, h) = serve_rekeyed(rekeyed_long_ago(), false).await;
+        assert!(exchange(addr, &old, &[member('a', "client")])
+            .await
+            .is_err());
+        assert!(matches!(h.await.unwrap(), Err(ExchangeError::BadMac)));
+
+        let (addr, h) = serve_rekeyed(rekeyed_long_ago(), false).await;
+        let got = fetch_newkey(addr, &old, &key_of('a'), &"a".repeat(32), &member('b', "s"))
+            .await
+            .unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(
+            (got.serial, got.key.as_str()),
+            (1, "the community key number 1")
+        );
+        assert!(old.adopt(got.generation()));
+
+        // A stranger with the old key, in its own name or in a member's.
+        for (signer, as_id) in [('c', 'c'), ('c', 'a')] {
+            let (addr, h) = serve_rekeyed(rekeyed_long_ago(), false).await;
+            let stale = CommunityKey::derive("c", OLD);
+            let r = fetch_newkey(
+                addr,
+                &stale,
+                &key_of(signer),
+                &as_id.to_string().repeat(32),
+                &member('b', "s"),
+            )
+            .await;
+            assert!(r.is_err());
+            assert!(matches!(
+                h.await.unwrap(),
+                Err(ExchangeError::WrongSigner(_))
+            ));
+        }
+        // A removed member.
+        let (addr, h) = serve_rekeyed(rekeyed_long_ago(), true).await;
+        let stale = CommunityKey::derive("c", OLD);
+        let r = fetch_newkey(
+            addr,
+            &stale,
+            &key_of('a'),
+            &"a".repeat(32),
+            &member('b', "s"),
+        )
+        .await;
+        assert!(r.is_err());
+        assert!(matches!(h.await.unwrap(), Err(ExchangeError::Refused(_))));
+    }
+
+    #[test]
+    fn rekey_messages_are_checked_and_generations_ordered() {
+        let ok = rekey_msg('a', 2);
+        assert!(ok.check("c").is_ok());
+        assert!(ok.check("d").is_err());
+        for bad in [
+            Rekey {
+                key: "short".into(),
+                ..ok.clone()
+            },
+            Rekey {
+                key: "x".repeat(1025),
+                ..ok.clone()
+            },
+            Rekey {
+                key: format!("{}\n", "k".repeat(20)),
+                ..ok.clone()
+            },
+            Rekey {
+                from: "a".into(),
+                ..ok.clone()
+            },
+            Rekey {
+                removed: vec!["zz".into()],
+                ..ok.clone()
+            },
+            Rekey {
+                removed: vec!["a".repeat(32); MAX_MEMBERS + 1],
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.check("c").is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<Rekey>(
+            r#"{"from":"x","community":"c","key":"k","serial":1,"extra":1}"#
+        )
+        .is_err());
+        let k = CommunityKey::derive("c", OLD);
+        assert!(
+            !k.adopt(Generation {
+                key: "an older one of length".into(),
+                serial: 0,
+                retired: 0
+            }) || k.current().serial == 0
+        );
+        assert!(k.adopt(rekey_msg('a', 3).generation()));
+        assert!(!k.adopt(rekey_msg('a', 2).generation()), "never back");
+        assert!(!k.adopt(rekey_msg('a', 3).generation()), "the same again");
+        for i in 4..12 {
+            k.adopt(rekey_msg('a', i).generation());
+        }
+        assert_eq!(k.old().len(), MAX_OLD_KEYS);
     }
 }

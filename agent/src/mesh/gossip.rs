@@ -12,6 +12,7 @@ use super::candidates::{Offered, DIALS_PER_ROUND, DIAL_TIMEOUT};
 use super::exchange;
 use super::lan::Lan;
 use super::members::{Member, Members};
+use super::rekey;
 use super::Mesh;
 use crate::os::identity;
 use crate::os::network::Net;
@@ -106,6 +107,8 @@ pub fn introduce(
 
 /// Brings tinc's files in line with the member list whenever it changes.
 pub async fn reconcile(mesh: Arc<Mesh>) {
+    // The community key follows rekeys for as long as the lists are kept.
+    tokio::spawn(follow_key(mesh.clone()));
     loop {
         mesh.changed.notified().await;
         let snapshot = {
@@ -346,4 +349,101 @@ fn next_round(
         round = round.min(ROUND_PENDING);
     }
     round
+}
+
+/// Keeps the node on the current key: stores every switch and moves the LAN tag and Serf with
+/// it, and asks one member after another for the key they hold (`rekey::PULL`).
+pub async fn follow_key(mesh: Arc<Mesh>) {
+    let mut changed = mesh.key.subscribe();
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(rekey::PULL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = changed.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                switched(&mesh).await;
+            }
+            _ = tick.tick() => {
+                next = pull(&mesh, next).await;
+            }
+        }
+    }
+}
+
+async fn switched(mesh: &Arc<Mesh>) {
+    if let Err(e) = rekey::save(&mesh.sys, &mesh.key) {
+        tracing::error!("storing the new community key: {e}");
+    }
+    let tag = mesh.key.tag();
+    if let Some(lan) = mesh.mdns.lock().unwrap().as_mut() {
+        if let Err(e) = lan.set_tag(&tag) {
+            tracing::warn!("republishing our exchange service: {e}");
+        }
+    }
+    mesh.changed.notify_one();
+    mesh.wake.notify_one();
+    let (auth, new) = (mesh.key.serf_rpc_auth(), mesh.key.serf_key());
+    let old = mesh.key.serf_keys_old();
+    let r = tokio::task::spawn_blocking(move || crate::mesh::serf::use_key(&auth, &new)).await;
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!("serf: gossip key switched");
+            let auth = mesh.key.serf_rpc_auth();
+            tokio::spawn(async move {
+                tokio::time::sleep(exchange::overlap()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    for k in old {
+                        if let Err(e) = crate::mesh::serf::remove_key(&auth, &k) {
+                            tracing::debug!("serf: removing the old gossip key: {e}");
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+        Ok(Err(e)) => tracing::warn!("serf: gossip key not switched: {e}"),
+        Err(e) => tracing::warn!("serf: {e}"),
+    }
+}
+
+/// Asks the `next`-th other member for its key; adopts it if newer. The index to ask next.
+async fn pull(mesh: &Arc<Mesh>, next: usize) -> usize {
+    let (me, others) = {
+        let ms = mesh.members.lock().unwrap();
+        (ms.me.clone(), ms.others().cloned().collect::<Vec<_>>())
+    };
+    if others.is_empty() {
+        return 0;
+    }
+    let m = &others[next % others.len()];
+    let addr = SocketAddr::new(m.address, m.exchange_port);
+    match exchange::fetch_newkey(addr, &mesh.key, &mesh.node_key, &me, m).await {
+        Ok(msg) => {
+            let g = msg.generation();
+            if g.newer_than(&mesh.key.current()) {
+                {
+                    let mut ms = mesh.members.lock().unwrap();
+                    let removed: Vec<String> = msg
+                        .removed
+                        .iter()
+                        .filter(|r| **r != ms.me)
+                        .cloned()
+                        .collect();
+                    ms.remove(&removed);
+                }
+                if mesh.key.adopt(g) {
+                    tracing::info!(
+                        "community key replaced while we were away (serial {}), from {}",
+                        msg.serial,
+                        m.name
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::debug!("asking {} for the community key: {e}", m.name),
+    }
+    next + 1
 }

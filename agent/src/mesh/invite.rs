@@ -345,7 +345,16 @@ impl Invites {
             return Err(Refusal::Unknown);
         }
         *list = next;
-        Ok((self.community.clone(), self.key.clone()))
+        // The stored key beside our file is the current one after a rekey; the one we were
+        // loaded with, before any.
+        let stored = std::fs::read_to_string(self.path.with_file_name("community.key"))
+            .ok()
+            .map(|k| k.trim_end_matches('\n').to_string())
+            .filter(|k| !k.is_empty());
+        Ok((
+            self.community.clone(),
+            stored.unwrap_or_else(|| self.key.clone()),
+        ))
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Lan {
     port: u16,
     props: Vec<(String, String)>,
     published: Option<String>,
+    /// Where we published last, to publish again under a new tag.
+    address: Option<IpAddr>,
+    /// Our community's tag, as the browse thread compares it (it changes with a rekey).
+    tag: Arc<std::sync::Mutex<String>>,
     /// How many join services with another community's tag were heard: a wrong key is
     /// otherwise silent (the nodes just never meet).
     pub foreign: Arc<AtomicUsize>,
@@ -51,8 +55,11 @@ impl Lan {
             port,
             props,
             published: None,
+            address: None,
+            tag: Arc::new(std::sync::Mutex::new(tag.to_string())),
             foreign: Arc::new(AtomicUsize::new(0)),
         };
+        let our_tag = lan.tag.clone();
         let foreign = lan.foreign.clone();
         if let Some(address) = address {
             lan.publish(address)?;
@@ -60,7 +67,7 @@ impl Lan {
         let daemon = &lan.daemon;
         let events = daemon.browse(SERVICE_TYPE)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (tag, me) = (tag.to_string(), node_id.to_string());
+        let me = node_id.to_string();
         // mdns-sd runs its own thread and hands events over a blocking channel.
         std::thread::Builder::new()
             .name("mdns-browse".into())
@@ -70,6 +77,7 @@ impl Lan {
                     let ServiceEvent::ServiceResolved(s) = ev else {
                         continue;
                     };
+                    let tag = our_tag.lock().unwrap().clone();
                     let other = s
                         .txt_properties
                         .get_property_val_str("c")
@@ -104,6 +112,7 @@ impl Lan {
 
     /// (Re)publishes our exchange service at `address`, withdrawing an earlier record.
     pub fn publish(&mut self, address: IpAddr) -> Result<(), DiscoveryError> {
+        self.address = Some(address);
         if let Some(old) = self.published.take() {
             let _ = self.daemon.unregister(&old);
         }
@@ -124,6 +133,23 @@ impl Lan {
         self.published = Some(info.get_fullname().to_string());
         self.daemon.register(info)?;
         Ok(())
+    }
+}
+
+impl Lan {
+    /// Our community's tag after a rekey: browsed services are compared with it, and our own
+    /// service is published again under it.
+    pub fn set_tag(&mut self, tag: &str) -> Result<(), DiscoveryError> {
+        *self.tag.lock().unwrap() = tag.to_string();
+        for (k, v) in self.props.iter_mut() {
+            if k == "c" {
+                *v = tag.to_string();
+            }
+        }
+        match self.address {
+            Some(a) => self.publish(a),
+            None => Ok(()),
+        }
     }
 }
 

@@ -246,6 +246,10 @@ pub struct Members {
     /// When we took our VPN address (0: before this was kept, i.e. long established).
     #[serde(default)]
     pub vpn_since: u64,
+    /// Node ids removed from the community by a rekey (`mesh::rekey`): their records are
+    /// refused, and they are neither sent nor given the new key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub removed: std::collections::BTreeSet<String>,
     /// Signs our own record whenever it changes; not stored here (it has its own 0600 file).
     #[serde(skip)]
     pub signer: Option<NodeKey>,
@@ -265,8 +269,21 @@ impl Members {
             members: BTreeMap::from([(id, me)]),
             first_seen: BTreeMap::new(),
             vpn_since: now_secs(),
+            removed: Default::default(),
             signer: None,
         }
+    }
+
+    /// Removes `ids` (never us) from the list for good: their records are refused from now on.
+    /// True if anything changed.
+    pub fn remove(&mut self, ids: &[String]) -> bool {
+        let mut changed = false;
+        for id in ids.iter().filter(|id| **id != self.me) {
+            changed |= self.members.remove(id).is_some();
+            self.first_seen.remove(id);
+            changed |= self.removed.insert(id.clone());
+        }
+        changed
     }
 
     /// A list whose own record is (re)signed with `key`, and kept signed on every change.
@@ -353,6 +370,9 @@ impl Members {
         for m in incoming {
             if m.id == self.me {
                 self.overtake(&m);
+                continue;
+            }
+            if self.removed.contains(&m.id) {
                 continue;
             }
             // Nothing newer under the same keys (what every round mostly brings): no need to

@@ -8,6 +8,8 @@ pub mod gossip;
 pub mod invite;
 pub mod lan;
 pub mod members;
+pub mod pending;
+pub mod rekey;
 pub mod serf;
 pub mod tinc;
 
@@ -100,7 +102,7 @@ impl Mesh {
         }
         Ok(Arc::new(Mesh {
             sys: sys.clone(),
-            key: CommunityKey::derive(s.community, s.key),
+            key: rekey::ring(sys, s.community, s.key),
             node_key,
             members: Arc::new(Mutex::new(members)),
             changed: Notify::new(),
@@ -206,6 +208,8 @@ fn load_members(sys: &System, node_id: &str) -> Option<Members> {
             let mut clean = Members::new(ms.members[node_id].clone());
             clean.first_seen = ms.first_seen;
             clean.vpn_since = ms.vpn_since;
+            // Before the merge: a removed member's record stays out.
+            clean.removed = ms.removed;
             clean.merge(ms.members.into_values().collect());
             let known: Vec<String> = clean.members.keys().cloned().collect();
             clean.first_seen.retain(|id, _| known.contains(id));

@@ -368,6 +368,19 @@ struct Members {
     members: Vec<WireMember>,
 }
 
+/// Installs `key` (base64) in Serf's keyring across the cluster and makes it the one Serf
+/// encrypts with (`serf keys -install`, `-use`): after a rekey.
+pub fn use_key(auth: &str, key: &str) -> Result<(), SerfError> {
+    let mut r = Rpc::connect(auth)?;
+    r.key_op("install-key", key)?;
+    r.key_op("use-key", key)
+}
+
+/// Removes an old gossip key from Serf's keyring across the cluster, once the overlap is over.
+pub fn remove_key(auth: &str, key: &str) -> Result<(), SerfError> {
+    Rpc::connect(auth)?.key_op("remove-key", key)
+}
+
 struct Rpc {
     s: TcpStream,
     seq: u64,
@@ -416,6 +429,18 @@ impl Rpc {
                 },
             });
         }
+        Ok(())
+    }
+
+    /// A keyring request; its answer's body (per-node messages and counts) is read and left.
+    fn key_op(&mut self, command: &str, key: &str) -> Result<(), SerfError> {
+        #[derive(Serialize)]
+        struct Key<'a> {
+            #[serde(rename = "Key")]
+            key: &'a str,
+        }
+        self.call(command, Some(&Key { key }))?;
+        let _: serde::de::IgnoredAny = rmp_serde::from_read(&mut self.s)?;
         Ok(())
     }
 

@@ -47,6 +47,36 @@ pub fn community_key(sys: &System, from_seed: Option<&str>) -> Result<Option<Str
     }
 }
 
+/// The community key's generations (current and replaced ones, JSON, `mesh::rekey`), 0600
+/// beside the key: what a rekey keeps for its overlap and for members that come back.
+pub const KEY_HISTORY_FILE: &str = "/var/lib/cloudy/community-keys.json";
+
+/// Replaces the stored community key after a rekey: the history (which still names the
+/// replaced key) first, then the key, each written atomically, so a crash between the two
+/// leaves a history that names both and the next start settles on its current one.
+pub fn replace_community_key(sys: &System, key: &str, history: &[u8]) -> Result<(), SecretError> {
+    let io = |path: &str| {
+        let path = sys.path(path).display().to_string();
+        move |source| SecretError::Io { path, source }
+    };
+    sys.write_atomic(KEY_HISTORY_FILE, history, 0o600)
+        .map_err(io(KEY_HISTORY_FILE))?;
+    sys.write_atomic(COMMUNITY_KEY_FILE, format!("{key}\n").as_bytes(), 0o600)
+        .map_err(io(COMMUNITY_KEY_FILE))
+}
+
+/// The stored key history, None when there is none (no rekey yet).
+pub fn key_history(sys: &System) -> Result<Option<Vec<u8>>, SecretError> {
+    match std::fs::read(sys.path(KEY_HISTORY_FILE)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SecretError::Io {
+            path: sys.path(KEY_HISTORY_FILE).display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Where a seed keeps its secrets: (table, key).
 pub const SEED_SECRETS: &[(&str, &str)] = &[
     ("community", "key"),
@@ -226,6 +256,30 @@ pub fn medium_warning(path: &Path, what: &str) -> String {
          (read-only?): delete it from the file by hand",
         path.display()
     )
+}
+
+#[cfg(test)]
+mod rekey_tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_key_is_stored_0600_with_its_history() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        community_key(&sys, Some("the first key of enough length")).unwrap();
+        assert_eq!(key_history(&sys).unwrap(), None);
+        replace_community_key(&sys, "the second key of enough length", b"{\"h\":1}").unwrap();
+        assert_eq!(
+            community_key(&sys, None).unwrap().as_deref(),
+            Some("the second key of enough length")
+        );
+        assert_eq!(key_history(&sys).unwrap().unwrap(), b"{\"h\":1}");
+        for f in [COMMUNITY_KEY_FILE, KEY_HISTORY_FILE] {
+            let mode = std::fs::metadata(sys.path(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -653,6 +653,11 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says) && err.contains("single-use invitation"), "{err}");
+            // The approval flow is named (issue 15): name only, then approve by fingerprint.
+            assert!(
+                err.contains("only `[community] name`") && err.contains("cloudy-agent approve"),
+                "{err}"
+            );
             assert!(!err.contains("0123456789abcdef0123") && !err.contains("AAAAAAAA"), "{err}");
             assert_eq!(fs::read(&img).unwrap(), b"not touched");
         }

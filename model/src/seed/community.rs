@@ -57,14 +57,14 @@ impl Community {
 }
 
 impl Community {
-    /// What is valid but probably not what the user meant: a `[community]` without a key
-    /// joins nothing (the node stays alone) unless an earlier seed's key is already kept on
-    /// the node. `seed check` and `customise` print these; the seed is still accepted.
+    /// What is valid but maybe not what the user meant: a `[community]` without a key or an
+    /// invitation joins only once a member approves the node (it waits as pending), unless an
+    /// earlier seed's key is already kept on the node. `seed check` and `customise` print these; the seed is still accepted.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.key.is_none() && self.invite.is_none() {
             w.push(format!(
-                "key `community.key`: [community] {:?} has no key, so a new node stays alone (no VPN, no peers); only a node that kept the key of an earlier seed joins; fix: add key = \"...\" with the community's shared key (at least {MIN_COMMUNITY_KEY} characters; a new community: `openssl rand -base64 24`)",
+                "key `community.key`: [community] {:?} has no key, so a new node does not join by itself: it waits as a pending node, showing its key's fingerprint on its console, until a member approves it (`cloudy-agent approve FINGERPRINT`); only a node that kept the key of an earlier seed joins at once; fix: to join without an approval add key = \"...\" with the community's shared key (at least {MIN_COMMUNITY_KEY} characters; a new community: `openssl rand -base64 24`) or an invitation (invite = \"...\")",
                 self.name
             ));
         }

@@ -705,7 +705,8 @@ mod tests {
         let w = s.warnings();
         assert_eq!(w.len(), 1);
         assert!(
-            w[0].contains("stays alone") && w[0].contains("fix:"),
+            // Issue 15: no longer "stays alone"; it waits for a member's approval.
+            w[0].contains("waits as a pending node") && w[0].contains("fix:"),
             "{w:?}"
         );
         let s = Seed::parse(
