@@ -33,6 +33,8 @@ struct Identity {
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
     let loaded = sys.load_seed();
+    // Before anything reads or writes /var/lib/cloudy: a live node's data disk goes over it.
+    crate::os::storage::settle(sys, loaded.seed.storage.as_ref());
     for e in &loaded.errors {
         tracing::error!("seed: {e}");
     }
