@@ -78,7 +78,10 @@ mod tests {
         assert_eq!(st.device.as_deref(), Some("/dev/vdb"));
         assert!(st.format_if_blank && !st.erase_existing_data);
         // An empty section is valid: labelled disks are used anyway.
-        assert_eq!(parse("[storage]\n").unwrap().storage, Some(Storage::default()));
+        assert_eq!(
+            parse("[storage]\n").unwrap().storage,
+            Some(Storage::default())
+        );
         let defaults = parse("").unwrap();
         assert_eq!(defaults.clone().layer(s.clone()).storage, s.storage);
         assert_eq!(s.layer(defaults).storage, Some(st));
@@ -92,7 +95,10 @@ mod tests {
                 "device = \"/dev/vdb\"\nerase_existing_data = true\n",
                 "storage.erase_existing_data",
             ),
-            ("erase_existing_data = true\n", "storage.erase_existing_data"),
+            (
+                "erase_existing_data = true\n",
+                "storage.erase_existing_data",
+            ),
             ("device = \"vdb\"\n", "storage.device"),
             ("device = \"/dev/\"\n", "storage.device"),
             ("device = \"/dev/../etc/passwd\"\n", "storage.device"),
