@@ -162,7 +162,7 @@ fn look(g: &mut Guest, extra: &str) -> Seen {
     );
     let status = out
         .lines()
-        .find(|l| l.starts_with("{\"node\""))
+        .find(|l| l.starts_with("{\"") && l.contains("\"state\":"))
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no status JSON in:\n{out}"));
     let tinc_key = out
