@@ -96,3 +96,197 @@ pub fn isos(dir: &Path) -> Vec<PathBuf> {
     }
     v
 }
+
+/// A QEMU guest whose serial console is this process's to read and type into, under an outer
+/// `timeout` (a wedged TCG guest never exits by itself). Killed when dropped.
+pub struct Guest {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    console: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+impl Guest {
+    /// Starts `qemu` (its arguments given, `-serial stdio` added) under `timeout limit_s`;
+    /// the console is also written to `log`.
+    pub fn start(qemu: &str, args: &[String], limit_s: u64, log: &Path) -> Guest {
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+        let mut child = Command::new("timeout")
+            .args(["--kill-after=10", &limit_s.to_string(), qemu])
+            .args(args)
+            .args(["-serial", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {qemu}: {e}"));
+        let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let (c, log) = (console.clone(), log.to_path_buf());
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::create(&log).ok();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(f) = f.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+                c.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+            }
+        });
+        Guest {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            reader: Some(reader),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Waits until the console holds `needle` (after byte `from`); returns the console then.
+    /// Panics with the console's tail after `secs`, or when QEMU has exited.
+    pub fn wait_for(&mut self, needle: &str, from: usize, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let c = self.console();
+            if c.get(from..).is_some_and(|t| t.contains(needle)) {
+                return c;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let tail: String = c
+                    .chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "no {needle:?} on the console after {:.0} s (QEMU {}); tail:\n{tail}",
+                    self.seconds(),
+                    match exited {
+                        Some(s) => format!("exited: {s}"),
+                        None => "still running".into(),
+                    }
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Types a line on the serial console.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let i = self.stdin.as_mut().expect("console open");
+        let _ = i.write_all(format!("{line}\n").as_bytes());
+        let _ = i.flush();
+    }
+
+    /// Runs `script` in the console's root shell (the guest booted with
+    /// `cloudy.console-login`) and returns what it printed between two markers. The markers
+    /// are typed split in two so the shell's echo of the command never matches them.
+    pub fn shell(&mut self, script: &str, secs: u64) -> String {
+        // The shell may not be up yet: knock until it answers.
+        let from = self.console().len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            self.send("echo \"==\"\"UP\"");
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            if self.console()[from..].contains("==UP\n") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no shell on the console: {}",
+                &self.console()[from..]
+            );
+        }
+        let from = self.console().len();
+        self.send(&format!(
+            "echo \"==\"\"BEGIN\"; {script}; echo \"==\"\"END\""
+        ));
+        let c = self.wait_for("==END\n", from, secs);
+        let body = &c[from..];
+        let start = body.find("==BEGIN\n").map(|i| i + 8).unwrap_or(0);
+        let end = body.rfind("==END\n").unwrap_or(body.len());
+        body[start..end].to_string()
+    }
+
+    /// Waits for QEMU to exit (the guest powered off, or `-no-reboot` on a reboot).
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "QEMU still running after {secs} s; console tail: {}",
+                self.console()
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<String>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // `timeout` passes the TERM on to QEMU.
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The kernel and initrd of a built ISO (for booting it with a kernel command line of one's
+/// own, as `cloudy-image boot` does), extracted into `dir`.
+pub fn iso_kernel(iso: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+    let o = Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(iso)
+        .args(["-extract", "/live/vmlinuz"])
+        .arg(&k)
+        .args(["-extract", "/live/initrd.img"])
+        .arg(&i)
+        .output()
+        .expect("xorriso");
+    assert!(o.status.success(), "{}", text(&o));
+    (k, i)
+}
+
+/// The `{"cloudy":"ready",...}` line on a console after byte `from`, parsed.
+pub fn ready_line(console: &str, from: usize) -> Option<serde_json::Value> {
+    console[from..]
+        .lines()
+        .filter_map(|l| l.find("{\"cloudy\":\"ready\"").map(|i| &l[i..]))
+        .find_map(|l| serde_json::from_str(l).ok())
+}

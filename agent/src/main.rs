@@ -148,8 +148,13 @@ enum Command {
         json: bool,
     },
     /// Show what the last run recorded: the node, its seed problems, the member list and the
-    /// state of each service (running/starting/failed/stopped, pid, restarts, last error).
-    Status,
+    /// state of each service (running/starting/failed/stopped, pid, restarts, last error),
+    /// and where the node's state is kept (a live node without a data disk forgets it).
+    Status {
+        /// Print the node, its seed and where its state is kept as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Use a service another node provides: `tahoe-lafs` makes this node a client of that
     /// grid, `syncthing` shares a folder with the provider, `streaming` relays the provider's
     /// live stream (and serves it on here). Needs `cloudy-agent run` running.
@@ -352,7 +357,8 @@ fn run(cli: Cli) -> Result<i32> {
             };
             daemon::run(&sys, &opts)
         }
-        Command::Status => status::print(&sys, &control::cli::agent_line(&sys)),
+        Command::Status { json: false } => status::print(&sys, &control::cli::agent_line(&sys)),
+        Command::Status { json: true } => status::json(&sys),
         Command::Approve { fingerprints } => control::cli::approve(&sys, &fingerprints),
         Command::Pending { json } => control::cli::pending(&sys, json),
         Command::Rekey { remove } => control::cli::rekey(&sys, &remove),

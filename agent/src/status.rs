@@ -7,6 +7,29 @@ use crate::mesh::members::{Members, MEMBERS_FILE};
 use crate::os::identity;
 use crate::os::system::System;
 
+/// `status --json`: the node, its seed and where its state is kept, as one JSON object.
+pub fn json(sys: &System) -> Result<i32> {
+    let loaded = crate::os::stored::load_seed(sys);
+    let id = std::fs::read_to_string(sys.path(identity::NODE_ID_FILE)).unwrap_or_default();
+    let recorded = crate::os::storage::read(&sys.path(crate::os::storage::STATE_FILE));
+    let v = serde_json::json!({
+        "node": loaded.seed.node.name.as_deref().unwrap_or(identity::FALLBACK_NAME),
+        "node_id": Some(id.trim()).filter(|i| !i.is_empty()),
+        "seed": loaded.source.as_ref().map(|p| p.display().to_string()),
+        "seed_errors": loaded.errors,
+        "community": loaded.seed.community.as_ref().map(|c| c.name.clone()),
+        "state": {
+            "kept": recorded.as_ref().map(|r| r.kept),
+            "place": recorded.as_ref().map(|r| r.place.clone()),
+            "device": recorded.as_ref().and_then(|r| r.device.clone()),
+            "problem": recorded.as_ref().and_then(|r| r.problem.clone()),
+            "line": crate::os::storage::line(sys),
+        },
+    });
+    println!("{v}");
+    Ok(if loaded.errors.is_empty() { 0 } else { 1 })
+}
+
 /// `agent`: what the running agent answered on its control socket (`control::cli::agent_line`).
 pub fn print(sys: &System, agent: &str) -> Result<i32> {
     let loaded = crate::os::stored::load_seed(sys);
@@ -53,6 +76,7 @@ pub fn print(sys: &System, agent: &str) -> Result<i32> {
     for e in &loaded.errors {
         println!("seed error: {e}");
     }
+    println!("storage:    {}", crate::os::storage::line(sys));
     for w in crate::os::secrets::medium_warnings(sys, &loaded) {
         println!("{w}");
     }

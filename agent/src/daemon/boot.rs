@@ -34,6 +34,9 @@ struct Identity {
 }
 
 async fn boot(sys: &System, opts: &Options) -> Result<i32> {
+    // Before anything reads or writes /var/lib/cloudy: a live node's data disk goes over it
+    // (the seed's [storage] names it); what setup mode stored there is read after.
+    crate::os::storage::settle(sys, sys.load_seed().seed.storage.as_ref());
     let loaded = crate::os::stored::load_seed(sys);
     for e in &loaded.errors {
         tracing::error!("seed: {e}");
@@ -437,10 +440,17 @@ fn community(
     match (&seed.community, key) {
         (Some(c), Some(k)) => Some((c.clone(), k)),
         (Some(c), None) => {
-            errors.push(format!(
-                "community {:?} has no key (none in the seed, none stored): staying alone; add [community] key",
-                c.name
-            ));
+            errors.push(if c.invite.is_none() {
+                format!(
+                    "community {:?} has no key (none in the seed, none stored): pending until a member approves this node (`cloudy-agent approve` with the fingerprint on this console); or add [community] key or invite",
+                    c.name
+                )
+            } else {
+                format!(
+                    "community {:?} has no key: its invitation was not redeemed (see above), staying alone; fix: a new invitation, or [community] key",
+                    c.name
+                )
+            });
             None
         }
         _ => None,

@@ -26,6 +26,7 @@ pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {
             ("vpn", Html::text(&s.vpn)),
             ("tincd", Html::text(&tincd)),
             ("fingerprint", Html::text(&web.fingerprint)),
+            ("storage", storage(&web.control)),
             ("seed_errors", seed_errors(&s)),
             ("medium_warnings", medium_warnings(&s)),
             ("peers", peers(&s)),
@@ -35,6 +36,28 @@ pub(crate) async fn node_page(AxState(web): AxState<Shared>) -> Response {
         ],
     );
     page("Node", &s, "/node", body)
+}
+
+/// Where state is kept, as the agent recorded it at boot (beside the control socket, both in
+/// the node's /run): loud when every boot makes a new node.
+fn storage(control: &std::path::Path) -> Html {
+    use crate::os::storage;
+    let recorded = storage::read(&control.with_file_name(storage::STATE_NAME));
+    let mut h = Html::default();
+    match recorded {
+        Some(st) if st.kept => {
+            h.text_in(&st.line());
+        }
+        Some(st) => {
+            h.push("<strong class=\"err\">")
+                .text_in(&st.line())
+                .push("</strong>");
+        }
+        None => {
+            h.text_in("not recorded (the agent has not checked)");
+        }
+    }
+    h
 }
 
 /// One `<tr>` of text cells.
@@ -141,4 +164,41 @@ fn views(s: &State) -> Html {
         h.push("</tbody></table>");
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::storage::{State as Kept, NOT_KEPT};
+
+    /// Issue 14: the Node tab says when every boot makes a new node, and where state is kept.
+    #[test]
+    fn the_node_tab_says_whether_state_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let control = d.path().join("control.sock");
+        assert!(storage(&control).into_string().contains("not recorded"));
+        let write = |s: &Kept| {
+            std::fs::write(
+                d.path().join(crate::os::storage::STATE_NAME),
+                serde_json::to_vec(s).unwrap(),
+            )
+            .unwrap()
+        };
+        write(&Kept {
+            kept: false,
+            place: "RAM".into(),
+            device: None,
+            problem: None,
+        });
+        let h = storage(&control).into_string();
+        assert!(h.contains(NOT_KEPT) && h.contains("class=\"err\""), "{h}");
+        write(&Kept {
+            kept: true,
+            place: "data disk /dev/vdb (label cloudy-data)".into(),
+            device: Some("/dev/vdb".into()),
+            problem: None,
+        });
+        let h = storage(&control).into_string();
+        assert!(h.contains("kept on data disk /dev/vdb"), "{h}");
+    }
 }

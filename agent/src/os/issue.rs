@@ -41,6 +41,12 @@ fn plain(s: &str) -> String {
 }
 
 pub fn render(screen: &Screen, addresses: &[IpAddr]) -> String {
+    render_with_state(screen, addresses, None)
+}
+
+/// The screen with the line on where state is kept (`os::storage`), which the agent records
+/// at boot: on a live node without a data disk it warns that every boot is a new node.
+pub fn render_with_state(screen: &Screen, addresses: &[IpAddr], state: Option<&str>) -> String {
     let mut out = format!("Cloudy node {}\n", plain(&screen.name));
     if addresses.is_empty() {
         out.push_str("  addresses: none yet (waiting for DHCP or the seed's [network])\n");
@@ -73,13 +79,17 @@ pub fn render(screen: &Screen, addresses: &[IpAddr]) -> String {
         ));
     }
     out.push_str(&format!("  {}\n", plain(&screen.seed)));
+    if let Some(st) = state {
+        out.push_str(&format!("  {}\n", plain(st)));
+    }
     out.push_str("  more: cloudy-agent status\n\n");
     out
 }
 
 /// Writes the screen when its text changed; true when it did.
 pub fn write(sys: &System, screen: &Screen, addresses: &[IpAddr]) -> std::io::Result<bool> {
-    let text = render(screen, addresses);
+    let state = crate::os::storage::line(sys);
+    let text = render_with_state(screen, addresses, Some(&state));
     if std::fs::read_to_string(sys.path(ISSUE_FILE))
         .ok()
         .as_deref()
@@ -178,6 +188,50 @@ mod tests {
         let text = std::fs::read_to_string(sys.path(ISSUE_FILE)).unwrap();
         assert!(text.contains("addresses: 192.168.1.9, fd00::9"), "{text}");
         assert!(!text.contains("10.0.0.5"), "{text}");
+    }
+
+    /// Issue 14: a live node without a data disk said nothing of losing its identity at the
+    /// next boot; the screen says so, and where state is kept when it is.
+    #[test]
+    fn the_screen_says_whether_state_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = System::new(d.path());
+        let gone = crate::os::storage::State {
+            kept: false,
+            place: "RAM".into(),
+            device: None,
+            problem: None,
+        };
+        sys.write_atomic(
+            crate::os::storage::STATE_FILE,
+            &serde_json::to_vec(&gone).unwrap(),
+            0o644,
+        )
+        .unwrap();
+        write(&sys, &screen(), &[]).unwrap();
+        let text = std::fs::read_to_string(sys.path(ISSUE_FILE)).unwrap();
+        assert!(
+            text.contains("state is not kept: every boot is a new node"),
+            "{text}"
+        );
+        let kept = crate::os::storage::State {
+            kept: true,
+            place: "data disk /dev/vdb (label cloudy-data)".into(),
+            device: Some("/dev/vdb".into()),
+            problem: None,
+        };
+        sys.write_atomic(
+            crate::os::storage::STATE_FILE,
+            &serde_json::to_vec(&kept).unwrap(),
+            0o644,
+        )
+        .unwrap();
+        assert!(write(&sys, &screen(), &[]).unwrap());
+        let text = std::fs::read_to_string(sys.path(ISSUE_FILE)).unwrap();
+        assert!(
+            text.contains("state is kept on data disk /dev/vdb"),
+            "{text}"
+        );
     }
 
     #[test]

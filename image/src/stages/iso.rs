@@ -43,6 +43,20 @@ pub fn cmdline(board: &Board) -> String {
     format!("boot=live console=tty0 console={} quiet", board.console)
 }
 
+/// The menu entry that installs the medium to a disk: the PXE bundle's installer
+/// (overlay/usr/lib/cloudy/install-to-disk), which copies the live system's layers from the
+/// medium. `auto` picks the only empty disk and refuses (writing nothing) when there is none
+/// or more than one.
+pub const INSTALL_TITLE: &str = "Install Cloudy to disk";
+
+pub fn install_cmdline(board: &Board) -> String {
+    format!("{} cloudy.install=auto", cmdline(board))
+}
+
+/// Seconds the boot menus wait before booting the live system: long enough to choose
+/// "Install Cloudy to disk" (type `install` at ISOLINUX's prompt, arrow keys in GRUB).
+pub const MENU_TIMEOUT_S: u32 = 3;
+
 pub fn kernel_and_initrd(rootfs: &Path) -> Result<(PathBuf, PathBuf), IsoError> {
     let boot = rootfs.join("boot");
     match (
@@ -78,6 +92,7 @@ struct BootEntry {
     serial_unit: u32,
     speed: String,
     cmdline: String,
+    install: String,
 }
 
 impl BootEntry {
@@ -98,6 +113,7 @@ impl BootEntry {
             serial_unit,
             speed,
             cmdline: cmdline(board),
+            install: install_cmdline(board),
         }
     }
 }
@@ -174,11 +190,6 @@ const UEFI_BOOT_ARGS: [&str; 5] = [
 ];
 
 fn stage_isolinux(stage: &Path, boot: &BootEntry) -> Result<(), IsoError> {
-    let BootEntry {
-        serial_unit,
-        speed,
-        cmdline,
-    } = boot;
     let d = stage.join("isolinux");
     mkdir(&d)?;
     // Copies, not links: the staged tree's file times are set before xorriso runs, and these
@@ -191,12 +202,45 @@ fn stage_isolinux(stage: &Path, boot: &BootEntry) -> Result<(), IsoError> {
         Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
         &d.join("ldlinux.c32"),
     )?;
-    write(
-        &d.join("isolinux.cfg"),
-        &format!(
-            "serial {serial_unit} {speed}\ndefault cloudy\nprompt 0\ntimeout 0\n\
-             label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n"
-        ),
+    let (cfg, menu) = isolinux_cfg(boot);
+    write(&d.join("boot.txt"), &menu)?;
+    write(&d.join("isolinux.cfg"), &cfg)
+}
+
+/// isolinux.cfg and the menu text it displays. A prompt rather than menu.c32: it reads the
+/// same on the serial console as on a screen.
+fn isolinux_cfg(boot: &BootEntry) -> (String, String) {
+    let BootEntry {
+        serial_unit,
+        speed,
+        cmdline,
+        install,
+    } = boot;
+    let menu = format!(
+        "\nCloudy. Boots the live system in {MENU_TIMEOUT_S} s, or type a label and Enter:\n  \
+         cloudy    Cloudy (live)\n  install   {INSTALL_TITLE} (the only empty disk; erases it)\n"
+    );
+    let cfg = format!(
+        "serial {serial_unit} {speed}\ndefault cloudy\ndisplay boot.txt\nprompt 1\ntimeout {}\n\
+         label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n\
+         label install\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {install}\n",
+        MENU_TIMEOUT_S * 10
+    );
+    (cfg, menu)
+}
+
+/// GRUB's menu (UEFI): the live system by default, and the install entry.
+fn grub_cfg(boot: &BootEntry) -> String {
+    let BootEntry {
+        serial_unit,
+        speed,
+        cmdline,
+        install,
+    } = boot;
+    format!(
+        "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
+         set timeout={MENU_TIMEOUT_S}\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n\
+         menuentry \"{INSTALL_TITLE}\" {{\n  linux /live/vmlinuz {install}\n  initrd /live/initrd.img\n}}\n"
     )
 }
 
@@ -227,20 +271,9 @@ fn stage_grub_efi(
     log: &Log,
     step: &Step,
 ) -> Result<(), IsoError> {
-    let BootEntry {
-        serial_unit,
-        speed,
-        cmdline,
-    } = boot;
     let grub = stage.join("boot/grub");
     mkdir(&grub)?;
-    write(
-        &grub.join("grub.cfg"),
-        &format!(
-            "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
-             set timeout=0\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n"
-        ),
-    )?;
+    write(&grub.join("grub.cfg"), &grub_cfg(boot))?;
     let efi_files = grub_mkimage(efi, work, log, step)?;
     make_efi_img(&grub.join("efi.img"), &efi_files, epoch, log, step)
 }
@@ -399,5 +432,36 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> IsoError {
         what,
         path: path.display().to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: both boot menus offer "Install Cloudy to disk", which runs the PXE bundle's
+    /// installer (`cloudy.install=`) in `auto` mode; the live system stays the default.
+    #[test]
+    fn both_menus_offer_install_to_disk() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
+        let (b, _) = Board::load(&root.join("pc-686-pae.toml")).unwrap();
+        let boot = BootEntry::of(&b);
+        let (cfg, menu) = isolinux_cfg(&boot);
+        assert!(cfg.contains("default cloudy\n"), "{cfg}");
+        let install = cfg.split("label install").nth(1).expect("install label");
+        assert!(install.contains("cloudy.install=auto"), "{cfg}");
+        assert!(install.contains("boot=live"), "{cfg}");
+        let live = cfg.split("label install").next().unwrap();
+        assert!(!live.contains("cloudy.install"), "{cfg}");
+        assert!(menu.contains(INSTALL_TITLE), "{menu}");
+        let grub = grub_cfg(&boot);
+        let entries: Vec<&str> = grub.split("menuentry ").skip(1).collect();
+        assert_eq!(entries.len(), 2, "{grub}");
+        assert!(entries[0].starts_with("\"Cloudy\"") && !entries[0].contains("cloudy.install"));
+        assert!(entries[1].starts_with(&format!("\"{INSTALL_TITLE}\"")));
+        assert!(entries[1].contains("cloudy.install=auto"), "{grub}");
     }
 }

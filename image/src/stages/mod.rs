@@ -77,7 +77,12 @@ mod seed_example {
         let text = uncommented();
         let seed: cloudy_model::seed::Seed =
             toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(seed.wifi.is_some() && seed.streaming.is_some() && seed.ssh.is_some());
+        assert!(
+            seed.wifi.is_some()
+                && seed.streaming.is_some()
+                && seed.ssh.is_some()
+                && seed.storage.is_some()
+        );
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/src/seed");
         for section in [
             "community",
@@ -86,6 +91,7 @@ mod seed_example {
             "node",
             "services",
             "ssh",
+            "storage",
             "streaming",
             "tinc",
             "wifi",

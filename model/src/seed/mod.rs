@@ -11,6 +11,7 @@ pub mod network;
 pub mod node;
 pub mod services;
 pub mod ssh;
+pub mod storage;
 pub mod streaming;
 pub mod tinc;
 pub mod wifi;
@@ -25,6 +26,7 @@ pub use network::Network;
 pub use node::Node;
 pub use services::{Publish, Services};
 pub use ssh::Ssh;
+pub use storage::{Storage, DATA_LABEL};
 pub use tinc::{Tinc, TincMode, DEFAULT_NETNAME, DEFAULT_TINC_PORT, DEFAULT_VPN_SUBNET};
 pub use wifi::Wifi;
 
@@ -77,6 +79,8 @@ pub struct Seed {
     pub ssh: Option<Ssh>,
     /// Live streaming: a source (`source = ...`) or a peer relaying a stream.
     pub streaming: Option<streaming::Config>,
+    /// Where a live node keeps its state across reboots.
+    pub storage: Option<Storage>,
 }
 
 impl Seed {
@@ -178,6 +182,7 @@ impl Seed {
                     .read(Dashboard::validate)
                     .map(|v| p.seed.dashboard = Some(v)),
                 "ssh" => s.read(Ssh::validate).map(|v| p.seed.ssh = Some(v)),
+                "storage" => s.read(Storage::validate).map(|v| p.seed.storage = Some(v)),
                 _ => Err(s.error(
                     at,
                     &format!(
@@ -206,6 +211,7 @@ impl Seed {
             self.streaming.as_ref().map(streaming::Config::validate),
             self.dashboard.as_ref().map(Dashboard::validate),
             self.ssh.as_ref().map(Ssh::validate),
+            self.storage.as_ref().map(Storage::validate),
         ];
         for r in sections.into_iter().flatten() {
             r.map_err(|i| SeedError::Invalid {
@@ -233,7 +239,7 @@ impl Seed {
         macro_rules! section {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        section!(community, network, wifi, tinc, services, dashboard, ssh, streaming);
+        section!(community, network, wifi, tinc, services, dashboard, ssh, streaming, storage);
         self
     }
 
@@ -530,6 +536,7 @@ const SECTIONS: &[&str] = &[
     "streaming",
     "dashboard",
     "ssh",
+    "storage",
 ];
 
 /// A seed read section by section (`Seed::parse_sections`).

@@ -1,0 +1,437 @@
+//! Issue 14, done-when 2 and 3: a live pc-686-pae ISO keeps its state on a data disk across
+//! reboots, says so when it cannot, and installs itself from its boot menu's "Install Cloudy to
+//! disk" entry onto the only empty disk, which then boots alone as the same node.
+//!
+//! Real QEMU (TCG) boots of a real build, each under an outer `timeout`. The guests boot with
+//! the ISO's own kernel command line plus `cloudy.console-login` (a root shell on the serial
+//! console, as `cloudy-image boot` gives), which the test types into.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cloudy_tests::*;
+
+const BOARD: &str = "pc-686-pae";
+const NOT_KEPT: &str = "state is not kept: every boot is a new node";
+/// Seconds: TCG boots to ready in about a minute here; the services line (Syncthing) after.
+const READY_S: u64 = 600;
+const SERVICES_S: u64 = 420;
+
+/// A pc-686-pae ISO with `seed` in it, its kernel and initrd, and its boot menu.
+struct Iso {
+    iso: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    isolinux: String,
+}
+
+fn built_iso(out: &Path, seed: &str) -> Iso {
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        BOARD,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let iso = out.join(format!("{BOARD}/cloudy-{BOARD}.iso"));
+    let seed_file = out.join("seed.toml");
+    std::fs::write(&seed_file, seed).unwrap();
+    let o = cloudy_image(&[
+        "customise",
+        iso.to_str().unwrap(),
+        "--seed",
+        seed_file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (kernel, initrd) = iso_kernel(&iso, out);
+    let cfg = out.join("isolinux.cfg");
+    let o = Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&iso)
+        .args(["-extract", "/isolinux/isolinux.cfg"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    Iso {
+        iso,
+        kernel,
+        initrd,
+        isolinux: std::fs::read_to_string(&cfg).unwrap(),
+    }
+}
+
+impl Iso {
+    /// The kernel command line of the ISOLINUX entry `label`, as the menu would boot it.
+    fn append(&self, label: &str) -> String {
+        let entry = self
+            .isolinux
+            .split(&format!("label {label}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no label {label} in isolinux.cfg:\n{}", self.isolinux));
+        let line = entry
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("append "))
+            .expect("append line");
+        line.split_whitespace()
+            .filter(|w| !w.starts_with("initrd="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-machine",
+        "pc",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nic",
+        "user,model=virtio-net-pci,restrict=on",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(media.iter().cloned());
+    for d in disks {
+        a.push("-drive".into());
+        a.push(format!("file={},format=raw,if=virtio", d.display()));
+    }
+    a
+}
+
+/// The live ISO booted from its menu's default entry (plus a console shell), with `disks`.
+fn boot_live(iso: &Iso, disks: &[&Path], log: &Path) -> Guest {
+    let append = format!("{} cloudy.console-login", iso.append("cloudy"));
+    let media = vec![
+        "-cdrom".into(),
+        iso.iso.display().to_string(),
+        "-kernel".into(),
+        iso.kernel.display().to_string(),
+        "-initrd".into(),
+        iso.initrd.display().to_string(),
+        "-append".into(),
+        append,
+    ];
+    Guest::start(
+        "qemu-system-i386",
+        &qemu_args(&media, disks),
+        READY_S + SERVICES_S + 600,
+        log,
+    )
+}
+
+fn blank_disk(p: &Path, mib: u64) {
+    let f = std::fs::File::create(p).unwrap();
+    f.set_len(mib << 20).unwrap();
+}
+
+/// What one boot of the node says of itself: its ready line, `status --json`, the tinc public
+/// key's SHA-256, the login screen, and the command's own output.
+struct Seen {
+    ready: serde_json::Value,
+    status: serde_json::Value,
+    tinc_key: String,
+    issue: String,
+    shell: String,
+}
+
+fn look(g: &mut Guest, extra: &str) -> Seen {
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
+    let ready = ready_line(&c, 0).expect("ready line");
+    eprintln!("ready after {:.0} s: {ready}", g.seconds());
+    // Services (Syncthing) start after the ready line; their folders with them.
+    g.wait_for("{\"cloudy\":\"services\"", 0, SERVICES_S);
+    eprintln!("services line after {:.0} s", g.seconds());
+    let out = g.shell(
+        &format!(
+            "cloudy-agent status --json; echo \"tinc-key $(sha256sum </var/lib/cloudy/tinc/rsa_key.pub | cut -d' ' -f1)\"; \
+             cat /etc/issue.d/cloudy.issue; cloudy-agent status | grep '^storage:'; {extra}"
+        ),
+        120,
+    );
+    let status = out
+        .lines()
+        .find(|l| l.starts_with("{\"") && l.contains("\"state\":"))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no status JSON in:\n{out}"));
+    let tinc_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tinc-key "))
+        .unwrap_or_else(|| panic!("no tinc key in:\n{out}"))
+        .trim()
+        .to_string();
+    let issue = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Cloudy node"))
+        .take_while(|l| !l.contains("more: cloudy-agent status"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Seen {
+        ready,
+        status,
+        tinc_key,
+        issue,
+        shell: out,
+    }
+}
+
+fn power_off(g: &mut Guest) {
+    g.send("sync; systemctl poweroff");
+    let st = g.wait_exit(180);
+    eprintln!("powered off after {:.0} s ({st})", g.seconds());
+}
+
+const SEED: &str = r#"version = 1
+[node]
+name = "keeper"
+[community]
+name = "persist"
+key = "correct horse battery staple 42"
+[services]
+enable = ["syncthing"]
+[storage]
+device = "/dev/vda"
+format_if_blank = true
+"#;
+
+const TAHOE_MARKER: &str = "/var/lib/cloudy/tahoe-storage/storage/shares/persist-marker";
+const SYNCTHING_MARKER: &str = "/var/lib/cloudy/syncthing/shared/persist-marker.txt";
+
+/// Done-when 2. Boot 1 formats the blank disk the seed names and keeps its state there; boot 2
+/// is the same node (id, tinc key, a Tahoe share file, a Syncthing folder's file); boot 3,
+/// without the disk, says state is not kept (and is a new node); boot 4 (`make e2e` only), with a disk holding
+/// another filesystem in its place, refuses to format it and leaves every byte as it was.
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "end-to-end (root, builds and boots images): make test runs it"
+)]
+fn a_live_node_keeps_its_state_on_a_data_disk() {
+    require_root();
+    let out = out_dir("persist");
+    let iso = built_iso(&out, SEED);
+    let disk = out.join("data.raw");
+    blank_disk(&disk, 512);
+
+    let mut g = boot_live(&iso, &[&disk], &out.join("boot1-console.log"));
+    let first = look(
+        &mut g,
+        &format!(
+            "mkdir -p $(dirname {TAHOE_MARKER}) && echo tahoe-share-1 >{TAHOE_MARKER}; \
+             ls -d $(dirname {SYNCTHING_MARKER}) && echo syncthing-1 >{SYNCTHING_MARKER}; \
+             findmnt -no SOURCE /run/cloudy/data; sync"
+        ),
+    );
+    power_off(&mut g);
+    drop(g);
+    let c = std::fs::read_to_string(out.join("boot1-console.log")).unwrap();
+    assert!(
+        c.contains("formatting blank disk /dev/vda"),
+        "the format is said on the console"
+    );
+    assert_eq!(first.status["state"]["kept"], true, "{}", first.shell);
+    assert_eq!(
+        first.status["state"]["device"], "/dev/vda",
+        "{}",
+        first.shell
+    );
+    assert!(first.shell.contains("/dev/vda\n"), "{}", first.shell);
+    assert!(
+        first.issue.contains("state is kept on data disk /dev/vda"),
+        "{}",
+        first.issue
+    );
+    let o = Command::new("blkid")
+        .args(["-o", "value", "-s", "LABEL"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "cloudy-data");
+
+    let mut g = boot_live(&iso, &[&disk], &out.join("boot2-console.log"));
+    let second = look(&mut g, &format!("cat {TAHOE_MARKER} {SYNCTHING_MARKER}"));
+    power_off(&mut g);
+    drop(g);
+    let c = std::fs::read_to_string(out.join("boot2-console.log")).unwrap();
+    assert!(!c.contains("formatting blank disk"), "formatted only once");
+    assert_eq!(
+        second.ready["node_id"], first.ready["node_id"],
+        "the same node id"
+    );
+    assert_eq!(second.ready["tinc_name"], first.ready["tinc_name"]);
+    assert_eq!(second.tinc_key, first.tinc_key, "the same tinc key");
+    assert!(
+        second.shell.contains("tahoe-share-1\nsyncthing-1\n"),
+        "the Tahoe share and the Syncthing folder's file are back:\n{}",
+        second.shell
+    );
+    assert_eq!(second.status["state"]["kept"], true);
+    eprintln!(
+        "same node after a reboot: id {} tinc key {}",
+        first.ready["node_id"], first.tinc_key
+    );
+
+    // Without the disk: the seed still names /dev/vda, which is not there.
+    let mut g = boot_live(&iso, &[], &out.join("boot3-console.log"));
+    let third = look(&mut g, "true");
+    drop(g);
+    assert_eq!(third.status["state"]["kept"], false, "{}", third.shell);
+    assert!(
+        third.status["state"]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with(NOT_KEPT),
+        "{}",
+        third.shell
+    );
+    assert!(
+        third.issue.contains(NOT_KEPT),
+        "login screen: {}",
+        third.issue
+    );
+    assert!(
+        third.shell.contains(&format!("storage:    {NOT_KEPT}")),
+        "{}",
+        third.shell
+    );
+    assert_ne!(
+        third.ready["node_id"], first.ready["node_id"],
+        "a boot without the disk is a new node"
+    );
+
+    // A disk with someone's data where the seed's disk should be: refused, untouched. A fourth
+    // boot costs `make test` minutes; the decision itself is unit-tested on real disk images
+    // (`os::storage` `real_disk_images_are_probed_and_decided`), so only `make e2e` boots it.
+    if !all_boards() {
+        eprintln!("the boot with a foreign disk runs under `make e2e` (CLOUDY_E2E_ALL=1)");
+        return;
+    }
+    let photos = out.join("photos.raw");
+    blank_disk(&photos, 64);
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "photos"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let before = std::fs::read(&photos).unwrap();
+    let mut g = boot_live(&iso, &[&photos], &out.join("boot4-console.log"));
+    let fourth = look(&mut g, "true");
+    drop(g);
+    let line = fourth.status["state"]["line"].as_str().unwrap().to_string();
+    assert_eq!(fourth.status["state"]["kept"], false, "{}", fourth.shell);
+    assert!(
+        line.contains(NOT_KEPT) && line.contains("it holds data: ext4") && line.contains("fix:"),
+        "{line}"
+    );
+    assert!(
+        std::fs::read(&photos).unwrap() == before,
+        "the disk holding data was not written"
+    );
+}
+
+/// Done-when 3: the ISO's "Install Cloudy to disk" entry (its command line, as ISOLINUX boots
+/// it) installs onto the only empty disk; that disk then boots alone as the same node. With two
+/// empty disks it refuses and writes nothing.
+#[test]
+#[ignore = "installs to a disk and boots it (long, ~15 min under TCG): make e2e runs it"]
+fn the_iso_installs_itself_to_the_only_empty_disk() {
+    require_root();
+    let out = out_dir("persist-install");
+    let iso = built_iso(
+        &out,
+        "version = 1\n[node]\nname = \"installed\"\n[community]\nname = \"inst\"\nkey = \"correct horse battery staple 42\"\n",
+    );
+    let install = iso.append("install");
+    assert!(install.contains("cloudy.install=auto"), "{install}");
+    let media = |append: &str| {
+        vec![
+            "-cdrom".to_string(),
+            iso.iso.display().to_string(),
+            "-kernel".into(),
+            iso.kernel.display().to_string(),
+            "-initrd".into(),
+            iso.initrd.display().to_string(),
+            "-append".into(),
+            append.to_string(),
+        ]
+    };
+
+    // Two empty disks: which one to erase is not for the installer to guess.
+    let (a, b) = (out.join("a.raw"), out.join("b.raw"));
+    blank_disk(&a, 2048);
+    blank_disk(&b, 2048);
+    let mut g = Guest::start(
+        "qemu-system-i386",
+        &qemu_args(&media(&install), &[&a, &b]),
+        READY_S + 300,
+        &out.join("refuse-console.log"),
+    );
+    let c = g.wait_for("cloudy-install: ", 0, READY_S + 120);
+    let c = g.wait_for("FAILED", c.find("cloudy-install: ").unwrap(), 120);
+    drop(g);
+    assert!(
+        c.contains("more than one empty disk") && c.contains("nothing was written"),
+        "{c}"
+    );
+    for d in [&a, &b] {
+        let f = std::fs::read(d).unwrap();
+        assert!(f.iter().all(|x| *x == 0), "{} was written", d.display());
+    }
+
+    // One empty disk: installed, then it boots alone.
+    let disk = out.join("disk.raw");
+    blank_disk(&disk, 3072);
+    let mut g = Guest::start(
+        "qemu-system-i386",
+        &qemu_args(&media(&install), &[&disk]),
+        READY_S + 1500,
+        &out.join("install-console.log"),
+    );
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
+    let installing = ready_line(&c, 0).unwrap();
+    g.wait_for("] installed to /dev/vda", 0, 1500);
+    let st = g.wait_exit(300);
+    let secs = g.seconds();
+    drop(g);
+    let c = std::fs::read_to_string(out.join("install-console.log")).unwrap();
+    assert!(
+        c.contains("cloudy.install=auto: the only empty disk is /dev/vda"),
+        "{c}"
+    );
+    eprintln!("installed and rebooting after {secs:.0} s ({st})");
+
+    let mut g = Guest::start(
+        "qemu-system-i386",
+        &qemu_args(&["-boot".into(), "c".into()], &[&disk]),
+        READY_S + 60,
+        &out.join("installed-console.log"),
+    );
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
+    let installed = ready_line(&c, 0).unwrap();
+    eprintln!(
+        "installed disk ready after {:.0} s: {installed}",
+        g.seconds()
+    );
+    drop(g);
+    assert_eq!(installed["hostname"], "installed", "{installed}");
+    assert_eq!(
+        installed["node_id"], installing["node_id"],
+        "the installed node is the node the ISO boot made"
+    );
+    assert!(
+        installed["kernel"].as_str().unwrap().ends_with("-686-pae"),
+        "{installed}"
+    );
+}
