@@ -6,7 +6,7 @@
 //! the ISO's own kernel command line plus `cloudy.console-login` (a root shell on the serial
 //! console, as `cloudy-image boot` gives), which the test types into.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cloudy_tests::*;
@@ -16,14 +16,6 @@ const NOT_KEPT: &str = "state is not kept: every boot is a new node";
 /// Seconds: TCG boots to ready in about a minute here; the services line (Syncthing) after.
 const READY_S: u64 = 600;
 const SERVICES_S: u64 = 420;
-
-/// A pc-686-pae ISO with `seed` in it, its kernel and initrd, and its boot menu.
-struct Iso {
-    iso: PathBuf,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    isolinux: String,
-}
 
 fn built_iso(out: &Path, seed: &str) -> Iso {
     let o = cloudy_image(&[
@@ -45,41 +37,7 @@ fn built_iso(out: &Path, seed: &str) -> Iso {
         seed_file.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let (kernel, initrd) = iso_kernel(&iso, out);
-    let cfg = out.join("isolinux.cfg");
-    let o = Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(&iso)
-        .args(["-extract", "/isolinux/isolinux.cfg"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    Iso {
-        iso,
-        kernel,
-        initrd,
-        isolinux: std::fs::read_to_string(&cfg).unwrap(),
-    }
-}
-
-impl Iso {
-    /// The kernel command line of the ISOLINUX entry `label`, as the menu would boot it.
-    fn append(&self, label: &str) -> String {
-        let entry = self
-            .isolinux
-            .split(&format!("label {label}\n"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no label {label} in isolinux.cfg:\n{}", self.isolinux));
-        let line = entry
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("append "))
-            .expect("append line");
-        line.split_whitespace()
-            .filter(|w| !w.starts_with("initrd="))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    Iso::read(&iso, out)
 }
 
 fn qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {

@@ -290,3 +290,51 @@ pub fn ready_line(console: &str, from: usize) -> Option<serde_json::Value> {
         .filter_map(|l| l.find("{\"cloudy\":\"ready\"").map(|i| &l[i..]))
         .find_map(|l| serde_json::from_str(l).ok())
 }
+
+/// A built ISO, its kernel and initrd (extracted, to boot with a command line of one's own)
+/// and its ISOLINUX menu.
+pub struct Iso {
+    pub iso: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub isolinux: String,
+}
+
+impl Iso {
+    /// Extracts the kernel, initrd and menu of `iso` into `dir`.
+    pub fn read(iso: &Path, dir: &Path) -> Iso {
+        let (kernel, initrd) = iso_kernel(iso, dir);
+        let cfg = dir.join("isolinux.cfg");
+        let o = Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .args(["-extract", "/isolinux/isolinux.cfg"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        Iso {
+            iso: iso.to_path_buf(),
+            kernel,
+            initrd,
+            isolinux: std::fs::read_to_string(&cfg).unwrap(),
+        }
+    }
+
+    /// The kernel command line of the ISOLINUX entry `label`, as the menu would boot it.
+    pub fn append(&self, label: &str) -> String {
+        let entry = self
+            .isolinux
+            .split(&format!("label {label}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no label {label} in isolinux.cfg:\n{}", self.isolinux));
+        let line = entry
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("append "))
+            .expect("append line");
+        line.split_whitespace()
+            .filter(|w| !w.starts_with("initrd="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
