@@ -344,6 +344,59 @@ fn pxe_bundle_boots_live() {
         cfg.contains("LABEL install") && cfg.contains("cloudy.install="),
         "{cfg}"
     );
+
+    // Issue 15, done-when 3: the bundle serves cloudy.iso to the whole LAN, so it never carries
+    // a community key. A seed with one is refused (naming the approval flow), one with only the
+    // community's name is taken, and no file of the bundle holds the key.
+    const KEY: &str = "pxe bundle key never on the wire 42";
+    let iso = dir.join("pxe/cloudy.iso");
+    let before = sha256(&iso);
+    let keyed = seed_text(
+        &out,
+        "keyed.toml",
+        &format!("version = 1\n[community]\nname = \"lan\"\nkey = \"{KEY}\"\n"),
+    );
+    let o = cloudy_image(&[
+        "customise",
+        iso.to_str().unwrap(),
+        "--seed",
+        keyed.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "a key for a PXE bundle: {}", text(&o));
+    assert!(
+        text(&o).contains("approve"),
+        "the fix names approval: {}",
+        text(&o)
+    );
+    assert_eq!(sha256(&iso), before, "the refused seed changed nothing");
+    let named = seed_text(
+        &out,
+        "named.toml",
+        "version = 1\n[community]\nname = \"lan\"\n",
+    );
+    let o = cloudy_image(&[
+        "customise",
+        iso.to_str().unwrap(),
+        "--seed",
+        named.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("grep")
+        .args(["-rl", "--binary-files=text", KEY])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "files of the PXE bundle holding the key"
+    );
+}
+
+fn seed_text(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
 }
 
 /// PXE install (`make e2e`): network boot with a blank disk, install, then the disk boots to
