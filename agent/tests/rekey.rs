@@ -131,11 +131,20 @@ fn after_a_rekey_members_mesh_a_returning_one_catches_up_and_old_key_holders_are
     // Past the overlap, a service node 2 starts now reaches node 1 by mDNS and by Serf: the
     // doorbell MAC, the exchange and Serf's gossip all run on the new key.
     std::thread::sleep(Duration::from_secs(OVERLAP_S + 1));
+    // Node 2's serf dies and the agent starts it again: until this change it came back with
+    // the key the agent started with (the old one, gone from every keyring now), and node 2's
+    // service never reached node 1 by Serf.
+    let root2 = cloud.nodes[1].root.display().to_string();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("serf agent -config-file={root2}/")])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "node 2's serf was running");
     let _web2 = listen_in(&cloud.nodes[1].ns, 8002);
     let t = Instant::now();
     wait_for(
         "node 2's new service on node 1 by mDNS and Serf",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || lists_web(&cloud, 1, 2, &["mdns", "serf"]),
     );
     eprintln!(

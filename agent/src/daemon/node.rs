@@ -153,7 +153,7 @@ fn start_serf(mesh: &Arc<Mesh>, share: &Arc<publish::Sharing>, opts: &Options) {
     let serf = serf::Serf {
         exe: exe.clone(),
         sys: mesh.sys.clone(),
-        key: mesh.key.serf_key(),
+        key: mesh.key.clone(),
         rpc_auth: mesh.key.serf_rpc_auth(),
         desired: share.serf.clone(),
     };

@@ -76,7 +76,9 @@ pub struct SerfMember {
 pub struct Serf {
     pub exe: PathBuf,
     pub sys: System,
-    pub key: String,
+    /// The community's key ring: a serf (re)started after a rekey gossips under the key in
+    /// use then, not the one the agent started with.
+    pub key: crate::mesh::exchange::CommunityKey,
     pub rpc_auth: String,
     pub desired: Arc<Mutex<Desired>>,
 }
@@ -98,7 +100,7 @@ impl Serf {
             "advertise": SocketAddr::new(addr, SERF_PORT).to_string(),
             "rpc_addr": RPC_ADDR,
             "rpc_auth": self.rpc_auth,
-            "encrypt_key": self.key,
+            "encrypt_key": self.key.serf_key(),
             "tags": d.tags,
             "log_level": "warn",
             "profile": "lan",
