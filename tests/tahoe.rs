@@ -34,6 +34,21 @@ impl Drop for Reaped {
     }
 }
 
+/// The VM: `timeout` (the outer limit, should the test itself be killed) runs QEMU in a
+/// process group of its own; the whole group goes when the test ends. Killing only `timeout`
+/// would leave QEMU running.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the group `timeout` leads (its pid); no memory is touched.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,8 +95,10 @@ fn until<T>(deadline: Instant, what: &str, mut f: impl FnMut() -> Result<T, Stri
     panic!("{what}: gave up after the boot limit; last: {last}");
 }
 
-fn tahoe(url: &str, args: &[&str]) -> Result<String, String> {
+/// `tahoe <command> --node-url <url> <args>`: the host's CLI against the node's web API.
+fn tahoe(url: &str, command: &str, args: &[&str]) -> Result<String, String> {
     let o = Command::new(HOST_TAHOE)
+        .arg(command)
         .arg("--node-url")
         .arg(url)
         .args(args)
@@ -184,25 +201,21 @@ authorized_keys = ["{}"]
     let console = out.join("console.log");
     let started = Instant::now();
     let deadline = started + BOOT_LIMIT;
-    let _vm = Reaped(
-        Command::new("timeout")
-            .args(["--signal=KILL", &BOOT_LIMIT.as_secs().to_string()])
-            .args(["qemu-system-i386", "-accel", "tcg", "-machine", "pc"])
-            .args(["-cpu", "max", "-m", "1024", "-smp", "2"])
-            .args(["-display", "none", "-no-reboot", "-cdrom"])
-            .arg(&iso)
-            .args([
-                "-nic",
-                &format!(
-                    "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-                ),
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("qemu-system-i386"),
-    );
+    let _vm = Vm(Command::new("timeout")
+        .args(["--signal=KILL", &BOOT_LIMIT.as_secs().to_string()])
+        .args(["qemu-system-i386", "-accel", "tcg", "-machine", "pc"])
+        .args(["-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-display", "none", "-no-reboot", "-cdrom"])
+        .arg(&iso)
+        .args([
+            "-nic",
+            &format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-system-i386"));
 
     // The agent's services line on the console (what the verify stage reads) must report
     // both Tahoe services running.
@@ -271,7 +284,7 @@ authorized_keys = ["{}"]
     // seconds after both start: retried until the grid takes the upload.
     let put_started = Instant::now();
     let cap = until(deadline, "tahoe put into the node's grid", || {
-        let cap = tahoe(&url, &["put", file.to_str().unwrap()])?;
+        let cap = tahoe(&url, "put", &[file.to_str().unwrap()])?;
         if cap.starts_with("URI:CHK:") {
             Ok(cap)
         } else {
@@ -280,7 +293,7 @@ authorized_keys = ["{}"]
     });
     let put_took = put_started.elapsed();
     let back = out.join("get.bin");
-    tahoe(&url, &["get", &cap, back.to_str().unwrap()]).expect("tahoe get");
+    tahoe(&url, "get", &[&cap, back.to_str().unwrap()]).expect("tahoe get");
     assert_eq!(
         std::fs::read(&back).unwrap(),
         data,
