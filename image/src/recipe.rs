@@ -116,15 +116,32 @@ pub struct Pip {
     /// relative to the recipe's directory. Installed with `--no-deps --only-binary=:all:`, so
     /// the list is the whole closure and nothing is compiled in the image.
     pub requirements: PathBuf,
-    /// Debian architectures to install it on: those where PyPI has a wheel for every pin.
+    /// Debian architectures to install it on: those where every pin has a wheel on PyPI or
+    /// in `build`. Two entries may share a venv on different arches (e.g. PyPI's compiled
+    /// wheels on amd64, Debian's compiled packages elsewhere).
     pub arches: Vec<String>,
     /// Debian `python3-*` packages for dependencies PyPI has no wheel of (left out of the
     /// requirements); the venv then sees the system's site-packages.
     #[serde(default)]
     pub debian: Vec<String>,
+    /// Pins of `requirements` that PyPI has no wheel of for these arches and that are built
+    /// on the host instead, from their pinned source release, with the agent's cross
+    /// toolchain (e.g. pycddl, a Rust extension).
+    #[serde(default)]
+    pub build: Vec<PipBuild>,
     /// The suite's Python (`3.11` in bookworm): wheels are fetched for it.
     #[serde(default = "default_python")]
     pub python: String,
+}
+
+/// A pin built into a wheel on the host: `maturin build` of its PyPI source release.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipBuild {
+    /// The distribution's name as `requirements` pins it; the pinned version is built.
+    pub name: String,
+    /// sha256 of the source release (`<name>-<version>.tar.gz` on PyPI), as PyPI lists it.
+    pub sdist_sha256: String,
 }
 
 fn default_python() -> String {
@@ -134,6 +151,16 @@ fn default_python() -> String {
 impl Pip {
     pub fn applies_to(&self, debian_arch: &str) -> bool {
         self.arches.iter().any(|a| a == debian_arch)
+    }
+
+    /// The pinned version of `name` in `requirements` (names compared as pip does:
+    /// case-insensitive, `-`, `_` and `.` alike).
+    pub fn pinned_version<'t>(requirements: &'t str, name: &str) -> Option<&'t str> {
+        requirements
+            .lines()
+            .filter_map(|l| l.trim().split_once("=="))
+            .find(|(n, _)| normalise(n) == normalise(name))
+            .map(|(_, v)| v.trim())
     }
 
     /// `i`: the entry's index in the recipe's `[[pip]]` list, for the key in errors.
@@ -167,6 +194,35 @@ impl Pip {
                     &format!("pip[{i}].debian[{j}]"),
                     format!("`{d}` is not a Debian package name"),
                     "e.g. \"python3-netifaces\"",
+                ));
+            }
+        }
+        for (j, b) in self.build.iter().enumerate() {
+            let name_ok = !b.name.is_empty()
+                && b.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !name_ok {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].build[{j}].name"),
+                    format!("`{}` is not a distribution name", b.name),
+                    "name a pin of the entry's requirements, e.g. name = \"pycddl\"",
+                ));
+            }
+            let hash_ok = b.sdist_sha256.len() == 64
+                && b.sdist_sha256
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+            if !hash_ok {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("pip[{i}].build[{j}].sdist_sha256"),
+                    format!(
+                        "`{}` is not a sha256 (64 lowercase hex digits)",
+                        b.sdist_sha256
+                    ),
+                    "copy the source release's sha256 from its PyPI page (\"Download files\")",
                 ));
             }
         }
@@ -266,6 +322,16 @@ impl Recipe {
                     "write one `name==version` per line (as `pip freeze` does); no options, URLs or ranges",
                 ));
             }
+            for (j, b) in p.build.iter().enumerate() {
+                if Pip::pinned_version(&text, &b.name).is_none() {
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("pip[{i}].build[{j}].name"),
+                        format!("`{}` is not pinned in {}", b.name, file.display()),
+                        "build only a pin of the entry's requirements (its version is the one built)",
+                    ));
+                }
+            }
             pip_requirements.push(text);
         }
         Ok(Loaded {
@@ -303,6 +369,24 @@ impl Recipe {
         self.squashfs.validate(path)?;
         for (i, p) in self.pip.iter().enumerate() {
             p.validate(path, i)?;
+            // One venv is one installation: on any arch only one entry may make it.
+            for earlier in &self.pip[..i] {
+                if let Some(a) = p
+                    .arches
+                    .iter()
+                    .find(|a| earlier.venv == p.venv && earlier.applies_to(a))
+                {
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("pip[{i}].arches"),
+                        format!(
+                            "{} is installed on {a} by an earlier [[pip]] entry too",
+                            p.venv
+                        ),
+                        "give entries that share a venv disjoint `arches`",
+                    ));
+                }
+            }
         }
         self.verify.validate(path)
     }
@@ -422,6 +506,11 @@ pub fn check_requirements(text: &str) -> Result<(), (usize, String)> {
     }
 }
 
+/// A distribution name as PyPI compares it (PEP 503).
+pub fn normalise(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
 /// Debian policy 5.6.1: lowercase alphanumerics and + - ., at least two characters, starting
 /// alphanumeric. Checked here so a typo is named before a two-minute bootstrap.
 pub fn valid_package_name(p: &str) -> bool {
@@ -485,6 +574,106 @@ mod tests {
             "a==1\nhttps://x/a.whl",
         ] {
             assert!(check_requirements(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// A recipe in a temporary directory with `pip` appended and a requirements file beside it.
+    fn with_pip(pip: &str) -> Result<Loaded, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let good = std::fs::read_to_string(fixtures().join("good.toml")).unwrap();
+        std::fs::copy(fixtures().join("seed.toml"), d.path().join("seed.toml")).unwrap();
+        std::fs::write(
+            d.path().join("req.txt"),
+            "tahoe-lafs==1.20.0\npycddl==0.6.4\n",
+        )
+        .unwrap();
+        let path = d.path().join("pip.toml");
+        std::fs::write(&path, format!("{good}\n{pip}")).unwrap();
+        Recipe::load(&path)
+    }
+
+    const SHA: &str = "6946ba4377b5470bd637434fa9b26d596de8ff2cc9c5473483b81418a525397a";
+
+    #[test]
+    fn pip_build_entries_name_a_pin_and_its_source_hash() {
+        let l = with_pip(&format!(
+            "[[pip]]\nvenv = \"/opt/t\"\nrequirements = \"req.txt\"\narches = [\"i386\"]\nbuild = [{{ name = \"PyCDDL\", sdist_sha256 = \"{SHA}\" }}]\n"
+        ))
+        .unwrap();
+        let b = &l.recipe.pip[0].build[0];
+        assert_eq!(
+            Pip::pinned_version(&l.pip_requirements[0], &b.name),
+            Some("0.6.4")
+        );
+        for (pip, needle) in [
+            (
+                format!("build = [{{ name = \"zfec\", sdist_sha256 = \"{SHA}\" }}]"),
+                "pip[0].build[0].name",
+            ),
+            (
+                "build = [{ name = \"pycddl\", sdist_sha256 = \"6946\" }]".to_string(),
+                "pip[0].build[0].sdist_sha256",
+            ),
+            (
+                format!("build = [{{ name = \"pycddl\", sha256 = \"{SHA}\" }}]"),
+                "sha256",
+            ),
+        ] {
+            let err = with_pip(&format!(
+                "[[pip]]\nvenv = \"/opt/t\"\nrequirements = \"req.txt\"\narches = [\"i386\"]\n{pip}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(needle), "{pip}: {err}");
+            assert!(
+                err.contains("fix:") || err.contains("unknown field"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_sharing_a_venv_need_disjoint_arches() {
+        let entry = |arches: &str| {
+            format!("[[pip]]\nvenv = \"/opt/t\"\nrequirements = \"req.txt\"\narches = [{arches}]\n")
+        };
+        let ok = with_pip(&format!(
+            "{}{}",
+            entry("\"amd64\""),
+            entry("\"i386\", \"arm64\"")
+        ));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let err = with_pip(&format!(
+            "{}{}",
+            entry("\"amd64\""),
+            entry("\"i386\", \"amd64\"")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pip[1].arches") && err.contains("amd64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_recipe_puts_tahoe_on_every_arch() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let l = Recipe::load(&repo.join("recipes/cloudy.toml")).unwrap();
+        for arch in crate::board::DEBIAN_ARCHES {
+            let entries: Vec<_> = l
+                .recipe
+                .pip
+                .iter()
+                .zip(&l.pip_requirements)
+                .filter(|(p, _)| p.venv == "/opt/cloudy/tahoe-lafs" && p.applies_to(arch))
+                .collect();
+            assert_eq!(entries.len(), 1, "one Tahoe venv entry for {arch}");
+            assert_eq!(
+                Pip::pinned_version(entries[0].1, "tahoe-lafs"),
+                Some("1.20.0"),
+                "{arch} runs the same Tahoe release"
+            );
         }
     }
 

@@ -182,7 +182,7 @@ fn cargo_home() -> PathBuf {
         })
 }
 
-fn installed_version() -> Result<String, AgentError> {
+pub(crate) fn installed_version() -> Result<String, AgentError> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", "rustc-web"])
         .output()
@@ -213,7 +213,12 @@ fn pinned_version(file: &str) -> String {
 /// `<cache>/rust-sysroot/<version>/<triple>/` holding `lib/rustlib/<triple>` from the std .deb
 /// and the host's own rustlib beside it (proc macros and build scripts run on the host). One
 /// sysroot per target, so builds for different boards never touch each other's.
-fn sysroot(req: &Request, version: &str, log: &Log, step: &Step) -> Result<PathBuf, AgentError> {
+pub(crate) fn sysroot(
+    req: &Request,
+    version: &str,
+    log: &Log,
+    step: &Step,
+) -> Result<PathBuf, AgentError> {
     let triple = req.arch.rust_target();
     let (file, want) = pinned(req.arch).ok_or_else(|| {
         AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian()))

@@ -35,6 +35,34 @@ pub enum BootstrapError {
         recipe: String,
         detail: String,
     },
+    #[error("building the {name} {version} wheel for {target} failed:\n{detail}\n  fix: check the log above; the source release's crates come from crates.io (network needed once, pinned by its Cargo.lock)")]
+    WheelBuild {
+        name: String,
+        version: String,
+        target: String,
+        detail: String,
+    },
+    #[error("cannot build the {name} wheel: {detail}\n  file: {recipe}, key `pip` (build)\n  fix: run `make deps` (Debian's rustc-web and cross gcc), or drop the arch from that entry's `arches`")]
+    WheelToolchain {
+        name: String,
+        recipe: String,
+        detail: String,
+    },
+    #[error("cannot fetch maturin {version} (pinned by hash in image/src/stages/bootstrap/wheel.rs):\n{detail}\n  fix: check that PyPI is reachable; if PyPI replaced that file, update MATURIN_VERSION and MATURIN_SHA256 there")]
+    Maturin { version: String, detail: String },
+    #[error("cannot fetch the source release {file} from PyPI: {detail}\n  file: {recipe}, key `pip` (build)\n  fix: check that PyPI is reachable and that the pinned version has a source release")]
+    Sdist {
+        file: String,
+        recipe: String,
+        detail: String,
+    },
+    #[error("{file} from PyPI has sha256 {got}, the recipe pins {want}: refusing to build it\n  file: {recipe}, key `pip` (build.sdist_sha256)\n  fix: if the pin was changed on purpose, copy the sha256 from the release's PyPI page")]
+    SdistChecksum {
+        file: String,
+        got: String,
+        want: String,
+        recipe: String,
+    },
     #[error("mmdebstrap failed: {0}")]
     Other(CmdError),
     #[error("{what} {path}: {source}")]

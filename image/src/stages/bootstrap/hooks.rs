@@ -4,6 +4,8 @@
 pub(crate) const INITRAMFS_HOOK: &str = include_str!("initramfs.sh");
 /// Installs one `[[pip]]` entry into its venv (see the script).
 pub(crate) const PIP_VENV_HOOK: &str = include_str!("pip-venv.sh");
+/// Checks and lists a venv's closure, run by the venv hook (see the script).
+pub(crate) const PIP_CLOSURE: &str = include_str!("pip-closure.py");
 
 /// An mmdebstrap `--<kind>-hook` running `script` with `sh -c`: its first argument is the
 /// chroot (the hook's "$1"), then `args`.

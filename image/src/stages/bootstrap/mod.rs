@@ -15,15 +15,17 @@ mod error;
 mod hooks;
 mod package;
 mod pip;
+mod wheel;
 
 use error::io;
 pub use error::BootstrapError;
 use hooks::{hook, sh_quote, INITRAMFS_HOOK};
-pub use package::Package;
+pub use package::{Origin, Package};
 use pip::{parse_pip, pip_entries, pip_hooks};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
-const BOOTSTRAP_FORMAT: u32 = 2;
+// 3: a `[[pip]]` venv's closure is checked and listed with where each part came from.
+const BOOTSTRAP_FORMAT: u32 = 3;
 
 /// What every node needs besides the recipe's packages.
 const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
@@ -84,6 +86,9 @@ struct KeyInput<'a> {
     /// (venv, requirements text) of the recipe's `[[pip]]` entries for this arch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pip: Vec<(&'a str, &'a str)>,
+    /// Pins built on the host, with their source hashes (see wheel.rs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pip_build: Vec<&'a crate::recipe::PipBuild>,
 }
 
 pub fn package_set(board: &Board, recipe: &Loaded) -> Vec<String> {
@@ -126,6 +131,10 @@ fn key(board: &Board, recipe: &Loaded, with_security: bool) -> String {
         pip: pip_entries(board, recipe)
             .into_iter()
             .map(|(e, text)| (e.venv.as_str(), text))
+            .collect(),
+        pip_build: pip_entries(board, recipe)
+            .into_iter()
+            .flat_map(|(e, _)| &e.build)
             .collect(),
     };
     cache::sha256_bytes(&serde_json::to_vec(&input).expect("key serialises"))[..24].to_string()
@@ -270,7 +279,7 @@ fn make(
     let started = std::time::Instant::now();
 
     let mut c = mmdebstrap(board, recipe);
-    let req_files = pip_hooks(&mut c, board, recipe, dir, key, &lists.pip, log, step)?;
+    let pip = pip_hooks(&mut c, board, recipe, dir, key, &lists.pip, log, step)?;
     // Per-node secrets and identities must be made on the node, never shipped in the image.
     c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
     c.arg(format!(
@@ -283,7 +292,7 @@ fn make(
 
     let _ = std::fs::remove_file(&lists.pip);
     let ran = cmd::run(&mut c, log, step);
-    for f in &req_files {
+    for f in &pip.req_files {
         let _ = std::fs::remove_file(f);
     }
     if let Err(e) = ran {
@@ -291,7 +300,7 @@ fn make(
         let _ = std::fs::remove_file(&lists.pip);
         return Err(classify(e, board, recipe, dir));
     }
-    let (packages, pip) = lists.take(board)?;
+    let (packages, pip) = lists.take(board, recipe, &pip)?;
     let r = &recipe.recipe;
     let meta = Meta {
         key: key.to_string(),
@@ -324,9 +333,14 @@ struct Lists {
 
 impl Lists {
     /// Reads and removes both lists.
-    fn take(&self, board: &Board) -> Result<(Vec<Package>, Vec<Package>), BootstrapError> {
+    fn take(
+        &self,
+        board: &Board,
+        recipe: &Loaded,
+        sources: &pip::Hooks,
+    ) -> Result<(Vec<Package>, Vec<Package>), BootstrapError> {
         let pip = match std::fs::read_to_string(&self.pip) {
-            Ok(text) => parse_pip(&text, board.arch.debian()),
+            Ok(text) => parse_pip(&text, board, recipe, sources),
             Err(_) => Vec::new(),
         };
         let _ = std::fs::remove_file(&self.pip);
@@ -423,6 +437,8 @@ fn parse_packages(text: &str) -> Vec<Package> {
                 name: f.next()?.into(),
                 version: f.next()?.into(),
                 arch: f.next()?.into(),
+                from: None,
+                elsewhere: None,
             })
         })
         .collect();

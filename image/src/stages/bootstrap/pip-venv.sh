@@ -11,17 +11,23 @@
 #   $4 VENV          the venv's absolute path inside the chroot
 #   $5 SYSTEM_SITE   "yes": the venv also sees the system's site-packages (Debian python3-*)
 #   $6 INDEX         the entry's index in the recipe, appended to each line of LIST
-#   $7 LIST          gets the venv's `pip list --format=freeze` lines, each + TAB + INDEX
+#   $7 LIST          gets the closure's `name==version` lines, each + TAB + INDEX + TAB + where
+#                    it came from ("venv", or "debian:<package>=<version>")
+#   $8 CLOSURE       pip-closure.py's text: checks the closure's declared requirements
+#   $9...            wheels built on the host (PyPI has none for this arch), installed too
 set -e
-root=$1 wheels=$2 requirements=$3 venv=$4 system_site=$5 index=$6 list=$7
+root=$1 wheels=$2 requirements=$3 venv=$4 system_site=$5 index=$6 list=$7 closure=$8
+shift 8
 site=
 if [ "$system_site" = yes ]; then
   site=--system-site-packages
 fi
-tab=$(printf '\t')
 
 rm -rf "$root/tmp/cloudy-wheels"
 cp -r "$wheels" "$root/tmp/cloudy-wheels"
+for built in "$@"; do
+  cp "$built" "$root/tmp/cloudy-wheels/"
+done
 cp "$requirements" "$root/tmp/cloudy-requirements.txt"
 # shellcheck disable=SC2086 # $site is one option or nothing
 chroot "$root" python3 -m venv $site "$venv"
@@ -29,6 +35,26 @@ chroot "$root" env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/pip" i
   --no-index --find-links /tmp/cloudy-wheels --no-cache-dir --disable-pip-version-check \
   --no-input --only-binary=:all: --no-deps --require-virtualenv \
   -r /tmp/cloudy-requirements.txt
-rm -rf "$root/tmp/cloudy-requirements.txt" "$root/tmp/cloudy-wheels"
-chroot "$root" env PIP_CONFIG_FILE=/dev/null "$venv/bin/pip" list --format=freeze \
-  --disable-pip-version-check | sed "s/\$/$tab$index/" >>"$list"
+rm -rf "$root/tmp/cloudy-wheels"
+# Each built extension must load on the target (under qemu-user for a foreign arch: running a
+# check, not compiling).
+for built in "$@"; do
+  module=$(basename "$built" | cut -d- -f1)
+  chroot "$root" "$venv/bin/python" -c "import $module"
+done
+printf '%s\n' "$closure" >"$root/tmp/cloudy-closure.py"
+chroot "$root" "$venv/bin/python" /tmp/cloudy-closure.py /tmp/cloudy-requirements.txt "$index" \
+  >"$root/tmp/cloudy-closure.txt"
+cat "$root/tmp/cloudy-closure.txt" >>"$list"
+rm -f "$root/tmp/cloudy-closure.py" "$root/tmp/cloudy-closure.txt" "$root/tmp/cloudy-requirements.txt"
+if [ -x "$root$venv/bin/tahoe" ]; then
+  # Every board runs the pinned release: `tahoe --version` imports the whole node (under
+  # qemu-user for a foreign arch) and must name it.
+  reported=$(chroot "$root" "$venv/bin/tahoe" --version | head -n 1)
+  pinned=$(sed -n 's/^[Tt]ahoe[-_.][Ll][Aa][Ff][Ss]==//p' "$requirements")
+  printf 'cloudy: %s\n' "$reported"
+  if [ -n "$pinned" ] && [ "$reported" != "tahoe-lafs/$pinned" ]; then
+    echo "cloudy: $venv/bin/tahoe reports '$reported', the requirements pin tahoe-lafs==$pinned" >&2
+    exit 1
+  fi
+fi

@@ -1,16 +1,18 @@
-//! The recipe's `[[pip]]` entries: wheels fetched on the host, one venv hook each.
+//! The recipe's `[[pip]]` entries: wheels fetched (or built, see wheel.rs) on the host, one
+//! venv hook each.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::{io, BootstrapError};
-use super::hooks::{hook, PIP_VENV_HOOK};
-use super::package::Package;
+use super::hooks::{hook, PIP_CLOSURE, PIP_VENV_HOOK};
+use super::package::{Origin, Package};
+use super::wheel;
 use crate::board::Board;
 use crate::cache;
 use crate::cmd::{self, Log};
 use crate::progress::Step;
-use crate::recipe::Loaded;
+use crate::recipe::{normalise, Loaded};
 
 /// The recipe's `[[pip]]` entries that apply to this board, with their requirements text
 /// (their Debian packages go into the package set, so into the key too).
@@ -28,9 +30,16 @@ pub(super) fn pip_entries<'a>(
         .collect()
 }
 
+/// What the pip hooks were given: requirement files to remove once mmdebstrap is done, and
+/// per entry (by index) the wheels it installs from, for the manifest.
+pub(super) struct Hooks {
+    pub req_files: Vec<PathBuf>,
+    /// (recipe entry index, fetched wheels dir, wheels built on the host)
+    pub entries: Vec<(usize, PathBuf, Vec<wheel::Built>)>,
+}
+
 /// One customize hook per `[[pip]]` entry of this board (see pip-venv.sh), after its wheels
-/// are fetched on the host. Returns the requirement files written for the hooks, for the
-/// caller to remove once mmdebstrap is done.
+/// are fetched, or built, on the host.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pip_hooks(
     c: &mut Command,
@@ -41,29 +50,80 @@ pub(super) fn pip_hooks(
     pip_list: &Path,
     log: &Log,
     step: &Step,
-) -> Result<Vec<PathBuf>, BootstrapError> {
-    let mut req_files = Vec::new();
+) -> Result<Hooks, BootstrapError> {
+    let mut hooks = Hooks {
+        req_files: Vec::new(),
+        entries: Vec::new(),
+    };
+    let security_mirror = recipe.recipe.security_mirror();
+    let env = wheel::Env {
+        cache: dir.parent().unwrap_or(dir),
+        mirror: &recipe.recipe.mirror,
+        security_mirror: &security_mirror,
+        recipe: &recipe.path,
+    };
     for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
+        let index = entry_index(recipe, entry);
+        let mut built = Vec::new();
+        for b in &entry.build {
+            let version = crate::recipe::Pip::pinned_version(text, &b.name)
+                .expect("checked when the recipe was loaded");
+            built.push(wheel::wheel(
+                b,
+                version,
+                &entry.python,
+                board.arch,
+                &env,
+                log,
+                step,
+            )?);
+        }
         step.message(&format!("fetching wheels for {}", entry.venv));
-        let wheels = fetch_wheels(entry, text, board, recipe, dir, log, step)?;
+        let fetched = without_built(text, entry);
+        let wheels = fetch_wheels(entry, &fetched, board, recipe, dir, log, step)?;
         let req = dir.join(format!("{key}.req{i}.tmp"));
         std::fs::write(&req, text).map_err(|source| io("writing", &req, source))?;
         let system_site = if entry.debian.is_empty() { "no" } else { "yes" };
-        c.arg(hook(
-            "customize",
-            PIP_VENV_HOOK,
-            &[
-                &wheels.display().to_string(),
-                &req.display().to_string(),
-                &entry.venv,
-                system_site,
-                &i.to_string(),
-                &pip_list.display().to_string(),
-            ],
-        ));
-        req_files.push(req);
+        let mut args = vec![
+            wheels.display().to_string(),
+            req.display().to_string(),
+            entry.venv.clone(),
+            system_site.to_string(),
+            index.to_string(),
+            pip_list.display().to_string(),
+            PIP_CLOSURE.to_string(),
+        ];
+        args.extend(built.iter().map(|b| b.wheel.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.arg(hook("customize", PIP_VENV_HOOK, &args));
+        hooks.req_files.push(req);
+        hooks.entries.push((index, wheels, built));
     }
-    Ok(req_files)
+    Ok(hooks)
+}
+
+/// The entry's index in the recipe's `[[pip]]` list (entries of other arches included).
+fn entry_index(recipe: &Loaded, entry: &crate::recipe::Pip) -> usize {
+    recipe
+        .recipe
+        .pip
+        .iter()
+        .position(|p| std::ptr::eq(p, entry))
+        .expect("the entry is the recipe's")
+}
+
+/// The requirements without the pins built on the host: PyPI has no wheel of them here.
+fn without_built(text: &str, entry: &crate::recipe::Pip) -> String {
+    text.lines()
+        .filter(|l| {
+            let name = l.split("==").next().unwrap_or_default().trim();
+            !entry
+                .build
+                .iter()
+                .any(|b| normalise(&b.name) == normalise(name))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The wheels of one `[[pip]]` entry for this board's arch, cached under the bootstrap dir by
@@ -156,21 +216,192 @@ fn platforms(machine: &str) -> Vec<String> {
     platforms
 }
 
-/// `pip list --format=freeze` lines (tagged with the entry's index) as manifest packages.
-pub(super) fn parse_pip(text: &str, arch: &str) -> Vec<Package> {
+/// pip-closure.py's lines (`name==version`, entry index, where) as manifest packages, each
+/// with its origin and, where another entry of the same venv pins another version, that one.
+pub(super) fn parse_pip(text: &str, board: &Board, recipe: &Loaded, hooks: &Hooks) -> Vec<Package> {
+    let arch = board.arch.debian();
     let mut v: Vec<Package> = text
         .lines()
         .filter_map(|l| {
-            let (pin, _) = l.split_once('\t')?;
-            let (name, version) = pin.split_once("==")?;
+            let mut f = l.split('\t');
+            let (name, version) = f.next()?.split_once("==")?;
+            let index: usize = f.next()?.trim().parse().ok()?;
+            let where_ = f.next().unwrap_or("venv").trim();
+            let from = origin(name, version, where_, index, hooks);
             Some(Package {
                 name: name.into(),
                 version: version.into(),
                 arch: format!("pypi/{arch}"),
+                from: Some(from),
+                elsewhere: elsewhere(name, version, index, recipe),
             })
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v.dedup_by(|a, b| a.name == b.name && a.version == b.version);
     v
+}
+
+fn origin(name: &str, version: &str, where_: &str, index: usize, hooks: &Hooks) -> Origin {
+    if let Some(deb) = where_.strip_prefix("debian:") {
+        let (package, version) = deb.split_once('=').unwrap_or((deb, ""));
+        return Origin::Debian {
+            package: package.into(),
+            version: version.into(),
+        };
+    }
+    let Some((_, fetched, built)) = hooks.entries.iter().find(|(i, _, _)| *i == index) else {
+        return Origin::Venv;
+    };
+    if let Some(b) = built.iter().find(|b| wheel_is(&b.wheel, name, version)) {
+        return Origin::Built {
+            file: file_name(&b.wheel),
+            sha256: b.sha256.clone(),
+            inputs: b.inputs.clone(),
+        };
+    }
+    let wheel = std::fs::read_dir(fetched)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| wheel_is(p, name, version));
+    match wheel.and_then(|w| Some((file_name(&w), cache::sha256_file(&w).ok()?))) {
+        Some((file, sha256)) => Origin::PypiWheel { file, sha256 },
+        None => Origin::Venv,
+    }
+}
+
+/// Whether `path` is a wheel of `name` `version` (`<name>-<version>-<tags>.whl`, the name
+/// normalised as PEP 427 allows).
+fn wheel_is(path: &Path, name: &str, version: &str) -> bool {
+    let file = file_name(path);
+    let mut parts = file.trim_end_matches(".whl").split('-');
+    file.ends_with(".whl")
+        && parts
+            .next()
+            .is_some_and(|n| normalise(n) == normalise(name))
+        && parts.next() == Some(version)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// "<version> on <arches>" when another `[[pip]]` entry of the same venv pins `name` at
+/// another version.
+fn elsewhere(name: &str, version: &str, index: usize, recipe: &Loaded) -> Option<String> {
+    let pip = &recipe.recipe.pip;
+    let venv = &pip.get(index)?.venv;
+    pip.iter()
+        .zip(&recipe.pip_requirements)
+        .enumerate()
+        .filter(|(i, (p, _))| *i != index && &p.venv == venv)
+        .find_map(|(_, (p, text))| {
+            let other = crate::recipe::Pip::pinned_version(text, name)?;
+            (other != version).then(|| format!("{other} on {}", p.arches.join(", ")))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    fn shipped() -> (Board, Loaded) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let (board, _) = Board::load(&root.join("hardware/pc-686-pae.toml")).unwrap();
+        (
+            board,
+            Recipe::load(&root.join("recipes/cloudy.toml")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn built_pins_are_not_fetched_from_pypi() {
+        let (board, recipe) = shipped();
+        let entries = pip_entries(&board, &recipe);
+        assert_eq!(entries.len(), 1, "one Tahoe entry on i386");
+        let (entry, text) = entries[0];
+        assert!(text.contains("pycddl==0.6.4"));
+        let fetched = without_built(text, entry);
+        assert!(
+            !fetched.lines().any(|l| l.starts_with("pycddl==")),
+            "{fetched}"
+        );
+        assert!(fetched.contains("tahoe-lafs==1.20.0"));
+    }
+
+    /// The manifest says of each distribution where it came from, and what amd64 pins instead.
+    #[test]
+    fn closure_lines_become_manifest_entries_with_origins() {
+        let (board, recipe) = shipped();
+        let (entry, _) = pip_entries(&board, &recipe)[0];
+        let index = entry_index(&recipe, entry);
+        let fetched = tempfile::tempdir().unwrap();
+        std::fs::write(
+            fetched.path().join("tahoe_lafs-1.20.0-py3-none-any.whl"),
+            "tahoe",
+        )
+        .unwrap();
+        let inputs = wheel::Inputs {
+            name: "pycddl".into(),
+            version: "0.6.4".into(),
+            sdist_sha256: "6946".into(),
+            toolchain: "1.96.0".into(),
+            target: "i686-unknown-linux-gnu".into(),
+            maturin: "1.16.0".into(),
+            python: "3.11".into(),
+        };
+        let hooks = Hooks {
+            req_files: vec![],
+            entries: vec![(
+                index,
+                fetched.path().to_path_buf(),
+                vec![wheel::Built {
+                    wheel: PathBuf::from("/c/pycddl-0.6.4-cp311-cp311-linux_i686.whl"),
+                    sha256: "ab".into(),
+                    inputs: inputs.clone(),
+                }],
+            )],
+        };
+        let text = format!(
+            "tahoe-lafs==1.20.0\t{index}\tvenv\npycddl==0.6.4\t{index}\tvenv\n\
+             cryptography==38.0.4\t{index}\tdebian:python3-cryptography=38.0.4-3+deb12u1\n\
+             setuptools==66.1.1\t{index}\tvenv\n"
+        );
+        let v = parse_pip(&text, &board, &recipe, &hooks);
+        let get = |n: &str| v.iter().find(|p| p.name == n).unwrap();
+        assert_eq!(
+            get("tahoe-lafs").from,
+            Some(Origin::PypiWheel {
+                file: "tahoe_lafs-1.20.0-py3-none-any.whl".into(),
+                sha256: cache::sha256_bytes(b"tahoe"),
+            })
+        );
+        assert_eq!(get("tahoe-lafs").elsewhere, None, "same on amd64");
+        assert_eq!(
+            get("pycddl").from,
+            Some(Origin::Built {
+                file: "pycddl-0.6.4-cp311-cp311-linux_i686.whl".into(),
+                sha256: "ab".into(),
+                inputs,
+            })
+        );
+        assert_eq!(
+            get("cryptography").from,
+            Some(Origin::Debian {
+                package: "python3-cryptography".into(),
+                version: "38.0.4-3+deb12u1".into(),
+            })
+        );
+        assert_eq!(
+            get("cryptography").elsewhere.as_deref(),
+            Some("50.0.2 on amd64")
+        );
+        assert_eq!(get("setuptools").from, Some(Origin::Venv));
+        assert_eq!(get("setuptools").arch, "pypi/i386");
+    }
 }
