@@ -1,7 +1,7 @@
 //! Issue 6, done-when 5: in a built x86 image, Tahoe-LAFS, Syncthing and live streaming all
 //! start on first boot when the seed enables them, and the build's verify stage sees it.
-//! pc-amd64: the board with PyPI's own wheels for every Tahoe-LAFS pin (the other boards take Debian's
-//! compiled python3-* and a locally built pycddl: `tests/tahoe.rs` boots pc-686-pae with Tahoe).
+//! pc-amd64: the board with PyPI's own wheels for every Tahoe-LAFS pin (the others take Debian's
+//! compiled python3-* and a locally built pycddl; `tests/tahoe.rs` boots pc-686-pae with Tahoe).
 
 use std::process::Command;
 
