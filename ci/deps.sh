@@ -39,8 +39,9 @@ build_pkgs=(
 )
 # What only the tests and benchmarks run on the host: several nodes in network namespaces
 # (tinc, iproute2, avahi, D-Bus, serf, the services), the dashboard's browser tests
-# (Chromium), DHCP on the bridged LAN of two booted ISOs (dnsmasq), the SD round trip (bmaptool), bench/build.sh's comparison (live-build), and
-# tools for looking inside images by hand (cpio, zstd).
+# (Chromium), DHCP on the bridged LAN of two booted ISOs (dnsmasq), the SD round trip
+# (bmaptool), bench/build.sh's comparison (live-build), and tools for looking inside images by
+# hand (cpio, zstd).
 test_pkgs=(
   tinc iproute2 iputils-ping procps
   avahi-daemon avahi-utils dbus serf python3-zeroconf
