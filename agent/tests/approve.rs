@@ -100,12 +100,16 @@ fn a_pending_node_is_approved_by_fingerprint_and_meshes() {
     let issue =
         std::fs::read_to_string(cloud.nodes[2].root.join("etc/issue.d/cloudy.issue")).unwrap();
     assert!(issue.contains(&fp), "{issue}");
-    let ann = std::fs::read_to_string(
-        cloud.nodes[2]
-            .root
-            .join("etc/avahi/services/cloudy-pending.service"),
-    )
-    .unwrap();
+    // The announcement is written just after the pending line (once the address is known).
+    let ann_file = cloud.nodes[2]
+        .root
+        .join("etc/avahi/services/cloudy-pending.service");
+    wait_for(
+        "node 3's pending announcement",
+        Duration::from_secs(30),
+        || ann_file.exists(),
+    );
+    let ann = std::fs::read_to_string(&ann_file).unwrap();
     assert!(ann.contains("_cloudy-pending._tcp"), "{ann}");
     assert!(!stored_key(&cloud, 3).contains(KEY));
 
