@@ -205,12 +205,13 @@ fn bad_input_is_named_and_leaves_no_output() {
         let p = tmp.path().join(name);
         std::fs::write(&p, body).unwrap();
         std::fs::write(tmp.path().join("seed.toml"), "version = 1\n").unwrap();
-        // The recipe's other files sit next to it.
-        std::fs::copy(
-            repo().join("recipes/tahoe-requirements.txt"),
-            tmp.path().join("tahoe-requirements.txt"),
-        )
-        .unwrap();
+        // The recipe's other files (its pip requirement lists) sit next to it.
+        for f in std::fs::read_dir(repo().join("recipes")).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "txt") {
+                std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+            }
+        }
         p
     };
     let base = std::fs::read_to_string(repo().join("recipes/cloudy.toml"))
