@@ -605,6 +605,42 @@ fn open(key: &[u8; 32], role: u8, sealed: &[u8]) -> Result<Vec<u8>, ExchangeErro
         .map_err(|_| ExchangeError::BadMac)
 }
 
+/// What [`bounded_line`] read.
+pub(crate) enum Bounded {
+    Line(Vec<u8>),
+    /// The peer closed before a whole line.
+    Closed,
+    /// The line is longer than allowed (nothing more of it was read).
+    TooLong,
+}
+
+/// Reads one line (with its `\n`) without ever holding more than `max` bytes of it (and the
+/// reader's buffer): the pre-authentication lines of the exchange and of the approve handshake.
+pub(crate) async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Bounded> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(Bounded::Closed);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > max {
+            return Ok(Bounded::TooLong);
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        if done {
+            return Ok(Bounded::Line(buf));
+        }
+    }
+}
+
 fn frame(sealed: &[u8]) -> Vec<u8> {
     let mut f = u32::try_from(sealed.len())
         .expect("bodies are bounded far below 4 GiB")
@@ -636,26 +672,13 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Reads one line without ever holding more than `max` bytes of it (and the reader's
     /// buffer, 8 KiB).
     async fn recv<T: for<'de> Deserialize<'de>>(&mut self, max: usize) -> Result<T, ExchangeError> {
-        let mut buf = Vec::new();
-        loop {
-            let chunk = self.r.fill_buf().await?;
-            if chunk.is_empty() {
-                return Err(ExchangeError::Closed);
+        match bounded_line(&mut self.r, max).await? {
+            Bounded::Line(buf) => {
+                serde_json::from_slice(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))
             }
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (chunk.len(), false),
-            };
-            if buf.len() + take > max {
-                return Err(ExchangeError::TooLong);
-            }
-            buf.extend_from_slice(&chunk[..take]);
-            self.r.consume(take);
-            if done {
-                break;
-            }
+            Bounded::Closed => Err(ExchangeError::Closed),
+            Bounded::TooLong => Err(ExchangeError::TooLong),
         }
-        serde_json::from_slice(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))
     }
 
     /// One sealed frame of at most `max` bytes of plaintext; its length is checked before a

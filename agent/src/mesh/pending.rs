@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::os::identity::{self, hex, random_bytes, NodeKey};
 
@@ -291,25 +291,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     async fn recv(&mut self, max: usize) -> Result<Line, PendingError> {
-        let mut buf = Vec::new();
-        loop {
-            let chunk = self.r.fill_buf().await?;
-            if chunk.is_empty() {
-                return Err(PendingError::Closed);
-            }
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (chunk.len(), false),
-            };
-            if buf.len() + take > max {
-                return Err(PendingError::TooLong);
-            }
-            buf.extend_from_slice(&chunk[..take]);
-            self.r.consume(take);
-            if done {
-                break;
-            }
-        }
+        use super::exchange::{bounded_line, Bounded};
+        let buf = match bounded_line(&mut self.r, max).await? {
+            Bounded::Line(buf) => buf,
+            Bounded::Closed => return Err(PendingError::Closed),
+            Bounded::TooLong => return Err(PendingError::TooLong),
+        };
         let l: Line =
             serde_json::from_slice(&buf).map_err(|e| PendingError::Malformed(e.to_string()))?;
         if let Some(r) = l.refused {
