@@ -9,8 +9,7 @@
 mod microcloud;
 mod web;
 
-use microcloud::{agent, discovery_available, hash, wait_for, Cloud, KEY};
-use std::process::{Command, Output};
+use microcloud::{discovery_available, hash, said, wait_for, Cloud, KEY};
 use std::time::Duration;
 use web::chromium::{tool, Driver};
 
@@ -23,25 +22,6 @@ fn pending_seed(cloud: &Cloud, i: usize) {
     let p = cloud.nodes[i - 1].root.join("boot/firmware/cloudy.toml");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, seed).unwrap();
-}
-
-/// `cloudy-agent ARGS` against node `i`'s running agent.
-fn cli(cloud: &Cloud, i: usize, args: &[&str]) -> Output {
-    Command::new(agent())
-        .arg("--root")
-        .arg(&cloud.nodes[i - 1].root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The fingerprint node `i` printed in its `{"cloudy":"pending"}` line.
@@ -66,17 +46,10 @@ fn wait_listed(cloud: &Cloud, on: usize, fp: &str) {
         "the pending node listed by a member",
         Duration::from_secs(30),
         || {
-            let o = cli(cloud, on, &["pending", "--json"]);
+            let o = cloud.cli(on, &["pending", "--json"]);
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(fp)
         },
     );
-}
-
-fn stored_key(cloud: &Cloud, i: usize) -> String {
-    std::fs::read_to_string(cloud.nodes[i - 1].root.join("var/lib/cloudy/community.key"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 #[test]
@@ -111,34 +84,34 @@ fn a_pending_node_is_approved_by_fingerprint_and_meshes() {
     );
     let ann = std::fs::read_to_string(&ann_file).unwrap();
     assert!(ann.contains("_cloudy-pending._tcp"), "{ann}");
-    assert!(!stored_key(&cloud, 3).contains(KEY));
+    assert!(!cloud.stored_key(3).contains(KEY));
 
     let t = std::time::Instant::now();
     wait_listed(&cloud, 2, &fp);
     eprintln!("listed on node 2 {:?} after node 3 was ready", t.elapsed());
 
     // A fingerprint of no pending node, and one that is not a fingerprint at all.
-    let o = cli(&cloud, 2, &["approve", "AAAA-AAAA-AAAA-AAAA"]);
-    let said = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{said}");
+    let o = cloud.cli(2, &["approve", "AAAA-AAAA-AAAA-AAAA"]);
+    let out = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
-        said.contains("no pending node with fingerprint AAAA-AAAA-AAAA-AAAA")
-            && said.contains(&format!("pending now: {fp}"))
-            && said.contains("console"),
-        "{said}"
+        out.contains("no pending node with fingerprint AAAA-AAAA-AAAA-AAAA")
+            && out.contains(&format!("pending now: {fp}"))
+            && out.contains("console"),
+        "{out}"
     );
-    let o = cli(&cloud, 2, &["approve", "ABCD-EFGH"]);
-    let said = text(&o);
-    assert!(!o.status.success(), "{said}");
-    assert!(said.contains("is not a fingerprint"), "{said}");
-    assert_eq!(stored_key(&cloud, 3), "", "nothing granted yet");
+    let o = cloud.cli(2, &["approve", "ABCD-EFGH"]);
+    let out = said(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("is not a fingerprint"), "{out}");
+    assert_eq!(cloud.stored_key(3), "", "nothing granted yet");
 
     // The right one, typed in lower case without dashes.
     let t = std::time::Instant::now();
-    let o = cli(&cloud, 2, &["approve", &fp.replace('-', "").to_lowercase()]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("approved"), "{}", text(&o));
-    assert_eq!(stored_key(&cloud, 3), KEY);
+    let o = cloud.cli(2, &["approve", &fp.replace('-', "").to_lowercase()]);
+    assert!(o.status.success(), "{}", said(&o));
+    assert!(said(&o).contains("approved"), "{}", said(&o));
+    assert_eq!(cloud.stored_key(3), KEY);
     let took = cloud.wait_members(&[1, 2, 3], Duration::from_secs(40));
     eprintln!(
         "approved in {:?}; all three list each other {took:?} later",
@@ -154,14 +127,14 @@ fn a_pending_node_is_approved_by_fingerprint_and_meshes() {
         .join("etc/avahi/services/cloudy-pending.service")
         .exists());
     wait_for("the goodbye", Duration::from_secs(15), || {
-        !String::from_utf8_lossy(&cli(&cloud, 1, &["pending", "--json"]).stdout).contains(&fp)
+        !String::from_utf8_lossy(&cloud.cli(1, &["pending", "--json"]).stdout).contains(&fp)
     });
-    let o = cli(&cloud, 1, &["approve", &fp]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = cloud.cli(1, &["approve", &fp]);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
     assert!(
-        text(&o).contains("no pending node with fingerprint"),
+        said(&o).contains("no pending node with fingerprint"),
         "{}",
-        text(&o)
+        said(&o)
     );
 }
 
@@ -196,20 +169,20 @@ fn a_strangers_approval_wins_once_and_the_node_never_joins_the_community() {
     wait_listed(&cloud, 2, &fp);
     wait_listed(&cloud, 1, &fp);
 
-    let o = cli(&cloud, 2, &["approve", &fp]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(stored_key(&cloud, 3), stranger_key);
+    let o = cloud.cli(2, &["approve", &fp]);
+    assert!(o.status.success(), "{}", said(&o));
+    assert_eq!(cloud.stored_key(3), stranger_key);
     // The member's approval comes second: refused (the node is gone from the LAN's pending
     // list, or refuses a second approval if the goodbye has not arrived yet).
-    let o = cli(&cloud, 1, &["approve", &fp]);
-    let said = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{said}");
+    let o = cloud.cli(1, &["approve", &fp]);
+    let out = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
-        said.contains("no pending node with fingerprint") || said.contains("not approved"),
-        "{said}"
+        out.contains("no pending node with fingerprint") || out.contains("not approved"),
+        "{out}"
     );
     assert_eq!(
-        stored_key(&cloud, 3),
+        cloud.stored_key(3),
         stranger_key,
         "the first approval holds"
     );
@@ -310,7 +283,7 @@ fn the_dashboards_approve_button_approves_a_pending_node() {
     });
     let msg = driver.text("#message");
     assert!(msg.contains("console"), "{msg}");
-    assert_eq!(stored_key(&cloud, 2), "");
+    assert_eq!(cloud.stored_key(2), "");
     driver.shot("approve-02-wrong-fingerprint");
 
     driver.click(&format!("{row} button.approve"));
@@ -321,7 +294,7 @@ fn the_dashboards_approve_button_approves_a_pending_node() {
             .contains("approved the node at 10.213.0.2")
     });
     driver.shot("approve-03-approved");
-    assert_eq!(stored_key(&cloud, 2), KEY);
+    assert_eq!(cloud.stored_key(2), KEY);
     cloud.wait_members(&[1, 2], Duration::from_secs(40));
 
     // The same tab's rekey button: both members move to a new key.
@@ -339,9 +312,9 @@ fn the_dashboards_approve_button_approves_a_pending_node() {
         .to_string();
     assert!(page.contains("n2: switched to the new key"), "{page}");
     driver.shot("approve-04-rekeyed");
-    let new = stored_key(&cloud, 1);
+    let new = cloud.stored_key(1);
     assert_ne!(new, KEY);
     wait_for("node 2 takes the new key", Duration::from_secs(5), || {
-        stored_key(&cloud, 2) == new
+        cloud.stored_key(2) == new
     });
 }

@@ -9,37 +9,11 @@
 
 mod microcloud;
 
-use microcloud::{agent, discovery_available, listen_in, wait_for, Cloud, KEY};
-use std::process::{Command, Output};
+use microcloud::{discovery_available, listen_in, said, wait_for, Cloud, KEY};
 use std::time::{Duration, Instant};
 
 /// The overlap the nodes keep the old key for (the default is 2 minutes).
 const OVERLAP_S: u64 = 4;
-
-fn cli(cloud: &Cloud, i: usize, args: &[&str]) -> Output {
-    Command::new(agent())
-        .arg("--root")
-        .arg(&cloud.nodes[i - 1].root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stored_key(cloud: &Cloud, i: usize) -> String {
-    std::fs::read_to_string(cloud.nodes[i - 1].root.join("var/lib/cloudy/community.key"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
 
 /// Node `on` lists node `of`'s web service (port 8000+of), with these sources among its claims.
 fn lists_web(cloud: &Cloud, on: usize, of: usize, sources: &[&str]) -> bool {
@@ -98,24 +72,24 @@ fn after_a_rekey_members_mesh_a_returning_one_catches_up_and_old_key_holders_are
     cloud.nodes[2].kill();
     wait_control(&cloud, 1);
     let t = Instant::now();
-    let o = cli(&cloud, 1, &["rekey"]);
-    let said = text(&o);
-    eprintln!("rekey on node 1 took {:?}:\n{said}", t.elapsed());
-    assert!(o.status.success(), "{said}");
-    assert!(said.contains("community key replaced (serial 1)"), "{said}");
+    let o = cloud.cli(1, &["rekey"]);
+    let out = said(&o);
+    eprintln!("rekey on node 1 took {:?}:\n{out}", t.elapsed());
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("community key replaced (serial 1)"), "{out}");
     assert!(
-        said.contains("n2 (") && said.contains("switched to the new key"),
-        "{said}"
+        out.contains("n2 (") && out.contains("switched to the new key"),
+        "{out}"
     );
     assert!(
-        said.contains("n3 (") && said.contains("gets the new key from any member"),
-        "{said}"
+        out.contains("n3 (") && out.contains("gets the new key from any member"),
+        "{out}"
     );
-    let new = stored_key(&cloud, 1);
+    let new = cloud.stored_key(1);
     assert_ne!(new, KEY);
     assert!(new.len() >= 32, "{new}");
     wait_for("node 2 stores the new key", Duration::from_secs(5), || {
-        stored_key(&cloud, 2) == new
+        cloud.stored_key(2) == new
     });
     // The history keeps the old key for members that come back; 0600 like the key.
     let hist = cloud.nodes[0]
@@ -156,7 +130,7 @@ fn after_a_rekey_members_mesh_a_returning_one_catches_up_and_old_key_holders_are
     let t = Instant::now();
     cloud.nodes[2].start();
     wait_for("node 3 gets the new key", Duration::from_secs(40), || {
-        stored_key(&cloud, 3) == new
+        cloud.stored_key(3) == new
     });
     eprintln!("node 3 had the new key {:?} after it started", t.elapsed());
     wait_for(
@@ -177,31 +151,24 @@ fn after_a_rekey_members_mesh_a_returning_one_catches_up_and_old_key_holders_are
             "node {i} took the old key's holder in"
         );
     }
-    assert_eq!(stored_key(&cloud, 4), KEY, "node 4 was given the new key");
+    assert_eq!(cloud.stored_key(4), KEY, "node 4 was given the new key");
     assert_eq!(cloud.nodes[3].member_ids(), vec![n4]);
 
     // A second rekey removes node 3: it is left on the first new key and out of every list.
-    let o = cli(&cloud, 2, &["rekey", "--remove", "n3"]);
-    let said = text(&o);
-    assert!(o.status.success(), "{said}");
-    assert!(
-        said.contains("(serial 2)") && !said.contains("n3 ("),
-        "{said}"
-    );
-    let newer = stored_key(&cloud, 2);
+    let o = cloud.cli(2, &["rekey", "--remove", "n3"]);
+    let out = said(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("(serial 2)") && !out.contains("n3 ("), "{out}");
+    let newer = cloud.stored_key(2);
     assert_ne!(newer, new);
     wait_for(
         "node 1 takes the second key",
         Duration::from_secs(5),
-        || stored_key(&cloud, 1) == newer,
+        || cloud.stored_key(1) == newer,
     );
     let n3 = cloud.nodes[2].node_id();
     std::thread::sleep(Duration::from_secs(OVERLAP_S + 25));
-    assert_eq!(
-        stored_key(&cloud, 3),
-        new,
-        "the removed node got the new key"
-    );
+    assert_eq!(cloud.stored_key(3), new, "the removed node got the new key");
     for i in [1, 2] {
         assert!(
             !cloud.nodes[i - 1].member_ids().contains(&n3),

@@ -339,6 +339,24 @@ pub struct Cloud {
 }
 
 impl Cloud {
+    /// `cloudy-agent ARGS` against node `i`'s root (its running agent, for most commands).
+    pub fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(agent())
+            .arg("--root")
+            .arg(&self.nodes[i - 1].root)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The community key node `i` keeps (empty when it has none).
+    pub fn stored_key(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i - 1].root.join("var/lib/cloudy/community.key"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
     /// `tag` keeps concurrent tests' namespaces apart (2-4 letters).
     pub fn new(tag: &str, n: usize) -> Cloud {
         let prefix = format!("c{tag}{}", std::process::id() % 10000);
@@ -611,4 +629,14 @@ pub fn wait_for(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     t0.elapsed()
+}
+
+/// A command's exit code and both outputs, for assertion messages.
+pub fn said(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
