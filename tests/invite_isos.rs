@@ -118,15 +118,7 @@ fn seeded(base: &Path, dir: &Path, name: &str, seed: &str) -> std::path::PathBuf
 fn a_second_iso_joins_with_only_an_invitation_made_on_the_first() {
     require_root();
     let out = out_dir("invite-isos");
-    let o = cloudy_image(&[
-        "build",
-        "--board",
-        BOARD,
-        "--out",
-        out.to_str().unwrap(),
-        "--no-verify",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    build_unverified(BOARD, &out);
     let base = out.join(format!("{BOARD}/cloudy-{BOARD}.iso"));
     let lan = Lan::new(&out);
 

@@ -291,6 +291,20 @@ pub fn ready_line(console: &str, from: usize) -> Option<serde_json::Value> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
+/// Builds `board` into `out` without the verify boot (the test boots it itself); panics with
+/// the build's output when it fails.
+pub fn build_unverified(board: &str, out: &Path) {
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        board,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A built ISO, its kernel and initrd (extracted, to boot with a command line of one's own)
 /// and its ISOLINUX menu.
 pub struct Iso {
