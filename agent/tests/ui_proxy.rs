@@ -24,17 +24,10 @@ const PASSWORD: &str = "ui proxy test password";
 const HTTPS: &str = "10.213.0.1:8443";
 const UI: &str = "10.213.0.1:8444";
 
-#[test]
-fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
-    let test = "the_dashboard_passes_syncthings_gui_through_behind_its_login";
-    if !microcloud::available(test) {
-        return;
-    }
-    if !std::path::Path::new("/usr/bin/syncthing").exists() {
-        eprintln!("SKIP {test}: syncthing not installed (CI gets it from ci/deps.sh)");
-        return;
-    }
-    let mut cloud = Cloud::new("ui", 1);
+/// One node running `enable` (a TOML list's items) with the test's dashboard password, its
+/// dashboard and UI origin up.
+fn one_node(tag: &str, enable: &str) -> Cloud {
+    let mut cloud = Cloud::new(tag, 1);
     {
         // The dashboard runs as its own user: it must reach the control socket in the root.
         use std::os::unix::fs::PermissionsExt;
@@ -46,14 +39,29 @@ fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
         1,
         microcloud::KEY,
         &format!(
-            "peers = []\n[services]\nenable = [\"syncthing\"]\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
+            "peers = []\n[services]\nenable = [{enable}]\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
         ),
     );
     cloud.start_all();
+    let ns = &cloud.nodes[0].ns;
+    web::wait_up(ns, HTTPS, Duration::from_secs(30));
+    web::wait_up(ns, UI, Duration::from_secs(30));
+    cloud
+}
+
+#[test]
+fn the_dashboard_passes_syncthings_gui_through_behind_its_login() {
+    let test = "the_dashboard_passes_syncthings_gui_through_behind_its_login";
+    if !microcloud::available(test) {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/syncthing").exists() {
+        eprintln!("SKIP {test}: syncthing not installed (CI gets it from ci/deps.sh)");
+        return;
+    }
+    let cloud = one_node("ui", "\"syncthing\"");
     let n1 = &cloud.nodes[0];
     let ns = n1.ns.clone();
-    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
-    web::wait_up(&ns, UI, Duration::from_secs(30));
     let pin = web::tls::status_fingerprint(&n1.root);
 
     // Not logged in: the dashboard's login page (on its own origin), for the UI and anything
@@ -232,25 +240,9 @@ fn tahoes_pages_pass_through_and_a_grid_file_runs_no_script() {
         eprintln!("SKIP {test}: Tahoe-LAFS not installed (CI gets it from ci/deps.sh)");
         return;
     }
-    let mut cloud = Cloud::new("ut", 1);
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let top = cloud.nodes[0].root.parent().unwrap();
-        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let h = hash(PASSWORD);
-    cloud.write_seed_text(
-        1,
-        microcloud::KEY,
-        &format!(
-            "peers = []\n[services]\nenable = [\"tahoe-introducer\", \"tahoe-storage\"]\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n"
-        ),
-    );
-    cloud.start_all();
+    let cloud = one_node("ut", "\"tahoe-introducer\", \"tahoe-storage\"");
     let n1 = &cloud.nodes[0];
     let ns = n1.ns.clone();
-    web::wait_up(&ns, HTTPS, Duration::from_secs(30));
-    web::wait_up(&ns, UI, Duration::from_secs(30));
     let pin = web::tls::status_fingerprint(&n1.root);
 
     let r = web::tls::get(&ns, UI, &pin, "/ui/tahoe/", None);
