@@ -8,6 +8,7 @@
 //! - `summary`: a member's probe summary, as it travels between members
 //! - `rating`: a user's rating of a provider, its limits and its signed form
 //! - `seed`: the user's `cloudy.toml`, a file per section
+//! - `update`: update manifests, signed by K of the community's N update keys, and who may install them
 
 pub mod info;
 pub mod kinds;
@@ -16,3 +17,4 @@ pub mod rating;
 pub mod record;
 pub mod seed;
 pub mod summary;
+pub mod update;
