@@ -62,6 +62,51 @@ pub struct NodeInfo {
     pub location: Option<String>,
     /// The seed's `[node] contact`.
     pub contact: Option<String>,
+    /// The image release the node runs (`/usr/lib/cloudy/release.json`); None for a node
+    /// built without one. Left out when None, so the info of such a node reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// What the image says it is (`/usr/lib/cloudy/release.json`, written by `cloudy-image`): the
+/// board it was built for and its release version, which updates compare against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub board: String,
+    pub version: String,
+}
+
+/// Where every image keeps its release.
+pub const RELEASE_FILE: &str = "/usr/lib/cloudy/release.json";
+
+impl Release {
+    /// The release under `root` (`/` on a node), or None with the reason: no file, or one that
+    /// does not parse.
+    pub fn load(root: &std::path::Path) -> Result<Release, String> {
+        let path = root.join(RELEASE_FILE.trim_start_matches('/'));
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() > 4096 {
+            return Err(format!("{}: longer than 4096 bytes", path.display()));
+        }
+        let r: Release = serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "{}: {e}; fix: the image writes it as {{\"board\": \"...\", \"version\": \"1.2.0\"}}",
+                path.display()
+            )
+        })?;
+        r.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(r)
+    }
+
+    pub fn validate(&self) -> Result<(), InfoError> {
+        check_hostname(&self.board).map_err(|p| field("release", format!("board: {p}")))?;
+        self.version
+            .parse::<crate::update::Version>()
+            .map_err(|e| field("release", e.to_string()))?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -114,6 +159,9 @@ impl NodeInfo {
         }
         check_hostname(&self.name).map_err(|p| field("name", p))?;
         check_text(&self.version).map_err(|p| field("version", p))?;
+        if let Some(r) = &self.release {
+            r.validate()?;
+        }
         for (f, t) in [("location", &self.location), ("contact", &self.contact)] {
             if let Some(t) = t {
                 check_text(t).map_err(|p| field(f, p))?;
@@ -210,6 +258,10 @@ pub mod tests {
                 .collect(),
             location: Some("52.52,13.40".into()),
             contact: Some("ops@example.org".into()),
+            release: Some(Release {
+                board: "pc-amd64".into(),
+                version: "1.4.0".into(),
+            }),
         }
     }
 
@@ -241,6 +293,8 @@ pub mod tests {
             |i: &mut NodeInfo| i.services[0].state = "up<b>".into(),
             |i: &mut NodeInfo| i.services[0].kind = "../x".into(),
             |i: &mut NodeInfo| i.peers[0].score = Some(101),
+            |i: &mut NodeInfo| i.release.as_mut().unwrap().version = "1.2<b>".into(),
+            |i: &mut NodeInfo| i.release.as_mut().unwrap().board = "a b".into(),
             |i: &mut NodeInfo| i.contact = Some("x".repeat(MAX_TEXT + 1)),
         ] {
             let mut bad = ok.clone();

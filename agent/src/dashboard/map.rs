@@ -452,6 +452,7 @@ pub fn generated(n: u32, now: u64) -> CommunityView {
                     .collect(),
                 location: None,
                 contact: Some(format!("ops-{k}@example.org")),
+                release: None,
             },
             rtt_us: Some(3000),
             ok_at: if k % 11 == 5 { now - 600 } else { now },

@@ -269,6 +269,9 @@ pub fn gather(
         peers,
         location: described.location.clone(),
         contact: described.contact.clone(),
+        // Read each time: a few bytes, and an update changes it under a running agent's feet
+        // only by a reboot, but a test's root may gain it late.
+        release: cloudy_model::info::Release::load(sys.root()).ok(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod ssh;
 pub mod storage;
 pub mod streaming;
 pub mod tinc;
+pub mod update;
 pub mod wifi;
 
 use serde::Deserialize;
@@ -28,6 +29,7 @@ pub use services::{Publish, Services};
 pub use ssh::Ssh;
 pub use storage::{Storage, DATA_LABEL};
 pub use tinc::{Tinc, TincMode, DEFAULT_NETNAME, DEFAULT_TINC_PORT, DEFAULT_VPN_SUBNET};
+pub use update::Update;
 pub use wifi::Wifi;
 
 use crate::names::parse_cidr;
@@ -81,6 +83,8 @@ pub struct Seed {
     pub streaming: Option<streaming::Config>,
     /// Where a live node keeps its state across reboots.
     pub storage: Option<Storage>,
+    /// Signed A/B updates: where from, which channel, when.
+    pub update: Option<Update>,
 }
 
 impl Seed {
@@ -183,6 +187,7 @@ impl Seed {
                     .map(|v| p.seed.dashboard = Some(v)),
                 "ssh" => s.read(Ssh::validate).map(|v| p.seed.ssh = Some(v)),
                 "storage" => s.read(Storage::validate).map(|v| p.seed.storage = Some(v)),
+                "update" => s.read(Update::validate).map(|v| p.seed.update = Some(v)),
                 _ => Err(s.error(
                     at,
                     &format!(
@@ -212,6 +217,7 @@ impl Seed {
             self.dashboard.as_ref().map(Dashboard::validate),
             self.ssh.as_ref().map(Ssh::validate),
             self.storage.as_ref().map(Storage::validate),
+            self.update.as_ref().map(Update::validate),
         ];
         for r in sections.into_iter().flatten() {
             r.map_err(|i| SeedError::Invalid {
@@ -239,7 +245,9 @@ impl Seed {
         macro_rules! section {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        section!(community, network, wifi, tinc, services, dashboard, ssh, streaming, storage);
+        section!(
+            community, network, wifi, tinc, services, dashboard, ssh, streaming, storage, update
+        );
         self
     }
 
@@ -537,6 +545,7 @@ const SECTIONS: &[&str] = &[
     "dashboard",
     "ssh",
     "storage",
+    "update",
 ];
 
 /// A seed read section by section (`Seed::parse_sections`).
