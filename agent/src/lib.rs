@@ -14,6 +14,7 @@
 //! kinds         one folder per service kind (tahoe, syncthing, streaming), never importing
 //!               each other; the kinds table in cloudy-model says how the rest treats each
 //! registry      building services by name, the manager, the "use a service" flow
+//! update        signed A/B updates: fetch and verify, serve to members, install (RAUC), roll out
 //! control       the agent's typed request socket
 //! dashboard     the unprivileged web UI on it
 //! daemon        `cloudy-agent run`: boot and the ready line, the node in its community,
@@ -32,3 +33,4 @@ pub mod probe;
 pub mod registry;
 pub mod services;
 pub mod status;
+pub mod update;

@@ -15,10 +15,11 @@ const LAYERS: &[(&str, u32)] = &[
     ("services", 5),
     ("kinds", 6),
     ("registry", 7),
-    ("control", 8),
-    ("status", 8),
-    ("dashboard", 9),
-    ("daemon", 10),
+    ("update", 8),
+    ("control", 9),
+    ("status", 9),
+    ("dashboard", 10),
+    ("daemon", 11),
 ];
 
 /// Folders whose children are siblings that must not import each other.
