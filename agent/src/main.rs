@@ -170,6 +170,12 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Signed A/B updates of this node: what runs, what is offered, when it installs. Works
+    /// without a running agent too (then `check` and `now` ask only the seed's `[update] url`).
+    Update {
+        #[command(subcommand)]
+        what: UpdateCommand,
+    },
     /// Work with seed files.
     Seed {
         #[command(subcommand)]
@@ -217,6 +223,31 @@ enum NetCommand {
         /// The interface's MAC address (tinc's switch mode).
         #[arg(long)]
         mac: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// The running release, the update held and when it installs, the last check's outcome,
+    /// and a fallback to the old version if the last update did not come up.
+    Status {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch manifests now (the seed's url and every member), verify them, fetch and verify
+    /// the bundle offered; say what is offered or why it is refused. Installs nothing.
+    Check {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check, then install the verified update at once (skipping this node's wait in the
+    /// rollout window) and reboot into it, unless a join is running.
+    Now {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -359,6 +390,15 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Status { json: false } => status::print(&sys, &control::cli::agent_line(&sys)),
         Command::Status { json: true } => status::json(&sys),
+        Command::Update { what } => {
+            use control::UpdateAction as A;
+            let (action, json) = match what {
+                UpdateCommand::Status { json } => (A::Status, json),
+                UpdateCommand::Check { json } => (A::Check, json),
+                UpdateCommand::Now { json } => (A::Now, json),
+            };
+            control::cli::update(&sys, action, json)
+        }
         Command::Approve { fingerprints } => control::cli::approve(&sys, &fingerprints),
         Command::Pending { json } => control::cli::pending(&sys, json),
         Command::Rekey { remove } => control::cli::rekey(&sys, &remove),

@@ -25,6 +25,7 @@ pub fn json(sys: &System) -> Result<i32> {
             "problem": recorded.as_ref().and_then(|r| r.problem.clone()),
             "line": crate::os::storage::line(sys),
         },
+        "update": crate::update::offline_report(sys),
     });
     println!("{v}");
     Ok(if loaded.errors.is_empty() { 0 } else { 1 })
@@ -77,6 +78,11 @@ pub fn print(sys: &System, agent: &str) -> Result<i32> {
         println!("seed error: {e}");
     }
     println!("storage:    {}", crate::os::storage::line(sys));
+    // Updates, from what the agent keeps on disk (`cloudy-agent update status` asks it live).
+    let update = crate::update::offline_report(sys);
+    for l in update.lines() {
+        println!("update {l}");
+    }
     for w in crate::os::secrets::medium_warnings(sys, &loaded) {
         println!("{w}");
     }

@@ -400,3 +400,82 @@ pub fn rekey(sys: &System, remove: &[String]) -> anyhow::Result<i32> {
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
 }
+
+/// `cloudy-agent update status|check|now`: through the running agent (a check or an install
+/// runs there in the background; this polls and prints its progress until it is done), or,
+/// when no agent runs, right here from the files and the seed's url.
+pub fn update(sys: &System, action: super::UpdateAction, json: bool) -> anyhow::Result<i32> {
+    use super::UpdateAction;
+    use crate::update::{Report, Updater};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let t0 = crate::update::state::now_s();
+    let report: Report = rt.block_on(async {
+        let first = call(&sys.path(SOCKET), &Request::Update { action }).await;
+        match first {
+            Ok(Reply::Update { report, started }) => {
+                if !started {
+                    return Ok(*report);
+                }
+                // Poll until the background work is done and says how it went.
+                let mut last_line = String::new();
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let r = match call(
+                        &sys.path(SOCKET),
+                        &Request::Update {
+                            action: UpdateAction::Status,
+                        },
+                    )
+                    .await
+                    {
+                        Ok(Reply::Update { report, .. }) => *report,
+                        Ok(Reply::Error { message }) => return Err(anyhow::anyhow!(message)),
+                        Ok(other) => return Err(anyhow::anyhow!("unexpected reply {other:?}")),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(p) = &r.downloading {
+                        let line = format!("fetching: {} of {} bytes", p.done, p.total);
+                        if line != last_line && !json {
+                            eprintln!("{line}");
+                            last_line = line;
+                        }
+                    }
+                    let done = !r.working && r.last.as_ref().is_some_and(|o| o.at >= t0);
+                    if done {
+                        return Ok(r);
+                    }
+                }
+            }
+            Ok(Reply::Error { message }) => Err(anyhow::anyhow!(message)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            Err(CallError::Connect(..)) => {
+                if action == UpdateAction::Status {
+                    return Ok(crate::update::offline_report(sys));
+                }
+                // No agent: this process checks (and installs) from the seed's url alone.
+                let settings = sys.load_seed().seed.update.unwrap_or_default();
+                let u = Updater::new(sys.clone(), settings, None, 0, Box::new(|| None));
+                match action {
+                    UpdateAction::Now => u.now().await,
+                    _ => u.check().await,
+                };
+                Ok(u.report().await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for l in report.lines() {
+            println!("{l}");
+        }
+    }
+    let bad = report.fallback.is_some()
+        || report.last.as_ref().is_some_and(|o| {
+            action != UpdateAction::Status && (o.kind == "refused" || o.kind == "error")
+        });
+    Ok(if bad { 1 } else { 0 })
+}

@@ -96,6 +96,18 @@ pub enum Request {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// Updates (`crate::update`): the state, a check now, or check-and-install now.
+    Update { action: UpdateAction },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateAction {
+    Status,
+    /// Fetch and verify now (in the background: poll `Status`).
+    Check,
+    /// Check, install what is held at once and reboot (in the background).
+    Now,
 }
 
 /// The local services whose own web UI the dashboard passes through, by the name in its path.
@@ -201,7 +213,7 @@ impl Request {
                 })?;
                 None
             }
-            Request::Pending {} => None,
+            Request::Pending {} | Request::Update { .. } => None,
             Request::Rekey { remove } => {
                 if remove.len() > 64 {
                     return Err("rekey: remove at most 64 members at once".into());
@@ -295,6 +307,11 @@ pub enum Reply {
     Approved {
         outcomes: Vec<crate::catalog::pending::Outcome>,
     },
+    /// The update state; `started`: a check or an install began in the background.
+    Update {
+        report: Box<crate::update::Report>,
+        started: bool,
+    },
     Error {
         message: String,
     },
@@ -380,6 +397,8 @@ pub struct Agent {
     pub exchange_port: u16,
     /// Our node info and the members' (the Community map).
     pub community: Arc<crate::probe::community::Community>,
+    /// Updates (None: this agent runs no update task).
+    pub update: Option<Arc<crate::update::Updater>>,
 }
 
 impl Agent {
@@ -507,6 +526,27 @@ impl Agent {
             }
             Request::Ui { service } => Reply::Ui {
                 target: self.ui_target(&service),
+            },
+            Request::Update { action } => match &self.update {
+                None => error("this node runs no update task".into()),
+                Some(u) => {
+                    let started = action != UpdateAction::Status;
+                    if started {
+                        let u = u.clone();
+                        tokio::spawn(async move {
+                            match action {
+                                UpdateAction::Now => u.now().await,
+                                _ => u.check().await,
+                            };
+                        });
+                        // Let it take its lock first, so the report says it is busy.
+                        tokio::task::yield_now().await;
+                    }
+                    Reply::Update {
+                        report: Box::new(u.report().await),
+                        started,
+                    }
+                }
             },
             Request::SetupName { .. } | Request::SetupCreate { .. } | Request::SetupJoin { .. } => {
                 error(format!(
@@ -1281,6 +1321,7 @@ mod idle_tests {
             invites: None,
             exchange_port: 6655,
             community: crate::probe::community::Community::new(),
+            update: None,
         });
         tokio::spawn(serve(agent));
         let path = sys.path(SOCKET);

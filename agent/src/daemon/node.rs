@@ -80,7 +80,18 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    start_control(&mesh, &share, seed, opts, said, extras, front);
+    // Updates: fetched from the url and members, served on to members, installed in the
+    // rollout window; never a reboot while a join runs.
+    let busy_sys = mesh.sys.clone();
+    let update = crate::update::Updater::new(
+        mesh.sys.clone(),
+        seed.update.clone().unwrap_or_default(),
+        Some(mesh.members.clone()),
+        seed.exchange_port(),
+        Box::new(move || crate::registry::use_service::joining(&busy_sys)),
+    );
+    tokio::spawn(update.clone().run());
+    start_control(&mesh, &share, seed, opts, said, extras, front, update);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -179,6 +190,7 @@ fn start_control(
     said: Said,
     extras: super::serve::Extras,
     front: Option<Arc<super::setup::Front>>,
+    update: Arc<crate::update::Updater>,
 ) {
     let (me, name) = {
         let ms = mesh.members.lock().unwrap();
@@ -204,6 +216,7 @@ fn start_control(
         invites: extras.invites,
         exchange_port: seed.exchange_port(),
         community: community.clone(),
+        update: Some(update),
     });
     tokio::spawn(ratings.follow(share.clone()));
     // Our node info, regathered and the members' fetched (the Community map); our services

@@ -31,6 +31,43 @@ pub fn run(
     Ok(0)
 }
 
+/// While a join runs, a file named `<pid>-<n>` here: an update's reboot waits until none is
+/// left whose process lives (`update`, through `joining`).
+pub const JOINING_DIR: &str = "/run/cloudy/joining";
+
+struct Joining(PathBuf);
+
+impl Joining {
+    fn start(sys: &System) -> Option<Joining> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = sys.path(JOINING_DIR);
+        std::fs::create_dir_all(&dir).ok()?;
+        let p = dir.join(format!("{}-{n}", std::process::id()));
+        std::fs::write(&p, b"").ok()?;
+        Some(Joining(p))
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A join that is running now (in any process), for what must not cut it short.
+pub fn joining(sys: &System) -> Option<String> {
+    std::fs::read_dir(sys.path(JOINING_DIR))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.split('-').next()?.parse::<u32>().ok()
+        })
+        .find(|pid| crate::os::files::alive(*pid))
+        .map(|pid| format!("a join is running (pid {pid})"))
+}
+
 /// Joins `provider` (or the one `select::lookup` picks) of the kind `join <arg>` names;
 /// returns lines for the user: what was joined, the local service running, how to use it.
 /// Blocking (it may wait `wait` for the running agent); the dashboard calls it off its async
@@ -42,6 +79,7 @@ pub fn join(
     folder: Option<PathBuf>,
     wait: Duration,
 ) -> Result<Vec<String>> {
+    let _joining = Joining::start(sys);
     let (kind, _) = kinds::by_join_arg(arg).ok_or_else(|| {
         anyhow!(
             "cannot join {arg:?}: choose one of {}",

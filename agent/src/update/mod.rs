@@ -30,7 +30,7 @@ use crate::mesh::members::Members;
 use crate::os::system::System;
 use cloudy_model::info::Release;
 use cloudy_model::seed::Update as Settings;
-use cloudy_model::update::{offer, SignedManifest, UpdateKeys, Version};
+use cloudy_model::update::{offer, SignedManifest, Version};
 
 use fetch::{Progress, Source};
 use rollout::AfterBoot;
@@ -69,6 +69,8 @@ pub struct Report {
     pub marked_good: Option<String>,
     pub fallback: Option<String>,
     pub downloading: Option<Progress>,
+    /// A check or an install is running now.
+    pub working: bool,
     /// What the RAUC status said, one line (booted slot, primary).
     pub slot_status: Option<String>,
 }
@@ -481,7 +483,7 @@ impl Updater {
         }
         let o = self.install_locked().await;
         if o.kind == "installed" {
-            match (self.busy)() {
+            match self.busy_now().await {
                 Some(b) => {
                     return self.set_last(
                         "installed",
@@ -511,6 +513,14 @@ impl Updater {
         let _ = std::process::Command::new("systemctl")
             .arg("reboot")
             .status();
+    }
+
+    /// What a reboot must not cut short: a join (any process), a Tahoe upload on this node.
+    async fn busy_now(&self) -> Option<String> {
+        if let Some(b) = (self.busy)() {
+            return Some(b);
+        }
+        tahoe_uploading().await
     }
 
     /// Status for the CLI and the dashboard.
@@ -553,6 +563,7 @@ impl Updater {
             marked_good: st.marked_good,
             fallback: st.fallback,
             downloading: *self.downloading.lock().unwrap(),
+            working: self.working.try_lock().is_err(),
             slot_status,
         }
     }
@@ -669,15 +680,15 @@ impl Updater {
                 }
             }
             Some(i) if i.rebooted.is_none() && i.boot_id == state::boot_id() => {
-                if rollout::may_reboot(
+                let busy = self.busy_now().await;
+                match rollout::may_reboot(
                     now_s(),
                     self.settings.quiet_hour(),
                     utc_offset(),
-                    (self.busy)().as_deref(),
-                )
-                .is_ok()
-                {
-                    self.reboot();
+                    busy.as_deref(),
+                ) {
+                    Ok(()) => self.reboot(),
+                    Err(why) => tracing::debug!("update: not rebooting yet: {why}"),
                 }
             }
             Some(_) => {}
@@ -716,6 +727,163 @@ impl Updater {
     }
 }
 
+impl Report {
+    /// The report as lines for a shell (`cloudy-agent update status`, `status`).
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        match (&self.release, &self.off) {
+            (Some(r), None) => v.push(format!("release:  {} on {}", r.version, r.board)),
+            (Some(r), Some(off)) => {
+                v.push(format!("release:  {} on {} ({off})", r.version, r.board))
+            }
+            (None, Some(off)) => v.push(format!("release:  {off}")),
+            (None, None) => v.push("release:  unknown".into()),
+        }
+        v.push(format!(
+            "follows:  {} channel from {}; {}, window {} day(s), reboots at {:02}:00",
+            self.channel,
+            self.url.as_deref().unwrap_or("members only"),
+            if self.auto {
+                "installs by itself"
+            } else {
+                "installs only on `update now`"
+            },
+            self.window_days,
+            self.quiet_hour
+        ));
+        if !self.slots {
+            v.push("slots:    none (a live image): a newer release is only reported".into());
+        } else if let Some(s) = &self.slot_status {
+            v.push(format!("slots:    {s}"));
+        }
+        if let Some(f) = &self.fallback {
+            v.push(format!("FALLBACK: {f}"));
+        }
+        if let Some(p) = &self.downloading {
+            v.push(format!(
+                "fetching: {} of {} bytes ({}%){}",
+                p.done,
+                p.total,
+                p.done * 100 / p.total.max(1),
+                if p.resumed_from > 0 {
+                    format!(", resumed at {}", p.resumed_from)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(h) = &self.held {
+            v.push(format!("held:     {h} (verified; served to members)"));
+        }
+        if let Some(r) = &self.rollout {
+            let now = now_s();
+            v.push(if r.at <= now {
+                format!("rollout:  {} due now", r.version)
+            } else {
+                format!(
+                    "rollout:  {} in {} h (this node's point in the window)",
+                    r.version,
+                    (r.at - now).div_ceil(3600)
+                )
+            });
+        }
+        if let Some(i) = &self.installed {
+            v.push(format!(
+                "installed: {} (from {}), waiting for its reboot",
+                i.version, i.from
+            ));
+        }
+        if let Some(g) = &self.marked_good {
+            v.push(format!("good:     slot marked good on {g}"));
+        }
+        match &self.last {
+            Some(o) => v.push(format!(
+                "last:     {}: {} ({} s ago)",
+                o.kind,
+                o.message,
+                now_s().saturating_sub(o.at)
+            )),
+            None => v.push("last:     no check yet".into()),
+        }
+        if self.working {
+            v.push("working:  a check or install is running".into());
+        }
+        v
+    }
+}
+
+/// The report from the files alone (no agent running): release, state, held version.
+pub fn offline_report(sys: &System) -> Report {
+    let seed = sys.load_seed().seed;
+    let settings = seed.update.clone().unwrap_or_default();
+    let st = UpdateState::load(sys);
+    Report {
+        release: release::release(sys).ok(),
+        off: release::release(sys)
+            .and_then(|_| release::keys(sys).map(|_| ()))
+            .err()
+            .map(|e| e.to_string()),
+        slots: rauc::Rauc::find(sys).is_some(),
+        channel: settings.channel().to_string(),
+        url: settings.url.clone(),
+        auto: settings.auto(),
+        window_days: settings.window_days(),
+        quiet_hour: settings.quiet_hour(),
+        last: st.last,
+        held: st.held,
+        rollout: st.rollout,
+        installed: st.installed,
+        marked_good: st.marked_good,
+        fallback: st.fallback,
+        downloading: None,
+        working: false,
+        slot_status: None,
+    }
+}
+
+/// A Tahoe upload running on this node: its web API's `/status?t=json` lists active operations
+/// (`{"active": [{"type": "upload", ...}], "recent": [...]}`), asked on the client's and the
+/// storage node's local web ports. One local HTTP request each, only when a reboot is due.
+async fn tahoe_uploading() -> Option<String> {
+    use crate::kinds::tahoe::{CLIENT_WEB_PORT, STORAGE_WEB_PORT};
+    for port in [CLIENT_WEB_PORT, STORAGE_WEB_PORT] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::os::http::get(addr, "/status?t=json", 1 << 20, None),
+        )
+        .await;
+        if let Ok(Ok(g)) = got {
+            if g.status == 200 && active_upload(&g.body) {
+                return Some(format!("a Tahoe upload is running (web port {port})"));
+            }
+        }
+    }
+    None
+}
+
+/// Whether Tahoe's status JSON lists an active upload (immutable `upload` or mutable
+/// `publish`).
+fn active_upload(json: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Op {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    #[derive(Deserialize)]
+    struct St {
+        #[serde(default)]
+        active: Vec<Op>,
+    }
+    serde_json::from_slice::<St>(json)
+        .map(|s| {
+            s.active
+                .iter()
+                .any(|o| o.kind == "upload" || o.kind == "publish")
+        })
+        .unwrap_or(false)
+}
+
 /// `d` ±20 %, so a community's nodes do not all ask at once.
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
@@ -742,5 +910,16 @@ pub fn bundle_dir(sys: &System) -> PathBuf {
     sys.path(BUNDLE_DIR)
 }
 
-#[allow(dead_code)]
-fn _keys_type(_: &UpdateKeys) {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tahoe_status_says_when_an_upload_runs() {
+        assert!(active_upload(br#"{"active": [{"type": "download"}, {"type": "upload", "total-size": 5}], "recent": []}"#));
+        assert!(!active_upload(
+            br#"{"active": [{"type": "download"}], "recent": [{"type": "upload"}]}"#
+        ));
+        assert!(!active_upload(b"<html>"));
+    }
+}
