@@ -106,6 +106,7 @@ pub const INVITE: &str = include_str!("templates/invite.html");
 pub const COMMUNITY: &str = include_str!("templates/community.html");
 pub const COMMUNITY_NODE: &str = include_str!("templates/community_node.html");
 pub const SETUP: &str = include_str!("templates/setup.html");
+pub const UPDATES: &str = include_str!("templates/updates.html");
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod redirect;
 mod setup;
 pub mod tls;
+mod updates;
 pub mod web;
 
 use axum::extract::{ConnectInfo, Form, Query, Request, State as AxState};
@@ -81,6 +82,9 @@ pub fn router(web: Shared) -> Router {
         .route("/community", get(community::community_page))
         .route("/community/node", get(community::node_info_page))
         .route("/api/community", get(community::api_community))
+        .route("/updates", get(updates::updates_page))
+        .route("/updates/check", post(updates::check_form))
+        .route("/api/updates", get(updates::api_updates))
         .route("/scan", post(scan_form))
         .route("/join", post(join_form))
         .route("/rate", post(rate_form))

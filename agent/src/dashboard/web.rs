@@ -72,6 +72,11 @@ pub(crate) fn page(title: &str, s: &State, active: &str, body: Html) -> Response
         tabs.push("on");
     }
     tabs.push("\">Community</a>");
+    tabs.push("<a href=\"/updates\" class=\"");
+    if active == "/updates" {
+        tabs.push("on");
+    }
+    tabs.push("\">Updates</a>");
     tabs.push("<a href=\"/invite\" class=\"");
     if active == "/invite" {
         tabs.push("on");
