@@ -490,7 +490,16 @@ impl Updater {
                         format!("{}; not rebooting now: {b}", o.message),
                     )
                 }
-                None => self.reboot(),
+                None => {
+                    self.reboot();
+                    return self.set_last(
+                        "installed",
+                        format!(
+                            "{}; rebooting into it now",
+                            o.message.split("; the node reboots").next().unwrap_or("")
+                        ),
+                    );
+                }
             }
         }
         o
