@@ -222,10 +222,12 @@ impl Updater {
         let node = release::running(&rel, self.settings.channel());
         let sources = self.sources();
         if sources.is_empty() {
-            return self.set_last(
-                "none",
-                "no update url in the seed and no members to ask".into(),
-            );
+            let why = if self.members.is_none() {
+                "the agent is not running and the seed has no [update] url: nothing to ask; fix: start the agent (it asks the members) or add a url"
+            } else {
+                "no update url in the seed and no members to ask yet"
+            };
+            return self.set_last("none", why.into());
         }
         let failed = self.state.lock().unwrap().failed.clone();
         let mut refusals = Vec::new();
