@@ -322,7 +322,7 @@ fn a_member_serves_the_bundle_resumably_capped_and_to_members_only() {
         "the first transfer from byte 0: {ranges:?}"
     );
     assert!(
-        ranges.iter().any(|r| *r == kept),
+        ranges.contains(&kept),
         "a later transfer resumed at the partial file's end ({kept}): {ranges:?}"
     );
     let log2 = std::fs::read_to_string(cloud.nodes[1].log()).unwrap();

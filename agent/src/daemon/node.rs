@@ -80,18 +80,7 @@ pub async fn run(
     tokio::spawn(publish::publish(share.clone(), seed.exchange_port(), local));
     tokio::spawn(browse::keep_catalog(share.clone()));
     start_serf(&mesh, &share, opts);
-    // Updates: fetched from the url and members, served on to members, installed in the
-    // rollout window; never a reboot while a join runs.
-    let busy_sys = mesh.sys.clone();
-    let update = crate::update::Updater::new(
-        mesh.sys.clone(),
-        seed.update.clone().unwrap_or_default(),
-        Some(mesh.members.clone()),
-        seed.exchange_port(),
-        Box::new(move || crate::registry::use_service::joining(&busy_sys)),
-    );
-    tokio::spawn(update.clone().run());
-    start_control(&mesh, &share, seed, opts, said, extras, front, update);
+    start_control(&mesh, &share, seed, opts, said, extras, front);
     tokio::spawn(gossip::gossip(
         mesh.clone(),
         community.peers.clone(),
@@ -190,8 +179,18 @@ fn start_control(
     said: Said,
     extras: super::serve::Extras,
     front: Option<Arc<super::setup::Front>>,
-    update: Arc<crate::update::Updater>,
 ) {
+    // Updates: fetched from the url and members, served on to members, installed in the
+    // rollout window; never a reboot while a join runs.
+    let busy_sys = mesh.sys.clone();
+    let update = crate::update::Updater::new(
+        mesh.sys.clone(),
+        seed.update.clone().unwrap_or_default(),
+        Some(mesh.members.clone()),
+        seed.exchange_port(),
+        Box::new(move || crate::registry::use_service::joining(&busy_sys)),
+    );
+    tokio::spawn(update.clone().run());
     let (me, name) = {
         let ms = mesh.members.lock().unwrap();
         (ms.me().id.clone(), ms.me().name.clone())
