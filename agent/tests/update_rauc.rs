@@ -13,7 +13,8 @@
 //! - a downgrade (and the same version);
 //!
 //! and install a good one: the inactive slot's bytes become the bundle's image and the
-//! bootloader's primary switches to it, the booted slot untouched.
+//! bootloader's primary switches to it, the booted slot untouched; booted into it (RAUC's
+//! service told so), the agent's RAUC wrapper marks it good.
 //!
 //! Needs root, `rauc`, `dbus-daemon`, `openssl` and loop devices; says SKIP without them.
 
@@ -103,6 +104,34 @@ impl Rig {
             ),
             o.status.code().unwrap_or(-1),
         )
+    }
+
+    /// RAUC's service again, told that the machine booted `slot` (what a reboot changes).
+    fn restart_service(&mut self, slot: &str) {
+        if let Some(mut c) = self.rauc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.rauc = Some(
+            Command::new("rauc")
+                .arg(format!(
+                    "--conf={}",
+                    self.root().join("etc/rauc/system.conf").display()
+                ))
+                .args(["service", &format!("--override-boot-slot={slot}")])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        for _ in 0..100 {
+            if self.rauc_status()["booted"] == slot {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("RAUC's service did not come back as booted {slot}");
     }
 
     fn rauc_status(&self) -> serde_json::Value {
@@ -379,7 +408,7 @@ fn http_dir() -> Dir {
 
 #[test]
 fn refused_updates_write_nothing_and_a_good_one_switches_the_slot() {
-    let Some(rig) = rig() else { return };
+    let Some(mut rig) = rig() else { return };
     let root = rig.root();
     let write = |p: &str, b: &[u8]| {
         let p = root.join(p);
@@ -533,4 +562,31 @@ fn refused_updates_write_nothing_and_a_good_one_switches_the_slot() {
         status.contains("installed: 1.1 (from 1.0)") && status.contains("held:     1.1"),
         "{status}"
     );
+
+    // "Reboot" into slot B (RAUC's service told it booted B), where the agent marks the booted
+    // slot good through the same RAUC wrapper: the bootloader's state for B turns good.
+    assert_eq!(
+        std::fs::read_to_string(rig.path("boot/state.B"))
+            .unwrap()
+            .trim(),
+        "bad",
+        "RAUC counts the new slot unconfirmed until it is marked good"
+    );
+    rig.restart_service("B");
+    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &rig.bus);
+    let sys = cloudy_agent::os::system::System::new(rig.root());
+    let rauc = cloudy_agent::update::rauc::Rauc::find(&sys).expect("a system.conf");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(rauc.mark_good()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rig.path("boot/state.B"))
+            .unwrap()
+            .trim(),
+        "good"
+    );
+    let st = rt.block_on(rauc.status()).unwrap();
+    assert_eq!(st.booted.as_deref(), Some("B"), "{st:?}");
 }

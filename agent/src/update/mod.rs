@@ -925,6 +925,93 @@ pub fn bundle_dir(sys: &System) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// A boot on the old version after an install: the fallback is reported (status, the
+    /// dashboard's report) and that version is refused from then on, with the reason, while the
+    /// same manifest signed and served is otherwise fine.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fallback_is_reported_and_that_version_is_not_taken_again() {
+        use cloudy_model::update::{encode_signing_key, sha256_hex, Channel, Manifest};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        sys.write_atomic(
+            cloudy_model::info::RELEASE_FILE,
+            br#"{"board": "pc-amd64", "version": "1.0"}"#,
+            0o644,
+        )
+        .unwrap();
+        let keys = serde_json::json!({"threshold": 1, "keys": [encode_signing_key(&key).1]});
+        sys.write_atomic(release::KEYS_FILE, keys.to_string().as_bytes(), 0o644)
+            .unwrap();
+        // What the node kept before its reboot: 1.1 installed in another boot.
+        let st = UpdateState {
+            installed: Some(state::Installed {
+                version: "1.1".into(),
+                from: "1.0".into(),
+                at: 1,
+                boot_id: "a boot before this one".into(),
+                rebooted: Some(2),
+            }),
+            ..Default::default()
+        };
+        st.save(&sys).unwrap();
+        // The url still offers 1.1, properly signed.
+        let mut signed = SignedManifest {
+            manifest: Manifest {
+                board: "pc-amd64".into(),
+                version: "1.1".parse().unwrap(),
+                bundle: "b.raucb".into(),
+                sha256: sha256_hex(b"bundle"),
+                size: 6,
+                channel: Channel::Stable,
+                min_version: "1.0".parse().unwrap(),
+            },
+            signatures: vec![],
+        };
+        signed.sign(&key);
+        let body = signed.to_json();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let settings = Settings {
+            url: Some(format!("http://127.0.0.1:{port}/")),
+            ..Default::default()
+        };
+        let u = Updater::new(sys.clone(), settings, None, 0, Box::new(|| None));
+        u.after_boot();
+        let r = u.report().await;
+        assert_eq!(
+            r.fallback.as_deref(),
+            Some("the update to 1.1 did not come up; back on 1.0")
+        );
+        assert!(r
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("FALLBACK: the update to 1.1")));
+        assert!(r.installed.is_none());
+        // Kept across a restart of the agent.
+        let again = Updater::new(sys.clone(), Settings::default(), None, 0, Box::new(|| None));
+        assert!(again.report().await.fallback.is_some());
+        let o = u.check().await;
+        assert_eq!(o.kind, "refused", "{o:?}");
+        assert!(
+            o.message
+                .contains("1.1 did not come up on this node before"),
+            "{o:?}"
+        );
+    }
+
     #[test]
     fn tahoe_status_says_when_an_upload_runs() {
         assert!(active_upload(br#"{"active": [{"type": "download"}, {"type": "upload", "total-size": 5}], "recent": []}"#));
