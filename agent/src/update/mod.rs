@@ -611,22 +611,18 @@ impl Updater {
 
     /// Marks the booted slot good once the mesh has us back: a member's exchange port answers
     /// over the VPN, or we are alone in the community. Until then RAUC's bootloader counts the
-    /// boot as a try, and returns to the other slot if this system never gets this far.
+    /// boot as a try, and returns to the other slot if this system never gets this far. A
+    /// release already confirmed here (an ordinary reboot) is marked at once: a community that
+    /// is down must not send a working node back to its old slot.
     async fn mark_good_when_back(&self) {
         let Some(rauc) = self.rauc() else { return };
         let Ok(rel) = release::release(&self.sys) else {
             return;
         };
-        if self.state.lock().unwrap().marked_good.as_deref() == Some(rel.version.as_str())
-            && self.sys.is_live()
-        {
-            // Marked in an earlier run of this same release; RAUC keeps it.
-        }
+        let confirmed =
+            self.state.lock().unwrap().marked_good.as_deref() == Some(rel.version.as_str());
         let mut waited = 0u32;
-        loop {
-            if self.back_in_mesh().await {
-                break;
-            }
+        while !confirmed && !self.back_in_mesh().await {
             waited += 1;
             if waited == 1 || waited % 60 == 0 {
                 tracing::info!(
