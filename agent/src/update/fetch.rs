@@ -13,8 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use cloudy_model::update::{BundleCheck, Manifest, MAX_MANIFEST_BYTES};
 
-/// A connection, and then each read, must make progress within this.
+/// Each read must make progress within this.
 const STALL: Duration = Duration::from_secs(30);
+/// A connection within this: a member that is away costs a check only this long.
+const CONNECT: Duration = Duration::from_secs(5);
+/// A whole bundle transfer gets this much, plus a second per 4 KiB: bounded even against a
+/// source that trickles a byte just inside `STALL`.
+const TRANSFER_BASE: Duration = Duration::from_secs(300);
 
 /// Where a manifest and its bundle may come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +96,7 @@ impl Source {
         from: u64,
     ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
         let addr = self.addr().await?;
-        let stream = tokio::time::timeout(STALL, tokio::net::TcpStream::connect(addr))
+        let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| self.err("connecting timed out"))?
             .map_err(|e| self.err(format!("connecting to {addr}: {e}")))?;
@@ -240,7 +245,15 @@ pub async fn bundle(
         };
         let mut body = resp.into_body();
         let mut last_told = 0u64;
+        let deadline =
+            tokio::time::Instant::now() + TRANSFER_BASE + Duration::from_secs(m.size / 4096);
         loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err(src.err(format!(
+                    "the transfer is too slow (byte {} of {} after the time allowed); it resumes from there next time",
+                    p.done, m.size
+                )));
+            }
             let frame = tokio::time::timeout(STALL, body.frame())
                 .await
                 .map_err(|_| src.err(format!("the transfer stalled at byte {}", p.done)))?;
@@ -280,6 +293,12 @@ pub async fn bundle(
     }
     let done = dir.join(&m.bundle);
     std::fs::rename(&part, &done).map_err(|e| io("renaming the verified bundle", e))?;
+    // Partial files of other bundles (an older version never finished) are of no more use.
+    if let Ok(rd) = std::fs::read_dir(partial_dir) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(done)
 }
 
