@@ -11,11 +11,14 @@
 //! - node 1's update port is closed on its LAN address, and refuses a VPN address that is no
 //!   other member's (403);
 //! - node 2 never fetches from a non-member: a server on node 3 (no agent, not a member) that
-//!   answers on the update port at its LAN address is never contacted.
+//!   answers on the update port at its LAN address is never contacted;
+//! - node 2's dashboard (Updates tab, `/api/updates`) says it holds 1.1, and which release
+//!   versions run across the community (n1 on 1.1, n2 on 1.0, from their node infos).
 //!
 //! Needs root and tinc (the microcloud harness), curl; says SKIP without them.
 
 mod microcloud;
+mod web;
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -32,6 +35,7 @@ const BOARD: &str = "pc-686-pae";
 const PORT: u16 = 6657;
 const CAP_KIB: u64 = 256;
 const SIZE: usize = 3 << 20;
+const PASSWORD: &str = "update test password";
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n + 70; 32])
@@ -110,6 +114,13 @@ fn a_member_serves_the_bundle_resumably_capped_and_to_members_only() {
         return;
     }
     let mut cloud = Cloud::new("upd", 3);
+    {
+        // The dashboard's unprivileged user must reach the control socket under the roots.
+        use std::os::unix::fs::PermissionsExt;
+        let top = cloud.nodes[0].root.parent().unwrap();
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let h = microcloud::hash(PASSWORD);
     // The release each node runs, the keys every image trusts (K = 2 of 3).
     let public: Vec<String> = (1..=3).map(|i| encode_signing_key(&key(i)).1).collect();
     let keys = serde_json::json!({"threshold": 2, "keys": public}).to_string();
@@ -144,7 +155,7 @@ fn a_member_serves_the_bundle_resumably_capped_and_to_members_only() {
             i,
             microcloud::KEY,
             &format!(
-                "peers = [{}]\n[update]\nauto = false\nmax_rate_kib = {CAP_KIB}\n[network]\ninterface = \"eth0\"\n",
+                "peers = [{}]\n[update]\nauto = false\nmax_rate_kib = {CAP_KIB}\n[dashboard]\npassword_hash = \"{h}\"\n[network]\ninterface = \"eth0\"\n",
                 peers(i)
             ),
         );
@@ -354,6 +365,43 @@ fn a_member_serves_the_bundle_resumably_capped_and_to_members_only() {
         0,
         "the non-member's server was never asked"
     );
+    // Node 2's dashboard: its Updates tab says what it holds, and which versions run where
+    // (from the members' node infos, fetched every 5 s).
+    let ns2 = cloud.nodes[1].ns.clone();
+    Command::new("ip")
+        .args(["-n", &ns2, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let addr = "10.213.0.2:8443";
+    web::wait_up(&ns2, addr, Duration::from_secs(30));
+    let pin = web::tls::status_fingerprint(&cloud.nodes[1].root);
+    let cookie = web::tls::login(&ns2, addr, &pin, PASSWORD);
+    let api = web::tls::get(&ns2, addr, &pin, "/api/updates", Some(&cookie)).json();
+    assert_eq!(api["held"], "1.1", "{api}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page = web::tls::get(&ns2, addr, &pin, "/updates", Some(&cookie)).text();
+        let table = page
+            .split("community-versions")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        if table.contains("<td>1.1</td><td>pc-686-pae</td><td>1: n1</td>")
+            && table.contains("<td>1.0</td><td>pc-686-pae</td><td>1: n2</td>")
+        {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Updates tab lists n1 on 1.1 and n2 on 1.0:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        page.contains("<th>held</th><td>1.1 (verified; served to members)</td>"),
+        "{page}"
+    );
+
     let status = cloud.cli(2, &["update", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["held"], "1.1");

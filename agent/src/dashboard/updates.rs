@@ -62,6 +62,22 @@ fn state_rows(r: &Report) -> Html {
     h
 }
 
+/// The fallback and a refusal, in red above the state.
+fn alerts(r: &Report) -> Html {
+    let mut h = Html::default();
+    if let Some(f) = &r.fallback {
+        h.push("<div class=\"msg bad\" id=\"update-fallback\">")
+            .text_in(f)
+            .push("</div>");
+    }
+    if let Some(o) = r.last.as_ref().filter(|o| o.kind == "refused") {
+        h.push("<div class=\"msg bad\" id=\"update-refused\">Refused: ")
+            .text_in(&o.message)
+            .push("</div>");
+    }
+    h
+}
+
 pub(crate) async fn updates_page(AxState(web): AxState<Shared>) -> Response {
     let s = match state(&web).await {
         Ok(s) => s,
@@ -75,19 +91,7 @@ pub(crate) async fn updates_page(AxState(web): AxState<Shared>) -> Response {
         Ok(Reply::Community(v)) => Some(*v),
         _ => None,
     };
-    let mut fallback = Html::default();
-    if let Some(f) = &r.fallback {
-        fallback
-            .push("<div class=\"msg bad\" id=\"update-fallback\">")
-            .text_in(f)
-            .push("</div>");
-    }
-    if let Some(o) = r.last.as_ref().filter(|o| o.kind == "refused") {
-        fallback
-            .push("<div class=\"msg bad\" id=\"update-refused\">Refused: ")
-            .text_in(&o.message)
-            .push("</div>");
-    }
+    let fallback = alerts(&r);
     let body = render(
         html::UPDATES,
         &[
@@ -156,5 +160,22 @@ mod tests {
             ..Default::default()
         };
         assert!(!state_rows(&r).into_string().contains("<b>"));
+        let a = alerts(&r).into_string();
+        assert!(
+            a.contains("id=\"update-fallback\"") && a.contains("&lt;b&gt;1.1"),
+            "{a}"
+        );
+        let refused = Report {
+            last: Some(crate::update::state::Outcome {
+                at: 1,
+                kind: "refused".into(),
+                message: "only 1 valid signature(s) by the community's update keys, 2 needed"
+                    .into(),
+            }),
+            ..Default::default()
+        };
+        let a = alerts(&refused).into_string();
+        assert!(a.contains("Refused: only 1 valid signature(s)"), "{a}");
+        assert!(alerts(&Report::default()).into_string().is_empty());
     }
 }
