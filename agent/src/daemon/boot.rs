@@ -130,6 +130,11 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
         medium_warnings,
     };
     let (Some((community, key)), Some(mesh)) = (community, mesh) else {
+        // A node in no community (yet) is alone in it: once ready, its slot is good, or an
+        // update would be undone at the next boot (`update`).
+        crate::update::Updater::new(sys.clone(), Default::default(), None, 0, Box::new(|| None))
+            .boot_alone()
+            .await;
         services_need_a_community(seed)?;
         // A community's name with neither key nor invitation: pending until a member approves
         // this node (`catalog::pending`), then a member like any other.

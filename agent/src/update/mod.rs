@@ -702,6 +702,18 @@ impl Updater {
         }
     }
 
+    /// For a node in no community: the fallback check and the booted slot marked good (it is
+    /// ready and alone), within 30 s so that a stuck RAUC never holds up setup mode.
+    pub async fn boot_alone(&self) {
+        self.after_boot();
+        if tokio::time::timeout(Duration::from_secs(30), self.mark_good_when_back())
+            .await
+            .is_err()
+        {
+            tracing::error!("update: marking the booted slot good took over 30 s; given up");
+        }
+    }
+
     /// The node's update task: after a boot, the fallback check and marking the slot good;
     /// then checks every few hours and the rollout every minute.
     pub async fn run(self: Arc<Self>) {
