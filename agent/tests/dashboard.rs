@@ -203,13 +203,14 @@ fn chromium_logs_in_scans_and_joins() {
         .collect();
     assert_eq!(
         tabs,
-        // Pending: issue 15's approval of pending nodes added the tab.
+        // Pending: issue 15's approval of pending nodes added the tab; Updates: issue 16's.
         [
             "syncthing",
             "tincvpn",
             "web",
             "Node",
             "Community",
+            "Updates",
             "Invite",
             "Pending"
         ]
