@@ -253,9 +253,9 @@ impl Updater {
             let m = match offer(&signed, &keys, &node) {
                 Ok(m) => m.clone(),
                 Err(e) => {
-                    // A member still serving the release we run is no news.
-                    if !(src.member.is_some()
-                        && matches!(e, cloudy_model::update::UpdateError::Downgrade { ref offered, .. } if *offered == node.version))
+                    // The release we run, offered again (by the url, by members that updated
+                    // with us), is no news; an older one is a refused downgrade.
+                    if !matches!(e, cloudy_model::update::UpdateError::Downgrade { ref offered, .. } if *offered == node.version)
                     {
                         refusals.push(format!("{}: refused: {e}", src.label));
                     }
@@ -599,6 +599,22 @@ impl Updater {
             AfterBoot::FellBack { wanted, running } => {
                 let msg = rollout::fallback_message(&wanted, &running);
                 tracing::error!("update: {msg}");
+                // Not served on either: it failed here, on this same board.
+                let mut held = self.held.lock().unwrap();
+                if let Some(h) = held
+                    .as_ref()
+                    .filter(|h| h.manifest.version.to_string() == wanted)
+                {
+                    let _ = std::fs::remove_file(&h.path);
+                    let _ = std::fs::remove_file(
+                        self.sys
+                            .path(BUNDLE_DIR)
+                            .join(fetch::manifest_name(&h.manifest.board)),
+                    );
+                    *held = None;
+                    st.held = None;
+                }
+                drop(held);
                 st.fallback = Some(msg);
                 st.failed.push(wanted);
                 st.installed = None;
@@ -996,9 +1012,17 @@ mod tests {
             url: Some(format!("http://127.0.0.1:{port}/")),
             ..Default::default()
         };
+        // The node also holds (and served) the 1.1 bundle it installed.
+        let bdir = sys.path(BUNDLE_DIR);
+        std::fs::create_dir_all(&bdir).unwrap();
+        std::fs::write(bdir.join("b.raucb"), b"bundle").unwrap();
+        std::fs::write(bdir.join("pc-amd64.manifest.json"), signed.to_json()).unwrap();
         let u = Updater::new(sys.clone(), settings, None, 0, Box::new(|| None));
+        assert_eq!(u.report().await.held.as_deref(), Some("1.1"));
         u.after_boot();
         let r = u.report().await;
+        assert_eq!(r.held, None, "a version that failed here is not served on");
+        assert!(!bdir.join("b.raucb").exists());
         assert_eq!(
             r.fallback.as_deref(),
             Some("the update to 1.1 did not come up; back on 1.0")
