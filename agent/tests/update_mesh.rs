@@ -291,6 +291,10 @@ fn a_member_serves_the_bundle_resumably_capped_and_to_members_only() {
     // Node 2 again: the check resumes from the partial file with a Range request.
     cloud.nodes[1].start();
     cloud.wait_members(&[1, 2], Duration::from_secs(30));
+    assert!(
+        cloud.nodes[1].ping(&vpn1, 100),
+        "node 2 reaches node 1 over the VPN again"
+    );
     // The CLI asks the running agent (which asks the members) once its socket answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
