@@ -41,8 +41,11 @@ pub struct PeerInfo {
     pub score: Option<u8>,
 }
 
+/// Unlike the other peer-sent structs, a node info takes fields it does not know and drops
+/// them: members update over days (issue 16's rollout window), and an info from a newer
+/// release that adds a field must still put that node on an older member's map. What is known
+/// is bounded and validated as before; the whole message stays under `MAX_INFO`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeInfo {
     pub id: String,
     pub name: String,
@@ -277,6 +280,17 @@ pub mod tests {
     }
 
     #[test]
+    fn a_newer_releases_extra_top_level_field_is_dropped_not_refused() {
+        // Before, NodeInfo denied unknown fields: a member that had updated to a release whose
+        // info carried one more field vanished from every not-yet-updated member's map.
+        let ok = sample(1, 3);
+        let newer = ok
+            .to_json()
+            .replacen('{', "{\"added_later\":{\"x\":[1,2]},", 1);
+        assert_eq!(parse_info(newer.as_bytes(), &id(1)).unwrap(), ok);
+    }
+
+    #[test]
     fn hostile_infos_are_refused() {
         let ok = sample(1, 3);
         // Oversized: refused before parsing.
@@ -310,8 +324,10 @@ pub mod tests {
         // Too many peers.
         let many = sample(1, (MAX_INFO_PEERS + 2) as u32);
         assert!(parse_info(many.to_json().as_bytes(), &id(1)).is_err());
-        // Unknown fields.
-        let extra = ok.to_json().replacen('{', "{\"admin\":true,", 1);
+        // Unknown fields inside a service or peer are refused.
+        let extra = ok
+            .to_json()
+            .replacen("\"port\"", "\"admin\":true,\"port\"", 1);
         assert!(matches!(
             parse_info(extra.as_bytes(), &id(1)),
             Err(InfoError::Malformed(_))
