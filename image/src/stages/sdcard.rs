@@ -349,7 +349,7 @@ pub fn fstab(disk_id: u32) -> String {
         "# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n\
          # / is the slot the Pi firmware booted (README \"Pi slots\").\n\
          PARTUUID={}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n\
-         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service  0  2\n",
+         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n",
         partuuid(disk_id, 1)
     )
 }
