@@ -251,7 +251,6 @@ fn slot_a_files(fat_dir: &Path) -> Result<(), SdError> {
     };
     mv(&kernel, pi_boot::SLOT_KERNEL)?;
     mv(&initrd, pi_boot::SLOT_INITRD)?;
-    // The other versions' files, if the kernel package left any: only slot A's kernel boots.
     for e in fs::read_dir(fat_dir)
         .map_err(|e| io("reading", fat_dir, e))?
         .flatten()
@@ -259,7 +258,11 @@ fn slot_a_files(fat_dir: &Path) -> Result<(), SdError> {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".dtb") {
             mv(&e.path(), &name)?;
-        } else if name.starts_with("vmlinuz-") || name.starts_with("initrd.img-") {
+        } else if name.starts_with("vmlinuz-")
+            || name.starts_with("initrd.img-")
+            || name == "cmdline.txt"
+        {
+            // raspi-firmware's single-kernel files: the firmware reads the slot's instead.
             fs::remove_file(e.path()).map_err(|err| io("removing", &e.path(), err))?;
         }
     }
