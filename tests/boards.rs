@@ -70,21 +70,26 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
         .arg(format!("skip={}", fat_start >> 20))
         .arg(format!("count={}", fat_size >> 20)));
     run(Command::new("fsck.vfat").arg("-n").arg(&fat));
-    let (root_start, _) = partition(&raw, 2);
-    run(Command::new("e2fsck")
-        .arg("-fn")
-        .arg(format!("{}?offset={root_start}", raw.display())));
+    // Root slots A and B (B empty until an update), and the data partition (README "Pi
+    // slots"); the kernel, initrd and cmdline.txt moved into slot A's directory with it.
+    for n in 2..=4 {
+        let (start, _) = partition(&raw, n);
+        run(Command::new("e2fsck")
+            .arg("-fn")
+            .arg(format!("{}?offset={start}", raw.display())));
+    }
     let files = run(Command::new("mdir")
-        .args(["-b", "-i"])
+        .args(["-/", "-b", "-i"])
         .arg(&fat)
         .arg("::/")
         .env("MTOOLS_SKIP_CHECK", "1"));
     for want in [
-        "cmdline.txt",
+        "slot-a/cmdline.txt",
         "config.txt",
+        "slot.txt",
         "cloudy.toml",
-        "vmlinuz-",
-        "initrd.img-",
+        "slot-a/vmlinuz",
+        "slot-a/initrd.img",
         "bootcode.bin",
     ] {
         assert!(files.contains(want), "FAT partition lacks {want}: {files}");
@@ -143,8 +148,9 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
     if !boot_seeded {
         return;
     }
-    // A bigger card than the image: the root partition grows to its end on first boot.
-    let (_, root_size) = partition(&raw, 2);
+    // A bigger card than the image: the data partition (the last; the root slots keep their
+    // size) grows to its end on first boot. Before the A/B layout the root partition grew.
+    let (_, data_size) = partition(&raw, 4);
     run(Command::new("truncate").args(["-s", "+512M"]).arg(&raw));
     let o = cloudy_image(&[
         "verify",
@@ -170,7 +176,7 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
     let grown: u64 = console
         .lines()
         .find_map(|l| {
-            l.split("cloudy: root ")
+            l.split("cloudy: data ")
                 .nth(1)?
                 .split(" now ")
                 .nth(1)?
@@ -181,8 +187,8 @@ fn sd_board(board: &str, via_xz: bool, boot_seeded: bool) {
         })
         .unwrap_or_else(|| panic!("no grow-root line on the console:\n{console}"));
     assert!(
-        grown >= root_size + (500 << 20),
-        "root grew from {root_size} to only {grown} bytes"
+        grown >= data_size + (500 << 20),
+        "the data partition grew from {data_size} to only {grown} bytes"
     );
 }
 

@@ -119,6 +119,20 @@ pub struct Sdcard {
     /// Extra kernel command line options in cmdline.txt.
     #[serde(default)]
     pub cmdline: String,
+    /// Size of each of the two root slots (A/B updates; README "Pi slots").
+    #[serde(default = "default_slot_mib")]
+    pub slot_mib: u32,
+    /// Size of the data partition in the image; it grows to the end of the card on first boot.
+    #[serde(default = "default_data_mib")]
+    pub data_mib: u32,
+}
+
+fn default_slot_mib() -> u32 {
+    2560
+}
+
+fn default_data_mib() -> u32 {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

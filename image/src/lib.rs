@@ -23,6 +23,7 @@ pub mod compress;
 pub mod config;
 pub mod http;
 pub mod identify;
+pub mod pi_boot;
 pub mod progress;
 pub mod qemu;
 pub mod recipe;

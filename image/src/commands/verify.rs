@@ -9,6 +9,7 @@ use super::options::{board_dir, iso_path, Options};
 use crate::board::{Board, Format};
 use crate::cmd::Log;
 use crate::http;
+use crate::pi_boot;
 use crate::progress::{fmt_secs, Reporter};
 use crate::qemu::{Accel, Boot, Media, Vm};
 use crate::recipe::Recipe;
@@ -16,8 +17,8 @@ use crate::stages::{pxe, sdcard, verify};
 use crate::tools;
 
 /// How QEMU boots `image` for `board`: an ISO through its own boot loader; an SD image with the
-/// kernel and initrd taken from its FAT partition (the `virt` machine has no Pi firmware) and
-/// its root partition found by the PARTUUID in its MBR; a PXE bundle through its own boot.ipxe,
+/// kernel, initrd and command line the Pi firmware would pick from its FAT partition (the
+/// `virt` machine has no Pi firmware; see `pi_boot`), the root found by PARTUUID; a PXE bundle through its own boot.ipxe,
 /// fetching the live ISO over HTTP from a loopback server (the returned guard keeps it up).
 pub fn vm_for<'a>(
     board: &'a Board,
@@ -44,10 +45,16 @@ pub fn vm_for<'a>(
         Format::Sdcard => {
             let _ = std::fs::remove_dir_all(scratch);
             std::fs::create_dir_all(scratch)?;
-            sdcard::extract(image, &["vmlinuz-*", "initrd.img-*"], scratch, log)?;
-            let (kernel, initrd) = sdcard::kernel_and_initrd(scratch)?;
-            let (disk_id, _) = sdcard::layout(image)?;
-            let append = sdcard::cmdline(board, disk_id, board.emulated_console());
+            // What the Pi firmware would boot (the slot slot.txt names), with QEMU's console.
+            let model = pi_boot::Model::for_board(&board.name).unwrap_or(pi_boot::Model::Pi3);
+            let (kernel, initrd, append) = sdcard::boot_files(
+                image,
+                board,
+                model,
+                Some(board.emulated_console()),
+                scratch,
+                log,
+            )?;
             (vm(Media::Disk(image), Some((kernel, initrd, append))), None)
         }
     })

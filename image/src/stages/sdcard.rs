@@ -1,5 +1,13 @@
 //! SD card images without loop mounts: an MBR on a plain file (sfdisk), a FAT firmware
-//! partition filled with mtools, an ext4 root filled by `mke2fs -d`, copied in at their offsets.
+//! partition filled with mtools, ext4 filesystems made by `mke2fs` (`-d` fills them), copied in
+//! at their offsets.
+//!
+//! The card has two root slots for A/B updates (README "Pi slots"): partition 2 is slot A
+//! (`cloudy-a`, the system), 3 is slot B (`cloudy-b`, an empty filesystem until RAUC writes an
+//! update into it), 4 the data partition (`cloudy-data`: `/var/lib/cloudy`, kept whichever slot
+//! runs; it grows to the end of the card on first boot). The FAT partition holds each slot's
+//! kernel, initramfs, device trees and cmdline.txt in `slot-a/` (and later `slot-b/`), and
+//! `slot.txt`, the switch the firmware reads ([`crate::pi_boot`]).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -9,6 +17,7 @@ use std::process::Command;
 use crate::board::{Board, Sdcard};
 use crate::cache;
 use crate::cmd::{self, CmdError, Log};
+use crate::pi_boot;
 use crate::progress::Step;
 
 const MIB: u64 = 1 << 20;
@@ -25,6 +34,18 @@ pub enum SdError {
         "{0}: no FAT firmware partition in the MBR\n  fix: pass an SD image built by cloudy-image"
     )]
     NoFat(String),
+    #[error("the system needs {need_mib} MiB but a root slot has {slot_mib} MiB\n  fix: raise `sdcard.slot_mib` in hardware/{board}.toml (both slots get that size), or drop packages")]
+    SlotTooSmall {
+        board: String,
+        need_mib: u64,
+        slot_mib: u32,
+    },
+    #[error("{path}: {problem}\n  fix: {fix}")]
+    Card {
+        path: String,
+        problem: String,
+        fix: String,
+    },
     #[error("{0}")]
     Cmd(#[from] CmdError),
     #[error("{what} {path}: {source}")]
@@ -41,7 +62,8 @@ pub struct Inputs<'a> {
     pub layer: &'a Path,
     pub seed: &'a str,
     pub epoch: u64,
-    /// MBR disk identifier; partitions are `<id>-01` (firmware) and `<id>-02` (root).
+    /// MBR disk identifier; partitions are `<id>-01` (firmware), `<id>-02` and `<id>-03` (root
+    /// slots A and B), `<id>-04` (data).
     pub disk_id: u32,
 }
 
@@ -49,19 +71,41 @@ pub fn partuuid(disk_id: u32, part: u32) -> String {
     format!("{disk_id:08x}-{part:02}")
 }
 
-/// Kernel command line in cmdline.txt: the root partition by PARTUUID, the board's consoles.
+/// The MBR partition of root slot `A` or `B`.
+pub fn slot_partition(bootname: char) -> u32 {
+    if bootname == 'B' {
+        3
+    } else {
+        2
+    }
+}
+
+/// The data partition's number and the filesystem labels of the slots.
+pub const DATA_PARTITION: u32 = 4;
+pub fn slot_label(bootname: char) -> String {
+    format!("cloudy-{}", bootname.to_ascii_lowercase())
+}
+
+/// Kernel command line in slot A's cmdline.txt: the root partition by PARTUUID, the board's
+/// consoles, and the slot for RAUC (`rauc.slot=`, how it tells which slot is booted).
 pub fn cmdline(board: &Board, disk_id: u32, console: &str) -> String {
+    slot_cmdline(board, disk_id, console, 'A')
+}
+
+/// The command line slot `bootname` boots with.
+pub fn slot_cmdline(board: &Board, disk_id: u32, console: &str, bootname: char) -> String {
     let extra = board
         .sdcard
         .as_ref()
         .map(|s| s.cmdline.as_str())
         .unwrap_or("");
     format!(
-        "console=tty0 console={console} root=PARTUUID={} rw rootwait fsck.repair=yes {extra}",
-        partuuid(disk_id, 2)
+        "console=tty0 console={console} root=PARTUUID={} rw rootwait fsck.repair=yes rauc.slot={bootname} {extra}",
+        partuuid(disk_id, slot_partition(bootname))
     )
-    .trim()
-    .to_string()
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// The kernel and initrd raspi-firmware placed on the firmware partition.
@@ -95,20 +139,53 @@ pub fn make(
     let root = work.join("sdroot");
     stage_root(inp, &root, log, step)?;
 
-    let parts = Partitions::sized(sd, &root);
+    let data = work.join("sddata");
+    stage_data(&root, &data)?;
+
+    let parts = Partitions::sized(inp.board, sd, &root)?;
     let fat_img = work.join("firmware.vfat");
     let root_img = work.join("root.ext4");
-    let _ = fs::remove_file(&fat_img);
-    let _ = fs::remove_file(&root_img);
+    let b_img = work.join("slot-b.ext4");
+    let data_img = work.join("data.ext4");
+    for p in [&fat_img, &root_img, &b_img, &data_img] {
+        let _ = fs::remove_file(p);
+    }
     make_fat(inp, &fat_dir, &fat_img, parts.fat_bytes, log, step)?;
-    make_ext4(inp, &root, &root_img, parts.root_bytes, log, step)?;
-    write_disk(inp.disk_id, &parts, &fat_img, &root_img, out, log)?;
-    for p in [&fat_img, &root_img] {
+    let ext4 = |dir: Option<&Path>, img: &Path, label: &str, bytes: u64, salt: u32| {
+        make_ext4(inp, dir, img, label, bytes, salt, log, step)
+    };
+    ext4(
+        Some(&root),
+        &root_img,
+        &slot_label('A'),
+        parts.slot_bytes,
+        0,
+    )?;
+    // An empty filesystem, so RAUC finds slot B by its label before the first update.
+    ext4(None, &b_img, &slot_label('B'), parts.slot_bytes, 1)?;
+    ext4(Some(&data), &data_img, DATA_LABEL, parts.data_bytes, 2)?;
+    write_disk(
+        inp.disk_id,
+        &parts,
+        &[
+            (&fat_img, parts.fat_start()),
+            (&root_img, parts.slot_start('A')),
+            (&b_img, parts.slot_start('B')),
+            (&data_img, parts.data_start()),
+        ],
+        out,
+        log,
+    )?;
+    for p in [&fat_img, &root_img, &b_img, &data_img] {
         let _ = fs::remove_file(p);
     }
     let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(&data);
     Ok(fat_dir)
 }
+
+/// The data partition's filesystem label: the agent (and fstab here) look for it.
+pub use cloudy_model::seed::DATA_LABEL;
 
 /// Fails early, naming the fix, when the kernel package left out what the board boots from.
 fn check_firmware(board: &Board, sd: &Sdcard, firmware_src: &Path) -> Result<(), SdError> {
@@ -124,7 +201,9 @@ fn check_firmware(board: &Board, sd: &Sdcard, firmware_src: &Path) -> Result<(),
     Ok(())
 }
 
-/// Firmware partition: what raspi-firmware laid out, our cmdline.txt, and the user's seed.
+/// Firmware partition: what raspi-firmware laid out, with the kernel, initramfs and device
+/// trees moved into slot A's directory beside its cmdline.txt, config.txt pointing there
+/// through slot.txt, and the user's seed.
 fn stage_firmware(
     inp: &Inputs,
     firmware_src: &Path,
@@ -139,9 +218,17 @@ fn stage_firmware(
         log,
         step,
     )?;
+    slot_a_files(fat_dir)?;
     write(
-        &fat_dir.join("cmdline.txt"),
+        &fat_dir.join(pi_boot::slot_dir('A')).join("cmdline.txt"),
         &(cmdline(board, inp.disk_id, &board.console) + "\n"),
+    )?;
+    let config = fat_dir.join("config.txt");
+    let raspi = fs::read_to_string(&config).map_err(|e| io("reading", &config, e))?;
+    write(&config, &pi_boot::slot_config(&raspi))?;
+    write(
+        &fat_dir.join(pi_boot::SLOT_FILE),
+        &pi_boot::initial_slot_file(),
     )?;
     write(
         &fat_dir.join("cloudy.toml.example"),
@@ -150,6 +237,80 @@ fn stage_firmware(
     write(
         &fat_dir.join("cloudy.toml"),
         &format!("# Your Cloudy seed: edit it from any computer before the first boot.\n# Secrets in it are moved off this partition once the node has applied them.\n{}", inp.seed),
+    )
+}
+
+/// Moves raspi-firmware's versioned kernel and initramfs, and the device trees, into `slot-a/`
+/// under the fixed names config.txt gives for every slot.
+fn slot_a_files(fat_dir: &Path) -> Result<(), SdError> {
+    let (kernel, initrd) = kernel_and_initrd(fat_dir)?;
+    let slot = fat_dir.join(pi_boot::slot_dir('A'));
+    fs::create_dir_all(&slot).map_err(|e| io("creating", &slot, e))?;
+    let mv = |from: &Path, name: &str| {
+        fs::rename(from, slot.join(name)).map_err(|e| io("moving", from, e))
+    };
+    mv(&kernel, pi_boot::SLOT_KERNEL)?;
+    mv(&initrd, pi_boot::SLOT_INITRD)?;
+    for e in fs::read_dir(fat_dir)
+        .map_err(|e| io("reading", fat_dir, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".dtb") {
+            mv(&e.path(), &name)?;
+        } else if name.starts_with("vmlinuz-")
+            || name.starts_with("initrd.img-")
+            || name == "cmdline.txt"
+        {
+            // raspi-firmware's single-kernel files: the firmware reads the slot's instead.
+            fs::remove_file(e.path()).map_err(|err| io("removing", &e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// The data partition's tree: what the image has in /var/lib/cloudy, moved there, so nothing
+/// is hidden under the mount.
+fn stage_data(root: &Path, data: &Path) -> Result<(), SdError> {
+    cache::remove_any(data).map_err(|e| io("removing", data, e))?;
+    let state = root.join("var/lib/cloudy");
+    fs::create_dir_all(&state).map_err(|e| io("creating", &state, e))?;
+    fs::rename(&state, data).map_err(|e| io("moving", &state, e))?;
+    fs::create_dir_all(&state).map_err(|e| io("creating", &state, e))?;
+    Ok(())
+}
+
+/// RAUC's system.conf on the card: the Pi backend, both slots by label, the status kept on
+/// the data partition (README "Pi slots").
+pub fn system_conf(board: &str) -> String {
+    format!(
+        "# RAUC on a Cloudy Raspberry Pi card (written by cloudy-image, image/src/stages/sdcard.rs).
+         [system]
+         compatible=cloudy-{board}
+         bootloader=custom
+         mountprefix=/run/rauc
+         # On the data partition: kept whichever slot runs.
+         statusfile=/var/lib/cloudy/rauc.status
+         
+         [handlers]
+         # Switches slots through the FAT partition's slot.txt and counts a tried slot's boots.
+         bootloader-custom-backend=/usr/lib/cloudy/rauc-pi-boot
+         
+         [keyring]
+         path=/etc/rauc/keyring.pem
+         
+         [slot.rootfs.0]
+         device=/dev/disk/by-label/{a}
+         type=ext4
+         bootname=A
+         
+         [slot.rootfs.1]
+         device=/dev/disk/by-label/{b}
+         type=ext4
+         bootname=B
+",
+        a = slot_label('A'),
+        b = slot_label('B'),
     )
 }
 
@@ -176,53 +337,92 @@ fn stage_root(inp: &Inputs, root: &Path, log: &Log, step: &Step) -> Result<(), S
     let fw_in_root = root.join("boot/firmware");
     cache::remove_any(&fw_in_root).map_err(|e| io("removing", &fw_in_root, e))?;
     fs::create_dir_all(&fw_in_root).map_err(|e| io("creating", &fw_in_root, e))?;
+    write(&root.join("etc/fstab"), &fstab(inp.disk_id))?;
     write(
-        &root.join("etc/fstab"),
-        &format!(
-            "# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\nPARTUUID={}  /  ext4  rw,noatime  0  1\nPARTUUID={}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n",
-            partuuid(inp.disk_id, 2),
-            partuuid(inp.disk_id, 1)
-        ),
+        &root.join("etc/rauc/system.conf"),
+        &system_conf(&inp.board.name),
     )
 }
 
-/// The disk's layout: MBR, FAT at 4 MiB, root after it.
+/// The slots' fstab. `/` is not named: it is whichever slot the firmware booted (root= in that
+/// slot's cmdline.txt), mounted read-write by the initramfs. The data partition is `nofail`, so
+/// a card whose data partition is damaged still boots and stays reachable.
+pub fn fstab(disk_id: u32) -> String {
+    format!(
+        "# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n\
+         # / is the slot the Pi firmware booted (README \"Pi slots\").\n\
+         PARTUUID={}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n\
+         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n",
+        partuuid(disk_id, 1)
+    )
+}
+
+/// The disk's layout: MBR, FAT at 4 MiB, slot A, slot B, data.
 struct Partitions {
     fat_bytes: u64,
-    root_bytes: u64,
+    slot_bytes: u64,
+    data_bytes: u64,
 }
 
 impl Partitions {
-    fn sized(sd: &Sdcard, root: &Path) -> Partitions {
-        // Room for the first boot's writes; the root grows to fill the card on first boot anyway.
-        let root_bytes = (tree_bytes(root) * 5 / 4 + 256 * MIB).div_ceil(ALIGN) * ALIGN;
-        Partitions {
-            fat_bytes: u64::from(sd.boot_mib) * MIB,
-            root_bytes,
+    fn sized(board: &Board, sd: &Sdcard, root: &Path) -> Result<Partitions, SdError> {
+        // Room for the first boot's writes (a slot does not grow: both have the same size).
+        let need = (tree_bytes(root) * 5 / 4 + 256 * MIB).div_ceil(ALIGN) * ALIGN;
+        let slot_bytes = u64::from(sd.slot_mib) * MIB;
+        if need > slot_bytes {
+            return Err(SdError::SlotTooSmall {
+                board: board.name.clone(),
+                need_mib: need / MIB,
+                slot_mib: sd.slot_mib,
+            });
         }
+        Ok(Partitions {
+            fat_bytes: u64::from(sd.boot_mib) * MIB,
+            slot_bytes,
+            data_bytes: u64::from(sd.data_mib) * MIB,
+        })
     }
 
     fn fat_start(&self) -> u64 {
         ALIGN
     }
 
-    fn root_start(&self) -> u64 {
-        self.fat_start() + self.fat_bytes
+    fn slot_start(&self, bootname: char) -> u64 {
+        let a = self.fat_start() + self.fat_bytes;
+        if bootname == 'B' {
+            a + self.slot_bytes
+        } else {
+            a
+        }
+    }
+
+    fn data_start(&self) -> u64 {
+        self.slot_start('B') + self.slot_bytes
     }
 
     fn total(&self) -> u64 {
-        self.root_start() + self.root_bytes
+        self.data_start() + self.data_bytes
     }
 
     fn sfdisk_script(&self, disk_id: u32) -> String {
-        format!(
-            "label: dos\nlabel-id: 0x{:08x}\nunit: sectors\n\nstart={}, size={}, type=c, bootable\nstart={}, size={}, type=83\n",
+        let mut s = format!(
+            "label: dos\nlabel-id: 0x{:08x}\nunit: sectors\n\nstart={}, size={}, type=c, bootable\n",
             disk_id,
             self.fat_start() / 512,
             self.fat_bytes / 512,
-            self.root_start() / 512,
-            self.root_bytes / 512
-        )
+        );
+        for (start, bytes) in [
+            (self.slot_start('A'), self.slot_bytes),
+            (self.slot_start('B'), self.slot_bytes),
+            (self.data_start(), self.data_bytes),
+        ] {
+            s.push_str(&format!(
+                "start={}, size={}, type=83\n",
+                start / 512,
+                bytes / 512
+            ));
+        }
+        s
     }
 }
 
@@ -269,16 +469,25 @@ fn make_fat(
     Ok(())
 }
 
-/// The root partition's image, filled from `root` by `mke2fs -d`.
+/// An ext4 image labelled `label`, filled from `dir` by `mke2fs -d` (empty without one). Its
+/// UUID comes from the disk id and `salt`, so each filesystem of the card has its own, and the
+/// same recipe gives the same image.
+#[allow(clippy::too_many_arguments)]
 fn make_ext4(
     inp: &Inputs,
-    root: &Path,
-    root_img: &Path,
-    root_bytes: u64,
+    dir: Option<&Path>,
+    img: &Path,
+    label: &str,
+    bytes: u64,
+    salt: u32,
     log: &Log,
     step: &Step,
 ) -> Result<(), SdError> {
-    let uuid = uuid_from(inp.disk_id);
+    let uuid = if salt == 0 {
+        uuid_from(inp.disk_id)
+    } else {
+        uuid_from(inp.disk_id ^ salt.rotate_left(16))
+    };
     let mut c = Command::new("mke2fs");
     c.args([
         "-F",
@@ -286,28 +495,28 @@ fn make_ext4(
         "-t",
         "ext4",
         "-L",
-        "RASPIROOT",
+        label,
         "-U",
         &uuid,
         "-E",
         &format!("hash_seed={uuid},root_owner=0:0"),
-    ])
-    .arg("-d")
-    .arg(root)
-    .arg(root_img)
-    .arg(format!("{}k", root_bytes / 1024))
-    .env("E2FSPROGS_FAKE_TIME", inp.epoch.to_string());
+    ]);
+    if let Some(dir) = dir {
+        c.arg("-d").arg(dir);
+    }
+    c.arg(img)
+        .arg(format!("{}k", bytes / 1024))
+        .env("E2FSPROGS_FAKE_TIME", inp.epoch.to_string());
     cmd::run(&mut c, log, step)?;
     Ok(())
 }
 
-/// Partitions a file of the disk's size under the temporary name, copies the two images in at
-/// their offsets, then renames it to `out`.
+/// Partitions a file of the disk's size under the temporary name, copies the partitions'
+/// images in at their offsets, then renames it to `out`.
 fn write_disk(
     disk_id: u32,
     parts: &Partitions,
-    fat_img: &Path,
-    root_img: &Path,
+    images: &[(&Path, u64)],
     out: &Path,
     log: &Log,
 ) -> Result<(), SdError> {
@@ -319,8 +528,9 @@ fn write_disk(
     let mut c = Command::new("sfdisk");
     c.args(["--no-reread", "--no-tell-kernel", "-q"]).arg(&tmp);
     sfdisk(&mut c, &parts.sfdisk_script(disk_id), log)?;
-    copy_sparse(fat_img, &tmp, parts.fat_start()).map_err(|e| io("writing", &tmp, e))?;
-    copy_sparse(root_img, &tmp, parts.root_start()).map_err(|e| io("writing", &tmp, e))?;
+    for (img, offset) in images {
+        copy_sparse(img, &tmp, *offset).map_err(|e| io("writing", &tmp, e))?;
+    }
     fs::rename(&tmp, out).map_err(|e| io("renaming", &tmp, e))?;
     Ok(())
 }
@@ -337,6 +547,87 @@ pub fn layout(img: &Path) -> Result<(u32, u64), SdError> {
         return Err(SdError::NoFat(img.display().to_string()));
     }
     Ok((disk_id, start * 512))
+}
+
+/// Every path on an SD image's FAT partition, with the text of its `.txt` files: what
+/// [`pi_boot::choose`] reads.
+pub fn read_fat(img: &Path, log: &Log) -> Result<pi_boot::Fat, SdError> {
+    let (_, off) = layout(img)?;
+    let spec = format!("{}@@{off}", img.display());
+    let mut c = Command::new("mdir");
+    c.args(["-/", "-b", "-i", &spec, "::/"])
+        .env("MTOOLS_SKIP_CHECK", "1");
+    let listing = cmd::run(&mut c, log, &Step::hidden())?;
+    let mut files = vec![];
+    for line in listing.lines() {
+        let Some(path) = line.trim().strip_prefix("::/") else {
+            continue;
+        };
+        let text = if path.to_ascii_lowercase().ends_with(".txt") {
+            let mut c = Command::new("mtype");
+            c.args(["-i", &spec, &format!("::/{path}")])
+                .env("MTOOLS_SKIP_CHECK", "1");
+            Some(cmd::run(&mut c, log, &Step::hidden())?)
+        } else {
+            None
+        };
+        files.push((path.trim_end_matches('/').to_string(), text));
+    }
+    Ok(pi_boot::Fat::new(files))
+}
+
+/// What the Pi firmware would boot from `img` as `model` ([`pi_boot::choose`]): the kernel and
+/// initrd copied into `dir`, and the command line, with the board's serial console swapped
+/// for `console` when given (QEMU's `virt` has no mini UART).
+pub fn boot_files(
+    img: &Path,
+    board: &Board,
+    model: pi_boot::Model,
+    console: Option<&str>,
+    dir: &Path,
+    log: &Log,
+) -> Result<(PathBuf, PathBuf, String), SdError> {
+    let fat = read_fat(img, log)?;
+    let choice = pi_boot::choose(&fat, model, false).map_err(|e| SdError::Card {
+        path: img.display().to_string(),
+        problem: e.to_string(),
+        fix: "rebuild the image, or repair its firmware partition".into(),
+    })?;
+    let Some(initrd) = choice.initrd.clone() else {
+        return Err(SdError::Card {
+            path: img.display().to_string(),
+            problem: format!("config.txt names no initramfs for {}", choice.kernel),
+            fix: "the slot's initramfs mounts the root: rebuild the image".into(),
+        });
+    };
+    fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    let (kernel_out, initrd_out) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+    let (_, off) = layout(img)?;
+    let spec = format!("{}@@{off}", img.display());
+    for (from, to) in [(&choice.kernel, &kernel_out), (&initrd, &initrd_out)] {
+        let _ = fs::remove_file(to);
+        let mut c = Command::new("mcopy");
+        c.args(["-n", "-i", &spec, &format!("::/{from}")])
+            .arg(to)
+            .env("MTOOLS_SKIP_CHECK", "1");
+        cmd::run(&mut c, log, &Step::hidden())?;
+    }
+    let cmdline = match console {
+        Some(c) => choice
+            .cmdline
+            .split_whitespace()
+            .map(|w| {
+                if w == format!("console={}", board.console) {
+                    format!("console={c}")
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => choice.cmdline,
+    };
+    Ok((kernel_out, initrd_out, cmdline))
 }
 
 /// Copies `names` (globs allowed) from an SD image's FAT partition into `dir`.
@@ -475,8 +766,67 @@ mod tests {
         assert!(c.contains("root=PARTUUID=1234abcd-02"), "{c}");
         assert!(c.contains("console=ttyS1,115200"), "{c}");
         assert!(c.ends_with("cma=64M"), "{c}");
+        assert!(c.contains(" rauc.slot=A "), "{c}");
+        let b_line = slot_cmdline(&b, 0x1234abcd, &b.console, 'B');
+        assert!(
+            b_line.contains("root=PARTUUID=1234abcd-03") && b_line.contains(" rauc.slot=B "),
+            "{b_line}"
+        );
         assert_eq!(uuid_from(7), uuid_from(7));
         assert_eq!(uuid_from(7).len(), 36);
+    }
+
+    /// Two equal root slots and the data partition after the FAT one, 4 MiB aligned; the root
+    /// is not pinned in fstab (it is whichever slot booted), the data partition is by label.
+    #[test]
+    fn two_slots_and_a_data_partition() {
+        let hw = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
+        let (b, _) = Board::load(&hw.join("rpi3.toml")).unwrap();
+        let sd = b.sdcard.clone().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), vec![1u8; 4096]).unwrap();
+        let p = Partitions::sized(&b, &sd, d.path()).unwrap();
+        assert_eq!(p.slot_start('A'), 4 * MIB + 256 * MIB);
+        assert_eq!(p.slot_start('B') - p.slot_start('A'), 2560 * MIB);
+        assert_eq!(p.data_start() - p.slot_start('B'), 2560 * MIB);
+        assert_eq!(p.total(), p.data_start() + 256 * MIB);
+        let script = p.sfdisk_script(0xabcd);
+        assert_eq!(script.matches("type=83").count(), 3, "{script}");
+        let small = Sdcard {
+            slot_mib: 100,
+            ..sd.clone()
+        };
+        let big = d.path().join("big");
+        fs::File::create(&big).unwrap().set_len(200 * MIB).unwrap();
+        assert!(matches!(
+            Partitions::sized(&b, &small, d.path()),
+            Err(SdError::SlotTooSmall { .. })
+        ));
+        let t = fstab(0xabcd);
+        assert!(
+            !t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .any(|l| l.split_whitespace().nth(1) == Some("/")),
+            "{t}"
+        );
+        assert!(
+            t.contains("LABEL=cloudy-data  /var/lib/cloudy  ext4"),
+            "{t}"
+        );
+        assert!(t.contains("PARTUUID=0000abcd-01  /boot/firmware"), "{t}");
+        let conf = system_conf("rpi3");
+        for want in [
+            "compatible=cloudy-rpi3",
+            "bootloader=custom",
+            "bootloader-custom-backend=/usr/lib/cloudy/rauc-pi-boot",
+            "device=/dev/disk/by-label/cloudy-b",
+            "bootname=B",
+        ] {
+            assert!(conf.contains(want), "{want}: {conf}");
+        }
     }
 
     #[test]
