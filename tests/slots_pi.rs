@@ -214,13 +214,20 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
         .find_map(|l| l.split("cloudy: data ").nth(1))
         .unwrap_or_else(|| panic!("no grow-root line for the data partition:\n{c}"))
         .to_string();
+    // Slot B stands for an update whose system never reaches ready: its agent is masked. Else
+    // the agent on B, ready and in no community, would mark B good, and there would be no
+    // fallback to see.
     let said = g.shell(
         "findmnt -no SOURCE,LABEL /; echo \"id=$(cat /var/lib/cloudy/node-id)\"; rauc status; \
+         mkdir -p /run/slot-b && mount /dev/vda3 /run/slot-b && \
+         ln -sf /dev/null /run/slot-b/etc/systemd/system/cloudy-agent.service && \
+         umount /run/slot-b && echo masked-b; \
          rauc status mark-active other; /usr/lib/cloudy/rauc-pi-boot status",
         300,
     );
     eprintln!("slot A said:\n{said}");
     assert!(said.contains("/dev/vda2 cloudy-a"), "{said}");
+    assert!(said.contains("masked-b"), "{said}");
     let node_id = said
         .lines()
         .find_map(|l| l.trim().strip_prefix("id="))
