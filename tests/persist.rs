@@ -456,7 +456,9 @@ key = "correct horse battery staple 42"
 "#;
 
 /// What the USB test reads beside `look`: the SSH host key, where the state and the medium are.
-const STICK_LOOK: &str = "systemctl is-system-running --wait >/dev/null; \
+const STICK_LOOK: &str = "for i in $(seq 120); do \
+       [ \"$(systemctl show -p ExecMainExitTimestampMonotonic --value cloudy-ssh-keygen)\" != 0 ] && break; sleep 1; \
+     done; \
      echo \"ssh-host $(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)\"; \
      echo \"data $(findmnt -no SOURCE /run/cloudy/data)\"; \
      echo \"medium $(findmnt -no SOURCE /run/live/medium)\"";
