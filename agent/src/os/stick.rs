@@ -255,7 +255,7 @@ pub fn append(disk: &Path, plan: &Plan) -> Result<usize, StickError> {
     {
         use std::io::Write;
         let mut i = child.stdin.take().expect("piped");
-        write!(i, "start={}, size={}, type=83\n", plan.start, plan.size)
+        writeln!(i, "start={}, size={}, type=83", plan.start, plan.size)
             .map_err(|e| failed("writing to sfdisk for", e.to_string()))?;
     }
     let out = child
