@@ -100,7 +100,8 @@ fn look(g: &mut Guest, extra: &str) -> Seen {
     look_at(g, extra, true)
 }
 
-/// `look`, for a seed with services (`services`: wait for their line) or without (none comes).
+/// `look`; with `services`, after the services line (printed with or without services: the
+/// login screen is written by then).
 fn look_at(g: &mut Guest, extra: &str, services: bool) -> Seen {
     let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
     let ready = ready_line(&c, 0).expect("ready line");
@@ -498,7 +499,7 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
     drop(f);
 
     let mut g = boot_stick(&iso, &stick, &persist, &out.join("usb1-console.log"));
-    let first = look_at(&mut g, STICK_LOOK, false);
+    let first = look_at(&mut g, STICK_LOOK, true);
     power_off(&mut g);
     drop(g);
     let c = std::fs::read_to_string(out.join("usb1-console.log")).unwrap();
@@ -561,7 +562,7 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
         &iso.append("cloudy"),
         &out.join("usb2-console.log"),
     );
-    let second = look_at(&mut g, STICK_LOOK, false);
+    let second = look_at(&mut g, STICK_LOOK, true);
     power_off(&mut g);
     drop(g);
     let c = std::fs::read_to_string(out.join("usb2-console.log")).unwrap();
@@ -621,7 +622,7 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
         READY_S + 600,
         &out.join("cd-console.log"),
     );
-    let cd = look_at(&mut g, "true", false);
+    let cd = look_at(&mut g, "true", true);
     drop(g);
     let line = cd.status["state"]["line"].as_str().unwrap().to_string();
     assert_eq!(cd.status["state"]["kept"], false, "{}", cd.shell);
