@@ -526,12 +526,36 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
     );
     assert!(first.ready["address"].is_string(), "{}", first.ready);
 
-    // On the host: the ISO's bytes but one MBR entry (the third, bytes 478..494) unchanged;
-    // a third partition after the image, to the end of the stick, labelled cloudy-data.
+    // On the host: the ISO's bytes but one MBR entry (the third, bytes 478..494) unchanged.
+    // The ISO is as long as its volume descriptor says (the hybrid MBR's first entry covers
+    // just that); xorriso's file goes on for 300 KiB of zero padding, which the partition may
+    // take. Then a third partition after the image, to the end of the stick, labelled
+    // cloudy-data.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "xorriso -indev '{}' -report_system_area plain 2>/dev/null | sed -n 's/^ISO image size\\/512 : *//p'",
+            iso.iso.display()
+        ))
+        .output()
+        .unwrap();
+    let image_len = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse::<u64>()
+        .unwrap_or_else(|e| panic!("ISO image size from xorriso: {e}: {}", text(&o)))
+        * 512;
     let changed = differences(&iso.iso, &stick);
     assert!(
-        changed.iter().all(|b| (478..494).contains(b)),
+        changed
+            .iter()
+            .all(|b| (478..494).contains(b) || *b >= image_len),
         "bytes of the ISO changed outside the new MBR entry: {changed:?}"
+    );
+    let padding = std::fs::read(&iso.iso).unwrap()[image_len as usize..].to_vec();
+    assert!(
+        padding.iter().all(|b| *b == 0),
+        "past the ISO's own length only zero padding ({} bytes)",
+        padding.len()
     );
     let o = Command::new("sfdisk")
         .arg("--json")
@@ -545,7 +569,8 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
         .clone();
     assert_eq!(parts.len(), 3, "{t}");
     let start = parts[2]["start"].as_u64().unwrap();
-    assert!(start * 512 >= iso_len && start % 2048 == 0, "{t}");
+    assert!(start * 512 >= image_len && start % 2048 == 0, "{t}");
+    assert!(iso_len >= image_len);
     assert_eq!((start + parts[2]["size"].as_u64().unwrap()) * 512, 1 << 30);
     let o = Command::new("blkid")
         .args(["-p", "-o", "value", "-s", "LABEL", "-O"])
