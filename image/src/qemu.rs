@@ -51,10 +51,32 @@ pub struct Vm<'a> {
     pub disk: Option<&'a Path>,
 }
 
+/// A guest TCP port reachable from the host as 127.0.0.1:`host` (QEMU's `hostfwd`): how a
+/// test reaches a booted SD image's SSH (or any port), which has no other way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostForward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl HostForward {
+    fn nic_option(&self) -> String {
+        format!(",hostfwd=tcp:127.0.0.1:{}-:{}", self.host, self.guest)
+    }
+}
+
 impl Vm<'_> {
     /// QEMU with the serial console on stdio and no display; the guest's network is QEMU's
     /// user mode with `restrict=on`, so it reaches nothing outside.
     pub fn command(&self) -> Command {
+        self.command_forwarding(&[])
+    }
+
+    /// As [`Vm::command`], with `forwards` open from the host's loopback into the guest.
+    /// `restrict=on` stays: the guest still reaches nothing outside, and only the host's
+    /// loopback reaches these ports.
+    pub fn command_forwarding(&self, forwards: &[HostForward]) -> Command {
+        let fwd: String = forwards.iter().map(HostForward::nic_option).collect();
         let q = &self.board.qemu;
         let mut c = Command::new(&q.system);
         c.args([
@@ -82,11 +104,14 @@ impl Vm<'_> {
                 http,
             } => {
                 // restrict=on still allows guestfwd: the guest reaches that one loopback port.
-                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile},guestfwd=tcp:{}:80-tcp:127.0.0.1:{http}", root.display(), crate::http::GUEST_ADDR)]);
+                c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile},guestfwd=tcp:{}:80-tcp:127.0.0.1:{http}{fwd}", root.display(), crate::http::GUEST_ADDR)]);
                 c.args(["-boot", "n"]);
             }
             _ => {
-                c.args(["-nic", "user,model=virtio-net-pci,restrict=on"]);
+                c.args([
+                    "-nic",
+                    &format!("user,model=virtio-net-pci,restrict=on{fwd}"),
+                ]);
             }
         }
         match self.media {
@@ -115,5 +140,46 @@ impl Vm<'_> {
                 .args(["-append", append]);
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host forward opens one loopback port into the guest and keeps restrict=on.
+    #[test]
+    fn host_forwards_go_on_the_restricted_nic() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
+        let (b, _) = Board::load(&root.join("rpi3.toml")).unwrap();
+        let img = Path::new("/tmp/x.img");
+        let vm = Vm {
+            board: &b,
+            media: Media::Disk(img),
+            accel: Accel::Tcg,
+            boot: Boot::Bios,
+            direct: None,
+            disk: None,
+        };
+        let nic = |c: &Command| {
+            let a: Vec<String> = c
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let i = a.iter().position(|x| x == "-nic").unwrap();
+            a[i + 1].clone()
+        };
+        assert_eq!(nic(&vm.command()), "user,model=virtio-net-pci,restrict=on");
+        let c = vm.command_forwarding(&[HostForward {
+            host: 40022,
+            guest: 22,
+        }]);
+        assert_eq!(
+            nic(&c),
+            "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
+        );
     }
 }

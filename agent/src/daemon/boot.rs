@@ -69,7 +69,7 @@ async fn boot(sys: &System, opts: &Options) -> Result<i32> {
             stored = false;
         }
     }
-    let primary = match primary_network(seed, opts).await {
+    let primary = match primary_network(sys, seed, opts).await {
         Ok(p) => p,
         Err(e) => {
             errors.push(format!("network: {e}"));
@@ -397,11 +397,40 @@ async fn redeem_invite(sys: &System, c: &Community, token: &str, name: &str) -> 
         .ok_or_else(|| anyhow::anyhow!("the community key was not stored"))
 }
 
-async fn primary_network(seed: &Seed, opts: &Options) -> Result<Option<Primary>> {
+/// How long a node waits for DHCP before it reports and announces itself without an address.
+const DHCP_WAIT: Duration = Duration::from_secs(20);
+
+async fn primary_network(sys: &System, seed: &Seed, opts: &Options) -> Result<Option<Primary>> {
     let net = Net::connect()?;
-    Ok(net
-        .apply(seed.network.as_ref(), opts.manage_network, seed.netname())
-        .await?)
+    // The agent starts beside systemd-networkd, not after it (it is ordered before
+    // network.target). An installed disk (and a live boot that found its keys on a data disk)
+    // gets here in seconds, before DHCP has answered: the ready line and the node's member
+    // record said address null. A node's own root waits for the lease, bounded; a private
+    // root (tests in namespaces) has its addresses already.
+    let wait = if sys.is_live() {
+        DHCP_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let p = net
+            .apply(seed.network.as_ref(), opts.manage_network, seed.netname())
+            .await?;
+        if p.as_ref().is_some_and(|p| p.address.is_some()) {
+            return Ok(p);
+        }
+        if started.elapsed() >= wait {
+            if !wait.is_zero() {
+                tracing::warn!(
+                    "network: no address after {} s (no DHCP answer?); going on without one",
+                    wait.as_secs()
+                );
+            }
+            return Ok(p);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The ready line as far as the node is known before the mesh.

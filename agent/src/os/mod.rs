@@ -10,6 +10,7 @@ pub mod identity;
 pub mod issue;
 pub mod network;
 pub mod secrets;
+pub mod stick;
 pub mod storage;
 pub mod stored;
 pub mod supervisor;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use cloudy_model::seed::{Storage, DATA_LABEL};
 use serde::{Deserialize, Serialize};
 
+use crate::os::stick::{self, StickError};
 use crate::os::system::System;
 
 /// What `status`, the login screen and the dashboard say when state is not kept.
@@ -92,6 +93,8 @@ pub enum StorageError {
         device: String,
         detail: String,
     },
+    #[error("the boot stick: {0}")]
+    Stick(#[from] StickError),
 }
 
 /// What a disk holds, as far as deciding whether it may be formatted goes.
@@ -173,12 +176,16 @@ pub fn settle(sys: &System, storage: Option<&Storage>) -> State {
             problem: None,
         }
     } else {
+        let on_stick =
+            storage.is_some_and(|s| s.on_boot_stick) || stick::asked_on_cmdline(&sys.cmdline());
         match mounted_device() {
             Some(dev) => kept_on(&dev),
-            None => match attach(storage) {
+            None => match attach(storage, on_stick) {
                 Ok(Some(dev)) => kept_on(&dev),
                 Ok(None) => State::not_kept(None),
                 Err(e) => {
+                    // On the console too: the person at the stick asked for this.
+                    println!("cloudy-agent: {NOT_KEPT}: {e}");
                     tracing::error!("storage: {e}");
                     State::not_kept(Some(e.to_string()))
                 }
@@ -211,9 +218,14 @@ pub fn line(sys: &System) -> String {
 }
 
 fn kept_on(dev: &str) -> State {
+    let place = if stick::on_medium(dev) {
+        format!("the boot stick's partition {dev} (label {DATA_LABEL})")
+    } else {
+        format!("data disk {dev} (label {DATA_LABEL})")
+    };
     State {
         kept: true,
-        place: format!("data disk {dev} (label {DATA_LABEL})"),
+        place,
         device: Some(dev.to_string()),
         problem: None,
     }
@@ -239,9 +251,9 @@ fn mounted_device() -> Option<String> {
     dev.filter(|_| state_dir)
 }
 
-/// Finds the disk (the seed's, else any labelled one), formats it if allowed, mounts it.
-/// Ok(None): no disk to use.
-fn attach(storage: Option<&Storage>) -> Result<Option<String>, StorageError> {
+/// Finds the disk (the seed's, else any labelled one, else with `on_stick` a new partition on
+/// the boot stick), formats it if allowed, mounts it. Ok(None): no disk to use.
+fn attach(storage: Option<&Storage>, on_stick: bool) -> Result<Option<String>, StorageError> {
     let _ = Command::new("udevadm")
         .args(["settle", "-t", "10"])
         .status();
@@ -265,6 +277,30 @@ fn attach(storage: Option<&Storage>) -> Result<Option<String>, StorageError> {
         }
         None => match labelled() {
             Some(d) => d,
+            None if on_stick => {
+                let (part, new) = stick::make_partition()?;
+                let probe = probe(&part)?;
+                // A new entry covers space that was free: whatever bytes lie there belong to
+                // nobody. An entry an earlier boot made is formatted only while blank.
+                let may = Storage {
+                    device: Some(part.clone()),
+                    format_if_blank: true,
+                    erase_existing_data: new,
+                    on_boot_stick: true,
+                };
+                match decide(&probe, &may) {
+                    Decision::Use => {}
+                    Decision::Format => format(&part, &probe)?,
+                    Decision::Refuse { problem, fix: _ } => {
+                        return Err(StorageError::Refused {
+                            device: part,
+                            problem,
+                            fix: format!("label its filesystem {DATA_LABEL} (e2label {DATA_LABEL}) to keep the state there, or write the ISO to the stick again"),
+                        })
+                    }
+                }
+                part
+            }
             None => return Ok(None),
         },
     };
@@ -495,6 +531,7 @@ mod tests {
             device: Some("/dev/vdb".into()),
             format_if_blank,
             erase_existing_data: erase,
+            on_boot_stick: false,
         }
     }
 

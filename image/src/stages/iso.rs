@@ -53,6 +53,15 @@ pub fn install_cmdline(board: &Board) -> String {
     format!("{} cloudy.install=auto", cmdline(board))
 }
 
+/// The menu entry that keeps the node's state on the USB stick the ISO was written to: the agent
+/// makes a partition in the stick's free space on the first boot (agent/src/os/stick.rs) and
+/// later boots find it by its label, from any entry.
+pub const PERSIST_TITLE: &str = "Cloudy (keep state on this USB stick)";
+
+pub fn persist_cmdline(board: &Board) -> String {
+    format!("{} cloudy.persist=1", cmdline(board))
+}
+
 /// Seconds the boot menus wait before booting the live system: long enough to choose
 /// "Install Cloudy to disk" (type `install` at ISOLINUX's prompt, arrow keys in GRUB).
 pub const MENU_TIMEOUT_S: u32 = 3;
@@ -93,6 +102,7 @@ struct BootEntry {
     speed: String,
     cmdline: String,
     install: String,
+    persist: String,
 }
 
 impl BootEntry {
@@ -114,6 +124,7 @@ impl BootEntry {
             speed,
             cmdline: cmdline(board),
             install: install_cmdline(board),
+            persist: persist_cmdline(board),
         }
     }
 }
@@ -215,15 +226,18 @@ fn isolinux_cfg(boot: &BootEntry) -> (String, String) {
         speed,
         cmdline,
         install,
+        persist,
     } = boot;
     let menu = format!(
         "\nCloudy. Boots the live system in {MENU_TIMEOUT_S} s, or type a label and Enter:\n  \
-         cloudy    Cloudy (live)\n  install   {INSTALL_TITLE} (the only empty disk; erases it)\n"
+         cloudy    Cloudy (live)\n  install   {INSTALL_TITLE} (the only empty disk; erases it)\n  \
+         persist   {PERSIST_TITLE}\n"
     );
     let cfg = format!(
         "serial {serial_unit} {speed}\ndefault cloudy\ndisplay boot.txt\nprompt 1\ntimeout {}\n\
          label cloudy\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {cmdline}\n\
-         label install\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {install}\n",
+         label install\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {install}\n\
+         label persist\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img {persist}\n",
         MENU_TIMEOUT_S * 10
     );
     (cfg, menu)
@@ -236,11 +250,13 @@ fn grub_cfg(boot: &BootEntry) -> String {
         speed,
         cmdline,
         install,
+        persist,
     } = boot;
     format!(
         "serial --unit={serial_unit} --speed={speed}\nterminal_input console serial\nterminal_output console serial\n\
          set timeout={MENU_TIMEOUT_S}\nmenuentry \"Cloudy\" {{\n  linux /live/vmlinuz {cmdline}\n  initrd /live/initrd.img\n}}\n\
-         menuentry \"{INSTALL_TITLE}\" {{\n  linux /live/vmlinuz {install}\n  initrd /live/initrd.img\n}}\n"
+         menuentry \"{INSTALL_TITLE}\" {{\n  linux /live/vmlinuz {install}\n  initrd /live/initrd.img\n}}\n\
+         menuentry \"{PERSIST_TITLE}\" {{\n  linux /live/vmlinuz {persist}\n  initrd /live/initrd.img\n}}\n"
     )
 }
 
@@ -456,12 +472,53 @@ mod tests {
         assert!(install.contains("boot=live"), "{cfg}");
         let live = cfg.split("label install").next().unwrap();
         assert!(!live.contains("cloudy.install"), "{cfg}");
+        assert!(!live.contains("cloudy.persist"), "{cfg}");
         assert!(menu.contains(INSTALL_TITLE), "{menu}");
         let grub = grub_cfg(&boot);
         let entries: Vec<&str> = grub.split("menuentry ").skip(1).collect();
-        assert_eq!(entries.len(), 2, "{grub}");
+        // Three since the USB stick entry (issue 14): live, install, keep state on the stick.
+        assert_eq!(entries.len(), 3, "{grub}");
         assert!(entries[0].starts_with("\"Cloudy\"") && !entries[0].contains("cloudy.install"));
         assert!(entries[1].starts_with(&format!("\"{INSTALL_TITLE}\"")));
         assert!(entries[1].contains("cloudy.install=auto"), "{grub}");
+        assert!(!entries[1].contains("cloudy.persist"), "{grub}");
+    }
+
+    /// Issue 14: "keep state on this USB stick" in both menus, the live system with
+    /// `cloudy.persist=1`; it installs nothing.
+    #[test]
+    fn both_menus_offer_state_on_the_usb_stick() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("hardware");
+        let (b, _) = Board::load(&root.join("pc-686-pae.toml")).unwrap();
+        let boot = BootEntry::of(&b);
+        let (cfg, menu) = isolinux_cfg(&boot);
+        let persist = cfg.split("label persist\n").nth(1).expect("persist label");
+        let append = persist.lines().find(|l| l.contains("append")).unwrap();
+        assert!(
+            append.contains("boot=live") && append.contains("cloudy.persist=1"),
+            "{cfg}"
+        );
+        assert!(!append.contains("cloudy.install"), "{cfg}");
+        assert!(
+            menu.contains(&format!("persist   {PERSIST_TITLE}")),
+            "{menu}"
+        );
+        assert!(
+            cfg.contains("default cloudy\n"),
+            "the live system stays the default"
+        );
+        let grub = grub_cfg(&boot);
+        let entry = grub
+            .split(&format!("menuentry \"{PERSIST_TITLE}\""))
+            .nth(1)
+            .expect("GRUB entry");
+        let linux = entry.lines().find(|l| l.contains("linux ")).unwrap();
+        assert!(
+            linux.contains("boot=live") && linux.ends_with("cloudy.persist=1"),
+            "{grub}"
+        );
     }
 }

@@ -23,6 +23,12 @@ pub struct Storage {
     /// Cloudy data disk: everything on it is lost. Only with `device` and `format_if_blank`.
     #[serde(default)]
     pub erase_existing_data: bool,
+    /// Keep the state on the USB stick the node boots from (the ISO written to it with dd): on
+    /// the first boot a partition labelled `cloudy-data` is made in the stick's free space,
+    /// after the ISO, which is not touched. The boot menu's "keep state on this USB stick"
+    /// entry (`cloudy.persist=1`) asks the same without a seed.
+    #[serde(default)]
+    pub on_boot_stick: bool,
 }
 
 impl Storage {
@@ -56,6 +62,13 @@ impl Storage {
                 "storage.erase_existing_data",
                 "set without `device` and `format_if_blank = true`".into(),
                 "name the disk in `device` and set `format_if_blank = true`, or remove erase_existing_data",
+            ));
+        }
+        if self.on_boot_stick && self.device.is_some() {
+            return Err(invalid(
+                "storage.on_boot_stick",
+                "set with `device`: the state goes on one disk".into(),
+                "remove `device` to keep the state on the boot stick, or remove on_boot_stick to keep it on that disk",
             ));
         }
         Ok(())
@@ -102,6 +115,10 @@ mod tests {
             ("device = \"vdb\"\n", "storage.device"),
             ("device = \"/dev/\"\n", "storage.device"),
             ("device = \"/dev/../etc/passwd\"\n", "storage.device"),
+            (
+                "device = \"/dev/vdb\"\non_boot_stick = true\n",
+                "storage.on_boot_stick",
+            ),
         ] {
             let e = parse(&format!("[storage]\n{text}")).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
@@ -112,6 +129,8 @@ mod tests {
         )
         .unwrap();
         assert!(ok.storage.unwrap().erase_existing_data);
+        let stick = parse("[storage]\non_boot_stick = true\n").unwrap();
+        assert!(stick.storage.unwrap().on_boot_stick);
     }
 
     #[test]
