@@ -53,8 +53,10 @@ finish)
       -f hls -hls_time 1 -hls_segment_filename /tmp/cloudy-ffmpeg-check/seg%d.ts \
       /tmp/cloudy-ffmpeg-check/check.m3u8 ||
       { echo "trim.sh: ffmpeg cannot make the streaming source's HLS stream in the image" >&2; exit 1; }
+    # ffprobe lists an MPEG-TS stream under its program and again on its own (and a blank
+    # line for the program): each codec once.
     codecs=$(chroot "$root" ffprobe -v error -show_entries stream=codec_name -of csv=p=0 \
-      /tmp/cloudy-ffmpeg-check/seg0.ts | sort | tr '\n' ' ')
+      /tmp/cloudy-ffmpeg-check/seg0.ts | sort -u | grep . | tr '\n' ' ')
     rm -rf "$root/tmp/cloudy-ffmpeg-check"
     if [ "$codecs" != "aac h264 " ]; then
       echo "trim.sh: ffprobe saw '$codecs' in ffmpeg's segment, not 'aac h264'" >&2
