@@ -19,13 +19,14 @@ mod wheel;
 
 use error::io;
 pub use error::BootstrapError;
-use hooks::{hook, sh_quote, INITRAMFS_HOOK};
+use hooks::{hook, sh_quote, INITRAMFS_HOOK, TRIM_HOOK};
 pub use package::{Origin, Package};
 use pip::{parse_pip, pip_entries, pip_hooks};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 // 3: a `[[pip]]` venv's closure is checked and listed with where each part came from.
-const BOOTSTRAP_FORMAT: u32 = 3;
+// 4: the trims of trim.sh (Mesa's drivers and LLVM unwritten, pip left out of the venvs).
+const BOOTSTRAP_FORMAT: u32 = 4;
 
 /// What every node needs besides the recipe's packages.
 const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "zstd", "kmod"];
@@ -280,6 +281,15 @@ fn make(
 
     let mut c = mmdebstrap(board, recipe);
     let pip = pip_hooks(&mut c, board, recipe, dir, key, &lists.pip, log, step)?;
+    let venvs: Vec<&str> = pip_entries(board, recipe)
+        .into_iter()
+        .map(|(e, _)| e.venv.as_str())
+        .collect();
+    c.arg(hook(
+        "customize",
+        TRIM_HOOK,
+        &[&["finish"], &venvs[..]].concat(),
+    ));
     // Per-node secrets and identities must be made on the node, never shipped in the image.
     c.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_* \"$1/var/lib/dbus/machine-id\" && : > \"$1/etc/machine-id\" && rm -f \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old && find \"$1/var/log\" -type f -delete");
     c.arg(format!(
@@ -410,6 +420,7 @@ fn mmdebstrap(board: &Board, recipe: &Loaded) -> Command {
     }
     // The initramfs is built (once, at the end) with these settings already in place.
     c.arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'COMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/cloudy.conf\"");
+    c.arg(hook("setup", TRIM_HOOK, &["setup"]));
     c.arg(hook("essential", INITRAMFS_HOOK, &["defer"]));
     c.arg(hook("customize", INITRAMFS_HOOK, &["build"]));
     if board.initramfs == Some(crate::board::InitramfsPolicy::Netboot)
