@@ -268,11 +268,11 @@ fn stage_slot(
     Ok(())
 }
 
-/// Room for the files and ext4's own metadata; RAUC grows the filesystem to the slot after
-/// writing it (`resize=true` in system.conf is not set: the slot is sized by the installer and
-/// the image fits it).
+/// Room for the files and ext4's own metadata and journal (install-to-disk sizes slots for
+/// at least this much). The filesystem stays this size in the slot: the rest of the slot is
+/// room for a larger next release.
 fn slot_image_bytes(tree: u64) -> u64 {
-    (tree * 23 / 20 + 96 * MIB).div_ceil(4 * MIB) * 4 * MIB
+    (tree * 11 / 10 + 80 * MIB).div_ceil(4 * MIB) * 4 * MIB
 }
 
 #[allow(clippy::too_many_arguments)]
