@@ -356,19 +356,24 @@ fn make_bundle(
     Ok(())
 }
 
+/// What the files under `root` take on disk (allocated blocks, as `du` counts them; a file
+/// with several links once) plus an inode each: the measure install-to-disk sizes slots by.
 fn tree_bytes(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             let Ok(m) = e.path().symlink_metadata() else {
                 continue;
             };
-            total += 4096;
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += 256 + m.blocks() * 512;
             if m.is_dir() {
                 stack.push(e.path());
-            } else if m.is_file() {
-                total += m.len().div_ceil(4096) * 4096;
             }
         }
     }
@@ -426,6 +431,16 @@ mod tests {
             !f.lines().any(|l| l.split_whitespace().nth(1) == Some("/")),
             "{f}"
         );
+    }
+
+    #[test]
+    fn tree_size_counts_blocks_and_hard_links_once() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), vec![1u8; 100_000]).unwrap();
+        let one = tree_bytes(d.path());
+        fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        assert_eq!(tree_bytes(d.path()), one, "a second link takes no room");
+        assert!((100_000..140_000).contains(&one), "{one}");
     }
 
     /// `rauc bundle` for real (Debian's rauc on the host, ci/deps.sh): a key that is not the
