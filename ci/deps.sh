@@ -27,12 +27,13 @@ RUSTC_WEB_VERSION=1.96.0+dfsg1-1~deb12u2
 #   dosfstools, e2fsprogs, fdisk, xz;
 # - the agent's cross build: Debian's rustc with its target std, gcc and libc (amd64 boards,
 #   and the linker cargo needs for cloudy-image itself), the cross gcc and libc;
-# - the boot check: QEMU (below), OVMF for UEFI boards, ipxe-qemu (the NIC's option ROM, PXE).
+# - the boot check: QEMU (below), OVMF for UEFI boards, ipxe-qemu (the NIC's option ROM, PXE);
+# - update bundles (`cloudy-image bundle`): rauc (`rauc bundle`, `rauc info`).
 build_pkgs=(
   mmdebstrap arch-test debian-archive-keyring curl coreutils python3-pip
   squashfs-tools xorriso isolinux syslinux-common pxelinux
   grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs fdisk xz-utils
-  ovmf ipxe-qemu
+  ovmf ipxe-qemu rauc
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
   gcc libc6-dev gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
   libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross

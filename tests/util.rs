@@ -352,3 +352,193 @@ impl Iso {
             .join(" ")
     }
 }
+
+/// A community's release keys and a recipe that lists them, for building releases N, N+1...
+/// of one recipe (README "Updates"): an update key (ed25519, signs manifests), RAUC's signing
+/// key and certificate, and a copy of recipes/ whose `[update]` names them.
+pub struct Community {
+    pub dir: PathBuf,
+    pub recipe: PathBuf,
+    pub update_key: PathBuf,
+    pub update_public: String,
+    pub rauc_key: PathBuf,
+    pub rauc_cert: PathBuf,
+}
+
+impl Community {
+    /// New keys (`cloudy-image keys new`, `keys new --rauc`) and the recipe copy, under `dir`.
+    pub fn new(dir: &Path) -> Community {
+        let keys = dir.join("keys");
+        let o = cloudy_image(&[
+            "keys",
+            "new",
+            "--out",
+            keys.to_str().unwrap(),
+            "--name",
+            "release",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let update_public = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let o = cloudy_image(&["keys", "new", "--out", keys.to_str().unwrap(), "--rauc"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let recipes = dir.join("recipes");
+        std::fs::create_dir_all(&recipes).unwrap();
+        for e in std::fs::read_dir(repo().join("recipes")).unwrap().flatten() {
+            std::fs::copy(e.path(), recipes.join(e.file_name())).unwrap();
+        }
+        let recipe = recipes.join("cloudy.toml");
+        let rauc_cert = keys.join("rauc.cert.pem");
+        let t = std::fs::read_to_string(&recipe).unwrap();
+        assert!(
+            t.contains("\nkeys = []\n"),
+            "recipes/cloudy.toml's [update] has no `keys = []`"
+        );
+        let t = t.replace(
+            "\nkeys = []\n",
+            &format!(
+                "\nkeys = [\"{update_public}\"]\nrauc_keyring = \"{}\"\n",
+                rauc_cert.display()
+            ),
+        );
+        std::fs::write(&recipe, t).unwrap();
+        Community {
+            dir: dir.to_path_buf(),
+            recipe,
+            update_key: keys.join("release.key"),
+            update_public,
+            rauc_key: keys.join("rauc.key.pem"),
+            rauc_cert,
+        }
+    }
+
+    /// Builds `board` at release `version` into `out` (no verify boot).
+    pub fn build(&self, board: &str, version: &str, out: &Path) {
+        let o = cloudy_image(&[
+            "build",
+            "--board",
+            board,
+            "--recipe",
+            self.recipe.to_str().unwrap(),
+            "--release-version",
+            version,
+            "--out",
+            out.to_str().unwrap(),
+            "--no-verify",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+
+    /// The update bundle of `board` at `version` (signed by the community's key) in
+    /// `out`/update/; returns the bundle and its manifest.
+    pub fn bundle(&self, board: &str, version: &str, out: &Path) -> (PathBuf, PathBuf) {
+        let o = cloudy_image(&[
+            "bundle",
+            "--board",
+            board,
+            "--recipe",
+            self.recipe.to_str().unwrap(),
+            "--release-version",
+            version,
+            "--out",
+            out.to_str().unwrap(),
+            "--rauc-key",
+            self.rauc_key.to_str().unwrap(),
+            "--rauc-cert",
+            self.rauc_cert.to_str().unwrap(),
+            "--key",
+            self.update_key.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let dir = out.join("update");
+        (
+            dir.join(format!("cloudy-{board}-{version}.raucb")),
+            dir.join(format!("{board}.manifest.json")),
+        )
+    }
+}
+
+/// A raw disk image at `path` holding `files` in an ext4 filesystem labelled `label` (how a
+/// test hands bundles to a guest without a network).
+pub fn files_disk(path: &Path, label: &str, files: &[&Path]) {
+    let dir = path.with_extension("d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = 64u64 << 20;
+    for f in files {
+        let to = dir.join(f.file_name().unwrap());
+        if std::fs::hard_link(f, &to).is_err() {
+            std::fs::copy(f, &to).unwrap();
+        }
+        bytes += std::fs::metadata(f).unwrap().len() * 11 / 10;
+    }
+    let _ = std::fs::remove_file(path);
+    let o = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-d"])
+        .arg(&dir)
+        .arg(path)
+        .arg(format!("{}k", bytes / 1024))
+        .output()
+        .expect("mke2fs");
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// QEMU arguments for a PC guest under TCG: no display, no reboot (a guest's reboot ends
+/// QEMU, and the test starts the next boot), a user network restricted to the guest, `media`
+/// and `disks` as virtio drives.
+pub fn pc_qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-machine",
+        "pc",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nic",
+        "user,model=virtio-net-pci,restrict=on",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(media.iter().cloned());
+    for d in disks {
+        a.push("-drive".into());
+        a.push(format!("file={},format=raw,if=virtio", d.display()));
+    }
+    a
+}
+
+/// Installs a built ISO onto the blank `disk` through its boot menu's "Install Cloudy to
+/// disk" entry (plus a console shell, which the installed node keeps), until the installer
+/// reboots. Returns the ready line of the installing (live) boot: the installed node is that
+/// node.
+pub fn install_from_iso(qemu: &str, iso: &Iso, disk: &Path, log: &Path) -> serde_json::Value {
+    let append = format!("{} cloudy.console-login", iso.append("install"));
+    let media = vec![
+        "-cdrom".to_string(),
+        iso.iso.display().to_string(),
+        "-kernel".into(),
+        iso.kernel.display().to_string(),
+        "-initrd".into(),
+        iso.initrd.display().to_string(),
+        "-append".into(),
+        append,
+    ];
+    let mut g = Guest::start(qemu, &pc_qemu_args(&media, &[disk]), 3600, log);
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, 900);
+    let ready = ready_line(&c, 0).expect("ready line");
+    g.wait_for("] installed to ", 0, 2400);
+    let st = g.wait_exit(600);
+    eprintln!(
+        "installed to {} after {:.0} s ({st})",
+        disk.display(),
+        g.seconds()
+    );
+    ready
+}

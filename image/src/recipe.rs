@@ -269,6 +269,80 @@ pub struct Recipe {
     pub verify: Verify,
     #[serde(default)]
     pub pip: Vec<Pip>,
+    /// The release this recipe builds and the community's update keys (README "Updates").
+    #[serde(default)]
+    pub update: Update,
+}
+
+/// `[update]`: which release an image is, and who may publish the next one.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// The release version written into every image (`/usr/lib/cloudy/release.json`) and
+    /// carried by its bundles; `cloudy-image build --release-version` overrides it.
+    #[serde(default = "default_release")]
+    pub release: String,
+    /// K: how many distinct keys of `keys` must sign a manifest before a node installs it.
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+    /// The community's N update keys: base64 ed25519 public keys (`cloudy-image keys new`).
+    /// None: the nodes take no updates (and say so).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// RAUC's keyring: the PEM certificate of `cloudy-image keys new --rauc`, relative to the
+    /// recipe's directory; laid at /etc/rauc/keyring.pem.
+    #[serde(default)]
+    pub rauc_keyring: Option<PathBuf>,
+}
+
+impl Default for Update {
+    fn default() -> Self {
+        Update {
+            release: default_release(),
+            threshold: default_threshold(),
+            keys: Vec::new(),
+            rauc_keyring: None,
+        }
+    }
+}
+
+fn default_release() -> String {
+    "0.0.0".into()
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+impl Update {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        check_release(&self.release).map_err(|why| {
+            ConfigError::invalid(
+                path,
+                "update.release",
+                why,
+                "one to four dot-separated numbers, e.g. release = \"1.0.0\"",
+            )
+        })?;
+        if !self.keys.is_empty() {
+            cloudy_model::update::UpdateKeys::new(self.threshold, &self.keys).map_err(|e| {
+                ConfigError::invalid(
+                    path,
+                    "update.keys",
+                    e.to_string(),
+                    "list the public keys `cloudy-image keys new` printed, and a threshold between 1 and their number",
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `v` is a release version the nodes can compare (cloudy_model::update::Version).
+pub fn check_release(v: &str) -> Result<(), String> {
+    v.parse::<cloudy_model::update::Version>()
+        .map(|_| ())
+        .map_err(|_| format!("`{v}` is not a release version"))
 }
 
 fn default_components() -> Vec<String> {
@@ -284,6 +358,8 @@ pub struct Loaded {
     pub seed_text: String,
     /// The text of each `[[pip]] requirements` file, in `recipe.pip` order.
     pub pip_requirements: Vec<String>,
+    /// `[update] rauc_keyring`'s PEM text, read and checked.
+    pub rauc_keyring: Option<String>,
 }
 
 impl Recipe {
@@ -334,12 +410,36 @@ impl Recipe {
             }
             pip_requirements.push(text);
         }
+        let rauc_keyring = match &recipe.update.rauc_keyring {
+            None => None,
+            Some(rel) => {
+                let file = path.parent().unwrap_or(Path::new(".")).join(rel);
+                let pem = std::fs::read_to_string(&file).map_err(|e| {
+                    ConfigError::invalid(
+                        path,
+                        "update.rauc_keyring",
+                        format!("cannot read {}: {e}", file.display()),
+                        "point it at the .cert.pem `cloudy-image keys new --rauc` wrote",
+                    )
+                })?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.contains("PRIVATE KEY") {
+                    return Err(ConfigError::invalid(
+                        path,
+                        "update.rauc_keyring",
+                        format!("{} is not a PEM certificate (or holds a private key)", file.display()),
+                        "name the .cert.pem file, never the .key.pem: the keyring goes into every image",
+                    ));
+                }
+                Some(pem)
+            }
+        };
         Ok(Loaded {
             recipe,
             path: path.to_path_buf(),
             text,
             seed_text,
             pip_requirements,
+            rauc_keyring,
         })
     }
 
@@ -388,6 +488,7 @@ impl Recipe {
                 }
             }
         }
+        self.update.validate(path)?;
         self.verify.validate(path)
     }
 
@@ -673,6 +774,60 @@ mod tests {
                 Pip::pinned_version(entries[0].1, "tahoe-lafs"),
                 Some("1.20.0"),
                 "{arch} runs the same Tahoe release"
+            );
+        }
+    }
+
+    fn with_update(update: &str, files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let good = std::fs::read_to_string(fixtures().join("good.toml")).unwrap();
+        std::fs::copy(fixtures().join("seed.toml"), d.path().join("seed.toml")).unwrap();
+        for (name, text) in files {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        let path = d.path().join("update.toml");
+        std::fs::write(&path, format!("{good}\n[update]\n{update}")).unwrap();
+        Recipe::load(&path)
+    }
+
+    #[test]
+    fn update_section_is_checked_and_defaults_to_no_updates() {
+        let l = Recipe::load(&fixtures().join("good.toml")).unwrap();
+        assert_eq!(l.recipe.update.release, "0.0.0");
+        assert!(l.recipe.update.keys.is_empty() && l.rauc_keyring.is_none());
+        let key = "4HokgP0JOc6kKbCBMLP7jAhT/nv8kspK4Td7bXfcjW8=";
+        let cert = "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n";
+        let l = with_update(
+            &format!("release = \"1.0.1\"\nkeys = [\"{key}\"]\nrauc_keyring = \"c.pem\"\n"),
+            &[("c.pem", cert)],
+        )
+        .unwrap();
+        assert_eq!(l.recipe.update.threshold, 1);
+        assert_eq!(l.rauc_keyring.as_deref(), Some(cert));
+        for (update, files, needle) in [
+            ("release = \"1.x\"\n", vec![], "update.release"),
+            ("keys = [\"nope\"]\n", vec![], "update.keys"),
+            (
+                &*format!("threshold = 2\nkeys = [\"{key}\"]\n"),
+                vec![],
+                "threshold 2",
+            ),
+            (
+                "rauc_keyring = \"missing.pem\"\n",
+                vec![],
+                "update.rauc_keyring",
+            ),
+            (
+                "rauc_keyring = \"k.pem\"\n",
+                vec![("k.pem", "-----BEGIN PRIVATE KEY-----\n")],
+                "never the .key.pem",
+            ),
+            ("relase = \"1.0\"\n", vec![], "relase"),
+        ] {
+            let e = with_update(update, &files).unwrap_err().to_string();
+            assert!(
+                e.contains(needle) && e.contains("update.toml"),
+                "{update}: {e}"
             );
         }
     }

@@ -13,7 +13,7 @@ use crate::progress::{fmt_secs, fmt_size, table, Reporter};
 use crate::qemu::Boot;
 use crate::recipe::{Loaded, Recipe};
 use crate::stages::agent::{self, Builder};
-use crate::stages::{bootstrap, customise, finish, iso, pxe, sdcard, squashfs, verify};
+use crate::stages::{bootstrap, customise, finish, iso, pxe, release, sdcard, squashfs, verify};
 use crate::{binfmt, bmap, cache, compress, tools};
 
 /// A build needs room for the rootfs, its squashfs and the ISO.
@@ -25,19 +25,19 @@ pub struct Built {
     pub verified: Option<verify::Outcome>,
 }
 
-/// What every stage of one build reads.
-struct Build<'a> {
-    opts: &'a Options,
-    board: Board,
+/// What every stage of one build reads (also `bundle`'s, which stops after customise).
+pub(super) struct Build<'a> {
+    pub(super) opts: &'a Options,
+    pub(super) board: Board,
     /// The board's file as read: hashed into the manifest and the disk id.
     board_text: String,
-    recipe: Loaded,
+    pub(super) recipe: Loaded,
     /// OUT/<board>: the outputs.
     dir: PathBuf,
     /// OUT/<board>/work: intermediate files.
-    work: PathBuf,
-    log: Log,
-    rep: Reporter,
+    pub(super) work: PathBuf,
+    pub(super) log: Log,
+    pub(super) rep: Reporter,
     /// Held for the whole build: one build per output directory.
     _lock: std::fs::File,
 }
@@ -92,9 +92,14 @@ fn check_free_space(opts: &Options) -> Result<()> {
 
 impl<'a> Build<'a> {
     /// Reads the board and the recipe and checks the host before anything is written.
-    fn start(opts: &'a Options) -> Result<Build<'a>> {
+    pub(super) fn start(opts: &'a Options) -> Result<Build<'a>> {
         let (board, _, board_text) = Board::find(&opts.source.join("hardware"), &opts.board)?;
         let recipe = Recipe::load(&opts.recipe)?;
+        if let Some(v) = &opts.release {
+            crate::recipe::check_release(v).map_err(|why| {
+                anyhow::anyhow!("--release-version: {why}\n  fix: one to four dot-separated numbers, e.g. 1.0.1")
+            })?;
+        }
         // The recipe's seed is baked into every image; a PXE bundle's goes to the whole LAN.
         if board.format == Format::Pxe {
             crate::seed::check_for_lan(&recipe.path.display().to_string(), &recipe.seed_text)
@@ -140,12 +145,20 @@ impl<'a> Build<'a> {
         matches!(self.board.format, Format::Iso | Format::Pxe)
     }
 
-    fn epoch(&self) -> u64 {
+    pub(super) fn epoch(&self) -> u64 {
         self.recipe.recipe.source_date_epoch
     }
 
+    /// The release this build makes: `--release-version`, else the recipe's.
+    pub(super) fn release(&self) -> &str {
+        self.opts
+            .release
+            .as_deref()
+            .unwrap_or(&self.recipe.recipe.update.release)
+    }
+
     /// The Cloudy layer, as a tree and (live images) as its own squashfs.
-    fn layer(&self) -> PathBuf {
+    pub(super) fn layer(&self) -> PathBuf {
         self.work.join("layer")
     }
 
@@ -165,7 +178,7 @@ impl<'a> Build<'a> {
 
     /// The agent's compile does not depend on the root file system, so it runs beside the
     /// bootstrap, which under qemu-user keeps mostly one core busy with dpkg.
-    fn rootfs_and_agent(&self) -> Result<(bootstrap::Rootfs, PathBuf, agent::Built)> {
+    pub(super) fn rootfs_and_agent(&self) -> Result<(bootstrap::Rootfs, PathBuf, agent::Built)> {
         let (rootfs, agent) = std::thread::scope(|s| {
             let agent = s.spawn(|| self.agent());
             let rootfs = self.bootstrap().and_then(|rootfs| {
@@ -254,7 +267,11 @@ impl<'a> Build<'a> {
     }
 
     /// The Cloudy layer; returns the units it enabled.
-    fn customise(&self, rootfs: &bootstrap::Rootfs, agent: &agent::Built) -> Result<Vec<String>> {
+    pub(super) fn customise(
+        &self,
+        rootfs: &bootstrap::Rootfs,
+        agent: &agent::Built,
+    ) -> Result<Vec<String>> {
         let r = &self.recipe.recipe;
         let (layer, layer_sq) = (self.layer(), self.layer_squashfs());
         let units = self.rep.stage("customise", |step| {
@@ -266,11 +283,20 @@ impl<'a> Build<'a> {
                 enable: &r.enable,
             };
             let units = customise::make_layer(&inputs, &layer)?;
+            release::write(
+                &layer,
+                &self.board,
+                self.release(),
+                &r.update,
+                self.recipe.rauc_keyring.as_deref(),
+            )
+            .with_context(|| format!("writing the release files under {}", layer.display()))?;
             if self.live() {
                 let epoch = self.epoch();
                 squashfs::make(&layer, &layer_sq, &r.squashfs, epoch, &[], &self.log, step)?;
             }
-            Ok::<_, anyhow::Error>((units.clone(), format!("{} units enabled", units.len())))
+            let note = format!("{} units enabled, release {}", units.len(), self.release());
+            Ok::<_, anyhow::Error>((units.clone(), note))
         })?;
         Ok(units)
     }

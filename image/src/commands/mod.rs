@@ -1,5 +1,6 @@
 //! The user's commands: the command line, and where each command goes. One module per command
-//! (`build`, `verify`, `boot`, `customise`); `boards` is a listing and lives here.
+//! (`build`, `verify`, `boot`, `customise`, `keys`, `bundle`, `sign`); `boards` is a listing and
+//! lives here.
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -12,8 +13,11 @@ use crate::stages::agent::Builder;
 
 pub mod boot;
 pub mod build;
+pub mod bundle;
 pub mod customise;
+pub mod keys;
 pub mod options;
+pub mod sign;
 pub mod verify;
 
 pub use options::{board_dir, iso_path, Options};
@@ -51,6 +55,10 @@ enum Command {
         /// Remake the base squashfs instead of reusing it from the cache.
         #[arg(long)]
         rebuild: bool,
+        /// The release version written into the image (/usr/lib/cloudy/release.json),
+        /// instead of the recipe's `[update] release`.
+        #[arg(long, value_name = "VERSION")]
+        release_version: Option<String>,
     },
     /// Open a built ISO in QEMU with its serial console (and a root shell) in this terminal;
     /// ISO boards only (`verify` boots SD and PXE boards).
@@ -98,12 +106,82 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         out: Option<PathBuf>,
     },
+    /// Make a key for signing releases (README "Updates"): an update key (ed25519) by default,
+    /// or with --rauc RAUC's bundle-signing key and certificate. Never overwrites a file.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Build a signed update bundle for installed nodes of a board (RAUC, A/B slots) and its
+    /// manifest, in OUT/update/ (servable as the seed's [update] url).
+    Bundle {
+        #[command(flatten)]
+        common: Common,
+        /// The recipe: what goes into the image (its [update] release is the bundle's version).
+        #[arg(long, default_value = "recipes/cloudy.toml")]
+        recipe: PathBuf,
+        /// The bundle's release version instead of the recipe's `[update] release`.
+        #[arg(long, value_name = "VERSION")]
+        release_version: Option<String>,
+        /// RAUC's signing key (NAME.key.pem from `keys new --rauc`).
+        #[arg(long, value_name = "FILE")]
+        rauc_key: PathBuf,
+        /// RAUC's certificate of that key (NAME.cert.pem; the recipe's [update] rauc_keyring).
+        #[arg(long, value_name = "FILE")]
+        rauc_cert: PathBuf,
+        /// An update key (NAME.key from `keys new`) to sign the manifest with; repeat for
+        /// several. Others can add theirs later with `cloudy-image sign`.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+        /// The channel nodes must follow to take it.
+        #[arg(long, value_enum, default_value = "stable")]
+        channel: ChannelArg,
+        /// The earliest running release this bundle may update (default: the release before,
+        /// e.g. 1.0.0 for 1.0.1).
+        #[arg(long, value_name = "VERSION")]
+        min_version: Option<String>,
+        /// How the agent is cross-built.
+        #[arg(long, value_enum, default_value = "debian")]
+        agent_builder: Builder,
+    },
+    /// Add your signature to a bundle's manifest (K of the community's N keys must sign it).
+    Sign {
+        /// Your update key's secret file (NAME.key from `keys new`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The manifest (<board>.manifest.json beside the bundle); replaced atomically.
+        manifest: PathBuf,
+    },
     /// List the boards in hardware/.
     Boards {
         /// The checkout holding hardware/ (default: found from the current directory).
         #[arg(long)]
         source: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a new key in --out: NAME.key (secret, 0600) and NAME.pub, or with --rauc
+    /// NAME.key.pem (secret, 0600) and NAME.cert.pem.
+    New {
+        /// Directory for the key files (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The files' base name (default: "update", or "rauc" with --rauc).
+        #[arg(long)]
+        name: Option<String>,
+        /// Make RAUC's bundle-signing key and self-signed certificate instead.
+        #[arg(long)]
+        rauc: bool,
+    },
+}
+
+/// A bundle's channel (`[update] channel` in a node's seed).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChannelArg {
+    Stable,
+    Testing,
 }
 
 #[derive(Args)]
@@ -150,8 +228,10 @@ pub fn run(cli: Cli) -> Result<()> {
             firmware,
             agent_builder,
             rebuild,
+            release_version,
         } => {
-            let opts = options(common, recipe, !no_verify, firmware, agent_builder, rebuild)?;
+            let mut opts = options(common, recipe, !no_verify, firmware, agent_builder, rebuild)?;
+            opts.release = release_version;
             build::run(&opts)?;
         }
         Command::Boot { common } => boot::run(&default_options(common, Boot::Bios)?)?,
@@ -190,6 +270,35 @@ pub fn run(cli: Cli) -> Result<()> {
             // the "action" group: the only other choice is --remove-seed
             (None, false) => customise::run(&image, customise::Edit::Remove, out.as_deref())?,
         },
+        Command::Keys {
+            action: KeysAction::New { out, name, rauc },
+        } => keys::run(&out, name.as_deref(), rauc)?,
+        Command::Bundle {
+            common,
+            recipe,
+            release_version,
+            rauc_key,
+            rauc_cert,
+            keys,
+            channel,
+            min_version,
+            agent_builder,
+        } => {
+            let mut opts = options(common, recipe, false, Boot::Bios, agent_builder, false)?;
+            opts.release = release_version;
+            let req = bundle::Request {
+                rauc_key,
+                rauc_cert,
+                keys,
+                channel: match channel {
+                    ChannelArg::Stable => cloudy_model::update::Channel::Stable,
+                    ChannelArg::Testing => cloudy_model::update::Channel::Testing,
+                },
+                min_version,
+            };
+            bundle::run(&opts, &req)?;
+        }
+        Command::Sign { key, manifest } => sign::run(&key, &manifest)?,
         Command::Boards { source } => boards(source)?,
     }
     Ok(())
@@ -249,6 +358,7 @@ fn options(
         boot,
         agent_builder,
         rebuild,
+        release: None,
     })
 }
 

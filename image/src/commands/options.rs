@@ -22,6 +22,9 @@ pub struct Options {
     /// Rebuild the base squashfs instead of taking it from the cache (the rootfs is still
     /// taken from the cache); used to show the output is reproducible.
     pub rebuild: bool,
+    /// `--release-version`: the release written into the image (and its bundle) instead of
+    /// the recipe's `[update] release`.
+    pub release: Option<String>,
 }
 
 pub fn board_dir(out: &Path, board: &str) -> PathBuf {

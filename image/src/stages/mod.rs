@@ -7,6 +7,7 @@ pub mod customise;
 pub mod finish;
 pub mod iso;
 pub mod pxe;
+pub mod release;
 pub mod sdcard;
 pub mod squashfs;
 pub mod verify;
