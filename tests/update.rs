@@ -179,14 +179,14 @@ fn reboot(g: &mut Guest) {
 
 /// Done-when 1 (by hand, from a disk) and 3 on pc-686-pae (see `updates_and_falls_back`).
 #[test]
-#[ignore = "long (~1.5 h under TCG): make e2e runs it; FAILS until install-to-disk lays out the A/B slots (README Updates)"]
+#[ignore = "FAILS until install-to-disk lays out the A/B slots (issue 16, README Updates); make e2e skips it; ~1.5 h under TCG"]
 fn pc_686_pae_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_gets_ready() {
     updates_and_falls_back("pc-686-pae", "qemu-system-i386");
 }
 
 /// The same on pc-amd64.
 #[test]
-#[ignore = "long (~1.5 h under TCG): make e2e runs it; FAILS until install-to-disk lays out the A/B slots (README Updates)"]
+#[ignore = "FAILS until install-to-disk lays out the A/B slots (issue 16, README Updates); make e2e skips it; ~1.5 h under TCG"]
 fn pc_amd64_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_gets_ready() {
     updates_and_falls_back("pc-amd64", "qemu-system-x86_64");
 }

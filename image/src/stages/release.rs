@@ -7,9 +7,13 @@
 //! - `/usr/lib/cloudy/update-keys.json`: `{"threshold": K, "keys": ["<base64 ed25519>", ...]}`:
 //!   the community's update keys from the recipe's `[update]`. Absent when the recipe lists
 //!   none: then the node takes no updates, and says so.
-//! - `/etc/rauc/system.conf` (PC boards: installed from the ISO or PXE onto the A/B layout of
-//!   `overlay/usr/lib/cloudy/install-to-disk`): RAUC with its GRUB backend, slots `rootfs.0`
-//!   (bootname A) and `rootfs.1` (bootname B). SD boards get theirs from their own backend.
+//! - `/usr/lib/cloudy/rauc/system.conf` (PC boards): RAUC with its GRUB backend, slots
+//!   `rootfs.0` (bootname A) and `rootfs.1` (bootname B), for the installer to put at
+//!   `/etc/rauc/system.conf` once it has laid out those slots. It is not at that path in the
+//!   image: the agent takes a system.conf there to mean "this node has slots", and a live ISO
+//!   or an installed disk without the A/B layout (today's installer) has none, so it must only
+//!   report a newer release, never download and install one. SD boards get theirs from their
+//!   own backend (the sdcard stage), at the live path, since their cards carry both slots.
 //! - `/etc/rauc/keyring.pem`: the certificate RAUC checks a bundle's CMS signature against.
 
 use std::fs;
@@ -20,7 +24,7 @@ use crate::recipe::Update;
 
 pub const RELEASE_JSON: &str = "usr/lib/cloudy/release.json";
 pub const KEYS_JSON: &str = "usr/lib/cloudy/update-keys.json";
-pub const SYSTEM_CONF: &str = "etc/rauc/system.conf";
+pub const SYSTEM_CONF: &str = "usr/lib/cloudy/rauc/system.conf";
 pub const KEYRING: &str = "etc/rauc/keyring.pem";
 /// Partition labels (GPT) of the installed layout; install-to-disk makes them.
 pub const SLOT_LABELS: [&str; 2] = ["cloudy-a", "cloudy-b"];
