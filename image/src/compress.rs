@@ -6,11 +6,12 @@ use std::path::Path;
 use crate::cache;
 
 /// xz preset for SD images. Preset 1 made the rpi3 image (Tahoe included) 212.4 MiB, over the
-/// 200 MB an SD image may weigh. On 64 MiB of that image's root partition, preset 6 wrote 19%
-/// fewer bytes than preset 1 (11.3 against 13.9 MB; preset 3: 12.7 MB); it costs ~3-4x the
-/// compression time, which beside a foreign-arch bootstrap of many minutes is small, and the
-/// decoder needs only 9 MiB on the card's writer.
-pub const SD_PRESET: u32 = 6;
+/// 200 MB an SD image may weigh; the Mesa/LLVM trim takes most of that away in any preset.
+/// Measured on 200 MiB of the rpi3 card (`xz -T2 -N`, machine at load ~4): preset 1 wrote
+/// 38.2 MB in 7.5 s, 2: 36.7 MB in 9.9 s, 3: 35.6 MB in 15.3 s, 6: 31.5 MB in 54.9 s. Preset 6
+/// cost 7x the time for 17% less, and a build compresses every card twice when it is
+/// customised (`make test` builds rpi3 and customises it): preset 3 is the middle.
+pub const SD_PRESET: u32 = 3;
 
 /// Compresses `src` to `dst` (under a temporary name until done); returns the bytes written.
 pub fn xz(src: &Path, dst: &Path, preset: u32) -> std::io::Result<u64> {
