@@ -37,6 +37,8 @@ pub enum AgentError {
         got: String,
         want: String,
     },
+    #[error("no Rust standard library for armel: {0}\n  fix: apt-get install rust-web-src=<the rustc-web version> (what `make deps` does); Debian builds no libstd-rust-web-dev for armel, so its std is compiled from that source")]
+    NoStdSource(String),
     #[error("building the agent failed: {0}")]
     Build(CmdError),
     #[error("{what} {path}: {source}")]
@@ -220,6 +222,10 @@ pub(crate) fn sysroot(
     step: &Step,
 ) -> Result<PathBuf, AgentError> {
     let triple = req.arch.rust_target();
+    let root = req.cache.join("rust-sysroot").join(version).join(triple);
+    if req.arch == Arch::Armel {
+        return std_from_source(req, version, &root, log, step);
+    }
     let (file, want) = pinned(req.arch).ok_or_else(|| {
         AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian()))
     })?;
@@ -230,7 +236,6 @@ pub(crate) fn sysroot(
             pinned: pinned_v,
         });
     }
-    let root = req.cache.join("rust-sysroot").join(version).join(triple);
     let _held = cache::lock(&root).map_err(|source| io("locking", &root, source))?;
     let rustlib = root.join("lib/rustlib");
     if rustlib.join(triple).join("lib").exists() {
@@ -282,6 +287,130 @@ pub(crate) fn sysroot(
     let _ = std::fs::remove_dir_all(unpack.join("deb"));
     cache::publish(&unpack, &root).map_err(|source| io("renaming", &unpack, source))?;
     Ok(root)
+}
+
+/// Where rust-web-src puts the standard library's source (rustc's sysroot is /usr).
+const STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
+
+/// Debian builds rustc-web for no armel, so there is no libstd-rust-web-dev:armel to unpack
+/// (and bookworm's own armel rustc is 1.63). The target's std is compiled once instead, on the
+/// host, from rust-web-src of the very version of the host's rustc-web (apt checked that
+/// package; its Cargo.lock and vendored crates pin std's dependencies): cargo's build-std on
+/// an empty program, then its rlibs laid out as the other targets' sysroots are. The empty
+/// program is built with LTO so that std's rlibs carry bitcode, as Debian's and rustup's do:
+/// the agent's release profile links with LTO.
+fn std_from_source(
+    req: &Request,
+    version: &str,
+    root: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<PathBuf, AgentError> {
+    let triple = req.arch.rust_target();
+    let _held = cache::lock(root).map_err(|source| io("locking", root, source))?;
+    if root.join("lib/rustlib").join(triple).join("lib").exists() {
+        return Ok(root.to_path_buf());
+    }
+    let src = src_version()?;
+    if src != version {
+        return Err(AgentError::NoStdSource(format!(
+            "rust-web-src {src} is installed, rustc-web {version}: they must be one version"
+        )));
+    }
+    step.message(&format!(
+        "building Rust's std for {triple} from rust-web-src {version} (once)"
+    ));
+    let unpack = cache::tmp_path(root);
+    let _ = cache::remove_any(&unpack);
+    let krate = unpack.join("std-build");
+    let main = krate.join("src/main.rs");
+    std::fs::create_dir_all(krate.join("src")).map_err(|source| io("creating", &krate, source))?;
+    let manifest = "[package]\nname = \"cloudy-std-build\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[profile.release]\nlto = true\n";
+    std::fs::write(krate.join("Cargo.toml"), manifest)
+        .and_then(|()| std::fs::write(&main, "fn main() {}\n"))
+        .map_err(|source| io("writing", &main, source))?;
+    let env_triple = triple.to_uppercase().replace('-', "_");
+    let target_dir = krate.join("target");
+    let mut c = Command::new(CARGO);
+    priority(&mut c, req.yield_cpu);
+    c.current_dir(&krate)
+        .args([
+            "build",
+            "--release",
+            "-Zbuild-std=std,panic_abort,panic_unwind",
+            "--target",
+            triple,
+        ])
+        // build-std is a nightly flag: this is how Rust's own bootstrap builds std with a
+        // stable compiler.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", RUSTC)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "PATH",
+            format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env(
+            format!("CARGO_TARGET_{env_triple}_LINKER"),
+            req.arch.linker().0,
+        )
+        .env(
+            format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"),
+            format!("--remap-path-prefix={}=/build/std", krate.display()),
+        );
+    if let Err(e) = cmd::run(&mut c, log, step) {
+        let _ = cache::remove_any(&unpack);
+        return Err(AgentError::Build(e));
+    }
+    let deps = target_dir.join(triple).join("release/deps");
+    let lib = unpack.join("lib/rustlib").join(triple).join("lib");
+    std::fs::create_dir_all(&lib).map_err(|source| io("creating", &lib, source))?;
+    let rlibs: Vec<PathBuf> = std::fs::read_dir(&deps)
+        .map_err(|source| io("reading", &deps, source))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rlib"))
+        .collect();
+    if !rlibs.iter().any(|p| file_name_starts(p, "libstd-")) {
+        let _ = cache::remove_any(&unpack);
+        return Err(AgentError::NoStdSource(format!(
+            "building std left no libstd rlib in {}",
+            deps.display()
+        )));
+    }
+    for r in &rlibs {
+        let to = lib.join(r.file_name().expect("a file"));
+        std::fs::rename(r, &to).map_err(|source| io("moving", r, source))?;
+    }
+    let host = "x86_64-unknown-linux-gnu";
+    let rustlib = unpack.join("lib/rustlib");
+    std::os::unix::fs::symlink(Path::new("/usr/lib/rustlib").join(host), rustlib.join(host))
+        .map_err(|source| io("linking", &rustlib, source))?;
+    let _ = std::fs::remove_dir_all(&krate);
+    cache::publish(&unpack, root).map_err(|source| io("renaming", &unpack, source))?;
+    Ok(root.to_path_buf())
+}
+
+fn file_name_starts(p: &Path, prefix: &str) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+}
+
+/// The installed rust-web-src's version (std's source for targets Debian has no std of).
+fn src_version() -> Result<String, AgentError> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "rust-web-src"])
+        .output()
+        .map_err(|e| AgentError::NoStdSource(format!("dpkg-query: {e}")))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || v.is_empty() || !Path::new(STD_SOURCE).join("Cargo.lock").exists() {
+        return Err(AgentError::NoStdSource(
+            "package rust-web-src is not installed".into(),
+        ));
+    }
+    Ok(v)
 }
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
