@@ -17,7 +17,8 @@ use crate::tools;
 
 /// How QEMU boots `image` for `board`: an ISO through its own boot loader; an SD image with the
 /// kernel and initrd taken from its FAT partition (the `virt` machine has no Pi firmware) and
-/// its root partition found by the PARTUUID in its MBR; a PXE bundle through its own boot.ipxe,
+/// its root partition found by the PARTUUID in its MBR (on a `raspi*` machine, with the
+/// board's device tree, as an SD card); a PXE bundle through its own boot.ipxe,
 /// fetching the live ISO over HTTP from a loopback server (the returned guard keeps it up).
 pub fn vm_for<'a>(
     board: &'a Board,
@@ -48,7 +49,15 @@ pub fn vm_for<'a>(
             let (kernel, initrd) = sdcard::kernel_and_initrd(scratch)?;
             let (disk_id, _) = sdcard::layout(image)?;
             let append = sdcard::cmdline(board, disk_id, board.emulated_console());
-            (vm(Media::Disk(image), Some((kernel, initrd, append))), None)
+            let media = match crate::qemu::raspi_dtb(&board.qemu.machine) {
+                // QEMU's own Pi: the card on its SD controller, with the board's device tree.
+                Some(dtb) => {
+                    sdcard::extract(image, &[dtb], scratch, log)?;
+                    crate::qemu::raspi_sd(image, &scratch.join(dtb), scratch)?
+                }
+                None => Media::Disk(image),
+            };
+            (vm(media, Some((kernel, initrd, append))), None)
         }
     })
 }
