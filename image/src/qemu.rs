@@ -272,3 +272,111 @@ fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(name: &str) -> Board {
+        let hw = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware");
+        Board::find(&hw, name).unwrap().0
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// QEMU's raspi0 takes one core and no PCI: no `-smp 2`, no virtio NIC; the card goes on
+    /// the SD controller with the device tree beside it.
+    #[test]
+    fn raspi_command_has_one_core_a_usb_nic_and_an_sd_card() {
+        let b = board("rpi1");
+        let vm = Vm {
+            board: &b,
+            media: Media::RaspiSd {
+                overlay: "/s/sdcard.qcow2".into(),
+                dtb: "/s/qemu.dtb".into(),
+            },
+            accel: Accel::Tcg,
+            boot: Boot::Bios,
+            direct: None,
+            disk: None,
+        };
+        let a = args(&vm.command()).join(" ");
+        assert!(a.contains("-machine raspi0 -cpu arm1176 -m 512"), "{a}");
+        assert!(!a.contains("-smp"), "{a}");
+        assert!(a.contains("-device usb-net,netdev=net0"), "{a}");
+        assert!(!a.contains("virtio"), "{a}");
+        assert!(
+            a.contains("-drive if=sd,format=qcow2,file=/s/sdcard.qcow2 -dtb /s/qemu.dtb"),
+            "{a}"
+        );
+        // Other boards keep their two cores.
+        let b3 = board("rpi3");
+        let vm = Vm {
+            board: &b3,
+            media: Media::Disk(Path::new("/x.img")),
+            accel: Accel::Tcg,
+            boot: Boot::Bios,
+            direct: None,
+            disk: None,
+        };
+        assert!(args(&vm.command()).join(" ").contains("-smp 2"));
+    }
+
+    /// The QEMU copy of the device tree loses only the ASB range; the overlay is a power of two
+    /// and the image is left as it was. Needs dtc and qemu-img (the build set of ci/deps.sh).
+    #[test]
+    fn raspi_sd_overlays_the_card_and_drops_the_asb_range() {
+        let d = tempfile::tempdir().unwrap();
+        let dts = d.path().join("t.dts");
+        std::fs::write(
+            &dts,
+            "/dts-v1/;\n/ { #address-cells = <1>; #size-cells = <1>;\n soc { #address-cells = <1>; #size-cells = <1>;\n  watchdog@7e100000 { compatible = \"brcm,bcm2835-pm\"; reg = <0x7e100000 0x114>, <0x7e00a000 0x24>; reg-names = \"pm\", \"asb\"; };\n  serial@7e201000 { reg = <0x7e201000 0x200>; };\n };\n};\n",
+        )
+        .unwrap();
+        let dtb = d.path().join("t.dtb");
+        let st = Command::new("dtc")
+            .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+            .arg(&dtb)
+            .arg(&dts)
+            .status()
+            .expect("dtc (device-tree-compiler)");
+        assert!(st.success());
+        let img = d.path().join("card.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(100 << 20)
+            .unwrap();
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let Media::RaspiSd { overlay, dtb: q } = raspi_sd(&img, &dtb, &scratch).unwrap() else {
+            panic!("not an SD card")
+        };
+        let get = |prop: &str, ty: &str| {
+            let o = Command::new("fdtget")
+                .args(["-t", ty])
+                .arg(&q)
+                .args(["/soc/watchdog@7e100000", prop])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(get("reg", "x"), "7e100000 114");
+        assert_eq!(get("reg-names", "s"), "pm");
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["virtual-size"], 128u64 << 20);
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 100 << 20);
+        // A device tree already without the range is taken as it is.
+        let again = d.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        raspi_sd(&img, &q, &again).unwrap();
+    }
+}

@@ -447,4 +447,19 @@ mod tests {
             "ci/deps.sh installs the pinned version"
         );
     }
+
+    /// Debian has no armel std to pin (no rustc-web for armel): rpi1's std is compiled from
+    /// rust-web-src, which must be the host compiler's own version.
+    #[test]
+    fn armel_std_comes_from_the_source_of_the_pinned_version() {
+        assert!(pinned(Arch::Armel).is_none());
+        let deps =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/deps.sh"))
+                .unwrap();
+        assert!(deps.contains("rust-web-src=$RUSTC_WEB_VERSION"), "{deps}");
+        assert!(
+            deps.contains("gcc-arm-linux-gnueabi\n") || deps.contains("gcc-arm-linux-gnueabi ")
+        );
+        assert_eq!(Arch::Armel.linker().0, "arm-linux-gnueabi-gcc");
+    }
 }
