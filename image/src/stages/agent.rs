@@ -224,6 +224,9 @@ pub(crate) fn sysroot(
     let triple = req.arch.rust_target();
     let root = req.cache.join("rust-sysroot").join(version).join(triple);
     if req.arch == Arch::Armel {
+        // The format is in the path, so in the agent's --sysroot flag: a new std makes cargo
+        // rebuild what was compiled against the old one.
+        let root = root.with_file_name(format!("{triple}-src{STD_FORMAT}"));
         return std_from_source(req, version, &root, log, step);
     }
     let (file, want) = pinned(req.arch).ok_or_else(|| {
@@ -291,6 +294,14 @@ pub(crate) fn sysroot(
 
 /// Where rust-web-src puts the standard library's source (rustc's sysroot is /usr).
 const STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
+/// Part of a std built from source's sysroot path; bumped when the way it is built changes, so
+/// an older one is not used. 2: panic_abort compiled with panic=abort.
+const STD_FORMAT: &str = "2";
+/// What Rust's own bootstrap does and cargo's build-std does not: the panic_abort crate is
+/// compiled with panic=abort (with the profile's panic=unwind, a panic=abort program such as
+/// the agent fails to link: "the crate `panic_abort` does not have the panic strategy
+/// `abort`"). cargo runs this as RUSTC_WRAPPER: "$1" is rustc.
+const STD_RUSTC_WRAPPER: &str = "#!/bin/sh\ncase \" $* \" in\n*' --crate-name panic_abort '*) exec \"$@\" -C panic=abort ;;\nesac\nexec \"$@\"\n";
 
 /// Debian builds rustc-web for no armel, so there is no libstd-rust-web-dev:armel to unpack
 /// (and bookworm's own armel rustc is 1.63). The target's std is compiled once instead, on the
@@ -325,6 +336,14 @@ fn std_from_source(
     let krate = unpack.join("std-build");
     let main = krate.join("src/main.rs");
     std::fs::create_dir_all(krate.join("src")).map_err(|source| io("creating", &krate, source))?;
+    let wrapper = unpack.join("rustc-wrapper");
+    std::fs::create_dir_all(&unpack)
+        .and_then(|()| std::fs::write(&wrapper, STD_RUSTC_WRAPPER))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        })
+        .map_err(|source| io("writing", &wrapper, source))?;
     let manifest = "[package]\nname = \"cloudy-std-build\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[profile.release]\nlto = true\n";
     std::fs::write(krate.join("Cargo.toml"), manifest)
         .and_then(|()| std::fs::write(&main, "fn main() {}\n"))
@@ -345,6 +364,8 @@ fn std_from_source(
         // stable compiler.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTC", RUSTC)
+        .env("RUSTC_WRAPPER", &wrapper)
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_DIR", &target_dir)
         .env(
             "PATH",
@@ -389,6 +410,7 @@ fn std_from_source(
     std::os::unix::fs::symlink(Path::new("/usr/lib/rustlib").join(host), rustlib.join(host))
         .map_err(|source| io("linking", &rustlib, source))?;
     let _ = std::fs::remove_dir_all(&krate);
+    let _ = std::fs::remove_file(&wrapper);
     cache::publish(&unpack, root).map_err(|source| io("renaming", &unpack, source))?;
     Ok(root.to_path_buf())
 }
