@@ -295,8 +295,9 @@ pub(crate) fn sysroot(
 /// Where rust-web-src puts the standard library's source (rustc's sysroot is /usr).
 const STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
 /// Part of a std built from source's sysroot path; bumped when the way it is built changes, so
-/// an older one is not used. 2: panic_abort compiled with panic=abort.
-const STD_FORMAT: &str = "2";
+/// an older one is not used. 2: panic_abort compiled with panic=abort. 3: object code with
+/// bitcode beside it (2 was bitcode only, which a build without LTO cannot link).
+const STD_FORMAT: &str = "3";
 /// What Rust's own bootstrap does and cargo's build-std does not: the panic_abort crate is
 /// compiled with panic=abort (with the profile's panic=unwind, a panic=abort program such as
 /// the agent fails to link: "the crate `panic_abort` does not have the panic strategy
@@ -307,9 +308,10 @@ const STD_RUSTC_WRAPPER: &str = "#!/bin/sh\ncase \" $* \" in\n*' --crate-name pa
 /// (and bookworm's own armel rustc is 1.63). The target's std is compiled once instead, on the
 /// host, from rust-web-src of the very version of the host's rustc-web (apt checked that
 /// package; its Cargo.lock and vendored crates pin std's dependencies): cargo's build-std on
-/// an empty program, then its rlibs laid out as the other targets' sysroots are. The empty
-/// program is built with LTO so that std's rlibs carry bitcode, as Debian's and rustup's do:
-/// the agent's release profile links with LTO.
+/// an empty program, then its rlibs laid out as the other targets' sysroots are. Like
+/// Debian's and rustup's, they hold object code and bitcode: the agent's release profile links
+/// with LTO, a Python extension without. (With LTO on the empty program, cargo builds std as
+/// bitcode only, and pycddl's link then fails: "file format not recognized".)
 fn std_from_source(
     req: &Request,
     version: &str,
@@ -344,7 +346,7 @@ fn std_from_source(
             std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
         })
         .map_err(|source| io("writing", &wrapper, source))?;
-    let manifest = "[package]\nname = \"cloudy-std-build\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[profile.release]\nlto = true\n";
+    let manifest = "[package]\nname = \"cloudy-std-build\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n";
     std::fs::write(krate.join("Cargo.toml"), manifest)
         .and_then(|()| std::fs::write(&main, "fn main() {}\n"))
         .map_err(|source| io("writing", &main, source))?;
@@ -379,7 +381,10 @@ fn std_from_source(
         )
         .env(
             format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"),
-            format!("--remap-path-prefix={}=/build/std", krate.display()),
+            format!(
+                "--remap-path-prefix={}=/build/std -Cembed-bitcode=yes",
+                krate.display()
+            ),
         );
     if let Err(e) = cmd::run(&mut c, log, step) {
         let _ = cache::remove_any(&unpack);
