@@ -26,17 +26,21 @@ RUSTC_WEB_VERSION=1.96.0+dfsg1-1~deb12u2
 # - the layers and media: squashfs, xorriso, isolinux/syslinux, pxelinux, GRUB EFI, mtools,
 #   dosfstools, e2fsprogs, fdisk, xz;
 # - the agent's cross build: Debian's rustc with its target std, gcc and libc (amd64 boards,
-#   and the linker cargo needs for cloudy-image itself), the cross gcc and libc;
-# - the boot check: QEMU (below), OVMF for UEFI boards, ipxe-qemu (the NIC's option ROM, PXE);
+#   and the linker cargo needs for cloudy-image itself), the cross gcc and libc; Rust's std
+#   source (rust-web-src: Debian builds no armel std, so rpi1's is compiled from it);
+# - the boot check: QEMU (below), OVMF for UEFI boards, ipxe-qemu (the NIC's option ROM, PXE),
+#   qemu-img and the device tree tools (rpi1 on QEMU's raspi0: an SD overlay, a patched dtb);
 # - update bundles (`cloudy-image bundle`): rauc (`rauc bundle`, `rauc info`).
 build_pkgs=(
   mmdebstrap arch-test debian-archive-keyring curl coreutils python3-pip
   squashfs-tools xorriso isolinux syslinux-common pxelinux
   grub-efi-amd64-bin grub-efi-ia32-bin grub-common mtools dosfstools e2fsprogs fdisk xz-utils
-  ovmf ipxe-qemu rauc
+  ovmf ipxe-qemu device-tree-compiler rauc
   rustc-web=$RUSTC_WEB_VERSION cargo-web=$RUSTC_WEB_VERSION libstd-rust-web-dev=$RUSTC_WEB_VERSION
+  rust-web-src=$RUSTC_WEB_VERSION
   gcc libc6-dev gcc-i686-linux-gnu gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
-  libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross
+  gcc-arm-linux-gnueabi
+  libc6-dev-i386-cross libc6-dev-armhf-cross libc6-dev-arm64-cross libc6-dev-armel-cross
 )
 # What only the tests and benchmarks run on the host: several nodes in network namespaces
 # (tinc, iproute2, avahi, D-Bus, serf, the services), the dashboard's browser tests
@@ -51,7 +55,7 @@ test_pkgs=(
 )
 pkgs=("${build_pkgs[@]}")
 if [ "$set_name" = test ]; then pkgs+=("${test_pkgs[@]}"); fi
-backports=(qemu-system-x86 qemu-system-arm qemu-user-static)
+backports=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils)
 
 missing=()
 for p in "${pkgs[@]}" "${backports[@]}"; do

@@ -18,7 +18,7 @@ const ROOT: &str = "/proc/sys/fs/binfmt_misc";
 
 pub fn handler(arch: Arch) -> Option<&'static str> {
     match arch {
-        Arch::Armhf => Some("qemu-arm"),
+        Arch::Armhf | Arch::Armel => Some("qemu-arm"),
         Arch::Arm64 => Some("qemu-aarch64"),
         Arch::I386 | Arch::Amd64 => None,
     }

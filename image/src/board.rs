@@ -15,10 +15,13 @@ pub enum Arch {
     Amd64,
     Armhf,
     Arm64,
+    /// ARMv5TE and up, soft-float ABI: the only Debian port that runs on the ARMv6 Pi 1 and
+    /// Zero (armhf needs ARMv7).
+    Armel,
 }
 
 /// Every `Arch::debian()` name, for recipe keys that list architectures.
-pub const DEBIAN_ARCHES: &[&str] = &["i386", "amd64", "armhf", "arm64"];
+pub const DEBIAN_ARCHES: &[&str] = &["i386", "amd64", "armhf", "arm64", "armel"];
 
 impl Arch {
     /// Debian's name, as mmdebstrap and dpkg use it.
@@ -28,6 +31,7 @@ impl Arch {
             Arch::Amd64 => "amd64",
             Arch::Armhf => "armhf",
             Arch::Arm64 => "arm64",
+            Arch::Armel => "armel",
         }
     }
 
@@ -37,6 +41,9 @@ impl Arch {
             Arch::Amd64 => "x86_64-unknown-linux-gnu",
             Arch::Armhf => "armv7-unknown-linux-gnueabihf",
             Arch::Arm64 => "aarch64-unknown-linux-gnu",
+            // ARMv6, soft-float calling convention: Debian armel's ABI, and every instruction
+            // runs on the Pi 1 and Zero's ARM1176.
+            Arch::Armel => "arm-unknown-linux-gnueabi",
         }
     }
 
@@ -56,6 +63,10 @@ impl Arch {
                 "cross-libc:/usr/aarch64-linux-gnu/lib/crti.o",
                 "libc6-dev-arm64-cross",
             ),
+            Arch::Armel => (
+                "cross-libc:/usr/arm-linux-gnueabi/lib/crti.o",
+                "libc6-dev-armel-cross",
+            ),
         }
     }
 
@@ -66,6 +77,7 @@ impl Arch {
             Arch::Amd64 => ("x86_64-linux-gnu-gcc", "gcc"),
             Arch::Armhf => ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
             Arch::Arm64 => ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+            Arch::Armel => ("arm-linux-gnueabi-gcc", "gcc-arm-linux-gnueabi"),
         }
     }
 }

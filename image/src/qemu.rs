@@ -30,6 +30,12 @@ pub enum Media<'a> {
     Cdrom(&'a Path),
     /// A disk image, opened with `-snapshot`: booting must not change a built image.
     Disk(&'a Path),
+    /// An SD card image on a QEMU Raspberry Pi machine's SD controller, through a copy-on-write
+    /// overlay (see [`raspi_sd`]), booted with `dtb`.
+    RaspiSd {
+        overlay: PathBuf,
+        dtb: PathBuf,
+    },
     /// Network boot from a PXE bundle served by QEMU's own TFTP server, starting with
     /// `bootfile` (an iPXE script); the guest also reaches the loopback HTTP server on port
     /// `http` as http://10.0.2.100 (`http::GUEST_ADDR`).
@@ -93,10 +99,12 @@ impl Vm<'_> {
             &q.cpu,
             "-m",
             &q.memory_mib.to_string(),
-            "-smp",
-            "2",
         ])
         .args(["-display", "none", "-no-reboot"]);
+        // A Pi Zero or 1 has one core, and QEMU's model of it refuses a second.
+        if raspi_dtb(&q.machine).is_none() {
+            c.args(["-smp", "2"]);
+        }
         match &self.media {
             Media::Pxe {
                 root,
@@ -106,6 +114,11 @@ impl Vm<'_> {
                 // restrict=on still allows guestfwd: the guest reaches that one loopback port.
                 c.args(["-nic", &format!("user,model=virtio-net-pci,restrict=on,tftp={},bootfile={bootfile},guestfwd=tcp:{}:80-tcp:127.0.0.1:{http}{fwd}", root.display(), crate::http::GUEST_ADDR)]);
                 c.args(["-boot", "n"]);
+            }
+            Media::RaspiSd { .. } => {
+                // No PCI and no Ethernet on the SoC: a USB network adapter, as on a Pi Zero.
+                c.args(["-netdev", &format!("user,id=net0,restrict=on{fwd}")]);
+                c.args(["-device", "usb-net,netdev=net0"]);
             }
             _ => {
                 c.args([
@@ -118,6 +131,15 @@ impl Vm<'_> {
             Media::Pxe { .. } => {}
             Media::Cdrom(iso) => {
                 c.arg("-cdrom").arg(iso);
+            }
+            Media::RaspiSd {
+                ref overlay,
+                ref dtb,
+            } => {
+                c.arg("-drive")
+                    .arg(format!("if=sd,format=qcow2,file={}", overlay.display()))
+                    .arg("-dtb")
+                    .arg(dtb);
             }
             Media::Disk(img) => {
                 c.arg("-drive")
@@ -141,6 +163,139 @@ impl Vm<'_> {
         }
         c
     }
+}
+
+/// The device tree of the board QEMU's Raspberry Pi `machine` models, or None for any other
+/// machine.
+pub fn raspi_dtb(machine: &str) -> Option<&'static str> {
+    match machine {
+        "raspi0" => Some("bcm2835-rpi-zero.dtb"),
+        "raspi1ap" => Some("bcm2835-rpi-a-plus.dtb"),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaspiError {
+    #[error("{program} failed for {path}: {detail}\n  fix: {fix}")]
+    Tool {
+        program: &'static str,
+        path: String,
+        detail: String,
+        fix: &'static str,
+    },
+}
+
+/// What a QEMU Raspberry Pi machine boots `image` (a raw SD image) from, made in `scratch`:
+/// - a qcow2 overlay over the image: QEMU's SD card must be a power of two in size, and the
+///   built image must not change;
+/// - a copy of the board's device tree `dtb` without the power management block's second
+///   register range (the ASB bridge): QEMU does not model it, and Debian's kernel faults on
+///   its first read in bcm2835_power_probe and panics before it mounts anything. Without that
+///   range the kernel leaves the SoC's power domains to the firmware, whose mailbox QEMU does
+///   answer. Everything else is the board's own device tree.
+pub fn raspi_sd(image: &Path, dtb: &Path, scratch: &Path) -> Result<Media<'static>, RaspiError> {
+    let size = std::fs::metadata(image)
+        .map_err(|e| RaspiError::Tool {
+            program: "stat",
+            path: image.display().to_string(),
+            detail: e.to_string(),
+            fix: "build the image first",
+        })?
+        .len()
+        .next_power_of_two();
+    let overlay = scratch.join("sdcard.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(image)
+            .arg(&overlay)
+            .arg(size.to_string()),
+        "qemu-img",
+        &overlay,
+        "apt-get install qemu-utils",
+    )?;
+    let patched = scratch.join("qemu.dtb");
+    std::fs::copy(dtb, &patched).map_err(|e| RaspiError::Tool {
+        program: "cp",
+        path: dtb.display().to_string(),
+        detail: e.to_string(),
+        fix: "check the firmware partition holds the board's device trees",
+    })?;
+    let node = "/soc/watchdog@7e100000";
+    let fix = "apt-get install device-tree-compiler (make deps)";
+    let reg = Command::new("fdtget")
+        .args(["-t", "x"])
+        .arg(&patched)
+        .args([node, "reg"])
+        .output();
+    let reg = match reg {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            return Err(RaspiError::Tool {
+                program: "fdtget",
+                path: patched.display().to_string(),
+                detail: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                fix,
+            })
+        }
+        Err(e) => {
+            return Err(RaspiError::Tool {
+                program: "fdtget",
+                path: patched.display().to_string(),
+                detail: e.to_string(),
+                fix,
+            })
+        }
+    };
+    let cells: Vec<&str> = reg.split_whitespace().collect();
+    if cells.len() > 2 {
+        run(
+            Command::new("fdtput")
+                .args(["-t", "x"])
+                .arg(&patched)
+                .args([node, "reg"])
+                .args(&cells[..2]),
+            "fdtput",
+            &patched,
+            fix,
+        )?;
+        run(
+            Command::new("fdtput")
+                .args(["-t", "s"])
+                .arg(&patched)
+                .args([node, "reg-names", "pm"]),
+            "fdtput",
+            &patched,
+            fix,
+        )?;
+    }
+    Ok(Media::RaspiSd {
+        overlay,
+        dtb: patched,
+    })
+}
+
+fn run(
+    c: &mut Command,
+    program: &'static str,
+    path: &Path,
+    fix: &'static str,
+) -> Result<(), RaspiError> {
+    let failed = |detail: String| RaspiError::Tool {
+        program,
+        path: path.display().to_string(),
+        detail,
+        fix,
+    };
+    let out = c.output().map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,5 +336,108 @@ mod tests {
             nic(&c),
             "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
         );
+    }
+
+    fn board(name: &str) -> Board {
+        let hw = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware");
+        Board::find(&hw, name).unwrap().0
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// QEMU's raspi0 takes one core and no PCI: no `-smp 2`, no virtio NIC; the card goes on
+    /// the SD controller with the device tree beside it.
+    #[test]
+    fn raspi_command_has_one_core_a_usb_nic_and_an_sd_card() {
+        let b = board("rpi1");
+        let vm = Vm {
+            board: &b,
+            media: Media::RaspiSd {
+                overlay: "/s/sdcard.qcow2".into(),
+                dtb: "/s/qemu.dtb".into(),
+            },
+            accel: Accel::Tcg,
+            boot: Boot::Bios,
+            direct: None,
+            disk: None,
+        };
+        let a = args(&vm.command()).join(" ");
+        assert!(a.contains("-machine raspi0 -cpu arm1176 -m 512"), "{a}");
+        assert!(!a.contains("-smp"), "{a}");
+        assert!(a.contains("-device usb-net,netdev=net0"), "{a}");
+        assert!(!a.contains("virtio"), "{a}");
+        assert!(
+            a.contains("-drive if=sd,format=qcow2,file=/s/sdcard.qcow2 -dtb /s/qemu.dtb"),
+            "{a}"
+        );
+        // Other boards keep their two cores.
+        let b3 = board("rpi3");
+        let vm = Vm {
+            board: &b3,
+            media: Media::Disk(Path::new("/x.img")),
+            accel: Accel::Tcg,
+            boot: Boot::Bios,
+            direct: None,
+            disk: None,
+        };
+        assert!(args(&vm.command()).join(" ").contains("-smp 2"));
+    }
+
+    /// The QEMU copy of the device tree loses only the ASB range; the overlay is a power of two
+    /// and the image is left as it was. Needs dtc and qemu-img (the build set of ci/deps.sh).
+    #[test]
+    fn raspi_sd_overlays_the_card_and_drops_the_asb_range() {
+        let d = tempfile::tempdir().unwrap();
+        let dts = d.path().join("t.dts");
+        std::fs::write(
+            &dts,
+            "/dts-v1/;\n/ { #address-cells = <1>; #size-cells = <1>;\n soc { #address-cells = <1>; #size-cells = <1>;\n  watchdog@7e100000 { compatible = \"brcm,bcm2835-pm\"; reg = <0x7e100000 0x114>, <0x7e00a000 0x24>; reg-names = \"pm\", \"asb\"; };\n  serial@7e201000 { reg = <0x7e201000 0x200>; };\n };\n};\n",
+        )
+        .unwrap();
+        let dtb = d.path().join("t.dtb");
+        let st = Command::new("dtc")
+            .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+            .arg(&dtb)
+            .arg(&dts)
+            .status()
+            .expect("dtc (device-tree-compiler)");
+        assert!(st.success());
+        let img = d.path().join("card.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(100 << 20)
+            .unwrap();
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let Media::RaspiSd { overlay, dtb: q } = raspi_sd(&img, &dtb, &scratch).unwrap() else {
+            panic!("not an SD card")
+        };
+        let get = |prop: &str, ty: &str| {
+            let o = Command::new("fdtget")
+                .args(["-t", ty])
+                .arg(&q)
+                .args(["/soc/watchdog@7e100000", prop])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(get("reg", "x"), "7e100000 114");
+        assert_eq!(get("reg-names", "s"), "pm");
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["virtual-size"], 128u64 << 20);
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 100 << 20);
+        // A device tree already without the range is taken as it is.
+        let again = d.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        raspi_sd(&img, &q, &again).unwrap();
     }
 }

@@ -54,6 +54,13 @@ pub fn for_build(board: &Board, verify: bool, debian_rust: bool) -> Vec<Tool> {
             program: libc,
             package: libc_pkg,
         });
+        if board.arch == crate::board::Arch::Armel {
+            // Debian has no armel std of rustc-web: it is compiled from the source (agent.rs).
+            tools.push(t(
+                "rust-src:/usr/lib/rustlib/src/rust/library/Cargo.lock",
+                "rust-web-src",
+            ));
+        }
     } else {
         tools.push(t("cross", "cross (cargo install cross; needs Docker)"));
     }
@@ -105,13 +112,22 @@ pub fn for_boot(board: &Board) -> Vec<Tool> {
         "qemu-system-i386" | "qemu-system-x86_64" => "qemu-system-x86 (from bookworm-backports)",
         _ => "qemu-system-arm (from bookworm-backports)",
     };
-    vec![
+    let mut tools = vec![
         Tool {
             program: leak(board.qemu.system.clone()),
             package: pkg,
         },
         t("timeout", "coreutils"),
-    ]
+    ];
+    if crate::qemu::raspi_dtb(&board.qemu.machine).is_some() {
+        // The SD card's overlay and the device tree's QEMU copy (qemu.rs, raspi_sd).
+        tools.extend([
+            t("qemu-img", "qemu-utils"),
+            t("fdtget", "device-tree-compiler"),
+            t("fdtput", "device-tree-compiler"),
+        ]);
+    }
+    tools
 }
 
 fn leak(s: String) -> &'static str {

@@ -21,8 +21,9 @@ fn boards_with_wifi_carry_wpasupplicant_and_their_firmware() {
     for name in board::list(&hardware()) {
         let (b, _, _) = Board::find(&hardware(), &name).unwrap();
         match name.as_str() {
-            // Pi 3 B/B+/A+ and Pi 4: Broadcom radios, firmware from non-free-firmware.
-            "rpi3" | "rpi4" => {
+            // Pi 3 B/B+/A+, Pi 4 and the Zero W (rpi1): Broadcom radios, firmware from
+            // non-free-firmware.
+            "rpi1" | "rpi3" | "rpi4" => {
                 assert!(has(&b, "wpasupplicant"), "{name}");
                 assert!(has(&b, "firmware-brcm80211"), "{name}");
                 assert!(

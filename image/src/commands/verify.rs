@@ -18,7 +18,8 @@ use crate::tools;
 
 /// How QEMU boots `image` for `board`: an ISO through its own boot loader; an SD image with the
 /// kernel, initrd and command line the Pi firmware would pick from its FAT partition (the
-/// `virt` machine has no Pi firmware; see `pi_boot`), the root found by PARTUUID; a PXE bundle through its own boot.ipxe,
+/// `virt` machine has no Pi firmware; see `pi_boot`), the root found by PARTUUID (on a `raspi*`
+/// machine, as an SD card with the board's device tree); a PXE bundle through its own boot.ipxe,
 /// fetching the live ISO over HTTP from a loopback server (the returned guard keeps it up).
 pub fn vm_for<'a>(
     board: &'a Board,
@@ -55,7 +56,17 @@ pub fn vm_for<'a>(
                 scratch,
                 log,
             )?;
-            (vm(Media::Disk(image), Some((kernel, initrd, append))), None)
+            let media = match crate::qemu::raspi_dtb(&board.qemu.machine) {
+                // QEMU's own Pi: the card on its SD controller, with the board's device tree
+                // from slot A, which a card fresh from the build boots.
+                Some(dtb) => {
+                    let slot_dtb = format!("{}{dtb}", pi_boot::slot_dir('A'));
+                    sdcard::extract(image, &[&slot_dtb], scratch, log)?;
+                    crate::qemu::raspi_sd(image, &scratch.join(dtb), scratch)?
+                }
+                None => Media::Disk(image),
+            };
+            (vm(media, Some((kernel, initrd, append))), None)
         }
     })
 }

@@ -40,6 +40,8 @@ pub enum AgentError {
         got: String,
         want: String,
     },
+    #[error("no Rust standard library for armel: {0}\n  fix: apt-get install rust-web-src=<the rustc-web version> (what `make deps` does); Debian builds no libstd-rust-web-dev for armel, so its std is compiled from that source")]
+    NoStdSource(String),
     #[error("building the agent failed: {0}")]
     Build(CmdError),
     #[error("{what} {path}: {source}")]
@@ -226,6 +228,13 @@ pub(crate) fn sysroot(
     step: &Step,
 ) -> Result<PathBuf, AgentError> {
     let triple = req.arch.rust_target();
+    let root = req.cache.join("rust-sysroot").join(version).join(triple);
+    if req.arch == Arch::Armel {
+        // The format is in the path, so in the agent's --sysroot flag: a new std makes cargo
+        // rebuild what was compiled against the old one.
+        let root = root.with_file_name(format!("{triple}-src{STD_FORMAT}"));
+        return std_from_source(req, version, &root, log, step);
+    }
     let (file, want) = pinned(req.arch).ok_or_else(|| {
         AgentError::NoToolchain(format!("no pinned std for {}", req.arch.debian()))
     })?;
@@ -236,7 +245,6 @@ pub(crate) fn sysroot(
             pinned: pinned_v,
         });
     }
-    let root = req.cache.join("rust-sysroot").join(version).join(triple);
     let _held = cache::lock(&root).map_err(|source| io("locking", &root, source))?;
     let rustlib = root.join("lib/rustlib");
     if rustlib.join(triple).join("lib").exists() {
@@ -290,6 +298,154 @@ pub(crate) fn sysroot(
     Ok(root)
 }
 
+/// Where rust-web-src puts the standard library's source (rustc's sysroot is /usr).
+const STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
+/// Part of a std built from source's sysroot path; bumped when the way it is built changes, so
+/// an older one is not used. 2: panic_abort compiled with panic=abort. 3: object code with
+/// bitcode beside it (2 was bitcode only, which a build without LTO cannot link).
+const STD_FORMAT: &str = "3";
+/// What Rust's own bootstrap does and cargo's build-std does not: the panic_abort crate is
+/// compiled with panic=abort (with the profile's panic=unwind, a panic=abort program such as
+/// the agent fails to link: "the crate `panic_abort` does not have the panic strategy
+/// `abort`"). cargo runs this as RUSTC_WRAPPER: "$1" is rustc.
+const STD_RUSTC_WRAPPER: &str = "#!/bin/sh\ncase \" $* \" in\n*' --crate-name panic_abort '*) exec \"$@\" -C panic=abort ;;\nesac\nexec \"$@\"\n";
+
+/// Debian builds rustc-web for no armel, so there is no libstd-rust-web-dev:armel to unpack
+/// (and bookworm's own armel rustc is 1.63). The target's std is compiled once instead, on the
+/// host, from rust-web-src of the very version of the host's rustc-web (apt checked that
+/// package; its Cargo.lock and vendored crates pin std's dependencies): cargo's build-std on
+/// an empty program, then its rlibs laid out as the other targets' sysroots are. Like
+/// Debian's and rustup's, they hold object code and bitcode: the agent's release profile links
+/// with LTO, a Python extension without. (With LTO on the empty program, cargo builds std as
+/// bitcode only, and pycddl's link then fails: "file format not recognized".)
+fn std_from_source(
+    req: &Request,
+    version: &str,
+    root: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<PathBuf, AgentError> {
+    let triple = req.arch.rust_target();
+    let _held = cache::lock(root).map_err(|source| io("locking", root, source))?;
+    if root.join("lib/rustlib").join(triple).join("lib").exists() {
+        return Ok(root.to_path_buf());
+    }
+    let src = src_version()?;
+    if src != version {
+        return Err(AgentError::NoStdSource(format!(
+            "rust-web-src {src} is installed, rustc-web {version}: they must be one version"
+        )));
+    }
+    step.message(&format!(
+        "building Rust's std for {triple} from rust-web-src {version} (once)"
+    ));
+    let unpack = cache::tmp_path(root);
+    let _ = cache::remove_any(&unpack);
+    let krate = unpack.join("std-build");
+    let main = krate.join("src/main.rs");
+    std::fs::create_dir_all(krate.join("src")).map_err(|source| io("creating", &krate, source))?;
+    let wrapper = unpack.join("rustc-wrapper");
+    std::fs::create_dir_all(&unpack)
+        .and_then(|()| std::fs::write(&wrapper, STD_RUSTC_WRAPPER))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        })
+        .map_err(|source| io("writing", &wrapper, source))?;
+    let manifest = "[package]\nname = \"cloudy-std-build\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n";
+    std::fs::write(krate.join("Cargo.toml"), manifest)
+        .and_then(|()| std::fs::write(&main, "fn main() {}\n"))
+        .map_err(|source| io("writing", &main, source))?;
+    let env_triple = triple.to_uppercase().replace('-', "_");
+    let target_dir = krate.join("target");
+    let mut c = Command::new(CARGO);
+    priority(&mut c, req.yield_cpu);
+    c.current_dir(&krate)
+        .args([
+            "build",
+            "--release",
+            "-Zbuild-std=std,panic_abort,panic_unwind",
+            "--target",
+            triple,
+        ])
+        // build-std is a nightly flag: this is how Rust's own bootstrap builds std with a
+        // stable compiler.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", RUSTC)
+        .env("RUSTC_WRAPPER", &wrapper)
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "PATH",
+            format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env(
+            format!("CARGO_TARGET_{env_triple}_LINKER"),
+            req.arch.linker().0,
+        )
+        .env(
+            format!("CARGO_TARGET_{env_triple}_RUSTFLAGS"),
+            format!(
+                "--remap-path-prefix={}=/build/std -Cembed-bitcode=yes",
+                krate.display()
+            ),
+        );
+    if let Err(e) = cmd::run(&mut c, log, step) {
+        let _ = cache::remove_any(&unpack);
+        return Err(AgentError::Build(e));
+    }
+    let deps = target_dir.join(triple).join("release/deps");
+    let lib = unpack.join("lib/rustlib").join(triple).join("lib");
+    std::fs::create_dir_all(&lib).map_err(|source| io("creating", &lib, source))?;
+    let rlibs: Vec<PathBuf> = std::fs::read_dir(&deps)
+        .map_err(|source| io("reading", &deps, source))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rlib"))
+        .collect();
+    if !rlibs.iter().any(|p| file_name_starts(p, "libstd-")) {
+        let _ = cache::remove_any(&unpack);
+        return Err(AgentError::NoStdSource(format!(
+            "building std left no libstd rlib in {}",
+            deps.display()
+        )));
+    }
+    for r in &rlibs {
+        let to = lib.join(r.file_name().expect("a file"));
+        std::fs::rename(r, &to).map_err(|source| io("moving", r, source))?;
+    }
+    let host = "x86_64-unknown-linux-gnu";
+    let rustlib = unpack.join("lib/rustlib");
+    std::os::unix::fs::symlink(Path::new("/usr/lib/rustlib").join(host), rustlib.join(host))
+        .map_err(|source| io("linking", &rustlib, source))?;
+    let _ = std::fs::remove_dir_all(&krate);
+    let _ = std::fs::remove_file(&wrapper);
+    cache::publish(&unpack, root).map_err(|source| io("renaming", &unpack, source))?;
+    Ok(root.to_path_buf())
+}
+
+fn file_name_starts(p: &Path, prefix: &str) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+}
+
+/// The installed rust-web-src's version (std's source for targets Debian has no std of).
+fn src_version() -> Result<String, AgentError> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "rust-web-src"])
+        .output()
+        .map_err(|e| AgentError::NoStdSource(format!("dpkg-query: {e}")))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || v.is_empty() || !Path::new(STD_SOURCE).join("Cargo.lock").exists() {
+        return Err(AgentError::NoStdSource(
+            "package rust-web-src is not installed".into(),
+        ));
+    }
+    Ok(v)
+}
+
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
     AgentError::Io {
         what,
@@ -323,5 +479,20 @@ mod tests {
             deps.contains(&format!("RUSTC_WEB_VERSION={}", versions[0])),
             "ci/deps.sh installs the pinned version"
         );
+    }
+
+    /// Debian has no armel std to pin (no rustc-web for armel): rpi1's std is compiled from
+    /// rust-web-src, which must be the host compiler's own version.
+    #[test]
+    fn armel_std_comes_from_the_source_of_the_pinned_version() {
+        assert!(pinned(Arch::Armel).is_none());
+        let deps =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/deps.sh"))
+                .unwrap();
+        assert!(deps.contains("rust-web-src=$RUSTC_WEB_VERSION"), "{deps}");
+        assert!(
+            deps.contains("gcc-arm-linux-gnueabi\n") || deps.contains("gcc-arm-linux-gnueabi ")
+        );
+        assert_eq!(Arch::Armel.linker().0, "arm-linux-gnueabi-gcc");
     }
 }

@@ -413,6 +413,11 @@ fn mmdebstrap(board: &Board, recipe: &Loaded) -> Command {
         "--components={}",
         components(board, recipe).join(",")
     ));
+    if board.arch == crate::board::Arch::Armel {
+        // qemu-user's default CPU is an ARMv7 one, and pip in the chroot would then take
+        // armv7l (armhf) wheels and refuse the armv6l ones built for the Pi 1 and Zero.
+        c.env("QEMU_CPU", "arm1176");
+    }
     // A mirror hiccup (a DNS lookup failing once) should cost a retry, not a build.
     c.arg("--aptopt=Acquire::Retries \"3\"");
     for ex in DPKG_EXCLUDES {

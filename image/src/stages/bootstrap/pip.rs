@@ -142,6 +142,8 @@ fn fetch_wheels(
         crate::board::Arch::I386 => "i686",
         crate::board::Arch::Armhf => "armv7l",
         crate::board::Arch::Arm64 => "aarch64",
+        // The Pi 1 and Zero's uname; the bootstrap's qemu-user emulates their CPU (arm1176).
+        crate::board::Arch::Armel => "armv6l",
     };
     let key = cache::sha256_bytes(format!("{machine}\n{}\n{text}", entry.python).as_bytes())[..24]
         .to_string();

@@ -268,9 +268,15 @@ fn compile(
 }
 
 fn arch_of(triple: &str) -> Option<Arch> {
-    [Arch::I386, Arch::Amd64, Arch::Armhf, Arch::Arm64]
-        .into_iter()
-        .find(|a| a.rust_target() == triple)
+    [
+        Arch::I386,
+        Arch::Amd64,
+        Arch::Armhf,
+        Arch::Arm64,
+        Arch::Armel,
+    ]
+    .into_iter()
+    .find(|a| a.rust_target() == triple)
 }
 
 /// Beside a foreign bootstrap and the agent's compile, the wheel takes what CPU is left.
