@@ -928,13 +928,15 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// The local time's offset from UTC, in seconds (the node's `/etc/localtime`).
+// `tm_gmtoff` is a C long: 32 bits on i686 and armhf, where the conversion is not useless.
+#[allow(clippy::useless_conversion)]
 fn utc_offset() -> i64 {
     let now = now_s() as nix::libc::time_t;
     let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: localtime_r writes only into `tm`, which lives here.
     let ok = unsafe { !nix::libc::localtime_r(&now, &mut tm).is_null() };
     if ok {
-        tm.tm_gmtoff
+        i64::from(tm.tm_gmtoff)
     } else {
         0
     }
