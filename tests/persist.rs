@@ -32,50 +32,13 @@ fn built_iso(out: &Path, seed: &str) -> Iso {
     Iso::read(&iso, out)
 }
 
-fn qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-machine",
-        "pc",
-        "-cpu",
-        "max",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-nic",
-        "user,model=virtio-net-pci,restrict=on",
-    ]
-    .map(String::from)
-    .to_vec();
-    a.extend(media.iter().cloned());
-    for d in disks {
-        a.push("-drive".into());
-        a.push(format!("file={},format=raw,if=virtio", d.display()));
-    }
-    a
-}
-
 /// The live ISO booted from its menu's default entry (plus a console shell), with `disks`.
 fn boot_live(iso: &Iso, disks: &[&Path], log: &Path) -> Guest {
     let append = format!("{} cloudy.console-login", iso.append("cloudy"));
-    let media = vec![
-        "-cdrom".into(),
-        iso.iso.display().to_string(),
-        "-kernel".into(),
-        iso.kernel.display().to_string(),
-        "-initrd".into(),
-        iso.initrd.display().to_string(),
-        "-append".into(),
-        append,
-    ];
+    let media = iso.cdrom(&append);
     Guest::start(
         "qemu-system-i386",
-        &qemu_args(&media, disks),
+        &pc_qemu_args(&media, disks),
         READY_S + SERVICES_S + 600,
         log,
     )
@@ -313,18 +276,6 @@ fn the_iso_installs_itself_to_the_only_empty_disk() {
     );
     let install = iso.append("install");
     assert!(install.contains("cloudy.install=auto"), "{install}");
-    let media = |append: &str| {
-        vec![
-            "-cdrom".to_string(),
-            iso.iso.display().to_string(),
-            "-kernel".into(),
-            iso.kernel.display().to_string(),
-            "-initrd".into(),
-            iso.initrd.display().to_string(),
-            "-append".into(),
-            append.to_string(),
-        ]
-    };
 
     // Two empty disks: which one to erase is not for the installer to guess.
     let (a, b) = (out.join("a.raw"), out.join("b.raw"));
@@ -332,7 +283,7 @@ fn the_iso_installs_itself_to_the_only_empty_disk() {
     blank_disk(&b, 2048);
     let mut g = Guest::start(
         "qemu-system-i386",
-        &qemu_args(&media(&install), &[&a, &b]),
+        &pc_qemu_args(&iso.cdrom(&install), &[&a, &b]),
         READY_S + 300,
         &out.join("refuse-console.log"),
     );
@@ -353,7 +304,7 @@ fn the_iso_installs_itself_to_the_only_empty_disk() {
     blank_disk(&disk, 3072);
     let mut g = Guest::start(
         "qemu-system-i386",
-        &qemu_args(&media(&install), &[&disk]),
+        &pc_qemu_args(&iso.cdrom(&install), &[&disk]),
         READY_S + 1500,
         &out.join("install-console.log"),
     );
@@ -372,7 +323,7 @@ fn the_iso_installs_itself_to_the_only_empty_disk() {
 
     let mut g = Guest::start(
         "qemu-system-i386",
-        &qemu_args(&["-boot".into(), "c".into()], &[&disk]),
+        &pc_qemu_args(&["-boot".into(), "c".into()], &[&disk]),
         READY_S + 60,
         &out.join("installed-console.log"),
     );
@@ -416,7 +367,7 @@ fn boot_stick(iso: &Iso, stick: &Path, append: &str, log: &Path) -> Guest {
     ];
     Guest::start(
         "qemu-system-i386",
-        &qemu_args(&media, &[]),
+        &pc_qemu_args(&media, &[]),
         READY_S + SERVICES_S + 600,
         log,
     )
@@ -631,19 +582,10 @@ fn a_usb_stick_keeps_the_state_in_its_free_space() {
     );
 
     // The same entry from a CD: refused, said on the console and in status.
-    let media = vec![
-        "-cdrom".into(),
-        iso.iso.display().to_string(),
-        "-kernel".into(),
-        iso.kernel.display().to_string(),
-        "-initrd".into(),
-        iso.initrd.display().to_string(),
-        "-append".into(),
-        format!("{persist} cloudy.console-login"),
-    ];
+    let media = iso.cdrom(&format!("{persist} cloudy.console-login"));
     let mut g = Guest::start(
         "qemu-system-i386",
-        &qemu_args(&media, &[]),
+        &pc_qemu_args(&media, &[]),
         READY_S + 600,
         &out.join("cd-console.log"),
     );

@@ -351,6 +351,21 @@ impl Iso {
             .collect::<Vec<_>>()
             .join(" ")
     }
+
+    /// QEMU's media arguments for booting this ISO from a CD drive with its own kernel and
+    /// initrd passed in and the kernel command line `append`.
+    pub fn cdrom(&self, append: &str) -> Vec<String> {
+        vec![
+            "-cdrom".into(),
+            self.iso.display().to_string(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            append.to_string(),
+        ]
+    }
 }
 
 /// A community's release keys and a recipe that lists them, for building releases N, N+1...
@@ -520,17 +535,7 @@ pub fn pc_qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {
 /// node.
 pub fn install_from_iso(qemu: &str, iso: &Iso, disk: &Path, log: &Path) -> serde_json::Value {
     let append = format!("{} cloudy.console-login", iso.append("install"));
-    let media = vec![
-        "-cdrom".to_string(),
-        iso.iso.display().to_string(),
-        "-kernel".into(),
-        iso.kernel.display().to_string(),
-        "-initrd".into(),
-        iso.initrd.display().to_string(),
-        "-append".into(),
-        append,
-    ];
-    let mut g = Guest::start(qemu, &pc_qemu_args(&media, &[disk]), 3600, log);
+    let mut g = Guest::start(qemu, &pc_qemu_args(&iso.cdrom(&append), &[disk]), 3600, log);
     let c = g.wait_for("{\"cloudy\":\"ready\"", 0, 900);
     let ready = ready_line(&c, 0).expect("ready line");
     g.wait_for("] installed to ", 0, 2400);
