@@ -14,6 +14,7 @@
 #   fat      lto = true, codegen-units = 1 (the release profile as it is)
 #   thin     lto = "thin", codegen-units = 16
 #   nolto    lto = false, codegen-units = 16 (rustc's crate-local ThinLTO only)
+#   o1       opt-level = 1, lto = false, codegen-units = 16 (the least optimisation worth shipping)
 #   image    the `image` profile of Cargo.toml, as the image build uses it
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ for v in $VARIANTS; do
     fat) over=(CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1) ;;
     thin) over=(CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16) ;;
     nolto) over=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16) ;;
+    o1) over=(CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16) ;;
     image) profile=image ;;
     *) echo "bench/profile.sh: unknown variant $v" >&2; exit 2 ;;
   esac

@@ -118,4 +118,57 @@ mod tests {
         assert!(o.status.success(), "{o:?}");
         assert!(site.join("build/lib/other").exists());
     }
+
+    /// The venv hook waits for a wheel the host is still building, and stops the bootstrap
+    /// with the builder's reason when the build failed (nothing is installed).
+    #[test]
+    fn venv_hook_waits_for_the_host_built_wheel_and_stops_on_its_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let wheels = d.path().join("wheels");
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::create_dir_all(&wheels).unwrap();
+        let marker = d.path().join("k.1.wheel0.tmp");
+        let h = hook(
+            "customize",
+            PIP_VENV_HOOK,
+            &[
+                wheels.to_str().unwrap(),
+                "/nonexistent/req.txt",
+                "/opt/venv",
+                "no",
+                "0",
+                "/nonexistent/list",
+                "",
+                marker.to_str().unwrap(),
+            ],
+        );
+        let body = h.strip_prefix("--customize-hook=").unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", body, "exec"])
+            .arg(&root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the hook ended before the wheel was there"
+        );
+        std::fs::write(
+            d.path().join("k.1.wheel0.failed"),
+            "cannot build the pycddl wheel: linker missing",
+        )
+        .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("linker missing"), "{err}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("waiting for a wheel"),
+            "{o:?}"
+        );
+        assert!(!root.join("opt/venv").exists());
+    }
 }

@@ -21,7 +21,7 @@ use error::io;
 pub use error::BootstrapError;
 use hooks::{hook, sh_quote, INITRAMFS_HOOK, TRIM_HOOK};
 pub use package::{Origin, Package};
-use pip::{parse_pip, pip_entries, pip_hooks};
+use pip::{parse_pip, pip_entries, pip_hooks, Plan};
 
 /// Bumped whenever the hooks below change what a rootfs contains, so old caches are not reused.
 // 3: a `[[pip]]` venv's closure is checked and listed with where each part came from.
@@ -156,12 +156,54 @@ pub fn run(
         Security::Required => &[true],
         Security::Optional => &[true, false],
     };
+    let keys: Vec<String> = attempts
+        .iter()
+        .map(|&with_security| key(board, recipe, with_security))
+        .collect();
+    // The wheels built on the host are made beside mmdebstrap, not before it (see pip::Job);
+    // a rootfs already cached needs none. One builder serves every attempt: an attempt that
+    // fails early (a broken security index) does not wait for it.
+    let plan = Plan::new(board, recipe, &dir, &keys[0]);
+    let build_wheels = !plan.is_empty() && !keys.iter().any(|k| cached(&dir, k).is_some());
+    let result = std::thread::scope(|s| {
+        let builder = build_wheels.then(|| s.spawn(|| plan.build(board, recipe, &dir, log, step)));
+        let result = attempts_in_turn(board, recipe, &dir, attempts, &plan, log, step);
+        let wheels = builder.map(|b| {
+            b.join().unwrap_or_else(|_| {
+                Err(io(
+                    "building wheels for",
+                    &dir,
+                    std::io::Error::other("the wheel builder panicked"),
+                ))
+            })
+        });
+        match (result, wheels) {
+            // The builder's own error says more than the hook that waited for it.
+            (Err(_), Some(Err(e))) => Err(e),
+            (result, _) => result,
+        }
+    });
+    plan.clean();
+    result
+}
+
+/// The bootstrap with the security suite and, where the recipe makes it optional and its
+/// index is broken, without.
+fn attempts_in_turn(
+    board: &Board,
+    recipe: &Loaded,
+    dir: &Path,
+    attempts: &[bool],
+    plan: &Plan,
+    log: &Log,
+    step: &Step,
+) -> Result<Rootfs, BootstrapError> {
     let mut skipped = None;
     for &with_security in attempts {
         let k = key(board, recipe, with_security);
         let _held =
             cache::lock(&dir.join(&k)).map_err(|source| io("locking", &dir.join(&k), source))?;
-        if let Some(rootfs) = cached(&dir, &k) {
+        if let Some(rootfs) = cached(dir, &k) {
             log.line(&format!("bootstrap: cache hit {k}"));
             let mut rootfs = rootfs;
             if let Some(why) = &skipped {
@@ -169,12 +211,12 @@ pub fn run(
             }
             return Ok(rootfs);
         }
-        let result = make_with_retries(board, recipe, &dir, &k, with_security, log, step);
+        let result = make_with_retries(board, recipe, dir, &k, with_security, plan, log, step);
         match result {
             Ok(mut rootfs) => {
                 if let Some(why) = skipped {
                     rootfs.meta.security = format!("skipped: {why}");
-                    write_meta(&dir, &rootfs.meta)?;
+                    write_meta(dir, &rootfs.meta)?;
                 }
                 return Ok(rootfs);
             }
@@ -199,7 +241,7 @@ pub fn run(
             Err(BootstrapError::MirrorUnreachable { detail, .. })
                 if with_security
                     && recipe.recipe.security == Security::Optional
-                    && cached(&dir, &key(board, recipe, false)).is_some() =>
+                    && cached(dir, &key(board, recipe, false)).is_some() =>
             {
                 let why = format!(
                     "mirror unreachable ({detail}); using the cached rootfs built without it"
@@ -236,16 +278,18 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BootstrapError> {
 
 /// [`make`], tried twice more when the mirror was unreachable: a name lookup that fails once
 /// should not fail a build.
+#[allow(clippy::too_many_arguments)]
 fn make_with_retries(
     board: &Board,
     recipe: &Loaded,
     dir: &Path,
     key: &str,
     with_security: bool,
+    plan: &Plan,
     log: &Log,
     step: &Step,
 ) -> Result<Rootfs, BootstrapError> {
-    let mut result = make(board, recipe, dir, key, with_security, log, step);
+    let mut result = make(board, recipe, dir, key, with_security, plan, log, step);
     for wait in [5, 15] {
         if !matches!(result, Err(BootstrapError::MirrorUnreachable { .. })) {
             break;
@@ -255,18 +299,20 @@ fn make_with_retries(
         ));
         step.message(&format!("mirror unreachable, retrying in {wait} s"));
         std::thread::sleep(std::time::Duration::from_secs(wait));
-        result = make(board, recipe, dir, key, with_security, log, step);
+        result = make(board, recipe, dir, key, with_security, plan, log, step);
     }
     result
 }
 
 /// Runs mmdebstrap into a temporary directory and publishes it under `key` with its [`Meta`].
+#[allow(clippy::too_many_arguments)]
 fn make(
     board: &Board,
     recipe: &Loaded,
     dir: &Path,
     key: &str,
     with_security: bool,
+    plan: &Plan,
     log: &Log,
     step: &Step,
 ) -> Result<Rootfs, BootstrapError> {
@@ -280,7 +326,7 @@ fn make(
     let started = std::time::Instant::now();
 
     let mut c = mmdebstrap(board, recipe);
-    let pip = pip_hooks(&mut c, board, recipe, dir, key, &lists.pip, log, step)?;
+    let mut pip = pip_hooks(&mut c, board, recipe, plan, dir, key, &lists.pip, log, step)?;
     let venvs: Vec<&str> = pip_entries(board, recipe)
         .into_iter()
         .map(|(e, _)| e.venv.as_str())
@@ -310,6 +356,8 @@ fn make(
         let _ = std::fs::remove_file(&lists.pip);
         return Err(classify(e, board, recipe, dir));
     }
+    // The venv hooks took every wheel the builder made, so its list is whole.
+    plan.record(&mut pip);
     let (packages, pip) = lists.take(board, recipe, &pip)?;
     let r = &recipe.recipe;
     let meta = Meta {

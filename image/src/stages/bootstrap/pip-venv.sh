@@ -14,7 +14,9 @@
 #   $7 LIST          gets the closure's `name==version` lines, each + TAB + INDEX + TAB + where
 #                    it came from ("venv", or "debian:<package>=<version>")
 #   $8 CLOSURE       pip-closure.py's text: checks the closure's declared requirements
-#   $9...            wheels built on the host (PyPI has none for this arch), installed too
+#   $9...            wheels built on the host (PyPI has none for this arch), installed too: each
+#                    is a marker path M; the image tool builds the wheel while mmdebstrap runs
+#                    and then writes ${M%.tmp}.ready (the wheel's path) or ${M%.tmp}.failed (why)
 set -e
 root=$1 wheels=$2 requirements=$3 venv=$4 system_site=$5 index=$6 list=$7 closure=$8
 shift 8
@@ -25,8 +27,23 @@ fi
 
 rm -rf "$root/tmp/cloudy-wheels"
 cp -r "$wheels" "$root/tmp/cloudy-wheels"
-for built in "$@"; do
+# The built wheels, once the host has them (see $9... above); their modules are checked below.
+modules=
+for marker in "$@"; do
+  base=${marker%.tmp}
+  said=
+  while [ ! -e "$base.ready" ] && [ ! -e "$base.failed" ]; do
+    [ -n "$said" ] || echo "cloudy: waiting for a wheel being built on the host (${base##*/})"
+    said=1
+    sleep 2
+  done
+  if [ -e "$base.failed" ]; then
+    echo "cloudy: the wheel built on the host failed: $(cat "$base.failed")" >&2
+    exit 1
+  fi
+  built=$(cat "$base.ready")
   cp "$built" "$root/tmp/cloudy-wheels/"
+  modules="$modules $(basename "$built" | cut -d- -f1)"
 done
 cp "$requirements" "$root/tmp/cloudy-requirements.txt"
 # shellcheck disable=SC2086 # $site is one option or nothing
@@ -38,8 +55,7 @@ chroot "$root" env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/pip" i
 rm -rf "$root/tmp/cloudy-wheels"
 # Each built extension must load on the target (under qemu-user for a foreign arch: running a
 # check, not compiling).
-for built in "$@"; do
-  module=$(basename "$built" | cut -d- -f1)
+for module in $modules; do
   chroot "$root" "$venv/bin/python" -c "import $module"
 done
 printf '%s\n' "$closure" >"$root/tmp/cloudy-closure.py"

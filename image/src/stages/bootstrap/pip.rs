@@ -38,13 +38,159 @@ pub(super) struct Hooks {
     pub entries: Vec<(usize, PathBuf, Vec<wheel::Built>)>,
 }
 
+/// A wheel built on the host (wheel.rs) while mmdebstrap runs: the venv hook needs it only at
+/// the end, so a cold build's Rust compile overlaps the download and unpacking of packages
+/// instead of coming before them. The builder reports through two files beside the rootfs:
+/// `<marker>.ready` (the wheel's path) or `<marker>.failed` (why), and the hook waits for one.
+pub(super) struct Job {
+    /// The recipe entry (by index) whose venv installs it.
+    entry: usize,
+    pin: crate::recipe::PipBuild,
+    version: String,
+    python: String,
+    marker: PathBuf,
+}
+
+/// The host-built wheels of one bootstrap, and what the builder made of them.
+pub(super) struct Plan {
+    jobs: Vec<Job>,
+    built: std::sync::Mutex<Vec<(usize, wheel::Built)>>,
+}
+
+impl Plan {
+    /// The wheels this board's `[[pip]]` entries build on the host; stale markers of an
+    /// interrupted build are removed, so the hook never takes an old one.
+    pub fn new(board: &Board, recipe: &Loaded, dir: &Path, key: &str) -> Plan {
+        let mut jobs = Vec::new();
+        for (entry, text) in pip_entries(board, recipe) {
+            let index = entry_index(recipe, entry);
+            for b in &entry.build {
+                let version = crate::recipe::Pip::pinned_version(text, &b.name)
+                    .expect("checked when the recipe was loaded");
+                // The process id keeps two builds of one board sharing a cache apart.
+                let marker = dir.join(format!(
+                    "{key}.{}.wheel{}.tmp",
+                    std::process::id(),
+                    jobs.len()
+                ));
+                for end in ["ready", "failed"] {
+                    let _ = std::fs::remove_file(marker.with_extension(end));
+                }
+                jobs.push(Job {
+                    entry: index,
+                    pin: b.clone(),
+                    version: version.to_string(),
+                    python: entry.python.clone(),
+                    marker,
+                });
+            }
+        }
+        Plan {
+            jobs,
+            built: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Builds (or finds cached) every wheel in turn, telling the hook of each. After a
+    /// failure, or if this ends any other way (a panic), every job without an answer is
+    /// marked failed, so no hook waits for ever.
+    pub fn build(
+        &self,
+        board: &Board,
+        recipe: &Loaded,
+        dir: &Path,
+        log: &Log,
+        step: &Step,
+    ) -> Result<(), BootstrapError> {
+        struct Unanswered<'a>(&'a [Job]);
+        impl Drop for Unanswered<'_> {
+            fn drop(&mut self) {
+                for job in self.0 {
+                    if !job.marker.with_extension("ready").exists() {
+                        let _ = answer(&job.marker, "failed", "the wheel builder stopped");
+                    }
+                }
+            }
+        }
+        let _guard = Unanswered(&self.jobs);
+        let security_mirror = recipe.recipe.security_mirror();
+        let env = wheel::Env {
+            cache: dir.parent().unwrap_or(dir),
+            mirror: &recipe.recipe.mirror,
+            security_mirror: &security_mirror,
+            recipe: &recipe.path,
+        };
+        for job in &self.jobs {
+            let built = wheel::wheel(
+                &job.pin,
+                &job.version,
+                &job.python,
+                board.arch,
+                &env,
+                log,
+                step,
+            );
+            match built {
+                Ok(b) => {
+                    answer(&job.marker, "ready", &b.wheel.display().to_string())
+                        .map_err(|source| io("writing", &job.marker, source))?;
+                    self.built
+                        .lock()
+                        .expect("the builder holds no lock across a panic")
+                        .push((job.entry, b));
+                }
+                Err(e) => {
+                    let _ = answer(&job.marker, "failed", &e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The wheels built so far, into the hooks' entries (for the manifest).
+    pub fn record(&self, hooks: &mut Hooks) {
+        let built = self.built.lock().expect("the builder is done");
+        for (index, _, list) in hooks.entries.iter_mut() {
+            list.extend(
+                built
+                    .iter()
+                    .filter(|(e, _)| e == index)
+                    .map(|(_, b)| b.clone()),
+            );
+        }
+    }
+
+    /// Removes the markers (the builder is done).
+    pub fn clean(&self) {
+        for job in &self.jobs {
+            for end in ["ready", "failed"] {
+                let _ = std::fs::remove_file(job.marker.with_extension(end));
+            }
+        }
+    }
+}
+
+/// Writes `<marker>.<end>` whole (under a temporary name first): the hook reads it as soon as
+/// the name appears.
+fn answer(marker: &Path, end: &str, text: &str) -> std::io::Result<()> {
+    let tmp = marker.with_extension(format!("{end}.part"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, marker.with_extension(end))
+}
+
 /// One customize hook per `[[pip]]` entry of this board (see pip-venv.sh), after its wheels
-/// are fetched, or built, on the host.
+/// are fetched; the ones built on the host are waited for by the hook (see [`Job`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pip_hooks(
     c: &mut Command,
     board: &Board,
     recipe: &Loaded,
+    plan: &Plan,
     dir: &Path,
     key: &str,
     pip_list: &Path,
@@ -55,29 +201,8 @@ pub(super) fn pip_hooks(
         req_files: Vec::new(),
         entries: Vec::new(),
     };
-    let security_mirror = recipe.recipe.security_mirror();
-    let env = wheel::Env {
-        cache: dir.parent().unwrap_or(dir),
-        mirror: &recipe.recipe.mirror,
-        security_mirror: &security_mirror,
-        recipe: &recipe.path,
-    };
     for (i, (entry, text)) in pip_entries(board, recipe).into_iter().enumerate() {
         let index = entry_index(recipe, entry);
-        let mut built = Vec::new();
-        for b in &entry.build {
-            let version = crate::recipe::Pip::pinned_version(text, &b.name)
-                .expect("checked when the recipe was loaded");
-            built.push(wheel::wheel(
-                b,
-                version,
-                &entry.python,
-                board.arch,
-                &env,
-                log,
-                step,
-            )?);
-        }
         step.message(&format!("fetching wheels for {}", entry.venv));
         let fetched = without_built(text, entry);
         let wheels = fetch_wheels(entry, &fetched, board, recipe, dir, log, step)?;
@@ -93,11 +218,16 @@ pub(super) fn pip_hooks(
             pip_list.display().to_string(),
             PIP_CLOSURE.to_string(),
         ];
-        args.extend(built.iter().map(|b| b.wheel.display().to_string()));
+        args.extend(
+            plan.jobs
+                .iter()
+                .filter(|j| j.entry == index)
+                .map(|j| j.marker.display().to_string()),
+        );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         c.arg(hook("customize", PIP_VENV_HOOK, &args));
         hooks.req_files.push(req);
-        hooks.entries.push((index, wheels, built));
+        hooks.entries.push((index, wheels, Vec::new()));
     }
     Ok(hooks)
 }
