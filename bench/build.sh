@@ -42,6 +42,12 @@ cpu=$(sed -n 's/^cpu = "\(.*\)"/\1/p' "$board_toml")
 # The same package list for live-build: the recipe's packages and its ISO-only ones.
 packages=$(python3 -c 'import tomllib; r = tomllib.load(open("recipes/cloudy.toml","rb")); print(" ".join(r["packages"] + r.get("packages_by_format", {}).get("iso", [])))')
 
+# A build stopped by its timeout can leave mmdebstrap's /proc, /sys and /dev/pts mounted in its
+# temporary rootfs: detach them before removing the tree.
+if [ -d "$BENCH_DIR" ]; then
+  grep -F " $(realpath "$BENCH_DIR")/" /proc/self/mountinfo | awk '{print $5}' | sort -r |
+    while read -r m; do umount --lazy "$m" || :; done
+fi
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 log=$BENCH_DIR/bench.log

@@ -66,11 +66,68 @@ pub fn tmp_path(final_path: &Path) -> PathBuf {
 /// Removes whatever an interrupted run left at `path` (file or directory).
 pub fn remove_any(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => {
+            unmount_below(path);
+            fs::remove_dir_all(path)
+        }
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Detaches whatever is still mounted inside `dir`: a bootstrap killed mid-way (a timeout, a
+/// power cut) leaves mmdebstrap's /proc, /sys and /dev/pts mounts in its temporary rootfs, and
+/// removing that tree would otherwise fail on read-only files, or reach through a bind mount.
+fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for m in mounts_below(&info, &dir) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&m)
+            .status();
+    }
+}
+
+/// The mount points of a mountinfo text strictly inside `dir`, deepest first.
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount(p)))
+        .filter(|p| p != dir && p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Moves a finished temporary output to its final name, replacing an older one.
@@ -173,6 +230,54 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_inside_a_tree_are_found_deepest_first_with_escapes() {
+        let info = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:5 / /c/k.tmp/proc ro - proc proc ro\n\
+                    31 22 0:6 / /c/k.tmp/dev/pts rw - devpts none rw\n\
+                    32 22 0:7 / /c/k.tmp/my\\040dir rw - tmpfs tmpfs rw\n\
+                    33 22 0:8 / /c/k.tmp rw - tmpfs tmpfs rw\n\
+                    34 22 0:9 / /c/k.tmp2/proc rw - proc proc rw\n";
+        let v = mounts_below(info, Path::new("/c/k.tmp"));
+        assert_eq!(
+            v,
+            vec![
+                PathBuf::from("/c/k.tmp/dev/pts"),
+                PathBuf::from("/c/k.tmp/proc"),
+                PathBuf::from("/c/k.tmp/my dir"),
+            ]
+        );
+    }
+
+    /// What a bootstrap killed by a timeout leaves: a read-only mount inside its temporary
+    /// rootfs. Removing the tree used to fail on it (and left the mount behind).
+    #[test]
+    fn a_tree_with_a_read_only_mount_inside_is_removed() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts a filesystem: run it as root (make test does)"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("k.tmp");
+        let proc_dir = tree.join("proc");
+        fs::create_dir_all(&proc_dir).unwrap();
+        let mount = |args: &[&str]| {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount {args:?}");
+        };
+        let p = proc_dir.to_str().unwrap();
+        mount(&["-t", "tmpfs", "tmpfs", p]);
+        fs::write(proc_dir.join("stat"), "x").unwrap();
+        mount(&["-o", "remount,ro", p]);
+        remove_any(&tree).unwrap();
+        assert!(!tree.exists());
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!info.contains(p), "the mount is gone");
+    }
 
     #[test]
     fn tree_hash_sees_content_mode_and_names() {
