@@ -85,11 +85,12 @@ pub fn release_before(v: &str) -> String {
 /// installed disk has an MBR table: no partition labels). Both
 /// `nofail`, so a node with a damaged partition still boots and stays reachable; the data
 /// partition is mounted before the agent starts, which would otherwise make a new identity.
+/// Five minutes for udev to name them: 30 s ran out under QEMU's TCG (udev started 48 s in).
 pub fn slot_fstab() -> String {
     format!(
         "# Written by cloudy-image bundle (the installed A/B layout, README \"Updates\").\n\
-         LABEL=cloudy-boot  {}  ext4  defaults,nofail,x-systemd.device-timeout=30s  0  2\n\
-         LABEL=cloudy-data  /var/lib/cloudy  ext4  defaults,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service  0  2\n",
+         LABEL=cloudy-boot  {}  ext4  defaults,nofail,x-systemd.device-timeout=300s  0  2\n\
+         LABEL=cloudy-data  /var/lib/cloudy  ext4  defaults,nofail,x-systemd.device-timeout=300s,x-systemd.before=cloudy-agent.service  0  2\n",
         release::BOOT_MOUNT
     )
 }
