@@ -51,11 +51,20 @@ fn broken_bundle(c: &Community, board: &str, good: &Path, version: &str, out: &P
         .arg(good)
         .arg(&dir));
     let img = dir.join("rootfs.ext4");
+    // It says it is `version` (what the test reads on the node), not the release it came from.
+    let release = out.join("broken-release.json");
+    std::fs::write(
+        &release,
+        format!("{{\"board\":\"{board}\",\"version\":\"{version}\"}}\n"),
+    )
+    .unwrap();
     for req in [
-        "rm /usr/bin/cloudy-agent",
-        "symlink /usr/bin/cloudy-agent /bin/false",
+        "rm /usr/bin/cloudy-agent".to_string(),
+        "symlink /usr/bin/cloudy-agent /bin/false".to_string(),
+        "rm /usr/lib/cloudy/release.json".to_string(),
+        format!("write {} /usr/lib/cloudy/release.json", release.display()),
     ] {
-        run(Command::new("debugfs").args(["-w", "-R", req]).arg(&img));
+        run(Command::new("debugfs").args(["-w", "-R", &req]).arg(&img));
     }
     std::fs::write(
         dir.join("manifest.raucm"),
