@@ -342,6 +342,16 @@ fn source_seed(url: &str) -> String {
 /// Tahoe grid (introducer and storage) for a share that must outlive the update.
 const TARGET_SEED: &str = "version = 1\n[node]\nname = \"target\"\n[community]\nname = \"vpn\"\nkey = \"correct horse battery staple 42\"\n[services]\nenable = [\"tahoe-introducer\", \"tahoe-storage\"]\n[update]\nauto = false\n";
 
+/// Kills and reaps a child (the test's HTTP server) when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A copy of `iso` under `out` named `name`, with `seed` written into it.
 fn seeded_iso(iso: &Path, out: &Path, name: &str, seed: &str) -> Iso {
     let dir = out.join(name);
@@ -436,7 +446,7 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
     let installed: Vec<serde_json::Value> =
         installs.into_iter().map(|h| h.join().unwrap()).collect();
 
-    let _http = lan.spawn(
+    let _http = Reaped(lan.spawn(
         "/usr/bin/python3",
         &[
             "-m",
@@ -447,7 +457,7 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
             "--directory",
             out.join("update").to_str().unwrap(),
         ],
-    );
+    ));
     let boot = |disk: &Path, tap: &str, mac: &str, log: &str| {
         lan.guest(
             qemu,

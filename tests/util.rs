@@ -600,6 +600,7 @@ impl Lan {
 
     /// A PC guest under TCG (one CPU: guests share the machine) whose only network is an e1000
     /// on `tap`, with `media` (e.g. `-boot c`) and `disks` as virtio drives.
+    #[allow(clippy::too_many_arguments)]
     pub fn guest(
         &self,
         qemu: &str,
