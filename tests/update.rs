@@ -51,11 +51,20 @@ fn broken_bundle(c: &Community, board: &str, good: &Path, version: &str, out: &P
         .arg(good)
         .arg(&dir));
     let img = dir.join("rootfs.ext4");
+    // It says it is `version` (what the test reads on the node), not the release it came from.
+    let release = out.join("broken-release.json");
+    std::fs::write(
+        &release,
+        format!("{{\"board\":\"{board}\",\"version\":\"{version}\"}}\n"),
+    )
+    .unwrap();
     for req in [
-        "rm /usr/bin/cloudy-agent",
-        "symlink /usr/bin/cloudy-agent /bin/false",
+        "rm /usr/bin/cloudy-agent".to_string(),
+        "symlink /usr/bin/cloudy-agent /bin/false".to_string(),
+        "rm /usr/lib/cloudy/release.json".to_string(),
+        format!("write {} /usr/lib/cloudy/release.json", release.display()),
     ] {
-        run(Command::new("debugfs").args(["-w", "-R", req]).arg(&img));
+        run(Command::new("debugfs").args(["-w", "-R", &req]).arg(&img));
     }
     std::fs::write(
         dir.join("manifest.raucm"),
@@ -131,6 +140,7 @@ fn look(g: &mut Guest, expect_ready: bool) -> Seen {
          echo \"rauc $(rauc status --output-format=json 2>/dev/null)\"; \
          echo \"data $(findmnt -no SOURCE,FSTYPE /var/lib/cloudy)\"; \
          echo \"agent $(systemctl is-active cloudy-agent)\"; \
+         echo \"ssh-host $(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)\"; \
          grep -o 'rauc.slot=[AB]' /proc/cmdline; grub-editenv /boot/cloudy/grub/grubenv list",
         600,
     );
@@ -171,6 +181,16 @@ fn rauc_install(g: &mut Guest, bundle: &str) -> u64 {
     rc[1].parse().unwrap()
 }
 
+/// The rest of the line of `shell` that starts with `prefix`.
+fn line_of(shell: &str, prefix: &str) -> String {
+    shell
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{shell}"))
+        .trim()
+        .to_string()
+}
+
 fn reboot(g: &mut Guest) {
     g.send("sync; systemctl reboot");
     let st = g.wait_exit(300);
@@ -179,14 +199,14 @@ fn reboot(g: &mut Guest) {
 
 /// Done-when 1 (by hand, from a disk) and 3 on pc-686-pae (see `updates_and_falls_back`).
 #[test]
-#[ignore = "FAILS until install-to-disk lays out the A/B slots (issue 16, README Updates); make e2e skips it; ~1.5 h under TCG"]
+#[ignore = "not passed whole yet: its one run (before the 5-min mount timeout) booted slot A without the data partition (README Updates); make e2e skips it; ~1.5 h under TCG"]
 fn pc_686_pae_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_gets_ready() {
     updates_and_falls_back("pc-686-pae", "qemu-system-i386");
 }
 
 /// The same on pc-amd64.
 #[test]
-#[ignore = "FAILS until install-to-disk lays out the A/B slots (issue 16, README Updates); make e2e skips it; ~1.5 h under TCG"]
+#[ignore = "not passed whole yet: its one run (before the 5-min mount timeout) booted slot A without the data partition (README Updates); make e2e skips it; ~1.5 h under TCG"]
 fn pc_amd64_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_gets_ready() {
     updates_and_falls_back("pc-amd64", "qemu-system-x86_64");
 }
@@ -240,7 +260,7 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     assert_eq!(a.release["version"], N, "{}", a.shell);
     assert_eq!(a.release["board"], board, "{}", a.shell);
     assert_eq!(a.rauc["booted"], "A", "{}", a.shell);
-    assert!(a.shell.contains("data /dev/vda5 ext4"), "{}", a.shell);
+    assert!(a.shell.contains("data /dev/vda4 ext4"), "{}", a.shell);
     assert_eq!(ready_a["node_id"], installing["node_id"], "{ready_a}");
     let install_s = rauc_install(&mut g, &bundle.file_name().unwrap().to_string_lossy());
     reboot(&mut g);
@@ -256,6 +276,12 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     assert_eq!(b.rauc["booted"], "B", "{}", b.shell);
     assert_eq!(ready_b["node_id"], ready_a["node_id"], "{ready_b}");
     assert_eq!(ready_b["hostname"], "updater", "{ready_b}");
+    assert!(b.shell.contains("data /dev/vda4 ext4"), "{}", b.shell);
+    assert_eq!(
+        line_of(&b.shell, "ssh-host "),
+        line_of(&a.shell, "ssh-host "),
+        "the SSH host key changed with the slot"
+    );
     let marked = g.shell("rauc status mark-good; echo \"mark-rc $?\"", 300);
     assert!(marked.contains("mark-rc 0"), "{marked}");
     let broken_s = rauc_install(&mut g, &broken.file_name().unwrap().to_string_lossy());
@@ -287,5 +313,300 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     eprintln!(
         "figures: bundle {} bytes; rauc install into a slot {install_s} s (broken release {broken_s} s); reboot to ready on slot B {downtime:.0} s",
         std::fs::metadata(&bundle).unwrap().len()
+    );
+}
+
+/// Done-when 1 on pc-686-pae over the VPN (see `updates_from_a_member_over_the_vpn`).
+#[test]
+#[ignore = "never run to the end yet (its one run was stopped at the first boot, which had the mount timeout of README Updates); make e2e skips it; ~1.5 h under TCG"]
+fn pc_686_pae_updates_from_a_member_over_the_vpn_and_keeps_its_data() {
+    updates_from_a_member_over_the_vpn("pc-686-pae", "qemu-system-i386");
+}
+
+/// The same on pc-amd64.
+#[test]
+#[ignore = "never run to the end yet (its one run was stopped at the first boot, which had the mount timeout of README Updates); make e2e skips it; ~1.5 h under TCG"]
+fn pc_amd64_updates_from_a_member_over_the_vpn_and_keeps_its_data() {
+    updates_from_a_member_over_the_vpn("pc-amd64", "qemu-system-x86_64");
+}
+
+/// The seed of the member that holds the update: it takes it from the `[update] url` (the
+/// test's HTTP server on the LAN's host address), never installs it by itself.
+fn source_seed(url: &str) -> String {
+    format!(
+        "version = 1\n[node]\nname = \"source\"\n[community]\nname = \"vpn\"\nkey = \"correct horse battery staple 42\"\n[update]\nurl = \"{url}\"\nauto = false\n"
+    )
+}
+
+/// The seed of the node that updates: no url (only members can offer it anything), its own
+/// Tahoe grid (introducer and storage) for a share that must outlive the update.
+const TARGET_SEED: &str = "version = 1\n[node]\nname = \"target\"\n[community]\nname = \"vpn\"\nkey = \"correct horse battery staple 42\"\n[services]\nenable = [\"tahoe-introducer\", \"tahoe-storage\"]\n[update]\nauto = false\n";
+
+/// Kills and reaps a child (the test's HTTP server) when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A copy of `iso` under `out` named `name`, with `seed` written into it.
+fn seeded_iso(iso: &Path, out: &Path, name: &str, seed: &str) -> Iso {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join(format!("{name}.iso"));
+    std::fs::copy(iso, &copy).unwrap();
+    let file = dir.join("seed.toml");
+    std::fs::write(&file, seed).unwrap();
+    let o = cloudy_image(&[
+        "customise",
+        copy.to_str().unwrap(),
+        "--seed",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    Iso::read(&copy, &dir)
+}
+
+/// Runs `script` in `g`'s shell until its output holds `needle` (every 20 s, up to `secs`);
+/// returns that output.
+fn shell_until(g: &mut Guest, script: &str, needle: &str, secs: u64) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let out = g.shell(script, 600);
+        if out.contains(needle) {
+            return out;
+        }
+        assert!(
+            t.elapsed().as_secs() < secs,
+            "no {needle:?} after {secs} s of `{script}`; last:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(20));
+    }
+}
+
+/// What must survive the update on the data partition: node id, tinc key, SSH host key, a
+/// Tahoe share (and where /var/lib/cloudy is mounted from).
+const KEPT: &str = "echo \"node-id $(cat /var/lib/cloudy/node-id)\"; \
+     echo \"tinc-key $(sha256sum /var/lib/cloudy/tinc/rsa_key.priv | cut -d' ' -f1)\"; \
+     echo \"ssh-host $(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)\"; \
+     echo \"shares $(find /var/lib/cloudy -path '*/storage/shares/*' -type f -size +100k | wc -l)\"; \
+     echo \"data $(findmnt -no SOURCE /var/lib/cloudy)\"; \
+     echo \"release $(cat /usr/lib/cloudy/release.json)\"";
+
+const TAHOE: &str = "/opt/cloudy/tahoe-lafs/bin/tahoe --node-url http://127.0.0.1:3459/";
+
+/// Release N installed on two nodes of one community on one LAN (a namespace with a bridge and
+/// DHCP; QEMU guests on taps). `source` takes N+1 from its seed's url (the test's HTTP server
+/// on the LAN) and holds it; `target`, whose seed names no url, is told `cloudy-agent update
+/// now`: it can only get the bundle from its member over tinc, installs it with RAUC, reboots
+/// into slot B at N+1, and is the same node with the same keys and its Tahoe file.
+fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
+    require_root();
+    let out = out_dir(&format!("update-vpn-{board}"));
+    let c = Community::new(&out);
+    let t = std::time::Instant::now();
+    c.build(board, N, &out);
+    let iso = out.join(format!("{board}/cloudy-{board}.iso"));
+    eprintln!("release {N} built in {:.0} s", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    let (bundle, _manifest) = c.bundle(board, N1, &out);
+    let bundle_bytes = std::fs::metadata(&bundle).unwrap().len();
+    eprintln!(
+        "bundle {N1} in {:.0} s: {bundle_bytes} bytes",
+        t.elapsed().as_secs_f64()
+    );
+    let lan = Lan::new("cloudy-e2e-upd", 79, 2, &out);
+    let url = format!("http://{}:8000/", lan.host);
+    let source_iso = seeded_iso(&iso, &out, "source", &source_seed(&url));
+    let target_iso = seeded_iso(&iso, &out, "target", TARGET_SEED);
+    let _ = std::fs::remove_file(&iso);
+
+    // Both installed from their ISOs at once (each onto its own blank disk).
+    let disks = [out.join("source.raw"), out.join("target.raw")];
+    for d in &disks {
+        std::fs::File::create(d).unwrap().set_len(8 << 30).unwrap();
+    }
+    let installs: Vec<_> = [
+        (source_iso, &disks[0], "source"),
+        (target_iso, &disks[1], "target"),
+    ]
+    .into_iter()
+    .map(|(iso, disk, name)| {
+        let (qemu, disk, log) = (
+            qemu.to_string(),
+            disk.clone(),
+            out.join(format!("{name}-install-console.log")),
+        );
+        std::thread::spawn(move || install_from_iso(&qemu, &iso, &disk, &log))
+    })
+    .collect();
+    let installed: Vec<serde_json::Value> =
+        installs.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let _http = Reaped(lan.spawn(
+        "/usr/bin/python3",
+        &[
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &lan.host,
+            "--directory",
+            out.join("update").to_str().unwrap(),
+        ],
+    ));
+    let boot = |disk: &Path, tap: &str, mac: &str, log: &str| {
+        lan.guest(
+            qemu,
+            tap,
+            mac,
+            &["-boot".into(), "c".into()],
+            &[disk],
+            READY_S + INSTALL_S + 1800,
+            &out.join(log),
+        )
+    };
+    let mut s = boot(&disks[0], "tap0", "52:54:00:79:00:01", "source-console.log");
+    let mut g = boot(
+        &disks[1],
+        "tap1",
+        "52:54:00:79:00:02",
+        "target-boot1-console.log",
+    );
+    for (n, guest) in [("source", &mut s), ("target", &mut g)] {
+        let con = guest.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
+        let r = ready_line(&con, 0).unwrap();
+        eprintln!("{n} ready after {:.0} s: {r}", guest.seconds());
+        assert_eq!(r["community"], "vpn", "{r}");
+        assert_eq!(r["hostname"], n, "{r}");
+    }
+    let a = look(&mut g, false);
+    assert!(a.grub.contains("slot A"), "{}", a.grub);
+    assert_eq!(a.release["version"], N, "{}", a.shell);
+
+    // A file in target's Tahoe grid: 200 KB, above Tahoe's literal limit, so a share on disk.
+    let put = g.shell(
+        &format!(
+            "head -c 200000 /dev/urandom >/run/put.bin; echo \"sum $(sha256sum </run/put.bin | cut -d' ' -f1)\"; \
+             for i in $(seq 90); do cap=$({TAHOE} put /run/put.bin 2>/dev/null); \
+             case \"$cap\" in URI:CHK:*) break ;; esac; sleep 5; done; echo \"cap $cap\""
+        ),
+        900,
+    );
+    let (sum, cap) = (line_of(&put, "sum "), line_of(&put, "cap "));
+    assert!(cap.starts_with("URI:CHK:"), "tahoe put: {put}");
+    let before = g.shell(KEPT, 300);
+    assert_ne!(line_of(&before, "shares "), "0", "{before}");
+    assert_eq!(
+        line_of(&before, "node-id "),
+        installed[1]["node_id"].as_str().unwrap(),
+        "{before}"
+    );
+
+    // source fetches N+1 from the url and holds it (serving it to members over the VPN).
+    let held = shell_until(
+        &mut s,
+        "cloudy-agent update check --json",
+        "\"kind\": \"held\"",
+        1800,
+    );
+    eprintln!("source holds {N1} after {:.0} s", s.seconds());
+    assert!(held.contains(&url), "{held}");
+
+    // target asks its members only: the bundle comes from source over tinc.
+    let t = std::time::Instant::now();
+    let got = shell_until(
+        &mut g,
+        "cloudy-agent update check --json",
+        "\"kind\": \"held\"",
+        1800,
+    );
+    let fetch_s = t.elapsed().as_secs_f64();
+    assert!(got.contains("from member source ("), "{got}");
+    assert!(!got.contains("http://"), "target has no url: {got}");
+    let t = std::time::Instant::now();
+    let from = g.console().len();
+    g.send("cloudy-agent update now --json >/run/now.log 2>&1; echo \"==NOW\"\"-DONE\"; cat /run/now.log");
+    // The agent reboots the node once RAUC has written slot B: QEMU exits (-no-reboot). The
+    // CLI may still print its report first; a report without the reboot is a failure.
+    loop {
+        if g.has_exited() {
+            break;
+        }
+        let con = g.console();
+        if con[from..].contains("==NOW-DONE") {
+            // The CLI returned: the reboot must follow within two minutes.
+            let done = std::time::Instant::now();
+            while !g.has_exited() && done.elapsed().as_secs() < 120 {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            assert!(
+                g.has_exited(),
+                "update now did not install and reboot:\n{}",
+                &g.console()[from..]
+            );
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < INSTALL_S,
+            "target neither rebooted nor answered `update now` in {INSTALL_S} s:\n{}",
+            &con[from..]
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let install_s = t.elapsed().as_secs_f64();
+    drop(g);
+
+    // target's next boot: slot B, N+1, the same node with its keys and its Tahoe file.
+    let mut g = boot(
+        &disks[1],
+        "tap1",
+        "52:54:00:79:00:02",
+        "target-boot2-console.log",
+    );
+    let b = look(&mut g, true);
+    let downtime = g.seconds();
+    let ready = b.ready.clone().unwrap();
+    assert!(b.grub.contains("slot B"), "{}", b.grub);
+    assert_eq!(b.release["version"], N1, "{}", b.shell);
+    assert_eq!(b.rauc["booted"], "B", "{}", b.shell);
+    assert_eq!(ready["node_id"], installed[1]["node_id"], "{ready}");
+    let after = g.shell(KEPT, 300);
+    for k in ["node-id ", "tinc-key ", "ssh-host ", "data "] {
+        assert_eq!(
+            line_of(&after, k),
+            line_of(&before, k),
+            "{k}: {before}\n{after}"
+        );
+    }
+    assert_ne!(line_of(&after, "shares "), "0", "{after}");
+    let got = g.shell(
+        &format!(
+            "for i in $(seq 90); do {TAHOE} get '{cap}' /run/got.bin 2>/dev/null && break; sleep 5; done; \
+             echo \"sum $(sha256sum </run/got.bin | cut -d' ' -f1)\""
+        ),
+        900,
+    );
+    assert_eq!(
+        line_of(&got, "sum "),
+        sum,
+        "the Tahoe file read back after the update"
+    );
+    // The agent marks slot B good once source answers over the VPN.
+    let good = shell_until(
+        &mut g,
+        "grub-editenv /boot/cloudy/grub/grubenv list",
+        "B_TRY=0",
+        900,
+    );
+    assert!(good.contains("ORDER=B A"), "{good}");
+    drop(g);
+    drop(s);
+    eprintln!(
+        "figures ({board}, over the VPN): bundle {bundle_bytes} bytes; fetched from the member in {fetch_s:.0} s; \
+         rauc install and reboot {install_s:.0} s; reboot to ready on slot B {downtime:.0} s"
     );
 }

@@ -547,3 +547,138 @@ pub fn install_from_iso(qemu: &str, iso: &Iso, disk: &Path, log: &Path) -> serde
     );
     ready
 }
+
+/// A LAN for QEMU guests on this machine: a network namespace holding a bridge (the host's
+/// side at 10.`net`.0.1/24), taps `tap0`..`tapN-1` on it and dnsmasq for DHCP only. Guests
+/// started in the namespace ([`Lan::guest`]) reach each other and the bridge's address, and
+/// nothing outside. The namespace goes (dnsmasq and whatever runs in it killed) when dropped.
+pub struct Lan {
+    pub ns: String,
+    /// The bridge's address: where a program the test runs in the namespace listens.
+    pub host: String,
+    dnsmasq: std::process::Child,
+}
+
+impl Lan {
+    pub fn new(ns: &str, net: u8, taps: usize, dir: &Path) -> Lan {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        let o = Command::new("ip")
+            .args(["netns", "add", ns])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let host = format!("10.{net}.0.1");
+        let mut script = format!(
+            "ip link set lo up; ip link add br0 type bridge; ip addr add {host}/24 dev br0; ip link set br0 up"
+        );
+        for t in 0..taps {
+            script.push_str(&format!(
+                "; ip tuntap add tap{t} mode tap; ip link set tap{t} master br0; ip link set tap{t} up"
+            ));
+        }
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-euc", &script])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{script}: {}", text(&o));
+        let dnsmasq = Command::new("ip")
+            .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
+            .args(["--interface=br0", "--bind-interfaces", "--port=0"])
+            .arg(format!("--dhcp-range=10.{net}.0.10,10.{net}.0.50,12h"))
+            .arg("--pid-file=")
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base; make deps installs it)");
+        Lan {
+            ns: ns.to_string(),
+            host,
+            dnsmasq,
+        }
+    }
+
+    /// A PC guest under TCG (one CPU: guests share the machine) whose only network is an e1000
+    /// on `tap`, with `media` (e.g. `-boot c`) and `disks` as virtio drives.
+    #[allow(clippy::too_many_arguments)]
+    pub fn guest(
+        &self,
+        qemu: &str,
+        tap: &str,
+        mac: &str,
+        media: &[String],
+        disks: &[&Path],
+        limit_s: u64,
+        log: &Path,
+    ) -> Guest {
+        let mut a: Vec<String> = [
+            "netns",
+            "exec",
+            &self.ns,
+            qemu,
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push("-netdev".into());
+        a.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+        a.push("-device".into());
+        a.push(format!("e1000,netdev=n0,mac={mac}"));
+        a.extend(media.iter().cloned());
+        for d in disks {
+            a.push("-drive".into());
+            a.push(format!("file={},format=raw,if=virtio", d.display()));
+        }
+        Guest::start("ip", &a, limit_s, log)
+    }
+
+    /// Starts `program` with `args` inside the namespace (killed with it at the latest).
+    pub fn spawn(&self, program: &str, args: &[&str]) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, program])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in {}: {e}", self.ns))
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
+        // Whatever still runs in the namespace (a server a test started) goes with it.
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) on a process inside the test's own namespace.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+impl Guest {
+    /// Whether QEMU has exited (the guest powered off, or rebooted under `-no-reboot`).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+}

@@ -81,14 +81,16 @@ pub fn release_before(v: &str) -> String {
 /// The slot's /etc/fstab on the installed layout: the slot itself is the root (named on the
 /// kernel command line, mounted read-write by the initramfs); the boot partition (GRUB and
 /// its environment, which RAUC switches) and the data partition (`/var/lib/cloudy`: the
-/// node's identity, keys and the services' data, kept across slots) by partition label. Both
+/// node's identity, keys and the services' data, kept across slots) by filesystem label (the
+/// installed disk has an MBR table: no partition labels). Both
 /// `nofail`, so a node with a damaged partition still boots and stays reachable; the data
 /// partition is mounted before the agent starts, which would otherwise make a new identity.
+/// Five minutes for udev to name them: 30 s ran out under QEMU's TCG (udev started 48 s in).
 pub fn slot_fstab() -> String {
     format!(
         "# Written by cloudy-image bundle (the installed A/B layout, README \"Updates\").\n\
-         PARTLABEL=cloudy-boot  {}  ext4  defaults,nofail,x-systemd.device-timeout=30s  0  2\n\
-         PARTLABEL=cloudy-data  /var/lib/cloudy  ext4  defaults,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service  0  2\n",
+         LABEL=cloudy-boot  {}  ext4  defaults,nofail,x-systemd.device-timeout=300s  0  2\n\
+         LABEL=cloudy-data  /var/lib/cloudy  ext4  defaults,nofail,x-systemd.device-timeout=300s,x-systemd.before=cloudy-agent.service  0  2\n",
         release::BOOT_MOUNT
     )
 }
@@ -425,8 +427,8 @@ mod tests {
             "{m}"
         );
         let f = slot_fstab();
-        assert!(f.contains("PARTLABEL=cloudy-data  /var/lib/cloudy"), "{f}");
-        assert!(f.contains("PARTLABEL=cloudy-boot  /boot/cloudy"), "{f}");
+        assert!(f.contains("LABEL=cloudy-data  /var/lib/cloudy"), "{f}");
+        assert!(f.contains("LABEL=cloudy-boot  /boot/cloudy"), "{f}");
         assert!(
             !f.lines().any(|l| l.split_whitespace().nth(1) == Some("/")),
             "{f}"

@@ -8,12 +8,15 @@
 //!   the community's update keys from the recipe's `[update]`. Absent when the recipe lists
 //!   none: then the node takes no updates, and says so.
 //! - `/usr/lib/cloudy/rauc/system.conf` (PC boards): RAUC with its GRUB backend, slots
-//!   `rootfs.0` (bootname A) and `rootfs.1` (bootname B), for the installer to put at
-//!   `/etc/rauc/system.conf` once it has laid out those slots. It is not at that path in the
-//!   image: the agent takes a system.conf there to mean "this node has slots", and a live ISO
-//!   or an installed disk without the A/B layout (today's installer) has none, so it must only
-//!   report a newer release, never download and install one. SD boards get theirs from their
-//!   own backend (the sdcard stage), at the live path, since their cards carry both slots.
+//!   `rootfs.0` (bootname A) and `rootfs.1` (bootname B) by PARTUUID, with `@PTUUID@` where
+//!   the disk's identifier goes. install-to-disk fills that in when it lays out the slots and
+//!   writes the result to the boot partition (`/boot/cloudy/rauc/system.conf`).
+//! - `/etc/rauc/system.conf` (PC boards): a link to `/boot/cloudy/rauc/system.conf`, the same
+//!   in every slot, so a slot an update wrote finds the disk's config as the installed one did.
+//!   On a live ISO or PXE node nothing is mounted there and the link dangles: the agent takes
+//!   an existing system.conf to mean "this node has slots", so a live node only reports a newer
+//!   release, never downloads and installs one. SD boards get theirs from their own backend
+//!   (the sdcard stage), a file at that path, since their cards carry both slots.
 //! - `/etc/rauc/keyring.pem`: the certificate RAUC checks a bundle's CMS signature against.
 
 use std::fs;
@@ -25,11 +28,18 @@ use crate::recipe::Update;
 pub const RELEASE_JSON: &str = "usr/lib/cloudy/release.json";
 pub const KEYS_JSON: &str = "usr/lib/cloudy/update-keys.json";
 pub const SYSTEM_CONF: &str = "usr/lib/cloudy/rauc/system.conf";
+/// RAUC's config path on the node: a link to the installed disk's copy (see above).
+pub const SYSTEM_CONF_LINK: &str = "etc/rauc/system.conf";
 pub const KEYRING: &str = "etc/rauc/keyring.pem";
-/// Partition labels (GPT) of the installed layout; install-to-disk makes them.
-pub const SLOT_LABELS: [&str; 2] = ["cloudy-a", "cloudy-b"];
-/// Where an installed node mounts the partition holding GRUB and its environment.
+/// Where an installed node mounts the partition holding GRUB, its environment and RAUC's
+/// system.conf (install-to-disk: MBR partition 1, filesystem label `cloudy-boot`).
 pub const BOOT_MOUNT: &str = "/boot/cloudy";
+/// The installed disk's system.conf, which `SYSTEM_CONF_LINK` points to.
+pub const INSTALLED_CONF: &str = "/boot/cloudy/rauc/system.conf";
+/// Stands for the disk identifier (MBR, 8 hex digits) in the image's system.conf template.
+pub const PTUUID: &str = "@PTUUID@";
+/// The slots' MBR partition numbers (install-to-disk's layout): A, B.
+pub const SLOT_PARTITIONS: [u8; 2] = [2, 3];
 
 /// RAUC's compatible string for a board: a bundle installs only where it matches.
 pub fn compatible(board: &str) -> String {
@@ -57,25 +67,29 @@ pub fn keys_json(update: &Update) -> Option<String> {
 }
 
 /// RAUC's system.conf for an installed PC: the GRUB backend, its environment on the boot
-/// partition, and the two root slots by GPT partition label. By partition label, not by
-/// filesystem label: a slot is written with the bundle's one ext4 image whichever slot it
-/// lands in, so a filesystem label could not say A or B; the partition's label stays.
+/// partition, the slot status on the data partition, and the two root slots by PARTUUID
+/// (`@PTUUID@`-02 and -03: install-to-disk fills in its disk's identifier). By partition, not
+/// by filesystem label: a slot is written with the bundle's one ext4 image whichever slot it
+/// lands in, so a filesystem label could not say A or B; the partition stays.
 pub fn system_conf(board: &str) -> String {
     let mut s = format!(
         "# Written by cloudy-image (image/src/stages/release.rs); README \"Updates\".\n\
+         # install-to-disk replaces {PTUUID} with the disk's identifier and writes the result to\n\
+         # {INSTALLED_CONF}, where /etc/rauc/system.conf points.\n\
          [system]\n\
          compatible={}\n\
          bootloader=grub\n\
          grubenv={BOOT_MOUNT}/grub/grubenv\n\
+         statusfile=/var/lib/cloudy/rauc.status\n\
          bundle-formats=-plain\n\
          \n\
          [keyring]\n\
          path=/etc/rauc/keyring.pem\n",
         compatible(board)
     );
-    for (i, (label, bootname)) in SLOT_LABELS.iter().zip(["A", "B"]).enumerate() {
+    for (i, (part, bootname)) in SLOT_PARTITIONS.iter().zip(["A", "B"]).enumerate() {
         s.push_str(&format!(
-            "\n[slot.rootfs.{i}]\ndevice=/dev/disk/by-partlabel/{label}\ntype=ext4\nbootname={bootname}\n"
+            "\n[slot.rootfs.{i}]\ndevice=/dev/disk/by-partuuid/{PTUUID}-{part:02}\ntype=ext4\nbootname={bootname}\n"
         ));
     }
     s
@@ -101,6 +115,7 @@ pub fn write(
     }
     if board.format != Format::Sdcard {
         put(layer, SYSTEM_CONF, &system_conf(&board.name), 0o644)?;
+        link(layer, SYSTEM_CONF_LINK, INSTALLED_CONF)?;
     }
     match keyring {
         Some(pem) => put(layer, KEYRING, pem, 0o644)?,
@@ -115,6 +130,17 @@ fn put(layer: &Path, rel: &str, text: &str, mode: u32) -> std::io::Result<()> {
     fs::create_dir_all(p.parent().expect("has parent"))?;
     crate::cache::write_atomic(&p, text.as_bytes())?;
     fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+}
+
+/// A symlink at `rel` to `target`, replacing whatever is there (a layer may be reused).
+fn link(layer: &Path, rel: &str, target: &str) -> std::io::Result<()> {
+    let p = layer.join(rel);
+    fs::create_dir_all(p.parent().expect("has parent"))?;
+    if fs::read_link(&p).is_ok_and(|t| t == Path::new(target)) {
+        return Ok(());
+    }
+    remove(layer, rel)?;
+    std::os::unix::fs::symlink(target, &p)
 }
 
 fn remove(layer: &Path, rel: &str) -> std::io::Result<()> {
@@ -151,8 +177,9 @@ mod tests {
             "compatible=cloudy-pc-amd64",
             "bootloader=grub",
             "grubenv=/boot/cloudy/grub/grubenv",
-            "[slot.rootfs.0]\ndevice=/dev/disk/by-partlabel/cloudy-a\ntype=ext4\nbootname=A",
-            "[slot.rootfs.1]\ndevice=/dev/disk/by-partlabel/cloudy-b\ntype=ext4\nbootname=B",
+            "statusfile=/var/lib/cloudy/rauc.status",
+            "[slot.rootfs.0]\ndevice=/dev/disk/by-partuuid/@PTUUID@-02\ntype=ext4\nbootname=A",
+            "[slot.rootfs.1]\ndevice=/dev/disk/by-partuuid/@PTUUID@-03\ntype=ext4\nbootname=B",
             "path=/etc/rauc/keyring.pem",
         ] {
             assert!(c.contains(line), "{line} missing from:\n{c}");
