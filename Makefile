@@ -47,6 +47,7 @@ bench: deps tool
 	bench/agent.sh streaming
 	bench/agent.sh services
 	bench/agent.sh community
+	bench/update.sh
 
 ## deps: the Debian packages the build and the tests need, and Tahoe-LAFS in /opt (root)
 deps:

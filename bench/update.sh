@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Update numbers (issue 16, done-when 5), measured in this run with throwaway keys:
-# - per board: `cloudy-image bundle` time and the bundle's size, against the same slot as a
-#   zstd tar (what a tar-image bundle would carry instead of the ext4 image);
-# - with UPDATE_E2E=1 (long, ~1 h under TCG): tests/update.rs's own figures: `rauc install`
-#   into a slot on a TCG guest, and reboot-to-ready on the new slot.
-# Prints one table. Builds into BENCH_DIR with the shared cache (the bootstrap is reused).
+# Update numbers (issue 16, done-when 5), one row per board, measured in this run:
+# - bundle: `cloudy-image bundle` (throwaway keys, release 9.9.9): its seconds and bytes;
+# - install on the host: `rauc install` of that bundle's content into a slot that is a loop
+#   device, with Debian's rauc and its service on a private D-Bus (as agent/tests/update_rauc.rs
+#   runs it). This host has no device-mapper, so RAUC cannot open a verity bundle here: the
+#   bundle's own image and manifest are re-bundled in RAUC's plain format for this figure (the
+#   same bytes written, the signature checked over the whole bundle instead of per block);
+# - install in QEMU and reboot to ready: from the end-to-end tests' `figures:` lines.
+#   rpi3: tests/slots_pi.rs (the real bundle `rauc install`ed on the card under QEMU virt, then
+#   the firmware's choice of slot B booted to ready), run here with PI_E2E=1 (about 1 h) or read
+#   from SLOTS_PI_LOG=<its --nocapture output>. pc-686-pae: tests/update.rs with UPDATE_E2E=1
+#   (it needs the installer's A/B slots) or UPDATE_LOG=<its output>.
+# COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
+# A step that hits its limit prints `timeout`. Prints one table.
 #
-#   bench/update.sh                          # pc-686-pae
-#   BOARDS="pc-686-pae pc-amd64" UPDATE_E2E=1 bench/update.sh
+#   bench/update.sh                                    # rpi3 pc-686-pae pxe-686-pae
+#   BOARDS=rpi3 SLOTS_PI_LOG=slots_pi.log bench/update.sh
+#   BUNDLE_DIR=out/update BUNDLE_CERT=keys/rauc.cert.pem bench/update.sh   # bundles made already
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BOARDS=${BOARDS:-"pc-686-pae"}
+BOARDS=${BOARDS:-"rpi3 pc-686-pae pxe-686-pae"}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cloudy-bench-update}
 BIN=${CLOUDY_IMAGE_BIN:-target/release/cloudy-image}
+BUNDLE_LIMIT=${BUNDLE_LIMIT:-5400}
+INSTALL_LIMIT=${INSTALL_LIMIT:-1800}
 [ "$(id -u)" = 0 ] || { echo "bench/update.sh: run as root" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "bench/update.sh: $BIN missing: make tool" >&2; exit 1; }
-for t in rauc debugfs mksquashfs zstd; do
+for t in rauc unsquashfs losetup dbus-daemon python3; do
   command -v "$t" >/dev/null || { echo "bench/update.sh: $t missing: ci/deps.sh test" >&2; exit 1; }
 done
 rm -rf "$BENCH_DIR"
@@ -23,40 +34,209 @@ mkdir -p "$BENCH_DIR"
 log=$BENCH_DIR/bench.log
 keys=$BENCH_DIR/keys
 "$BIN" keys new --out "$keys" --name bench >/dev/null 2>>"$log"
-"$BIN" keys new --out "$keys" --rauc 2>>"$log"
+"$BIN" keys new --out "$keys" --rauc >>"$log" 2>&1
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
-mib() { python3 -c "print(f'{$1 / 1048576:.0f} MiB')"; }
+mib() { python3 -c "print(f'{$1 / 1048576:.1f} MiB')"; }
+
+# Everything the host install starts, taken down on exit (also on failure or Ctrl-C).
+loops=()
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  pids=()
+  umount -R "$BENCH_DIR/rig/mnt" 2>/dev/null || true
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  loops=()
+}
+trap cleanup EXIT
+
+# `rauc install` of bundle $2 (compatible cloudy-$1, plain) into slot B of two loop devices of
+# $3 bytes each; sets INSTALLED to the seconds, or `timeout`, or `failed`. Not in a $(...)
+# subshell: the EXIT trap must see the loop devices and processes it started.
+host_install() {
+  local board=$1 bundle=$2 bytes=$3 rig=$BENCH_DIR/rig
+  rm -rf "$rig"
+  mkdir -p "$rig/mnt" "$rig/data" "$rig/boot"
+  for s in A B; do
+    truncate -s "$bytes" "$rig/slot$s.img"
+    loops+=("$(losetup -f --show "$rig/slot$s.img")")
+  done
+  # The bootloader: RAUC's custom backend keeping its choice in files.
+  cat >"$rig/boot.sh" <<EOF
+#!/bin/sh
+D=$rig/boot
+case "\$1" in
+  get-primary) cat \$D/primary 2>/dev/null || echo A ;;
+  set-primary) echo "\$2" >\$D/primary ;;
+  get-state) cat \$D/state.\$2 2>/dev/null || echo good ;;
+  set-state) echo "\$3" >\$D/state.\$2 ;;
+  get-current) echo A ;;
+  *) exit 1 ;;
+esac
+EOF
+  chmod 755 "$rig/boot.sh"
+  cat >"$rig/system.conf" <<EOF
+[system]
+compatible=cloudy-$board
+bootloader=custom
+mountprefix=$rig/mnt
+data-directory=$rig/data
+
+[handlers]
+bootloader-custom-backend=$rig/boot.sh
+
+[keyring]
+path=$keys/rauc.cert.pem
+
+[slot.rootfs.0]
+device=${loops[0]}
+type=ext4
+bootname=A
+
+[slot.rootfs.1]
+device=${loops[1]}
+type=ext4
+bootname=B
+EOF
+  cat >"$rig/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path=$rig/bus</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>
+EOF
+  dbus-daemon --config-file="$rig/bus.conf" --nofork >>"$log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [ -S "$rig/bus" ] && break; sleep 0.05; done
+  export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$rig/bus
+  rauc --conf="$rig/system.conf" service --override-boot-slot=A >>"$log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 200); do
+    rauc --conf="$rig/system.conf" status >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local t0 rc=0
+  t0=$(now)
+  timeout "$INSTALL_LIMIT" rauc --conf="$rig/system.conf" install "$bundle" >>"$log" 2>&1 || rc=$?
+  local took
+  took=$(secs "$t0" "$(now)")
+  # The slot must hold the bundle's image: RAUC wrote it, not just said so.
+  if [ "$rc" = 0 ] && ! cmp -s -n "$(stat -c %s "$BENCH_DIR/x/rootfs.ext4")" "$BENCH_DIR/x/rootfs.ext4" "${loops[1]}"; then
+    rc=1
+    echo "bench: slot B does not hold the bundle's image" >>"$log"
+  fi
+  cleanup
+  unset DBUS_SYSTEM_BUS_ADDRESS
+  rm -rf "$rig"
+  case $rc in
+    0) INSTALLED="$took s" ;;
+    124) INSTALLED=timeout ;;
+    *) INSTALLED="failed (see $log)" ;;
+  esac
+}
+
+# The `figures:` line of an end-to-end test's output: the value after `$2` up to `$3`.
+figure() {
+  local line
+  line=$(grep -o 'figures: .*' "$1" 2>/dev/null | tail -n1) || true
+  [ -n "$line" ] || return 0
+  python3 - "$line" "$2" "$3" <<'EOF'
+import sys
+line, start, end = sys.argv[1:]
+if start in line:
+    print(line.split(start, 1)[1].split(end, 1)[0].strip())
+EOF
+}
+
+pi_log=${SLOTS_PI_LOG:-}
+if [ "${PI_E2E:-0}" = 1 ]; then
+  echo "bench: tests/slots_pi.rs (long)..." >&2
+  pi_log=$BENCH_DIR/slots_pi.log
+  timeout 7200 env CLOUDY_IMAGE_BIN="$PWD/$BIN" cargo test -p cloudy-tests --release --features e2e \
+    --test slots_pi -- --include-ignored --nocapture >"$pi_log" 2>&1 || echo "bench: slots_pi failed or timed out (exit $?); see $pi_log" >&2
+fi
+pc_log=${UPDATE_LOG:-}
+if [ "${UPDATE_E2E:-0}" = 1 ]; then
+  echo "bench: tests/update.rs (long)..." >&2
+  pc_log=$BENCH_DIR/update.log
+  timeout 7200 env CLOUDY_IMAGE_BIN="$PWD/$BIN" cargo test -p cloudy-tests --release --features e2e \
+    --test update -- --include-ignored --nocapture >"$pc_log" 2>&1 || echo "bench: update.rs failed or timed out (exit $?); see $pc_log" >&2
+fi
+
 rows=$BENCH_DIR/rows.tsv
 : >"$rows"
 for b in $BOARDS; do
   out=$BENCH_DIR/out
-  echo "bench: $b bundle..." >&2
-  t0=$(now)
-  "$BIN" bundle --board "$b" --out "$out" --release-version 9.9.9 \
-    --rauc-key "$keys/rauc.key.pem" --rauc-cert "$keys/rauc.cert.pem" --key "$keys/bench.key" >>"$log" 2>&1
-  took=$(secs "$t0" "$(now)")
-  bundle=$out/update/cloudy-$b-9.9.9.raucb
+  bundle=""
+  if [ -n "${BUNDLE_DIR:-}" ]; then
+    bundle=$(ls "$BUNDLE_DIR"/cloudy-"$b"-*.raucb 2>/dev/null | tail -n1 || true)
+  fi
+  if [ -n "$bundle" ]; then
+    took="made before"
+    cert=${BUNDLE_CERT:?BUNDLE_CERT: the certificate the bundles in BUNDLE_DIR were signed with}
+  else
+    echo "bench: $b bundle..." >&2
+    t0=$(now)
+    rc=0
+    timeout "$BUNDLE_LIMIT" "$BIN" bundle --board "$b" --out "$out" --release-version 9.9.9 \
+      --rauc-key "$keys/rauc.key.pem" --rauc-cert "$keys/rauc.cert.pem" --key "$keys/bench.key" >>"$log" 2>&1 || rc=$?
+    took="$(secs "$t0" "$(now)") s"
+    cert=$keys/rauc.cert.pem
+    case $rc in
+      0) bundle=$out/update/cloudy-$b-9.9.9.raucb ;;
+      124) printf '%s\ttimeout\t-\ttimeout\t-\t-\t-\t-\n' "$b" >>"$rows"; continue ;;
+      *) printf '%s\tfailed (see %s)\t-\t%s\t-\t-\t-\t-\n' "$b" "$log" "$took" >>"$rows"; continue ;;
+    esac
+  fi
   size=$(stat -c %s "$bundle")
-  echo "bench: $b the same slot as a tar..." >&2
-  x=$BENCH_DIR/extract-$b
-  rauc --keyring="$keys/rauc.cert.pem" extract "$bundle" "$x" >>"$log" 2>&1
-  mkdir -p "$x/tree"
-  debugfs -R "rdump / $x/tree" "$x/rootfs.ext4" >>"$log" 2>&1
-  tar --numeric-owner -C "$x/tree" -cf - . | zstd -q -15 -T0 >"$x/rootfs.tar.zst"
-  ext4=$(stat -c %s "$x/rootfs.ext4")
-  tar=$(stat -c %s "$x/rootfs.tar.zst")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$(mib "$size")" "$took s" "$(mib "$ext4") ext4 image" "$(mib "$tar") tar.zst" >>"$rows"
+  rauc --keyring="$cert" info "$bundle" >>"$log" 2>&1 || { echo "bench: $bundle does not verify against $cert" >&2; exit 1; }
+  echo "bench: $b install on the host..." >&2
+  x=$BENCH_DIR/x
   rm -rf "$x"
+  unsquashfs -q -n -d "$x" "$bundle" >>"$log" 2>&1
+  ext4=$(stat -c %s "$x/rootfs.ext4")
+  sed -i 's/^format=verity$/format=plain/' "$x/manifest.raucm"
+  plain=$BENCH_DIR/plain.raucb
+  rm -f "$plain"
+  rauc bundle --cert="$keys/rauc.cert.pem" --key="$keys/rauc.key.pem" \
+    --mksquashfs-args="-comp zstd -Xcompression-level 3" "$x" "$plain" >>"$log" 2>&1
+  host_install "$b" "$plain" "$(( (ext4 / 1048576 + 64) * 1048576 ))"
+  tar="-"
+  if [ "${COMPARE_TAR:-0}" = 1 ]; then
+    mkdir -p "$x/tree"
+    debugfs -R "rdump / $x/tree" "$x/rootfs.ext4" >>"$log" 2>&1
+    tar --numeric-owner -C "$x/tree" -cf - . | zstd -q -15 -T0 >"$x/rootfs.tar.zst"
+    tar=$(mib "$(stat -c %s "$x/rootfs.tar.zst")")
+  fi
+  rm -rf "$x" "$plain"
+  qemu="-"
+  down="-"
+  case $b in
+    rpi3)
+      qemu=$(figure "$pi_log" "rauc install into a slot" ";")
+      down=$(figure "$pi_log" "reboot to ready" "(")
+      qemu=${qemu:-"not run (PI_E2E=1)"}
+      down=${down:-"not run (PI_E2E=1)"}
+      ;;
+    pc-686-pae)
+      qemu=$(figure "$pc_log" "rauc install into a slot" "(")
+      down=$(figure "$pc_log" "reboot to ready on slot B" ";")
+      qemu=${qemu:-"n/a (needs installed PC slots)"}
+      down=${down:-"n/a (needs installed PC slots)"}
+      ;;
+    pc-*|pxe-*)
+      qemu="n/a (needs installed PC slots)"
+      down="n/a (needs installed PC slots)"
+      ;;
+    rpi*)
+      qemu="not measured (tests/slots_pi.rs boots rpi3)"
+      down="not measured (tests/slots_pi.rs boots rpi3)"
+      ;;
+  esac
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \
+    "$INSTALLED" "$qemu" "$down" >>"$rows"
+  [ "${COMPARE_TAR:-0}" = 1 ] && echo "bench: $b slot as zstd tar: $tar" >&2
 done
-e2e="not run (UPDATE_E2E=1)"
-if [ "${UPDATE_E2E:-0}" = 1 ]; then
-  echo "bench: tests/update.rs (long)..." >&2
-  CLOUDY_IMAGE_BIN=$PWD/$BIN cargo test -p cloudy-tests --release --features e2e --test update -- --include-ignored --nocapture >"$BENCH_DIR/e2e.log" 2>&1
-  e2e=$(grep -o 'figures: .*' "$BENCH_DIR/e2e.log" | tail -n1)
-fi
 echo
-printf 'board\tbundle\tbundle time\tslot image\tsame slot as tar\n'
+echo "update bundles and installs ($(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores)"
+printf 'board\tbundle bytes\tbundle\tbundle time\tslot image\trauc install (host, loop device, plain copy)\trauc install (QEMU TCG)\treboot to ready (QEMU TCG)\n'
 cat "$rows"
-echo
-echo "install into a slot and reboot to ready (pc-686-pae, TCG): $e2e"

@@ -1,8 +1,15 @@
-//! Issue 16, done-when 4: the Raspberry Pi slot switch under QEMU `virt`. Every boot takes
-//! exactly the kernel, initrd and command line the Pi firmware would choose from the card's FAT
-//! partition as the previous boot left it (`cloudy_image::pi_boot::choose`, read through mtools
-//! without mounting), so what is tested is the card's own state: config.txt, slot.txt and the
-//! slot directories that RAUC's backend (`/usr/lib/cloudy/rauc-pi-boot`) writes from the guest.
+//! Issue 16, done-when 4: the Raspberry Pi slot switch under QEMU `virt`, with a real update
+//! bundle. Every boot takes exactly the kernel, initrd and command line the Pi firmware would
+//! choose from the card's FAT partition as the previous boot left it
+//! (`cloudy_image::pi_boot::choose`, read through mtools without mounting), so what is tested is
+//! the card's own state: config.txt, slot.txt and the slot directories that RAUC's backend
+//! (`/usr/lib/cloudy/rauc-pi-boot`) writes from the guest.
+//!
+//! The card is rpi3 release 1.0.0 and the update `cloudy-image bundle --board rpi3` of 1.0.1,
+//! both of one community's keys (`Community`): `rauc install` in the guest writes slot B and
+//! makes it primary, the next boot is 1.0.1 from slot B, which the agent marks good. Then the
+//! fallback: slot A, its agent masked (a release that never reaches ready), is made primary
+//! again and is never marked good; after its 3 boots the card is back on slot B by itself.
 //!
 //! What QEMU cannot show (README "Pi slots"): the real firmware reading the card, tryboot's
 //! hardware flag, and SD wear.
@@ -18,6 +25,10 @@ use cloudy_tests::*;
 
 /// One boot's limit: a TCG boot of the rpi3 image reaches its ready line in about a minute.
 const BOOT_LIMIT_S: u64 = 600;
+/// `rauc install` of the bundle in a TCG guest: verity checks and 1.5 GB written.
+const INSTALL_LIMIT_S: u64 = 1800;
+/// A guest's whole life: a boot, an install and a shutdown.
+const GUEST_LIMIT_S: u64 = BOOT_LIMIT_S + INSTALL_LIMIT_S + 300;
 
 fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -41,6 +52,8 @@ struct Card {
     board: Board,
     dir: PathBuf,
     boots: usize,
+    /// A second disk (ext4 labelled `bundles`) holding the update bundle.
+    bundles: PathBuf,
 }
 
 impl Card {
@@ -83,6 +96,8 @@ impl Card {
             "user,model=virtio-net-pci,restrict=on",
             "-drive",
             &format!("file={},format=raw,if=virtio", self.img.display()),
+            "-drive",
+            &format!("file={},format=raw,if=virtio", self.bundles.display()),
             "-kernel",
             kernel.to_str().unwrap(),
             "-initrd",
@@ -101,7 +116,7 @@ impl Card {
             choice.cmdline
         );
         let log = self.dir.join(format!("console-{}.log", self.boots));
-        let guest = Guest::start(&q.system, &args, BOOT_LIMIT_S, &log);
+        let guest = Guest::start(&q.system, &args, GUEST_LIMIT_S, &log);
         (choice, guest)
     }
 
@@ -126,61 +141,92 @@ impl Card {
     }
 }
 
-/// Powers the guest off from its shell and waits for QEMU to exit.
-fn power_off(g: &mut Guest) {
+/// Powers the guest off from its shell and waits for QEMU to exit; returns the seconds that
+/// took.
+fn power_off(g: &mut Guest) -> f64 {
+    let t = std::time::Instant::now();
     g.send("sync; poweroff");
     g.wait_exit(180);
+    t.elapsed().as_secs_f64()
 }
 
 #[test]
-#[ignore = "five TCG boots of an rpi3 card (about 8 min with the build cached): make e2e runs it"]
-fn pi_slot_switch_and_fallback_under_qemu_virt() {
+#[ignore = "builds rpi3 1.0.0 and its 1.0.1 bundle, installs it and boots six times under TCG (about 1 h): make e2e runs it"]
+fn pi_update_slot_switch_and_fallback_under_qemu_virt() {
     require_root();
     let out = out_dir("slots-pi");
-    // CLOUDY_PI_CARD: a raw rpi3 image built already (out/rpi3/work/cloudy-rpi3.img), to rerun
-    // the boots without building again; it is copied, never changed.
-    let built = match std::env::var_os("CLOUDY_PI_CARD") {
-        Some(p) => PathBuf::from(p),
+    let img = out.join("card.img");
+    // CLOUDY_PI_FROM: a directory holding an earlier run's community/keys, update/ (the 1.0.1
+    // bundle and manifest) and rpi3/cloudy-rpi3.img.xz (the 1.0.0 card), to rerun the boots
+    // without the hour of building; its files are read, never changed.
+    let (bundle, manifest, rauc_cert, bundle_s) = match std::env::var_os("CLOUDY_PI_FROM") {
+        Some(prev) => {
+            let prev = PathBuf::from(prev);
+            run(Command::new("sh")
+                .arg("-c")
+                .arg("xz -T2 -dc \"$1\" | dd of=\"$2\" bs=4M conv=sparse status=none")
+                .arg("sh")
+                .arg(prev.join("rpi3/cloudy-rpi3.img.xz"))
+                .arg(&img));
+            (
+                prev.join("update/cloudy-rpi3-1.0.1.raucb"),
+                prev.join("update/rpi3.manifest.json"),
+                prev.join("community/keys/rauc.cert.pem"),
+                None,
+            )
+        }
         None => {
-            build_unverified("rpi3", &out);
-            out.join("rpi3/work/cloudy-rpi3.img")
+            let community = Community::new(&out.join("community"));
+            // The bundle first: it fails in minutes where the card takes half an hour.
+            let t = std::time::Instant::now();
+            let (bundle, manifest) = community.bundle("rpi3", "1.0.1", &out);
+            let bundle_s = t.elapsed().as_secs_f64();
+            community.build("rpi3", "1.0.0", &out);
+            let built = out.join("rpi3/work/cloudy-rpi3.img");
+            run(Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&built)
+                .arg(&img));
+            let _ = std::fs::remove_file(&built);
+            (
+                bundle,
+                manifest,
+                community.rauc_cert.clone(),
+                Some(bundle_s),
+            )
         }
     };
+    let bundle_bytes = std::fs::metadata(&bundle).unwrap().len();
+    let m = read_json(&manifest);
+    assert_eq!(m["manifest"]["board"], "rpi3", "{m}");
+    assert_eq!(m["manifest"]["size"], bundle_bytes, "{m}");
+    let info = run(Command::new("rauc")
+        .arg(format!("--keyring={}", rauc_cert.display()))
+        .arg("info")
+        .arg(&bundle));
+    assert!(
+        info.contains("'cloudy-rpi3'") && info.contains("'1.0.1'"),
+        "{info}"
+    );
     let (board, _) = Board::load(&repo().join("hardware/rpi3.toml")).unwrap();
-    let img = out.join("card.img");
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&built)
-        .arg(&img));
     // A card 1 GiB bigger than the image: the data partition takes the rest on first boot.
     run(Command::new("truncate").args(["-s", "+1G"]).arg(&img));
+    let bundles = out.join("bundles.img");
+    files_disk(&bundles, "bundles", &[&bundle]);
     let mut card = Card {
         img,
         board,
         dir: out.clone(),
         boots: 0,
+        bundles,
     };
-
-    // Slot B gets a system to switch to: slot A's filesystem copied in whole, as RAUC writes an
-    // update's ext4 image, labelled as `cloudy-image bundle` labels its images: set-primary
-    // must name it for its place.
-    let (a_start, a_size) = partition(&card.img, 2);
-    let (b_start, b_size) = partition(&card.img, 3);
+    let (_, a_size) = partition(&card.img, 2);
+    let (_, b_size) = partition(&card.img, 3);
     assert_eq!(a_size, b_size, "both slots have one size");
-    run(Command::new("dd")
-        .arg(format!("if={}", built.display()))
-        .arg(format!("of={}", card.img.display()))
-        .args(["bs=4M", "iflag=skip_bytes,count_bytes", "oflag=seek_bytes"])
-        .arg(format!("skip={a_start}"))
-        .arg(format!("count={a_size}"))
-        .arg(format!("seek={b_start}"))
-        .args(["conv=sparse,notrunc", "status=none"]));
-    run(Command::new("e2label")
-        .arg(format!("{}?offset={b_start}", card.img.display()))
-        .arg("cloudy-root"));
 
     // The card's own cmdline.txt, edited as a person would for this machine: QEMU's `virt` has
-    // its serial port at ttyAMA0 where a Pi has the mini UART, and a root shell on it.
+    // its serial port at ttyAMA0 where a Pi has the mini UART, and a root shell on it. Slot B's
+    // is derived from the booted slot's when RAUC makes B primary, so it inherits the edit.
     let line = card.get("slot-a/cmdline.txt");
     assert!(line.contains("rauc.slot=A"), "{line}");
     let line = line.trim().replace(
@@ -190,7 +236,7 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
     card.put("slot-a/cmdline.txt", &line);
     let disk_id = format!("{:08x}", sdcard::layout(&card.img).unwrap().0);
 
-    // Boot 1: slot A, as the image ships.
+    // Boot 1: slot A at 1.0.0, as the image ships; `rauc install` of the 1.0.1 bundle.
     let (choice, mut g) = card.boot();
     assert_eq!(choice.kernel, "slot-a/vmlinuz");
     assert_eq!(choice.initrd.as_deref(), Some("slot-a/initrd.img"));
@@ -214,35 +260,74 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
         .find_map(|l| l.split("cloudy: data ").nth(1))
         .unwrap_or_else(|| panic!("no grow-root line for the data partition:\n{c}"))
         .to_string();
-    // Slot B stands for an update whose system never reaches ready: its agent is masked. Else
-    // the agent on B, ready and in no community, would mark B good, and there would be no
-    // fallback to see.
+    let name = bundle.file_name().unwrap().to_str().unwrap();
     let said = g.shell(
-        "findmnt -no SOURCE,LABEL /; echo \"id=$(cat /var/lib/cloudy/node-id)\"; rauc status; \
-         mkdir -p /run/slot-b && mount /dev/vda3 /run/slot-b && \
-         ln -sf /dev/null /run/slot-b/etc/systemd/system/cloudy-agent.service && \
-         umount /run/slot-b && echo masked-b; \
-         rauc status mark-active other; /usr/lib/cloudy/rauc-pi-boot status",
-        300,
+        &format!(
+            "findmnt -no SOURCE,LABEL /; echo \"id=$(cat /var/lib/cloudy/node-id)\"; \
+             cat /usr/lib/cloudy/release.json; mkdir -p /run/b && mount -o ro LABEL=bundles /run/b; \
+             s=$(date +%s%N); rauc install /run/b/{name} >/run/rauc.log 2>&1; \
+             echo \"rauc-rc $? $(( ($(date +%s%N) - s) / 1000000 ))\"; tail -n 8 /run/rauc.log; \
+             umount /run/b; rauc status; /usr/lib/cloudy/rauc-pi-boot status; \
+             ls -1 /boot/firmware/slot-b/; cat /boot/firmware/slot-b/cmdline.txt; \
+             echo \"label-b=$(blkid -s LABEL -o value /dev/vda3)\"; \
+             echo \"size-b=$(dumpe2fs -h /dev/vda3 2>/dev/null | awk '/^Block count/ {{c=$3}} /^Block size/ {{s=$3}} END {{printf \"%.0f\", c*s}}')\""
+        ),
+        INSTALL_LIMIT_S,
     );
     eprintln!("slot A said:\n{said}");
     assert!(said.contains("/dev/vda2 cloudy-a"), "{said}");
-    assert!(said.contains("masked-b"), "{said}");
+    assert!(said.contains("\"version\":\"1.0.0\""), "{said}");
     let node_id = said
         .lines()
         .find_map(|l| l.trim().strip_prefix("id="))
         .unwrap_or_default()
         .to_string();
     assert!(!node_id.is_empty(), "{said}");
+    let rc: Vec<&str> = said
+        .lines()
+        .find_map(|l| l.strip_prefix("rauc-rc "))
+        .unwrap_or_else(|| panic!("no rauc-rc in:\n{said}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(rc[0], "0", "rauc install failed:\n{said}");
+    let install_s = rc[1].parse::<f64>().unwrap() / 1000.0;
     assert!(said.contains("Booted from: rootfs.0 (A)"), "{said}");
     assert!(
         said.contains("next boot: B") && said.contains("on trial: B, 3 of 3 boots left"),
         "{said}"
     );
-    power_off(&mut g);
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "cmdline.txt",
+        "bcm2837-rpi-3-b.dtb",
+    ] {
+        assert!(
+            said.lines().any(|l| l.trim() == f),
+            "slot-b/{f} on the FAT: {said}"
+        );
+    }
+    assert!(
+        said.contains(&format!("root=PARTUUID={disk_id}-03"))
+            && said.contains("rauc.slot=B")
+            && said.contains("console=ttyAMA0"),
+        "slot B's cmdline.txt: {said}"
+    );
+    assert!(said.contains("label-b=cloudy-b"), "{said}");
+    let size_b: u64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("size-b="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        size_b, b_size,
+        "slot B's filesystem fills its partition: {said}"
+    );
+    let shutdown_s = power_off(&mut g);
     drop(g);
 
-    // Boot 2: what the firmware now picks from the card is slot B, with its own kernel files.
+    // Boot 2: what the firmware now picks from the card is slot B, with its own kernel files,
+    // at 1.0.1; the agent marks it good once ready (alone: no community to wait for).
     let (choice, mut g) = card.boot();
     assert_eq!(choice.kernel, "slot-b/vmlinuz");
     assert_eq!(choice.initrd.as_deref(), Some("slot-b/initrd.img"));
@@ -260,8 +345,14 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
         0,
         BOOT_LIMIT_S,
     );
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, BOOT_LIMIT_S);
+    let ready_b_s = g.seconds();
+    let ready_b = ready_line(&c, 0).expect("ready line");
     let said = g.shell(
-        "findmnt -no SOURCE,LABEL /; echo \"id=$(cat /var/lib/cloudy/node-id)\"; cat /proc/cmdline; rauc status",
+        "findmnt -no SOURCE,LABEL /; echo \"id=$(cat /var/lib/cloudy/node-id)\"; \
+         cat /usr/lib/cloudy/release.json; cat /proc/cmdline; \
+         for i in $(seq 60); do /usr/lib/cloudy/rauc-pi-boot status | grep -q 'on trial' || break; sleep 2; done; \
+         rauc status; /usr/lib/cloudy/rauc-pi-boot status",
         300,
     );
     eprintln!("slot B said:\n{said}");
@@ -269,20 +360,42 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
         said.contains("/dev/vda3 cloudy-b"),
         "the root is slot B: {said}"
     );
+    assert!(said.contains("\"version\":\"1.0.1\""), "{said}");
     assert!(
         said.contains(&format!("id={node_id}")),
         "the data partition kept the node id {node_id}: {said}"
     );
     assert!(said.contains("Booted from: rootfs.1 (B)"), "{said}");
-    // Never marked good: power it off, twice more, as a watchdog or a person would.
+    assert!(
+        said.contains("slot B: good") && !said.contains("on trial"),
+        "the agent marked B good: {said}"
+    );
+
+    // The fallback: slot A stands for an update whose system never reaches ready (its agent
+    // masked, else the agent would mark it good), made primary through the backend as RAUC
+    // does after an install.
+    let said = g.shell(
+        "mkdir -p /run/slot-a && mount /dev/vda2 /run/slot-a && \
+         ln -sf /dev/null /run/slot-a/etc/systemd/system/cloudy-agent.service && \
+         umount /run/slot-a && echo masked-a; \
+         rauc status mark-active other; /usr/lib/cloudy/rauc-pi-boot status",
+        300,
+    );
+    eprintln!("slot B, making A primary, said:\n{said}");
+    assert!(said.contains("masked-a"), "{said}");
+    assert!(
+        said.contains("next boot: A") && said.contains("on trial: A, 3 of 3 boots left"),
+        "{said}"
+    );
     power_off(&mut g);
     drop(g);
 
-    for n in 2..=3 {
+    for n in 1..=3 {
         let (choice, mut g) = card.boot();
-        assert_eq!(choice.kernel, "slot-b/vmlinuz", "boot {n} of slot B");
+        assert_eq!(choice.kernel, "slot-a/vmlinuz", "boot {n} of slot A");
+        assert!(choice.cmdline.contains("rauc.slot=A"), "{}", choice.cmdline);
         g.wait_for(
-            &format!("cloudy-pi-boot: slot B on trial: boot {n} of 3"),
+            &format!("cloudy-pi-boot: slot A on trial: boot {n} of 3"),
             0,
             BOOT_LIMIT_S,
         );
@@ -290,33 +403,41 @@ fn pi_slot_switch_and_fallback_under_qemu_virt() {
         drop(g);
     }
     assert!(
-        card.get("slot.txt").contains("os_prefix=slot-a/"),
-        "after its last try slot.txt points back at A:\n{}",
+        card.get("slot.txt").contains("os_prefix=slot-b/"),
+        "after its last try slot.txt points back at B:\n{}",
         card.get("slot.txt")
     );
 
-    // Boot 5: the firmware is back on slot A by itself, and A records B's failure.
+    // Boot 6: the firmware is back on slot B by itself, and B records A's failure.
     let (choice, mut g) = card.boot();
-    assert_eq!(choice.kernel, "slot-a/vmlinuz");
-    assert!(choice.cmdline.contains("rauc.slot=A"), "{}", choice.cmdline);
+    assert_eq!(choice.kernel, "slot-b/vmlinuz");
+    assert!(choice.cmdline.contains("rauc.slot=B"), "{}", choice.cmdline);
     g.wait_for(
-        "cloudy-pi-boot: slot B was not marked good within 3 boots; back on slot A",
+        "cloudy-pi-boot: slot A was not marked good within 3 boots; back on slot B",
         0,
         BOOT_LIMIT_S,
     );
     let said = g.shell(
-        "findmnt -no SOURCE,LABEL /; /usr/lib/cloudy/rauc-pi-boot status; rauc status --detailed",
+        "findmnt -no SOURCE,LABEL /; cat /usr/lib/cloudy/release.json; \
+         /usr/lib/cloudy/rauc-pi-boot status; rauc status --detailed",
         300,
     );
-    eprintln!("slot A again said:\n{said}");
-    assert!(said.contains("/dev/vda2 cloudy-a"), "{said}");
+    eprintln!("slot B again said:\n{said}");
+    assert!(said.contains("/dev/vda3 cloudy-b"), "{said}");
+    assert!(said.contains("\"version\":\"1.0.1\""), "{said}");
     assert!(
-        said.contains("slot B: bad") && said.contains("last failed: B"),
+        said.contains("slot A: bad") && said.contains("last failed: A"),
         "{said}"
     );
     power_off(&mut g);
     eprintln!(
-        "measured: first boot of slot A ready in {first_ready_s:.1} s (hostname {}), data partition grown: {grown}",
-        ready_a["hostname"]
+        "measured: first boot of slot A ready in {first_ready_s:.1} s (hostname {}), data partition grown: {grown}; slot B (hostname {}) ready in {ready_b_s:.1} s",
+        ready_a["hostname"], ready_b["hostname"]
+    );
+    // One line for bench/update.sh.
+    let bundle_s = bundle_s.map_or("made before".into(), |s| format!("in {s:.0} s"));
+    eprintln!(
+        "figures: board rpi3; bundle {bundle_bytes} bytes {bundle_s}; rauc install into a slot {install_s:.1} s (QEMU TCG); reboot to ready {:.1} s (shutdown {shutdown_s:.1} s + boot of slot B to ready {ready_b_s:.1} s)",
+        shutdown_s + ready_b_s
     );
 }

@@ -3,7 +3,11 @@
 //! The build's own stages up to customise (the cached rootfs, the agent, the Cloudy layer with
 //! this release's `release.json`), then:
 //! - the slot's root filesystem: rootfs + layer as one ext4 image (`mke2fs -d`, no mounts),
-//!   with the installed layout's mounts in its fstab (the boot and data partitions);
+//!   laid out for the board's kind of slot ([`SlotKind`]): an installed PC or PXE node's (the
+//!   installed layout's fstab: boot and data partitions; a PXE board's network-only initramfs
+//!   rebuilt with every storage driver), or a Raspberry Pi card's (the same tree as the image's
+//!   slot A, `sdcard::slot_root`: its kernel, initramfs and device trees inside, which the card's
+//!   RAUC backend copies to the FAT partition's slot directory once RAUC has written the slot);
 //! - a RAUC bundle of it (`rauc bundle`, verity format, CMS-signed with `--rauc-key`) whose
 //!   compatible string is `cloudy-<board>` and whose version is the release;
 //! - `<board>.manifest.json` beside it: board, version, the bundle's name, sha256 and size,
@@ -26,11 +30,11 @@ use cloudy_model::update::{self, Channel, Manifest, SignedManifest, Version};
 
 use super::build::Build;
 use super::options::Options;
-use crate::board::{Format, InitramfsPolicy};
+use crate::board::{Board, Format, InitramfsPolicy};
 use crate::cache;
 use crate::cmd;
 use crate::progress::{fmt_secs, fmt_size, table};
-use crate::stages::release;
+use crate::stages::{release, sdcard};
 
 const MIB: u64 = 1 << 20;
 
@@ -49,6 +53,33 @@ pub struct Made {
     pub bundle: PathBuf,
     pub manifest: PathBuf,
     pub signed: SignedManifest,
+}
+
+/// What kind of slot a board's nodes update, which decides what goes into the slot's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// An installed PC or PXE node (install-to-disk, README "Updates"): GRUB boots the slot's
+    /// own /vmlinuz and /initrd.img. `disk_initramfs`: the board's initramfs cannot find a disk
+    /// (a PXE board's has network drivers only), so the slot gets one built with every storage
+    /// driver.
+    Installed { disk_initramfs: bool },
+    /// A Raspberry Pi card (README "Pi slots"): the slot's kernel files go to the FAT partition
+    /// through `/usr/lib/cloudy/rauc-pi-boot`, and the image must fit the card's slot.
+    Pi { slot_mib: u32 },
+}
+
+impl SlotKind {
+    pub fn of(board: &Board) -> SlotKind {
+        match (&board.format, &board.sdcard) {
+            (Format::Sdcard, Some(sd)) => SlotKind::Pi {
+                slot_mib: sd.slot_mib,
+            },
+            _ => SlotKind::Installed {
+                disk_initramfs: board.initramfs == Some(InitramfsPolicy::Netboot)
+                    || board.initramfs_modules.is_some(),
+            },
+        }
+    }
 }
 
 /// The bundle's file name for a board and release.
@@ -129,7 +160,7 @@ pub fn run(opts: &Options, req: &Request) -> Result<Made> {
         tool("mksquashfs", "squashfs-tools"),
     ])?;
     let b = Build::start(opts)?;
-    check_board(&b)?;
+    let kind = SlotKind::of(&b.board);
     let version = b.release().to_string();
     let min_version = req
         .min_version
@@ -154,8 +185,21 @@ pub fn run(opts: &Options, req: &Request) -> Result<Made> {
     let image = work.join("rootfs.ext4");
     b.rep.stage("slot", |step| {
         cache::remove_any(&work).and_then(|()| fs::create_dir_all(&work))?;
-        stage_slot(&rootfs.dir, &b.layer(), &slot, &b.log, step)?;
+        match kind {
+            SlotKind::Installed { disk_initramfs } => {
+                stage_slot(&rootfs.dir, &b.layer(), &slot, &b.log, step)?;
+                if disk_initramfs {
+                    rebuild_initramfs(&slot, &b.log, step)?;
+                }
+            }
+            SlotKind::Pi { .. } => {
+                stage_pi_slot(&rootfs.dir, &b.layer(), &b.board, &slot, &b.log, step)?;
+            }
+        }
         let bytes = slot_image_bytes(tree_bytes(&slot));
+        if let SlotKind::Pi { slot_mib } = kind {
+            check_fits(&b.board.name, bytes, slot_mib)?;
+        }
         make_ext4(
             &slot,
             &image,
@@ -167,7 +211,13 @@ pub fn run(opts: &Options, req: &Request) -> Result<Made> {
             step,
         )?;
         let _ = cache::remove_any(&slot);
-        Ok::<_, anyhow::Error>(((), format!("ext4 image {}", fmt_size(bytes))))
+        let note = match kind {
+            SlotKind::Installed {
+                disk_initramfs: true,
+            } => " (initramfs for disks)",
+            _ => "",
+        };
+        Ok::<_, anyhow::Error>(((), format!("ext4 image {}{note}", fmt_size(bytes))))
     })?;
 
     let name = bundle_name(&b.board.name, &version);
@@ -226,17 +276,125 @@ pub fn run(opts: &Options, req: &Request) -> Result<Made> {
     })
 }
 
-/// Bundles are for installed PCs: their slots boot with the rootfs's own initramfs, which must
-/// find a disk. SD boards have their own slot backend; a network-boot initramfs has no
-/// storage drivers.
-fn check_board(b: &Build) -> Result<()> {
-    let board = &b.board;
-    if board.format == Format::Sdcard {
-        bail!("board {}: bundles for SD boards need the Raspberry Pi slot backend, not this A/B layout\n  fix: bundle a PC board (pc-686-pae, pc-amd64, pc-i386)", board.name);
+/// A slot image bigger than the card's slot could not be written: refused before RAUC is run.
+fn check_fits(board: &str, bytes: u64, slot_mib: u32) -> Result<()> {
+    if bytes > u64::from(slot_mib) * MIB {
+        bail!(
+            "board {board}: the slot's image is {} MiB but a card's root slot has {slot_mib} MiB\n  fix: drop packages from the recipe; cards already written keep their slot size, so raising `sdcard.slot_mib` in hardware/{board}.toml helps only new cards",
+            bytes.div_ceil(MIB)
+        );
     }
-    if board.initramfs == Some(InitramfsPolicy::Netboot) || board.initramfs_modules.is_some() {
-        bail!("board {}: its initramfs has no storage drivers (network boot), so a slot holding it would not boot from disk\n  fix: bundle the PC board of the same kernel (e.g. pc-686-pae for pxe-686-pae nodes)", board.name);
+    Ok(())
+}
+
+/// The Pi slot's tree: what the image's slot A holds (`sdcard::slot_root`), with an empty
+/// /var/lib/cloudy (the data partition is mounted there), checked for the files the card's
+/// backend copies to the FAT partition when it makes the slot primary: a kernel, the initramfs
+/// of that kernel, and the board's device trees. A bundle without them would be refused on the
+/// node only after the slot was written.
+fn stage_pi_slot(
+    rootfs: &Path,
+    layer: &Path,
+    board: &Board,
+    slot: &Path,
+    log: &cmd::Log,
+    step: &crate::progress::Step,
+) -> Result<()> {
+    sdcard::slot_root(rootfs, layer, &board.name, slot, log, step)?;
+    let state = slot.join("var/lib/cloudy");
+    cache::remove_any(&state)?;
+    fs::create_dir_all(&state)?;
+    let dtbs = board
+        .sdcard
+        .as_ref()
+        .map(|s| s.dtbs.as_slice())
+        .unwrap_or(&[]);
+    pi_boot_files(slot, dtbs).map_err(|why| {
+        anyhow::anyhow!("board {}: the slot has no {why}, which rauc-pi-boot copies to the card's FAT partition\n  fix: check `kernel_package` and `sdcard.dtbs` in hardware/{}.toml", board.name, board.name)
+    })?;
+    Ok(())
+}
+
+/// What the Pi backend takes from a slot, as it picks it: the newest `boot/vmlinuz-VER`,
+/// `boot/initrd.img-VER`, and each of `dtbs` somewhere under `usr/lib/linux-image-VER/`.
+/// Returns VER, or what is missing.
+pub fn pi_boot_files(slot: &Path, dtbs: &[String]) -> std::result::Result<String, String> {
+    let boot = slot.join("boot");
+    let mut versions: Vec<String> = fs::read_dir(&boot)
+        .map_err(|_| "/boot".to_string())?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(String::from)
+        })
+        .collect();
+    // `sort -V` in the backend; versions of one kernel package differ in their numbers.
+    versions.sort_by_key(|v| version_key(v));
+    let ver = versions.pop().ok_or("kernel (/boot/vmlinuz-*)")?;
+    if !boot.join(format!("initrd.img-{ver}")).is_file() {
+        return Err(format!("initramfs /boot/initrd.img-{ver}"));
     }
+    let tree = slot.join(format!("usr/lib/linux-image-{ver}"));
+    let mut found = std::collections::HashSet::new();
+    let mut stack = vec![tree];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                found.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    match dtbs.iter().find(|d| !found.contains(*d)) {
+        Some(d) => Err(format!("device tree {d} under /usr/lib/linux-image-{ver}")),
+        None => Ok(ver),
+    }
+}
+
+/// A kernel version's numbers in order, for comparing versions as `sort -V` does.
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    let mut key = vec![];
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (num, tail) = rest.split_at(digits);
+        let letters = tail.len() - tail.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+        let (text, tail) = tail.split_at(letters);
+        key.push((num.parse().unwrap_or(0), text.to_string()));
+        rest = tail;
+    }
+    key
+}
+
+/// The slot's initramfs rebuilt with initramfs-tools' default, MODULES=most (every storage
+/// driver), in place of the board's network-only one: an installed PXE node boots its slot from
+/// a disk. In a private mount namespace, so the /proc, /sys and /dev the chroot needs go away
+/// with it.
+fn rebuild_initramfs(slot: &Path, log: &cmd::Log, step: &crate::progress::Step) -> Result<()> {
+    for f in [
+        "etc/initramfs-tools/conf.d/cloudy-modules.conf",
+        "usr/share/initramfs-tools/modules.d/cloudy",
+    ] {
+        cache::remove_any(&slot.join(f))?;
+    }
+    cmd::run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+            .arg(
+                "mount -t proc proc \"$1/proc\"; mount --rbind /sys \"$1/sys\"; \
+                 mount --rbind /dev \"$1/dev\"; chroot \"$1\" update-initramfs -u -k all",
+            )
+            .arg("sh")
+            .arg(slot),
+        log,
+        step,
+    )
+    .context(
+        "rebuilding the slot's initramfs for booting from a disk (update-initramfs in a chroot)",
+    )?;
     Ok(())
 }
 
@@ -433,6 +591,77 @@ mod tests {
             !f.lines().any(|l| l.split_whitespace().nth(1) == Some("/")),
             "{f}"
         );
+    }
+
+    /// Every board in hardware/ gets a bundle: PCs as they are, PXE boards (installed by the
+    /// same installer) with an initramfs for disks, SD boards for their card's slots.
+    #[test]
+    fn every_board_has_a_slot_kind_and_its_own_compatible() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware");
+        let mut seen = 0;
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let (board, _) = Board::load(&e.path()).unwrap();
+            let kind = SlotKind::of(&board);
+            let want = match board.name.split('-').next().unwrap() {
+                "pc" => SlotKind::Installed {
+                    disk_initramfs: false,
+                },
+                "pxe" => SlotKind::Installed {
+                    disk_initramfs: true,
+                },
+                _ if board.name.starts_with("rpi") => SlotKind::Pi { slot_mib: 2560 },
+                other => panic!("a board of a kind this test does not know: {other}"),
+            };
+            assert_eq!(kind, want, "{}", board.name);
+            let m = rauc_manifest(&board.name, "1.0.1", "rootfs.ext4");
+            assert!(
+                m.contains(&format!("compatible=cloudy-{}\n", board.name)),
+                "{m}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 9, "{seen} boards");
+    }
+
+    #[test]
+    fn pi_slot_must_fit_the_card() {
+        check_fits("rpi3", 2560 * MIB, 2560).unwrap();
+        let e = check_fits("rpi3", 2560 * MIB + 1, 2560).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("2561 MiB") && e.contains("hardware/rpi3.toml"),
+            "{e}"
+        );
+    }
+
+    /// The files rauc-pi-boot copies to the FAT partition are checked at bundle time: the
+    /// newest kernel as `sort -V` picks it (6.1.0-10 after 6.1.0-9), its initramfs, and the
+    /// board's device trees in that kernel's tree.
+    #[test]
+    fn pi_boot_files_are_those_the_backend_takes() {
+        let d = tempfile::tempdir().unwrap();
+        let slot = d.path();
+        let dtbs = vec!["bcm2837-rpi-3-b.dtb".to_string()];
+        let e = pi_boot_files(slot, &dtbs).unwrap_err();
+        assert!(e.contains("/boot"), "{e}");
+        fs::create_dir_all(slot.join("boot")).unwrap();
+        assert!(pi_boot_files(slot, &dtbs).unwrap_err().contains("vmlinuz"));
+        for v in ["6.1.0-9-arm64", "6.1.0-10-arm64"] {
+            fs::write(slot.join(format!("boot/vmlinuz-{v}")), "k").unwrap();
+        }
+        fs::write(slot.join("boot/initrd.img-6.1.0-9-arm64"), "i").unwrap();
+        let e = pi_boot_files(slot, &dtbs).unwrap_err();
+        assert!(e.contains("initrd.img-6.1.0-10-arm64"), "{e}");
+        fs::write(slot.join("boot/initrd.img-6.1.0-10-arm64"), "i").unwrap();
+        let e = pi_boot_files(slot, &dtbs).unwrap_err();
+        assert!(
+            e.contains("bcm2837-rpi-3-b.dtb") && e.contains("linux-image-6.1.0-10-arm64"),
+            "{e}"
+        );
+        let tree = slot.join("usr/lib/linux-image-6.1.0-10-arm64/broadcom");
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("bcm2837-rpi-3-b.dtb"), "d").unwrap();
+        assert_eq!(pi_boot_files(slot, &dtbs).unwrap(), "6.1.0-10-arm64");
     }
 
     #[test]

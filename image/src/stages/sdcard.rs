@@ -186,6 +186,8 @@ pub fn make(
 
 /// The data partition's filesystem label: the agent (and fstab here) look for it.
 pub use cloudy_model::seed::DATA_LABEL;
+/// The FAT partition's label (raspi-firmware's, which Debian's Pi images mount it by).
+pub const FIRMWARE_LABEL: &str = "RASPIFIRM";
 
 /// Fails early, naming the fix, when the kernel package left out what the board boots from.
 fn check_firmware(board: &Board, sd: &Sdcard, firmware_src: &Path) -> Result<(), SdError> {
@@ -314,14 +316,30 @@ pub fn system_conf(board: &str) -> String {
     )
 }
 
-/// Root: the cached rootfs with the Cloudy layer over it; /boot/firmware is a mount point.
+/// Root: the cached rootfs with the Cloudy layer over it ([`slot_root`]).
 fn stage_root(inp: &Inputs, root: &Path, log: &Log, step: &Step) -> Result<(), SdError> {
+    slot_root(inp.rootfs, inp.layer, &inp.board.name, root, log, step)
+}
+
+/// A root slot's tree, the same for the image's slot A and for an update bundle's image
+/// (`cloudy-image bundle`): the rootfs with the Cloudy layer over it, /boot/firmware an empty
+/// mount point, the card's fstab and RAUC's system.conf. The kernel, initramfs and device trees
+/// stay in the slot's /boot and /usr/lib/linux-image-*: the backend copies them to the FAT's
+/// slot directory when it makes the slot primary.
+pub fn slot_root(
+    rootfs: &Path,
+    layer: &Path,
+    board: &str,
+    root: &Path,
+    log: &Log,
+    step: &Step,
+) -> Result<(), SdError> {
     cache::remove_any(root).map_err(|e| io("removing", root, e))?;
     cmd::run(
         Command::new("cp")
             .arg("-a")
             .arg("--reflink=auto")
-            .arg(inp.rootfs)
+            .arg(rootfs)
             .arg(root),
         log,
         step,
@@ -329,7 +347,7 @@ fn stage_root(inp: &Inputs, root: &Path, log: &Log, step: &Step) -> Result<(), S
     cmd::run(
         Command::new("cp")
             .arg("-a")
-            .arg(format!("{}/.", inp.layer.display()))
+            .arg(format!("{}/.", layer.display()))
             .arg(root),
         log,
         step,
@@ -337,23 +355,22 @@ fn stage_root(inp: &Inputs, root: &Path, log: &Log, step: &Step) -> Result<(), S
     let fw_in_root = root.join("boot/firmware");
     cache::remove_any(&fw_in_root).map_err(|e| io("removing", &fw_in_root, e))?;
     fs::create_dir_all(&fw_in_root).map_err(|e| io("creating", &fw_in_root, e))?;
-    write(&root.join("etc/fstab"), &fstab(inp.disk_id))?;
-    write(
-        &root.join("etc/rauc/system.conf"),
-        &system_conf(&inp.board.name),
-    )
+    write(&root.join("etc/fstab"), &fstab())?;
+    write(&root.join("etc/rauc/system.conf"), &system_conf(board))
 }
 
 /// The slots' fstab. `/` is not named: it is whichever slot the firmware booted (root= in that
-/// slot's cmdline.txt), mounted read-write by the initramfs. The data partition is `nofail`, so
-/// a card whose data partition is damaged still boots and stays reachable.
-pub fn fstab(disk_id: u32) -> String {
+/// slot's cmdline.txt), mounted read-write by the initramfs. The firmware partition is named by
+/// its label, as Debian's own Raspberry Pi images do, not by PARTUUID: the disk id comes from
+/// the recipe, so a slot written from a later release's bundle would name a partition the card
+/// does not have. The data partition is `nofail`, so a card whose data partition is damaged
+/// still boots and stays reachable.
+pub fn fstab() -> String {
     format!(
         "# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n\
          # / is the slot the Pi firmware booted (README \"Pi slots\").\n\
-         PARTUUID={}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n\
-         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n",
-        partuuid(disk_id, 1)
+         LABEL={FIRMWARE_LABEL}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n\
+         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n"
     )
 }
 
@@ -442,7 +459,7 @@ fn make_fat(
         "-F",
         "32",
         "-n",
-        "RASPIFIRM",
+        FIRMWARE_LABEL,
         "--invariant",
         "-i",
         &format!("{:08x}", inp.disk_id),
@@ -805,7 +822,7 @@ mod tests {
             Partitions::sized(&b, &small, d.path()),
             Err(SdError::SlotTooSmall { .. })
         ));
-        let t = fstab(0xabcd);
+        let t = fstab();
         assert!(
             !t.lines()
                 .filter(|l| !l.starts_with('#'))
@@ -816,7 +833,7 @@ mod tests {
             t.contains("LABEL=cloudy-data  /var/lib/cloudy  ext4"),
             "{t}"
         );
-        assert!(t.contains("PARTUUID=0000abcd-01  /boot/firmware"), "{t}");
+        assert!(t.contains("LABEL=RASPIFIRM  /boot/firmware  vfat"), "{t}");
         let conf = system_conf("rpi3");
         for want in [
             "compatible=cloudy-rpi3",
