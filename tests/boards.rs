@@ -576,3 +576,167 @@ fn pxe_installs_to_a_blank_disk() {
         text(&o)
     );
 }
+
+/// Issue 14, done-when 1: Tahoe-LAFS on every board. A copy of the recipe whose baked-in seed
+/// puts the node in a community and enables an introducer and a storage node; then the build's
+/// own verify stage waits for the agent's services line and fails unless both run.
+fn tahoe_recipe(dir: &Path) -> PathBuf {
+    let recipes = repo().join("recipes");
+    for e in std::fs::read_dir(&recipes).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    std::fs::write(dir.join("tahoe-seed.toml"), TAHOE_SEED).unwrap();
+    let recipe = dir.join("cloudy.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let swapped = text.replace(
+        "\nseed = \"default-seed.toml\"\n",
+        "\nseed = \"tahoe-seed.toml\"\n",
+    );
+    assert_ne!(
+        text, swapped,
+        "recipes/cloudy.toml names its seed differently now"
+    );
+    std::fs::write(&recipe, swapped).unwrap();
+    recipe
+}
+
+const TAHOE_SEED: &str = "version = 1\n[node]\nname = \"tahoe-board\"\n[community]\nname = \"e2e\"\nkey = \"correct horse battery staple 42\"\n[services]\nenable = [\"tahoe-introducer\", \"tahoe-storage\"]\n";
+
+/// Both Tahoe services in the services report the verify stage kept under the ready line.
+fn assert_tahoe_running(board: &str, ready: &serde_json::Value) {
+    assert_eq!(
+        ready["hostname"], "tahoe-board",
+        "{board}: the Tahoe seed was not taken: {ready}"
+    );
+    let running = &ready["services_report"]["running"];
+    for s in ["tahoe-introducer", "tahoe-storage"] {
+        assert!(
+            running.as_array().is_some_and(|a| a.iter().any(|r| r == s)),
+            "{s} not running on {board}: {ready}"
+        );
+    }
+    eprintln!(
+        "{board}: services line {} ({} s to ready, uptime {} s)",
+        ready["services_report"], ready["uptime_s"], ready["services_report"]["elapsed_s"]
+    );
+}
+
+/// Builds an ISO or SD board with the Tahoe seed baked in; its verify stage boots it under
+/// TCG and sees both services running. Returns the board's output directory.
+fn tahoe_board(board: &str) -> PathBuf {
+    let out = out_dir(&format!("tahoe-{board}"));
+    let recipe_dir = out.join("recipe");
+    std::fs::create_dir_all(&recipe_dir).unwrap();
+    let recipe = tahoe_recipe(&recipe_dir);
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        board,
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{board} build failed:\n{}", text(&o));
+    let dir = out.join(board);
+    let v = read_json(&dir.join("verify.json"));
+    assert_tahoe_running(board, &v["ready"]);
+    // What a user downloads (README "Boards" has the measured sizes; the 200 MB target is
+    // checked there, not here).
+    let xz = dir.join(format!("cloudy-{board}.img.xz"));
+    if let Ok(m) = std::fs::metadata(&xz) {
+        eprintln!("{board}: {} is {} bytes", xz.display(), m.len());
+    }
+    dir
+}
+
+/// A PXE board: the bundle is served to the whole LAN, so neither the recipe's seed nor
+/// `customise` may put a community key in it (`pxe_bundle_boots_live`). A test LAN is QEMU's
+/// own: the seed goes into a copy of the bundle's live ISO with xorriso, and `verify` network-
+/// boots that copy and waits for the services line as the build's verify stage does.
+fn tahoe_pxe(board: &str) {
+    let out = out_dir(&format!("tahoe-{board}"));
+    let o = cloudy_image(&[
+        "build",
+        "--board",
+        board,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
+    assert!(o.status.success(), "{board} build failed:\n{}", text(&o));
+    let bundle = out.join(board).join("pxe");
+    let copy = out.join("tahoe-pxe");
+    run(Command::new("cp").arg("-a").arg(&bundle).arg(&copy));
+    let seed = seed_text(&out, "tahoe.toml", TAHOE_SEED);
+    let iso = copy.join("cloudy.iso");
+    let seeded = out.join("seeded.iso");
+    run(Command::new("xorriso")
+        .arg("-indev")
+        .arg(&iso)
+        .arg("-outdev")
+        .arg(&seeded)
+        .args(["-boot_image", "any", "replay", "-map"])
+        .arg(&seed)
+        .arg("/cloudy/cloudy.toml")
+        .args(["--", "-commit"]));
+    std::fs::rename(&seeded, &iso).unwrap();
+    let o = cloudy_image(&[
+        "verify",
+        "--board",
+        board,
+        "--out",
+        out.to_str().unwrap(),
+        "--image",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{board} seeded boot:\n{}", text(&o));
+    let ready = text(&o)
+        .lines()
+        .find(|l| l.starts_with("{\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("ready json");
+    assert_tahoe_running(board, &ready);
+}
+
+#[test]
+#[ignore = "pc-i386 build and a Tahoe boot under TCG (long): make e2e runs it"]
+fn tahoe_runs_on_pc_i386() {
+    require_root();
+    tahoe_board("pc-i386");
+}
+
+#[test]
+#[ignore = "pc-amd64 build and a Tahoe boot under TCG (long): make e2e runs it"]
+fn tahoe_runs_on_pc_amd64() {
+    require_root();
+    tahoe_board("pc-amd64");
+}
+
+#[test]
+#[ignore = "pxe-686-pae build and a Tahoe network boot under TCG (long): make e2e runs it"]
+fn tahoe_runs_on_pxe_686_pae() {
+    require_root();
+    tahoe_pxe("pxe-686-pae");
+}
+
+#[test]
+#[ignore = "pxe-amd64 build and a Tahoe network boot under TCG (long): make e2e runs it"]
+fn tahoe_runs_on_pxe_amd64() {
+    require_root();
+    tahoe_pxe("pxe-amd64");
+}
+
+#[test]
+#[ignore = "rpi2 build (armhf bootstrap under qemu-user) and a Tahoe boot (long): make e2e runs it"]
+fn tahoe_runs_on_rpi2() {
+    require_root();
+    tahoe_board("rpi2");
+}
+
+#[test]
+#[ignore = "rpi4 build (arm64 bootstrap under qemu-user) and a Tahoe boot (long): make e2e runs it"]
+fn tahoe_runs_on_rpi4() {
+    require_root();
+    tahoe_board("rpi4");
+}
