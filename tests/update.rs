@@ -127,6 +127,11 @@ fn look(g: &mut Guest, expect_ready: bool) -> Seen {
         .unwrap()
         .to_string();
     eprintln!("GRUB after {:.0} s: {grub}", g.seconds());
+    if !expect_ready {
+        // Nothing else says the system is up: wait for the console shell's prompt, or the
+        // knocks of `shell` reach GRUB's menu (its 1 s timeout) and edit an entry.
+        g.wait_for("root@", 0, READY_S);
+    }
     let ready = if expect_ready {
         let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
         let r = ready_line(&c, 0).expect("ready line");
