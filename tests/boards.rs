@@ -656,15 +656,7 @@ fn tahoe_board(board: &str) -> PathBuf {
 /// boots that copy and waits for the services line as the build's verify stage does.
 fn tahoe_pxe(board: &str) {
     let out = out_dir(&format!("tahoe-{board}"));
-    let o = cloudy_image(&[
-        "build",
-        "--board",
-        board,
-        "--out",
-        out.to_str().unwrap(),
-        "--no-verify",
-    ]);
-    assert!(o.status.success(), "{board} build failed:\n{}", text(&o));
+    build_unverified(board, &out);
     let bundle = out.join(board).join("pxe");
     let copy = out.join("tahoe-pxe");
     run(Command::new("cp").arg("-a").arg(&bundle).arg(&copy));
