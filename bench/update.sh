@@ -9,17 +9,18 @@
 # - install in QEMU and reboot to ready: from the end-to-end tests' `figures:` lines.
 #   rpi3: tests/slots_pi.rs (the real bundle `rauc install`ed on the card under QEMU virt, then
 #   the firmware's choice of slot B booted to ready), run here with PI_E2E=1 (about 1 h) or read
-#   from SLOTS_PI_LOG=<its --nocapture output>. pc-686-pae: tests/update.rs with UPDATE_E2E=1
-#   (it needs the installer's A/B slots) or UPDATE_LOG=<its output>.
+#   from SLOTS_PI_LOG=<its --nocapture output>. pc-686-pae and pc-amd64: tests/update.rs with
+#   UPDATE_E2E=1 (it needs the installer's A/B slots; about 1 h a board, 2 h with the VPN
+#   tests) or UPDATE_LOG=<its output>; the VPN tests add the fetch from a member over tinc.
 # COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
 # A step that hits its limit prints `timeout`. Prints one table.
 #
-#   bench/update.sh                                    # rpi3 pc-686-pae pxe-686-pae
+#   bench/update.sh                                    # rpi3 pc-686-pae pc-amd64 pxe-686-pae
 #   BOARDS=rpi3 SLOTS_PI_LOG=slots_pi.log bench/update.sh
 #   BUNDLE_DIR=out/update BUNDLE_CERT=keys/rauc.cert.pem bench/update.sh   # bundles made already
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BOARDS=${BOARDS:-"rpi3 pc-686-pae pxe-686-pae"}
+BOARDS=${BOARDS:-"rpi3 pc-686-pae pc-amd64 pxe-686-pae"}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cloudy-bench-update}
 BIN=${CLOUDY_IMAGE_BIN:-target/release/cloudy-image}
 BUNDLE_LIMIT=${BUNDLE_LIMIT:-5400}
@@ -134,12 +135,13 @@ EOF
   esac
 }
 
-# The `figures:` line of an end-to-end test's output: the value after `$2` up to `$3`.
+# The `figures: board $2;` line of an end-to-end test's output ($2 may be "pc-amd64 over the
+# VPN"): the value after `$3` up to `$4`. Nothing when the log has no such line.
 figure() {
   local line
-  line=$(grep -o 'figures: .*' "$1" 2>/dev/null | tail -n1) || true
+  line=$(grep -o "figures: board $2; .*" "$1" 2>/dev/null | tail -n1) || true
   [ -n "$line" ] || return 0
-  python3 - "$line" "$2" "$3" <<'EOF'
+  python3 - "$line" "$3" "$4" <<'EOF'
 import sys
 line, start, end = sys.argv[1:]
 if start in line:
@@ -183,8 +185,8 @@ for b in $BOARDS; do
     cert=$keys/rauc.cert.pem
     case $rc in
       0) bundle=$out/update/cloudy-$b-9.9.9.raucb ;;
-      124) printf '%s\ttimeout\t-\ttimeout\t-\t-\t-\t-\n' "$b" >>"$rows"; continue ;;
-      *) printf '%s\tfailed (see %s)\t-\t%s\t-\t-\t-\t-\n' "$b" "$log" "$took" >>"$rows"; continue ;;
+      124) printf '%s\ttimeout\t-\ttimeout\t-\t-\t-\t-\t-\n' "$b" >>"$rows"; continue ;;
+      *) printf '%s\tfailed (see %s)\t-\t%s\t-\t-\t-\t-\t-\n' "$b" "$log" "$took" >>"$rows"; continue ;;
     esac
   fi
   size=$(stat -c %s "$bundle")
@@ -210,33 +212,36 @@ for b in $BOARDS; do
   rm -rf "$x" "$plain"
   qemu="-"
   down="-"
+  vpn="-"
   case $b in
     rpi3)
-      qemu=$(figure "$pi_log" "rauc install into a slot" ";")
-      down=$(figure "$pi_log" "reboot to ready" "(")
+      qemu=$(figure "$pi_log" rpi3 "rauc install into a slot" ";")
+      down=$(figure "$pi_log" rpi3 "reboot to ready" "(")
       qemu=${qemu:-"not run (PI_E2E=1)"}
       down=${down:-"not run (PI_E2E=1)"}
       ;;
-    pc-686-pae)
-      qemu=$(figure "$pc_log" "rauc install into a slot" "(")
-      down=$(figure "$pc_log" "reboot to ready on slot B" ";")
-      qemu=${qemu:-"n/a (needs installed PC slots)"}
-      down=${down:-"n/a (needs installed PC slots)"}
+    pc-686-pae|pc-amd64)
+      qemu=$(figure "$pc_log" "$b" "rauc install into a slot" "(")
+      down=$(figure "$pc_log" "$b" "reboot to ready on slot B" ";")
+      vpn=$(figure "$pc_log" "$b over the VPN" "fetched from the member in" ";")
+      qemu=${qemu:-"not run (UPDATE_E2E=1)"}
+      down=${down:-"not run (UPDATE_E2E=1)"}
+      vpn=${vpn:-"not run"}
       ;;
-    pc-*|pxe-*)
-      qemu="n/a (needs installed PC slots)"
-      down="n/a (needs installed PC slots)"
+    pxe-*)
+      qemu="not measured (the PC kind: tests/update.rs installs pc-686-pae and pc-amd64)"
+      down="not measured"
       ;;
     rpi*)
       qemu="not measured (tests/slots_pi.rs boots rpi3)"
       down="not measured (tests/slots_pi.rs boots rpi3)"
       ;;
   esac
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \
-    "$INSTALLED" "$qemu" "$down" >>"$rows"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \
+    "$INSTALLED" "$qemu" "$down" "$vpn" >>"$rows"
   [ "${COMPARE_TAR:-0}" = 1 ] && echo "bench: $b slot as zstd tar: $tar" >&2
 done
 echo
 echo "update bundles and installs ($(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores)"
-printf 'board\tbundle bytes\tbundle\tbundle time\tslot image\trauc install (host, loop device, plain copy)\trauc install (QEMU TCG)\treboot to ready (QEMU TCG)\n'
+printf 'board\tbundle bytes\tbundle\tbundle time\tslot image\trauc install (host, loop device, plain copy)\trauc install (QEMU TCG)\treboot to ready (QEMU TCG)\tfetch from a member over tinc (QEMU TCG)\n'
 cat "$rows"

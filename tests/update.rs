@@ -316,7 +316,7 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     assert_eq!(back.rauc["booted"], "B", "{}", back.shell);
     assert_eq!(ready_back["node_id"], ready_a["node_id"], "{ready_back}");
     eprintln!(
-        "figures: bundle {} bytes; rauc install into a slot {install_s} s (broken release {broken_s} s); reboot to ready on slot B {downtime:.0} s",
+        "figures: board {board}; bundle {} bytes; rauc install into a slot {install_s} s (broken release {broken_s} s); reboot to ready on slot B {downtime:.0} s",
         std::fs::metadata(&bundle).unwrap().len()
     );
 }
@@ -611,7 +611,7 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
     drop(g);
     drop(s);
     eprintln!(
-        "figures ({board}, over the VPN): bundle {bundle_bytes} bytes; fetched from the member in {fetch_s:.0} s; \
+        "figures: board {board} over the VPN; bundle {bundle_bytes} bytes; fetched from the member in {fetch_s:.0} s; \
          rauc install and reboot {install_s:.0} s; reboot to ready on slot B {downtime:.0} s"
     );
 }

@@ -169,12 +169,7 @@ pub fn settle(sys: &System, storage: Option<&Storage>) -> State {
             problem: None,
         }
     } else if !is_live_system(&sys.cmdline()) {
-        State {
-            kept: true,
-            place: "the root filesystem".into(),
-            device: None,
-            problem: None,
-        }
+        installed_state(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
     } else {
         let on_stick =
             storage.is_some_and(|s| s.on_boot_stick) || stick::asked_on_cmdline(&sys.cmdline());
@@ -228,6 +223,33 @@ fn kept_on(dev: &str) -> State {
         place,
         device: Some(dev.to_string()),
         problem: None,
+    }
+}
+
+/// An installed node: the installer puts `/var/lib/cloudy` on its own partition (fstab, by
+/// label), which outlives the A/B root slots; saying "the root filesystem" there would send
+/// a user looking for the state in the wrong place when a slot is replaced.
+fn installed_state(mountinfo: &str) -> State {
+    let dev = mountinfo.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(4) == Some(&STATE_DIR))
+            .then(|| f.get(sep + 2).map(|s| s.to_string()))
+            .flatten()
+    });
+    match dev {
+        Some(dev) => State {
+            kept: true,
+            place: format!("the data partition {dev} (kept across updates)"),
+            device: Some(dev),
+            problem: None,
+        },
+        None => State {
+            kept: true,
+            place: "the root filesystem".into(),
+            device: None,
+            problem: None,
+        },
     }
 }
 
@@ -622,6 +644,17 @@ mod tests {
             "state is kept on data disk /dev/vdb (label cloudy-data)"
         );
         assert!(is_live_system("BOOT_IMAGE=/live/vmlinuz boot=live quiet"));
+        let installed = installed_state(
+            "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n\
+             30 22 254:4 / /var/lib/cloudy rw,relatime shared:9 - ext4 /dev/vda4 rw\n",
+        );
+        assert_eq!(
+            installed.line(),
+            "state is kept on the data partition /dev/vda4 (kept across updates)"
+        );
+        assert_eq!(installed.device.as_deref(), Some("/dev/vda4"));
+        let one_fs = installed_state("22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n");
+        assert_eq!(one_fs.line(), "state is kept on the root filesystem");
         assert!(!is_live_system("root=UUID=1 ro quiet"));
     }
 
