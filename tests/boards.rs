@@ -250,23 +250,29 @@ fn rpi1_armel_sd_image_boots_on_qemus_pi_zero() {
     let raw = dir.join("work/cloudy-rpi1.img");
     let (fat_start, _) = partition(&raw, 1);
     let fat = format!("{}@@{fat_start}", raw.display());
+    // The device trees sit in slot A's directory with its kernel and initramfs (README "Pi
+    // slots"); config.txt names the slot's fixed file names under os_prefix.
     let files = run(Command::new("mdir")
-        .args(["-b", "-i", &fat, "::/"])
+        .args(["-/", "-b", "-i", &fat, "::/"])
         .env("MTOOLS_SKIP_CHECK", "1"));
     for dtb in [
+        "bcm2835-rpi-zero.dtb",
         "bcm2835-rpi-zero-w.dtb",
         "bcm2835-rpi-b-plus.dtb",
         "bcm2835-rpi-b.dtb",
     ] {
-        assert!(files.contains(dtb), "FAT partition lacks {dtb}: {files}");
+        assert!(
+            files.contains(&format!("slot-a/{dtb}")),
+            "FAT partition's slot-a/ lacks {dtb}: {files}"
+        );
     }
     let config = run(Command::new("mtype")
         .args(["-i", &fat, "::/config.txt"])
         .env("MTOOLS_SKIP_CHECK", "1"));
     assert!(
-        config.contains("kernel=vmlinuz-")
-            && config.contains("-rpi")
-            && config.contains("initramfs initrd.img-"),
+        config.contains("kernel=vmlinuz\n")
+            && config.contains("initramfs initrd.img followkernel")
+            && config.contains("os_prefix=slot-a/"),
         "{config}"
     );
 
@@ -294,7 +300,7 @@ fn rpi1_armel_sd_image_boots_on_qemus_pi_zero() {
     );
 
     // A seed that names the node and enables Tahoe, on a card bigger than the image: the node
-    // takes the name, the root grows, and verify (which waits for the services line) sees both
+    // takes the name, the data partition grows, and verify (which waits for the services line) sees both
     // Tahoe services running on the ARMv6 node.
     let seeded = tmp.path().join("seeded.img");
     std::fs::copy(&raw, &seeded).unwrap();
@@ -335,9 +341,10 @@ fn rpi1_armel_sd_image_boots_on_qemus_pi_zero() {
         );
     }
     let console = std::fs::read_to_string(dir.join("verify-console.log")).unwrap();
+    // On the A/B card the data partition (the last) is the one that grows.
     assert!(
-        console.contains("cloudy: root "),
-        "no grow-root line on the console:\n{console}"
+        console.contains("cloudy: data "),
+        "no grow line on the console:\n{console}"
     );
 }
 

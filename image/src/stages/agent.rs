@@ -426,6 +426,18 @@ fn std_from_source(
     Ok(root.to_path_buf())
 }
 
+/// The compiler and target std that code for `arch` is linked against, for the cache keys of
+/// what is built with them (the host-built Python wheels): the rustc-web version, and for armel,
+/// whose std is compiled here from source, that std's format too, so a wheel linked against an
+/// older armel std is not taken. Debian's packaged std is named by the version alone.
+pub(crate) fn toolchain_id(arch: Arch, version: &str) -> String {
+    if arch == Arch::Armel {
+        format!("{version} std-from-source-{STD_FORMAT}")
+    } else {
+        version.to_string()
+    }
+}
+
 fn file_name_starts(p: &Path, prefix: &str) -> bool {
     p.file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
@@ -479,6 +491,20 @@ mod tests {
             deps.contains(&format!("RUSTC_WEB_VERSION={}", versions[0])),
             "ci/deps.sh installs the pinned version"
         );
+    }
+
+    /// A wheel's key names the std it links against: armel's own build by its format, the
+    /// others (Debian's packages) by the version alone, so their cached wheels keep their keys.
+    #[test]
+    fn toolchain_id_names_armels_std_format() {
+        let v = "1.96.0+dfsg1-1~deb12u2";
+        for a in [Arch::I386, Arch::Amd64, Arch::Armhf, Arch::Arm64] {
+            assert_eq!(toolchain_id(a, v), v);
+        }
+        let armel = toolchain_id(Arch::Armel, v);
+        assert!(armel.starts_with(v), "{armel}");
+        assert!(armel.ends_with(&format!("-{STD_FORMAT}")), "{armel}");
+        assert_ne!(armel, v);
     }
 
     /// Debian has no armel std to pin (no rustc-web for armel): rpi1's std is compiled from

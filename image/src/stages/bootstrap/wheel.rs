@@ -35,7 +35,8 @@ pub struct Inputs {
     pub name: String,
     pub version: String,
     pub sdist_sha256: String,
-    /// Debian's rustc-web version (host compiler and target std are that one version).
+    /// Debian's rustc-web version (host compiler and target std are that one version), and
+    /// for armel the format of its std built from source ([`agent::toolchain_id`]).
     pub toolchain: String,
     pub target: String,
     pub maturin: String,
@@ -82,7 +83,7 @@ pub fn wheel(
         name: pin.name.clone(),
         version: version.to_string(),
         sdist_sha256: pin.sdist_sha256.clone(),
-        toolchain: toolchain.clone(),
+        toolchain: agent::toolchain_id(arch, &toolchain),
         target: arch.rust_target().to_string(),
         maturin: format!("{MATURIN_VERSION} sha256:{MATURIN_SHA256}"),
         python: python.to_string(),
