@@ -11,7 +11,8 @@
 #   the firmware's choice of slot B booted to ready), run here with PI_E2E=1 (about 1 h) or read
 #   from SLOTS_PI_LOG=<its --nocapture output>. pc-686-pae and pc-amd64: tests/update.rs with
 #   UPDATE_E2E=1 (it needs the installer's A/B slots; about 1 h a board, 2 h with the VPN
-#   tests) or UPDATE_LOG=<its output>; the VPN tests add the fetch from a member over tinc.
+#   tests) or UPDATE_LOG="<its output> ..." (one or more logs); the VPN tests add the fetch
+#   from a member over tinc.
 # COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
 # A step that hits its limit prints `timeout`. Prints one table.
 #
@@ -135,17 +136,39 @@ EOF
   esac
 }
 
-# The `figures: board $2;` line of an end-to-end test's output ($2 may be "pc-amd64 over the
-# VPN"): the value after `$3` up to `$4`. Nothing when the log has no such line.
+# The `figures: board $2;` line of end-to-end tests' output ($1: one or more log files, space
+# separated; $2 may be "pc-amd64 over the VPN"): the value after `$3` up to `$4`. Logs from
+# before the lines named their board say `figures: bundle ...`: the test that printed it is the
+# next `test <board>_... ok` line. Nothing when no log has such a line.
 figure() {
-  local line
-  line=$(grep -o "figures: board $2; .*" "$1" 2>/dev/null | tail -n1) || true
-  [ -n "$line" ] || return 0
-  python3 - "$line" "$3" "$4" <<'EOF'
-import sys
-line, start, end = sys.argv[1:]
-if start in line:
-    print(line.split(start, 1)[1].split(end, 1)[0].strip())
+  # shellcheck disable=SC2086
+  python3 - "$2" "$3" "$4" $1 <<'EOF'
+import re, sys
+board, start, end, logs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+found = None
+for log in logs:
+    try:
+        lines = open(log, errors="replace").read().splitlines()
+    except OSError:
+        continue
+    for i, l in enumerate(lines):
+        if "figures: " not in l:
+            continue
+        f = l.split("figures: ", 1)[1]
+        m = re.match(r"board (.+?); (.*)", f)
+        if m:
+            who, f = m.group(1), m.group(2)
+        else:
+            who = None
+            for later in lines[i + 1:]:
+                t = re.match(r"test (\w+?)_updates_\w+ \.\.\. ok", later)
+                if t:
+                    who = t.group(1).replace("_", "-")
+                    break
+        if who == board and start in f:
+            found = f.split(start, 1)[1].split(end, 1)[0].strip()
+if found:
+    print(found)
 EOF
 }
 

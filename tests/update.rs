@@ -401,7 +401,11 @@ const KEPT: &str = "echo \"node-id $(cat /var/lib/cloudy/node-id)\"; \
      echo \"data $(findmnt -no SOURCE /var/lib/cloudy)\"; \
      echo \"release $(cat /usr/lib/cloudy/release.json)\"";
 
-const TAHOE: &str = "/opt/cloudy/tahoe-lafs/bin/tahoe --node-url http://127.0.0.1:3459/";
+/// The node's own Tahoe CLI against its storage node's web API. `--node-url` is an option of
+/// each command (`tahoe put --node-url URL`), not a global one: before the command, tahoe
+/// refuses it and every try fails.
+const TAHOE: &str = "/opt/cloudy/tahoe-lafs/bin/tahoe";
+const NODE_URL: &str = "--node-url http://127.0.0.1:3459/";
 
 /// Release N installed on two nodes of one community on one LAN (a namespace with a bridge and
 /// DHCP; QEMU guests on taps). `source` takes N+1 from its seed's url (the test's HTTP server
@@ -496,8 +500,8 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
     let put = g.shell(
         &format!(
             "head -c 200000 /dev/urandom >/run/put.bin; echo \"sum $(sha256sum </run/put.bin | cut -d' ' -f1)\"; \
-             for i in $(seq 90); do cap=$({TAHOE} put /run/put.bin 2>/dev/null); \
-             case \"$cap\" in URI:CHK:*) break ;; esac; sleep 5; done; echo \"cap $cap\""
+             end=$(($(date +%s) + 720)); while [ $(date +%s) -lt $end ]; do cap=$({TAHOE} put {NODE_URL} /run/put.bin 2>/run/put.err); \
+             case \"$cap\" in URI:CHK:*) break ;; esac; sleep 5; done; echo \"cap $cap\"; tail -n 3 /run/put.err"
         ),
         900,
     );
@@ -590,7 +594,7 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
     assert_ne!(line_of(&after, "shares "), "0", "{after}");
     let got = g.shell(
         &format!(
-            "for i in $(seq 90); do {TAHOE} get '{cap}' /run/got.bin 2>/dev/null && break; sleep 5; done; \
+            "end=$(($(date +%s) + 720)); while [ $(date +%s) -lt $end ]; do {TAHOE} get {NODE_URL} '{cap}' /run/got.bin 2>/run/get.err && break; sleep 5; done; tail -n 3 /run/get.err; \
              echo \"sum $(sha256sum </run/got.bin | cut -d' ' -f1)\""
         ),
         900,
