@@ -323,7 +323,7 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
 
 /// Done-when 1 on pc-686-pae over the VPN (see `updates_from_a_member_over_the_vpn`).
 #[test]
-#[ignore = "never run to the end yet (its one run was stopped at the first boot, which had the mount timeout of README Updates); make e2e skips it; ~1.5 h under TCG"]
+#[ignore = "two installs from the ISO, a 300 MB bundle through tinc under TCG (~75 min): make e2e runs it"]
 fn pc_686_pae_updates_from_a_member_over_the_vpn_and_keeps_its_data() {
     updates_from_a_member_over_the_vpn("pc-686-pae", "qemu-system-i386");
 }
