@@ -230,14 +230,7 @@ fn kept_on(dev: &str) -> State {
 /// label), which outlives the A/B root slots; saying "the root filesystem" there would send
 /// a user looking for the state in the wrong place when a slot is replaced.
 fn installed_state(mountinfo: &str) -> State {
-    let dev = mountinfo.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let sep = f.iter().position(|x| *x == "-")?;
-        (f.get(4) == Some(&STATE_DIR))
-            .then(|| f.get(sep + 2).map(|s| s.to_string()))
-            .flatten()
-    });
-    match dev {
+    match mount_source(mountinfo, STATE_DIR) {
         Some(dev) => State {
             kept: true,
             place: format!("the data partition {dev} (kept across updates)"),
@@ -256,21 +249,20 @@ fn installed_state(mountinfo: &str) -> State {
 /// The data disk, when `/var/lib/cloudy` is already its bind mount (an agent restart).
 fn mounted_device() -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut state_dir = false;
-    let mut dev = None;
-    for l in info.lines() {
+    mount_source(&info, STATE_DIR)?;
+    mount_source(&info, DATA_MOUNT)
+}
+
+/// The source (device) of what is mounted at `mountpoint`, from /proc/self/mountinfo's text:
+/// the last such line, the mount on top.
+fn mount_source(mountinfo: &str, mountpoint: &str) -> Option<String> {
+    mountinfo.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        if f.get(4) == Some(&STATE_DIR) {
-            state_dir = true;
-        }
-        if f.get(4) == Some(&DATA_MOUNT) {
-            dev = f.get(sep + 2).map(|s| s.to_string());
-        }
-    }
-    dev.filter(|_| state_dir)
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(4) == Some(&mountpoint))
+            .then(|| f.get(sep + 2).map(|s| s.to_string()))
+            .flatten()
+    })
 }
 
 /// Finds the disk (the seed's, else any labelled one, else with `on_stick` a new partition on
