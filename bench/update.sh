@@ -16,12 +16,12 @@
 # COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
 # A step that hits its limit prints `timeout`. Prints one table.
 #
-#   bench/update.sh                                    # rpi3 pc-686-pae pc-amd64 pxe-686-pae
+#   bench/update.sh                                    # every board with slots (hours, cold)
 #   BOARDS=rpi3 SLOTS_PI_LOG=slots_pi.log bench/update.sh
 #   BUNDLE_DIR=out/update BUNDLE_CERT=keys/rauc.cert.pem bench/update.sh   # bundles made already
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BOARDS=${BOARDS:-"rpi3 pc-686-pae pc-amd64 pxe-686-pae"}
+BOARDS=${BOARDS:-"rpi1 rpi2 rpi3 rpi4 pc-i386 pc-686-pae pc-amd64 pxe-686-pae pxe-amd64"}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cloudy-bench-update}
 BIN=${CLOUDY_IMAGE_BIN:-target/release/cloudy-image}
 BUNDLE_LIMIT=${BUNDLE_LIMIT:-5400}
@@ -251,7 +251,7 @@ for b in $BOARDS; do
       down=${down:-"not run (UPDATE_E2E=1)"}
       vpn=${vpn:-"not run"}
       ;;
-    pxe-*)
+    pc-i386|pxe-*)
       qemu="not measured (the PC kind: tests/update.rs installs pc-686-pae and pc-amd64)"
       down="not measured"
       ;;
