@@ -267,6 +267,36 @@ mod tests {
         assert!(!cache::tmp_path(&out).exists());
     }
 
+    /// Debian's serf package enables its own Serf agent (unencrypted, every address, the port
+    /// the agent's Serf needs); the repository's overlay masks it in every image.
+    #[test]
+    fn the_overlay_masks_debians_own_serf_agent() {
+        let (d, base, _, _) = tree();
+        fs::write(
+            base.join("usr/lib/systemd/system/serf.service"),
+            "[Service]\nExecStart=/usr/bin/serf agent -config-dir=/etc/serf/\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        let repo_overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay");
+        let out = d.path().join("layer");
+        let units = make_layer(
+            &Inputs {
+                base: &base,
+                overlay: &repo_overlay,
+                agent: &d.path().join("agent"),
+                seed: "",
+                enable: &[],
+            },
+            &out,
+        )
+        .unwrap();
+        assert!(!units.iter().any(|u| u == "serf.service"), "{units:?}");
+        assert_eq!(
+            fs::read_link(out.join("etc/systemd/system/serf.service")).unwrap(),
+            Path::new("/dev/null")
+        );
+    }
+
     #[test]
     fn overlay_may_not_hide_merged_usr_symlinks() {
         let (d, base, overlay, _) = tree();
