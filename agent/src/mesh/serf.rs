@@ -179,9 +179,21 @@ impl Serf {
     fn keep_running(&self, serf: &mut Running, d: &Desired, addr: IpAddr) -> std::io::Result<()> {
         let restart = match &mut serf.child {
             Some((c, was)) => {
-                matches!(c.try_wait(), Ok(Some(_)) | Err(_))
-                    || was.address != d.address
-                    || was.node_name != d.node_name
+                let exited = match c.try_wait() {
+                    Ok(None) => false,
+                    Ok(Some(status)) => {
+                        // Said once per restart: a serf that keeps dying (its port held by
+                        // another Serf, a bad key) must show in the journal.
+                        tracing::warn!(
+                            "serf (pid {}) exited ({status}); starting it again in {:?}",
+                            c.id(),
+                            serf.backoff
+                        );
+                        true
+                    }
+                    Err(_) => true,
+                };
+                exited || was.address != d.address || was.node_name != d.node_name
             }
             None => true,
         };
