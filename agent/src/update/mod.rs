@@ -847,11 +847,30 @@ impl Report {
     }
 }
 
-/// The report from the files alone (no agent running): release, state, held version.
+/// The report from the files alone (no agent running, or not yet answering): release, state,
+/// held version. An install that this boot already decided (it runs, or the bootloader fell
+/// back) is shown as the agent's after-boot check will record it, not as still waiting for its
+/// reboot: `update status` in the first minute of a boot says what happened.
 pub fn offline_report(sys: &System) -> Report {
     let seed = sys.load_seed().seed;
     let settings = seed.update.clone().unwrap_or_default();
-    let st = UpdateState::load(sys);
+    let mut st = UpdateState::load(sys);
+    let running = release::release(sys)
+        .ok()
+        .and_then(|r| r.version.parse::<Version>().ok());
+    if let Some(running) = running {
+        match rollout::after_boot(&running, st.installed.as_ref(), &state::boot_id()) {
+            AfterBoot::Nothing | AfterBoot::Waiting => {}
+            AfterBoot::Updated { .. } => {
+                st.installed = None;
+                st.fallback = None;
+            }
+            AfterBoot::FellBack { wanted, running } => {
+                st.fallback = Some(rollout::fallback_message(&wanted, &running));
+                st.installed = None;
+            }
+        }
+    }
     Report {
         release: release::release(sys).ok(),
         off: release::release(sys)
@@ -950,6 +969,58 @@ pub fn bundle_dir(sys: &System) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before the agent has run its after-boot check (or with no agent), `update status` reads
+    /// the files: an install from an earlier boot on a node still at the old version is shown
+    /// as the fallback it is, not as "waiting for its reboot"; one that runs is no longer shown.
+    #[test]
+    fn the_offline_report_shows_a_fallback_before_the_agent_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = System::new(dir.path());
+        let installed = |version: &str| UpdateState {
+            installed: Some(state::Installed {
+                version: version.into(),
+                from: "1.0".into(),
+                at: 1,
+                boot_id: "a boot before this one".into(),
+                rebooted: Some(2),
+            }),
+            ..Default::default()
+        };
+        let release = |v: &str| {
+            sys.write_atomic(
+                cloudy_model::info::RELEASE_FILE,
+                format!(r#"{{"board": "pc-amd64", "version": "{v}"}}"#).as_bytes(),
+                0o644,
+            )
+            .unwrap()
+        };
+        release("1.0");
+        installed("1.1").save(&sys).unwrap();
+        let r = offline_report(&sys);
+        assert_eq!(
+            r.fallback.as_deref(),
+            Some("the update to 1.1 did not come up; back on 1.0")
+        );
+        assert!(r.installed.is_none());
+        assert!(r.lines().iter().any(|l| l.starts_with("FALLBACK: ")));
+        assert!(!r
+            .lines()
+            .iter()
+            .any(|l| l.contains("waiting for its reboot")));
+        // The files are only read: the agent records it when it runs.
+        assert!(UpdateState::load(&sys).fallback.is_none());
+        // The new version runs: nothing is waiting, nothing fell back.
+        release("1.1");
+        let r = offline_report(&sys);
+        assert!(r.installed.is_none() && r.fallback.is_none(), "{r:?}");
+        // In the boot of the install itself it still waits for its reboot.
+        release("1.0");
+        let mut st = installed("1.1");
+        st.installed.as_mut().unwrap().boot_id = state::boot_id();
+        st.save(&sys).unwrap();
+        assert!(offline_report(&sys).installed.is_some());
+    }
 
     /// A boot on the old version after an install: the fallback is reported (status, the
     /// dashboard's report) and that version is refused from then on, with the reason, while the
