@@ -1,13 +1,14 @@
 //! Issue 16, the image side: an installed PC node (pc-686-pae, pc-amd64) takes a signed A/B update and falls
-//! back by itself from one that never gets ready.
+//! back by itself from one that never gets ready, and its agent reports the fallback.
 //!
 //! Real builds (`cloudy-image build` at release N, `cloudy-image bundle` at N+1), a real
-//! install (the ISO's "Install Cloudy to disk" entry onto a blank disk), real RAUC on the node
-//! (`rauc install` from the serial console's root shell, as the agent runs it), real GRUB
-//! switching slots; QEMU under TCG, every boot under an outer `timeout`. The bundles reach the
-//! guest on a second small disk: fetching them over the VPN from another member is the
-//! agent's part (`Community`, `install_from_iso` and `files_disk` in util.rs are there to be
-//! reused for that).
+//! install (the ISO's "Install Cloudy to disk" entry onto a blank disk), real RAUC on the node,
+//! real GRUB switching slots; QEMU under TCG, every boot under an outer `timeout`. The bundles
+//! reach the guest on a second small disk. N+1 goes in with `rauc install` from the serial
+//! console's root shell; the release that never gets ready goes the agent's whole way: its
+//! signed manifest and bundle served from that disk by a plain HTTP server inside the guest
+//! (the seed's `[update] url` on 127.0.0.1: no traffic leaves the guest), fetched, checked and
+//! installed by `cloudy-agent update now`. The VPN tests below fetch from another member.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,14 @@ const BROKEN: &str = "1.0.2";
 const READY_S: u64 = 900;
 const INSTALL_S: u64 = 2400;
 
-const SEED: &str = "version = 1\n[node]\nname = \"updater\"\n[community]\nname = \"upd\"\nkey = \"correct horse battery staple 42\"\n";
+/// The node's seed: its updates from the HTTP server the test starts inside the guest (port
+/// `SERVE_PORT`), installed only on `update now`; a dashboard password the test logs in with
+/// (`DASHBOARD_PASSWORD`, hashed by `cloudy-agent seed hash-password`).
+const SEED: &str = "version = 1\n[node]\nname = \"updater\"\n[community]\nname = \"upd\"\nkey = \"correct horse battery staple 42\"\n\
+[update]\nurl = \"http://127.0.0.1:8099/\"\nauto = false\n\
+[dashboard]\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$kq8S0ZG1A7zp7HFQYfJHpw$uyL+Sl7szVTC2ajptIRLwljNbpiFX59fLOWFRAEaO0U\"\n";
+const SERVE_PORT: u16 = 8099;
+const DASHBOARD_PASSWORD: &str = "fallback test password";
 
 /// The ISO of release N of `board` with the test's seed in it.
 fn release_n(c: &Community, board: &str, out: &Path) -> Iso {
@@ -85,6 +93,114 @@ fn broken_bundle(c: &Community, board: &str, good: &Path, version: &str, out: &P
     bundle
 }
 
+/// The manifest of the broken bundle: `good`'s manifest (the same board and channel) made to
+/// name `bundle` at `version` (from `good`'s version on), signed with the community's update
+/// key by `cloudy-image sign`, in its own directory under `out` as `<board>.manifest.json`.
+fn broken_manifest(
+    c: &Community,
+    good: &Path,
+    bundle: &Path,
+    version: &str,
+    out: &Path,
+) -> PathBuf {
+    let mut m = read_json(good);
+    let from = m["manifest"]["version"].clone();
+    m["manifest"]["version"] = version.into();
+    m["manifest"]["min_version"] = from;
+    m["manifest"]["bundle"] = bundle.file_name().unwrap().to_str().unwrap().into();
+    m["manifest"]["sha256"] = sha256(bundle).into();
+    m["manifest"]["size"] = std::fs::metadata(bundle).unwrap().len().into();
+    m["signatures"] = serde_json::json!([]);
+    let dir = out.join("broken-manifest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(good.file_name().unwrap());
+    std::fs::write(&path, m.to_string()).unwrap();
+    let o = cloudy_image(&[
+        "sign",
+        "--key",
+        c.update_key.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    path
+}
+
+/// Serves the bundles' disk (mounted at /run/b) over HTTP on 127.0.0.1:`SERVE_PORT` inside the
+/// guest, the seed's `[update] url`, until the guest goes down; returns once it answers.
+fn serve_bundles(g: &mut Guest, board: &str) {
+    let out = g.shell(
+        &format!(
+            "mkdir -p /run/b; mountpoint -q /run/b || mount -o ro LABEL=bundles /run/b; \
+             (setsid python3 -m http.server {SERVE_PORT} --bind 127.0.0.1 --directory /run/b >/run/http.log 2>&1 &); \
+             for i in $(seq 60); do python3 -c 'import urllib.request as u; print(\"served\", len(u.urlopen(\"http://127.0.0.1:{SERVE_PORT}/{board}.manifest.json\").read()))' 2>/dev/null && break; sleep 2; done"
+        ),
+        600,
+    );
+    assert!(
+        out.contains("served "),
+        "no HTTP server in the guest:\n{out}"
+    );
+}
+
+/// The running agent's update report (`update status --json` answered by the agent, not read
+/// from the files: only the agent's has the slot status), asked every 10 s for up to `secs`:
+/// the agent opens its control socket a while after its ready line.
+fn live_report(g: &mut Guest, secs: u64) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let st = g.shell(
+            "cloudy-agent update status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'",
+            300,
+        );
+        let line = st.lines().find(|l| l.starts_with('{')).unwrap_or_default();
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(line) {
+            if !r["slot_status"].is_null() {
+                eprintln!("the agent answered after {:.0} s: {r}", g.seconds());
+                return r;
+            }
+        }
+        assert!(
+            t.elapsed().as_secs() < secs,
+            "the agent did not answer `update status` in {secs} s; last:\n{st}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
+}
+
+/// The dashboard's Updates tab as the node's user sees it: logged in with the seed's password
+/// (from the node itself, over HTTPS on 127.0.0.1:8443), tried every 10 s for up to `secs`
+/// until the login answers 303; returns the shell's output, which holds the login's status and
+/// the page's `update-fallback` box or the start of the page.
+fn dashboard_updates(g: &mut Guest, secs: u64) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let page = dashboard_updates_once(g);
+        if page.contains("login 303") {
+            return page;
+        }
+        assert!(
+            t.elapsed().as_secs() < secs,
+            "no dashboard login in {secs} s; last:\n{page}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
+}
+
+fn dashboard_updates_once(g: &mut Guest) -> String {
+    g.shell(
+        &format!(
+            "python3 -c 'import http.client as h, ssl, urllib.parse as u; x = ssl._create_unverified_context(); \
+             c = h.HTTPSConnection(\"127.0.0.1\", 8443, context=x); \
+             c.request(\"POST\", \"/login\", u.urlencode({{\"user\": \"admin\", \"password\": \"{DASHBOARD_PASSWORD}\"}}), {{\"Content-Type\": \"application/x-www-form-urlencoded\"}}); \
+             r = c.getresponse(); r.read(); k = (r.getheader(\"Set-Cookie\") or \"\").split(\";\")[0]; \
+             c = h.HTTPSConnection(\"127.0.0.1\", 8443, context=x); c.request(\"GET\", \"/updates\", headers={{\"Cookie\": k}}); \
+             p = c.getresponse().read().decode(); i = p.find(\"update-fallback\"); \
+             print(\"login\", r.status); print(\"box\", \" \".join(p[i:i + 300].split()) if i >= 0 else \"none: \" + \" \".join(p[:300].split()))'"
+        ),
+        600,
+    )
+}
+
 fn run(c: &mut Command) -> String {
     let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     assert!(o.status.success(), "{c:?}: {}", text(&o));
@@ -146,6 +262,7 @@ fn look(g: &mut Guest, expect_ready: bool) -> Seen {
          echo \"data $(findmnt -no SOURCE,FSTYPE /var/lib/cloudy)\"; \
          echo \"agent $(systemctl is-active cloudy-agent)\"; \
          echo \"ssh-host $(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)\"; \
+         echo \"serf-unit $(systemctl is-enabled serf.service 2>&1)\"; \
          grep -o 'rauc.slot=[AB]' /proc/cmdline; grub-editenv /boot/cloudy/grub/grubenv list",
         600,
     );
@@ -218,8 +335,11 @@ fn pc_amd64_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_g
 
 /// Release N installed onto a blank disk boots slot A; `rauc install` of the N+1 bundle
 /// writes slot B, and the next boot is slot B at N+1, the same node (id on the data
-/// partition). Then a release whose agent never starts is installed (into A, the other slot
-/// now), booted once, and the boot after that is slot B at N+1 again, with nothing but reboots.
+/// partition). Then the agent takes a release whose agent never starts from its url (signed
+/// like any other) and installs it on `update now` (into A, the other slot now); it is booted
+/// once, and the boot after that is slot B at N+1 again, with nothing but reboots. There the
+/// agent reports the fallback (`update status`, the dashboard's Updates tab) and refuses that
+/// release when it is offered again.
 fn updates_and_falls_back(board: &str, qemu: &str) {
     require_root();
     let out = out_dir(&format!("update-{board}"));
@@ -247,8 +367,9 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     );
     assert_eq!(m["signatures"][0]["key"], c.update_public.as_str(), "{m}");
     let broken = broken_bundle(&c, board, &bundle, BROKEN, &out);
+    let broken_m = broken_manifest(&c, &manifest, &broken, BROKEN, &out);
     let bundles = out.join("bundles.raw");
-    files_disk(&bundles, "bundles", &[&bundle, &broken]);
+    files_disk(&bundles, "bundles", &[&bundle, &broken, &broken_m]);
 
     let disk = out.join("disk.raw");
     std::fs::File::create(&disk)
@@ -266,6 +387,8 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     assert_eq!(a.release["board"], board, "{}", a.shell);
     assert_eq!(a.rauc["booted"], "A", "{}", a.shell);
     assert!(a.shell.contains("data /dev/vda4 ext4"), "{}", a.shell);
+    // Debian's serf package would run its own unencrypted Serf on the agent's port.
+    assert_eq!(line_of(&a.shell, "serf-unit "), "masked", "{}", a.shell);
     assert_eq!(ready_a["node_id"], installing["node_id"], "{ready_a}");
     let install_s = rauc_install(&mut g, &bundle.file_name().unwrap().to_string_lossy());
     reboot(&mut g);
@@ -289,8 +412,13 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     );
     let marked = g.shell("rauc status mark-good; echo \"mark-rc $?\"", 300);
     assert!(marked.contains("mark-rc 0"), "{marked}");
-    let broken_s = rauc_install(&mut g, &broken.file_name().unwrap().to_string_lossy());
-    reboot(&mut g);
+    // The broken release the agent's way: offered at its url, fetched and checked against the
+    // community's key, then `update now` installs it into slot A and reboots.
+    serve_bundles(&mut g, board);
+    let held = fetch_in_background(&mut g, INSTALL_S);
+    assert!(held.contains(&format!("\"held\":\"{BROKEN}\"")), "{held}");
+    let broken_s = update_now(&mut g);
+    eprintln!("update now of {BROKEN}: installed and rebooted after {broken_s:.0} s");
     drop(g);
 
     // Boot 3: slot A now holds the broken release: GRUB gives it its one try; no ready.
@@ -310,13 +438,31 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     let mut g = boot_disk(qemu, &disk, &bundles, &out.join("boot4-console.log"));
     let back = look(&mut g, true);
     let ready_back = back.ready.clone().unwrap();
-    drop(g);
     assert!(back.grub.contains("slot B"), "{}", back.grub);
     assert_eq!(back.release["version"], N1, "{}", back.shell);
     assert_eq!(back.rauc["booted"], "B", "{}", back.shell);
     assert_eq!(ready_back["node_id"], ready_a["node_id"], "{ready_back}");
+    // The agent saw the install it made come back on the old version, and says so: in the
+    // shell, and in red on the dashboard.
+    let fell = format!("the update to {BROKEN} did not come up; back on {N1}");
+    let report = live_report(&mut g, 600);
+    assert_eq!(report["fallback"], fell.as_str(), "{report}");
+    assert!(report["installed"].is_null(), "{report}");
+    let status = g.shell("cloudy-agent update status", 300);
+    assert!(status.contains(&format!("FALLBACK: {fell}")), "{status}");
+    let page = dashboard_updates(&mut g, 300);
+    assert!(page.contains(&fell), "{page}");
+    // Offered again, properly signed, the release that failed here is refused.
+    serve_bundles(&mut g, board);
+    let again = g.shell("cloudy-agent update check --json", 900);
+    assert!(again.contains("\"kind\": \"refused\""), "{again}");
+    assert!(
+        again.contains(&format!("{BROKEN} did not come up on this node before")),
+        "{again}"
+    );
+    drop(g);
     eprintln!(
-        "figures: board {board}; bundle {} bytes; rauc install into a slot {install_s} s (broken release {broken_s} s); reboot to ready on slot B {downtime:.0} s",
+        "figures: board {board}; bundle {} bytes; rauc install into a slot {install_s} s (broken release, update now {broken_s:.0} s); reboot to ready on slot B {downtime:.0} s",
         std::fs::metadata(&bundle).unwrap().len()
     );
 }
@@ -427,7 +573,7 @@ fn fetch_in_background(g: &mut Guest, secs: u64) -> String {
         };
         let last_at = report["last"]["at"].as_u64().unwrap_or(0);
         eprintln!(
-            "target after {:.0} s: downloading {} working {} last {}",
+            "fetching, after {:.0} s: downloading {} working {} last {}",
             t.elapsed().as_secs_f64(),
             report["downloading"],
             report["working"],
@@ -443,6 +589,41 @@ fn fetch_in_background(g: &mut Guest, secs: u64) -> String {
             "the check has not ended after {secs} s: {report}"
         );
     }
+}
+
+/// `cloudy-agent update now` on `g`: the agent installs what it holds with RAUC and reboots
+/// the node (QEMU exits: -no-reboot). Returns the seconds until QEMU exited; the CLI's report
+/// without that reboot is a failure.
+fn update_now(g: &mut Guest) -> f64 {
+    let t = std::time::Instant::now();
+    let from = g.console().len();
+    g.send("cloudy-agent update now --json >/run/now.log 2>&1; echo \"==NOW\"\"-DONE\"; cat /run/now.log");
+    loop {
+        if g.has_exited() {
+            break;
+        }
+        let con = g.console();
+        if con[from..].contains("==NOW-DONE") {
+            // The CLI returned: the reboot must follow within two minutes.
+            let done = std::time::Instant::now();
+            while !g.has_exited() && done.elapsed().as_secs() < 120 {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            assert!(
+                g.has_exited(),
+                "update now did not install and reboot:\n{}",
+                &g.console()[from..]
+            );
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < INSTALL_S,
+            "the node neither rebooted nor answered `update now` in {INSTALL_S} s:\n{}",
+            &con[from..]
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    t.elapsed().as_secs_f64()
 }
 
 /// What must survive the update on the data partition: node id, tinc key, SSH host key, a
@@ -589,37 +770,7 @@ fn updates_from_a_member_over_the_vpn(board: &str, qemu: &str) {
     let fetch_s = t.elapsed().as_secs_f64();
     assert!(got.contains("from member source ("), "{got}");
     assert!(!got.contains("http://"), "target has no url: {got}");
-    let t = std::time::Instant::now();
-    let from = g.console().len();
-    g.send("cloudy-agent update now --json >/run/now.log 2>&1; echo \"==NOW\"\"-DONE\"; cat /run/now.log");
-    // The agent reboots the node once RAUC has written slot B: QEMU exits (-no-reboot). The
-    // CLI may still print its report first; a report without the reboot is a failure.
-    loop {
-        if g.has_exited() {
-            break;
-        }
-        let con = g.console();
-        if con[from..].contains("==NOW-DONE") {
-            // The CLI returned: the reboot must follow within two minutes.
-            let done = std::time::Instant::now();
-            while !g.has_exited() && done.elapsed().as_secs() < 120 {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            assert!(
-                g.has_exited(),
-                "update now did not install and reboot:\n{}",
-                &g.console()[from..]
-            );
-            break;
-        }
-        assert!(
-            t.elapsed().as_secs() < INSTALL_S,
-            "target neither rebooted nor answered `update now` in {INSTALL_S} s:\n{}",
-            &con[from..]
-        );
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
-    let install_s = t.elapsed().as_secs_f64();
+    let install_s = update_now(&mut g);
     drop(g);
 
     // target's next boot: slot B, N+1, the same node with its keys and its Tahoe file.
