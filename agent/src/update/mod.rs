@@ -588,17 +588,11 @@ impl Updater {
             return;
         };
         let mut st = self.state.lock().unwrap();
-        match rollout::after_boot(&running, st.installed.as_ref(), &state::boot_id()) {
+        match rollout::settle_boot(&mut st, &running, &state::boot_id()) {
             AfterBoot::Nothing | AfterBoot::Waiting => return,
-            AfterBoot::Updated { to } => {
-                tracing::info!("update: now running {to}");
-                st.installed = None;
-                st.fallback = None;
-                st.rollout = None;
-            }
+            AfterBoot::Updated { to } => tracing::info!("update: now running {to}"),
             AfterBoot::FellBack { wanted, running } => {
-                let msg = rollout::fallback_message(&wanted, &running);
-                tracing::error!("update: {msg}");
+                tracing::error!("update: {}", rollout::fallback_message(&wanted, &running));
                 // Not served on either: it failed here, on this same board.
                 let mut held = self.held.lock().unwrap();
                 if let Some(h) = held
@@ -612,13 +606,7 @@ impl Updater {
                             .join(fetch::manifest_name(&h.manifest.board)),
                     );
                     *held = None;
-                    st.held = None;
                 }
-                drop(held);
-                st.fallback = Some(msg);
-                st.failed.push(wanted);
-                st.installed = None;
-                st.rollout = None;
             }
         }
         drop(st);
@@ -855,28 +843,21 @@ pub fn offline_report(sys: &System) -> Report {
     let seed = sys.load_seed().seed;
     let settings = seed.update.clone().unwrap_or_default();
     let mut st = UpdateState::load(sys);
-    let running = release::release(sys)
+    let rel = release::release(sys);
+    if let Some(running) = rel
+        .as_ref()
         .ok()
-        .and_then(|r| r.version.parse::<Version>().ok());
-    if let Some(running) = running {
-        match rollout::after_boot(&running, st.installed.as_ref(), &state::boot_id()) {
-            AfterBoot::Nothing | AfterBoot::Waiting => {}
-            AfterBoot::Updated { .. } => {
-                st.installed = None;
-                st.fallback = None;
-            }
-            AfterBoot::FellBack { wanted, running } => {
-                st.fallback = Some(rollout::fallback_message(&wanted, &running));
-                st.installed = None;
-            }
-        }
+        .and_then(|r| r.version.parse::<Version>().ok())
+    {
+        rollout::settle_boot(&mut st, &running, &state::boot_id());
     }
+    let off = match &rel {
+        Ok(_) => release::keys(sys).err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
     Report {
-        release: release::release(sys).ok(),
-        off: release::release(sys)
-            .and_then(|_| release::keys(sys).map(|_| ()))
-            .err()
-            .map(|e| e.to_string()),
+        release: rel.ok(),
+        off,
         slots: rauc::Rauc::find(sys).is_some(),
         channel: settings.channel().to_string(),
         url: settings.url.clone(),

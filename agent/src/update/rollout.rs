@@ -4,7 +4,7 @@
 
 use cloudy_model::update::Version;
 
-use super::state::{Installed, Rollout};
+use super::state::{Installed, Rollout, UpdateState};
 
 const DAY: u64 = 86_400;
 
@@ -103,6 +103,32 @@ pub fn after_boot(running: &Version, installed: Option<&Installed>, boot_id: &st
 /// The message for a fallback, as status and the dashboard show it.
 pub fn fallback_message(wanted: &str, running: &str) -> String {
     format!("the update to {wanted} did not come up; back on {running}")
+}
+
+/// What a boot after an install does to the update state (`after_boot`): an install that runs
+/// is done; one that fell back is reported until a newer release runs, never installed again,
+/// and no longer held or due. The agent saves the result (and removes the held bundle's
+/// files); `offline_report` only shows it.
+pub fn settle_boot(st: &mut UpdateState, running: &Version, boot_id: &str) -> AfterBoot {
+    let seen = after_boot(running, st.installed.as_ref(), boot_id);
+    match &seen {
+        AfterBoot::Nothing | AfterBoot::Waiting => {}
+        AfterBoot::Updated { .. } => {
+            st.installed = None;
+            st.fallback = None;
+            st.rollout = None;
+        }
+        AfterBoot::FellBack { wanted, running } => {
+            st.fallback = Some(fallback_message(wanted, running));
+            st.failed.push(wanted.clone());
+            if st.held.as_deref() == Some(wanted.as_str()) {
+                st.held = None;
+            }
+            st.installed = None;
+            st.rollout = None;
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
