@@ -142,23 +142,32 @@ fn serve_bundles(g: &mut Guest, board: &str) {
     );
 }
 
+/// `cloudy-agent update status --json` on `g`, printed as one line of JSON so that a kernel
+/// message on the console cannot land inside it: the report, or the shell's output when it
+/// holds none.
+fn update_status(g: &mut Guest) -> Result<serde_json::Value, String> {
+    let st = g.shell(
+        "cloudy-agent update status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'",
+        300,
+    );
+    let line = st.lines().find(|l| l.starts_with('{')).unwrap_or_default();
+    serde_json::from_str(line).map_err(|_| st)
+}
+
 /// The running agent's update report (`update status --json` answered by the agent, not read
 /// from the files: only the agent's has the slot status), asked every 10 s for up to `secs`:
 /// the agent opens its control socket a while after its ready line.
 fn live_report(g: &mut Guest, secs: u64) -> serde_json::Value {
     let t = std::time::Instant::now();
     loop {
-        let st = g.shell(
-            "cloudy-agent update status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'",
-            300,
-        );
-        let line = st.lines().find(|l| l.starts_with('{')).unwrap_or_default();
-        if let Ok(r) = serde_json::from_str::<serde_json::Value>(line) {
-            if !r["slot_status"].is_null() {
+        let st = match update_status(g) {
+            Ok(r) if !r["slot_status"].is_null() => {
                 eprintln!("the agent answered after {:.0} s: {r}", g.seconds());
                 return r;
             }
-        }
+            Ok(r) => r.to_string(),
+            Err(shell) => shell,
+        };
         assert!(
             t.elapsed().as_secs() < secs,
             "the agent did not answer `update status` in {secs} s; last:\n{st}"
@@ -560,16 +569,13 @@ fn fetch_in_background(g: &mut Guest, secs: u64) -> String {
     let t = std::time::Instant::now();
     loop {
         std::thread::sleep(std::time::Duration::from_secs(30));
-        // One line of JSON, so a kernel message on the console cannot land inside it.
-        let st = g.shell(
-            "cloudy-agent update status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'",
-            300,
-        );
-        let line = st.lines().find(|l| l.starts_with('{')).unwrap_or_default();
-        let Ok(report) = serde_json::from_str::<serde_json::Value>(line) else {
-            eprintln!("update status unreadable, asked again: {st}");
-            assert!(t.elapsed().as_secs() < secs, "no update status in {secs} s");
-            continue;
+        let report = match update_status(g) {
+            Ok(r) => r,
+            Err(st) => {
+                eprintln!("update status unreadable, asked again: {st}");
+                assert!(t.elapsed().as_secs() < secs, "no update status in {secs} s");
+                continue;
+            }
         };
         let last_at = report["last"]["at"].as_u64().unwrap_or(0);
         eprintln!(
