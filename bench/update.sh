@@ -6,13 +6,14 @@
 #   runs it). This host has no device-mapper, so RAUC cannot open a verity bundle here: the
 #   bundle's own image and manifest are re-bundled in RAUC's plain format for this figure (the
 #   same bytes written, the signature checked over the whole bundle instead of per block);
-# - install in QEMU and reboot to ready: from the end-to-end tests' `figures:` lines.
-#   rpi3: tests/slots_pi.rs (the real bundle `rauc install`ed on the card under QEMU virt, then
-#   the firmware's choice of slot B booted to ready), run here with PI_E2E=1 (about 1 h) or read
-#   from SLOTS_PI_LOG=<its --nocapture output>. pc-686-pae and pc-amd64: tests/update.rs with
-#   UPDATE_E2E=1 (it needs the installer's A/B slots; about 1 h a board, 2 h with the VPN
-#   tests) or UPDATE_LOG="<its output> ..." (one or more logs); the VPN tests add the fetch
-#   from a member over tinc.
+# - install in QEMU and reboot to ready (shutdown + the new slot's boot to ready): from the
+#   end-to-end tests' `figures:` lines, one per board. Pi boards: tests/slots_pi.rs (the real
+#   bundle `rauc install`ed on the card, then the firmware's choice of slot B booted to ready;
+#   rpi2-4 under QEMU virt, rpi1 on QEMU's raspi0), run here with PI_E2E=1 (about 2 h) or read
+#   from SLOTS_PI_LOG="<its --nocapture output> ...". PC and PXE boards: tests/update.rs (an
+#   install to disk, `rauc install`, the reboot into slot B) with UPDATE_E2E=1 (several hours:
+#   it includes the fallback and VPN tests) or UPDATE_LOG="<its output> ..."; the VPN tests
+#   add the fetch from a member over tinc.
 # COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
 # A step that hits its limit prints `timeout`. Prints one table.
 #
@@ -137,14 +138,15 @@ EOF
 }
 
 # The `figures: board $2;` line of end-to-end tests' output ($1: one or more log files, space
-# separated; $2 may be "pc-amd64 over the VPN"): the value after `$3` up to `$4`. Logs from
-# before the lines named their board say `figures: bundle ...`: the test that printed it is the
-# next `test <board>_... ok` line. Nothing when no log has such a line.
+# separated; $2 may be "pc-amd64 over the VPN"): the value after `$3` up to the first character
+# of the set `$4` (or the line's end). Logs from before the lines named their board say
+# `figures: bundle ...`: the test that printed it is the next `test <board>_... ok` line. The
+# last such line of the logs wins; nothing when no log has one.
 figure() {
   # shellcheck disable=SC2086
   python3 - "$2" "$3" "$4" $1 <<'EOF'
 import re, sys
-board, start, end, logs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+board, start, ends, logs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 found = None
 for log in logs:
     try:
@@ -166,7 +168,7 @@ for log in logs:
                     who = t.group(1).replace("_", "-")
                     break
         if who == board and start in f:
-            found = f.split(start, 1)[1].split(end, 1)[0].strip()
+            found = re.split("[" + re.escape(ends) + "]", f.split(start, 1)[1], maxsplit=1)[0].strip()
 if found:
     print(found)
 EOF
@@ -237,27 +239,19 @@ for b in $BOARDS; do
   down="-"
   vpn="-"
   case $b in
-    rpi3)
-      qemu=$(figure "$pi_log" rpi3 "rauc install into a slot" ";")
-      down=$(figure "$pi_log" rpi3 "reboot to ready" "(")
-      qemu=${qemu:-"not run (PI_E2E=1)"}
-      down=${down:-"not run (PI_E2E=1)"}
+    rpi*)
+      qemu=$(figure "$pi_log" "$b" "rauc install into a slot" ";(")
+      down=$(figure "$pi_log" "$b" "reboot to ready" ";")
+      qemu=${qemu:-"not run (PI_E2E=1 or SLOTS_PI_LOG=)"}
+      down=${down:-"not run (PI_E2E=1 or SLOTS_PI_LOG=)"}
       ;;
-    pc-686-pae|pc-amd64)
-      qemu=$(figure "$pc_log" "$b" "rauc install into a slot" "(")
+    pc-*|pxe-*)
+      qemu=$(figure "$pc_log" "$b" "rauc install into a slot" ";(")
       down=$(figure "$pc_log" "$b" "reboot to ready on slot B" ";")
       vpn=$(figure "$pc_log" "$b over the VPN" "fetched from the member in" ";")
-      qemu=${qemu:-"not run (UPDATE_E2E=1)"}
-      down=${down:-"not run (UPDATE_E2E=1)"}
+      qemu=${qemu:-"not run (UPDATE_E2E=1 or UPDATE_LOG=)"}
+      down=${down:-"not run (UPDATE_E2E=1 or UPDATE_LOG=)"}
       vpn=${vpn:-"not run"}
-      ;;
-    pc-i386|pxe-*)
-      qemu="not measured (the PC kind: tests/update.rs installs pc-686-pae and pc-amd64)"
-      down="not measured"
-      ;;
-    rpi*)
-      qemu="not measured (tests/slots_pi.rs boots rpi3)"
-      down="not measured (tests/slots_pi.rs boots rpi3)"
       ;;
   esac
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \

@@ -1,5 +1,7 @@
 //! Issue 16, the image side: an installed PC node (pc-686-pae, pc-amd64) takes a signed A/B update and falls
-//! back by itself from one that never gets ready, and its agent reports the fallback.
+//! back by itself from one that never gets ready, and its agent reports the fallback. The
+//! other PC-kind boards (pc-i386, pxe-686-pae, pxe-amd64) take the update into slot B and
+//! reboot into it, for the bench's install and downtime figures (`to_slot_b`).
 //!
 //! Real builds (`cloudy-image build` at release N, `cloudy-image bundle` at N+1), a real
 //! install (the ISO's "Install Cloudy to disk" entry onto a blank disk), real RAUC on the node,
@@ -31,12 +33,30 @@ const SEED: &str = "version = 1\n[node]\nname = \"updater\"\n[community]\nname =
 const SERVE_PORT: u16 = 8099;
 const DASHBOARD_PASSWORD: &str = "fallback test password";
 
-/// The ISO of release N of `board` with the test's seed in it.
+/// The ISO of release N of `board` with the test's seed in it. A PXE board's ISO holds only
+/// the live system (the network boot brings kernel and initrd): it is booted from a CD drive
+/// with the bundle's own kernel and initrd and the install entry's command line, so the disk is
+/// installed by the same script as over the network (`tests/boards.rs` covers that path).
 fn release_n(c: &Community, board: &str, out: &Path) -> Iso {
     c.build(board, N, out);
-    let iso = out.join(format!("{board}/cloudy-{board}.iso"));
+    let pxe = board.starts_with("pxe-");
+    let iso = if pxe {
+        out.join(format!("{board}/pxe/cloudy.iso"))
+    } else {
+        out.join(format!("{board}/cloudy-{board}.iso"))
+    };
     let seed = out.join("seed.toml");
-    std::fs::write(&seed, SEED).unwrap();
+    // A PXE bundle is served to the whole LAN: customise refuses a community key in its seed,
+    // so that node joins as a pending one (this test needs no community).
+    let seed_text = if pxe {
+        SEED.lines()
+            .filter(|l| !l.starts_with("key = "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    } else {
+        SEED.to_string()
+    };
+    std::fs::write(&seed, seed_text).unwrap();
     let o = cloudy_image(&[
         "customise",
         iso.to_str().unwrap(),
@@ -44,7 +64,17 @@ fn release_n(c: &Community, board: &str, out: &Path) -> Iso {
         seed.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    Iso::read(&iso, out)
+    if pxe {
+        let dir = out.join(format!("{board}/pxe"));
+        Iso {
+            iso,
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            isolinux: "label install\n  append boot=live console=tty0 console=ttyS0,115200n8 quiet cloudy.install=auto\n".into(),
+        }
+    } else {
+        Iso::read(&iso, out)
+    }
 }
 
 /// A bundle whose system never gets ready: `good`'s root filesystem with the agent replaced by
@@ -238,6 +268,8 @@ fn boot_disk(qemu: &str, disk: &Path, bundles: &Path, log: &Path) -> Guest {
 /// slot GRUB chose, its release, RAUC's view, where /var/lib/cloudy is.
 struct Seen {
     ready: Option<serde_json::Value>,
+    /// Seconds from QEMU's start to the ready line (0 without one).
+    ready_s: f64,
     grub: String,
     release: serde_json::Value,
     rauc: serde_json::Value,
@@ -257,13 +289,13 @@ fn look(g: &mut Guest, expect_ready: bool) -> Seen {
         // knocks of `shell` reach GRUB's menu (its 1 s timeout) and edit an entry.
         g.wait_for("root@", 0, READY_S);
     }
-    let ready = if expect_ready {
+    let (ready, ready_s) = if expect_ready {
         let c = g.wait_for("{\"cloudy\":\"ready\"", 0, READY_S);
         let r = ready_line(&c, 0).expect("ready line");
         eprintln!("ready after {:.0} s: {r}", g.seconds());
-        Some(r)
+        (Some(r), g.seconds())
     } else {
-        None
+        (None, 0.0)
     };
     let shell = g.shell(
         "echo \"release $(cat /usr/lib/cloudy/release.json)\"; \
@@ -284,6 +316,7 @@ fn look(g: &mut Guest, expect_ready: bool) -> Seen {
     };
     Seen {
         ready,
+        ready_s,
         grub,
         release: field("release "),
         rauc: field("rauc "),
@@ -322,10 +355,14 @@ fn line_of(shell: &str, prefix: &str) -> String {
         .to_string()
 }
 
-fn reboot(g: &mut Guest) {
+/// Reboots the node from its shell; returns the seconds from the command to QEMU's exit (the
+/// guest's shutdown: QEMU runs with `-no-reboot`).
+fn reboot(g: &mut Guest) -> f64 {
+    let t = std::time::Instant::now();
     g.send("sync; systemctl reboot");
     let st = g.wait_exit(300);
     eprintln!("rebooting after {:.0} s ({st})", g.seconds());
+    t.elapsed().as_secs_f64()
 }
 
 /// Done-when 1 (by hand, from a disk) and 3 on pc-686-pae (see `updates_and_falls_back`).
@@ -342,14 +379,71 @@ fn pc_amd64_updates_to_the_other_slot_and_falls_back_from_a_release_that_never_g
     updates_and_falls_back("pc-amd64", "qemu-system-x86_64");
 }
 
+/// Done-when 5 on the other PC-kind boards (the bench's install and downtime figures): release
+/// N installed, `rauc install` of N+1, the reboot into slot B (`to_slot_b`).
+#[test]
+#[ignore = "an install from the ISO and two boots of the disk (~12 min under TCG): make e2e runs it"]
+fn pc_i386_updates_to_the_other_slot() {
+    updates_to_the_other_slot("pc-i386", "qemu-system-i386");
+}
+
+/// The same on pxe-686-pae, installed from its PXE bundle's kernel and live system.
+#[test]
+#[ignore = "an install from the PXE bundle's live system and two boots of the disk (~12 min under TCG): make e2e runs it"]
+fn pxe_686_pae_updates_to_the_other_slot() {
+    updates_to_the_other_slot("pxe-686-pae", "qemu-system-i386");
+}
+
+/// The same on pxe-amd64.
+#[test]
+#[ignore = "an install from the PXE bundle's live system and two boots of the disk (~12 min under TCG): make e2e runs it"]
+fn pxe_amd64_updates_to_the_other_slot() {
+    updates_to_the_other_slot("pxe-amd64", "qemu-system-x86_64");
+}
+
+fn updates_to_the_other_slot(board: &str, qemu: &str) {
+    to_slot_b(board, qemu, false).figures.print("");
+}
+
+/// A node on slot B at N+1 after an update from N (`to_slot_b`), still running.
+struct SlotB {
+    out: PathBuf,
+    g: Guest,
+    disk: PathBuf,
+    bundles: PathBuf,
+    ready_a: serde_json::Value,
+    figures: Figures,
+}
+
+/// What bench/update.sh reads of a board's update.
+struct Figures {
+    board: String,
+    bundle_bytes: u64,
+    install_s: u64,
+    shutdown_s: f64,
+    ready_b_s: f64,
+}
+
+impl Figures {
+    /// The `figures:` line; `more` goes after the install figure.
+    fn print(&self, more: &str) {
+        eprintln!(
+            "figures: board {}; bundle {} bytes; rauc install into a slot {} s{more}; reboot to ready on slot B {:.0} s (shutdown {:.0} s + boot of slot B to ready {:.0} s)",
+            self.board,
+            self.bundle_bytes,
+            self.install_s,
+            self.shutdown_s + self.ready_b_s,
+            self.shutdown_s,
+            self.ready_b_s
+        );
+    }
+}
+
 /// Release N installed onto a blank disk boots slot A; `rauc install` of the N+1 bundle
 /// writes slot B, and the next boot is slot B at N+1, the same node (id on the data
-/// partition). Then the agent takes a release whose agent never starts from its url (signed
-/// like any other) and installs it on `update now` (into A, the other slot now); it is booted
-/// once, and the boot after that is slot B at N+1 again, with nothing but reboots. There the
-/// agent reports the fallback (`update status`, the dashboard's Updates tab) and refuses that
-/// release when it is offered again.
-fn updates_and_falls_back(board: &str, qemu: &str) {
+/// partition, SSH host key), marked good. With `broken`, the bundles' disk also holds a
+/// release whose agent never starts (`BROKEN`) and its signed manifest.
+fn to_slot_b(board: &str, qemu: &str, broken: bool) -> SlotB {
     require_root();
     let out = out_dir(&format!("update-{board}"));
     let c = Community::new(&out);
@@ -375,10 +469,14 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
         "{m}"
     );
     assert_eq!(m["signatures"][0]["key"], c.update_public.as_str(), "{m}");
-    let broken = broken_bundle(&c, board, &bundle, BROKEN, &out);
-    let broken_m = broken_manifest(&c, &manifest, &broken, BROKEN, &out);
     let bundles = out.join("bundles.raw");
-    files_disk(&bundles, "bundles", &[&bundle, &broken, &broken_m]);
+    if broken {
+        let broken = broken_bundle(&c, board, &bundle, BROKEN, &out);
+        let broken_m = broken_manifest(&c, &manifest, &broken, BROKEN, &out);
+        files_disk(&bundles, "bundles", &[&bundle, &broken, &broken_m]);
+    } else {
+        files_disk(&bundles, "bundles", &[&bundle]);
+    }
 
     let disk = out.join("disk.raw");
     std::fs::File::create(&disk)
@@ -400,14 +498,14 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     assert_eq!(line_of(&a.shell, "serf-unit "), "masked", "{}", a.shell);
     assert_eq!(ready_a["node_id"], installing["node_id"], "{ready_a}");
     let install_s = rauc_install(&mut g, &bundle.file_name().unwrap().to_string_lossy());
-    reboot(&mut g);
+    let shutdown_s = reboot(&mut g);
     drop(g);
 
     // Boot 2: slot B, release N+1, the same node; marked good as the agent will once ready.
     let mut g = boot_disk(qemu, &disk, &bundles, &out.join("boot2-console.log"));
     let b = look(&mut g, true);
     let ready_b = b.ready.clone().unwrap();
-    let downtime = g.seconds();
+    let ready_b_s = b.ready_s;
     assert!(b.grub.contains("slot B"), "{}", b.grub);
     assert_eq!(b.release["version"], N1, "{}", b.shell);
     assert_eq!(b.rauc["booted"], "B", "{}", b.shell);
@@ -421,6 +519,31 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     );
     let marked = g.shell("rauc status mark-good; echo \"mark-rc $?\"", 300);
     assert!(marked.contains("mark-rc 0"), "{marked}");
+    SlotB {
+        out,
+        g,
+        disk,
+        bundles,
+        ready_a,
+        figures: Figures {
+            board: board.to_string(),
+            bundle_bytes: std::fs::metadata(&bundle).unwrap().len(),
+            install_s,
+            shutdown_s,
+            ready_b_s,
+        },
+    }
+}
+
+/// Done-when 3 on a node that `to_slot_b` brought to N+1: the agent takes a release whose agent
+/// never starts from its url (signed like any other) and installs it on `update now` (into A,
+/// the other slot now); it is booted once, and the boot after that is slot B at N+1 again, with
+/// nothing but reboots. There the agent reports the fallback (`update status`, the dashboard's
+/// Updates tab) and refuses that release when it is offered again.
+fn updates_and_falls_back(board: &str, qemu: &str) {
+    let b = to_slot_b(board, qemu, true);
+    let (disk, bundles, out) = (&b.disk, &b.bundles, &b.out);
+    let mut g = b.g;
     // The broken release the agent's way: offered at its url, fetched and checked against the
     // community's key, then `update now` installs it into slot A and reboots.
     serve_bundles(&mut g, board);
@@ -431,7 +554,7 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     drop(g);
 
     // Boot 3: slot A now holds the broken release: GRUB gives it its one try; no ready.
-    let mut g = boot_disk(qemu, &disk, &bundles, &out.join("boot3-console.log"));
+    let mut g = boot_disk(qemu, disk, bundles, &out.join("boot3-console.log"));
     let x = look(&mut g, false);
     assert!(x.grub.contains("slot A"), "{}", x.grub);
     assert_eq!(x.release["version"], BROKEN, "{}", x.shell);
@@ -444,13 +567,13 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
     drop(g);
 
     // Boot 4: GRUB falls back to slot B by itself: N+1, the same node.
-    let mut g = boot_disk(qemu, &disk, &bundles, &out.join("boot4-console.log"));
+    let mut g = boot_disk(qemu, disk, bundles, &out.join("boot4-console.log"));
     let back = look(&mut g, true);
     let ready_back = back.ready.clone().unwrap();
     assert!(back.grub.contains("slot B"), "{}", back.grub);
     assert_eq!(back.release["version"], N1, "{}", back.shell);
     assert_eq!(back.rauc["booted"], "B", "{}", back.shell);
-    assert_eq!(ready_back["node_id"], ready_a["node_id"], "{ready_back}");
+    assert_eq!(ready_back["node_id"], b.ready_a["node_id"], "{ready_back}");
     // The agent saw the install it made come back on the old version, and says so: in the
     // shell, and in red on the dashboard.
     let fell = format!("the update to {BROKEN} did not come up; back on {N1}");
@@ -470,10 +593,8 @@ fn updates_and_falls_back(board: &str, qemu: &str) {
         "{again}"
     );
     drop(g);
-    eprintln!(
-        "figures: board {board}; bundle {} bytes; rauc install into a slot {install_s} s (broken release, update now {broken_s:.0} s); reboot to ready on slot B {downtime:.0} s",
-        std::fs::metadata(&bundle).unwrap().len()
-    );
+    b.figures
+        .print(&format!(" (broken release, update now {broken_s:.0} s)"));
 }
 
 /// Done-when 1 on pc-686-pae over the VPN (see `updates_from_a_member_over_the_vpn`).
