@@ -434,13 +434,16 @@ fn trim_modules(root: &Path, log: &Log, step: &Step) -> Result<(), SdError> {
 /// its label, as Debian's own Raspberry Pi images do, not by PARTUUID: the disk id comes from
 /// the recipe, so a slot written from a later release's bundle would name a partition the card
 /// does not have. The data partition is `nofail`, so a card whose data partition is damaged
-/// still boots and stays reachable.
+/// still boots and stays reachable. Both wait up to five minutes for udev to name them, as the
+/// installed disk's do (`bundle::slot_fstab`): on rpi1's one slow core (QEMU's `raspi0`) udev
+/// named the partitions after 30 s had run out, and the node came up with /var/lib/cloudy on
+/// its root slot, where an update would have lost its identity and keys.
 pub fn fstab() -> String {
     format!(
         "# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n\
          # / is the slot the Pi firmware booted (README \"Pi slots\").\n\
-         LABEL={FIRMWARE_LABEL}  /boot/firmware  vfat  rw,noatime,umask=0077  0  2\n\
-         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=30s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n"
+         LABEL={FIRMWARE_LABEL}  /boot/firmware  vfat  rw,noatime,umask=0077,x-systemd.device-timeout=300s  0  2\n\
+         LABEL={DATA_LABEL}  /var/lib/cloudy  ext4  rw,noatime,nofail,x-systemd.device-timeout=300s,x-systemd.before=cloudy-agent.service,x-systemd.before=cloudy-grow-root.service  0  2\n"
     )
 }
 
@@ -904,6 +907,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("LABEL=RASPIFIRM  /boot/firmware  vfat"), "{t}");
+        // A slow card's udev names its partitions late: each mount waits as long as the
+        // installed disk's.
+        for l in t.lines().filter(|l| l.starts_with("LABEL=")) {
+            assert!(l.contains("x-systemd.device-timeout=300s"), "{l}");
+        }
         let conf = system_conf("rpi3");
         for want in [
             "compatible=cloudy-rpi3",
