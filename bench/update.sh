@@ -210,8 +210,8 @@ for b in $BOARDS; do
     cert=$keys/rauc.cert.pem
     case $rc in
       0) bundle=$out/update/cloudy-$b-9.9.9.raucb ;;
-      124) printf '%s\ttimeout\t-\ttimeout\t-\t-\t-\t-\t-\n' "$b" >>"$rows"; continue ;;
-      *) printf '%s\tfailed (see %s)\t-\t%s\t-\t-\t-\t-\t-\n' "$b" "$log" "$took" >>"$rows"; continue ;;
+      124) printf '%s\ttimeout\t-\ttimeout\t-\t-\n' "$b" >>"$rows"; continue ;;
+      *) printf '%s\tfailed (see %s)\t-\t%s\t-\t-\n' "$b" "$log" "$took" >>"$rows"; continue ;;
     esac
   fi
   size=$(stat -c %s "$bundle")
@@ -235,6 +235,16 @@ for b in $BOARDS; do
     tar=$(mib "$(stat -c %s "$x/rootfs.tar.zst")")
   fi
   rm -rf "$x" "$plain"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \
+    "$INSTALLED" >>"$rows"
+  [ "${COMPARE_TAR:-0}" = 1 ] && echo "bench: $b slot as zstd tar: $tar" >&2
+done
+echo
+echo "update bundles and installs ($(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores)"
+printf 'board\tbundle bytes\tbundle\tbundle time\tslot image\trauc install (host, loop device, plain copy)\trauc install (QEMU TCG)\treboot to ready (QEMU TCG)\tfetch from a member over tinc (QEMU TCG)\n'
+# The QEMU columns last: the logs are read once every bundle is made (a test writing them
+# beside this script has then had the most time to finish).
+while IFS=$'\t' read -r b rest; do
   qemu="-"
   down="-"
   vpn="-"
@@ -254,11 +264,5 @@ for b in $BOARDS; do
       vpn=${vpn:-"not run"}
       ;;
   esac
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$size" "$(mib "$size")" "$took" "$(mib "$ext4")" \
-    "$INSTALLED" "$qemu" "$down" "$vpn" >>"$rows"
-  [ "${COMPARE_TAR:-0}" = 1 ] && echo "bench: $b slot as zstd tar: $tar" >&2
-done
-echo
-echo "update bundles and installs ($(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores)"
-printf 'board\tbundle bytes\tbundle\tbundle time\tslot image\trauc install (host, loop device, plain copy)\trauc install (QEMU TCG)\treboot to ready (QEMU TCG)\tfetch from a member over tinc (QEMU TCG)\n'
-cat "$rows"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$rest" "$qemu" "$down" "$vpn"
+done <"$rows"

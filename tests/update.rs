@@ -33,11 +33,16 @@ const SEED: &str = "version = 1\n[node]\nname = \"updater\"\n[community]\nname =
 const SERVE_PORT: u16 = 8099;
 const DASHBOARD_PASSWORD: &str = "fallback test password";
 
-/// The ISO of release N of `board` with the test's seed in it. A PXE board's ISO holds only
-/// the live system (the network boot brings kernel and initrd): it is booted from a CD drive
-/// with the bundle's own kernel and initrd and the install entry's command line, so the disk is
-/// installed by the same script as over the network (`tests/boards.rs` covers that path).
-fn release_n(c: &Community, board: &str, out: &Path) -> Iso {
+/// Release N of `board` with the test's seed in it, as the install takes it.
+enum Release {
+    /// A PC board's ISO, installed through its menu's install entry.
+    Iso(Iso),
+    /// A PXE board's bundle directory (kernel, initrd and the live system's ISO, which holds
+    /// only the live system and no boot loader).
+    Pxe(PathBuf),
+}
+
+fn release_n(c: &Community, board: &str, out: &Path) -> Release {
     c.build(board, N, out);
     let pxe = board.starts_with("pxe-");
     let iso = if pxe {
@@ -65,16 +70,52 @@ fn release_n(c: &Community, board: &str, out: &Path) -> Iso {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     if pxe {
-        let dir = out.join(format!("{board}/pxe"));
-        Iso {
-            iso,
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initrd.img"),
-            isolinux: "label install\n  append boot=live console=tty0 console=ttyS0,115200n8 quiet cloudy.install=auto\n".into(),
-        }
+        Release::Pxe(out.join(format!("{board}/pxe")))
     } else {
-        Iso::read(&iso, out)
+        Release::Iso(Iso::read(&iso, out))
     }
+}
+
+/// Installs a PXE bundle onto the blank `disk` the way its boot script's install entry does:
+/// the bundle's kernel and initrd fetch the live system over HTTP (served from the bundle
+/// directory on loopback, reached through QEMU's guestfwd as `cloudy-image verify` does) and
+/// install with `cloudy.install`; the console shell is added, as `install_from_iso` adds it.
+/// Returns the installing boot's ready line.
+fn install_from_pxe(qemu: &str, bundle: &Path, disk: &Path, log: &Path) -> serde_json::Value {
+    let server = cloudy_image::http::serve(bundle).unwrap();
+    let guest = cloudy_image::http::GUEST_ADDR;
+    let media = [
+        "-kernel".to_string(),
+        bundle.join("vmlinuz").display().to_string(),
+        "-initrd".to_string(),
+        bundle.join("initrd.img").display().to_string(),
+        "-append".to_string(),
+        format!("boot=live fetch=http://{guest}/cloudy.iso console=tty0 console=ttyS0,115200n8 quiet cloudy.install=auto cloudy.console-login"),
+    ];
+    let args: Vec<String> = pc_qemu_args(&media, &[disk])
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("user,") {
+                format!(
+                    "{a},guestfwd=tcp:{guest}:80-tcp:127.0.0.1:{}",
+                    server.port()
+                )
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut g = Guest::start(qemu, &args, 3600, log);
+    let c = g.wait_for("{\"cloudy\":\"ready\"", 0, 900);
+    let ready = ready_line(&c, 0).expect("ready line");
+    g.wait_for("] installed to ", 0, 2400);
+    let st = g.wait_exit(600);
+    eprintln!(
+        "installed to {} after {:.0} s ({st})",
+        disk.display(),
+        g.seconds()
+    );
+    ready
 }
 
 /// A bundle whose system never gets ready: `good`'s root filesystem with the agent replaced by
@@ -448,7 +489,7 @@ fn to_slot_b(board: &str, qemu: &str, broken: bool) -> SlotB {
     let out = out_dir(&format!("update-{board}"));
     let c = Community::new(&out);
     let t = std::time::Instant::now();
-    let iso = release_n(&c, board, &out);
+    let release = release_n(&c, board, &out);
     eprintln!("release {N} built in {:.0} s", t.elapsed().as_secs_f64());
     let t = std::time::Instant::now();
     let (bundle, manifest) = c.bundle(board, N1, &out);
@@ -483,7 +524,11 @@ fn to_slot_b(board: &str, qemu: &str, broken: bool) -> SlotB {
         .unwrap()
         .set_len(8 << 30)
         .unwrap();
-    let installing = install_from_iso(qemu, &iso, &disk, &out.join("install-console.log"));
+    let log = out.join("install-console.log");
+    let installing = match &release {
+        Release::Iso(iso) => install_from_iso(qemu, iso, &disk, &log),
+        Release::Pxe(bundle) => install_from_pxe(qemu, bundle, &disk, &log),
+    };
 
     // Boot 1: slot A, release N.
     let mut g = boot_disk(qemu, &disk, &bundles, &out.join("boot1-console.log"));
