@@ -103,7 +103,7 @@ read -r stages agent_size <<<"$(python3 - "$out/$BOARD/manifest.json" "$src/targ
 import json, pathlib, sys
 m = json.load(open(sys.argv[1]))
 st = ",".join(f"{s['stage']}={s['seconds']:.0f}s" for s in m["stages"])
-bins = sorted(pathlib.Path(sys.argv[2]).glob("*/*/cloudy-agent"))
+bins = sorted(pathlib.Path(sys.argv[2]).glob("*/*/*/cloudy-agent"))
 print(st, bins[0].stat().st_size if bins else 0)
 PY
 )"

@@ -106,6 +106,41 @@ pub fn build(req: &Request, log: &Log, step: &Step) -> Result<Built, AgentError>
     })
 }
 
+/// The variables Cargo sets for whoever it runs (`cargo test` for a test that calls
+/// cloudy-image: `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `CARGO`, ...) and wrappers from the
+/// caller's own build, named in `vars`: removed from the agent's build, whose fingerprints
+/// would otherwise change with the caller. ring's build script tracks `CARGO_MANIFEST_DIR`: a
+/// build from a test and the next from a shell each recompiled the whole agent (8 to 11 min
+/// on two cores). The user's Cargo home and network settings stay.
+fn callers_cargo_env(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const KEEP: [&str; 5] = [
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+    ];
+    vars.filter(|k| {
+        let k = k.to_string_lossy();
+        (k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p)))
+            || [
+                "CARGO",
+                "RUSTC_WRAPPER",
+                "RUSTC_WORKSPACE_WRAPPER",
+                "RUSTDOCFLAGS",
+            ]
+            .contains(&k.as_ref())
+    })
+    .collect()
+}
+
+/// `c` without the caller's Cargo variables (`callers_cargo_env`).
+fn without_callers_cargo_env(c: &mut Command) {
+    for k in callers_cargo_env(std::env::vars_os().map(|(k, _)| k)) {
+        c.env_remove(k);
+    }
+}
+
 /// Beside a foreign-arch bootstrap (dpkg under qemu-user, mostly one thread) the compile is
 /// not the long pole: at a lower priority it takes the CPU the bootstrap leaves. Beside a
 /// native bootstrap the compile is the long pole and keeps its priority.
@@ -136,7 +171,10 @@ fn debian(
         }
     }
     let version = installed_version()?;
-    let target_dir = req.source.join("target/cross");
+    // One target directory per triple: the build scripts and proc macros (built for this
+    // host) of an x86_64 build get its target's flags, those of a cross build do not, and
+    // in one shared directory each build of the other kind rebuilt them and all above them.
+    let target_dir = req.source.join("target/cross").join(triple);
     let env_triple = triple.to_uppercase().replace('-', "_");
     let mut rustflags = vec![
         // Paths of this checkout and of the cargo registry must not leak into the binary:
@@ -151,6 +189,7 @@ fn debian(
     let (linker, _) = req.arch.linker();
     let mut c = Command::new(CARGO);
     priority(&mut c, req.yield_cpu);
+    without_callers_cargo_env(&mut c);
     c.current_dir(req.source)
         .args([
             "build",
@@ -360,6 +399,7 @@ fn std_from_source(
     let target_dir = krate.join("target");
     let mut c = Command::new(CARGO);
     priority(&mut c, req.yield_cpu);
+    without_callers_cargo_env(&mut c);
     c.current_dir(&krate)
         .args([
             "build",
@@ -468,6 +508,40 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
 
 #[cfg(test)]
 mod tests {
+    /// What `cargo test` sets for a test (which then runs cloudy-image) is not passed on to
+    /// the agent's build; the Cargo home and network settings are.
+    #[test]
+    fn the_callers_cargo_variables_are_not_passed_on() {
+        let vars = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_CRATE_NAME",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO",
+            "RUSTC_WRAPPER",
+            "CARGO_HOME",
+            "CARGO_NET_OFFLINE",
+            "CARGO_HTTP_PROXY",
+            "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
+            "PATH",
+            "HOME",
+        ]
+        .map(std::ffi::OsString::from);
+        let removed = super::callers_cargo_env(vars.into_iter());
+        assert_eq!(
+            removed,
+            [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_PKG_NAME",
+                "CARGO_CRATE_NAME",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO",
+                "RUSTC_WRAPPER",
+            ]
+            .map(std::ffi::OsString::from)
+        );
+    }
+
     use super::*;
 
     #[test]
