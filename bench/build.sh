@@ -99,7 +99,7 @@ cold=$(secs "$t0" "$(now)")
 iso=$out/$BOARD/cloudy-$BOARD.iso
 iso_size=$(stat -c %s "$iso")
 # The stages of the cold build, the agent's binary and its profile, from the manifest.
-read -r stages agent_size <<<"$(python3 - "$out/$BOARD/manifest.json" "$src/target/cross" <<'PY'
+read -r stages agent_size <<<"$(python3 - "$out/$BOARD/manifest.json" "$src/target/agent" <<'PY'
 import json, pathlib, sys
 m = json.load(open(sys.argv[1]))
 st = ",".join(f"{s['stage']}={s['seconds']:.0f}s" for s in m["stages"])

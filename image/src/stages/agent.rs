@@ -174,7 +174,7 @@ fn debian(
     // One target directory per triple: the build scripts and proc macros (built for this
     // host) of an x86_64 build get its target's flags, those of a cross build do not, and
     // in one shared directory each build of the other kind rebuilt them and all above them.
-    let target_dir = req.source.join("target/cross").join(triple);
+    let target_dir = req.source.join("target/agent").join(triple);
     let env_triple = triple.to_uppercase().replace('-', "_");
     let mut rustflags = vec![
         // Paths of this checkout and of the cargo registry must not leak into the binary:
