@@ -7,18 +7,20 @@
 #   bundle's own image and manifest are re-bundled in RAUC's plain format for this figure (the
 #   same bytes written, the signature checked over the whole bundle instead of per block);
 # - install in QEMU and reboot to ready (shutdown + the new slot's boot to ready): from the
-#   end-to-end tests' `figures:` lines, one per board. Pi boards: tests/slots_pi.rs (the real
-#   bundle `rauc install`ed on the card, then the firmware's choice of slot B booted to ready;
-#   rpi2-4 under QEMU virt, rpi1 on QEMU's raspi0), run here with PI_E2E=1 (about 2 h) or read
-#   from SLOTS_PI_LOG="<its --nocapture output> ...". PC and PXE boards: tests/update.rs (an
-#   install to disk, `rauc install`, the reboot into slot B) with UPDATE_E2E=1 (several hours:
-#   it includes the fallback and VPN tests) or UPDATE_LOG="<its output> ..."; the VPN tests
-#   add the fetch from a member over tinc.
+#   end-to-end tests' `figures:` lines, one test per board, `<board>_updates_to_the_other_slot`
+#   (release 1.0.0 installed, `rauc install` of 1.0.1, the reboot into slot B). Pi boards:
+#   tests/slots_pi.rs (the card's slots, the firmware's choice of kernel; rpi2-4 under QEMU
+#   virt, rpi1 on QEMU's raspi0); PC and PXE boards: tests/update.rs (an install to disk, GRUB's
+#   slots). They run here, one after the other (about 20 min a board, 3 h for all nine), unless
+#   their logs are given: SLOTS_PI_LOG="<slots_pi output> ...", UPDATE_LOG="<update output>
+#   ..." (one or more logs; the last figures of a board win). PI_E2E=0 / UPDATE_E2E=0 leave a
+#   kind out. The VPN tests' logs (UPDATE_LOG) add the fetch from a member over tinc.
 # COMPARE_TAR=1 adds the slot as a zstd tar beside its ext4 image (what a tar bundle would carry).
 # A step that hits its limit prints `timeout`. Prints one table.
 #
-#   bench/update.sh                                    # every board with slots (hours, cold)
+#   bench/update.sh                                    # every board with slots (hours)
 #   BOARDS=rpi3 SLOTS_PI_LOG=slots_pi.log bench/update.sh
+#   PI_E2E=0 UPDATE_E2E=0 bench/update.sh              # bundles and host installs only
 #   BUNDLE_DIR=out/update BUNDLE_CERT=keys/rauc.cert.pem bench/update.sh   # bundles made already
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -174,19 +176,32 @@ if found:
 EOF
 }
 
+# The QEMU figures: the end-to-end test `<board>_updates_to_the_other_slot` of each board in
+# BOARDS, one at a time (so that they do not share the two cores), run here unless a log is
+# given: SLOTS_PI_LOG for the Pi boards (tests/slots_pi.rs), UPDATE_LOG for the others
+# (tests/update.rs). PI_E2E=0 / UPDATE_E2E=0 skip them.
+qemu_tests() { # $1: the test file, $2: its log; rpi* boards are slots_pi's, the others update's
+  local filters=() b
+  for b in $BOARDS; do
+    case $1:$b in
+      slots_pi:rpi* | update:pc-* | update:pxe-*) filters+=("${b//-/_}_updates_to_the_other_slot") ;;
+    esac
+  done
+  [ "${#filters[@]}" -gt 0 ] || return 0
+  echo "bench: tests/$1.rs ${filters[*]} (about 20 min a board under TCG)..." >&2
+  timeout 21600 env CLOUDY_IMAGE_BIN="$PWD/$BIN" cargo test -p cloudy-tests --release --features e2e \
+    --test "$1" -- --ignored --nocapture --test-threads=1 --skip falls_back "${filters[@]}" >"$2" 2>&1 ||
+    echo "bench: tests/$1.rs failed or timed out (exit $?); see $2" >&2
+}
 pi_log=${SLOTS_PI_LOG:-}
-if [ "${PI_E2E:-0}" = 1 ]; then
-  echo "bench: tests/slots_pi.rs (long)..." >&2
+if [ -z "$pi_log" ] && [ "${PI_E2E:-1}" = 1 ]; then
   pi_log=$BENCH_DIR/slots_pi.log
-  timeout 7200 env CLOUDY_IMAGE_BIN="$PWD/$BIN" cargo test -p cloudy-tests --release --features e2e \
-    --test slots_pi -- --include-ignored --nocapture >"$pi_log" 2>&1 || echo "bench: slots_pi failed or timed out (exit $?); see $pi_log" >&2
+  qemu_tests slots_pi "$pi_log"
 fi
 pc_log=${UPDATE_LOG:-}
-if [ "${UPDATE_E2E:-0}" = 1 ]; then
-  echo "bench: tests/update.rs (long)..." >&2
+if [ -z "$pc_log" ] && [ "${UPDATE_E2E:-1}" = 1 ]; then
   pc_log=$BENCH_DIR/update.log
-  timeout 7200 env CLOUDY_IMAGE_BIN="$PWD/$BIN" cargo test -p cloudy-tests --release --features e2e \
-    --test update -- --include-ignored --nocapture >"$pc_log" 2>&1 || echo "bench: update.rs failed or timed out (exit $?); see $pc_log" >&2
+  qemu_tests update "$pc_log"
 fi
 
 rows=$BENCH_DIR/rows.tsv
@@ -252,15 +267,15 @@ while IFS=$'\t' read -r b rest; do
     rpi*)
       qemu=$(figure "$pi_log" "$b" "rauc install into a slot" ";(")
       down=$(figure "$pi_log" "$b" "reboot to ready" ";")
-      qemu=${qemu:-"not run (PI_E2E=1 or SLOTS_PI_LOG=)"}
-      down=${down:-"not run (PI_E2E=1 or SLOTS_PI_LOG=)"}
+      qemu=${qemu:-"not run (see ${pi_log:-PI_E2E=0})"}
+      down=${down:-"not run"}
       ;;
     pc-*|pxe-*)
       qemu=$(figure "$pc_log" "$b" "rauc install into a slot" ";(")
       down=$(figure "$pc_log" "$b" "reboot to ready on slot B" ";")
       vpn=$(figure "$pc_log" "$b over the VPN" "fetched from the member in" ";")
-      qemu=${qemu:-"not run (UPDATE_E2E=1 or UPDATE_LOG=)"}
-      down=${down:-"not run (UPDATE_E2E=1 or UPDATE_LOG=)"}
+      qemu=${qemu:-"not run (see ${pc_log:-UPDATE_E2E=0})"}
+      down=${down:-"not run"}
       vpn=${vpn:-"not run"}
       ;;
   esac
