@@ -535,7 +535,13 @@ pub fn pc_qemu_args(media: &[String], disks: &[&Path]) -> Vec<String> {
 /// node.
 pub fn install_from_iso(qemu: &str, iso: &Iso, disk: &Path, log: &Path) -> serde_json::Value {
     let append = format!("{} cloudy.console-login", iso.append("install"));
-    let mut g = Guest::start(qemu, &pc_qemu_args(&iso.cdrom(&append), &[disk]), 3600, log);
+    install_booted(qemu, &pc_qemu_args(&iso.cdrom(&append), &[disk]), disk, log)
+}
+
+/// Boots QEMU with `args` (a live system in install mode onto `disk`) until the installer is
+/// done and the guest exits; returns the installing boot's ready line.
+pub fn install_booted(qemu: &str, args: &[String], disk: &Path, log: &Path) -> serde_json::Value {
+    let mut g = Guest::start(qemu, args, 3600, log);
     let c = g.wait_for("{\"cloudy\":\"ready\"", 0, 900);
     let ready = ready_line(&c, 0).expect("ready line");
     g.wait_for("] installed to ", 0, 2400);

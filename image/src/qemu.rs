@@ -187,13 +187,9 @@ pub enum RaspiError {
 }
 
 /// What a QEMU Raspberry Pi machine boots `image` (a raw SD image) from, made in `scratch`:
-/// - a qcow2 overlay over the image: QEMU's SD card must be a power of two in size, and the
-///   built image must not change;
-/// - a copy of the board's device tree `dtb` without the power management block's second
-///   register range (the ASB bridge): QEMU does not model it, and Debian's kernel faults on
-///   its first read in bcm2835_power_probe and panics before it mounts anything. Without that
-///   range the kernel leaves the SoC's power domains to the firmware, whose mailbox QEMU does
-///   answer. Everything else is the board's own device tree.
+/// a qcow2 overlay over the image (QEMU's SD card must be a power of two in size, and the
+/// built image must not change) and the board's device tree `dtb` as QEMU needs it
+/// ([`raspi_device_tree`]).
 pub fn raspi_sd(image: &Path, dtb: &Path, scratch: &Path) -> Result<Media<'static>, RaspiError> {
     let size = std::fs::metadata(image)
         .map_err(|e| RaspiError::Tool {
@@ -216,6 +212,18 @@ pub fn raspi_sd(image: &Path, dtb: &Path, scratch: &Path) -> Result<Media<'stati
         &overlay,
         "apt-get install qemu-utils",
     )?;
+    Ok(Media::RaspiSd {
+        overlay,
+        dtb: raspi_device_tree(dtb, scratch)?,
+    })
+}
+
+/// A copy of the board's device tree `dtb` in `scratch` without the power management block's
+/// second register range (the ASB bridge): QEMU does not model it, and Debian's kernel faults
+/// on its first read in bcm2835_power_probe and panics before it mounts anything. Without that
+/// range the kernel leaves the SoC's power domains to the firmware, whose mailbox QEMU does
+/// answer. Everything else is the board's own device tree.
+pub fn raspi_device_tree(dtb: &Path, scratch: &Path) -> Result<PathBuf, RaspiError> {
     let patched = scratch.join("qemu.dtb");
     std::fs::copy(dtb, &patched).map_err(|e| RaspiError::Tool {
         program: "cp",
@@ -271,10 +279,7 @@ pub fn raspi_sd(image: &Path, dtb: &Path, scratch: &Path) -> Result<Media<'stati
             fix,
         )?;
     }
-    Ok(Media::RaspiSd {
-        overlay,
-        dtb: patched,
-    })
+    Ok(patched)
 }
 
 fn run(

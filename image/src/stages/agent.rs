@@ -171,9 +171,10 @@ fn debian(
         }
     }
     let version = installed_version()?;
-    // One target directory per triple: the build scripts and proc macros (built for this
-    // host) of an x86_64 build get its target's flags, those of a cross build do not, and
-    // in one shared directory each build of the other kind rebuilt them and all above them.
+    // One target directory per triple. In one shared directory a board's build and its
+    // bundle each recompiled the whole agent whenever another triple's build ran between
+    // them; the likely cause (not traced): the build scripts and proc macros built for this
+    // host get an x86_64 build's target flags and not a cross build's, and were shared.
     let target_dir = req.source.join("target/agent").join(triple);
     let env_triple = triple.to_uppercase().replace('-', "_");
     let mut rustflags = vec![
@@ -508,17 +509,22 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> AgentError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// What `cargo test` sets for a test (which then runs cloudy-image) is not passed on to
     /// the agent's build; the Cargo home and network settings are.
     #[test]
     fn the_callers_cargo_variables_are_not_passed_on() {
-        let vars = [
+        let callers = [
             "CARGO_MANIFEST_DIR",
             "CARGO_PKG_NAME",
             "CARGO_CRATE_NAME",
             "CARGO_TARGET_TMPDIR",
             "CARGO",
             "RUSTC_WRAPPER",
+        ]
+        .map(std::ffi::OsString::from);
+        let kept = [
             "CARGO_HOME",
             "CARGO_NET_OFFLINE",
             "CARGO_HTTP_PROXY",
@@ -527,22 +533,9 @@ mod tests {
             "HOME",
         ]
         .map(std::ffi::OsString::from);
-        let removed = super::callers_cargo_env(vars.into_iter());
-        assert_eq!(
-            removed,
-            [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_PKG_NAME",
-                "CARGO_CRATE_NAME",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO",
-                "RUSTC_WRAPPER",
-            ]
-            .map(std::ffi::OsString::from)
-        );
+        let removed = callers_cargo_env(callers.iter().chain(&kept).cloned());
+        assert_eq!(removed, callers);
     }
-
-    use super::*;
 
     #[test]
     fn every_cross_arch_has_a_pinned_std_of_one_version() {
